@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command: starts what the tests need, then runs every test of the workspace
+# (unit, property and end-to-end tests against real PostgreSQL and NATS).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/services.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+cargo test --workspace --all-features "$@"

@@ -1,0 +1,87 @@
+//! Proptest strategies for random sets of valid events over a small pool of identities,
+//! dense enough in time that message buckets collide, days repeat and links merge users
+//! that already have activity. Enabled by the `arbitrary` feature.
+
+use proptest::prelude::*;
+
+use crate::Identity;
+use crate::wire::{Event, EventId, Payload, Proof};
+
+/// 2026-01-01T00:00:00Z: the start of generated event times.
+pub const EPOCH_MS: i64 = 1_767_225_600_000;
+
+fn identity(pool: usize) -> impl Strategy<Value = Identity> {
+    (0..pool).prop_map(|i| {
+        let platform = ["discord", "telegram", "website", "minecraft"][i % 4];
+        Identity::new(platform, &format!("u{i}")).expect("generated identities are valid")
+    })
+}
+
+fn payload(pool: usize, allow_negative: bool) -> impl Strategy<Value = Payload> {
+    let min_amount = if allow_negative { -3_000 } else { 0 };
+    prop_oneof![
+        6 => proptest::option::of(0u64..12).prop_map(|len| Payload::Message { len, chat: None }),
+        2 => (1u32..=3600).prop_map(|seconds| Payload::Voice { seconds, channel: None }),
+        1 => (0u32..600, any::<bool>()).prop_map(|(xp, won)| Payload::Game {
+            game: "quiz".into(),
+            won,
+            xp
+        }),
+        1 => (min_amount..3_000i32).prop_map(|amount| Payload::Xp {
+            amount,
+            reason: "test".into()
+        }),
+        1 => identity(pool).prop_map(|other| Payload::Link { other, proof: Proof::Code }),
+    ]
+}
+
+/// One event with a unique id `<tag>:<n>`; links to the sender itself are turned into
+/// messages, since the wire refuses them.
+pub fn event(n: usize, pool: usize, allow_negative: bool) -> impl Strategy<Value = Event> {
+    (
+        identity(pool),
+        payload(pool, allow_negative),
+        // Four days, minute-dense: buckets collide and days repeat.
+        0i64..4 * 86_400,
+        proptest::option::of(prop_oneof![Just("Ann"), Just("Bo"), Just("Cy")]),
+    )
+        .prop_map(move |(identity, payload, secs, name)| {
+            let payload = match payload {
+                Payload::Link { other, .. } if other == identity => Payload::Message {
+                    len: None,
+                    chat: None,
+                },
+                p => p,
+            };
+            Event {
+                id: EventId::parse(&format!("gen:{n}")).expect("generated ids are valid"),
+                ts: EPOCH_MS + secs * 1000 / 97 * 97,
+                identity,
+                name: name.map(str::to_owned),
+                payload,
+            }
+        })
+}
+
+/// A set of up to `max` distinct events over `pool` identities.
+pub fn event_set(
+    max: usize,
+    pool: usize,
+    allow_negative: bool,
+) -> impl Strategy<Value = Vec<Event>> {
+    (0..=max).prop_flat_map(move |len| {
+        (0..len)
+            .map(|n| event(n, pool, allow_negative))
+            .collect::<Vec<_>>()
+    })
+}
+
+/// The same set delivered as a broker would: shuffled, with some events repeated.
+pub fn delivery(events: Vec<Event>) -> impl Strategy<Value = Vec<Event>> {
+    let len = events.len();
+    proptest::collection::vec(0..len.max(1), 0..=len / 2 + 1).prop_flat_map(move |dups| {
+        let mut all = events.clone();
+        all.extend(dups.into_iter().filter_map(|i| events.get(i).cloned()));
+        Just(all).prop_shuffle()
+    })
+}

@@ -1,0 +1,288 @@
+//! The reference model: the state of every unified user as a pure function of a set of
+//! events (SPEC 2 and 3).
+//!
+//! The sync consumers apply events incrementally in PostgreSQL; this module folds the
+//! whole set at once and is the answer they must reach, whatever the order, duplicates
+//! or replica count. [`peak_ranks`] is shared by both: it is how the database recomputes
+//! a peak when a user's history is not monotone.
+//!
+//! Peak rank in event time. "The highest rank ever held" must not depend on the order
+//! in which events arrive, so it is measured in event time at the granularity of UTC
+//! days: a user holds, at the close of each day, the rank of their cumulative XP; a link
+//! made on a day joins the two users at the close of that day (peak = the higher of the
+//! two peaks and the rank of the sum, SPEC 3 "Merge"). The peak is the highest rank held
+//! at any close, the current one included. Without negative XP this is simply the
+//! current rank.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use crate::Identity;
+use crate::rules::{self, Rules};
+use crate::wire::{Event, Payload};
+
+/// One unified user, as the model sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub identities: BTreeSet<Identity>,
+    pub display_name: Option<String>,
+    pub xp: i64,
+    pub rank: u8,
+    pub peak_rank: u8,
+    pub coins: i64,
+    pub messages: i64,
+    pub voice_seconds: i64,
+    pub games_played: i64,
+    pub games_won: i64,
+    /// Event time of the first and last event of the user, Unix ms.
+    pub first_ts: Option<i64>,
+    pub last_ts: Option<i64>,
+    /// XP per UTC day (days since the epoch); days whose XP sums to 0 are left out.
+    pub ledger: BTreeMap<i32, i64>,
+}
+
+#[derive(Default)]
+struct IdentityAcc {
+    messages: i64,
+    voice_seconds: i64,
+    games_played: i64,
+    games_won: i64,
+    first_ts: Option<i64>,
+    last_ts: Option<i64>,
+    /// (ts, event id, name) of the newest event that carried a name.
+    name: Option<(i64, String, String)>,
+    ledger: BTreeMap<i32, i64>,
+}
+
+/// Folds a set of events (duplicates by id count once) into the unified users they
+/// describe, sorted by their smallest identity.
+pub fn fold<'a>(rules: &Rules, events: impl IntoIterator<Item = &'a Event>) -> Vec<Profile> {
+    let mut seen = HashSet::new();
+    let mut buckets = HashSet::new();
+    let mut acc: BTreeMap<Identity, IdentityAcc> = BTreeMap::new();
+    let mut links = Vec::new();
+    for ev in events {
+        if !seen.insert(ev.id.clone()) {
+            continue;
+        }
+        let day = rules::day_of(ev.ts);
+        let xp = match &ev.payload {
+            Payload::Message { len, .. } => {
+                let fresh = rules.message_is_eligible(*len)
+                    && buckets.insert((ev.identity.clone(), rules::minute_of(ev.ts)));
+                if fresh { rules.message_xp } else { 0 }
+            }
+            Payload::Link { other, .. } => {
+                acc.entry(other.clone()).or_default();
+                links.push((ev.identity.clone(), other.clone(), day));
+                0
+            }
+            other => rules.standalone_xp(other),
+        };
+        let a = acc.entry(ev.identity.clone()).or_default();
+        match &ev.payload {
+            Payload::Message { .. } => a.messages += 1,
+            Payload::Voice { seconds, .. } => a.voice_seconds += i64::from(*seconds),
+            Payload::Game { won, .. } => {
+                a.games_played += 1;
+                a.games_won += i64::from(*won);
+            }
+            Payload::Xp { .. } | Payload::Link { .. } => {}
+        }
+        a.first_ts = Some(a.first_ts.map_or(ev.ts, |t| t.min(ev.ts)));
+        a.last_ts = Some(a.last_ts.map_or(ev.ts, |t| t.max(ev.ts)));
+        if let Some(name) = &ev.name {
+            let candidate = (ev.ts, ev.id.as_str().to_owned(), name.clone());
+            if a.name
+                .as_ref()
+                .is_none_or(|n| (n.0, &n.1) < (candidate.0, &candidate.1))
+            {
+                a.name = Some(candidate);
+            }
+        }
+        if xp != 0 {
+            *a.ledger.entry(day).or_default() += xp;
+        }
+    }
+
+    let ledger_rows: Vec<(Identity, i32, i64)> = acc
+        .iter()
+        .flat_map(|(id, a)| a.ledger.iter().map(move |(d, x)| (id.clone(), *d, *x)))
+        .collect();
+    let peaks = peak_ranks(rules, &ledger_rows, &links);
+
+    let mut groups = UnionFind::default();
+    for id in acc.keys() {
+        groups.find(id);
+    }
+    for (a, b, _) in &links {
+        groups.union(a, b);
+    }
+    let mut members: BTreeMap<Identity, Vec<Identity>> = BTreeMap::new();
+    for id in acc.keys() {
+        members.entry(groups.find(id)).or_default().push(id.clone());
+    }
+
+    let mut profiles: Vec<Profile> = members
+        .into_values()
+        .map(|ids| {
+            let mut p = Profile {
+                identities: ids.iter().cloned().collect(),
+                display_name: None,
+                xp: 0,
+                rank: 1,
+                peak_rank: peaks.get(&ids[0]).copied().unwrap_or(1),
+                coins: 0,
+                messages: 0,
+                voice_seconds: 0,
+                games_played: 0,
+                games_won: 0,
+                first_ts: None,
+                last_ts: None,
+                ledger: BTreeMap::new(),
+            };
+            let mut newest_name: Option<&(i64, String, String)> = None;
+            for id in &ids {
+                let a = &acc[id];
+                p.messages += a.messages;
+                p.voice_seconds += a.voice_seconds;
+                p.games_played += a.games_played;
+                p.games_won += a.games_won;
+                p.first_ts = min_opt(p.first_ts, a.first_ts);
+                p.last_ts = a.last_ts.max(p.last_ts);
+                for (d, x) in &a.ledger {
+                    *p.ledger.entry(*d).or_default() += x;
+                }
+                if let Some(n) = &a.name
+                    && newest_name.is_none_or(|m| (m.0, &m.1) < (n.0, &n.1))
+                {
+                    newest_name = Some(n);
+                }
+            }
+            p.ledger.retain(|_, x| *x != 0);
+            p.xp = p.ledger.values().sum();
+            p.rank = rules.rank_index(p.xp);
+            p.coins = rules.coins_for_peak(p.peak_rank);
+            p.display_name = newest_name.map(|n| n.2.clone());
+            p
+        })
+        .collect();
+    profiles.sort_by(|a, b| a.identities.first().cmp(&b.identities.first()));
+    profiles
+}
+
+fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+/// The peak rank of every identity's final user, in event time (see the module docs).
+///
+/// `ledger` holds XP per identity and day, `links` the links with the day they were
+/// made; every identity named in either is a member.
+pub fn peak_ranks<K: Ord + Clone>(
+    rules: &Rules,
+    ledger: &[(K, i32, i64)],
+    links: &[(K, K, i32)],
+) -> BTreeMap<K, u8> {
+    /// XP per identity and the links made, of one day.
+    type Day<'k, K> = (Vec<(&'k K, i64)>, Vec<(&'k K, &'k K)>);
+    let mut days: BTreeMap<i32, Day<K>> = BTreeMap::new();
+    for (k, day, xp) in ledger {
+        days.entry(*day).or_default().0.push((k, *xp));
+    }
+    for (a, b, day) in links {
+        days.entry(*day).or_default().1.push((a, b));
+    }
+    let mut groups: UnionFind<K> = UnionFind::default();
+    // Per root: (xp, peak).
+    let mut state: BTreeMap<K, (i64, u8)> = BTreeMap::new();
+    for (xps, joins) in days.values() {
+        let mut touched = BTreeSet::new();
+        for &(k, xp) in xps {
+            let root = groups.find(k);
+            state.entry(root.clone()).or_insert((0, 1)).0 += xp;
+            touched.insert(root);
+        }
+        for &(a, b) in joins {
+            let (ra, rb) = (groups.find(a), groups.find(b));
+            if ra == rb {
+                continue;
+            }
+            let sa = state.remove(&ra).unwrap_or((0, 1));
+            let sb = state.remove(&rb).unwrap_or((0, 1));
+            let root = groups.union(a, b);
+            state.insert(root.clone(), (sa.0 + sb.0, sa.1.max(sb.1)));
+            touched.remove(&ra);
+            touched.remove(&rb);
+            touched.insert(root);
+        }
+        for root in touched {
+            if let Some(s) = state.get_mut(&root) {
+                s.1 = s.1.max(rules.rank_index(s.0));
+            }
+        }
+    }
+    let keys: BTreeSet<&K> = ledger
+        .iter()
+        .map(|(k, _, _)| k)
+        .chain(links.iter().flat_map(|(a, b, _)| [a, b]))
+        .collect();
+    keys.into_iter()
+        .map(|k| {
+            let root = groups.find(k);
+            (k.clone(), state.get(&root).map_or(1, |s| s.1))
+        })
+        .collect()
+}
+
+/// A union-find whose representative is the smallest member, so results never depend
+/// on the order of unions.
+struct UnionFind<K> {
+    parent: BTreeMap<K, K>,
+}
+
+impl<K> Default for UnionFind<K> {
+    fn default() -> Self {
+        Self {
+            parent: BTreeMap::new(),
+        }
+    }
+}
+
+impl<K: Ord + Clone> UnionFind<K> {
+    fn find(&mut self, k: &K) -> K {
+        let mut root = k.clone();
+        while let Some(p) = self.parent.get(&root) {
+            if *p == root {
+                break;
+            }
+            root = p.clone();
+        }
+        self.parent
+            .entry(root.clone())
+            .or_insert_with(|| root.clone());
+        // Path compression.
+        let mut cur = k.clone();
+        while cur != root {
+            let next = self
+                .parent
+                .insert(cur.clone(), root.clone())
+                .unwrap_or(root.clone());
+            cur = next;
+        }
+        root
+    }
+
+    fn union(&mut self, a: &K, b: &K) -> K {
+        let (ra, rb) = (self.find(a), self.find(b));
+        let (small, big) = if ra <= rb { (ra, rb) } else { (rb, ra) };
+        self.parent.insert(big, small.clone());
+        small
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,201 @@
+use proptest::prelude::*;
+
+use super::*;
+use crate::arbitrary::{EPOCH_MS, delivery, event_set};
+use crate::wire::{EventId, Proof};
+
+const DAY: i64 = rules::DAY_MS;
+
+fn ev(id: &str, ts: i64, who: &str, payload: Payload) -> Event {
+    Event {
+        id: EventId::parse(id).expect("id"),
+        ts: EPOCH_MS + ts,
+        identity: Identity::parse(who).expect("identity"),
+        name: None,
+        payload,
+    }
+}
+
+fn msg(len: Option<u64>) -> Payload {
+    Payload::Message { len, chat: None }
+}
+
+fn grant(amount: i32) -> Payload {
+    Payload::Xp {
+        amount,
+        reason: "t".into(),
+    }
+}
+
+fn link(other: &str) -> Payload {
+    Payload::Link {
+        other: Identity::parse(other).expect("identity"),
+        proof: Proof::Code,
+    }
+}
+
+fn only(profiles: &[Profile]) -> &Profile {
+    assert_eq!(profiles.len(), 1, "{profiles:#?}");
+    &profiles[0]
+}
+
+#[test]
+fn first_eligible_message_of_a_minute_earns_xp_and_the_rest_only_count() {
+    let r = Rules::default();
+    let events = [
+        ev("a", 1_000, "discord:1", msg(Some(2))),
+        ev("b", 2_000, "discord:1", msg(Some(20))),
+        ev("c", 3_000, "discord:1", msg(None)),
+        ev("d", 61_000, "discord:1", msg(None)),
+    ];
+    let p = fold(&r, &events);
+    let p = only(&p);
+    assert_eq!((p.xp, p.messages), (20, 4));
+}
+
+#[test]
+fn buckets_are_per_identity_so_a_merge_keeps_both_minutes_xp() {
+    let r = Rules::default();
+    let events = [
+        ev("a", 1_000, "discord:1", msg(None)),
+        ev("b", 1_000, "telegram:1", msg(None)),
+        ev("l", 5_000, "discord:1", link("telegram:1")),
+    ];
+    let p = fold(&r, &events);
+    assert_eq!(only(&p).xp, 20);
+}
+
+#[test]
+fn merging_sums_xp_counters_and_ledgers_and_recomputes_rank() {
+    let r = Rules::default();
+    let events = [
+        ev(
+            "v",
+            0,
+            "discord:1",
+            Payload::Voice {
+                seconds: 3600,
+                channel: None,
+            },
+        ),
+        ev(
+            "g",
+            DAY,
+            "telegram:9",
+            Payload::Game {
+                game: "q".into(),
+                won: true,
+                xp: 300,
+            },
+        ),
+        ev("l", 2 * DAY, "telegram:9", link("discord:1")),
+    ];
+    let p = fold(&r, &events);
+    let p = only(&p);
+    assert_eq!(p.xp, 240 + 300);
+    assert_eq!((p.voice_seconds, p.games_played, p.games_won), (3600, 1, 1));
+    assert_eq!((p.rank, p.peak_rank, p.coins), (2, 2, 50));
+    assert_eq!(p.ledger.len(), 2);
+    assert_eq!(p.first_ts, Some(EPOCH_MS));
+    assert_eq!(p.last_ts, Some(EPOCH_MS + 2 * DAY));
+}
+
+#[test]
+fn peak_rank_remembers_a_rank_held_at_a_day_close_after_a_deduction() {
+    let r = Rules::default();
+    let events = [
+        ev("up", 0, "discord:1", grant(2_300)),
+        ev("down", DAY, "discord:1", grant(-2_000)),
+    ];
+    let p = fold(&r, &events);
+    let p = only(&p);
+    assert_eq!((p.xp, p.rank, p.peak_rank), (300, 1, 4));
+    assert_eq!(p.coins, 50 + 100 + 150);
+}
+
+#[test]
+fn a_deduction_on_the_same_day_means_the_rank_was_never_held() {
+    let r = Rules::default();
+    let events = [
+        ev("up", 0, "discord:1", grant(2_300)),
+        ev("down", 10, "discord:1", grant(-2_000)),
+    ];
+    let p = fold(&r, &events);
+    assert_eq!(only(&p).peak_rank, 1);
+}
+
+#[test]
+fn a_merge_keeps_the_higher_peak_of_the_two_users() {
+    let r = Rules::default();
+    let events = [
+        ev("up", 0, "discord:1", grant(600)),
+        ev("down", DAY, "discord:1", grant(-600)),
+        ev("neg", 0, "telegram:1", grant(-600)),
+        ev("l", 3 * DAY, "telegram:1", link("discord:1")),
+    ];
+    let p = fold(&r, &events);
+    let p = only(&p);
+    assert_eq!((p.xp, p.rank, p.peak_rank), (-600, 1, 2));
+}
+
+#[test]
+fn display_name_is_the_newest_named_event_across_identities() {
+    let r = Rules::default();
+    let mut a = ev("a", 1_000, "discord:1", msg(None));
+    a.name = Some("Old".into());
+    let mut b = ev("b", 2_000, "telegram:1", msg(None));
+    b.name = Some("New".into());
+    let mut c = ev("c", 2_000, "discord:1", msg(None));
+    c.name = Some("Tie-loser".into());
+    let l = ev("l", 3_000, "discord:1", link("telegram:1"));
+    let p = fold(&r, &[a, b, c, l]);
+    // Same ts: the larger id wins, "c" > "b".
+    assert_eq!(only(&p).display_name.as_deref(), Some("Tie-loser"));
+}
+
+#[test]
+fn a_link_to_an_unknown_identity_creates_it() {
+    let r = Rules::default();
+    let p = fold(&r, &[ev("l", 0, "discord:1", link("website:x@y"))]);
+    assert_eq!(only(&p).identities.len(), 2);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn fold_depends_only_on_the_set_of_distinct_events(
+        (events, delivered) in event_set(60, 8, true)
+            .prop_flat_map(|e| (Just(e.clone()), delivery(e)))
+    ) {
+        let r = Rules::default();
+        prop_assert_eq!(fold(&r, &events), fold(&r, &delivered));
+    }
+
+    #[test]
+    fn totals_are_conserved_and_peak_is_at_least_rank(events in event_set(60, 8, true)) {
+        let r = Rules::default();
+        let users = fold(&r, &events);
+        let identities: usize = users.iter().map(|u| u.identities.len()).sum();
+        let distinct: BTreeSet<_> = events.iter().flat_map(|e| {
+            let mut v = vec![e.identity.clone()];
+            if let Payload::Link { other, .. } = &e.payload { v.push(other.clone()); }
+            v
+        }).collect();
+        prop_assert_eq!(identities, distinct.len());
+        let messages = events.iter().filter(|e| e.kind() == "message").count() as i64;
+        prop_assert_eq!(users.iter().map(|u| u.messages).sum::<i64>(), messages);
+        for u in &users {
+            prop_assert!(u.peak_rank >= u.rank);
+            prop_assert_eq!(u.xp, u.ledger.values().sum::<i64>());
+        }
+    }
+
+    #[test]
+    fn without_deductions_peak_rank_equals_rank(events in event_set(60, 8, false)) {
+        let r = Rules::default();
+        for u in fold(&r, &events) {
+            prop_assert_eq!(u.peak_rank, u.rank);
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! Facts published to `<prefix>.notify.*` (SPEC 4, Notifications).
+
+use serde::{Deserialize, Serialize};
+
+use crate::Identity;
+
+/// An identity as it appears in notifications: `{platform, user}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireIdentity {
+    pub platform: String,
+    pub user: String,
+}
+
+impl From<&Identity> for WireIdentity {
+    fn from(i: &Identity) -> Self {
+        Self {
+            platform: i.platform.as_str().to_owned(),
+            user: i.user.as_str().to_owned(),
+        }
+    }
+}
+
+/// `<prefix>.notify.rank`: a user's rank changed in a committed transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RankNotice {
+    pub v: u8,
+    /// Also the `Nats-Msg-Id`: `rank:<outbox id>`.
+    pub id: String,
+    /// When the change was committed, Unix milliseconds.
+    pub ts: i64,
+    pub uid: i64,
+    pub old_rank: u8,
+    pub new_rank: u8,
+    pub xp: i64,
+    pub identities: Vec<WireIdentity>,
+}
+
+/// `<prefix>.notify.link`: two users were merged; `merged_uid` now redirects to `uid`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkNotice {
+    pub v: u8,
+    /// Also the `Nats-Msg-Id`: `link:<outbox id>`.
+    pub id: String,
+    pub ts: i64,
+    pub uid: i64,
+    pub merged_uid: i64,
+    /// The event that made the link.
+    pub event: String,
+    pub identities: Vec<WireIdentity>,
+}

@@ -1,0 +1,213 @@
+//! NATS JetStream: connecting, provisioning the streams and the shared consumer declared
+//! in `nats/`, and publishing events with their id as `Nats-Msg-Id`.
+//!
+//! Reads `nats.url` and `nats.prefix`.
+
+use std::time::Duration;
+
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, consumer::PullConsumer, context::PublishAckFuture};
+use bytes::Bytes;
+use ttfd_shared::wire::{self, Event, Subjects};
+
+use crate::config::NatsSettings;
+
+/// The stream and consumer definitions, written for prefix `ttfd`.
+const STREAMS: [(&str, &str); 3] = [
+    (
+        "events.stream.json",
+        include_str!("../../../nats/events.stream.json"),
+    ),
+    (
+        "notify.stream.json",
+        include_str!("../../../nats/notify.stream.json"),
+    ),
+    (
+        "dlq.stream.json",
+        include_str!("../../../nats/dlq.stream.json"),
+    ),
+];
+const SYNC_CONSUMER: &str = include_str!("../../../nats/sync.consumer.json");
+
+/// Header carrying the reason of a dead-lettered event.
+pub const ERROR_HEADER: &str = "Ttfd-Error";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot reach NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+    #[error("NATS did not answer within {0:?} at {1}")]
+    ConnectTimeout(Duration, String),
+    #[error("bad stream or consumer definition in nats/{file}: {source}")]
+    Definition {
+        file: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("JetStream: {0}")]
+    JetStream(String),
+}
+
+fn js_err(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::JetStream(e.to_string())
+}
+
+/// A connection to NATS with JetStream and the installation's subject names.
+#[derive(Clone)]
+pub struct Broker {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub subjects: Subjects,
+}
+
+impl Broker {
+    /// Connects once, giving up after `timeout` with a one-line error.
+    pub async fn connect(settings: &NatsSettings, timeout: Duration) -> Result<Self, BrokerError> {
+        let url = settings.url.clone();
+        let connect = async_nats::ConnectOptions::new()
+            .name("ttfd")
+            .connection_timeout(timeout)
+            .connect(url.as_str());
+        let client = tokio::time::timeout(timeout, connect)
+            .await
+            .map_err(|_| BrokerError::ConnectTimeout(timeout, url.clone()))?
+            .map_err(|source| BrokerError::Connect { url, source })?;
+        Ok(Self::from_client(client, &settings.prefix))
+    }
+
+    pub fn from_client(client: async_nats::Client, prefix: &str) -> Self {
+        let js = jetstream::new(client.clone());
+        Self {
+            client,
+            js,
+            subjects: Subjects::new(prefix),
+        }
+    }
+
+    /// Creates or updates the streams and the shared sync consumer (idempotent).
+    pub async fn setup(&self) -> Result<Vec<String>, BrokerError> {
+        let mut done = Vec::new();
+        for (file, text) in STREAMS {
+            let config: jetstream::stream::Config =
+                serde_json::from_value(self.rewrite(text, file)?)
+                    .map_err(|source| BrokerError::Definition { file, source })?;
+            let info = self
+                .js
+                .create_or_update_stream(config)
+                .await
+                .map_err(js_err)?;
+            done.push(format!("stream {}", info.config.name));
+        }
+        let config = self.sync_consumer_config()?;
+        let name = config.durable_name.clone().unwrap_or_default();
+        let stream = self
+            .js
+            .get_stream(self.subjects.events_stream())
+            .await
+            .map_err(js_err)?;
+        match stream.create_consumer(config.clone()).await {
+            Ok(_) => {}
+            // It exists with another configuration: bring it up to date.
+            Err(_) => {
+                stream.update_consumer(config).await.map_err(js_err)?;
+            }
+        }
+        done.push(format!("consumer {name}"));
+        Ok(done)
+    }
+
+    /// The shared consumer's configuration: `nats/sync.consumer.json` over the defaults.
+    pub fn sync_consumer_config(&self) -> Result<jetstream::consumer::pull::Config, BrokerError> {
+        let definition = |source| BrokerError::Definition {
+            file: "sync.consumer.json",
+            source,
+        };
+        let mut config = serde_json::to_value(jetstream::consumer::pull::Config::default())
+            .map_err(definition)?;
+        if let (Some(base), serde_json::Value::Object(file)) = (
+            config.as_object_mut(),
+            self.rewrite(SYNC_CONSUMER, "sync.consumer.json")?,
+        ) {
+            base.extend(file);
+        }
+        serde_json::from_value(config).map_err(definition)
+    }
+
+    /// The definitions say `ttfd`; this installation may use another prefix.
+    fn rewrite(&self, text: &str, file: &'static str) -> Result<serde_json::Value, BrokerError> {
+        let mut value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|source| BrokerError::Definition { file, source })?;
+        let prefix = self.subjects.prefix();
+        rewrite_strings(&mut value, &|s| {
+            if let Some(rest) = s.strip_prefix("ttfd.") {
+                format!("{prefix}.{rest}")
+            } else if let Some(rest) = s.strip_prefix("TTFD_") {
+                format!("{}_{rest}", prefix.to_uppercase())
+            } else if let Some(rest) = s.strip_prefix("ttfd-") {
+                format!("{prefix}-{rest}")
+            } else {
+                s.to_owned()
+            }
+        });
+        Ok(value)
+    }
+
+    /// The shared durable consumer of the sync replicas.
+    pub async fn sync_consumer(&self) -> Result<PullConsumer, BrokerError> {
+        let config = self.sync_consumer_config()?;
+        let name = config.durable_name.unwrap_or_default();
+        self.js
+            .get_consumer_from_stream(name, self.subjects.events_stream())
+            .await
+            .map_err(js_err)
+    }
+
+    /// The events stream's retention: ids older than this can no longer be redelivered.
+    /// `None` when the stream keeps messages forever.
+    pub async fn events_max_age(&self) -> Result<Option<Duration>, BrokerError> {
+        let mut stream = self
+            .js
+            .get_stream(self.subjects.events_stream())
+            .await
+            .map_err(js_err)?;
+        let info = stream.info().await.map_err(js_err)?;
+        Ok((!info.config.max_age.is_zero()).then_some(info.config.max_age))
+    }
+
+    /// Sends an event to `<prefix>.events.<platform>.<kind>` with `Nats-Msg-Id` = its id.
+    /// The returned future resolves when JetStream has stored it.
+    pub async fn publish_event(&self, event: &Event) -> Result<PublishAckFuture, BrokerError> {
+        let subject = self
+            .subjects
+            .event(event.identity.platform.as_str(), event.kind());
+        self.publish_raw(subject, event.id.as_str(), Bytes::from(wire::encode(event)))
+            .await
+    }
+
+    /// Sends bytes as they are (for outside publishers' shapes and for tests of bad input).
+    pub async fn publish_raw(
+        &self,
+        subject: String,
+        msg_id: &str,
+        payload: Bytes,
+    ) -> Result<PublishAckFuture, BrokerError> {
+        self.js
+            .send_publish(
+                subject,
+                PublishMessage::build().payload(payload).message_id(msg_id),
+            )
+            .await
+            .map_err(js_err)
+    }
+}
+
+fn rewrite_strings(v: &mut serde_json::Value, f: &dyn Fn(&str) -> String) {
+    match v {
+        serde_json::Value::String(s) => *s = f(s),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|i| rewrite_strings(i, f)),
+        serde_json::Value::Object(map) => map.values_mut().for_each(|i| rewrite_strings(i, f)),
+        _ => {}
+    }
+}

@@ -1,0 +1,226 @@
+//! The `ttfd` command line. Each subcommand is one role or one operator task; each is a
+//! short function over library code.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use ttfd_shared::{Event, Identity, wire};
+
+use crate::broker::Broker;
+use crate::config::Settings;
+use crate::store::Store;
+use crate::store::query::Period;
+use crate::{bench, demo, now_ms, shutdown, sync, telemetry};
+
+/// TTFD Unified: one profile per person across Discord, Telegram, the website and any
+/// platform that publishes events.
+#[derive(Debug, Parser)]
+#[command(name = "ttfd", version)]
+pub struct Cli {
+    /// A TOML settings file; `TTFD__SECTION__KEY` environment variables override it.
+    #[arg(long, global = true, env = "TTFD_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one sync consumer replica (events → PostgreSQL) and its outbox relay.
+    Sync,
+    /// Apply the database migrations.
+    Migrate,
+    /// NATS provisioning.
+    Nats {
+        #[command(subcommand)]
+        command: NatsCommand,
+    },
+    /// Publish events given as JSON envelopes (SPEC 4), as an argument or one per line
+    /// on stdin. `v` defaults to 1 and `ts` to now.
+    Publish {
+        /// One JSON object; without it, JSON lines are read from stdin.
+        json: Option<String>,
+    },
+    /// Show the unified user owning an identity, e.g. `discord:80351110224678912`.
+    User {
+        identity: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a leaderboard.
+    Top {
+        #[arg(long, value_enum, default_value = "all")]
+        period: Period,
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..=1000))]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the whole pipeline locally with synthetic activity (no bot tokens needed).
+    Demo(demo::DemoArgs),
+    /// Measure throughput and latency against a raw-consumer baseline.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NatsCommand {
+    /// Create or update the streams and the shared sync consumer from `nats/`.
+    Setup,
+}
+
+/// Runs the command; errors come back as one line for `main` to print.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    telemetry::init(&settings.log);
+    match cli.command {
+        Command::Sync => {
+            sync::run(&settings, shutdown::on_signals()).await?;
+        }
+        Command::Migrate => {
+            let store = connect_store(&settings).await?;
+            store.migrate().await?;
+            println!("database migrated");
+        }
+        Command::Nats {
+            command: NatsCommand::Setup,
+        } => {
+            let broker = connect_broker(&settings).await?;
+            for line in broker.setup().await? {
+                println!("{line}: ready");
+            }
+        }
+        Command::Publish { json } => publish(&settings, json).await?,
+        Command::User { identity, json } => {
+            let identity = Identity::parse(&identity)?;
+            let store = connect_store(&settings).await?;
+            let Some(p) = store.profile(&identity).await? else {
+                bail!("no user has the identity {identity}");
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&p)?);
+            } else {
+                let name = p.display_name.as_deref().unwrap_or("(no name)");
+                println!("{name} (uid {})", p.uid);
+                let next = p
+                    .rank
+                    .next_xp
+                    .map(|n| format!(", next rank at {n}"))
+                    .unwrap_or_default();
+                println!("  rank {}  xp {}{next}", p.rank.name, p.xp);
+                println!(
+                    "  peak {}  coins {}",
+                    settings.rules.rank(p.peak_rank).name,
+                    p.coins
+                );
+                println!(
+                    "  messages {}  voice {} min  games {} ({} won)",
+                    p.messages,
+                    p.voice_seconds / 60,
+                    p.games_played,
+                    p.games_won
+                );
+                let ids: Vec<String> = p
+                    .identities
+                    .iter()
+                    .map(|i| format!("{}:{}", i.platform, i.user))
+                    .collect();
+                println!("  identities {}", ids.join(", "));
+            }
+        }
+        Command::Top {
+            period,
+            limit,
+            json,
+        } => {
+            let store = connect_store(&settings).await?;
+            let today = time::OffsetDateTime::now_utc().date();
+            let rows = store.top(period, today, limit, 0).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", demo::format_top(&rows));
+            }
+        }
+        Command::Demo(args) => demo::run(&settings, args, shutdown::on_signals()).await?,
+        Command::Bench(args) => bench::run(&settings, args).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A pool checked once, so that an unreachable database is a one-line error.
+pub async fn connect_store(settings: &Settings) -> anyhow::Result<Store> {
+    let store = Store::connect_lazy(&settings.database, settings.rules.clone())?;
+    store
+        .ping()
+        .await
+        .context("cannot reach PostgreSQL (database.url)")?;
+    Ok(store)
+}
+
+pub async fn connect_broker(settings: &Settings) -> anyhow::Result<Broker> {
+    Ok(Broker::connect(&settings.nats, Duration::from_secs(5)).await?)
+}
+
+/// Turns one JSON envelope into a valid event, with the same rules as the consumers.
+pub fn event_from_json(text: &str, now: i64) -> anyhow::Result<Event> {
+    let mut value: serde_json::Value = serde_json::from_str(text).context("not JSON")?;
+    let map = value
+        .as_object_mut()
+        .context("the event must be a JSON object")?;
+    map.entry("v").or_insert(1.into());
+    map.entry("ts").or_insert(now.into());
+    let field = |k: &str| {
+        map.get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (platform, kind) = (field("platform"), field("kind"));
+    let bytes = rmp_serde::to_vec_named(&value)?;
+    wire::decode(&bytes, (&platform, &kind), now).map_err(|r| anyhow::anyhow!("invalid event: {r}"))
+}
+
+async fn publish(settings: &Settings, json: Option<String>) -> anyhow::Result<()> {
+    let lines: Vec<String> = match json {
+        Some(j) => vec![j],
+        None => {
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                bail!("give an event as an argument or JSON lines on stdin");
+            }
+            stdin.lock().lines().collect::<Result<_, _>>()?
+        }
+    };
+    let events = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, l)| event_from_json(l, now_ms()).with_context(|| format!("line {}", n + 1)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let broker = connect_broker(settings).await?;
+    for e in &events {
+        let ack = broker
+            .publish_event(e)
+            .await?
+            .await
+            .context("JetStream did not store the event")?;
+        let status = if ack.duplicate {
+            "duplicate, ignored"
+        } else {
+            "stored"
+        };
+        println!(
+            "{} → {} (seq {}, {status})",
+            e.id.as_str(),
+            broker
+                .subjects
+                .event(e.identity.platform.as_str(), e.kind()),
+            ack.sequence
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! `ttfd demo`: the whole pipeline on one machine with synthetic activity, so a
+//! newcomer sees events become profiles, ranks change and leaderboards move.
+//!
+//! It migrates the database, provisions NATS, runs `--replicas` sync consumers and the
+//! outbox relay in-process, publishes activity of `--people` persons on Discord,
+//! Telegram and the website (links and merges included), and prints the leaderboard.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::warn;
+use ttfd_shared::wire::RankNotice;
+
+use crate::broker::Broker;
+use crate::cli::{connect_broker, connect_store};
+use crate::config::Settings;
+use crate::now_ms;
+use crate::store::query::{Period, Standing};
+use crate::sync::{Counters, SyncWorker, relay_outbox};
+use crate::traffic::Traffic;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Persons in the synthetic community.
+    #[arg(long, default_value_t = 300)]
+    pub people: u64,
+    /// Events per second.
+    #[arg(long, default_value_t = 200)]
+    pub rate: u64,
+    /// Stop after this many seconds (0: run until Ctrl-C).
+    #[arg(long, default_value_t = 0)]
+    pub seconds: u64,
+    /// Sync consumer replicas to run.
+    #[arg(long, default_value_t = 2)]
+    pub replicas: usize,
+}
+
+pub async fn run(
+    settings: &Settings,
+    args: DemoArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let store = connect_store(settings).await?;
+    store.migrate().await?;
+    let broker = connect_broker(settings).await?;
+    broker.setup().await?;
+    println!(
+        "TTFD demo: {} people, {} events/s, {} sync replicas, prefix {:?}. Ctrl-C stops.",
+        args.people,
+        args.rate,
+        args.replicas,
+        broker.subjects.prefix()
+    );
+    println!("Meanwhile, try: ttfd top --period week   |   ttfd user discord:300000000000000000");
+
+    let counters = Arc::new(Counters::default());
+    let wake = Arc::new(Notify::new());
+    let tasks = TaskTracker::new();
+    let workers = CancellationToken::new();
+    for _ in 0..args.replicas.max(1) {
+        let b = connect_broker(settings).await?;
+        let worker = SyncWorker::new(
+            store.clone(),
+            b.clone(),
+            b.sync_consumer().await?,
+            settings.sync.clone(),
+        )
+        .with_counters(counters.clone())
+        .with_relay_wake(wake.clone());
+        let stop = workers.clone();
+        tasks.spawn(async move {
+            if let Err(e) = worker.run(stop).await {
+                warn!(error = %e, "sync worker stopped");
+            }
+        });
+    }
+    tasks.spawn(relay_outbox(
+        store.clone(),
+        broker.clone(),
+        wake,
+        Duration::from_millis(200),
+        workers.clone(),
+    ));
+    tasks.spawn(announce_rank_ups(broker.clone(), workers.clone()));
+
+    let publisher = publish_traffic(&broker, &args, &shutdown);
+    let mut report = tokio::time::interval(Duration::from_secs(5));
+    report.tick().await;
+    tokio::pin!(publisher);
+    loop {
+        tokio::select! {
+            result = &mut publisher => { result?; break; }
+            _ = report.tick() => {
+                let today = time::OffsetDateTime::now_utc().date();
+                let top = store.top(Period::Week, today, 5, 0).await?;
+                println!(
+                    "\napplied {}  duplicates {}  rank changes {}  merges {}  dead-lettered {}",
+                    Counters::get(&counters.applied), Counters::get(&counters.duplicates),
+                    Counters::get(&counters.rank_changes), Counters::get(&counters.merges),
+                    Counters::get(&counters.dead_lettered),
+                );
+                print!("This week:\n{}", format_top(&top));
+            }
+        }
+    }
+    // Let the consumers catch up, then stop them.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    workers.cancel();
+    tasks.close();
+    tasks.wait().await;
+    let today = time::OffsetDateTime::now_utc().date();
+    print!(
+        "\nAll time:\n{}",
+        format_top(&store.top(Period::All, today, 10, 0).await?)
+    );
+    Ok(())
+}
+
+async fn publish_traffic(
+    broker: &Broker,
+    args: &DemoArgs,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let run = format!("demo{}", now_ms());
+    let mut traffic = Traffic::new(args.people, now_ms() as u64, &run);
+    let per_tick = (args.rate / 10).max(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let deadline =
+        (args.seconds > 0).then(|| tokio::time::Instant::now() + Duration::from_secs(args.seconds));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            return Ok(());
+        }
+        let mut acks = Vec::with_capacity(per_tick as usize);
+        for _ in 0..per_tick {
+            acks.push(broker.publish_event(&traffic.next(now_ms())).await?);
+        }
+        for ack in acks {
+            ack.await?;
+        }
+    }
+}
+
+/// Prints rank changes as the platforms' bots would announce them.
+async fn announce_rank_ups(broker: Broker, stop: CancellationToken) {
+    let Ok(mut sub) = broker
+        .client
+        .subscribe(broker.subjects.notify("rank"))
+        .await
+    else {
+        return;
+    };
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => return,
+            m = sub.next() => m,
+        };
+        let Some(msg) = msg else { return };
+        if let Ok(n) = rmp_serde::from_slice::<RankNotice>(&msg.payload)
+            && n.new_rank > n.old_rank
+        {
+            {
+                let who: Vec<String> = n
+                    .identities
+                    .iter()
+                    .map(|i| format!("{}:{}", i.platform, i.user))
+                    .collect();
+                println!(
+                    "rank up: uid {} → rank {} ({} XP) [{}]",
+                    n.uid,
+                    n.new_rank,
+                    n.xp,
+                    who.join(", ")
+                );
+            }
+        }
+    }
+}
+
+/// A leaderboard as a small table.
+pub fn format_top(rows: &[Standing]) -> String {
+    if rows.is_empty() {
+        return "  (nobody yet)\n".into();
+    }
+    rows.iter()
+        .map(|r| {
+            format!(
+                "  {:>3}. {:<24} {:>8} XP  {}\n",
+                r.position,
+                r.display_name.as_deref().unwrap_or("?"),
+                r.xp,
+                r.rank
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,27 @@
+//! TTFD Unified's roles and adapters.
+//!
+//! - [`config`]: typed, layered settings (defaults, file, `TTFD__...` environment).
+//! - [`broker`]: NATS JetStream: connecting, provisioning from `nats/`, publishing.
+//! - [`store`]: PostgreSQL: migrations, the batch apply path, reads, the outbox.
+//! - [`sync`]: the sync consumer role and the outbox relay.
+//! - [`cli`]: the `ttfd` command line; each subcommand is one role.
+//! - [`demo`], [`bench`]: synthetic traffic for newcomers and for measurement.
+
+pub mod bench;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod shutdown;
+pub mod store;
+pub mod sync;
+pub mod telemetry;
+pub mod traffic;
+
+pub use ttfd_shared as shared;
+
+/// Wall-clock time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    let now = time::OffsetDateTime::now_utc();
+    i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,599 @@
+//! The batch apply path: a batch of valid events becomes one transaction.
+//!
+//! Idempotent and order-independent by construction (SPEC 2):
+//! - an event id is claimed in `processed_events` in the same transaction, so a batch
+//!   that commits applies each event once, and one that rolls back applies nothing;
+//! - XP facts are keyed so that their union does not depend on order: message XP by
+//!   `(identity, minute)` bucket, the ledger by `(identity, day)`, names by the newest
+//!   `(ts, id)`, merges by the final partition (the survivor is the smaller uid);
+//! - the peak rank is recomputed from event-time facts (see `ttfd_shared::model`).
+//!
+//! Concurrency: every user row the batch touches is locked `FOR UPDATE` in id order,
+//! and every other lock (ids, identities, buckets, ledger) is taken in sorted key order,
+//! so replicas cannot deadlock on each other; if another replica merged users between
+//! our read and our lock we roll back and retry ([`StoreError::Contended`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use sqlx::{Postgres, Row, Transaction};
+use tracing::instrument;
+use ttfd_shared::model::peak_ranks;
+use ttfd_shared::rules::{self, MINUTE_MS};
+use ttfd_shared::wire::{LinkNotice, RankNotice, WireIdentity};
+use ttfd_shared::{Event, Payload};
+
+use super::{Store, StoreError};
+use crate::now_ms;
+
+/// A stream message refused by validation, counted once per stream sequence.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// Idempotency key, `dlq:<stream sequence>`.
+    pub key: String,
+    pub platform: String,
+    pub kind: String,
+    pub code: &'static str,
+}
+
+/// What a batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub applied: usize,
+    pub duplicates: usize,
+    pub rank_changes: usize,
+    pub merges: usize,
+}
+
+#[derive(Debug, Clone)]
+struct UserRow {
+    xp: i64,
+    peak_rank: i16,
+    messages: i64,
+    voice_seconds: i64,
+    games_played: i64,
+    games_won: i64,
+    first_ms: Option<i64>,
+    last_ms: Option<i64>,
+}
+
+impl UserRow {
+    fn absorb(&mut self, other: &UserRow) {
+        self.xp += other.xp;
+        self.peak_rank = self.peak_rank.max(other.peak_rank);
+        self.messages += other.messages;
+        self.voice_seconds += other.voice_seconds;
+        self.games_played += other.games_played;
+        self.games_won += other.games_won;
+        self.first_ms = min_opt(self.first_ms, other.first_ms);
+        self.last_ms = self.last_ms.max(other.last_ms);
+    }
+
+    fn saw(&mut self, ts: i64) {
+        self.first_ms = min_opt(self.first_ms, Some(ts));
+        self.last_ms = self.last_ms.max(Some(ts));
+    }
+}
+
+fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+/// A merge decided in this batch: `loser` now redirects to `survivor`.
+struct Merge<'e> {
+    loser: i64,
+    event: &'e Event,
+}
+
+impl Store {
+    /// Applies a batch of valid events in one transaction. Events already applied (by
+    /// id) are skipped and counted as duplicates.
+    #[instrument(skip_all, fields(events = events.len()))]
+    pub async fn apply(&self, events: &[Event]) -> Result<Applied, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let outcome = self.apply_in(&mut tx, events).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn apply_in(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        events: &[Event],
+    ) -> Result<Applied, StoreError> {
+        let rules = &*self.rules;
+        let mut unique = HashSet::new();
+        let mut events: Vec<&Event> = events.iter().filter(|e| unique.insert(&e.id)).collect();
+        events.sort_by(|a, b| a.id.cmp(&b.id));
+
+        // 1. Claim the ids; only the ones nobody applied before go on.
+        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        let fresh: HashSet<String> = sqlx::query_scalar(
+            "INSERT INTO processed_events (id) SELECT id FROM unnest($1::text[]) AS t(id)
+             ORDER BY id ON CONFLICT DO NOTHING RETURNING id",
+        )
+        .bind(&ids)
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .collect();
+        let total = events.len();
+        events.retain(|e| fresh.contains(e.id.as_str()));
+        let mut outcome = Applied {
+            applied: events.len(),
+            duplicates: total - events.len(),
+            ..Applied::default()
+        };
+        if events.is_empty() {
+            return Ok(outcome);
+        }
+
+        // 2. Every identity named gets a row, and a user of its own when it is new.
+        let mut keys: BTreeSet<(&str, &str)> = BTreeSet::new();
+        for e in &events {
+            keys.insert((e.identity.platform.as_str(), e.identity.user.as_str()));
+            if let Payload::Link { other, .. } = &e.payload {
+                keys.insert((other.platform.as_str(), other.user.as_str()));
+            }
+        }
+        let (platforms, users): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
+        sqlx::query(
+            "WITH input AS (
+                 SELECT p, u FROM unnest($1::text[], $2::text[]) AS t(p, u) ORDER BY p, u),
+             created AS (
+                 INSERT INTO identities (platform, external_id, user_id)
+                 SELECT p, u, nextval('users_id_seq') FROM input
+                 ON CONFLICT (platform, external_id) DO NOTHING
+                 RETURNING user_id)
+             INSERT INTO users (id) SELECT user_id FROM created",
+        )
+        .bind(&platforms)
+        .bind(&users)
+        .execute(&mut **tx)
+        .await?;
+
+        // 3. Lock their users in id order, then check nobody moved an identity meanwhile.
+        let rows = sqlx::query(
+            "SELECT u.id, u.merged_into, u.xp, u.peak_rank, u.messages, u.voice_seconds,
+                    u.games_played, u.games_won, u.first_event_ms, u.last_event_ms
+             FROM users u
+             WHERE u.id IN (SELECT i.user_id FROM identities i
+                            JOIN unnest($1::text[], $2::text[]) AS t(p, u)
+                              ON i.platform = t.p AND i.external_id = t.u)
+             ORDER BY u.id FOR UPDATE OF u",
+        )
+        .bind(&platforms)
+        .bind(&users)
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut state: BTreeMap<i64, UserRow> = BTreeMap::new();
+        for r in rows {
+            if r.get::<Option<i64>, _>("merged_into").is_some() {
+                return Err(StoreError::Contended);
+            }
+            state.insert(
+                r.get("id"),
+                UserRow {
+                    xp: r.get("xp"),
+                    peak_rank: r.get("peak_rank"),
+                    messages: r.get("messages"),
+                    voice_seconds: r.get("voice_seconds"),
+                    games_played: r.get("games_played"),
+                    games_won: r.get("games_won"),
+                    first_ms: r.get("first_event_ms"),
+                    last_ms: r.get("last_event_ms"),
+                },
+            );
+        }
+        let original_xp: HashMap<i64, i64> = state.iter().map(|(id, u)| (*id, u.xp)).collect();
+        let mut identity: HashMap<(String, String), i64> = HashMap::new();
+        let mut owner: HashMap<i64, i64> = HashMap::new();
+        for r in sqlx::query(
+            "SELECT i.id, i.platform, i.external_id, i.user_id FROM identities i
+             JOIN unnest($1::text[], $2::text[]) AS t(p, u)
+               ON i.platform = t.p AND i.external_id = t.u",
+        )
+        .bind(&platforms)
+        .bind(&users)
+        .fetch_all(&mut **tx)
+        .await?
+        {
+            let (iid, uid): (i64, i64) = (r.get("id"), r.get("user_id"));
+            if !state.contains_key(&uid) {
+                return Err(StoreError::Contended);
+            }
+            identity.insert((r.get("platform"), r.get("external_id")), iid);
+            owner.insert(iid, uid);
+        }
+        let iid_of = |i: &ttfd_shared::Identity| -> Result<i64, StoreError> {
+            identity
+                .get(&(i.platform.as_str().to_owned(), i.user.as_str().to_owned()))
+                .copied()
+                .ok_or(StoreError::Contended)
+        };
+
+        // 4. Fold the events into per-user deltas and per-identity facts.
+        let mut buckets: BTreeSet<(i64, i64)> = BTreeSet::new();
+        let mut ledger: BTreeMap<(i64, i32), i64> = BTreeMap::new();
+        let mut names: BTreeMap<i64, (i64, &str, &str)> = BTreeMap::new();
+        let mut links: Vec<(&Event, i64, i64)> = Vec::new();
+        for e in &events {
+            let iid = iid_of(&e.identity)?;
+            let user = state.get_mut(&owner[&iid]).ok_or(StoreError::Contended)?;
+            user.saw(e.ts);
+            match &e.payload {
+                Payload::Message { len, .. } => {
+                    user.messages += 1;
+                    if rules.message_is_eligible(*len) {
+                        buckets.insert((iid, rules::minute_of(e.ts)));
+                    }
+                }
+                Payload::Voice { seconds, .. } => user.voice_seconds += i64::from(*seconds),
+                Payload::Game { won, .. } => {
+                    user.games_played += 1;
+                    user.games_won += i64::from(*won);
+                }
+                Payload::Xp { .. } => {}
+                Payload::Link { other, .. } => links.push((e, iid, iid_of(other)?)),
+            }
+            let xp = rules.standalone_xp(&e.payload);
+            if xp != 0 {
+                *ledger.entry((iid, rules::day_of(e.ts))).or_default() += xp;
+            }
+            if let Some(name) = &e.name {
+                let newer = names
+                    .get(&iid)
+                    .is_none_or(|(ts, id, _)| (*ts, *id) < (e.ts, e.id.as_str()));
+                if newer {
+                    names.insert(iid, (e.ts, e.id.as_str(), name));
+                }
+            }
+        }
+
+        // 5. Message XP: the first eligible message of an identity in a minute.
+        if !buckets.is_empty() {
+            let (b_ids, b_minutes): (Vec<i64>, Vec<i64>) = buckets.iter().copied().unzip();
+            let new_buckets: Vec<(i64, i64)> = sqlx::query_as(
+                "INSERT INTO message_buckets (identity_id, minute)
+                 SELECT i, m FROM unnest($1::int8[], $2::int8[]) AS t(i, m) ORDER BY i, m
+                 ON CONFLICT DO NOTHING RETURNING identity_id, minute",
+            )
+            .bind(&b_ids)
+            .bind(&b_minutes)
+            .fetch_all(&mut **tx)
+            .await?;
+            if rules.message_xp != 0 {
+                for (iid, minute) in new_buckets {
+                    *ledger
+                        .entry((iid, rules::day_of(minute * MINUTE_MS)))
+                        .or_default() += rules.message_xp;
+                }
+            }
+        }
+
+        // 6. The ledger, and the users' XP from it.
+        ledger.retain(|_, xp| *xp != 0);
+        if !ledger.is_empty() {
+            let mut l_ids = Vec::with_capacity(ledger.len());
+            let mut l_days = Vec::with_capacity(ledger.len());
+            let mut l_xp = Vec::with_capacity(ledger.len());
+            for (&(iid, day), &xp) in &ledger {
+                l_ids.push(iid);
+                l_days.push(day);
+                l_xp.push(xp);
+                if let Some(u) = state.get_mut(&owner[&iid]) {
+                    u.xp += xp;
+                }
+            }
+            sqlx::query(
+                "INSERT INTO xp_ledger (identity_id, day, xp)
+                 SELECT i, DATE '1970-01-01' + d, x
+                 FROM unnest($1::int8[], $2::int4[], $3::int8[]) AS t(i, d, x) ORDER BY i, d
+                 ON CONFLICT (identity_id, day) DO UPDATE SET xp = xp_ledger.xp + excluded.xp",
+            )
+            .bind(&l_ids)
+            .bind(&l_days)
+            .bind(&l_xp)
+            .execute(&mut **tx)
+            .await?;
+        }
+
+        // 7. Display names: the newest (ts, id) wins, whatever arrives first.
+        if !names.is_empty() {
+            let n_ids: Vec<i64> = names.keys().copied().collect();
+            let n_ts: Vec<i64> = names.values().map(|n| n.0).collect();
+            let n_events: Vec<&str> = names.values().map(|n| n.1).collect();
+            let n_names: Vec<&str> = names.values().map(|n| n.2).collect();
+            sqlx::query(
+                "UPDATE identities i SET name = t.name, name_ms = t.ms, name_event = t.ev
+                 FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[]) AS t(id, ms, ev, name)
+                 WHERE i.id = t.id
+                   AND (i.name_ms IS NULL OR (i.name_ms, i.name_event) < (t.ms, t.ev COLLATE \"C\"))",
+            )
+            .bind(&n_ids)
+            .bind(&n_ts)
+            .bind(&n_events)
+            .bind(&n_names)
+            .execute(&mut **tx)
+            .await?;
+        }
+
+        // 8. Links: record each, merge users that differ (the smaller uid survives).
+        let mut merges: Vec<Merge> = Vec::new();
+        let mut redirect: HashMap<i64, i64> = HashMap::new();
+        let resolve = |redirect: &HashMap<i64, i64>, mut uid: i64| {
+            while let Some(next) = redirect.get(&uid) {
+                uid = *next;
+            }
+            uid
+        };
+        links.sort_by_key(|(e, _, _)| (e.ts, &e.id));
+        for (e, a, b) in &links {
+            let ua = resolve(&redirect, owner[a]);
+            let ub = resolve(&redirect, owner[b]);
+            if ua == ub {
+                continue;
+            }
+            let (survivor, loser) = (ua.min(ub), ua.max(ub));
+            let gone = state.get(&loser).cloned().ok_or(StoreError::Contended)?;
+            state
+                .get_mut(&survivor)
+                .ok_or(StoreError::Contended)?
+                .absorb(&gone);
+            redirect.insert(loser, survivor);
+            merges.push(Merge { loser, event: e });
+        }
+        if !links.is_empty() {
+            let ev: Vec<&str> = links.iter().map(|(e, _, _)| e.id.as_str()).collect();
+            let a: Vec<i64> = links.iter().map(|l| l.1).collect();
+            let b: Vec<i64> = links.iter().map(|l| l.2).collect();
+            let day: Vec<i32> = links.iter().map(|l| rules::day_of(l.0.ts)).collect();
+            let proof: Vec<&str> = links
+                .iter()
+                .map(|(e, _, _)| match &e.payload {
+                    Payload::Link { proof, .. } => proof.as_str(),
+                    _ => "",
+                })
+                .collect();
+            sqlx::query(
+                "INSERT INTO links (event_id, identity_a, identity_b, day, proof)
+                 SELECT e, a, b, DATE '1970-01-01' + d, p
+                 FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int4[], $5::text[])
+                   AS t(e, a, b, d, p)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&ev)
+            .bind(&a)
+            .bind(&b)
+            .bind(&day)
+            .bind(&proof)
+            .execute(&mut **tx)
+            .await?;
+        }
+        let losers: Vec<i64> = merges.iter().map(|m| m.loser).collect();
+        let survivors_of_losers: Vec<i64> = losers.iter().map(|l| resolve(&redirect, *l)).collect();
+        if !losers.is_empty() {
+            sqlx::query(
+                "UPDATE identities SET user_id = t.s
+                 FROM unnest($1::int8[], $2::int8[]) AS t(l, s) WHERE identities.user_id = t.l",
+            )
+            .bind(&losers)
+            .bind(&survivors_of_losers)
+            .execute(&mut **tx)
+            .await?;
+            sqlx::query(
+                "UPDATE users SET merged_into = t.s, xp = 0, peak_rank = 1, messages = 0,
+                        voice_seconds = 0, games_played = 0, games_won = 0
+                 FROM unnest($1::int8[], $2::int8[]) AS t(l, s) WHERE users.id = t.l",
+            )
+            .bind(&losers)
+            .bind(&survivors_of_losers)
+            .execute(&mut **tx)
+            .await?;
+            outcome.merges = merges.len();
+        }
+        for l in &losers {
+            state.remove(l);
+        }
+
+        // 9. Peak rank, in event time: the current rank unless a user has a day with
+        // negative XP, in which case it is recomputed from the ledger and links.
+        let live: Vec<i64> = state.keys().copied().collect();
+        let non_monotone: Vec<i64> = sqlx::query_scalar(
+            "SELECT DISTINCT i.user_id FROM identities i
+             JOIN xp_ledger l ON l.identity_id = i.id
+             WHERE i.user_id = ANY($1) AND l.xp < 0",
+        )
+        .bind(&live)
+        .fetch_all(&mut **tx)
+        .await?;
+        for u in state.values_mut() {
+            u.peak_rank = i16::from(rules.rank_index(u.xp));
+        }
+        if !non_monotone.is_empty() {
+            for (uid, peak) in self.event_time_peaks(tx, &non_monotone).await? {
+                if let Some(u) = state.get_mut(&uid) {
+                    u.peak_rank = peak;
+                }
+            }
+        }
+
+        // 10. Write the users back.
+        let cols = |f: fn(&UserRow) -> i64| state.values().map(f).collect::<Vec<i64>>();
+        sqlx::query(
+            "UPDATE users u SET xp = t.xp, peak_rank = t.peak, messages = t.messages,
+                    voice_seconds = t.voice, games_played = t.played, games_won = t.won,
+                    first_event_ms = t.first_ms, last_event_ms = t.last_ms
+             FROM unnest($1::int8[], $2::int8[], $3::int2[], $4::int8[], $5::int8[],
+                         $6::int8[], $7::int8[], $8::int8[], $9::int8[])
+               AS t(id, xp, peak, messages, voice, played, won, first_ms, last_ms)
+             WHERE u.id = t.id",
+        )
+        .bind(&live)
+        .bind(cols(|u| u.xp))
+        .bind(state.values().map(|u| u.peak_rank).collect::<Vec<i16>>())
+        .bind(cols(|u| u.messages))
+        .bind(cols(|u| u.voice_seconds))
+        .bind(cols(|u| u.games_played))
+        .bind(cols(|u| u.games_won))
+        .bind(state.values().map(|u| u.first_ms).collect::<Vec<_>>())
+        .bind(state.values().map(|u| u.last_ms).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+
+        // 11. Notifications, committed with the change (transactional outbox).
+        let ranked: Vec<(i64, u8, u8)> = state
+            .iter()
+            .filter_map(|(uid, u)| {
+                let old = rules.rank_index(*original_xp.get(uid)?);
+                let new = rules.rank_index(u.xp);
+                (old != new).then_some((*uid, old, new))
+            })
+            .collect();
+        outcome.rank_changes = ranked.len();
+        if ranked.is_empty() && merges.is_empty() {
+            return Ok(outcome);
+        }
+        let notified: Vec<i64> = ranked
+            .iter()
+            .map(|r| r.0)
+            .chain(survivors_of_losers.iter().copied())
+            .collect();
+        let mut members: HashMap<i64, Vec<WireIdentity>> = HashMap::new();
+        for (uid, platform, user) in sqlx::query_as::<_, (i64, String, String)>(
+            "SELECT user_id, platform, external_id FROM identities WHERE user_id = ANY($1)
+             ORDER BY platform, external_id",
+        )
+        .bind(&notified)
+        .fetch_all(&mut **tx)
+        .await?
+        {
+            members
+                .entry(uid)
+                .or_default()
+                .push(WireIdentity { platform, user });
+        }
+        let now = now_ms();
+        let mut topics = Vec::new();
+        let mut bodies = Vec::new();
+        for (uid, old_rank, new_rank) in ranked {
+            topics.push("rank");
+            bodies.push(serde_json::to_value(RankNotice {
+                v: 1,
+                id: String::new(),
+                ts: now,
+                uid,
+                old_rank,
+                new_rank,
+                xp: state[&uid].xp,
+                identities: members.get(&uid).cloned().unwrap_or_default(),
+            })?);
+        }
+        for m in &merges {
+            let uid = resolve(&redirect, m.loser);
+            topics.push("link");
+            bodies.push(serde_json::to_value(LinkNotice {
+                v: 1,
+                id: String::new(),
+                ts: now,
+                uid,
+                merged_uid: m.loser,
+                event: m.event.id.as_str().to_owned(),
+                identities: members.get(&uid).cloned().unwrap_or_default(),
+            })?);
+        }
+        sqlx::query(
+            "INSERT INTO outbox (topic, body) SELECT * FROM unnest($1::text[], $2::jsonb[])",
+        )
+        .bind(&topics)
+        .bind(&bodies)
+        .execute(&mut **tx)
+        .await?;
+        Ok(outcome)
+    }
+
+    /// Peak ranks of `uids` from their whole ledger and link history.
+    async fn event_time_peaks(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        uids: &[i64],
+    ) -> Result<Vec<(i64, i16)>, StoreError> {
+        let ledger: Vec<(i64, i64, i32, i64)> = sqlx::query_as(
+            "SELECT i.user_id, l.identity_id, l.day - DATE '1970-01-01', l.xp
+             FROM xp_ledger l JOIN identities i ON i.id = l.identity_id
+             WHERE i.user_id = ANY($1)",
+        )
+        .bind(uids)
+        .fetch_all(&mut **tx)
+        .await?;
+        let links: Vec<(i64, i64, i64, i32)> = sqlx::query_as(
+            "SELECT i.user_id, k.identity_a, k.identity_b, k.day - DATE '1970-01-01'
+             FROM links k JOIN identities i ON i.id = k.identity_a
+             WHERE i.user_id = ANY($1)",
+        )
+        .bind(uids)
+        .fetch_all(&mut **tx)
+        .await?;
+        type History = (Vec<(i64, i32, i64)>, Vec<(i64, i64, i32)>);
+        let mut per_user: BTreeMap<i64, History> = BTreeMap::new();
+        for (uid, iid, day, xp) in ledger {
+            per_user.entry(uid).or_default().0.push((iid, day, xp));
+        }
+        for (uid, a, b, day) in links {
+            per_user.entry(uid).or_default().1.push((a, b, day));
+        }
+        Ok(per_user
+            .into_iter()
+            .map(|(uid, (ledger, links))| {
+                let peak = peak_ranks(&self.rules, &ledger, &links)
+                    .into_values()
+                    .max()
+                    .unwrap_or(1);
+                (uid, i16::from(peak))
+            })
+            .collect())
+    }
+
+    /// Counts dead-lettered stream messages, once each (by their `key`).
+    pub async fn record_dead_letters(&self, dead: &[DeadLetter]) -> Result<usize, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let keys: Vec<&str> = dead.iter().map(|d| d.key.as_str()).collect();
+        let fresh: HashSet<String> = sqlx::query_scalar(
+            "INSERT INTO processed_events (id) SELECT id FROM unnest($1::text[]) AS t(id)
+             ORDER BY id ON CONFLICT DO NOTHING RETURNING id",
+        )
+        .bind(&keys)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let mut counts: BTreeMap<(&str, &str, &str), i64> = BTreeMap::new();
+        for d in dead.iter().filter(|d| fresh.contains(&d.key)) {
+            *counts
+                .entry((d.platform.as_str(), d.kind.as_str(), d.code))
+                .or_default() += 1;
+        }
+        let p: Vec<&str> = counts.keys().map(|k| k.0).collect();
+        let k: Vec<&str> = counts.keys().map(|k| k.1).collect();
+        let c: Vec<&str> = counts.keys().map(|k| k.2).collect();
+        let n: Vec<i64> = counts.values().copied().collect();
+        sqlx::query(
+            "INSERT INTO dead_letters (platform, kind, code, count, last_at)
+             SELECT p, k, c, n, now() FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[])
+               AS t(p, k, c, n)
+             ON CONFLICT (platform, kind, code)
+             DO UPDATE SET count = dead_letters.count + excluded.count, last_at = now()",
+        )
+        .bind(&p)
+        .bind(&k)
+        .bind(&c)
+        .bind(&n)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(fresh.len())
+    }
+}

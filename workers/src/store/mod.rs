@@ -1,0 +1,134 @@
+//! PostgreSQL: the pool, migrations, the batch apply path ([`apply`]), reads for people
+//! and bots ([`query`]) and the notification outbox ([`outbox`]).
+//!
+//! Reads `database.url` and `database.max_connections`.
+
+pub mod apply;
+pub mod outbox;
+pub mod query;
+pub mod scratch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+use ttfd_shared::Rules;
+
+use crate::config::DatabaseSettings;
+
+pub use apply::{Applied, DeadLetter};
+
+/// The schema, embedded from `migrations/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// A database failure, sorted into what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("encoding a notification: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// Another replica merged users between our read and our lock; try again.
+    #[error("users changed while being locked (concurrent merge)")]
+    Contended,
+}
+
+impl StoreError {
+    /// Whether trying the same work again later can succeed: connection loss, a
+    /// database restarting or overloaded, deadlock and serialization conflicts. Other
+    /// errors are about the work itself.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Contended => true,
+            StoreError::Migrate(_) | StoreError::Encode(_) => false,
+            StoreError::Db(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+                    // 08: connection, 40001/40P01: serialization/deadlock, 53:
+                    // resources, 57P0x: shutdown, 55P03: lock timeout, 25006: read-only
+                    // (fail-over in progress).
+                    c.starts_with("08")
+                        || c.starts_with("53")
+                        || c.starts_with("57P")
+                        || matches!(c.as_ref(), "40001" | "40P01" | "55P03" | "25006")
+                }),
+                _ => false,
+            },
+        }
+    }
+}
+
+/// The database, with the rules that turn events into state.
+#[derive(Clone)]
+pub struct Store {
+    pub pool: PgPool,
+    pub rules: Arc<Rules>,
+}
+
+impl Store {
+    /// Opens a pool. The first connection is made lazily, so a service can start before
+    /// its database is up; [`Store::ping`] checks reachability.
+    pub fn connect_lazy(settings: &DatabaseSettings, rules: Rules) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = settings
+            .url
+            .expose_secret()
+            .parse::<PgConnectOptions>()?
+            .log_statements(tracing::log::LevelFilter::Trace)
+            .application_name("ttfd");
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(options);
+        Ok(Self {
+            pool,
+            rules: Arc::new(rules),
+        })
+    }
+
+    pub fn from_pool(pool: PgPool, rules: Rules) -> Self {
+        Self {
+            pool,
+            rules: Arc::new(rules),
+        }
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Forgets applied event ids older than `age` (the events stream's retention, which
+    /// can no longer redeliver them), a chunk at a time. Returns how many were removed.
+    pub async fn prune_processed(&self, age: Duration) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let removed = sqlx::query(
+                "DELETE FROM processed_events WHERE ctid = ANY(ARRAY(
+                     SELECT ctid FROM processed_events
+                     WHERE applied_at < now() - make_interval(secs => $1) LIMIT 10000))",
+            )
+            .bind(age.as_secs_f64())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            total += removed;
+            if removed < 10_000 {
+                return Ok(total);
+            }
+        }
+    }
+}

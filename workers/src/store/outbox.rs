@@ -1,0 +1,110 @@
+//! The transactional outbox: notifications are written in the transaction that made the
+//! change, and handed to a publisher here. A row is deleted only after its publish was
+//! acknowledged; a crash in between republishes it under the same `Nats-Msg-Id`, which
+//! JetStream's duplicate window drops, so each notification is delivered once in effect.
+
+use sqlx::Row;
+use ttfd_shared::wire::{LinkNotice, RankNotice};
+
+use super::{Store, StoreError};
+
+/// A notification ready to publish to `<prefix>.notify.<topic>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    Rank(RankNotice),
+    Link(LinkNotice),
+}
+
+impl Notice {
+    pub fn topic(&self) -> &'static str {
+        match self {
+            Notice::Rank(_) => "rank",
+            Notice::Link(_) => "link",
+        }
+    }
+
+    /// Also the `Nats-Msg-Id`.
+    pub fn id(&self) -> &str {
+        match self {
+            Notice::Rank(n) => &n.id,
+            Notice::Link(n) => &n.id,
+        }
+    }
+
+    /// The MessagePack map of SPEC 4, Notifications.
+    pub fn encode(&self) -> Vec<u8> {
+        let bytes = match self {
+            Notice::Rank(n) => rmp_serde::to_vec_named(n),
+            Notice::Link(n) => rmp_serde::to_vec_named(n),
+        };
+        // Plain structs of integers and strings always serialise.
+        bytes.expect("a notice always serialises")
+    }
+}
+
+/// Failure of one relay round.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError<E> {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("publishing notifications: {0}")]
+    Publish(E),
+}
+
+impl Store {
+    /// Takes up to `limit` pending notifications (skipping rows another replica is
+    /// publishing), lets `publish` send them, and deletes them once it returns `Ok`.
+    /// Returns how many were published.
+    pub async fn relay_outbox<E>(
+        &self,
+        limit: i64,
+        publish: impl AsyncFnOnce(&[Notice]) -> Result<(), E>,
+    ) -> Result<usize, RelayError<E>> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+        let rows = sqlx::query(
+            "SELECT id, topic, body FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut notices = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: i64 = row.get("id");
+            let topic: String = row.get("topic");
+            let body: serde_json::Value = row.get("body");
+            let notice = match topic.as_str() {
+                "rank" => serde_json::from_value(body).map(|mut n: RankNotice| {
+                    n.id = format!("rank:{id}");
+                    Notice::Rank(n)
+                }),
+                _ => serde_json::from_value(body).map(|mut n: LinkNotice| {
+                    n.id = format!("link:{id}");
+                    Notice::Link(n)
+                }),
+            }
+            .map_err(StoreError::from)?;
+            ids.push(id);
+            notices.push(notice);
+        }
+        publish(&notices).await.map_err(RelayError::Publish)?;
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(ids.len())
+    }
+
+    /// Notifications not yet published.
+    pub async fn outbox_backlog(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+}

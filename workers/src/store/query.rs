@@ -1,0 +1,240 @@
+//! Reads for people, bots and tests: a unified user's profile and the leaderboards.
+
+use serde::Serialize;
+use sqlx::Row;
+use time::{Date, Duration, OffsetDateTime, format_description::well_known::Rfc3339};
+use ttfd_shared::wire::WireIdentity;
+use ttfd_shared::{Identity, Rank};
+
+use super::{Store, StoreError};
+
+/// A unified user as `ttfd user --json` prints it (SPEC 5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Profile {
+    pub uid: i64,
+    pub display_name: Option<String>,
+    pub xp: i64,
+    pub rank: Rank,
+    pub peak_rank: u8,
+    pub coins: i64,
+    pub messages: i64,
+    pub voice_seconds: i64,
+    pub games_played: i64,
+    pub games_won: i64,
+    pub identities: Vec<WireIdentity>,
+    /// Event time of the user's first and newest event, RFC 3339.
+    pub created_at: Option<String>,
+    pub last_active: Option<String>,
+}
+
+/// The leaderboard period: all time, the current ISO week or the current month (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Period {
+    All,
+    Week,
+    Month,
+}
+
+impl Period {
+    /// The days `[from, to)` of the period containing `today`; `None` for all time.
+    pub fn range(self, today: Date) -> Option<(Date, Date)> {
+        match self {
+            Period::All => None,
+            Period::Week => {
+                let from =
+                    today - Duration::days(i64::from(today.weekday().number_days_from_monday()));
+                Some((from, from + Duration::days(7)))
+            }
+            Period::Month => {
+                let from = today.replace_day(1).unwrap_or(today);
+                let to = from + Duration::days(i64::from(from.month().length(from.year())));
+                Some((from, to))
+            }
+        }
+    }
+}
+
+/// One row of a leaderboard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Standing {
+    pub position: usize,
+    pub uid: i64,
+    pub display_name: Option<String>,
+    /// All time: the user's XP; a period: XP earned in it.
+    pub xp: i64,
+    /// The user's current rank (all time).
+    pub rank: String,
+}
+
+fn rfc3339(ms: Option<i64>) -> Option<String> {
+    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms?) * 1_000_000).ok()?;
+    t.format(&Rfc3339).ok()
+}
+
+impl Store {
+    /// The unified user owning `identity`, or `None` when no event named it yet.
+    pub async fn profile(&self, identity: &Identity) -> Result<Option<Profile>, StoreError> {
+        let uid: Option<i64> = sqlx::query_scalar(
+            "SELECT user_id FROM identities WHERE platform = $1 AND external_id = $2",
+        )
+        .bind(identity.platform.as_str())
+        .bind(identity.user.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        match uid {
+            Some(uid) => self.profile_by_uid(uid).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The user `uid`, following merge redirects to the survivor.
+    pub async fn profile_by_uid(&self, uid: i64) -> Result<Option<Profile>, StoreError> {
+        let row = sqlx::query(
+            "WITH RECURSIVE chain AS (
+                 SELECT u.*, 0 AS depth FROM users u WHERE u.id = $1
+                 UNION ALL
+                 SELECT u.*, c.depth + 1 FROM users u JOIN chain c ON u.id = c.merged_into
+                 WHERE c.depth < 64)
+             SELECT * FROM chain WHERE merged_into IS NULL",
+        )
+        .bind(uid)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let uid: i64 = row.get("id");
+        let members = sqlx::query(
+            "SELECT platform, external_id, name FROM identities WHERE user_id = $1
+             ORDER BY name_ms DESC NULLS LAST, name_event DESC NULLS LAST",
+        )
+        .bind(uid)
+        .fetch_all(&self.pool)
+        .await?;
+        let display_name = members
+            .first()
+            .and_then(|r| r.get::<Option<String>, _>("name"));
+        let mut identities: Vec<WireIdentity> = members
+            .iter()
+            .map(|r| WireIdentity {
+                platform: r.get("platform"),
+                user: r.get("external_id"),
+            })
+            .collect();
+        identities.sort_by(|a, b| (&a.platform, &a.user).cmp(&(&b.platform, &b.user)));
+        let xp: i64 = row.get("xp");
+        let peak_rank = u8::try_from(row.get::<i16, _>("peak_rank")).unwrap_or(1);
+        Ok(Some(Profile {
+            uid,
+            display_name,
+            xp,
+            rank: self.rules.rank(self.rules.rank_index(xp)),
+            peak_rank,
+            coins: self.rules.coins_for_peak(peak_rank),
+            messages: row.get("messages"),
+            voice_seconds: row.get("voice_seconds"),
+            games_played: row.get("games_played"),
+            games_won: row.get("games_won"),
+            identities,
+            created_at: rfc3339(row.get("first_event_ms")),
+            last_active: rfc3339(row.get("last_event_ms")),
+        }))
+    }
+
+    /// The leaderboard for `period` around `today`, highest XP first, `limit` rows
+    /// after skipping `offset`.
+    pub async fn top(
+        &self,
+        period: Period,
+        today: Date,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<Standing>, StoreError> {
+        let rows: Vec<(i64, i64, i64)> = match period.range(today) {
+            None => {
+                sqlx::query_as(
+                    "SELECT id, xp, xp FROM users WHERE merged_into IS NULL
+                     ORDER BY xp DESC, id LIMIT $1 OFFSET $2",
+                )
+                .bind(limit)
+                .bind(offset)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            Some((from, to)) => {
+                sqlx::query_as(
+                    "SELECT i.user_id, sum(l.xp)::int8 AS earned, min(u.xp)
+                     FROM xp_ledger l
+                     JOIN identities i ON i.id = l.identity_id
+                     JOIN users u ON u.id = i.user_id
+                     WHERE l.day >= $1 AND l.day < $2
+                     GROUP BY i.user_id
+                     ORDER BY earned DESC, i.user_id LIMIT $3 OFFSET $4",
+                )
+                .bind(from)
+                .bind(to)
+                .bind(limit)
+                .bind(offset)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        let uids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let names: std::collections::HashMap<i64, String> = sqlx::query_as(
+            "SELECT DISTINCT ON (user_id) user_id, name FROM identities
+             WHERE user_id = ANY($1) AND name IS NOT NULL
+             ORDER BY user_id, name_ms DESC, name_event DESC",
+        )
+        .bind(&uids)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .collect();
+        let start = usize::try_from(offset).unwrap_or(0);
+        Ok(rows
+            .into_iter()
+            .enumerate()
+            .map(|(i, (uid, xp, total))| Standing {
+                position: start + i + 1,
+                uid,
+                display_name: names.get(&uid).cloned(),
+                xp,
+                rank: self.rules.rank(self.rules.rank_index(total)).name,
+            })
+            .collect())
+    }
+
+    /// Dead-letter counts per platform, kind and reason code.
+    pub async fn dead_letter_counts(
+        &self,
+    ) -> Result<Vec<(String, String, String, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT platform, kind, code, count FROM dead_letters ORDER BY platform, kind, code",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::date;
+
+    #[test]
+    fn weeks_are_iso_weeks_and_months_are_calendar_months() {
+        let wed = date!(2026 - 11 - 25);
+        assert_eq!(
+            Period::Week.range(wed),
+            Some((date!(2026 - 11 - 23), date!(2026 - 11 - 30)))
+        );
+        assert_eq!(
+            Period::Month.range(wed),
+            Some((date!(2026 - 11 - 01), date!(2026 - 12 - 01)))
+        );
+        assert_eq!(
+            Period::Month.range(date!(2028 - 02 - 10)),
+            Some((date!(2028 - 02 - 01), date!(2028 - 03 - 01)))
+        );
+        assert_eq!(Period::All.range(wed), None);
+    }
+}

@@ -1,0 +1,528 @@
+//! The sync consumer role (`ttfd sync`): pulls batches from the shared durable consumer,
+//! validates, dead-letters what is invalid, applies the rest in one transaction per
+//! batch, commits, then acks. Also runs the outbox relay and the pruning of the
+//! idempotency record.
+//!
+//! Failure handling, decided in one place ([`SyncWorker::retrying`]):
+//! - transient (database or NATS unavailable, deadlock, concurrent merge): the same
+//!   batch is retried in-process with exponential backoff (`backon`) while its messages
+//!   are kept in progress, for as long as it takes; nothing is dropped;
+//! - an error about the work itself: the batch is split in halves until the event at
+//!   fault is alone, and that event is dead-lettered (`apply_failed`);
+//! - a process that dies: JetStream redelivers after `ack_wait`, with the consumer's
+//!   backoff, and the idempotency record makes the second apply a no-op.
+//!
+//! Reads the `sync.*` settings.
+
+mod relay;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use backon::{ExponentialBuilder, Retryable};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, instrument, warn};
+use ttfd_shared::Event;
+use ttfd_shared::wire::{self, Rejection};
+
+pub use relay::relay_outbox;
+
+use crate::broker::{Broker, ERROR_HEADER};
+use crate::config::{Settings, SyncSettings};
+use crate::now_ms;
+use crate::store::{DeadLetter, Store, StoreError};
+
+/// Counters of what the consumers did, shared by every worker of a process.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub batches: AtomicU64,
+    pub applied: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub rank_changes: AtomicU64,
+    pub merges: AtomicU64,
+    pub retries: AtomicU64,
+}
+
+impl Counters {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// Why a batch did not complete.
+enum Stop<E> {
+    /// Shutdown came and the grace period ran out: the batch was rolled back.
+    Abandoned,
+    /// An error that retrying cannot fix.
+    Failed(E),
+}
+
+/// One sync consumer: a loop over batches of the shared durable consumer.
+pub struct SyncWorker {
+    store: Store,
+    broker: Broker,
+    consumer: PullConsumer,
+    settings: SyncSettings,
+    pub counters: Arc<Counters>,
+    relay_wake: Arc<Notify>,
+    /// Receives, per committed message, the time from its storage in the stream to its
+    /// ack (used by `ttfd bench`).
+    latency: Option<mpsc::UnboundedSender<Duration>>,
+}
+
+impl SyncWorker {
+    pub fn new(
+        store: Store,
+        broker: Broker,
+        consumer: PullConsumer,
+        settings: SyncSettings,
+    ) -> Self {
+        Self {
+            store,
+            broker,
+            consumer,
+            settings,
+            counters: Arc::default(),
+            relay_wake: Arc::default(),
+            latency: None,
+        }
+    }
+
+    pub fn with_counters(mut self, counters: Arc<Counters>) -> Self {
+        self.counters = counters;
+        self
+    }
+
+    pub fn with_relay_wake(mut self, wake: Arc<Notify>) -> Self {
+        self.relay_wake = wake;
+        self
+    }
+
+    pub fn with_latency(mut self, tx: mpsc::UnboundedSender<Duration>) -> Self {
+        self.latency = Some(tx);
+        self
+    }
+
+    /// Runs until `shutdown` is cancelled: the batch in flight then gets the grace period
+    /// to commit and ack; messages fetched but not started are handed back (nak).
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let batch = self.settings.batch_size;
+        while !shutdown.is_cancelled() {
+            let messages = self
+                .consumer
+                .stream()
+                .max_messages_per_batch(batch)
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages()
+                .await;
+            let messages = match messages {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!(error = %e, "cannot pull from the sync consumer; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            let mut chunks = messages.ready_chunks(batch);
+            loop {
+                let chunk = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => {
+                        // Hand back what was fetched but not started.
+                        while let Some(Some(chunk)) = futures::FutureExt::now_or_never(chunks.next()) {
+                            for m in chunk.into_iter().flatten() {
+                                let _ = m.ack_with(AckKind::Nak(None)).await;
+                            }
+                        }
+                        break;
+                    }
+                    chunk = chunks.next() => chunk,
+                };
+                let Some(chunk) = chunk else {
+                    warn!("pull stream ended; reopening");
+                    break;
+                };
+                let mut msgs = Vec::with_capacity(chunk.len());
+                for item in chunk {
+                    match item {
+                        Ok(m) => msgs.push(m),
+                        Err(e) => debug!(error = %e, "pull stream notice"),
+                    }
+                }
+                if msgs.is_empty() {
+                    continue;
+                }
+                if self.handle(msgs, &shutdown).await.is_err() {
+                    info!("batch abandoned at shutdown; it will be redelivered");
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates, dead-letters, applies, acks one batch. `Err` only when abandoned.
+    #[instrument(skip_all, fields(messages = msgs.len()))]
+    async fn handle(
+        &self,
+        msgs: Vec<jetstream::Message>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ()> {
+        let now = now_ms();
+        let subjects = &self.broker.subjects;
+        let mut good: Vec<Event> = Vec::with_capacity(msgs.len());
+        let mut origin: HashMap<String, usize> = HashMap::new();
+        let mut bad: Vec<(usize, Rejection)> = Vec::new();
+        for (i, m) in msgs.iter().enumerate() {
+            let decoded = subjects
+                .parse_event(m.subject.as_str())
+                .ok_or_else(|| {
+                    Rejection::new(
+                        "bad_subject",
+                        "subject must be <prefix>.events.<platform>.<kind>",
+                    )
+                })
+                .and_then(|tokens| wire::decode(&m.payload, tokens, now));
+            match decoded {
+                Ok(e) => {
+                    origin.entry(e.id.as_str().to_owned()).or_insert(i);
+                    good.push(e);
+                }
+                Err(r) => bad.push((i, r)),
+            }
+        }
+
+        let poisoned = self.apply_isolating(&good, &msgs, shutdown).await?;
+        for (id, reason) in poisoned {
+            if let Some(i) = origin.get(&id) {
+                bad.push((*i, Rejection::new("apply_failed", reason)));
+            }
+        }
+        if !bad.is_empty() {
+            self.dead_letter(&msgs, &bad, shutdown).await?;
+        }
+
+        for m in &msgs {
+            if let Err(e) = m.ack().await {
+                // Redelivery follows; the idempotency record absorbs it.
+                warn!(error = %e, "ack failed");
+            }
+        }
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        if let Some(tx) = &self.latency {
+            let now = time::OffsetDateTime::now_utc();
+            for m in &msgs {
+                if let Ok(info) = m.info() {
+                    let _ = tx.send((now - info.published).try_into().unwrap_or_default());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `events`; on an error retrying cannot fix, splits the batch to find the
+    /// event(s) at fault and returns them with the reason, applying all others.
+    fn apply_isolating<'a>(
+        &'a self,
+        events: &'a [Event],
+        msgs: &'a [jetstream::Message],
+        shutdown: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>, ()>> {
+        Box::pin(async move {
+            if events.is_empty() {
+                return Ok(Vec::new());
+            }
+            let outcome = self
+                .retrying("apply", msgs, shutdown, StoreError::is_transient, || {
+                    self.store.apply(events)
+                })
+                .await;
+            match outcome {
+                Ok(a) => {
+                    let c = &self.counters;
+                    c.applied.fetch_add(a.applied as u64, Ordering::Relaxed);
+                    c.duplicates
+                        .fetch_add(a.duplicates as u64, Ordering::Relaxed);
+                    c.rank_changes
+                        .fetch_add(a.rank_changes as u64, Ordering::Relaxed);
+                    c.merges.fetch_add(a.merges as u64, Ordering::Relaxed);
+                    if a.rank_changes + a.merges > 0 {
+                        self.relay_wake.notify_one();
+                    }
+                    Ok(Vec::new())
+                }
+                Err(Stop::Abandoned) => Err(()),
+                Err(Stop::Failed(e)) if events.len() == 1 => {
+                    error!(event = events[0].id.as_str(), error = %e, "event cannot be applied; dead-lettering it");
+                    Ok(vec![(events[0].id.as_str().to_owned(), e.to_string())])
+                }
+                Err(Stop::Failed(e)) => {
+                    warn!(error = %e, events = events.len(), "batch failed; splitting it to isolate the cause");
+                    let (left, right) = events.split_at(events.len() / 2);
+                    let mut bad = self.apply_isolating(left, msgs, shutdown).await?;
+                    bad.extend(self.apply_isolating(right, msgs, shutdown).await?);
+                    Ok(bad)
+                }
+            }
+        })
+    }
+
+    /// Publishes rejected messages to the dead-letter stream (original bytes, reason in
+    /// `Ttfd-Error`, deduplicated by stream sequence) and counts them.
+    async fn dead_letter(
+        &self,
+        msgs: &[jetstream::Message],
+        bad: &[(usize, Rejection)],
+        shutdown: &CancellationToken,
+    ) -> Result<(), ()> {
+        let subjects = &self.broker.subjects;
+        let mut letters = Vec::with_capacity(bad.len());
+        let mut outgoing = Vec::with_capacity(bad.len());
+        for (i, reason) in bad {
+            let m = &msgs[*i];
+            let seq = m
+                .info()
+                .map(|info| info.stream_sequence)
+                .unwrap_or_default();
+            let (platform, kind) = subjects
+                .parse_event(m.subject.as_str())
+                .map(|(p, k)| (token(p), token(k)))
+                .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
+            warn!(seq, platform, kind, reason = %reason, "dead-lettering an event");
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(ERROR_HEADER, header_value(&reason.to_string()).as_str());
+            headers.insert("Ttfd-Subject", header_value(m.subject.as_str()).as_str());
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                format!("dlq:{seq}").as_str(),
+            );
+            outgoing.push((subjects.dlq(&platform, &kind), headers, m.payload.clone()));
+            letters.push(DeadLetter {
+                key: format!("dlq:{seq}"),
+                platform,
+                kind,
+                code: reason.code,
+            });
+        }
+        let js = &self.broker.js;
+        self.retrying(
+            "dead-letter publish",
+            msgs,
+            shutdown,
+            |_| true,
+            || async {
+                let mut acks = Vec::with_capacity(outgoing.len());
+                for (subject, headers, payload) in &outgoing {
+                    acks.push(
+                        js.publish_with_headers(
+                            subject.clone(),
+                            headers.clone(),
+                            Bytes::clone(payload),
+                        )
+                        .await?,
+                    );
+                }
+                for ack in acks {
+                    ack.await?;
+                }
+                Ok::<_, async_nats::Error>(())
+            },
+        )
+        .await
+        .map_err(|_| ())?;
+        let counted = self
+            .retrying(
+                "dead-letter count",
+                msgs,
+                shutdown,
+                StoreError::is_transient,
+                || self.store.record_dead_letters(&letters),
+            )
+            .await;
+        match counted {
+            Ok(n) => {
+                self.counters
+                    .dead_lettered
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(Stop::Abandoned) => Err(()),
+            Err(Stop::Failed(e)) => {
+                // The letters are on the dead-letter stream; only the tally is missing.
+                error!(error = %e, "cannot count dead letters");
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs `op` until it succeeds or fails for good, with exponential backoff between
+    /// transient failures, keeping `msgs` in progress meanwhile. Shutdown gives the
+    /// attempt in flight the grace period, then abandons it: the messages are nak'ed.
+    async fn retrying<T, E, Fut>(
+        &self,
+        what: &'static str,
+        msgs: &[jetstream::Message],
+        shutdown: &CancellationToken,
+        transient: impl Fn(&E) -> bool,
+        op: impl FnMut() -> Fut,
+    ) -> Result<T, Stop<E>>
+    where
+        E: std::fmt::Display,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(self.settings.max_retry_delay_secs))
+            .with_jitter()
+            .without_max_times();
+        let work = op
+            .retry(backoff)
+            .when(|e| transient(e) && !shutdown.is_cancelled())
+            .notify(|e, delay| {
+                self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, ?delay, "{what} failed; retrying");
+            });
+        tokio::pin!(work);
+        let grace = self.settings.shutdown_grace_secs;
+        let abandon = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(Duration::from_secs(grace)).await;
+        };
+        tokio::pin!(abandon);
+        let mut keep_alive = tokio::time::interval(Duration::from_secs(10));
+        keep_alive.tick().await;
+        loop {
+            tokio::select! {
+                result = &mut work => {
+                    return match result {
+                        Ok(v) => Ok(v),
+                        Err(_) if shutdown.is_cancelled() => {
+                            nak_all(msgs).await;
+                            Err(Stop::Abandoned)
+                        }
+                        Err(e) => Err(Stop::Failed(e)),
+                    };
+                }
+                _ = keep_alive.tick() => {
+                    for m in msgs {
+                        let _ = m.ack_with(AckKind::Progress).await;
+                    }
+                }
+                _ = &mut abandon => {
+                    nak_all(msgs).await;
+                    return Err(Stop::Abandoned);
+                }
+            }
+        }
+    }
+}
+
+async fn nak_all(msgs: &[jetstream::Message]) {
+    for m in msgs {
+        let _ = m.ack_with(AckKind::Nak(None)).await;
+    }
+}
+
+/// A subject token safe to reuse in the dead-letter subject.
+fn token(s: &str) -> String {
+    let t: String = s
+        .chars()
+        .take(32)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if t.is_empty() { "unknown".into() } else { t }
+}
+
+/// A header value on one line, bounded.
+fn header_value(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(1000)
+        .collect()
+}
+
+/// `ttfd sync`: one replica of the sync consumer group, with its outbox relay and the
+/// pruning of the idempotency record, until `shutdown`.
+pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let store = Store::connect_lazy(&settings.database, settings.rules.clone())?;
+    let broker = Broker::connect(&settings.nats, Duration::from_secs(10)).await?;
+    let consumer = broker.sync_consumer().await.with_context(|| {
+        format!(
+            "the sync consumer of stream {} is missing; run `ttfd nats setup`",
+            broker.subjects.events_stream()
+        )
+    })?;
+    let wake = Arc::new(Notify::new());
+    let tasks = TaskTracker::new();
+    tasks.spawn(relay_outbox(
+        store.clone(),
+        broker.clone(),
+        wake.clone(),
+        Duration::from_millis(settings.sync.relay_poll_ms),
+        shutdown.clone(),
+    ));
+    tasks.spawn(prune(
+        store.clone(),
+        broker.clone(),
+        Duration::from_secs(settings.sync.prune_interval_secs),
+        shutdown.clone(),
+    ));
+    tasks.close();
+    info!(
+        stream = broker.subjects.events_stream(),
+        "sync consumer running"
+    );
+    let result = SyncWorker::new(store, broker.clone(), consumer, settings.sync.clone())
+        .with_relay_wake(wake)
+        .run(shutdown.clone())
+        .await;
+    shutdown.cancel();
+    tasks.wait().await;
+    // Make sure the last acks leave before the process does.
+    let _ = broker.client.flush().await;
+    result
+}
+
+/// Forgets applied event ids once the events stream can no longer redeliver them.
+async fn prune(store: Store, broker: Broker, every: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match broker.events_max_age().await {
+            // A day of margin over the retention: ids are stamped when applied, which is
+            // after the stream stored them.
+            Ok(Some(age)) => match store
+                .prune_processed(age + Duration::from_secs(86_400))
+                .await
+            {
+                Ok(n) if n > 0 => info!(removed = n, "pruned the idempotency record"),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "pruning the idempotency record failed"),
+            },
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "cannot read the events stream's retention"),
+        }
+    }
+}
