@@ -93,3 +93,10 @@ CREATE TABLE dead_letters (
     last_at  timestamptz NOT NULL,
     PRIMARY KEY (platform, kind, code)
 );
+
+-- Stream sequences of dead-lettered messages already counted (kept apart from event
+-- ids, which are the publishers' to choose).
+CREATE TABLE dead_lettered_messages (
+    stream_seq bigint      PRIMARY KEY,
+    at         timestamptz NOT NULL DEFAULT now()
+);

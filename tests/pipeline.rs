@@ -1,1 +1,764 @@
+//! End-to-end tests of the sync pipeline against real PostgreSQL and NATS JetStream.
+//! The reference model (`ttfd_shared::model::fold`) says what the database must hold.
 
+mod common;
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use bytes::Bytes;
+use common::{Outage, TestEnv, community, eventually};
+use futures::StreamExt;
+use proptest::prelude::*;
+use proptest::test_runner::{Config as ProptestConfig, TestRunner};
+use tokio_util::sync::CancellationToken;
+use ttfd::shared::arbitrary::{delivery, event_set};
+use ttfd::shared::wire::{EventId, LinkNotice, Proof, RankNotice};
+use ttfd::shared::{Event, Identity, Payload};
+
+fn ev(id: &str, ts: i64, who: &str, name: Option<&str>, payload: Payload) -> Event {
+    Event {
+        id: EventId::parse(id).expect("id"),
+        ts,
+        identity: Identity::parse(who).expect("identity"),
+        name: name.map(str::to_owned),
+        payload,
+    }
+}
+
+fn link(other: &str) -> Payload {
+    Payload::Link {
+        other: Identity::parse(other).expect("identity"),
+        proof: Proof::Code,
+    }
+}
+
+fn message(len: u64) -> Payload {
+    Payload::Message {
+        len: Some(len),
+        chat: None,
+    }
+}
+
+async fn count_processed(env: &TestEnv) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM processed_events ")
+        .fetch_one(&env.store.pool)
+        .await
+        .expect("count")
+}
+
+#[tokio::test]
+async fn events_published_to_nats_come_out_as_ttfd_user_profiles() {
+    let env = TestEnv::new().await;
+    let now = ttfd::now_ms();
+    let events = vec![
+        ev(
+            "e:1",
+            now - 3_600_000,
+            "discord:111",
+            Some("Alice"),
+            message(30),
+        ),
+        ev("e:2", now - 3_599_000, "discord:111", None, message(30)),
+        ev(
+            "e:3",
+            now - 3_000_000,
+            "discord:111",
+            None,
+            Payload::Voice {
+                seconds: 1800,
+                channel: None,
+            },
+        ),
+        ev(
+            "e:4",
+            now - 2_000_000,
+            "telegram:222",
+            Some("alice_tg"),
+            Payload::Game {
+                game: "quiz".into(),
+                won: true,
+                xp: 400,
+            },
+        ),
+        ev(
+            "e:5",
+            now - 1_000_000,
+            "telegram:222",
+            None,
+            link("discord:111"),
+        ),
+    ];
+    env.publish(&events).await;
+    let stop = CancellationToken::new();
+    let worker = env.spawn_worker(stop.clone()).await;
+    env.wait_for_model(&events).await;
+
+    let out = env
+        .ttfd(&["user", "discord:111", "--json"])
+        .output()
+        .await
+        .expect("run ttfd user");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(p["xp"], 10 + 120 + 400);
+    assert_eq!(p["rank"]["name"], "F II");
+    assert_eq!(p["rank"]["next_xp"], 1250);
+    assert_eq!(
+        (p["peak_rank"].clone(), p["coins"].clone()),
+        (2.into(), 50.into())
+    );
+    assert_eq!(p["messages"], 2);
+    assert_eq!(p["voice_seconds"], 1800);
+    assert_eq!(
+        (p["games_played"].clone(), p["games_won"].clone()),
+        (1.into(), 1.into())
+    );
+    assert_eq!(p["display_name"], "alice_tg");
+    assert_eq!(p["identities"].as_array().map(Vec::len), Some(2));
+    for key in ["uid", "created_at", "last_active"] {
+        assert!(!p[key].is_null(), "{key} present");
+    }
+    let other = env
+        .ttfd(&["user", "telegram:222", "--json"])
+        .output()
+        .await
+        .expect("run");
+    let q: serde_json::Value = serde_json::from_slice(&other.stdout).expect("JSON");
+    assert_eq!(
+        p["uid"], q["uid"],
+        "both identities show the one unified user"
+    );
+
+    let unknown = env
+        .ttfd(&["user", "discord:999"])
+        .output()
+        .await
+        .expect("run");
+    assert!(!unknown.status.success());
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
+    assert!(err.contains("discord:999"));
+
+    let top = env
+        .ttfd(&["top", "--period", "week", "--json"])
+        .output()
+        .await
+        .expect("run");
+    let rows: serde_json::Value = serde_json::from_slice(&top.stdout).expect("JSON");
+    assert_eq!(rows[0]["xp"], 530);
+
+    stop.cancel();
+    worker.await.expect("worker stops");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn duplicates_apply_once_even_after_the_dedupe_window() {
+    let env = TestEnv::new().await;
+    // A short duplicate window, so the second copy really is stored twice by JetStream.
+    let mut stream = env
+        .broker
+        .js
+        .get_stream(env.broker.subjects.events_stream())
+        .await
+        .expect("stream");
+    let mut config = stream.info().await.expect("info").config.clone();
+    config.duplicate_window = Duration::from_millis(200);
+    env.broker.js.update_stream(config).await.expect("update");
+
+    let now = ttfd::now_ms();
+    let grant = ev(
+        "dup:1",
+        now,
+        "discord:1",
+        None,
+        Payload::Xp {
+            amount: 100,
+            reason: "gift".into(),
+        },
+    );
+    env.publish(std::slice::from_ref(&grant)).await;
+    let again = env
+        .broker
+        .publish_event(&grant)
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    assert!(
+        again.duplicate,
+        "inside the window JetStream drops the copy"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await; // let the window pass
+    let late = env
+        .broker
+        .publish_event(&grant)
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    assert!(!late.duplicate, "after the window the copy is stored again");
+
+    let stop = CancellationToken::new();
+    let worker = env.spawn_worker(stop.clone()).await;
+    env.wait_for_model(std::slice::from_ref(&grant)).await;
+    eventually("both copies consumed", || async {
+        let info = env
+            .broker
+            .sync_consumer()
+            .await
+            .ok()?
+            .info()
+            .await
+            .ok()?
+            .clone();
+        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+    })
+    .await;
+    let p = env
+        .store
+        .profile(&grant.identity)
+        .await
+        .expect("query")
+        .expect("user");
+    assert_eq!(p.xp, 100, "applied once");
+    stop.cancel();
+    worker.await.expect("stops");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_consumer_killed_mid_stream_loses_and_doubles_nothing() {
+    let env = TestEnv::with(|s| s.sync.batch_size = 50).await;
+    let events = community(4000, 150, 1);
+    let mut child = env.spawn_sync_process();
+    let (first, rest) = events.split_at(2000);
+    env.publish(first).await;
+    eventually("some events applied", || async {
+        (count_processed(&env).await > 300).then_some(())
+    })
+    .await;
+    child.start_kill().expect("SIGKILL");
+    child.wait().await.expect("reaped");
+    let applied_at_kill = count_processed(&env).await;
+    assert!(applied_at_kill < events.len() as i64, "killed mid-stream");
+    env.publish(rest).await;
+    let mut again = env.spawn_sync_process();
+    env.wait_for_model(&events).await;
+    assert_eq!(count_processed(&env).await, events.len() as i64);
+    again.start_kill().expect("kill");
+    env.cleanup().await;
+}
+
+async fn replicas_match_the_model(replicas: usize) {
+    let env = TestEnv::with(|s| s.sync.batch_size = 25).await;
+    let events = community(3000, 80, replicas as u64);
+    let mut children: Vec<_> = (0..replicas).map(|_| env.spawn_sync_process()).collect();
+    env.publish(&events).await;
+    env.wait_for_model(&events).await;
+    for c in &mut children {
+        c.start_kill().expect("kill");
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn two_sync_processes_reach_the_same_state_as_one() {
+    replicas_match_the_model(2).await;
+}
+
+#[tokio::test]
+async fn three_sync_processes_reach_the_same_state_as_one() {
+    replicas_match_the_model(3).await;
+}
+
+#[tokio::test]
+async fn a_database_outage_delays_but_loses_nothing() {
+    let env = TestEnv::with(|s| s.sync.batch_size = 100).await;
+    let proxy = Outage::start("127.0.0.1:5432").await;
+    let mut via_proxy = env.db.options.clone();
+    via_proxy = via_proxy.port(proxy.port);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy_with(via_proxy);
+    let store = ttfd::store::Store::from_pool(pool, env.settings.rules.clone());
+    let stop = CancellationToken::new();
+    let worker = env.spawn_worker_on(store, stop.clone()).await;
+
+    let events = community(3000, 100, 5);
+    let (before, during) = events.split_at(1000);
+    env.publish(before).await;
+    eventually("the first events applied", || async {
+        (count_processed(&env).await > 0).then_some(())
+    })
+    .await;
+    proxy.cut();
+    env.publish(during).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // the outage
+    let during_outage = count_processed(&env).await;
+    assert!(
+        during_outage < events.len() as i64,
+        "nothing can be applied while the database is away"
+    );
+    proxy.restore();
+    env.wait_for_model(&events).await;
+    stop.cancel();
+    worker.await.expect("stops");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn every_kind_of_bad_input_is_dead_lettered_and_the_good_events_around_it_apply() {
+    let env = TestEnv::new().await;
+    let now = ttfd::now_ms();
+    let s = &env.broker.subjects;
+    let good_before = ev("g:1", now, "discord:1", None, message(10));
+    let good_after = ev(
+        "g:2",
+        now,
+        "telegram:2",
+        None,
+        Payload::Xp {
+            amount: 7,
+            reason: "ok".into(),
+        },
+    );
+    let envelope = |v: serde_json::Value| Bytes::from(rmp_serde::to_vec_named(&v).expect("encode"));
+    let base = |kind: &str, data: serde_json::Value| {
+        serde_json::json!({"v": 1, "id": format!("bad:{kind}:{}", rand::random::<u32>()), "ts": now,
+                           "platform": "discord", "user": "9", "kind": kind, "data": data})
+    };
+    let with = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = base("message", serde_json::json!({}));
+        f(&mut v);
+        envelope(v)
+    };
+    let bad: Vec<(&str, String, Bytes)> = vec![
+        (
+            "undecodable",
+            s.event("discord", "message"),
+            Bytes::from_static(b"\xc1garbage"),
+        ),
+        (
+            "undecodable",
+            s.event("discord", "message"),
+            Bytes::from(rmp_serde::to_vec(&(1, "x")).expect("enc")),
+        ),
+        (
+            "missing_field",
+            s.event("discord", "message"),
+            with(&|v| {
+                v.as_object_mut().map(|m| m.remove("user"));
+            }),
+        ),
+        (
+            "wrong_type",
+            s.event("discord", "message"),
+            with(&|v| v["ts"] = "soon".into()),
+        ),
+        (
+            "out_of_range",
+            s.event("discord", "message"),
+            with(&|v| v["ts"] = 5.into()),
+        ),
+        (
+            "unknown_version",
+            s.event("discord", "message"),
+            with(&|v| v["v"] = 9.into()),
+        ),
+        (
+            "bad_id",
+            s.event("discord", "message"),
+            with(&|v| v["id"] = "".into()),
+        ),
+        (
+            "unknown_kind",
+            s.event("discord", "dance"),
+            envelope(base("dance", serde_json::json!({}))),
+        ),
+        (
+            "subject_mismatch",
+            s.event("telegram", "message"),
+            envelope(base("message", serde_json::json!({}))),
+        ),
+        (
+            "out_of_range",
+            s.event("discord", "voice"),
+            envelope(base("voice", serde_json::json!({"seconds": 0}))),
+        ),
+        (
+            "missing_field",
+            s.event("discord", "game"),
+            envelope(base("game", serde_json::json!({"game": "q"}))),
+        ),
+        (
+            "out_of_range",
+            s.event("discord", "xp"),
+            envelope(base(
+                "xp",
+                serde_json::json!({"amount": 5_000_000, "reason": "x"}),
+            )),
+        ),
+        (
+            "out_of_range",
+            s.event("discord", "link"),
+            envelope(base(
+                "link",
+                serde_json::json!({"platform": "t", "user": "1", "proof": "vibes"}),
+            )),
+        ),
+        (
+            "oversized",
+            s.event("discord", "message"),
+            envelope(base(
+                "message",
+                serde_json::json!({"chat": "x".repeat(70_000)}),
+            )),
+        ),
+        (
+            "bad_subject",
+            format!("{}.events.discord", s.prefix()),
+            envelope(base("message", serde_json::json!({}))),
+        ),
+    ];
+    env.publish(std::slice::from_ref(&good_before)).await;
+    for (i, (_, subject, payload)) in bad.iter().enumerate() {
+        env.broker
+            .publish_raw(subject.clone(), &format!("raw:{i}"), payload.clone())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+    env.publish(std::slice::from_ref(&good_after)).await;
+
+    let stop = CancellationToken::new();
+    let worker = env.spawn_worker(stop.clone()).await;
+    env.wait_for_model(&[good_before.clone(), good_after.clone()])
+        .await;
+
+    let dlq = env
+        .broker
+        .js
+        .get_stream(s.dlq_stream())
+        .await
+        .expect("dlq stream");
+    let reader = dlq
+        .create_consumer(pull::Config {
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .expect("reader");
+    let mut letters = reader
+        .fetch()
+        .max_messages(bad.len())
+        .expires(Duration::from_secs(5))
+        .messages()
+        .await
+        .expect("fetch");
+    let mut codes = Vec::new();
+    while let Some(Ok(m)) = letters.next().await {
+        let reason = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Ttfd-Error"))
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        codes.push(reason.split(':').next().unwrap_or_default().to_owned());
+        m.ack().await.expect("ack");
+    }
+    let mut want: Vec<String> = bad.iter().map(|b| b.0.to_owned()).collect();
+    want.sort();
+    codes.sort();
+    assert_eq!(
+        codes, want,
+        "every bad message is on the dead-letter stream with its reason"
+    );
+    let counted: i64 = env
+        .store
+        .dead_letter_counts()
+        .await
+        .expect("counts")
+        .iter()
+        .map(|c| c.3)
+        .sum();
+    assert_eq!(counted, bad.len() as i64);
+    stop.cancel();
+    worker.await.expect("stops");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn linking_users_with_activity_merges_them_conserving_totals_and_notifies() {
+    let env = TestEnv::new().await;
+    let mut notices = env
+        .broker
+        .client
+        .subscribe(env.broker.subjects.notify(">"))
+        .await
+        .expect("subscribe");
+    let now = ttfd::now_ms();
+    let events = vec![
+        ev(
+            "m:1",
+            now - 86_400_000,
+            "discord:10",
+            Some("Dee"),
+            Payload::Xp {
+                amount: 400,
+                reason: "r".into(),
+            },
+        ),
+        ev(
+            "m:2",
+            now - 86_400_000,
+            "telegram:20",
+            Some("Tee"),
+            Payload::Game {
+                game: "q".into(),
+                won: false,
+                xp: 300,
+            },
+        ),
+        ev(
+            "m:3",
+            now - 1_000,
+            "website:dee@example.org",
+            None,
+            message(20),
+        ),
+    ];
+    env.publish(&events).await;
+    let stop = CancellationToken::new();
+    let worker = env.spawn_worker(stop.clone()).await;
+    let relay_stop = CancellationToken::new();
+    let relay = tokio::spawn(ttfd::sync::relay_outbox(
+        env.store.clone(),
+        env.broker.clone(),
+        std::sync::Arc::default(),
+        Duration::from_millis(50),
+        relay_stop.clone(),
+    ));
+    env.wait_for_model(&events).await;
+    let links = vec![
+        ev("l:1", now, "discord:10", None, link("telegram:20")),
+        ev(
+            "l:2",
+            now,
+            "website:dee@example.org",
+            None,
+            Payload::Link {
+                other: Identity::parse("telegram:20").expect("id"),
+                proof: Proof::Oauth,
+            },
+        ),
+    ];
+    env.publish(&links).await;
+    let all: Vec<Event> = events.iter().chain(&links).cloned().collect();
+    env.wait_for_model(&all).await;
+    let p = env
+        .store
+        .profile(&Identity::parse("website:dee@example.org").expect("id"))
+        .await
+        .expect("q")
+        .expect("user");
+    assert_eq!(
+        (p.xp, p.games_played, p.messages, p.identities.len()),
+        (710, 1, 1, 3)
+    );
+    assert_eq!(p.rank.name, "F II");
+
+    let mut merged = Vec::new();
+    let mut ranked = Vec::new();
+    while merged.len() < 2 || ranked.is_empty() {
+        let m = tokio::time::timeout(common::TIMEOUT, notices.next())
+            .await
+            .expect("notices arrive")
+            .expect("message");
+        if m.subject.ends_with(".link") {
+            merged.push(rmp_serde::from_slice::<LinkNotice>(&m.payload).expect("link notice"));
+        } else {
+            ranked.push(rmp_serde::from_slice::<RankNotice>(&m.payload).expect("rank notice"));
+        }
+    }
+    assert!(
+        merged
+            .iter()
+            .all(|n| n.uid == p.uid && n.v == 1 && n.id.starts_with("link:"))
+    );
+    let up = ranked
+        .iter()
+        .find(|n| n.uid == p.uid)
+        .expect("the merged user ranked up");
+    assert_eq!((up.old_rank, up.new_rank, up.xp), (1, 2, 710));
+    assert_eq!(up.identities.len(), 3);
+    relay_stop.cancel();
+    stop.cancel();
+    let _ = relay.await;
+    worker.await.expect("stops");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn links_racing_on_two_replicas_merge_into_one_user_each() {
+    let env = TestEnv::with(|s| s.sync.batch_size = 4).await;
+    let now = ttfd::now_ms();
+    let mut events = Vec::new();
+    // 40 people with four accounts each, all active, linked in a chain whose links
+    // arrive interleaved, so the two replicas merge overlapping users at the same time.
+    for p in 0..40 {
+        let ids = [
+            format!("discord:{p}"),
+            format!("telegram:{p}"),
+            format!("website:{p}"),
+            format!("minecraft:{p}"),
+        ];
+        for (k, who) in ids.iter().enumerate() {
+            events.push(ev(
+                &format!("a:{p}:{k}"),
+                now - 5_000,
+                who,
+                None,
+                Payload::Xp {
+                    amount: 100 + k as i32,
+                    reason: "r".into(),
+                },
+            ));
+        }
+        for k in 0..3 {
+            events.push(ev(
+                &format!("k:{p}:{k}"),
+                now - 1_000,
+                &ids[k],
+                None,
+                link(&ids[k + 1]),
+            ));
+        }
+        events.push(ev(
+            &format!("k:{p}:3"),
+            now - 1_000,
+            &ids[3],
+            None,
+            link(&ids[0]),
+        ));
+    }
+    let stop = CancellationToken::new();
+    let a = env.spawn_worker(stop.clone()).await;
+    let b = env.spawn_worker(stop.clone()).await;
+    env.publish(&events).await;
+    env.wait_for_model(&events).await;
+    assert_eq!(env.store.user_count().await.expect("count"), 40);
+    stop.cancel();
+    a.await.expect("stops");
+    b.await.expect("stops");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_crash_between_commit_and_publish_neither_loses_nor_duplicates_notifications() {
+    let env = TestEnv::new().await;
+    let now = ttfd::now_ms();
+    // Committed with its notification, and then the process "dies" before relaying.
+    env.store
+        .apply(&[ev(
+            "r:1",
+            now,
+            "discord:5",
+            None,
+            Payload::Xp {
+                amount: 600,
+                reason: "r".into(),
+            },
+        )])
+        .await
+        .expect("apply");
+    assert_eq!(env.store.outbox_backlog().await.expect("backlog"), 1);
+    // A relay publishes, then dies before deleting the row.
+    let broker = env.broker.clone();
+    let crashed = env
+        .store
+        .relay_outbox(10, async |notices: &[ttfd::store::outbox::Notice]| {
+            for n in notices {
+                let msg = async_nats::jetstream::message::PublishMessage::build()
+                    .payload(n.encode().into())
+                    .message_id(n.id());
+                broker
+                    .js
+                    .send_publish(broker.subjects.notify(n.topic()), msg)
+                    .await?
+                    .await?;
+            }
+            Err::<(), async_nats::Error>("crash before delete".into())
+        })
+        .await;
+    assert!(crashed.is_err());
+    assert_eq!(
+        env.store.outbox_backlog().await.expect("backlog"),
+        1,
+        "the row survives the crash"
+    );
+    // The next relay publishes it again under the same id, and deletes it.
+    let published = env
+        .store
+        .relay_outbox(10, async |notices: &[ttfd::store::outbox::Notice]| {
+            for n in notices {
+                let msg = async_nats::jetstream::message::PublishMessage::build()
+                    .payload(n.encode().into())
+                    .message_id(n.id());
+                env.broker
+                    .js
+                    .send_publish(env.broker.subjects.notify(n.topic()), msg)
+                    .await?
+                    .await?;
+            }
+            Ok::<(), async_nats::Error>(())
+        })
+        .await
+        .expect("relay");
+    assert_eq!(published, 1);
+    assert_eq!(env.store.outbox_backlog().await.expect("backlog"), 0);
+    let mut notify = env
+        .broker
+        .js
+        .get_stream(env.broker.subjects.notify_stream())
+        .await
+        .expect("stream");
+    assert_eq!(
+        notify.info().await.expect("info").state.messages,
+        1,
+        "stored once in effect"
+    );
+    env.cleanup().await;
+}
+
+#[test]
+fn apply_order_batching_and_duplicates_do_not_change_the_state() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let env = rt.block_on(TestEnv::new());
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 24,
+        ..ProptestConfig::default()
+    });
+    let strategy = event_set(40, 6, true)
+        .prop_flat_map(|events| (Just(events.clone()), delivery(events), 1usize..12));
+    let result = runner.run(&strategy, |(events, delivered, batch)| {
+        rt.block_on(async {
+            env.db.truncate(&env.store.pool).await.expect("truncate");
+            for chunk in delivered.chunks(batch) {
+                env.store.apply(chunk).await.expect("apply");
+            }
+            let expected = ttfd::shared::model::fold(&env.settings.rules, &events);
+            common::compare(&env.store, &expected).await
+        })
+        .map_err(proptest::test_runner::TestCaseError::fail)
+    });
+    rt.block_on(env.cleanup());
+    result.expect("the database state depends only on the set of events");
+}

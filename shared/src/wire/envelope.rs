@@ -136,6 +136,35 @@ struct Head {
     kind: String,
     #[serde(default)]
     name: Option<String>,
+    #[serde(rename = "data")]
+    _data: MapOnly,
+}
+
+/// Accepts a MessagePack map and nothing else: `data` is read per kind afterwards, and
+/// a struct would otherwise also decode from an array, by position.
+struct MapOnly;
+
+impl<'de> Deserialize<'de> for MapOnly {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = MapOnly;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<MapOnly, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(MapOnly)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Deserialize)]
@@ -525,6 +554,15 @@ mod tests {
         assert_eq!(code_of(&v, ("discord", "voice")), "out_of_range");
         let v = base("voice", json!({}));
         assert_eq!(code_of(&v, ("discord", "voice")), "missing_field");
+        let v = base("link", json!(["telegram", "7", "code"]));
+        assert_eq!(
+            code_of(&v, ("discord", "link")),
+            "wrong_type",
+            "data must be a map"
+        );
+        let mut v = base("message", json!({}));
+        v.as_object_mut().expect("map").remove("data");
+        assert_eq!(code_of(&v, s), "missing_field");
         let v = base("game", json!({"game": "chess", "won": "yes", "xp": 1}));
         assert_eq!(code_of(&v, ("discord", "game")), "wrong_type");
         let v = base(

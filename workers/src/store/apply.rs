@@ -28,8 +28,8 @@ use crate::now_ms;
 /// A stream message refused by validation, counted once per stream sequence.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
-    /// Idempotency key, `dlq:<stream sequence>`.
-    pub key: String,
+    /// The message's sequence in the events stream: counted once per sequence.
+    pub stream_seq: u64,
     pub platform: String,
     pub kind: String,
     pub code: &'static str,
@@ -560,10 +560,14 @@ impl Store {
     /// Counts dead-lettered stream messages, once each (by their `key`).
     pub async fn record_dead_letters(&self, dead: &[DeadLetter]) -> Result<usize, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let keys: Vec<&str> = dead.iter().map(|d| d.key.as_str()).collect();
-        let fresh: HashSet<String> = sqlx::query_scalar(
-            "INSERT INTO processed_events (id) SELECT id FROM unnest($1::text[]) AS t(id)
-             ORDER BY id ON CONFLICT DO NOTHING RETURNING id",
+        let keys: Vec<i64> = dead
+            .iter()
+            .map(|d| i64::try_from(d.stream_seq).unwrap_or(i64::MAX))
+            .collect();
+        let fresh: HashSet<i64> = sqlx::query_scalar(
+            "INSERT INTO dead_lettered_messages (stream_seq)
+             SELECT s FROM unnest($1::int8[]) AS t(s) ORDER BY s
+             ON CONFLICT DO NOTHING RETURNING stream_seq",
         )
         .bind(&keys)
         .fetch_all(&mut *tx)
@@ -571,7 +575,10 @@ impl Store {
         .into_iter()
         .collect();
         let mut counts: BTreeMap<(&str, &str, &str), i64> = BTreeMap::new();
-        for d in dead.iter().filter(|d| fresh.contains(&d.key)) {
+        for (d, key) in dead.iter().zip(&keys) {
+            if !fresh.contains(key) {
+                continue;
+            }
             *counts
                 .entry((d.platform.as_str(), d.kind.as_str(), d.code))
                 .or_default() += 1;

@@ -111,7 +111,7 @@ impl Store {
         Ok(())
     }
 
-    /// Forgets applied event ids older than `age` (the events stream's retention, which
+    /// Forgets applied event ids (and counted dead-letter sequences) older than `age` (the events stream's retention, which
     /// can no longer redeliver them), a chunk at a time. Returns how many were removed.
     pub async fn prune_processed(&self, age: Duration) -> Result<u64, StoreError> {
         let mut total = 0;
@@ -127,8 +127,15 @@ impl Store {
             .rows_affected();
             total += removed;
             if removed < 10_000 {
-                return Ok(total);
+                break;
             }
         }
+        sqlx::query(
+            "DELETE FROM dead_lettered_messages WHERE at < now() - make_interval(secs => $1)",
+        )
+        .bind(age.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(total)
     }
 }

@@ -203,6 +203,35 @@ impl Store {
             .collect())
     }
 
+    /// XP earned per UTC day by user `uid` (all identities) in `[from, to)`.
+    pub async fn xp_by_day(
+        &self,
+        uid: i64,
+        from: Date,
+        to: Date,
+    ) -> Result<Vec<(Date, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT l.day, sum(l.xp)::int8 FROM xp_ledger l
+             JOIN identities i ON i.id = l.identity_id
+             WHERE i.user_id = $1 AND l.day >= $2 AND l.day < $3
+             GROUP BY l.day HAVING sum(l.xp) <> 0 ORDER BY l.day",
+        )
+        .bind(uid)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Live unified users (not merged away).
+    pub async fn user_count(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT count(*) FROM users WHERE merged_into IS NULL")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     /// Dead-letter counts per platform, kind and reason code.
     pub async fn dead_letter_counts(
         &self,

@@ -312,7 +312,7 @@ impl SyncWorker {
             );
             outgoing.push((subjects.dlq(&platform, &kind), headers, m.payload.clone()));
             letters.push(DeadLetter {
-                key: format!("dlq:{seq}"),
+                stream_seq: seq,
                 platform,
                 kind,
                 code: reason.code,

@@ -1,0 +1,336 @@
+//! The test harness: every test gets its own database and its own NATS prefix (streams
+//! and consumer), against the PostgreSQL and NATS named by `TTFD_TEST_DATABASE_URL`
+//! (default `postgres://postgres@127.0.0.1:5432/postgres`) and `TTFD_TEST_NATS_URL`
+//! (default `nats://127.0.0.1:4222`). `scripts/test.sh` starts both when needed.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rand::Rng;
+use secrecy::SecretString;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+use ttfd::broker::Broker;
+use ttfd::config::Settings;
+use ttfd::shared::model::{self, Profile as ModelProfile};
+use ttfd::shared::{Event, Identity};
+use ttfd::store::Store;
+use ttfd::store::scratch::ScratchDb;
+use ttfd::sync::SyncWorker;
+
+pub const TIMEOUT: Duration = Duration::from_secs(90);
+
+/// One test's world: a scratch database, a private prefix with its streams, a store.
+pub struct TestEnv {
+    pub settings: Settings,
+    pub db: ScratchDb,
+    pub broker: Broker,
+    pub store: Store,
+}
+
+fn test_database_url() -> String {
+    std::env::var("TTFD_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn test_nats_url() -> String {
+    std::env::var("TTFD_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    /// A world whose settings `tune` may adjust first (batch size, rules, ...).
+    pub async fn with(tune: impl FnOnce(&mut Settings)) -> Self {
+        ttfd::telemetry::init(&ttfd::config::LogSettings {
+            filter: std::env::var("TTFD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            ..Default::default()
+        });
+        let mut settings = Settings::default();
+        settings.database.url = SecretString::from(test_database_url());
+        settings.nats.url = test_nats_url();
+        settings.nats.prefix = format!("t{:012x}", rand::rng().random::<u64>() >> 16);
+        settings.sync.shutdown_grace_secs = 5;
+        settings.sync.relay_poll_ms = 100;
+        settings.sync.max_retry_delay_secs = 1;
+        tune(&mut settings);
+        let db = ScratchDb::create(&settings.database, "ttfd_test")
+            .await
+            .expect("create a scratch database (is PostgreSQL running? scripts/services.sh)");
+        settings.database.url = SecretString::from(db.url(&settings.database));
+        let broker = Broker::connect(&settings.nats, Duration::from_secs(5))
+            .await
+            .expect("connect to NATS (is it running? scripts/services.sh)");
+        broker.setup().await.expect("provision streams");
+        let store = Store::from_pool(db.pool(8).await.expect("pool"), settings.rules.clone());
+        Self {
+            settings,
+            db,
+            broker,
+            store,
+        }
+    }
+
+    /// An in-process sync replica with its own NATS connection; stops with `stop`.
+    pub async fn spawn_worker(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        self.spawn_worker_on(self.store.clone(), stop).await
+    }
+
+    pub async fn spawn_worker_on(
+        &self,
+        store: Store,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let broker = Broker::connect(&self.settings.nats, Duration::from_secs(5))
+            .await
+            .expect("connect");
+        let consumer = broker.sync_consumer().await.expect("consumer");
+        let worker = SyncWorker::new(store, broker, consumer, self.settings.sync.clone());
+        tokio::spawn(async move {
+            worker.run(stop).await.expect("worker runs");
+        })
+    }
+
+    /// The environment a `ttfd` child process needs to join this world.
+    pub fn child_env(&self) -> Vec<(String, String)> {
+        use secrecy::ExposeSecret;
+        vec![
+            (
+                "TTFD__DATABASE__URL".into(),
+                self.settings.database.url.expose_secret().to_owned(),
+            ),
+            ("TTFD__NATS__URL".into(), self.settings.nats.url.clone()),
+            (
+                "TTFD__NATS__PREFIX".into(),
+                self.settings.nats.prefix.clone(),
+            ),
+            (
+                "TTFD__SYNC__BATCH_SIZE".into(),
+                self.settings.sync.batch_size.to_string(),
+            ),
+            ("TTFD__SYNC__SHUTDOWN_GRACE_SECS".into(), "5".into()),
+            ("TTFD__LOG__FILTER".into(), "warn".into()),
+        ]
+    }
+
+    /// `ttfd <args>` as a child process of this world.
+    pub fn ttfd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ttfd"));
+        cmd.args(args).envs(self.child_env()).kill_on_drop(true);
+        cmd
+    }
+
+    /// A `ttfd sync` replica as its own process.
+    pub fn spawn_sync_process(&self) -> Child {
+        self.ttfd(&["sync"]).spawn().expect("start ttfd sync")
+    }
+
+    /// Publishes events (each with `Nats-Msg-Id` = its id) and waits for JetStream acks.
+    pub async fn publish(&self, events: &[Event]) {
+        let mut acks = Vec::with_capacity(events.len());
+        for e in events {
+            acks.push(self.broker.publish_event(e).await.expect("publish"));
+        }
+        for a in acks {
+            a.await.expect("stored");
+        }
+    }
+
+    /// Waits until the database holds exactly the state the model derives from `events`.
+    pub async fn wait_for_model(&self, events: &[Event]) {
+        let expected = model::fold(&self.settings.rules, events);
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let Err(diff) = compare(&self.store, &expected).await else {
+                return;
+            };
+            if tokio::time::Instant::now() > deadline {
+                panic!("the database never matched the model: {diff}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Removes the streams and the database.
+    pub async fn cleanup(self) {
+        for s in [
+            self.broker.subjects.events_stream(),
+            self.broker.subjects.notify_stream(),
+            self.broker.subjects.dlq_stream(),
+        ] {
+            let _ = self.broker.js.delete_stream(s).await;
+        }
+        self.store.pool.close().await;
+        let _ = self.db.drop().await;
+    }
+}
+
+/// `Ok` when the store holds exactly the users of `expected`.
+pub async fn compare(store: &Store, expected: &[ModelProfile]) -> Result<(), String> {
+    let live = store.user_count().await.map_err(|e| e.to_string())?;
+    if live != expected.len() as i64 {
+        return Err(format!(
+            "{live} users in the database, {} in the model",
+            expected.len()
+        ));
+    }
+    for want in expected {
+        let first = want.identities.first().expect("a user has an identity");
+        let got = store
+            .profile(first)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no user for {first}"))?;
+        let ids: BTreeSet<Identity> = got
+            .identities
+            .iter()
+            .map(|i| Identity::new(&i.platform, &i.user).expect("stored identities are valid"))
+            .collect();
+        let as_ms = |s: &Option<String>| {
+            s.as_ref().and_then(|s| {
+                time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                    .ok()
+                    .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+            })
+        };
+        let got_tuple = (
+            ids,
+            got.xp,
+            got.rank.index,
+            got.peak_rank,
+            got.coins,
+            got.messages,
+            got.voice_seconds,
+            got.games_played,
+            got.games_won,
+            got.display_name.clone(),
+            as_ms(&got.created_at),
+            as_ms(&got.last_active),
+        );
+        let want_tuple = (
+            want.identities.clone(),
+            want.xp,
+            want.rank,
+            want.peak_rank,
+            want.coins,
+            want.messages,
+            want.voice_seconds,
+            want.games_played,
+            want.games_won,
+            want.display_name.clone(),
+            want.first_ts,
+            want.last_ts,
+        );
+        if got_tuple != want_tuple {
+            return Err(format!(
+                "user of {first}:\n got  {got_tuple:?}\n want {want_tuple:?}"
+            ));
+        }
+        let days: Vec<(time::Date, i64)> = store
+            .xp_by_day(
+                got.uid,
+                time::macros::date!(2000 - 01 - 01),
+                time::macros::date!(2100 - 01 - 01),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let got_ledger: Vec<(i32, i64)> = days
+            .into_iter()
+            .map(|(d, x)| {
+                (
+                    (d - time::macros::date!(1970 - 01 - 01)).whole_days() as i32,
+                    x,
+                )
+            })
+            .collect();
+        let want_ledger: Vec<(i32, i64)> = want.ledger.iter().map(|(d, x)| (*d, *x)).collect();
+        if got_ledger != want_ledger {
+            return Err(format!(
+                "ledger of {first}: got {got_ledger:?}, want {want_ledger:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Polls `check` until it returns `Some`, or panics after [`TIMEOUT`] naming `what`.
+pub async fn eventually<T, F: Future<Output = Option<T>>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Synthetic community events at times spread over the last three days.
+pub fn community(n: usize, people: u64, seed: u64) -> Vec<Event> {
+    use rand::SeedableRng;
+    let mut traffic = ttfd::traffic::Traffic::new(people, seed, &format!("c{seed}"));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let now = ttfd::now_ms();
+    (0..n)
+        .map(|_| traffic.next(now - rng.random_range(0..3 * 86_400_000)))
+        .collect()
+}
+
+/// A TCP proxy in front of PostgreSQL that can cut every connection and refuse new
+/// ones, to play a database outage without stopping the shared server.
+pub struct Outage {
+    pub port: u16,
+    up: Arc<AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<AbortHandle>>>,
+}
+
+impl Outage {
+    pub async fn start(target: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<std::sync::Mutex<Vec<AbortHandle>>> = Arc::default();
+        let (u, c, target) = (up.clone(), conns.clone(), target.to_owned());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !u.load(Ordering::SeqCst) {
+                    continue; // dropped: connection refused in effect
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                c.lock().expect("lock").push(task.abort_handle());
+            }
+        });
+        Self { port, up, conns }
+    }
+
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().expect("lock").drain(..) {
+            c.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
