@@ -17,7 +17,7 @@ CREATE TABLE users (
     -- Event time (Unix ms) of the user's first and newest event.
     first_event_ms bigint,
     last_event_ms  bigint
-);
+) WITH (fillfactor = 70); -- room for HOT updates: rows are rewritten on every event
 
 -- The all-time leaderboard.
 CREATE INDEX users_leaderboard ON users (xp DESC, id) WHERE merged_into IS NULL;
@@ -33,7 +33,7 @@ CREATE TABLE identities (
     name_ms     bigint,
     name_event  text COLLATE "C",
     UNIQUE (platform, external_id)
-);
+) WITH (fillfactor = 70);
 
 CREATE INDEX identities_user ON identities (user_id);
 

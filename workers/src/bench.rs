@@ -141,7 +141,7 @@ async fn measure(
         db.truncate(&pool).await?;
         let name = format!("sync-r{replicas}");
         consumer_named(broker, &name, DeliverPolicy::All).await?;
-        let (elapsed, _) = run_replicas(
+        let (elapsed, retries) = run_replicas(
             settings,
             nats,
             db,
@@ -156,7 +156,7 @@ async fn measure(
         let r = rate(n, elapsed);
         figures.push((replicas, r));
         println!(
-            "{:<40} {:>10.0} events/s   ratio to baseline {:.2}",
+            "{:<40} {:>10.0} events/s   ratio to baseline {:.2}   ({retries} retried batches)",
             format!("(b) pipeline, {replicas} replica(s)"),
             r,
             r / baseline
@@ -265,7 +265,7 @@ async fn run_replicas(
     replicas: usize,
     latency: Option<mpsc::UnboundedSender<Duration>>,
     drive: impl AsyncFnOnce(&Counters),
-) -> anyhow::Result<(Duration, ())> {
+) -> anyhow::Result<(Duration, u64)> {
     let counters = Arc::new(Counters::default());
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -290,5 +290,5 @@ async fn run_replicas(
     stop.cancel();
     tasks.close();
     tasks.wait().await;
-    Ok((elapsed, ()))
+    Ok((elapsed, Counters::get(&counters.retries)))
 }

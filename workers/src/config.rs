@@ -43,6 +43,9 @@ pub struct NatsSettings {
 pub struct SyncSettings {
     /// Most events applied in one transaction.
     pub batch_size: usize,
+    /// How long a batch waits for more events before it is applied, in ms: a little
+    /// latency for fewer, larger transactions under load.
+    pub batch_linger_ms: u64,
     /// Longest wait between retries of a failing batch, in seconds.
     pub max_retry_delay_secs: u64,
     /// Time a stopping consumer gives its in-flight batch, in seconds.
@@ -91,6 +94,7 @@ impl Default for SyncSettings {
     fn default() -> Self {
         Self {
             batch_size: 1000,
+            batch_linger_ms: 2,
             max_retry_delay_secs: 10,
             shutdown_grace_secs: 20,
             relay_poll_ms: 1000,

@@ -132,6 +132,7 @@ impl Store {
         }
 
         // 2. Every identity named gets a row, and a user of its own when it is new.
+        // Identity ids never change, so they are cached; every hit is verified in 3.
         let mut keys: BTreeSet<(&str, &str)> = BTreeSet::new();
         for e in &events {
             keys.insert((e.identity.platform.as_str(), e.identity.user.as_str()));
@@ -139,34 +140,82 @@ impl Store {
                 keys.insert((other.platform.as_str(), other.user.as_str()));
             }
         }
-        let (platforms, users): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
-        sqlx::query(
-            "WITH input AS (
-                 SELECT p, u FROM unnest($1::text[], $2::text[]) AS t(p, u) ORDER BY p, u),
-             created AS (
-                 INSERT INTO identities (platform, external_id, user_id)
-                 SELECT p, u, nextval('users_id_seq') FROM input
-                 ON CONFLICT (platform, external_id) DO NOTHING
-                 RETURNING user_id)
-             INSERT INTO users (id) SELECT user_id FROM created",
-        )
-        .bind(&platforms)
-        .bind(&users)
-        .execute(&mut **tx)
-        .await?;
+        let mut identity: HashMap<(&str, &str), i64> = self.identities.lookup(&keys);
+        let missing: Vec<(&str, &str)> = keys
+            .iter()
+            .filter(|k| !identity.contains_key(*k))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            let (platforms, users): (Vec<&str>, Vec<&str>) = missing.iter().copied().unzip();
+            let found: Vec<(i64, String, String)> = sqlx::query_as(
+                "WITH input AS (
+                     SELECT p, u FROM unnest($1::text[], $2::text[]) AS t(p, u) ORDER BY p, u),
+                 created AS (
+                     INSERT INTO identities (platform, external_id, user_id)
+                     SELECT p, u, nextval('users_id_seq') FROM input
+                     WHERE NOT EXISTS (SELECT 1 FROM identities i
+                                       WHERE i.platform = input.p AND i.external_id = input.u)
+                     ON CONFLICT (platform, external_id) DO NOTHING
+                     RETURNING id, platform, external_id, user_id),
+                 new_users AS (INSERT INTO users (id) SELECT user_id FROM created)
+                 SELECT id, platform, external_id FROM created
+                 UNION ALL
+                 SELECT i.id, i.platform, i.external_id FROM identities i
+                 JOIN input ON i.platform = input.p AND i.external_id = input.u",
+            )
+            .bind(&platforms)
+            .bind(&users)
+            .fetch_all(&mut **tx)
+            .await?;
+            let mut found = found;
+            let unresolved = |found: &[(i64, String, String)]| -> (Vec<&str>, Vec<&str>) {
+                let known: HashSet<(&str, &str)> = found
+                    .iter()
+                    .map(|(_, p, u)| (p.as_str(), u.as_str()))
+                    .collect();
+                missing
+                    .iter()
+                    .filter(|k| !known.contains(*k))
+                    .copied()
+                    .unzip()
+            };
+            let (late_p, late_u) = unresolved(&found);
+            if !late_p.is_empty() {
+                // Rows another replica committed while this statement waited on them are
+                // not in its snapshot; a new statement sees them.
+                let late: Vec<(i64, String, String)> = sqlx::query_as(
+                    "SELECT i.id, i.platform, i.external_id FROM identities i
+                     JOIN unnest($1::text[], $2::text[]) AS t(p, u)
+                       ON i.platform = t.p AND i.external_id = t.u",
+                )
+                .bind(&late_p)
+                .bind(&late_u)
+                .fetch_all(&mut **tx)
+                .await?;
+                found.extend(late);
+            }
+            let by_key: HashMap<(&str, &str), i64> = found
+                .iter()
+                .map(|(iid, p, u)| ((p.as_str(), u.as_str()), *iid))
+                .collect();
+            for k in &missing {
+                let iid = by_key.get(k).ok_or(StoreError::Contended)?;
+                identity.insert(*k, *iid);
+            }
+            self.identities.remember(&found);
+        }
+        let iids: Vec<i64> = identity.values().copied().collect();
 
         // 3. Lock their users in id order, then check nobody moved an identity meanwhile.
         let rows = sqlx::query(
             "SELECT u.id, u.merged_into, u.xp, u.peak_rank, u.messages, u.voice_seconds,
                     u.games_played, u.games_won, u.first_event_ms, u.last_event_ms
              FROM users u
-             WHERE u.id IN (SELECT i.user_id FROM identities i
-                            JOIN unnest($1::text[], $2::text[]) AS t(p, u)
-                              ON i.platform = t.p AND i.external_id = t.u)
+             WHERE u.id IN (SELECT user_id FROM identities WHERE id = ANY($1))
              ORDER BY u.id FOR UPDATE OF u",
         )
-        .bind(&platforms)
-        .bind(&users)
+        .bind(&iids)
         .fetch_all(&mut **tx)
         .await?;
         let mut state: BTreeMap<i64, UserRow> = BTreeMap::new();
@@ -189,28 +238,31 @@ impl Store {
             );
         }
         let original_xp: HashMap<i64, i64> = state.iter().map(|(id, u)| (*id, u.xp)).collect();
-        let mut identity: HashMap<(String, String), i64> = HashMap::new();
         let mut owner: HashMap<i64, i64> = HashMap::new();
-        for r in sqlx::query(
-            "SELECT i.id, i.platform, i.external_id, i.user_id FROM identities i
-             JOIN unnest($1::text[], $2::text[]) AS t(p, u)
-               ON i.platform = t.p AND i.external_id = t.u",
+        let current: Vec<(i64, String, String, i64)> = sqlx::query_as(
+            "SELECT id, platform, external_id, user_id FROM identities WHERE id = ANY($1)",
         )
-        .bind(&platforms)
-        .bind(&users)
+        .bind(&iids)
         .fetch_all(&mut **tx)
-        .await?
-        {
-            let (iid, uid): (i64, i64) = (r.get("id"), r.get("user_id"));
+        .await?;
+        for (iid, platform, user, uid) in current {
+            if identity.get(&(platform.as_str(), user.as_str())) != Some(&iid) {
+                // The tables were rebuilt under us: the cache is stale.
+                self.identities.clear();
+                return Err(StoreError::Contended);
+            }
             if !state.contains_key(&uid) {
                 return Err(StoreError::Contended);
             }
-            identity.insert((r.get("platform"), r.get("external_id")), iid);
             owner.insert(iid, uid);
+        }
+        if owner.len() != identity.len() {
+            self.identities.clear();
+            return Err(StoreError::Contended);
         }
         let iid_of = |i: &ttfd_shared::Identity| -> Result<i64, StoreError> {
             identity
-                .get(&(i.platform.as_str().to_owned(), i.user.as_str().to_owned()))
+                .get(&(i.platform.as_str(), i.user.as_str()))
                 .copied()
                 .ok_or(StoreError::Contended)
         };

@@ -8,7 +8,8 @@ pub mod outbox;
 pub mod query;
 pub mod scratch;
 
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
@@ -72,6 +73,44 @@ impl StoreError {
 pub struct Store {
     pub pool: PgPool,
     pub rules: Arc<Rules>,
+    identities: IdentityCache,
+}
+
+/// `(platform, user)` → identity id, shared by the workers of a process. Identity ids
+/// never change once created; the apply path still checks every hit against the row it
+/// locks, and clears the cache if the tables were rebuilt.
+#[derive(Clone, Default)]
+struct IdentityCache(Arc<Mutex<HashMap<String, i64>>>);
+
+/// Entries kept before the cache starts over (about 100 MB at most).
+const IDENTITY_CACHE_MAX: usize = 1_000_000;
+
+impl IdentityCache {
+    fn key(platform: &str, user: &str) -> String {
+        // Platforms contain no ':', so the key is unambiguous.
+        format!("{platform}:{user}")
+    }
+
+    fn lookup<'k>(&self, keys: &BTreeSet<(&'k str, &'k str)>) -> HashMap<(&'k str, &'k str), i64> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        keys.iter()
+            .filter_map(|&(p, u)| map.get(&Self::key(p, u)).map(|id| ((p, u), *id)))
+            .collect()
+    }
+
+    fn remember(&self, found: &[(i64, String, String)]) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() + found.len() > IDENTITY_CACHE_MAX {
+            map.clear();
+        }
+        for (id, p, u) in found {
+            map.insert(Self::key(p, u), *id);
+        }
+    }
+
+    fn clear(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
 }
 
 impl Store {
@@ -88,16 +127,14 @@ impl Store {
             .max_connections(settings.max_connections)
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy_with(options);
-        Ok(Self {
-            pool,
-            rules: Arc::new(rules),
-        })
+        Ok(Self::from_pool(pool, rules))
     }
 
     pub fn from_pool(pool: PgPool, rules: Rules) -> Self {
         Self {
             pool,
             rules: Arc::new(rules),
+            identities: IdentityCache::default(),
         }
     }
 

@@ -26,8 +26,8 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -122,7 +122,7 @@ impl SyncWorker {
             let messages = self
                 .consumer
                 .stream()
-                .max_messages_per_batch(batch)
+                .max_messages_per_batch(batch * 2)
                 .heartbeat(Duration::from_secs(5))
                 .expires(Duration::from_secs(30))
                 .messages()
@@ -137,27 +137,44 @@ impl SyncWorker {
                     }
                 }
             };
-            let mut chunks = messages.ready_chunks(batch);
+            let mut messages = messages;
+            let linger = Duration::from_millis(self.settings.batch_linger_ms);
             loop {
-                let chunk = tokio::select! {
+                let first = tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => {
                         // Hand back what was fetched but not started.
-                        while let Some(Some(chunk)) = futures::FutureExt::now_or_never(chunks.next()) {
-                            for m in chunk.into_iter().flatten() {
-                                let _ = m.ack_with(AckKind::Nak(None)).await;
-                            }
+                        while let Some(Some(Ok(m))) = messages.next().now_or_never() {
+                            let _ = m.ack_with(AckKind::Nak(None)).await;
                         }
                         break;
                     }
-                    chunk = chunks.next() => chunk,
+                    first = messages.next() => first,
                 };
-                let Some(chunk) = chunk else {
+                let Some(first) = first else {
                     warn!("pull stream ended; reopening");
                     break;
                 };
-                let mut msgs = Vec::with_capacity(chunk.len());
-                for item in chunk {
+                // Gather a batch: what is already buffered, and what arrives within the
+                // linger time, up to the batch size.
+                let mut items = vec![first];
+                let deadline = tokio::time::sleep(linger);
+                tokio::pin!(deadline);
+                while items.len() < batch {
+                    let next = match messages.next().now_or_never() {
+                        Some(next) => next,
+                        None => tokio::select! {
+                            next = messages.next() => next,
+                            _ = &mut deadline => break,
+                        },
+                    };
+                    match next {
+                        Some(item) => items.push(item),
+                        None => break,
+                    }
+                }
+                let mut msgs = Vec::with_capacity(items.len());
+                for item in items {
                     match item {
                         Ok(m) => msgs.push(m),
                         Err(e) => debug!(error = %e, "pull stream notice"),
