@@ -44,7 +44,7 @@ pub struct Applied {
     pub merges: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct UserRow {
     xp: i64,
     peak_rank: i16,
@@ -207,7 +207,75 @@ impl Store {
         }
         let iids: Vec<i64> = identity.values().copied().collect();
 
-        // 3. Lock their users in id order, then check nobody moved an identity meanwhile.
+        let iid_of = |i: &ttfd_shared::Identity| -> Result<i64, StoreError> {
+            identity
+                .get(&(i.platform.as_str(), i.user.as_str()))
+                .copied()
+                .ok_or(StoreError::Contended)
+        };
+
+        // 3. Fold the events into per-identity deltas and facts. No user row is locked
+        // yet: hot users are locked only for the short end of the transaction.
+        let mut deltas: BTreeMap<i64, UserRow> = BTreeMap::new();
+        let mut buckets: BTreeSet<(i64, i64)> = BTreeSet::new();
+        let mut ledger: BTreeMap<(i64, i32), i64> = BTreeMap::new();
+        let mut names: BTreeMap<i64, (i64, &str, &str)> = BTreeMap::new();
+        let mut links: Vec<(&Event, i64, i64)> = Vec::new();
+        for e in &events {
+            let iid = iid_of(&e.identity)?;
+            let user = deltas.entry(iid).or_default();
+            user.saw(e.ts);
+            match &e.payload {
+                Payload::Message { len, .. } => {
+                    user.messages += 1;
+                    if rules.message_is_eligible(*len) {
+                        buckets.insert((iid, rules::minute_of(e.ts)));
+                    }
+                }
+                Payload::Voice { seconds, .. } => user.voice_seconds += i64::from(*seconds),
+                Payload::Game { won, .. } => {
+                    user.games_played += 1;
+                    user.games_won += i64::from(*won);
+                }
+                Payload::Xp { .. } => {}
+                Payload::Link { other, .. } => links.push((e, iid, iid_of(other)?)),
+            }
+            let xp = rules.standalone_xp(&e.payload);
+            if xp != 0 {
+                *ledger.entry((iid, rules::day_of(e.ts))).or_default() += xp;
+            }
+            if let Some(name) = &e.name {
+                let newer = names
+                    .get(&iid)
+                    .is_none_or(|(ts, id, _)| (*ts, *id) < (e.ts, e.id.as_str()));
+                if newer {
+                    names.insert(iid, (e.ts, e.id.as_str(), name));
+                }
+            }
+        }
+
+        // 4. Message XP: the first eligible message of an identity in a minute.
+        if !buckets.is_empty() {
+            let (b_ids, b_minutes): (Vec<i64>, Vec<i64>) = buckets.iter().copied().unzip();
+            let new_buckets: Vec<(i64, i64)> = sqlx::query_as(
+                "INSERT INTO message_buckets (identity_id, minute)
+                 SELECT i, m FROM unnest($1::int8[], $2::int8[]) AS t(i, m) ORDER BY i, m
+                 ON CONFLICT DO NOTHING RETURNING identity_id, minute",
+            )
+            .bind(&b_ids)
+            .bind(&b_minutes)
+            .fetch_all(&mut **tx)
+            .await?;
+            if rules.message_xp != 0 {
+                for (iid, minute) in new_buckets {
+                    *ledger
+                        .entry((iid, rules::day_of(minute * MINUTE_MS)))
+                        .or_default() += rules.message_xp;
+                }
+            }
+        }
+
+        // 5. Lock their users in id order, then check nobody moved an identity meanwhile.
         let rows = sqlx::query(
             "SELECT u.id, u.merged_into, u.xp, u.peak_rank, u.messages, u.voice_seconds,
                     u.games_played, u.games_won, u.first_event_ms, u.last_event_ms
@@ -260,70 +328,11 @@ impl Store {
             self.identities.clear();
             return Err(StoreError::Contended);
         }
-        let iid_of = |i: &ttfd_shared::Identity| -> Result<i64, StoreError> {
-            identity
-                .get(&(i.platform.as_str(), i.user.as_str()))
-                .copied()
-                .ok_or(StoreError::Contended)
-        };
-
-        // 4. Fold the events into per-user deltas and per-identity facts.
-        let mut buckets: BTreeSet<(i64, i64)> = BTreeSet::new();
-        let mut ledger: BTreeMap<(i64, i32), i64> = BTreeMap::new();
-        let mut names: BTreeMap<i64, (i64, &str, &str)> = BTreeMap::new();
-        let mut links: Vec<(&Event, i64, i64)> = Vec::new();
-        for e in &events {
-            let iid = iid_of(&e.identity)?;
-            let user = state.get_mut(&owner[&iid]).ok_or(StoreError::Contended)?;
-            user.saw(e.ts);
-            match &e.payload {
-                Payload::Message { len, .. } => {
-                    user.messages += 1;
-                    if rules.message_is_eligible(*len) {
-                        buckets.insert((iid, rules::minute_of(e.ts)));
-                    }
-                }
-                Payload::Voice { seconds, .. } => user.voice_seconds += i64::from(*seconds),
-                Payload::Game { won, .. } => {
-                    user.games_played += 1;
-                    user.games_won += i64::from(*won);
-                }
-                Payload::Xp { .. } => {}
-                Payload::Link { other, .. } => links.push((e, iid, iid_of(other)?)),
-            }
-            let xp = rules.standalone_xp(&e.payload);
-            if xp != 0 {
-                *ledger.entry((iid, rules::day_of(e.ts))).or_default() += xp;
-            }
-            if let Some(name) = &e.name {
-                let newer = names
-                    .get(&iid)
-                    .is_none_or(|(ts, id, _)| (*ts, *id) < (e.ts, e.id.as_str()));
-                if newer {
-                    names.insert(iid, (e.ts, e.id.as_str(), name));
-                }
-            }
-        }
-
-        // 5. Message XP: the first eligible message of an identity in a minute.
-        if !buckets.is_empty() {
-            let (b_ids, b_minutes): (Vec<i64>, Vec<i64>) = buckets.iter().copied().unzip();
-            let new_buckets: Vec<(i64, i64)> = sqlx::query_as(
-                "INSERT INTO message_buckets (identity_id, minute)
-                 SELECT i, m FROM unnest($1::int8[], $2::int8[]) AS t(i, m) ORDER BY i, m
-                 ON CONFLICT DO NOTHING RETURNING identity_id, minute",
-            )
-            .bind(&b_ids)
-            .bind(&b_minutes)
-            .fetch_all(&mut **tx)
-            .await?;
-            if rules.message_xp != 0 {
-                for (iid, minute) in new_buckets {
-                    *ledger
-                        .entry((iid, rules::day_of(minute * MINUTE_MS)))
-                        .or_default() += rules.message_xp;
-                }
-            }
+        for (iid, d) in &deltas {
+            state
+                .get_mut(&owner[iid])
+                .ok_or(StoreError::Contended)?
+                .absorb(d);
         }
 
         // 6. The ledger, and the users' XP from it.
