@@ -681,20 +681,11 @@ async fn a_crash_between_commit_and_publish_neither_loses_nor_duplicates_notific
         .expect("apply");
     assert_eq!(env.store.outbox_backlog().await.expect("backlog"), 1);
     // A relay publishes, then dies before deleting the row.
-    let broker = env.broker.clone();
+    use ttfd::store::outbox::Notice;
     let crashed = env
         .store
-        .relay_outbox(10, async |notices: &[ttfd::store::outbox::Notice]| {
-            for n in notices {
-                let msg = async_nats::jetstream::message::PublishMessage::build()
-                    .payload(n.encode().into())
-                    .message_id(n.id());
-                broker
-                    .js
-                    .send_publish(broker.subjects.notify(n.topic()), msg)
-                    .await?
-                    .await?;
-            }
+        .relay_outbox(10, async |notices: &[Notice]| {
+            ttfd::sync::publish_notices(&env.broker, notices).await?;
             Err::<(), async_nats::Error>("crash before delete".into())
         })
         .await;
@@ -707,18 +698,8 @@ async fn a_crash_between_commit_and_publish_neither_loses_nor_duplicates_notific
     // The next relay publishes it again under the same id, and deletes it.
     let published = env
         .store
-        .relay_outbox(10, async |notices: &[ttfd::store::outbox::Notice]| {
-            for n in notices {
-                let msg = async_nats::jetstream::message::PublishMessage::build()
-                    .payload(n.encode().into())
-                    .message_id(n.id());
-                env.broker
-                    .js
-                    .send_publish(env.broker.subjects.notify(n.topic()), msg)
-                    .await?
-                    .await?;
-            }
-            Ok::<(), async_nats::Error>(())
+        .relay_outbox(10, async |notices: &[Notice]| {
+            ttfd::sync::publish_notices(&env.broker, notices).await
         })
         .await
         .expect("relay");

@@ -35,7 +35,7 @@ use tracing::{debug, error, info, instrument, warn};
 use ttfd_shared::Event;
 use ttfd_shared::wire::{self, Rejection};
 
-pub use relay::relay_outbox;
+pub use relay::{publish_notices, relay_outbox};
 
 use crate::broker::{Broker, ERROR_HEADER};
 use crate::config::{Settings, SyncSettings};

@@ -30,7 +30,7 @@ pub async fn relay_outbox(
         .without_max_times()
         .build();
     loop {
-        let publish = async |notices: &[Notice]| publish(&broker, notices).await;
+        let publish = async |notices: &[Notice]| publish_notices(&broker, notices).await;
         match store.relay_outbox(BATCH, publish).await {
             Ok(n) if n as i64 == BATCH => continue,
             Ok(_) => {
@@ -62,7 +62,8 @@ pub async fn relay_outbox(
     }
 }
 
-async fn publish(broker: &Broker, notices: &[Notice]) -> Result<(), async_nats::Error> {
+/// Publishes notices with their id as `Nats-Msg-Id` and waits for every JetStream ack.
+pub async fn publish_notices(broker: &Broker, notices: &[Notice]) -> Result<(), async_nats::Error> {
     let mut acks = Vec::with_capacity(notices.len());
     for n in notices {
         let message = PublishMessage::build()
