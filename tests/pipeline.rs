@@ -746,3 +746,56 @@ fn apply_order_batching_and_duplicates_do_not_change_the_state() {
     rt.block_on(env.cleanup());
     result.expect("the database state depends only on the set of events");
 }
+
+#[tokio::test]
+async fn tables_rebuilt_under_a_running_store_are_detected_and_the_batch_retried() {
+    let env = TestEnv::new().await;
+    let now = ttfd::now_ms();
+    let grant = |id: &str, who: &str| {
+        ev(
+            id,
+            now,
+            who,
+            None,
+            Payload::Xp {
+                amount: 5,
+                reason: "r".into(),
+            },
+        )
+    };
+    env.store
+        .apply(&[grant("c:1", "discord:1")])
+        .await
+        .expect("apply");
+    // Rebuilt tables: identity ids start over, so the cached id of discord:1 now names
+    // another identity.
+    env.db.truncate(&env.store.pool).await.expect("truncate");
+    env.store
+        .apply(&[grant("c:2", "telegram:2")])
+        .await
+        .expect("apply");
+    let stale = env.store.apply(&[grant("c:3", "discord:1")]).await;
+    assert!(
+        matches!(stale, Err(ttfd::store::StoreError::Contended)),
+        "a stale cache entry is caught, not applied to the wrong identity: {stale:?}"
+    );
+    env.store
+        .apply(&[grant("c:3", "discord:1")])
+        .await
+        .expect("the retry applies");
+    let discord = env
+        .store
+        .profile(&Identity::parse("discord:1").expect("id"))
+        .await
+        .expect("q")
+        .expect("user");
+    let telegram = env
+        .store
+        .profile(&Identity::parse("telegram:2").expect("id"))
+        .await
+        .expect("q")
+        .expect("user");
+    assert_eq!((discord.xp, telegram.xp), (5, 5));
+    assert_ne!(discord.uid, telegram.uid);
+    env.cleanup().await;
+}

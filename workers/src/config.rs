@@ -93,7 +93,7 @@ impl Default for NatsSettings {
 impl Default for SyncSettings {
     fn default() -> Self {
         Self {
-            batch_size: 1000,
+            batch_size: 5000,
             batch_linger_ms: 2,
             max_retry_delay_secs: 10,
             shutdown_grace_secs: 20,

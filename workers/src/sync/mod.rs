@@ -402,7 +402,7 @@ impl SyncWorker {
         Fut: Future<Output = Result<T, E>>,
     {
         let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(50))
+            .with_min_delay(Duration::from_millis(10))
             .with_max_delay(Duration::from_secs(self.settings.max_retry_delay_secs))
             .with_jitter()
             .without_max_times();
