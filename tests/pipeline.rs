@@ -776,7 +776,7 @@ async fn tables_rebuilt_under_a_running_store_are_detected_and_the_batch_retried
         .expect("apply");
     let stale = env.store.apply(&[grant("c:3", "discord:1")]).await;
     assert!(
-        matches!(stale, Err(ttfd::store::StoreError::Contended)),
+        matches!(stale, Err(ttfd::store::StoreError::StaleCache)),
         "a stale cache entry is caught, not applied to the wrong identity: {stale:?}"
     );
     env.store

@@ -82,6 +82,17 @@ fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     }
 }
 
+/// What a batch established before locking any user: identity ids, per-identity
+/// deltas, XP per identity and day, newest names, links (sorted by event time).
+struct Facts<'e> {
+    identity: HashMap<(&'e str, &'e str), i64>,
+    iids: Vec<i64>,
+    deltas: BTreeMap<i64, UserRow>,
+    ledger: BTreeMap<(i64, i32), i64>,
+    names: BTreeMap<i64, (i64, &'e str, &'e str)>,
+    links: Vec<(&'e Event, i64, i64)>,
+}
+
 /// A merge decided in this batch: `loser` now redirects to `survivor`.
 struct Merge<'e> {
     loser: i64,
@@ -122,7 +133,7 @@ impl Store {
         .collect();
         let total = events.len();
         events.retain(|e| fresh.contains(e.id.as_str()));
-        let mut outcome = Applied {
+        let outcome = Applied {
             applied: events.len(),
             duplicates: total - events.len(),
             ..Applied::default()
@@ -275,6 +286,51 @@ impl Store {
             }
         }
 
+        ledger.retain(|_, xp| *xp != 0);
+        links.sort_by_key(|(e, _, _)| (e.ts, &e.id));
+        let facts = Facts {
+            identity,
+            iids,
+            deltas,
+            ledger,
+            names,
+            links,
+        };
+        // A merge committed by another replica between our read and our lock only
+        // invalidates what follows the lock: roll back to here and redo that part.
+        sqlx::query("SAVEPOINT before_users")
+            .execute(&mut **tx)
+            .await?;
+        let mut attempts = 0;
+        loop {
+            match self.settle_users(tx, &facts, outcome).await {
+                Err(StoreError::Contended) if attempts < 8 => {
+                    attempts += 1;
+                    sqlx::query("ROLLBACK TO SAVEPOINT before_users")
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Steps 5 to 11: lock the users, then everything that needs them.
+    async fn settle_users(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        facts: &Facts<'_>,
+        mut outcome: Applied,
+    ) -> Result<Applied, StoreError> {
+        let rules = &*self.rules;
+        let Facts {
+            identity,
+            iids,
+            deltas,
+            ledger,
+            names,
+            links,
+        } = facts;
         // 5. Lock their users in id order, then check nobody moved an identity meanwhile.
         let rows = sqlx::query(
             "SELECT u.id, u.merged_into, u.xp, u.peak_rank, u.messages, u.voice_seconds,
@@ -283,7 +339,7 @@ impl Store {
              WHERE u.id IN (SELECT user_id FROM identities WHERE id = ANY($1))
              ORDER BY u.id FOR UPDATE OF u",
         )
-        .bind(&iids)
+        .bind(iids)
         .fetch_all(&mut **tx)
         .await?;
         let mut state: BTreeMap<i64, UserRow> = BTreeMap::new();
@@ -310,14 +366,14 @@ impl Store {
         let current: Vec<(i64, String, String, i64)> = sqlx::query_as(
             "SELECT id, platform, external_id, user_id FROM identities WHERE id = ANY($1)",
         )
-        .bind(&iids)
+        .bind(iids)
         .fetch_all(&mut **tx)
         .await?;
         for (iid, platform, user, uid) in current {
             if identity.get(&(platform.as_str(), user.as_str())) != Some(&iid) {
                 // The tables were rebuilt under us: the cache is stale.
                 self.identities.clear();
-                return Err(StoreError::Contended);
+                return Err(StoreError::StaleCache);
             }
             if !state.contains_key(&uid) {
                 return Err(StoreError::Contended);
@@ -326,9 +382,9 @@ impl Store {
         }
         if owner.len() != identity.len() {
             self.identities.clear();
-            return Err(StoreError::Contended);
+            return Err(StoreError::StaleCache);
         }
-        for (iid, d) in &deltas {
+        for (iid, d) in deltas {
             state
                 .get_mut(&owner[iid])
                 .ok_or(StoreError::Contended)?
@@ -336,12 +392,11 @@ impl Store {
         }
 
         // 6. The ledger, and the users' XP from it.
-        ledger.retain(|_, xp| *xp != 0);
         if !ledger.is_empty() {
             let mut l_ids = Vec::with_capacity(ledger.len());
             let mut l_days = Vec::with_capacity(ledger.len());
             let mut l_xp = Vec::with_capacity(ledger.len());
-            for (&(iid, day), &xp) in &ledger {
+            for (&(iid, day), &xp) in ledger {
                 l_ids.push(iid);
                 l_days.push(day);
                 l_xp.push(xp);
@@ -391,8 +446,7 @@ impl Store {
             }
             uid
         };
-        links.sort_by_key(|(e, _, _)| (e.ts, &e.id));
-        for (e, a, b) in &links {
+        for (e, a, b) in links {
             let ua = resolve(&redirect, owner[a]);
             let ub = resolve(&redirect, owner[b]);
             if ua == ub {

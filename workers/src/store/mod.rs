@@ -36,6 +36,10 @@ pub enum StoreError {
     /// Another replica merged users between our read and our lock; try again.
     #[error("users changed while being locked (concurrent merge)")]
     Contended,
+    /// The identity id cache no longer matches the tables (they were rebuilt); it has
+    /// been cleared, try again.
+    #[error("identity cache out of date (tables rebuilt); cleared")]
+    StaleCache,
 }
 
 impl StoreError {
@@ -44,7 +48,7 @@ impl StoreError {
     /// errors are about the work itself.
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Contended => true,
+            StoreError::Contended | StoreError::StaleCache => true,
             StoreError::Migrate(_) | StoreError::Encode(_) => false,
             StoreError::Db(e) => match e {
                 sqlx::Error::Io(_)
