@@ -25,19 +25,19 @@ pub async fn relay_outbox(
     poll: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = ExponentialBuilder::default()
-        .with_max_delay(Duration::from_secs(10))
-        .without_max_times()
-        .build();
+    let fresh_backoff = || {
+        ExponentialBuilder::default()
+            .with_max_delay(Duration::from_secs(10))
+            .without_max_times()
+            .build()
+    };
+    let mut backoff = fresh_backoff();
     loop {
         let publish = async |notices: &[Notice]| publish_notices(&broker, notices).await;
         match store.relay_outbox(BATCH, publish).await {
             Ok(n) if n as i64 == BATCH => continue,
             Ok(_) => {
-                backoff = ExponentialBuilder::default()
-                    .with_max_delay(Duration::from_secs(10))
-                    .without_max_times()
-                    .build();
+                backoff = fresh_backoff();
                 if shutdown.is_cancelled() {
                     return;
                 }
