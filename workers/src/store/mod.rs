@@ -1,9 +1,10 @@
 //! PostgreSQL: the pool, migrations, the batch apply path ([`apply`]), reads for people
-//! and bots ([`query`]) and the notification outbox ([`outbox`]).
+//! and bots ([`query`]), the notification outbox ([`outbox`]) and link codes ([`codes`]).
 //!
 //! Reads `database.url` and `database.max_connections`.
 
 pub mod apply;
+pub mod codes;
 pub mod outbox;
 pub mod query;
 pub mod scratch;
@@ -33,6 +34,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("encoding a notification: {0}")]
     Encode(#[from] serde_json::Error),
+    /// An outbox row that is not a valid message (written by an older version?).
+    #[error("outbox row: {0}")]
+    Outbox(String),
     /// Another replica merged users between our read and our lock; try again.
     #[error("users changed while being locked (concurrent merge)")]
     Contended,
@@ -49,7 +53,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Contended | StoreError::StaleCache => true,
-            StoreError::Migrate(_) | StoreError::Encode(_) => false,
+            StoreError::Migrate(_) | StoreError::Encode(_) | StoreError::Outbox(_) => false,
             StoreError::Db(e) => match e {
                 sqlx::Error::Io(_)
                 | sqlx::Error::Tls(_)

@@ -2,24 +2,31 @@
 //! change, and handed to a publisher here. A row is deleted only after its publish was
 //! acknowledged; a crash in between republishes it under the same `Nats-Msg-Id`, which
 //! JetStream's duplicate window drops, so each notification is delivered once in effect.
+//!
+//! Besides notifications, the outbox carries events that a transaction established
+//! (a redeemed link code): they go to the events stream like any publisher's.
 
 use sqlx::Row;
-use ttfd_shared::wire::{LinkNotice, RankNotice};
+use ttfd_shared::Event;
+use ttfd_shared::wire::{self, LinkNotice, RankNotice, Subjects};
 
 use super::{Store, StoreError};
 
-/// A notification ready to publish to `<prefix>.notify.<topic>`.
+/// A message ready to publish: a notification to `<prefix>.notify.<rank|link>`, or an
+/// event to `<prefix>.events.<platform>.<kind>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
     Rank(RankNotice),
     Link(LinkNotice),
+    Event(Event),
 }
 
 impl Notice {
-    pub fn topic(&self) -> &'static str {
+    pub fn subject(&self, subjects: &Subjects) -> String {
         match self {
-            Notice::Rank(_) => "rank",
-            Notice::Link(_) => "link",
+            Notice::Rank(_) => subjects.notify("rank"),
+            Notice::Link(_) => subjects.notify("link"),
+            Notice::Event(e) => subjects.event(e.identity.platform.as_str(), e.kind()),
         }
     }
 
@@ -28,14 +35,16 @@ impl Notice {
         match self {
             Notice::Rank(n) => &n.id,
             Notice::Link(n) => &n.id,
+            Notice::Event(e) => e.id.as_str(),
         }
     }
 
-    /// The MessagePack map of SPEC 4, Notifications.
+    /// The MessagePack map of SPEC 4 (Notifications, or the event envelope).
     pub fn encode(&self) -> Vec<u8> {
         let bytes = match self {
             Notice::Rank(n) => rmp_serde::to_vec_named(n),
             Notice::Link(n) => rmp_serde::to_vec_named(n),
+            Notice::Event(e) => return wire::encode(e),
         };
         // Plain structs of integers and strings always serialise.
         bytes.expect("a notice always serialises")
@@ -78,16 +87,20 @@ impl Store {
             let topic: String = row.get("topic");
             let body: serde_json::Value = row.get("body");
             let notice = match topic.as_str() {
-                "rank" => serde_json::from_value(body).map(|mut n: RankNotice| {
-                    n.id = format!("rank:{id}");
-                    Notice::Rank(n)
-                }),
-                _ => serde_json::from_value(body).map(|mut n: LinkNotice| {
-                    n.id = format!("link:{id}");
-                    Notice::Link(n)
-                }),
-            }
-            .map_err(StoreError::from)?;
+                "rank" => serde_json::from_value(body)
+                    .map(|mut n: RankNotice| {
+                        n.id = format!("rank:{id}");
+                        Notice::Rank(n)
+                    })
+                    .map_err(StoreError::from)?,
+                "link" => serde_json::from_value(body)
+                    .map(|mut n: LinkNotice| {
+                        n.id = format!("link:{id}");
+                        Notice::Link(n)
+                    })
+                    .map_err(StoreError::from)?,
+                _ => Notice::Event(event_from_outbox(&body)?),
+            };
             ids.push(id);
             notices.push(notice);
         }
@@ -101,10 +114,19 @@ impl Store {
         Ok(ids.len())
     }
 
-    /// Notifications not yet published.
+    /// Messages not yet published.
     pub async fn outbox_backlog(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM outbox")
             .fetch_one(&self.pool)
             .await?)
     }
+}
+
+/// An event row back as a valid event, checked by the consumers' own rules.
+fn event_from_outbox(body: &serde_json::Value) -> Result<Event, StoreError> {
+    let field = |k: &str| body.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+    let bytes = rmp_serde::to_vec_named(body).map_err(|e| StoreError::Outbox(e.to_string()))?;
+    let ts = body.get("ts").and_then(|v| v.as_i64()).unwrap_or_default();
+    wire::decode(&bytes, (field("platform"), field("kind")), ts)
+        .map_err(|r| StoreError::Outbox(r.to_string()))
 }

@@ -14,7 +14,7 @@
 //!
 //! Reads the `sync.*` settings.
 
-mod relay;
+pub mod relay;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -1,4 +1,5 @@
 //! The outbox relay: publishes committed notifications to `<prefix>.notify.<topic>`
+//! (and events established by a transaction to `<prefix>.events.*`)
 //! with `Nats-Msg-Id` = the notification id, then deletes them. Woken at once by a local
 //! commit that wrote notifications, and every `sync.relay_poll_ms` for rows left by a
 //! replica that died.
@@ -72,7 +73,7 @@ pub async fn publish_notices(broker: &Broker, notices: &[Notice]) -> Result<(), 
         acks.push(
             broker
                 .js
-                .send_publish(broker.subjects.notify(n.topic()), message)
+                .send_publish(n.subject(&broker.subjects), message)
                 .await?,
         );
     }
