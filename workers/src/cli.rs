@@ -14,7 +14,7 @@ use crate::broker::Broker;
 use crate::config::Settings;
 use crate::store::Store;
 use crate::store::query::Period;
-use crate::{bench, demo, now_ms, shutdown, sync, telemetry};
+use crate::{bench, demo, now_ms, query, shutdown, sync, telemetry};
 
 /// TTFD Unified: one profile per person across Discord, Telegram, the website and any
 /// platform that publishes events.
@@ -32,6 +32,9 @@ pub struct Cli {
 pub enum Command {
     /// Run one sync consumer replica (events → PostgreSQL) and its outbox relay.
     Sync,
+    /// Serve profiles, leaderboards and link codes over NATS request-reply (for the
+    /// bots, which hold no database credentials). Run as many replicas as you like.
+    Query,
     /// Apply the database migrations.
     Migrate,
     /// NATS provisioning.
@@ -79,6 +82,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Sync => {
             sync::run(&settings, shutdown::on_signals()).await?;
+        }
+        Command::Query => {
+            let store = connect_store(&settings).await?;
+            let broker = connect_broker(&settings).await?;
+            query::serve(store, broker, shutdown::on_signals()).await?;
         }
         Command::Migrate => {
             let store = connect_store(&settings).await?;

@@ -86,6 +86,13 @@ pub async fn run(
         workers.clone(),
     ));
     tasks.spawn(announce_rank_ups(broker.clone(), workers.clone()));
+    // The bots' query service, so `ttfd discord` / `ttfd telegram` can join the demo.
+    let (query_store, query_broker, stop) = (store.clone(), broker.clone(), workers.clone());
+    tasks.spawn(async move {
+        if let Err(e) = crate::query::serve(query_store, query_broker, stop).await {
+            warn!(error = %e, "query service stopped");
+        }
+    });
 
     let publisher = publish_traffic(&broker, &args, &shutdown);
     let mut report = tokio::time::interval(Duration::from_secs(5));

@@ -4,6 +4,7 @@
 //! - [`broker`]: NATS JetStream: connecting, provisioning from `nats/`, publishing.
 //! - [`store`]: PostgreSQL: migrations, the batch apply path, reads, the outbox.
 //! - [`sync`]: the sync consumer role and the outbox relay.
+//! - [`query`]: the query service (profiles, leaderboards, link codes over NATS).
 //! - [`cli`]: the `ttfd` command line; each subcommand is one role.
 //! - [`demo`], [`bench`]: synthetic traffic for newcomers and for measurement.
 
@@ -12,6 +13,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod query;
 pub mod shutdown;
 pub mod store;
 pub mod sync;

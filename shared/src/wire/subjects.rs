@@ -50,6 +50,11 @@ impl Subjects {
         format!("{}.notify.{what}", self.prefix)
     }
 
+    /// `<prefix>.query.<what>`: the query service's request subjects (docs/query.md).
+    pub fn query(&self, what: &str) -> String {
+        format!("{}.query.{what}", self.prefix)
+    }
+
     /// The `(platform, kind)` tokens of an events subject, when it has exactly two
     /// tokens after `<prefix>.events.`.
     pub fn parse_event<'a>(&self, subject: &'a str) -> Option<(&'a str, &'a str)> {

@@ -1,6 +1,6 @@
 //! Reads for people, bots and tests: a unified user's profile and the leaderboards.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use time::{Date, Duration, OffsetDateTime, format_description::well_known::Rfc3339};
 use ttfd_shared::wire::WireIdentity;
@@ -9,7 +9,7 @@ use ttfd_shared::{Identity, Rank};
 use super::{Store, StoreError};
 
 /// A unified user as `ttfd user --json` prints it (SPEC 5).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Profile {
     pub uid: i64,
     pub display_name: Option<String>,
@@ -28,7 +28,7 @@ pub struct Profile {
 }
 
 /// The leaderboard period: all time, the current ISO week or the current month (UTC).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Period {
     All,
@@ -56,7 +56,7 @@ impl Period {
 }
 
 /// One row of a leaderboard.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Standing {
     pub position: usize,
     pub uid: i64,

@@ -1,0 +1,285 @@
+//! The query service: profiles, leaderboards and link codes over NATS request-reply, so
+//! that platform workers (the bots) need no database credentials.
+//!
+//! `ttfd query` replicas subscribe to `<prefix>.query.>` in one queue group, so NATS
+//! spreads requests over them. Bodies are MessagePack maps; every reply is either
+//! `{"ok": ...}` or `{"error": "..."}`. The subjects and shapes are in `docs/query.md`.
+//! [`QueryClient`] is the typed client. Reads `nats.*` and `database.*`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+use ttfd_shared::Identity;
+use ttfd_shared::wire::{Subjects, WireIdentity};
+
+use crate::broker::Broker;
+use crate::now_ms;
+use crate::store::codes::{IssuedCode, Redemption};
+use crate::store::query::{Period, Profile, Standing};
+use crate::store::{Store, StoreError};
+
+/// The queue group every replica of the service joins.
+pub const QUEUE_GROUP: &str = "ttfd-query";
+/// Requests served at once by one replica; more wait in NATS' buffers.
+const CONCURRENCY: usize = 64;
+/// The longest leaderboard page.
+pub const MAX_LIMIT: u32 = 100;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProfileRequest {
+    pub identity: WireIdentity,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopRequest {
+    pub period: Period,
+    pub limit: u32,
+    #[serde(default)]
+    pub offset: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IssueRequest {
+    pub identity: WireIdentity,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RedeemRequest {
+    pub identity: WireIdentity,
+    pub code: String,
+}
+
+/// Every reply: the answer, or why there is none.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reply<T> {
+    Ok(T),
+    Error(String),
+}
+
+/// Why a query got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// No replica answered in time (none running, or overloaded): try again later.
+    #[error("the query service is unavailable: {0}")]
+    Unavailable(String),
+    /// The service answered with an error (a database failure, ...).
+    #[error("the query service failed: {0}")]
+    Remote(String),
+    /// The request or the reply could not be understood.
+    #[error("bad query: {0}")]
+    Bad(String),
+}
+
+/// The typed client of the query service.
+#[derive(Clone)]
+pub struct QueryClient {
+    client: async_nats::Client,
+    subjects: Subjects,
+    timeout: Duration,
+}
+
+impl QueryClient {
+    pub fn new(client: async_nats::Client, prefix: &str, timeout: Duration) -> Self {
+        Self {
+            client,
+            subjects: Subjects::new(prefix),
+            timeout,
+        }
+    }
+
+    /// The user owning `identity`; `None` when no event named it yet.
+    pub async fn profile(&self, identity: &Identity) -> Result<Option<Profile>, QueryError> {
+        self.ask(
+            "profile",
+            &ProfileRequest {
+                identity: identity.into(),
+            },
+        )
+        .await
+    }
+
+    pub async fn top(
+        &self,
+        period: Period,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<Standing>, QueryError> {
+        self.ask(
+            "top",
+            &TopRequest {
+                period,
+                limit,
+                offset,
+            },
+        )
+        .await
+    }
+
+    pub async fn issue_link_code(&self, issuer: &Identity) -> Result<IssuedCode, QueryError> {
+        self.ask(
+            "link.issue",
+            &IssueRequest {
+                identity: issuer.into(),
+            },
+        )
+        .await
+    }
+
+    pub async fn redeem_link_code(
+        &self,
+        redeemer: &Identity,
+        code: &str,
+    ) -> Result<Redemption, QueryError> {
+        self.ask(
+            "link.redeem",
+            &RedeemRequest {
+                identity: redeemer.into(),
+                code: code.to_owned(),
+            },
+        )
+        .await
+    }
+
+    async fn ask<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        what: &str,
+        request: &Q,
+    ) -> Result<A, QueryError> {
+        let body = rmp_serde::to_vec_named(request).map_err(|e| QueryError::Bad(e.to_string()))?;
+        let asked = self.client.request(self.subjects.query(what), body.into());
+        let reply = tokio::time::timeout(self.timeout, asked)
+            .await
+            .map_err(|_| QueryError::Unavailable(format!("no reply within {:?}", self.timeout)))?
+            .map_err(|e| QueryError::Unavailable(e.to_string()))?;
+        match rmp_serde::from_slice(&reply.payload) {
+            Ok(Reply::Ok(answer)) => Ok(answer),
+            Ok(Reply::Error(e)) => Err(QueryError::Remote(e)),
+            Err(e) => Err(QueryError::Bad(format!("reply: {e}"))),
+        }
+    }
+}
+
+/// What a request handler can fail with, said to the requester.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("{0}")]
+    Bad(String),
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+}
+
+fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Refusal> {
+    rmp_serde::from_slice(payload).map_err(|e| Refusal::Bad(format!("request: {e}")))
+}
+
+fn identity(w: &WireIdentity) -> Result<Identity, Refusal> {
+    Identity::new(&w.platform, &w.user).map_err(|e| Refusal::Bad(e.to_string()))
+}
+
+fn reply<T: Serialize>(result: Result<T, Refusal>) -> Vec<u8> {
+    let reply = match result {
+        Ok(answer) => Reply::Ok(answer),
+        Err(e) => Reply::Error(e.to_string()),
+    };
+    // Replies are plain structs of strings and numbers.
+    rmp_serde::to_vec_named(&reply).expect("a reply always serialises")
+}
+
+/// Answers one request; the reply bytes.
+async fn answer(store: &Store, what: &str, payload: &[u8]) -> Vec<u8> {
+    match what {
+        "profile" => reply(
+            async {
+                let q: ProfileRequest = decode(payload)?;
+                Ok(store.profile(&identity(&q.identity)?).await?)
+            }
+            .await,
+        ),
+        "top" => reply(
+            async {
+                let q: TopRequest = decode(payload)?;
+                let today = time::OffsetDateTime::now_utc().date();
+                let limit = i64::from(q.limit.clamp(1, MAX_LIMIT));
+                Ok(store
+                    .top(q.period, today, limit, i64::from(q.offset))
+                    .await?)
+            }
+            .await,
+        ),
+        "link.issue" => reply(
+            async {
+                let q: IssueRequest = decode(payload)?;
+                Ok(store
+                    .issue_link_code(&identity(&q.identity)?, now_ms())
+                    .await?)
+            }
+            .await,
+        ),
+        "link.redeem" => reply(
+            async {
+                let q: RedeemRequest = decode(payload)?;
+                Ok(store
+                    .redeem_link_code(&identity(&q.identity)?, &q.code, now_ms())
+                    .await?)
+            }
+            .await,
+        ),
+        other => reply::<()>(Err(Refusal::Bad(format!("unknown query {other:?}")))),
+    }
+}
+
+/// Serves queries until `shutdown`; requests in progress then finish and are answered.
+pub async fn serve(
+    store: Store,
+    broker: Broker,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let prefix = broker.subjects.query("");
+    let mut requests = broker
+        .client
+        .queue_subscribe(format!("{prefix}>"), QUEUE_GROUP.to_owned())
+        .await?;
+    info!(subjects = %format!("{prefix}>"), "query service ready");
+    let slots = Arc::new(Semaphore::new(CONCURRENCY));
+    let tracker = TaskTracker::new();
+    loop {
+        let request = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = requests.next() => r,
+        };
+        let Some(request) = request else { break };
+        let Some(reply_to) = request.reply.clone() else {
+            debug!(subject = %request.subject, "query without a reply subject; ignored");
+            continue;
+        };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let (store, client) = (store.clone(), broker.client.clone());
+        let what = request
+            .subject
+            .strip_prefix(prefix.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        tracker.spawn(async move {
+            let body = answer(&store, &what, &request.payload).await;
+            if let Err(e) = client.publish(reply_to, body.into()).await {
+                warn!(error = %e, query = what, "cannot send a query reply");
+            }
+            drop(slot);
+        });
+    }
+    let _ = requests.unsubscribe().await;
+    tracker.close();
+    tracker.wait().await;
+    let _ = broker.client.flush().await;
+    Ok(())
+}
