@@ -5,6 +5,7 @@
 //! - [`store`]: PostgreSQL: migrations, the batch apply path, reads, the outbox.
 //! - [`sync`]: the sync consumer role and the outbox relay.
 //! - [`query`]: the query service (profiles, leaderboards, link codes over NATS).
+//! - [`telegram`]: the Telegram bot role (`ttfd telegram`).
 //! - [`cli`]: the `ttfd` command line; each subcommand is one role.
 //! - [`demo`], [`bench`]: synthetic traffic for newcomers and for measurement.
 
@@ -17,6 +18,7 @@ pub mod query;
 pub mod shutdown;
 pub mod store;
 pub mod sync;
+pub mod telegram;
 pub mod telemetry;
 pub mod traffic;
 
