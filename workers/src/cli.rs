@@ -14,7 +14,7 @@ use crate::broker::Broker;
 use crate::config::Settings;
 use crate::store::Store;
 use crate::store::query::Period;
-use crate::{bench, demo, now_ms, query, shutdown, sync, telemetry};
+use crate::{bench, demo, now_ms, query, shutdown, sync, telegram, telemetry};
 
 /// TTFD Unified: one profile per person across Discord, Telegram, the website and any
 /// platform that publishes events.
@@ -35,6 +35,9 @@ pub enum Command {
     /// Serve profiles, leaderboards and link codes over NATS request-reply (for the
     /// bots, which hold no database credentials). Run as many replicas as you like.
     Query,
+    /// Run the Telegram bot: group messages become events, commands are answered,
+    /// rank-ups announced. Needs `telegram.token` (docs/telegram.md).
+    Telegram,
     /// Apply the database migrations.
     Migrate,
     /// NATS provisioning.
@@ -88,6 +91,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let broker = connect_broker(&settings).await?;
             query::serve(store, broker, shutdown::on_signals()).await?;
         }
+        Command::Telegram => telegram::run(&settings, shutdown::on_signals()).await?,
         Command::Migrate => {
             let store = connect_store(&settings).await?;
             store.migrate().await?;

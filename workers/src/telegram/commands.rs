@@ -9,7 +9,10 @@ pub const COMMANDS: [(&str, &str); 5] = [
     ("help", "What the bot does"),
     ("rank", "Your rank, XP and linked accounts"),
     ("top", "The leaderboard: /top, /top week, /top month"),
-    ("link", "Link Discord or the website: /link for a code, /link CODE to enter one"),
+    (
+        "link",
+        "Link Discord or the website: /link for a code, /link CODE to enter one",
+    ),
 ];
 
 /// A command addressed to this bot.
@@ -87,7 +90,10 @@ mod tests {
             parse("/link ab3-k7q", BOT),
             Some(Command::Link("ab3-k7q".into()))
         );
-        assert_eq!(parse("/link\nAB3K7Q", BOT), Some(Command::Link("AB3K7Q".into())));
+        assert_eq!(
+            parse("/link\nAB3K7Q", BOT),
+            Some(Command::Link("AB3K7Q".into()))
+        );
     }
 
     #[test]

@@ -86,7 +86,8 @@ impl Handler {
             Inbound::PrivateText { user } => {
                 self.spawn(async move |h: Arc<Self>| {
                     h.remember(user).await;
-                    h.reply(ChatId::from(user), None, texts::help(&h.rules)).await;
+                    h.reply(ChatId::from(user), None, texts::help(&h.rules))
+                        .await;
                 });
                 Ok(())
             }
@@ -140,7 +141,9 @@ impl Handler {
                 Err(e) => e.to_string(),
             };
             warn!(event = event.id.as_str(), %error, "cannot publish; retrying");
-            if shutdown.is_cancelled() || deadline.is_some_and(|d| tokio::time::Instant::now() + delay > d) {
+            if shutdown.is_cancelled()
+                || deadline.is_some_and(|d| tokio::time::Instant::now() + delay > d)
+            {
                 return Err(NotHandled(error));
             }
             tokio::select! {
@@ -195,7 +198,11 @@ impl Handler {
                 return;
             }
             Command::Link(arg) if arg.is_empty() => {
-                match self.query.issue_link_code(&mapping::identity(call.user)).await {
+                match self
+                    .query
+                    .issue_link_code(&mapping::identity(call.user))
+                    .await
+                {
                     Ok(issued) => texts::code_issued(&issued, now_ms()),
                     Err(e) => self.unavailable(e),
                 }
@@ -224,7 +231,8 @@ impl Handler {
     async fn reply(&self, chat: ChatId, reply_to: Option<MessageId>, text: String) {
         let mut request = self.bot.send_message(chat, text);
         if let Some(message) = reply_to {
-            request = request.reply_parameters(ReplyParameters::new(message).allow_sending_without_reply());
+            request = request
+                .reply_parameters(ReplyParameters::new(message).allow_sending_without_reply());
         }
         if let Err(e) = request.await {
             warn!(chat = chat.0, error = %e, "cannot send a reply");

@@ -10,9 +10,7 @@
 //!   leaves, pins, title changes, ...), edits, and commands addressed to this bot.
 //! - A command addressed to this bot, in a group or a private chat, is a [`CommandCall`].
 
-use teloxide::types::{
-    ChatId, Message, MessageId, MessageKind, Update, UpdateKind, User, UserId,
-};
+use teloxide::types::{ChatId, Message, MessageId, MessageKind, Update, UpdateKind, User, UserId};
 use ttfd_shared::wire::EventId;
 use ttfd_shared::{Event, Identity, Payload};
 
@@ -364,10 +362,9 @@ mod tests {
 
     #[test]
     fn edits_are_not_new_messages() {
-        let json = SUPERGROUP_TEXT.replace("\"message\"", "\"edited_message\"").replace(
-            "\"text\"",
-            "\"edit_date\": 1441645600, \"text\"",
-        );
+        let json = SUPERGROUP_TEXT
+            .replace("\"message\"", "\"edited_message\"")
+            .replace("\"text\"", "\"edit_date\": 1441645600, \"text\"");
         assert_eq!(ignored(&json), "an edit is not a new message");
     }
 
@@ -441,8 +438,14 @@ mod tests {
                       "username": "ttfd_bot"}}, {new}}}}}}}"#
             )
         };
-        let blocked = change(r#""status": "member""#, r#""status": "kicked", "until_date": 0"#);
-        let restarted = change(r#""status": "kicked", "until_date": 0"#, r#""status": "member""#);
+        let blocked = change(
+            r#""status": "member""#,
+            r#""status": "kicked", "until_date": 0"#,
+        );
+        let restarted = change(
+            r#""status": "kicked", "until_date": 0"#,
+            r#""status": "member""#,
+        );
         assert_eq!(
             classify(&update(&blocked), BOT),
             Inbound::PrivateChatStatus {

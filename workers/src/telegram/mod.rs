@@ -51,7 +51,9 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Re
 
 /// Where updates come from.
 enum Source {
-    Polling { timeout_secs: u32 },
+    Polling {
+        timeout_secs: u32,
+    },
     Webhook {
         listener: TcpListener,
         path: String,
@@ -81,7 +83,10 @@ impl TelegramBot {
             RequestError::Api(ApiError::InvalidToken) => {
                 anyhow::anyhow!("Telegram refused telegram.token (Unauthorized)")
             }
-            e => anyhow::anyhow!("cannot reach the Bot API at {} (telegram.api_url): {e}", tg.api_url),
+            e => anyhow::anyhow!(
+                "cannot reach the Bot API at {} (telegram.api_url): {e}",
+                tg.api_url
+            ),
         })?;
         let username = me.user.username.clone().unwrap_or_default();
         info!(bot = %username, "signed in to Telegram");
@@ -119,7 +124,9 @@ impl TelegramBot {
             }
             TelegramMode::Webhook => {
                 let (Some(url), Some(secret)) = (&tg.webhook_url, &tg.webhook_secret) else {
-                    anyhow::bail!("telegram.webhook_url and telegram.webhook_secret are required in webhook mode");
+                    anyhow::bail!(
+                        "telegram.webhook_url and telegram.webhook_secret are required in webhook mode"
+                    );
                 };
                 let listener = TcpListener::bind(&tg.listen)
                     .await
@@ -185,7 +192,16 @@ impl TelegramBot {
                 listener,
                 path,
                 secret,
-            } => webhook::run(self.handler.clone(), listener, &path, secret, shutdown.clone()).await,
+            } => {
+                webhook::run(
+                    self.handler.clone(),
+                    listener,
+                    &path,
+                    secret,
+                    shutdown.clone(),
+                )
+                .await
+            }
         };
         // A fatal error of the update source stops the whole role.
         shutdown.cancel();

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, PullConsumer};
-use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use teloxide::prelude::*;
 use teloxide::types::{ChatId, ParseMode, UserId};
@@ -144,9 +144,15 @@ pub fn classify(e: &RequestError, delivered: i64) -> Failure {
 
 fn is_server_side(description: &str) -> bool {
     let d = description.to_ascii_lowercase();
-    ["internal server error", "bad gateway", "gateway timeout", "service unavailable", "too many requests"]
-        .iter()
-        .any(|s| d.contains(s))
+    [
+        "internal server error",
+        "bad gateway",
+        "gateway timeout",
+        "service unavailable",
+        "too many requests",
+    ]
+    .iter()
+    .any(|s| d.contains(s))
 }
 
 /// What became of one notice.
@@ -209,7 +215,10 @@ impl Announcer {
                     warn!(error = %e, "cannot ack a rank notice");
                 }
                 if let Outcome::Retry { after, pause: true } = outcome {
-                    info!(seconds = after.as_secs(), "Telegram asks to slow down; pausing announcements");
+                    info!(
+                        seconds = after.as_secs(),
+                        "Telegram asks to slow down; pausing announcements"
+                    );
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(after) => {}
@@ -269,7 +278,10 @@ impl Announcer {
             }
         }
         match route {
-            Route::Group(group, user) => self.announce_in_group(&notice, group, user, delivered).await,
+            Route::Group(group, user) => {
+                self.announce_in_group(&notice, group, user, delivered)
+                    .await
+            }
             Route::Skip(why) => {
                 debug!(why, "not announced");
                 Outcome::Done
@@ -366,20 +378,30 @@ mod tests {
     #[test]
     fn a_started_user_hears_privately() {
         let n = notice(1, 2, &[("discord", "5"), ("telegram", "42")]);
-        assert_eq!(route(&n, Some(true), Some(GROUP)), Route::Private(UserId(42)));
+        assert_eq!(
+            route(&n, Some(true), Some(GROUP)),
+            Route::Private(UserId(42))
+        );
     }
 
     #[test]
     fn others_are_announced_in_the_group() {
         let n = notice(1, 2, &[("telegram", "42")]);
-        assert_eq!(route(&n, Some(false), Some(GROUP)), Route::Group(GROUP, UserId(42)));
+        assert_eq!(
+            route(&n, Some(false), Some(GROUP)),
+            Route::Group(GROUP, UserId(42))
+        );
         assert!(matches!(route(&n, Some(false), None), Route::Skip(_)));
     }
 
     #[test]
     fn rank_downs_and_users_without_telegram_are_not_announced() {
         assert!(matches!(
-            route(&notice(3, 2, &[("telegram", "42")]), Some(true), Some(GROUP)),
+            route(
+                &notice(3, 2, &[("telegram", "42")]),
+                Some(true),
+                Some(GROUP)
+            ),
             Route::Skip("not a rank-up")
         ));
         assert!(matches!(
@@ -431,7 +453,9 @@ mod tests {
 
     #[test]
     fn a_blocked_bot_closes_the_private_chat() {
-        let e = api(r#"{"ok":false,"error_code":403,"description":"Forbidden: bot was blocked by the user"}"#);
+        let e = api(
+            r#"{"ok":false,"error_code":403,"description":"Forbidden: bot was blocked by the user"}"#,
+        );
         assert_eq!(classify(&e, 1), Failure::ChatClosed);
     }
 

@@ -98,7 +98,10 @@ impl TelegramSettings {
             let parsed = url::Url::parse(url)
                 .map_err(|e| invalid("webhook_url", &format!("not a URL: {e}")))?;
             if parsed.scheme() != "https" {
-                return Err(invalid("webhook_url", "Telegram only posts to https:// URLs"));
+                return Err(invalid(
+                    "webhook_url",
+                    "Telegram only posts to https:// URLs",
+                ));
             }
         }
         if let Some(secret) = &self.webhook_secret {
@@ -115,7 +118,10 @@ impl TelegramSettings {
         }
         if self.mode == TelegramMode::Webhook {
             if self.webhook_url.is_none() {
-                return Err(invalid("webhook_url", "is required when telegram.mode = \"webhook\""));
+                return Err(invalid(
+                    "webhook_url",
+                    "is required when telegram.mode = \"webhook\"",
+                ));
             }
             if self.webhook_secret.is_none() {
                 return Err(invalid(
@@ -167,10 +173,7 @@ mod tests {
     use crate::config::Settings;
 
     fn load(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        Settings::load_from(
-            None,
-            pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())),
-        )
+        Settings::load_from(None, pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())))
     }
 
     #[test]
@@ -178,7 +181,11 @@ mod tests {
         let s = load(&[]).expect("defaults load");
         assert_eq!(s.telegram.mode, TelegramMode::Polling);
         assert!(s.telegram.token.is_none());
-        let err = s.telegram.require_token().expect_err("no token").to_string();
+        let err = s
+            .telegram
+            .require_token()
+            .expect_err("no token")
+            .to_string();
         assert!(err.contains("telegram.token"), "{err}");
     }
 
@@ -205,11 +212,23 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let cases: &[(&[(&str, &str)], &str)] = &[
-            (&[("TTFD__TELEGRAM__TOKEN", "not a token")], "telegram.token"),
-            (&[("TTFD__TELEGRAM__API_URL", "ftp://x")], "telegram.api_url"),
+            (
+                &[("TTFD__TELEGRAM__TOKEN", "not a token")],
+                "telegram.token",
+            ),
+            (
+                &[("TTFD__TELEGRAM__API_URL", "ftp://x")],
+                "telegram.api_url",
+            ),
             (&[("TTFD__TELEGRAM__LISTEN", "nowhere")], "telegram.listen"),
-            (&[("TTFD__TELEGRAM__POLL_TIMEOUT_SECS", "60")], "telegram.poll_timeout_secs"),
-            (&[("TTFD__TELEGRAM__MODE", "webhook")], "telegram.webhook_url"),
+            (
+                &[("TTFD__TELEGRAM__POLL_TIMEOUT_SECS", "60")],
+                "telegram.poll_timeout_secs",
+            ),
+            (
+                &[("TTFD__TELEGRAM__MODE", "webhook")],
+                "telegram.webhook_url",
+            ),
             (
                 &[
                     ("TTFD__TELEGRAM__MODE", "webhook"),
@@ -237,7 +256,10 @@ mod tests {
     fn webhook_mode_serves_the_path_of_its_url() {
         let s = load(&[
             ("TTFD__TELEGRAM__MODE", "webhook"),
-            ("TTFD__TELEGRAM__WEBHOOK_URL", "https://bot.example.org/hooks/tg"),
+            (
+                "TTFD__TELEGRAM__WEBHOOK_URL",
+                "https://bot.example.org/hooks/tg",
+            ),
             ("TTFD__TELEGRAM__WEBHOOK_SECRET", "s3cret-_"),
         ])
         .expect("loads");

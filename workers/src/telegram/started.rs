@@ -4,6 +4,7 @@
 //! bot needs no database. Created on start-up if missing.
 
 use async_nats::jetstream::{self, kv};
+
 use teloxide::types::UserId;
 use ttfd_shared::wire::Subjects;
 
@@ -30,19 +31,24 @@ impl StartedUsers {
     /// Opens the bucket, creating it on first use.
     pub async fn open(js: &jetstream::Context, subjects: &Subjects) -> Result<Self, StartedError> {
         let bucket = bucket_name(subjects);
-        let kv = match js.get_key_value(bucket.as_str()).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: bucket.clone(),
-                    description: "Telegram users who started the bot (rank-ups go to them privately)".into(),
-                    history: 1,
-                    storage: jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(err)?,
+        // The bucket's stream is created here with the key-value conventions rather
+        // than with `create_key_value`, which first reads the account's limits in a
+        // shape NATS 2.9 servers do not send.
+        let stream = jetstream::stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some("Telegram users who started the bot (ttfd telegram)".into()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            storage: jetstream::stream::StorageType::File,
+            discard: jetstream::stream::DiscardPolicy::New,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            num_replicas: 1,
+            ..Default::default()
         };
+        js.get_or_create_stream(stream).await.map_err(err)?;
+        let kv = js.get_key_value(bucket.as_str()).await.map_err(err)?;
         Ok(Self { kv })
     }
 
@@ -60,6 +66,11 @@ impl StartedUsers {
     }
 
     pub async fn contains(&self, user: UserId) -> Result<bool, StartedError> {
-        Ok(self.kv.get(user.0.to_string()).await.map_err(err)?.is_some())
+        Ok(self
+            .kv
+            .get(user.0.to_string())
+            .await
+            .map_err(err)?
+            .is_some())
     }
 }

@@ -89,7 +89,11 @@ pub fn rank(profile: Option<&Profile>, rules: &Rules) -> String {
         p.games_played,
         p.games_won
     ));
-    let mut platforms: Vec<String> = p.identities.iter().map(|i| platform_name(&i.platform)).collect();
+    let mut platforms: Vec<String> = p
+        .identities
+        .iter()
+        .map(|i| platform_name(&i.platform))
+        .collect();
     platforms.dedup();
     lines.push(format!("Linked: {}", platforms.join(", ")));
     lines.join("\n")
@@ -114,7 +118,10 @@ pub fn top(period: Period, rows: &[Standing]) -> String {
             .display_name
             .clone()
             .unwrap_or_else(|| format!("user #{}", r.uid));
-        out.push_str(&format!("{}. {name} — {} XP · {}\n", r.position, r.xp, r.rank));
+        out.push_str(&format!(
+            "{}. {name} — {} XP · {}\n",
+            r.position, r.xp, r.rank
+        ));
     }
     out.pop();
     out
@@ -208,7 +215,9 @@ pub fn rank_up_group_html(notice: &RankNotice, user_id: u64, name: &str, rules: 
 
 /// The three characters HTML parse mode requires escaped in text.
 pub fn escape_html(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// `discord` → `Discord`; other platforms as they are named.
@@ -319,7 +328,10 @@ mod tests {
             top(Period::Week, &rows),
             "🏆 Top, this week\n1. Ada — 1250 XP · C I\n2. user #9 — 40 XP · F I"
         );
-        assert_eq!(top(Period::Month, &[]), "Nobody has earned XP this month yet.");
+        assert_eq!(
+            top(Period::Month, &[]),
+            "Nobody has earned XP this month yet."
+        );
     }
 
     #[test]

@@ -59,7 +59,11 @@ pub async fn run(
     Ok(())
 }
 
-async fn receive(State(hook): State<Hook>, headers: HeaderMap, body: Bytes) -> (StatusCode, &'static str) {
+async fn receive(
+    State(hook): State<Hook>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, &'static str) {
     let given = headers
         .get(SECRET_HEADER)
         .map(|v| v.as_bytes())
@@ -74,7 +78,11 @@ async fn receive(State(hook): State<Hook>, headers: HeaderMap, body: Bytes) -> (
             return (StatusCode::BAD_REQUEST, "not a Telegram update");
         }
     };
-    match hook.handler.handle(&update, Some(PATIENCE), &hook.shutdown).await {
+    match hook
+        .handler
+        .handle(&update, Some(PATIENCE), &hook.shutdown)
+        .await
+    {
         Ok(()) => (StatusCode::OK, ""),
         Err(e) => {
             warn!(error = %e, "update not stored; Telegram will send it again");
