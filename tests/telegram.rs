@@ -336,13 +336,84 @@ async fn group_messages_by_humans_become_events_and_commands_are_answered() {
         .reply_containing(1001, "I don't know the period \"year\"")
         .await;
 
+    // A reply that meets flood control is sent again after the wait.
+    fake.fail_next(
+        "sendMessage",
+        Some(1001),
+        429,
+        json!({"ok": false, "error_code": 429, "description": "Too Many Requests: retry after 1",
+               "parameters": {"retry_after": 1}}),
+    );
     // Stopping confirms every handled update, so a restart does not answer them again.
     let last = fake.push_update(private_message(1001, "Ada", 5, "/help"));
     world.reply_containing(1001, "/top — ").await;
+    let help_attempts = fake
+        .calls("sendMessage")
+        .iter()
+        .filter(|c| {
+            c.body["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("/top — "))
+        })
+        .count();
+    assert_eq!(help_attempts, 2, "refused once with 429, then sent");
     stop.cancel();
     bot.await.expect("bot task").expect("the bot stops cleanly");
     assert_eq!(fake.confirmed_offset(), last + 1);
     assert_eq!(fake.unconfirmed(), 0);
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_message_is_confirmed_to_telegram_only_once_jetstream_stored_it() {
+    let world = World::new().await;
+    let stop = CancellationToken::new();
+    let (_, bot) = world.spawn_bot(world.settings(), stop.clone()).await;
+    let (env, fake) = (&world.env, &world.fake);
+
+    // No events stream: nothing stores the event. A plain subscriber sees the attempt
+    // (and, never answering, makes it time out).
+    env.broker
+        .js
+        .delete_stream(env.broker.subjects.events_stream())
+        .await
+        .expect("delete the events stream");
+    let mut attempts = env
+        .broker
+        .client
+        .subscribe(env.broker.subjects.event("telegram", "message"))
+        .await
+        .expect("subscribe");
+    env.broker.client.flush().await.expect("flush");
+    let id = fake.push_update(group_message(
+        GROUP,
+        40,
+        1001,
+        "Ada",
+        None,
+        "Is anybody out there?",
+    ));
+    tokio::time::timeout(common::TIMEOUT, attempts.next())
+        .await
+        .expect("a publish attempt")
+        .expect("subscribed");
+    assert!(
+        fake.confirmed_offset() <= id,
+        "confirmed before it was stored"
+    );
+
+    // The stream is back: the next attempt stores the event, then it is confirmed.
+    attempts.unsubscribe().await.expect("unsubscribe");
+    env.broker.setup().await.expect("recreate the streams");
+    let events = telegram_events(env, 1).await;
+    assert_eq!(events[0].id.as_str(), format!("telegram:msg:{GROUP}:40"));
+    eventually("the update confirmed", || async {
+        (fake.confirmed_offset() > id).then_some(())
+    })
+    .await;
+
+    stop.cancel();
+    bot.await.expect("bot task").expect("stops");
     world.cleanup().await;
 }
 

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use teloxide::RequestError;
 use teloxide::prelude::*;
 use teloxide::types::{ChatId, MessageId, ReplyParameters, Update, UserId};
 use tokio::sync::Semaphore;
@@ -23,6 +24,9 @@ use crate::store::codes::LinkCode;
 
 /// Commands answered at once; more wait for a slot.
 const COMMAND_SLOTS: usize = 16;
+/// Attempts to send a reply, and the longest flood-control wait a reply accepts.
+const REPLY_ATTEMPTS: u32 = 3;
+const MAX_REPLY_WAIT: Duration = Duration::from_secs(30);
 /// The longest pause between attempts to publish an event.
 const MAX_PUBLISH_DELAY: Duration = Duration::from_secs(5);
 
@@ -227,15 +231,28 @@ impl Handler {
         texts::unavailable()
     }
 
-    /// Sends a plain-text message; a failure is logged (the person can ask again).
+    /// Sends a plain-text message. Flood control and network failures are retried a
+    /// few times (the person is waiting); then the failure is logged.
     async fn reply(&self, chat: ChatId, reply_to: Option<MessageId>, text: String) {
-        let mut request = self.bot.send_message(chat, text);
-        if let Some(message) = reply_to {
-            request = request
-                .reply_parameters(ReplyParameters::new(message).allow_sending_without_reply());
+        for attempt in 1..=REPLY_ATTEMPTS {
+            let mut request = self.bot.send_message(chat, text.clone());
+            if let Some(message) = reply_to {
+                request = request
+                    .reply_parameters(ReplyParameters::new(message).allow_sending_without_reply());
+            }
+            let wait = match request.await {
+                Ok(_) => return,
+                Err(RequestError::RetryAfter(s)) if s.duration() <= MAX_REPLY_WAIT => s.duration(),
+                Err(RequestError::Network(_)) => Duration::from_millis(500),
+                Err(e) => {
+                    warn!(chat = chat.0, error = %e, "cannot send a reply");
+                    return;
+                }
+            };
+            if attempt < REPLY_ATTEMPTS {
+                tokio::time::sleep(wait).await;
+            }
         }
-        if let Err(e) = request.await {
-            warn!(chat = chat.0, error = %e, "cannot send a reply");
-        }
+        warn!(chat = chat.0, "cannot send a reply: Telegram kept refusing");
     }
 }

@@ -253,6 +253,27 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_shows_the_defaults() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/ttfd.example.toml");
+        let s = Settings::load_from(Some(&path), Vec::new()).expect("the example loads");
+        let (got, want) = (&s.telegram, TelegramSettings::default());
+        assert_eq!(
+            (got.mode, got.poll_timeout_secs, &got.listen, &got.api_url),
+            (
+                want.mode,
+                want.poll_timeout_secs,
+                &want.listen,
+                &want.api_url
+            )
+        );
+        assert_eq!(
+            (got.query_timeout_ms, got.shutdown_grace_secs),
+            (want.query_timeout_ms, want.shutdown_grace_secs)
+        );
+    }
+
+    #[test]
     fn webhook_mode_serves_the_path_of_its_url() {
         let s = load(&[
             ("TTFD__TELEGRAM__MODE", "webhook"),
