@@ -64,31 +64,32 @@ pub fn consumer_name(subjects: &Subjects) -> String {
     format!("{}-telegram-rank", subjects.prefix())
 }
 
-/// Where a rank-up goes.
+/// The Telegram user a notice announces a rank-up of; `Err` says why there is none.
+pub fn announced_user(notice: &RankNotice) -> Result<UserId, &'static str> {
+    if notice.new_rank <= notice.old_rank {
+        return Err("not a rank-up");
+    }
+    texts::telegram_user(&notice.identities)
+        .map(UserId)
+        .ok_or("no Telegram identity")
+}
+
+/// Where a rank-up of `user` goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     /// Privately: the user started the bot.
-    Private(UserId),
+    Private,
     /// In the group, mentioning the user, if they are a member.
-    Group(ChatId, UserId),
-    /// Not announced; the reason is for logs.
-    Skip(&'static str),
+    Group(ChatId),
+    /// Not announced.
+    Nowhere,
 }
 
-/// The route of a notice before asking who started the bot: `started` says whether the
-/// user did, once known (`None` when the notice needs no such lookup).
-pub fn route(notice: &RankNotice, started: Option<bool>, group: Option<ChatId>) -> Route {
-    if notice.new_rank <= notice.old_rank {
-        return Route::Skip("not a rank-up");
-    }
-    let Some(user) = texts::telegram_user(&notice.identities) else {
-        return Route::Skip("no Telegram identity");
-    };
-    let user = UserId(user);
+pub fn route(started: bool, group: Option<ChatId>) -> Route {
     match (started, group) {
-        (Some(true) | None, _) => Route::Private(user),
-        (Some(false), Some(group)) => Route::Group(group, user),
-        (Some(false), None) => Route::Skip("not started and no telegram.group_chat_id"),
+        (true, _) => Route::Private,
+        (false, Some(group)) => Route::Group(group),
+        (false, None) => Route::Nowhere,
     }
 }
 
@@ -177,7 +178,10 @@ pub struct Announcer {
 impl Announcer {
     pub async fn run(self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
-            let mut messages = match self.consumer.messages().await {
+            // One notice at a time: a fetched notice's ack_wait runs while it waits,
+            // and a flood-control pause may be long.
+            let messages = self.consumer.stream().max_messages_per_batch(1).messages();
+            let mut messages = match messages.await {
                 Ok(m) => m,
                 Err(e) => {
                     warn!(error = %e, "cannot read rank notices; retrying");
@@ -240,12 +244,12 @@ impl Announcer {
             Err(e) => return Outcome::Poison(e.to_string()),
         };
         tracing::Span::current().record("notice", notice.id.as_str());
-        let user = match route(&notice, None, None) {
-            Route::Skip(why) => {
+        let user = match announced_user(&notice) {
+            Ok(user) => user,
+            Err(why) => {
                 debug!(why, "not announced");
                 return Outcome::Done;
             }
-            Route::Private(user) | Route::Group(_, user) => user,
         };
         let started = match self.started.contains(user).await {
             Ok(s) => s,
@@ -257,36 +261,38 @@ impl Announcer {
                 };
             }
         };
-        let mut route = route(&notice, Some(started), self.group());
-        if let Route::Private(user) = route {
+        let mut route = route(started, self.group());
+        if route == Route::Private {
             let text = texts::rank_up_private(&notice, &self.rules);
-            match self.bot.send_message(ChatId::from(user), text).await {
-                Ok(_) => return Outcome::Done,
-                Err(e) => match classify(&e, delivered) {
-                    Failure::Retry { after, pause } => return Outcome::Retry { after, pause },
-                    failure => {
-                        // Blocked or gone: stop trying privately, tell the group instead.
-                        info!(user = user.0, error = %e, "private chat closed; forgetting the user");
-                        if failure == Failure::ChatClosed
-                            && let Err(e) = self.started.forget(user).await
-                        {
-                            warn!(error = %e, "cannot forget a user who blocked the bot");
-                        }
-                        route = self::route(&notice, Some(false), self.group());
+            let Err(e) = self.bot.send_message(ChatId::from(user), text).await else {
+                return Outcome::Done;
+            };
+            match classify(&e, delivered) {
+                Failure::Retry { after, pause } => return Outcome::Retry { after, pause },
+                Failure::ChatClosed => {
+                    // Blocked or gone: stop trying privately.
+                    info!(user = user.0, error = %e, "private chat closed; forgetting the user");
+                    if let Err(e) = self.started.forget(user).await {
+                        warn!(error = %e, "cannot forget a user who blocked the bot");
                     }
-                },
+                }
+                Failure::Migrated(_) | Failure::Permanent(_) => {
+                    warn!(user = user.0, error = %e, "cannot write privately");
+                }
             }
+            // Tell the group instead.
+            route = self::route(false, self.group());
         }
         match route {
-            Route::Group(group, user) => {
+            Route::Group(group) => {
                 self.announce_in_group(&notice, group, user, delivered)
                     .await
             }
-            Route::Skip(why) => {
-                debug!(why, "not announced");
+            Route::Nowhere => {
+                debug!("not started and no telegram.group_chat_id: not announced");
                 Outcome::Done
             }
-            Route::Private(_) => Outcome::Done,
+            Route::Private => Outcome::Done,
         }
     }
 
@@ -376,38 +382,29 @@ mod tests {
     const GROUP: ChatId = ChatId(-100_123);
 
     #[test]
-    fn a_started_user_hears_privately() {
-        let n = notice(1, 2, &[("discord", "5"), ("telegram", "42")]);
-        assert_eq!(
-            route(&n, Some(true), Some(GROUP)),
-            Route::Private(UserId(42))
-        );
+    fn a_started_user_hears_privately_others_in_the_group() {
+        assert_eq!(route(true, Some(GROUP)), Route::Private);
+        assert_eq!(route(true, None), Route::Private);
+        assert_eq!(route(false, Some(GROUP)), Route::Group(GROUP));
+        assert_eq!(route(false, None), Route::Nowhere);
     }
 
     #[test]
-    fn others_are_announced_in_the_group() {
-        let n = notice(1, 2, &[("telegram", "42")]);
-        assert_eq!(
-            route(&n, Some(false), Some(GROUP)),
-            Route::Group(GROUP, UserId(42))
-        );
-        assert!(matches!(route(&n, Some(false), None), Route::Skip(_)));
+    fn rank_ups_of_telegram_users_are_announced() {
+        let n = notice(1, 2, &[("discord", "5"), ("telegram", "42")]);
+        assert_eq!(announced_user(&n), Ok(UserId(42)));
     }
 
     #[test]
     fn rank_downs_and_users_without_telegram_are_not_announced() {
-        assert!(matches!(
-            route(
-                &notice(3, 2, &[("telegram", "42")]),
-                Some(true),
-                Some(GROUP)
-            ),
-            Route::Skip("not a rank-up")
-        ));
-        assert!(matches!(
-            route(&notice(1, 2, &[("discord", "5")]), Some(true), Some(GROUP)),
-            Route::Skip("no Telegram identity")
-        ));
+        assert_eq!(
+            announced_user(&notice(3, 2, &[("telegram", "42")])),
+            Err("not a rank-up")
+        );
+        assert_eq!(
+            announced_user(&notice(1, 2, &[("discord", "5")])),
+            Err("no Telegram identity")
+        );
     }
 
     fn api(json: &str) -> RequestError {
