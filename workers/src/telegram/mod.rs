@@ -183,6 +183,8 @@ impl TelegramBot {
 
     /// Runs until `shutdown`; commands being answered then get the grace period.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // Our own token, so that a fatal error here stops this bot and nothing else.
+        let shutdown = shutdown.child_token();
         let announcer = tokio::spawn(self.announcer.run(shutdown.clone()));
         let result = match self.source {
             Source::Polling { timeout_secs } => {
@@ -203,7 +205,7 @@ impl TelegramBot {
                 .await
             }
         };
-        // A fatal error of the update source stops the whole role.
+        // The update source ended: at shutdown, or on a fatal error that stops the role.
         shutdown.cancel();
         self.handler.tasks.close();
         if tokio::time::timeout(self.grace, self.handler.tasks.wait())
