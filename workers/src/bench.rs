@@ -89,7 +89,11 @@ async fn measure(
     println!(
         "TTFD bench: {n} events over ~{} identities, event times {} over {} h, {} cores",
         args.identities,
-        if args.shuffled { "shuffled" } else { "in order" },
+        if args.shuffled {
+            "shuffled"
+        } else {
+            "in order"
+        },
         args.span_hours,
         std::thread::available_parallelism().map_or(1, |p| p.get())
     );
@@ -100,7 +104,9 @@ async fn measure(
     let mut rng = rand::rng();
     let now = now_ms();
     let mut acks = std::collections::VecDeque::new();
-    let span = i64::try_from(args.span_hours * 3_600_000).unwrap_or(i64::MAX).max(1);
+    let span = i64::try_from(args.span_hours * 3_600_000)
+        .unwrap_or(i64::MAX)
+        .max(1);
     for i in 0..n {
         let ts = if args.shuffled {
             now - rng.random_range(0..span)

@@ -360,12 +360,11 @@ impl Store {
         // The users are locked by id, not through a join to identities: after waiting
         // for a row another replica held, PostgreSQL re-checks the row against the whole
         // WHERE clause, and a join there is re-run for every such row.
-        let uids: Vec<i64> = sqlx::query_scalar(
-            "SELECT DISTINCT user_id FROM identities WHERE id = ANY($1)",
-        )
-        .bind(iids)
-        .fetch_all(&mut **tx)
-        .await?;
+        let uids: Vec<i64> =
+            sqlx::query_scalar("SELECT DISTINCT user_id FROM identities WHERE id = ANY($1)")
+                .bind(iids)
+                .fetch_all(&mut **tx)
+                .await?;
         let rows = sqlx::query(
             "SELECT id, merged_into, xp, peak_rank, messages, voice_seconds, games_played,
                     games_won, first_event_ms, last_event_ms

@@ -228,13 +228,11 @@ impl Store {
     /// Live unified users (not merged away; an identity created for a batch that then
     /// failed has an empty user, which is not counted).
     pub async fn user_count(&self) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar(
-                "SELECT count(*) FROM users WHERE merged_into IS NULL AND first_event_ms IS NOT NULL",
-            )
-                .fetch_one(&self.pool)
-                .await?,
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM users WHERE merged_into IS NULL AND first_event_ms IS NOT NULL",
         )
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     /// Dead-letter counts per platform, kind and reason code.
