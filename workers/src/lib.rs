@@ -5,6 +5,7 @@
 //! - [`store`]: PostgreSQL: migrations, the batch apply path, reads, the outbox.
 //! - [`sync`]: the sync consumer role and the outbox relay.
 //! - [`query`]: the query service (profiles, leaderboards, link codes over NATS).
+//! - [`discord`]: the Discord bot role: messages and voice time in, rank roles out.
 //! - [`cli`]: the `ttfd` command line; each subcommand is one role.
 //! - [`demo`], [`bench`]: synthetic traffic for newcomers and for measurement.
 
@@ -14,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod query;
+pub mod discord;
 pub mod shutdown;
 pub mod store;
 pub mod sync;

@@ -1,0 +1,6 @@
+//! `ttfd discord`: the Discord bot role.
+
+pub mod mapping;
+pub mod settings;
+
+pub use settings::DiscordSettings;

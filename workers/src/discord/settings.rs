@@ -1,0 +1,218 @@
+//! The `discord` config section: everything `ttfd discord` reads.
+//!
+//! Keys: `discord.token` (secret), `discord.guild_id`, `discord.ignored_channels`,
+//! `discord.message_content`, `discord.rank_roles`, `discord.announce_channel`,
+//! `discord.voice.*`, `discord.shards.*`, `discord.api_url`, `discord.query_timeout_ms`.
+//! See `config/ttfd.example.toml` and `docs/discord.md`.
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use serenity::model::id::{ChannelId, GuildId, RoleId};
+use ttfd_shared::Rules;
+use ttfd_shared::voice::VoiceRules;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscordSettings {
+    /// The bot token from the Discord developer portal; `ttfd discord` needs it.
+    pub token: Option<SecretString>,
+    /// The community's guild (server): its messages, voice and members count; slash
+    /// commands are registered there.
+    pub guild_id: Option<GuildId>,
+    /// Messages in these channels are not counted.
+    pub ignored_channels: Vec<ChannelId>,
+    /// Ask for the privileged MESSAGE_CONTENT intent and send each message's length
+    /// (`len`), so that very short messages earn no XP. Without it `len` is left out.
+    pub message_content: bool,
+    /// Which role each rank gives, by rank name (`"C II"`) or by tier (`"C"`); a rank
+    /// name wins over its tier.
+    pub rank_roles: Vec<RankRole>,
+    /// Rank-ups are announced here when set.
+    pub announce_channel: Option<ChannelId>,
+    pub voice: VoiceSettings,
+    pub shards: ShardSettings,
+    /// Send Discord HTTP API calls to this base URL instead of `https://discord.com`
+    /// (an HTTP API proxy such as twilight-http-proxy, or a fake in tests). Serenity's
+    /// own rate limiter is then off: the proxy limits, and 429 answers are retried here.
+    pub api_url: Option<String>,
+    /// How long a slash command waits for the query service (Discord wants an answer
+    /// within 3 s).
+    pub query_timeout_ms: u64,
+}
+
+/// One entry of `discord.rank_roles`: `{ rank = "C", role = "1234..." }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RankRole {
+    /// A tier (`"F"` .. `"S"`) or a rank name (`"C II"`) of `rules.ranks`.
+    pub rank: String,
+    pub role: RoleId,
+}
+
+/// `discord.voice`: which rules make voice time count (all on by default).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VoiceSettings {
+    pub require_unmuted: bool,
+    pub require_undeafened: bool,
+    pub exclude_afk: bool,
+    /// At least one other human who is not deafened must be in the channel.
+    pub require_company: bool,
+    /// Eligible voice time is published at least this often, in seconds; a crash loses
+    /// less than this plus a second.
+    pub segment_secs: u32,
+}
+
+/// `discord.shards`: which gateway shards this process runs. One process runs every
+/// shard by default; to split a large guild set, run one process per range.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShardSettings {
+    /// Shards in the whole bot.
+    pub total: u32,
+    /// First and last shard (inclusive) run by this process; `last` defaults to
+    /// `total - 1`.
+    pub first: u32,
+    pub last: Option<u32>,
+}
+
+impl Default for DiscordSettings {
+    fn default() -> Self {
+        Self {
+            token: None,
+            guild_id: None,
+            ignored_channels: Vec::new(),
+            message_content: true,
+            rank_roles: Vec::new(),
+            announce_channel: None,
+            voice: VoiceSettings::default(),
+            shards: ShardSettings::default(),
+            api_url: None,
+            query_timeout_ms: 2000,
+        }
+    }
+}
+
+impl Default for VoiceSettings {
+    fn default() -> Self {
+        let r = VoiceRules::default();
+        Self {
+            require_unmuted: r.require_unmuted,
+            require_undeafened: r.require_undeafened,
+            exclude_afk: r.exclude_afk,
+            require_company: r.require_company,
+            segment_secs: u32::try_from(r.segment_ms / 1000).unwrap_or(55),
+        }
+    }
+}
+
+impl Default for ShardSettings {
+    fn default() -> Self {
+        Self {
+            total: 1,
+            first: 0,
+            last: None,
+        }
+    }
+}
+
+impl VoiceSettings {
+    pub fn rules(&self) -> VoiceRules {
+        VoiceRules {
+            require_unmuted: self.require_unmuted,
+            require_undeafened: self.require_undeafened,
+            exclude_afk: self.exclude_afk,
+            require_company: self.require_company,
+            segment_ms: i64::from(self.segment_secs) * 1000,
+        }
+    }
+}
+
+impl ShardSettings {
+    /// The inclusive range of shards this process runs.
+    pub fn range(&self) -> std::ops::RangeInclusive<u32> {
+        self.first..=self.last.unwrap_or(self.total.saturating_sub(1))
+    }
+}
+
+/// A bad `discord` key: `(key, message)`, turned into a config error by `config.rs`.
+pub type Invalid = (String, String);
+
+fn bad(key: impl Into<String>, message: impl Into<String>) -> Invalid {
+    (key.into(), message.into())
+}
+
+impl DiscordSettings {
+    /// The checks serde cannot express. A missing token is not an error here (only
+    /// `ttfd discord` needs one, see [`DiscordSettings::require`]).
+    pub fn validate(&self, rules: &Rules) -> Result<(), Invalid> {
+        use secrecy::ExposeSecret;
+        if let Some(token) = &self.token
+            && token.expose_secret().trim().is_empty()
+        {
+            return Err(bad("discord.token", "must not be empty"));
+        }
+        for (i, r) in self.rank_roles.iter().enumerate() {
+            let known = rules
+                .ranks
+                .iter()
+                .any(|d| d.name == r.rank || d.tier() == r.rank);
+            if !known {
+                return Err(bad(
+                    format!("discord.rank_roles[{i}].rank"),
+                    format!(
+                        "{:?} is neither a rank name nor a tier of rules.ranks",
+                        r.rank
+                    ),
+                ));
+            }
+            if self.rank_roles[..i].iter().any(|o| o.rank == r.rank) {
+                return Err(bad(
+                    format!("discord.rank_roles[{i}].rank"),
+                    format!("{:?} is given twice", r.rank),
+                ));
+            }
+        }
+        if !(5..=3600).contains(&self.voice.segment_secs) {
+            return Err(bad("discord.voice.segment_secs", "must be 5..=3600"));
+        }
+        let range = self.shards.range();
+        if self.shards.total == 0 || range.is_empty() || *range.end() >= self.shards.total {
+            return Err(bad(
+                "discord.shards",
+                "need total >= 1 and first <= last < total",
+            ));
+        }
+        if let Some(url) = &self.api_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(bad("discord.api_url", "must be an http:// or https:// URL"));
+        }
+        if !(100..=2800).contains(&self.query_timeout_ms) {
+            return Err(bad(
+                "discord.query_timeout_ms",
+                "must be 100..=2800 (Discord wants an answer within 3 s)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// What `ttfd discord` cannot run without: the token and the guild.
+    pub fn require(&self) -> Result<(&SecretString, GuildId), Invalid> {
+        let token = self.token.as_ref().ok_or_else(|| {
+            bad(
+                "discord.token",
+                "ttfd discord needs the bot token: set [discord] token in the config file \
+                 or TTFD__DISCORD__TOKEN (see docs/discord.md)",
+            )
+        })?;
+        let guild = self.guild_id.ok_or_else(|| {
+            bad(
+                "discord.guild_id",
+                "ttfd discord needs the community's guild id: set [discord] guild_id or \
+                 TTFD__DISCORD__GUILD_ID",
+            )
+        })?;
+        Ok((token, guild))
+    }
+}
