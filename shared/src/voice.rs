@@ -33,10 +33,25 @@ pub struct VoiceRules {
     pub exclude_afk: bool,
     /// A member alone, or only with bots or deafened people, earns nothing.
     pub require_company: bool,
-    /// An open segment is published once it is this long (whole seconds are cut; at most
-    /// [`MAX_SEGMENT_MS`]). With ticks every second, a crash loses less than this plus a
-    /// second.
+    /// An open segment is published once it is this long (at most [`MAX_SEGMENT_MS`]).
+    /// With ticks every second, a crash loses less than the larger of this and
+    /// `quantum_ms`, plus a second.
     pub segment_ms: i64,
+    /// Published segments are whole multiples of this (1000 at least), and only the last
+    /// segment of a stretch has a remainder. Voice XP is `seconds * rate / 60` per event,
+    /// rounded down: with segments of whole quanta ([`xp_quantum_ms`]) no XP is lost to
+    /// the cutting.
+    pub quantum_ms: i64,
+}
+
+/// The shortest duration worth a whole number of XP at `voice_xp_per_minute`, in ms:
+/// 15 s at 4 XP per minute, 60 s at 1 or 7.
+pub fn xp_quantum_ms(voice_xp_per_minute: i64) -> i64 {
+    let (mut a, mut b) = (60, voice_xp_per_minute.rem_euclid(60));
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    60_000 / a
 }
 
 impl Default for VoiceRules {
@@ -46,7 +61,8 @@ impl Default for VoiceRules {
             require_undeafened: true,
             exclude_afk: true,
             require_company: true,
-            segment_ms: 55_000,
+            segment_ms: 45_000,
+            quantum_ms: 1000,
         }
     }
 }
@@ -224,11 +240,13 @@ impl VoiceSessions {
     }
 
     /// Cuts every open segment that reached [`VoiceRules::segment_ms`] at its last whole
-    /// second; the remainder stays open. Call it every second or so.
+    /// quantum; the remainder stays open. Call it every second or so.
     pub fn tick(&mut self, now: i64) -> Vec<Segment> {
         let now = self.clock(now);
         let mut out = Vec::new();
         let segment_ms = self.rules.segment_ms.clamp(1000, MAX_SEGMENT_MS);
+        // A quantum divides an hour (the longest segment) when it divides a minute.
+        let quantum = self.rules.quantum_ms.clamp(1000, 60_000);
         for (user, member) in &mut self.members {
             let (Some(since), Some(channel)) = (member.open_since, member.state.channel) else {
                 continue;
@@ -236,7 +254,10 @@ impl VoiceSessions {
             if now - since < segment_ms {
                 continue;
             }
-            let whole = (now - since) / 1000 * 1000;
+            let whole = (now - since) / quantum * quantum;
+            if whole == 0 {
+                continue;
+            }
             push_segments(*user, channel, since, since + whole, &mut out);
             member.open_since = Some(since + whole);
         }
@@ -375,7 +396,10 @@ mod tests {
     }
 
     fn sessions() -> VoiceSessions {
-        VoiceSessions::new(VoiceRules::default())
+        VoiceSessions::new(VoiceRules {
+            segment_ms: 55_000,
+            ..VoiceRules::default()
+        })
     }
 
     #[test]
@@ -422,6 +446,43 @@ mod tests {
             ]
         );
         assert!(!v.is_counting(2), "alone now");
+    }
+
+    #[test]
+    fn segments_are_whole_xp_quanta_so_cutting_loses_no_xp() {
+        assert_eq!(xp_quantum_ms(4), 15_000);
+        assert_eq!(xp_quantum_ms(3), 20_000);
+        assert_eq!(xp_quantum_ms(1), 60_000);
+        assert_eq!(xp_quantum_ms(7), 60_000);
+        assert_eq!(xp_quantum_ms(60), 1_000);
+        assert_eq!(xp_quantum_ms(0), 1_000);
+        let rules = VoiceRules {
+            quantum_ms: xp_quantum_ms(4),
+            ..VoiceRules::default()
+        };
+        let mut v = VoiceSessions::new(rules);
+        v.update(join(1, LOBBY), T0);
+        v.update(join(2, LOBBY), T0);
+        let mut out = Vec::new();
+        for s in 1..=3600 {
+            out.extend(v.tick(T0 + s * 1000));
+        }
+        let mine: Vec<u32> = out
+            .iter()
+            .filter(|s| s.user == 1)
+            .map(|s| s.seconds)
+            .collect();
+        assert!(mine.iter().all(|s| s % 15 == 0), "{mine:?}");
+        // An hour pays what an hour pays: 240 XP at 4 per minute.
+        let xp: u32 = mine.iter().map(|s| s * 4 / 60).sum::<u32>()
+            + v.close_all(T0 + 3_600_000)
+                .iter()
+                .filter(|s| s.user == 1)
+                .map(|s| s.seconds * 4 / 60)
+                .sum::<u32>();
+        assert_eq!(xp, 240);
+        // At most 45 s wait unpublished at any tick (a crash loses less than a minute).
+        assert!(mine.len() >= 3600 / 45 - 1);
     }
 
     #[test]
@@ -762,8 +823,9 @@ mod tests {
         fn eligible_time_never_exceeds_wall_time_and_segments_never_overlap(
             ops in proptest::collection::vec(op(), 1..120),
             company in any::<bool>(),
+            quantum_ms in prop_oneof![Just(1000i64), Just(15_000), Just(60_000)],
         ) {
-            let rules = VoiceRules { require_company: company, ..VoiceRules::default() };
+            let rules = VoiceRules { require_company: company, quantum_ms, ..VoiceRules::default() };
             let mut v = VoiceSessions::new(rules.clone());
             let mut out: Vec<Segment> = Vec::new();
             let mut states: BTreeMap<u64, VoiceUpdate> = BTreeMap::new();

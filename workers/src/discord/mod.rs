@@ -86,7 +86,9 @@ impl DiscordBot {
             guild,
             ignored_channels: d.ignored_channels.clone(),
             content_visible: d.message_content,
-            voice: Mutex::new(VoiceSessions::new(d.voice.rules())),
+            voice: Mutex::new(VoiceSessions::new(
+                d.voice.rules(settings.rules.voice_xp_per_minute),
+            )),
             names: Mutex::new(HashMap::new()),
             events,
             roles: RoleSync {

@@ -58,8 +58,9 @@ pub struct VoiceSettings {
     pub exclude_afk: bool,
     /// At least one other human who is not deafened must be in the channel.
     pub require_company: bool,
-    /// Eligible voice time is published at least this often, in seconds; a crash loses
-    /// less than this plus a second.
+    /// Eligible voice time is published once this much is open, in seconds, cut in
+    /// whole XP quanta (15 s at 4 XP per minute); a crash loses less than this (or the
+    /// quantum, if longer) plus a second.
     pub segment_secs: u32,
 }
 
@@ -101,7 +102,7 @@ impl Default for VoiceSettings {
             require_undeafened: r.require_undeafened,
             exclude_afk: r.exclude_afk,
             require_company: r.require_company,
-            segment_secs: u32::try_from(r.segment_ms / 1000).unwrap_or(55),
+            segment_secs: u32::try_from(r.segment_ms / 1000).unwrap_or(45),
         }
     }
 }
@@ -117,8 +118,11 @@ impl Default for ShardSettings {
 }
 
 impl VoiceSettings {
-    pub fn rules(&self) -> VoiceRules {
+    /// The state machine's rules; segments are cut in whole XP quanta of
+    /// `voice_xp_per_minute` (`rules.voice_xp_per_minute`), so cutting loses no XP.
+    pub fn rules(&self, voice_xp_per_minute: i64) -> VoiceRules {
         VoiceRules {
+            quantum_ms: ttfd_shared::voice::xp_quantum_ms(voice_xp_per_minute),
             require_unmuted: self.require_unmuted,
             require_undeafened: self.require_undeafened,
             exclude_afk: self.exclude_afk,
