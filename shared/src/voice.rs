@@ -743,7 +743,7 @@ mod tests {
                 t += 1000;
                 published += secs(&v.tick(t), 1);
             }
-            let eligible_ms = i64::from(crash_after_ms);
+            let eligible_ms = crash_after_ms;
             let lost_ms = eligible_ms - i64::from(published) * 1000;
             assert!(
                 (0..60_000).contains(&lost_ms),

@@ -259,7 +259,8 @@ mod tests {
 
     #[test]
     fn bots_webhooks_system_messages_dms_other_guilds_and_ignored_channels_do_not_count() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+        type Change = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(&str, Change)> = vec![
             ("bot", Box::new(|v| v["author"]["bot"] = json!(true))),
             (
                 "system user",

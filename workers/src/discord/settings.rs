@@ -220,3 +220,106 @@ impl DiscordSettings {
         Ok((token, guild))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret;
+
+    use crate::config::Settings;
+
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<Settings, String> {
+        // A file per call: the tests run in parallel.
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("ttfd-discord-cfg-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let path = dir.join("ttfd.toml");
+        std::fs::write(&path, toml).map_err(|e| e.to_string())?;
+        let env = env.iter().map(|(k, v)| ((*k).into(), (*v).into()));
+        Settings::load_from(Some(&path), env).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_discord_section_reads_from_a_file_and_the_environment() {
+        let s = load(
+            r#"
+            [discord]
+            guild_id = "1000000000000000001"
+            ignored_channels = ["1100000000000000001", 1100000000000000002]
+            announce_channel = "1500"
+            rank_roles = [
+              { rank = "F", role = "1001" },
+              { rank = "C II", role = 1003 },
+            ]
+            [discord.voice]
+            require_company = false
+            segment_secs = 30
+            [discord.shards]
+            total = 4
+            first = 2
+            "#,
+            &[("TTFD__DISCORD__TOKEN", "from-env")],
+        )
+        .expect("loads");
+        let d = &s.discord;
+        assert_eq!(
+            d.token.as_ref().map(|t| t.expose_secret()),
+            Some("from-env")
+        );
+        assert_eq!(d.guild_id.map(|g| g.get()), Some(1_000_000_000_000_000_001));
+        assert_eq!(d.ignored_channels.len(), 2);
+        assert_eq!(d.rank_roles[1].rank, "C II");
+        assert_eq!(d.rank_roles[1].role.get(), 1003);
+        let rules = d.voice.rules(4);
+        assert!(!rules.require_company && rules.require_unmuted);
+        assert_eq!((rules.segment_ms, rules.quantum_ms), (30_000, 15_000));
+        assert_eq!(d.shards.range(), 2..=3);
+        assert!(
+            !format!("{d:?}").contains("from-env"),
+            "the token never reaches Debug"
+        );
+    }
+
+    #[test]
+    fn bad_discord_keys_are_named() {
+        let cases = [
+            (
+                "[discord]\nrank_roles = [{ rank = \"Z\", role = \"1\" }]",
+                "discord.rank_roles[0].rank",
+            ),
+            (
+                "[discord]\nrank_roles = [{ rank = \"F\", role = \"1\" }, { rank = \"F\", role = \"2\" }]",
+                "discord.rank_roles[1].rank",
+            ),
+            (
+                "[discord.voice]\nsegment_secs = 1",
+                "discord.voice.segment_secs",
+            ),
+            ("[discord.shards]\ntotal = 2\nfirst = 2", "discord.shards"),
+            ("[discord]\napi_url = \"localhost:1\"", "discord.api_url"),
+            (
+                "[discord]\nquery_timeout_ms = 5000",
+                "discord.query_timeout_ms",
+            ),
+            ("[discord]\ntoken = \" \"", "discord.token"),
+            ("[discord]\nguild = 1", "guild"),
+        ];
+        for (toml, key) in cases {
+            let err = load(toml, &[]).expect_err(toml);
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn running_the_bot_needs_a_token_and_a_guild() {
+        let s = load("", &[]).expect("defaults load without a token");
+        let (key, message) = s.discord.require().expect_err("no token");
+        assert_eq!(key, "discord.token");
+        assert!(message.contains("TTFD__DISCORD__TOKEN"));
+        let s = load("[discord]\ntoken = \"x\"", &[]).expect("loads");
+        assert_eq!(
+            s.discord.require().expect_err("no guild").0,
+            "discord.guild_id"
+        );
+    }
+}
