@@ -258,7 +258,10 @@ mod tests {
             total = 4
             first = 2
             "#,
-            &[("TTFD__DISCORD__TOKEN", "from-env")],
+            &[
+                ("TTFD__DISCORD__TOKEN", "from-env"),
+                ("TTFD__DISCORD__GUILD_ID", "1000000000000000009"),
+            ],
         )
         .expect("loads");
         let d = &s.discord;
@@ -266,7 +269,7 @@ mod tests {
             d.token.as_ref().map(|t| t.expose_secret()),
             Some("from-env")
         );
-        assert_eq!(d.guild_id.map(|g| g.get()), Some(1_000_000_000_000_000_001));
+        assert_eq!(d.guild_id.map(|g| g.get()), Some(1_000_000_000_000_000_009));
         assert_eq!(d.ignored_channels.len(), 2);
         assert_eq!(d.rank_roles[1].rank, "C II");
         assert_eq!(d.rank_roles[1].role.get(), 1003);
