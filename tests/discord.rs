@@ -418,12 +418,12 @@ async fn rank_changes_give_the_rank_role_remove_the_others_and_retry_after_a_429
         !calls.iter().any(|c| c.path.ends_with("/roles/7")),
         "other roles are never touched"
     );
-    let texts: Vec<Value> = w
-        .fake
-        .messages(ANNOUNCE)
-        .into_iter()
-        .map(|m| m["content"].clone())
-        .collect();
+    // The announcement follows the role changes.
+    let texts: Vec<Value> = eventually("the second announcement", || async {
+        let m = w.fake.messages(ANNOUNCE);
+        (m.len() >= 2).then(|| m.into_iter().map(|m| m["content"].clone()).collect())
+    })
+    .await;
     assert_eq!(
         texts,
         vec![

@@ -413,10 +413,12 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Re
         .context("cannot start the Discord client")?;
     let shards = client.shard_manager.clone();
     let range = d.shards.range();
-    let (first, end) = (*range.start(), *range.end() + 1);
-    info!(guild = guild.get(), shards = ?(first..end), total = d.shards.total, "starting the Discord gateway");
+    let (first, last) = (*range.start(), *range.end());
+    info!(guild = guild.get(), shards = ?range, total = d.shards.total, "starting the Discord gateway");
     let outcome = tokio::select! {
-        r = client.start_shard_range(first..end, d.shards.total) => r.map_err(gateway_error),
+        // Serenity 0.12 reads the end of this range as inclusive (its own
+        // `start_shards(n)` passes `0..n - 1`).
+        r = client.start_shard_range(first..last, d.shards.total) => r.map_err(gateway_error),
         _ = shutdown.cancelled() => Ok(()),
     };
     shards.shutdown_all().await;

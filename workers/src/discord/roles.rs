@@ -266,56 +266,85 @@ pub async fn consumer(broker: &Broker) -> anyhow::Result<jetstream::consumer::Pu
 }
 
 /// Handles rank notices until `shutdown`. Several run at once (bounded), since one
-/// member's retry must not hold up the others.
+/// member's retry must not hold up the others. A broken message stream (NATS
+/// reconnecting, the consumer recreated) is opened again.
 pub async fn run(
     sync: RoleSync,
     consumer: jetstream::consumer::PullConsumer,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut messages = consumer.messages().await?;
     let in_flight = Arc::new(tokio::sync::Semaphore::new(16));
     let tracker = tokio_util::task::TaskTracker::new();
-    loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            m = messages.next() => m,
-        };
-        let message = match next {
-            Some(Ok(m)) => m,
-            Some(Err(e)) => {
-                warn!(error = %e, "rank notices: consumer error; going on");
+    let mut reopen_delay = Duration::from_millis(200);
+    'open: while !shutdown.is_cancelled() {
+        let mut messages = match consumer.messages().await {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "rank notices: cannot read the consumer; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break 'open,
+                    _ = tokio::time::sleep(reopen_delay) => {}
+                }
+                reopen_delay = (reopen_delay * 2).min(Duration::from_secs(30));
                 continue;
             }
-            None => break,
         };
-        let permit = in_flight.clone().acquire_owned().await?;
-        let sync = sync.clone();
-        tracker.spawn(async move {
-            let _permit = permit;
-            let attempt = message
-                .info()
-                .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
-                .unwrap_or(1);
-            let outcome = match rmp_serde::from_slice::<RankNotice>(&message.payload) {
-                Ok(notice) => sync.handle_notice(&notice, attempt).await,
-                Err(e) => {
-                    error!(error = %e, "unreadable rank notice; dropped");
-                    Outcome::Done
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break 'open,
+                m = messages.next() => m,
+            };
+            let message = match next {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    warn!(error = %e, "rank notices: consumer error; going on");
+                    continue;
+                }
+                None => {
+                    warn!("rank notices: message stream ended; reopening");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break 'open,
+                        _ = tokio::time::sleep(reopen_delay) => {}
+                    }
+                    reopen_delay = (reopen_delay * 2).min(Duration::from_secs(30));
+                    continue 'open;
                 }
             };
-            let ack = match outcome {
-                Outcome::Done => message.ack().await,
-                Outcome::RetryAfter(d) => message.ack_with(AckKind::Nak(Some(d))).await,
-            };
-            if let Err(e) = ack {
-                // The notice comes back after ack_wait; handling it again is harmless.
-                warn!(error = %e, "rank notice: ack failed");
-            }
-        });
+            reopen_delay = Duration::from_millis(200);
+            let permit = in_flight.clone().acquire_owned().await?;
+            let sync = sync.clone();
+            tracker.spawn(async move {
+                let _permit = permit;
+                handle_message(&sync, message).await;
+            });
+        }
     }
     tracker.close();
     tracker.wait().await;
     Ok(())
+}
+
+/// One notice: handled, then acked or put back with the delay it needs.
+async fn handle_message(sync: &RoleSync, message: jetstream::Message) {
+    let attempt = message
+        .info()
+        .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
+        .unwrap_or(1);
+    let outcome = match rmp_serde::from_slice::<RankNotice>(&message.payload) {
+        Ok(notice) => sync.handle_notice(&notice, attempt).await,
+        Err(e) => {
+            error!(error = %e, "unreadable rank notice; dropped");
+            Outcome::Done
+        }
+    };
+    let ack = match outcome {
+        Outcome::Done => message.ack().await,
+        Outcome::RetryAfter(d) => message.ack_with(AckKind::Nak(Some(d))).await,
+    };
+    if let Err(e) = ack {
+        // The notice comes back after ack_wait; handling it again is harmless.
+        warn!(error = %e, "rank notice: ack failed");
+    }
 }
 
 #[cfg(test)]
