@@ -2,7 +2,8 @@
 //! (`--config`), then environment variables `TTFD__<SECTION>__<KEY>`, which win.
 //!
 //! Keys: `database.url`, `database.max_connections`, `nats.url`, `nats.prefix`,
-//! `sync.*`, `rules.*`, `log.*` and `discord.*` (`discord/settings.rs`); see `config/ttfd.example.toml` for all of them.
+//! `sync.*`, `rules.*`, `log.*` and `discord.*` (`discord/settings.rs`); see
+//! `config/ttfd.example.toml` for all of them.
 //! Unknown keys and bad values stop start-up with a message naming the key.
 
 use std::path::Path;

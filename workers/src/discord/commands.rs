@@ -146,7 +146,6 @@ pub async fn reply(
     caller: UserId,
     query: &QueryClient,
     rules: &Rules,
-    now_ms: i64,
 ) -> Reply {
     let result = match command {
         SlashCommand::Rank {
@@ -165,7 +164,7 @@ pub async fn reply(
         SlashCommand::LinkIssue => query
             .issue_link_code(&identity(caller))
             .await
-            .map(|c| Reply::private(issued_text(&c, now_ms))),
+            .map(|c| Reply::private(issued_text(&c))),
         SlashCommand::LinkRedeem { code } => query
             .redeem_link_code(&identity(caller), code)
             .await
@@ -183,10 +182,9 @@ pub async fn answer(
     cmd: &CommandInteraction,
     query: &QueryClient,
     rules: &Rules,
-    now_ms: i64,
 ) -> serenity::Result<()> {
     let reply = match parse(cmd) {
-        Some(command) => self::reply(&command, cmd.user.id, query, rules, now_ms).await,
+        Some(command) => self::reply(&command, cmd.user.id, query, rules).await,
         None => Reply::private("This command is not known to the TTFD bot.".into()),
     };
     let message = CreateInteractionResponseMessage::new()
@@ -334,7 +332,7 @@ pub fn top_text(period: Period, rows: &[Standing]) -> String {
 }
 
 /// `/link`: the code and how to use it. `<t:…:R>` shows as "in 10 minutes".
-pub fn issued_text(code: &IssuedCode, _now_ms: i64) -> String {
+pub fn issued_text(code: &IssuedCode) -> String {
     format!(
         "Your link code: **{}** (expires <t:{}:R>, works once).\n\
          Send `/link {}` to the TTFD Telegram bot, or enter it on the website, to join \
@@ -470,7 +468,7 @@ mod tests {
             code: "K7M2QX".into(),
             expires_ms: 1_764_000_600_000,
         };
-        let text = issued_text(&issued, 1_764_000_000_000);
+        let text = issued_text(&issued);
         assert!(text.starts_with("Your link code: **K7M2QX** (expires <t:1764000600:R>"));
         assert!(text.contains("`/link K7M2QX`"));
         let tg = WireIdentity {

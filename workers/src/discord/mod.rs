@@ -224,7 +224,7 @@ impl DiscordBot {
 
     /// A slash command.
     pub async fn on_command(&self, http: &Http, cmd: &CommandInteraction) {
-        if let Err(e) = commands::answer(http, cmd, &self.query, &self.rules, now_ms()).await {
+        if let Err(e) = commands::answer(http, cmd, &self.query, &self.rules).await {
             warn!(error = %e, command = %cmd.data.name, "slash command reply failed");
         }
     }
