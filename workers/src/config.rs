@@ -2,7 +2,8 @@
 //! (`--config`), then environment variables `TTFD__<SECTION>__<KEY>`, which win.
 //!
 //! Keys: `database.url`, `database.max_connections`, `nats.url`, `nats.prefix`,
-//! `sync.*`, `rules.*` and `log.*`; see `config/ttfd.example.toml` for all of them.
+//! `sync.*`, `rules.*`, `log.*` and `discord.*` (`discord/settings.rs`); see
+//! `config/ttfd.example.toml` for all of them.
 //! Unknown keys and bad values stop start-up with a message naming the key.
 
 use std::path::Path;
@@ -20,6 +21,7 @@ pub struct Settings {
     pub sync: SyncSettings,
     pub rules: Rules,
     pub log: LogSettings,
+    pub discord: crate::discord::DiscordSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -186,7 +188,10 @@ impl Settings {
         }
         self.rules
             .validate()
-            .map_err(|e| invalid(&format!("rules.{}", e.key), e.message))
+            .map_err(|e| invalid(&format!("rules.{}", e.key), e.message))?;
+        self.discord
+            .validate(&self.rules)
+            .map_err(|(key, message)| invalid(&key, message))
     }
 
     pub fn shutdown_grace(&self) -> Duration {

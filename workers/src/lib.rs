@@ -5,6 +5,7 @@
 //! - [`store`]: PostgreSQL: migrations, the batch apply path, reads, the outbox.
 //! - [`sync`]: the sync consumer role and the outbox relay.
 //! - [`query`]: the query service (profiles, leaderboards, link codes over NATS).
+//! - [`discord`]: the Discord bot role: messages and voice time in, rank roles out.
 //! - [`cli`]: the `ttfd` command line; each subcommand is one role.
 //! - [`demo`], [`bench`]: synthetic traffic for newcomers and for measurement.
 
@@ -13,6 +14,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod discord;
 pub mod query;
 pub mod shutdown;
 pub mod store;
