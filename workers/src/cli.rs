@@ -35,6 +35,8 @@ pub enum Command {
     /// Serve profiles, leaderboards and link codes over NATS request-reply (for the
     /// bots, which hold no database credentials). Run as many replicas as you like.
     Query,
+    /// Serve the website, the HTTP API (with event ingest) and /healthz, /readyz, /metrics.
+    Web,
     /// Apply the database migrations.
     Migrate,
     /// NATS provisioning.
@@ -88,6 +90,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let broker = connect_broker(&settings).await?;
             query::serve(store, broker, shutdown::on_signals()).await?;
         }
+        Command::Web => crate::web::run(&settings, shutdown::on_signals()).await?,
         Command::Migrate => {
             let store = connect_store(&settings).await?;
             store.migrate().await?;

@@ -2,7 +2,7 @@
 //! (`--config`), then environment variables `TTFD__<SECTION>__<KEY>`, which win.
 //!
 //! Keys: `database.url`, `database.max_connections`, `nats.url`, `nats.prefix`,
-//! `sync.*`, `rules.*` and `log.*`; see `config/ttfd.example.toml` for all of them.
+//! `sync.*`, `rules.*`, `log.*` and `web.*` (see `web::settings`); see `config/ttfd.example.toml` for all of them.
 //! Unknown keys and bad values stop start-up with a message naming the key.
 
 use std::path::Path;
@@ -20,6 +20,7 @@ pub struct Settings {
     pub sync: SyncSettings,
     pub rules: Rules,
     pub log: LogSettings,
+    pub web: crate::web::WebSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -184,6 +185,7 @@ impl Settings {
         if self.sync.max_retry_delay_secs == 0 || self.sync.relay_poll_ms == 0 {
             return Err(invalid("sync", "delays must be positive"));
         }
+        self.web.validate()?;
         self.rules
             .validate()
             .map_err(|e| invalid(&format!("rules.{}", e.key), e.message))

@@ -6,6 +6,8 @@
 //! - [`sync`]: the sync consumer role and the outbox relay.
 //! - [`query`]: the query service (profiles, leaderboards, link codes over NATS).
 //! - [`cli`]: the `ttfd` command line; each subcommand is one role.
+//! - [`web`]: the website, the HTTP API and event ingest; [`metrics`]: the Prometheus
+//!   registry every role registers with.
 //! - [`demo`], [`bench`]: synthetic traffic for newcomers and for measurement.
 
 pub mod bench;
@@ -14,11 +16,13 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod query;
+pub mod metrics;
 pub mod shutdown;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
 pub mod traffic;
+pub mod web;
 
 pub use ttfd_shared as shared;
 
