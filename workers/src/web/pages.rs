@@ -177,6 +177,9 @@ pub struct ProfileView {
     pub since: Option<String>,
     pub last_active: Option<String>,
     pub chart: Chart,
+    /// The chart's best day and total, formatted.
+    pub chart_max: String,
+    pub chart_total: String,
 }
 
 impl ProfileView {
@@ -194,7 +197,10 @@ impl ProfileView {
             }
         });
         let today = OffsetDateTime::now_utc().date();
+        let chart = xp_chart(xp_days, today, CHART_DAYS);
         Self {
+            chart_max: thousands(chart.max),
+            chart_total: thousands(chart.total),
             name: p
                 .display_name
                 .clone()
@@ -218,7 +224,7 @@ impl ProfileView {
                 .collect(),
             since: day_of(&p.created_at),
             last_active: day_of(&p.last_active),
-            chart: xp_chart(xp_days, today, CHART_DAYS),
+            chart,
         }
     }
 }
