@@ -99,9 +99,14 @@ async fn a_person_sees_the_leaderboard_and_a_profile_in_chromium() {
     let events = community(1500, 80, 11);
     env.publish(&events).await;
     env.wait_for_model(&events).await;
-    let app = WebApp::build_with(&env.settings, env.store.clone(), env.broker.clone(), Metrics::new())
-        .await
-        .expect("the web role starts");
+    let app = WebApp::build_with(
+        &env.settings,
+        env.store.clone(),
+        env.broker.clone(),
+        Metrics::new(),
+    )
+    .await
+    .expect("the web role starts");
     let base = app.base_url().to_owned();
     tokio::spawn(app.run(stop.clone()));
     let today = time::OffsetDateTime::now_utc().date();
@@ -124,7 +129,8 @@ async fn a_person_sees_the_leaderboard_and_a_profile_in_chromium() {
         r.status().is_success().then_some(())
     })
     .await;
-    let profile_dir = std::env::temp_dir().join(format!("ttfd-chromium-{}-{port}", std::process::id()));
+    let profile_dir =
+        std::env::temp_dir().join(format!("ttfd-chromium-{}-{port}", std::process::id()));
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
@@ -145,29 +151,52 @@ async fn a_person_sees_the_leaderboard_and_a_profile_in_chromium() {
         .expect("a Chromium session");
 
     // The leaderboard: tabs, one row per member (first page), the leader on top.
-    client.goto(&format!("{base}/leaderboard")).await.expect("open the leaderboard");
+    client
+        .goto(&format!("{base}/leaderboard"))
+        .await
+        .expect("open the leaderboard");
     assert_eq!(text_of(&client, "h1").await, "Leaderboard");
     assert_eq!(client.title().await.expect("title"), "Leaderboard · TTFD");
-    let tabs = client.find_all(Locator::Css(".tabs a")).await.expect("tabs");
+    let tabs = client
+        .find_all(Locator::Css(".tabs a"))
+        .await
+        .expect("tabs");
     let mut labels = Vec::new();
     for t in &tabs {
         labels.push(t.text().await.expect("tab"));
     }
     assert_eq!(labels, ["All time", "This month", "This week"]);
     assert_eq!(text_of(&client, ".tabs a.active").await, "All time");
-    let rows = client.find_all(Locator::Css("table.board tbody tr")).await.expect("rows");
-    assert_eq!(rows.len() as i64, users.min(25), "one row per member on the first page");
+    let rows = client
+        .find_all(Locator::Css("table.board tbody tr"))
+        .await
+        .expect("rows");
+    assert_eq!(
+        rows.len() as i64,
+        users.min(25),
+        "one row per member on the first page"
+    );
     let first = rows[0].text().await.expect("first row");
     let leader_name = leader.display_name.clone().expect("named");
     assert!(first.starts_with("1"), "{first}");
     assert!(first.contains(&leader_name), "{first} names {leader_name}");
-    assert!(first.contains(&leader.rank), "{first} shows rank {}", leader.rank);
+    assert!(
+        first.contains(&leader.rank),
+        "{first} shows rank {}",
+        leader.rank
+    );
     let pager = text_of(&client, ".pager").await;
     assert!(pager.contains(&format!("{users} members")), "{pager}");
     save(&client, "leaderboard.png").await;
 
     // The week tab.
-    client.find(Locator::LinkText("This week")).await.expect("tab").click().await.expect("click");
+    client
+        .find(Locator::LinkText("This week"))
+        .await
+        .expect("tab")
+        .click()
+        .await
+        .expect("click");
     eventually("the week tab", || async {
         let url = client.current_url().await.ok()?;
         url.as_str().contains("period=week").then_some(())
@@ -176,7 +205,10 @@ async fn a_person_sees_the_leaderboard_and_a_profile_in_chromium() {
     assert_eq!(text_of(&client, ".tabs a.active").await, "This week");
 
     // The leader's profile, reached by clicking their name.
-    client.goto(&format!("{base}/leaderboard")).await.expect("back");
+    client
+        .goto(&format!("{base}/leaderboard"))
+        .await
+        .expect("back");
     client
         .wait()
         .for_element(Locator::LinkText(&leader_name))
@@ -191,14 +223,20 @@ async fn a_person_sees_the_leaderboard_and_a_profile_in_chromium() {
     })
     .await;
     assert_eq!(text_of(&client, "h1").await, leader_name);
-    let badge = client.find(Locator::Css(".badge.big")).await.expect("rank badge");
+    let badge = client
+        .find(Locator::Css(".badge.big"))
+        .await
+        .expect("rank badge");
     assert_eq!(badge.text().await.expect("badge"), leader.rank);
     let colour = badge.css_value("background-color").await.expect("colour");
     assert!(colour.starts_with("rgb"), "the badge is coloured: {colour}");
     assert_ne!(colour, "rgba(0, 0, 0, 0)");
     let xp = text_of(&client, ".xp").await;
     assert!(xp.ends_with("XP"), "{xp}");
-    let bars = client.find_all(Locator::Css("svg.chart rect")).await.expect("bars");
+    let bars = client
+        .find_all(Locator::Css("svg.chart rect"))
+        .await
+        .expect("bars");
     assert_eq!(bars.len(), 30, "a bar per day of the last 30");
     let counters = text_of(&client, ".counters").await;
     for label in ["messages", "in voice", "games", "coins", "peak rank"] {
@@ -210,7 +248,10 @@ async fn a_person_sees_the_leaderboard_and_a_profile_in_chromium() {
 
     // On a phone: nothing wider than the screen.
     client.set_window_size(390, 844).await.expect("phone size");
-    for (path, shot) in [("/leaderboard", "leaderboard-phone.png"), ("/ranks", "ranks-phone.png")] {
+    for (path, shot) in [
+        ("/leaderboard", "leaderboard-phone.png"),
+        ("/ranks", "ranks-phone.png"),
+    ] {
         client.goto(&format!("{base}{path}")).await.expect("open");
         text_of(&client, "h1").await;
         let fits = client

@@ -218,7 +218,10 @@ async fn sign_in_with_discord(site: &Site, client: &reqwest::Client) -> String {
     let (page, visited) = follow(client, &site.url("/auth/discord")).await;
     let (status, html) = text(page).await;
     assert_eq!(status, StatusCode::OK, "{visited:?}\n{html}");
-    assert!(visited.last().is_some_and(|u| u.ends_with("/profile")), "{visited:?}");
+    assert!(
+        visited.last().is_some_and(|u| u.ends_with("/profile")),
+        "{visited:?}"
+    );
     html
 }
 
@@ -229,11 +232,20 @@ async fn sign_in_with_discord(site: &Site, client: &reqwest::Client) -> String {
 async fn signing_in_with_discord_goes_through_the_provider_and_lands_on_the_profile() {
     let site = Site::start().await;
     let now = ttfd::now_ms();
-    site.seed(&[message("d:1", &format!("discord:{ANN_DISCORD}"), "Ann", now)])
-        .await;
+    site.seed(&[message(
+        "d:1",
+        &format!("discord:{ANN_DISCORD}"),
+        "Ann",
+        now,
+    )])
+    .await;
     let client = browser();
 
-    let start = client.get(site.url("/auth/discord")).send().await.expect("start");
+    let start = client
+        .get(site.url("/auth/discord"))
+        .send()
+        .await
+        .expect("start");
     assert_eq!(start.status(), StatusCode::SEE_OTHER);
     let oauth_cookie = start
         .headers()
@@ -243,27 +255,52 @@ async fn signing_in_with_discord_goes_through_the_provider_and_lands_on_the_prof
         .find(|c| c.starts_with("ttfd_oauth="))
         .expect("the state is bound to the browser")
         .to_owned();
-    assert!(oauth_cookie.contains("HttpOnly") && oauth_cookie.contains("SameSite=Lax"), "{oauth_cookie}");
-    let authorize = start.headers()[LOCATION].to_str().expect("ascii").to_owned();
-    assert!(authorize.starts_with(&format!("{}/oauth2/authorize?", site.discord.base)), "{authorize}");
+    assert!(
+        oauth_cookie.contains("HttpOnly") && oauth_cookie.contains("SameSite=Lax"),
+        "{oauth_cookie}"
+    );
+    let authorize = start.headers()[LOCATION]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(
+        authorize.starts_with(&format!("{}/oauth2/authorize?", site.discord.base)),
+        "{authorize}"
+    );
 
     let (page, visited) = follow(&client, &authorize).await;
-    let query = site.discord.last_authorize_query().expect("Discord was asked");
+    let query = site
+        .discord
+        .last_authorize_query()
+        .expect("Discord was asked");
     assert_eq!(query["scope"], "identify");
     assert_eq!(query["client_id"], fake_oauth::CLIENT_ID);
     assert_eq!(query["redirect_uri"], site.url("/auth/discord/callback"));
     assert!(query["state"].len() >= 32, "a random state");
-    assert!(visited[1].starts_with(&site.url("/auth/discord/callback?code=")), "{visited:?}");
+    assert!(
+        visited[1].starts_with(&site.url("/auth/discord/callback?code=")),
+        "{visited:?}"
+    );
     let (status, html) = text(page).await;
     assert_eq!(status, StatusCode::OK);
     assert!(html.contains("Signed in."), "{html}");
-    assert!(html.contains("<h1>Ann</h1>"), "the profile of the signed-in member: {html}");
-    assert!(html.contains(ANN_DISCORD), "one's own page shows the account id");
+    assert!(
+        html.contains("<h1>Ann</h1>"),
+        "the profile of the signed-in member: {html}"
+    );
+    assert!(
+        html.contains(ANN_DISCORD),
+        "one's own page shows the account id"
+    );
     assert!(html.contains("action=\"/logout\""));
     assert_eq!(site.discord.token_requests(), 1);
 
     // The session cookie is signed, HttpOnly and SameSite.
-    let again = client.get(site.url("/profile")).send().await.expect("profile");
+    let again = client
+        .get(site.url("/profile"))
+        .send()
+        .await
+        .expect("profile");
     let session_cookie = again
         .headers()
         .get_all(SET_COOKIE)
@@ -279,8 +316,15 @@ async fn signing_in_with_discord_goes_through_the_provider_and_lands_on_the_prof
 
 /// The callback URL Discord sends the browser to, without following it.
 async fn callback_url(site: &Site, client: &reqwest::Client) -> String {
-    let start = client.get(site.url("/auth/discord")).send().await.expect("start");
-    let authorize = start.headers()[LOCATION].to_str().expect("ascii").to_owned();
+    let start = client
+        .get(site.url("/auth/discord"))
+        .send()
+        .await
+        .expect("start");
+    let authorize = start.headers()[LOCATION]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
     let back = client.get(&authorize).send().await.expect("authorize");
     back.headers()[LOCATION].to_str().expect("ascii").to_owned()
 }
@@ -294,7 +338,11 @@ async fn a_wrong_or_missing_state_is_refused_before_any_token_exchange() {
     let pairs: Vec<(String, String)> = url
         .query_pairs()
         .map(|(k, v)| {
-            let v = if k == "state" { "forged".into() } else { v.into_owned() };
+            let v = if k == "state" {
+                "forged".into()
+            } else {
+                v.into_owned()
+            };
             (k.into_owned(), v)
         })
         .collect();
@@ -309,8 +357,16 @@ async fn a_wrong_or_missing_state_is_refused_before_any_token_exchange() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(html.contains("expired or was already used"), "{html}");
     assert_eq!(site.discord.token_requests(), 0, "no code was exchanged");
-    let profile = browser().get(site.url("/profile")).send().await.expect("profile");
-    assert_eq!(profile.status(), StatusCode::SEE_OTHER, "nobody is signed in");
+    let profile = browser()
+        .get(site.url("/profile"))
+        .send()
+        .await
+        .expect("profile");
+    assert_eq!(
+        profile.status(),
+        StatusCode::SEE_OTHER,
+        "nobody is signed in"
+    );
     site.stop().await;
 }
 
@@ -318,7 +374,11 @@ async fn a_wrong_or_missing_state_is_refused_before_any_token_exchange() {
 async fn a_replayed_callback_is_refused() {
     let site = Site::start().await;
     let client = browser();
-    let start = client.get(site.url("/auth/discord")).send().await.expect("start");
+    let start = client
+        .get(site.url("/auth/discord"))
+        .send()
+        .await
+        .expect("start");
     let oauth_cookie = start
         .headers()
         .get_all(SET_COOKIE)
@@ -328,7 +388,10 @@ async fn a_replayed_callback_is_refused() {
         .and_then(|c| c.split(';').next())
         .expect("state cookie")
         .to_owned();
-    let authorize = start.headers()[LOCATION].to_str().expect("ascii").to_owned();
+    let authorize = start.headers()[LOCATION]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
     let back = client.get(&authorize).send().await.expect("authorize");
     let callback = back.headers()[LOCATION].to_str().expect("ascii").to_owned();
     let done = client.get(&callback).send().await.expect("callback");
@@ -351,7 +414,11 @@ async fn a_replayed_callback_is_refused() {
     let (status, html) = text(replay).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(html.contains("already used"), "{html}");
-    assert_eq!(site.discord.token_requests(), 1, "the replay exchanged nothing");
+    assert_eq!(
+        site.discord.token_requests(),
+        1,
+        "the replay exchanged nothing"
+    );
     site.stop().await;
 }
 
@@ -361,12 +428,24 @@ async fn a_provider_error_signs_nobody_in_and_says_why() {
     site.discord.set_mode(Mode::Deny);
     let client = browser();
     let (page, visited) = follow(&client, &site.url("/auth/discord")).await;
-    assert!(visited.last().is_some_and(|u| u.contains("error=access_denied")), "{visited:?}");
+    assert!(
+        visited
+            .last()
+            .is_some_and(|u| u.contains("error=access_denied")),
+        "{visited:?}"
+    );
     let (status, html) = text(page).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert!(html.contains("You cancelled the sign-in on Discord."), "{html}");
+    assert!(
+        html.contains("You cancelled the sign-in on Discord."),
+        "{html}"
+    );
     assert_eq!(site.discord.token_requests(), 0);
-    let profile = client.get(site.url("/profile")).send().await.expect("profile");
+    let profile = client
+        .get(site.url("/profile"))
+        .send()
+        .await
+        .expect("profile");
     assert_eq!(profile.headers()[LOCATION], "/login");
     site.stop().await;
 }
@@ -379,9 +458,16 @@ async fn a_failed_token_exchange_signs_nobody_in() {
     let (page, _) = follow(&client, &site.url("/auth/discord")).await;
     let (status, html) = text(page).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
-    assert!(html.contains("Discord did not confirm the sign-in"), "{html}");
+    assert!(
+        html.contains("Discord did not confirm the sign-in"),
+        "{html}"
+    );
     assert_eq!(site.discord.token_requests(), 1);
-    let profile = client.get(site.url("/profile")).send().await.expect("profile");
+    let profile = client
+        .get(site.url("/profile"))
+        .send()
+        .await
+        .expect("profile");
     assert_eq!(profile.headers()[LOCATION], "/login");
     site.stop().await;
 }
@@ -395,7 +481,10 @@ async fn the_telegram_widget_signs_in_only_with_fresh_untampered_data_from_this_
     let client = browser();
     let (status, login) = text(client.get(site.url("/login")).send().await.expect("login")).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(login.contains("data-telegram-login=\"ttfd_test_bot\""), "{login}");
+    assert!(
+        login.contains("data-telegram-login=\"ttfd_test_bot\""),
+        "{login}"
+    );
     let csrf = csrf_of(&login);
     let now = ttfd::now_ms() / 1000;
     let at = |fields: &BTreeMap<String, String>, csrf: &str| {
@@ -404,7 +493,14 @@ async fn the_telegram_widget_signs_in_only_with_fresh_untampered_data_from_this_
 
     let mut tampered = widget("555000111", now, BOT_TOKEN);
     tampered.insert("id".into(), "999".into());
-    let (status, html) = text(client.get(at(&tampered, &csrf)).send().await.expect("tampered")).await;
+    let (status, html) = text(
+        client
+            .get(at(&tampered, &csrf))
+            .send()
+            .await
+            .expect("tampered"),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(html.contains("not signed by Telegram"), "{html}");
 
@@ -419,13 +515,23 @@ async fn the_telegram_widget_signs_in_only_with_fresh_untampered_data_from_this_
 
     let valid = widget("555000111", now, BOT_TOKEN);
     // Valid data in a URL made for another browser session.
-    let (status, _) = text(browser().get(at(&valid, &csrf)).send().await.expect("other")).await;
+    let (status, _) = text(
+        browser()
+            .get(at(&valid, &csrf))
+            .send()
+            .await
+            .expect("other"),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
     let (page, _) = follow(&client, &at(&valid, &csrf)).await;
     let (status, html) = text(page).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(html.contains("Signed in.") && html.contains("telegram:555000111"), "{html}");
+    assert!(
+        html.contains("Signed in.") && html.contains("telegram:555000111"),
+        "{html}"
+    );
     // The sign-in renewed the session's token: the same URL does not work twice.
     let (status, _) = text(client.get(at(&valid, &csrf)).send().await.expect("again")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -440,14 +546,23 @@ async fn linking_telegram_with_the_widget_shows_the_merged_profile_once_applied(
     let site = Site::start().await;
     let now = ttfd::now_ms();
     site.seed(&[
-        xp("d:1", &format!("discord:{ANN_DISCORD}"), "Ann", 300, now - 120_000),
+        xp(
+            "d:1",
+            &format!("discord:{ANN_DISCORD}"),
+            "Ann",
+            300,
+            now - 120_000,
+        ),
         xp("t:1", "telegram:555000111", "Ann TG", 400, now - 60_000),
     ])
     .await;
     let client = browser();
     let profile = sign_in_with_discord(&site, &client).await;
     assert!(profile.contains("<strong>300</strong> XP"), "{profile}");
-    assert!(profile.contains("/link/telegram/"), "the widget offers Telegram");
+    assert!(
+        profile.contains("/link/telegram/"),
+        "the widget offers Telegram"
+    );
     let csrf = csrf_of(&profile);
     let data = widget("555000111", now / 1000, BOT_TOKEN);
     let link = client
@@ -471,7 +586,10 @@ async fn linking_telegram_with_the_widget_shows_the_merged_profile_once_applied(
     .await;
     assert!(merged.contains("<strong>700</strong> XP"), "{merged}");
     assert!(merged.contains("555000111") && merged.contains(ANN_DISCORD));
-    assert!(!merged.contains("/link/telegram/"), "Telegram is linked now");
+    assert!(
+        !merged.contains("/link/telegram/"),
+        "Telegram is linked now"
+    );
     let p = site
         .env
         .store
@@ -488,7 +606,13 @@ async fn codes_link_both_ways_and_forms_need_the_session_token() {
     let site = Site::start().await;
     let now = ttfd::now_ms();
     site.seed(&[
-        xp("d:1", &format!("discord:{ANN_DISCORD}"), "Ann", 100, now - 60_000),
+        xp(
+            "d:1",
+            &format!("discord:{ANN_DISCORD}"),
+            "Ann",
+            100,
+            now - 60_000,
+        ),
         xp("t:1", "telegram:20", "Ann TG", 50, now - 60_000),
         xp("t:2", "telegram:30", "Bo", 70, now - 60_000),
     ])
@@ -515,13 +639,23 @@ async fn codes_link_both_ways_and_forms_need_the_session_token() {
     // A code from the Telegram bot, entered on the site.
     let entered = client
         .post(site.url("/link/code"))
-        .form(&[("csrf", csrf.as_str()), ("code", &issued.code.to_lowercase())])
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("code", &issued.code.to_lowercase()),
+        ])
         .send()
         .await
         .expect("post");
     assert_eq!(entered.status(), StatusCode::SEE_OTHER);
     eventually("the code link applied", || async {
-        let html = client.get(site.url("/profile")).send().await.ok()?.text().await.ok()?;
+        let html = client
+            .get(site.url("/profile"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
         html.contains("<strong>150</strong> XP").then_some(())
     })
     .await;
@@ -533,7 +667,14 @@ async fn codes_link_both_ways_and_forms_need_the_session_token() {
         .send()
         .await
         .expect("post");
-    let html = client.get(site.url("/profile")).send().await.expect("get").text().await.expect("body");
+    let html = client
+        .get(site.url("/profile"))
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("body");
     assert!(html.contains("unknown, used or expired"), "{html}");
 
     // A code issued on the site, entered in a bot.
@@ -544,16 +685,34 @@ async fn codes_link_both_ways_and_forms_need_the_session_token() {
         .await
         .expect("post");
     assert_eq!(issue.status(), StatusCode::SEE_OTHER);
-    let html = client.get(site.url("/profile")).send().await.expect("get").text().await.expect("body");
-    let i = html.find("id=\"issued-code\">").expect("the code is shown") + "id=\"issued-code\">".len();
-    let code: String = html[i..].chars().take_while(char::is_ascii_alphanumeric).collect();
+    let html = client
+        .get(site.url("/profile"))
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("body");
+    let i =
+        html.find("id=\"issued-code\">").expect("the code is shown") + "id=\"issued-code\">".len();
+    let code: String = html[i..]
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .collect();
     let r = site
         .env
         .store
-        .redeem_link_code(&Identity::parse("telegram:30").expect("id"), &code, ttfd::now_ms())
+        .redeem_link_code(
+            &Identity::parse("telegram:30").expect("id"),
+            &code,
+            ttfd::now_ms(),
+        )
         .await
         .expect("redeem");
-    assert!(matches!(r, ttfd::store::codes::Redemption::Linked { .. }), "{r:?}");
+    assert!(
+        matches!(r, ttfd::store::codes::Redemption::Linked { .. }),
+        "{r:?}"
+    );
     eventually("the bot's link applied", || async {
         let p = site
             .env
@@ -580,15 +739,43 @@ async fn pages_show_the_leaderboard_ranks_and_profiles_and_escape_names() {
     ])
     .await;
     let client = browser();
-    let (status, html) = text(client.get(site.url("/leaderboard")).send().await.expect("get")).await;
+    let (status, html) = text(
+        client
+            .get(site.url("/leaderboard"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert!(!html.contains("<script>alert(1)"), "names are escaped");
-    assert!(html.contains("&#60;script&#62;alert(1)&#60;/script&#62;") || html.contains("&lt;script&gt;"), "{html}");
+    assert!(
+        html.contains("&#60;script&#62;alert(1)&#60;/script&#62;")
+            || html.contains("&lt;script&gt;"),
+        "{html}"
+    );
     assert!(html.contains(">F II<") && html.contains(">600<"), "{html}");
-    let (status, html) = text(client.get(site.url("/leaderboard?period=week")).send().await.expect("get")).await;
+    let (status, html) = text(
+        client
+            .get(site.url("/leaderboard?period=week"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
-    assert!(html.contains("class=\"active\" aria-current=\"page\">This week"), "{html}");
-    let (status, _) = text(client.get(site.url("/leaderboard?period=year")).send().await.expect("get")).await;
+    assert!(
+        html.contains("class=\"active\" aria-current=\"page\">This week"),
+        "{html}"
+    );
+    let (status, _) = text(
+        client
+            .get(site.url("/leaderboard?period=year"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, html) = text(client.get(site.url("/ranks")).send().await.expect("get")).await;
     assert_eq!(status, StatusCode::OK);
@@ -601,15 +788,32 @@ async fn pages_show_the_leaderboard_ranks_and_profiles_and_escape_names() {
         .await
         .expect("read")
         .expect("user");
-    let (status, html) = text(client.get(site.url(&format!("/u/{}", bo.uid))).send().await.expect("get")).await;
+    let (status, html) = text(
+        client
+            .get(site.url(&format!("/u/{}", bo.uid)))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
-    assert!(html.contains("<h1>Bo</h1>") && html.contains("400 XP to"), "{html}");
+    assert!(
+        html.contains("<h1>Bo</h1>") && html.contains("400 XP to"),
+        "{html}"
+    );
     assert!(html.contains("<svg class=\"chart\""), "the 30-day chart");
-    assert!(!html.contains("website:2") && !html.contains("<code>2</code>"), "ids are not public");
+    assert!(
+        !html.contains("website:2") && !html.contains("<code>2</code>"),
+        "ids are not public"
+    );
     let (status, _) = text(client.get(site.url("/u/999999")).send().await.expect("get")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let r = client.get(site.url("/profile")).send().await.expect("get");
-    assert_eq!(r.headers()[LOCATION], "/login", "one's own profile needs a sign-in");
+    assert_eq!(
+        r.headers()[LOCATION],
+        "/login",
+        "one's own profile needs a sign-in"
+    );
     site.stop().await;
 }
 
@@ -626,26 +830,70 @@ async fn the_api_serves_users_leaderboard_pages_and_the_ladder() {
     let site = Site::start().await;
     let now = ttfd::now_ms();
     let events: Vec<Event> = (1..=5)
-        .map(|i| xp(&format!("x:{i}"), &format!("website:{i}"), &format!("P{i}"), i * 100, now))
+        .map(|i| {
+            xp(
+                &format!("x:{i}"),
+                &format!("website:{i}"),
+                &format!("P{i}"),
+                i * 100,
+                now,
+            )
+        })
         .collect();
     site.seed(&events).await;
     let http = reqwest::Client::new();
 
-    let (status, user) = json_of(http.get(site.url("/api/v1/users/website/3")).send().await.expect("get")).await;
+    let (status, user) = json_of(
+        http.get(site.url("/api/v1/users/website/3"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(user["xp"], 300);
     assert_eq!(user["display_name"], "P3");
     assert_eq!(user["rank"]["name"], "F I");
-    assert_eq!(user["identities"], json!([{"platform": "website", "user": "3"}]));
-    for key in ["uid", "peak_rank", "coins", "messages", "voice_seconds", "games_played", "games_won", "created_at", "last_active"] {
+    assert_eq!(
+        user["identities"],
+        json!([{"platform": "website", "user": "3"}])
+    );
+    for key in [
+        "uid",
+        "peak_rank",
+        "coins",
+        "messages",
+        "voice_seconds",
+        "games_played",
+        "games_won",
+        "created_at",
+        "last_active",
+    ] {
         assert!(user.get(key).is_some(), "{key} in {user}");
     }
-    let (status, body) = json_of(http.get(site.url("/api/v1/users/website/404")).send().await.expect("get")).await;
+    let (status, body) = json_of(
+        http.get(site.url("/api/v1/users/website/404"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"], "no user has the identity website:404");
-    let (status, body) = json_of(http.get(site.url("/api/v1/users/Bad!/1")).send().await.expect("get")).await;
+    let (status, body) = json_of(
+        http.get(site.url("/api/v1/users/Bad!/1"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(body["error"].as_str().is_some_and(|e| e.contains("platform")), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("platform")),
+        "{body}"
+    );
 
     let page = |q: &str| {
         let url = site.url(&format!("/api/v1/leaderboard?{q}"));
@@ -654,13 +902,21 @@ async fn the_api_serves_users_leaderboard_pages_and_the_ladder() {
     };
     let (status, first) = page("period=all&per_page=2").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!((first["total"].as_i64(), first["pages"].as_i64()), (Some(5), Some(3)));
+    assert_eq!(
+        (first["total"].as_i64(), first["pages"].as_i64()),
+        (Some(5), Some(3))
+    );
     let names = |b: &Value| -> Vec<(i64, String)> {
         b["entries"]
             .as_array()
             .expect("entries")
             .iter()
-            .map(|e| (e["position"].as_i64().expect("pos"), e["display_name"].as_str().expect("name").to_owned()))
+            .map(|e| {
+                (
+                    e["position"].as_i64().expect("pos"),
+                    e["display_name"].as_str().expect("name").to_owned(),
+                )
+            })
             .collect()
     };
     assert_eq!(names(&first), [(1, "P5".into()), (2, "P4".into())]);
@@ -671,22 +927,49 @@ async fn the_api_serves_users_leaderboard_pages_and_the_ladder() {
     let (_, beyond) = page("per_page=2&page=4").await;
     assert!(names(&beyond).is_empty());
     let (_, week) = page("period=week").await;
-    assert_eq!((week["period"].as_str(), week["total"].as_i64()), (Some("week"), Some(5)));
+    assert_eq!(
+        (week["period"].as_str(), week["total"].as_i64()),
+        (Some("week"), Some(5))
+    );
     for bad in ["period=year", "page=0", "per_page=101", "page=x"] {
         let (status, body) = page(bad).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
         assert!(body["error"].is_string(), "{bad}: {body}");
     }
 
-    let (status, ladder) = json_of(http.get(site.url("/api/v1/ranks")).send().await.expect("get")).await;
+    let (status, ladder) = json_of(
+        http.get(site.url("/api/v1/ranks"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     let ranks = ladder["ranks"].as_array().expect("ranks");
     assert_eq!(ranks.len(), 20);
-    assert_eq!(ranks[0], json!({"index": 1, "name": "F I", "tier": "F", "stars": 1, "required_xp": 0, "next_xp": 500, "coins": 0}));
+    assert_eq!(
+        ranks[0],
+        json!({"index": 1, "name": "F I", "tier": "F", "stars": 1, "required_xp": 0, "next_xp": 500, "coins": 0})
+    );
     assert_eq!(ranks[19]["next_xp"], Value::Null);
 
-    let (status, body) = json_of(http.get(site.url("/api/v1/nope")).send().await.expect("get")).await;
+    let (status, body) = json_of(
+        http.get(site.url("/api/v1/nope"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["error"].is_string());
+    let (status, body) = json_of(
+        http.delete(site.url("/api/v1/ranks"))
+            .send()
+            .await
+            .expect("delete"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert!(body["error"].is_string());
     site.stop().await;
 }
@@ -709,7 +992,10 @@ async fn ingest_publishes_valid_events_of_the_tokens_platform() {
     let (status, body) = json_of(r).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let subject = format!("{}.events.website.message", site.env.settings.nats.prefix);
-    assert_eq!(body, json!({"accepted": 1, "events": [{"id": "website:msg:1", "subject": subject, "duplicate": false}]}));
+    assert_eq!(
+        body,
+        json!({"accepted": 1, "events": [{"id": "website:msg:1", "subject": subject, "duplicate": false}]})
+    );
     let stream = site
         .env
         .broker
@@ -717,15 +1003,25 @@ async fn ingest_publishes_valid_events_of_the_tokens_platform() {
         .get_stream(site.env.broker.subjects.events_stream())
         .await
         .expect("stream");
-    let stored = stream.get_last_raw_message_by_subject(&subject).await.expect("stored");
-    let decoded = ttfd::shared::wire::decode(&stored.payload, ("website", "message"), ttfd::now_ms()).expect("valid on the wire");
+    let stored = stream
+        .get_last_raw_message_by_subject(&subject)
+        .await
+        .expect("stored");
+    let decoded =
+        ttfd::shared::wire::decode(&stored.payload, ("website", "message"), ttfd::now_ms())
+            .expect("valid on the wire");
     assert_eq!(decoded.id.as_str(), "website:msg:1");
     assert_eq!(decoded.name.as_deref(), Some("Web Ann"));
 
     // A batch, with the first event again: stored once.
     let batch = json!([event, {"id": "website:game:1", "platform": "website", "user": "77", "kind": "game", "data": {"game": "chess", "won": true, "xp": 50}}]);
     let (status, body) = json_of(
-        http.post(site.url("/api/v1/events")).bearer_auth(WEBSITE_TOKEN).json(&batch).send().await.expect("post"),
+        http.post(site.url("/api/v1/events"))
+            .bearer_auth(WEBSITE_TOKEN)
+            .json(&batch)
+            .send()
+            .await
+            .expect("post"),
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
@@ -735,7 +1031,12 @@ async fn ingest_publishes_valid_events_of_the_tokens_platform() {
 
     // The sync consumer applies what came in over HTTP.
     eventually("the ingested events applied", || async {
-        let p = site.env.store.profile(&Identity::parse("website:77").ok()?).await.ok()??;
+        let p = site
+            .env
+            .store
+            .profile(&Identity::parse("website:77").ok()?)
+            .await
+            .ok()??;
         (p.xp == 60 && p.games_won == 1).then_some(())
     })
     .await;
@@ -803,11 +1104,19 @@ async fn ingest_refuses_bad_tokens_other_platforms_and_bad_payloads_publishing_n
             "event 1",
         ),
     ];
+    let huge = format!("[{}]", vec![good.to_string(); 60_000].join(","));
+    assert!(huge.len() > ttfd::web::api::MAX_INGEST_BYTES);
+    let (status, answer) = post(Some(WEBSITE_TOKEN), "application/json", huge).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    assert!(answer["error"].is_string());
     for (token, content_type, body, want, says) in cases {
         let (status, answer) = post(token, content_type, body.clone()).await;
         assert_eq!(status, want, "{body}: {answer}");
         let message = answer["error"].as_str().unwrap_or_default();
-        assert!(message.contains(says), "{body}: {message:?} should mention {says:?}");
+        assert!(
+            message.contains(says),
+            "{body}: {message:?} should mention {says:?}"
+        );
     }
     assert_eq!(site.events_in_stream().await, 0, "nothing was published");
     site.stop().await;
@@ -825,26 +1134,54 @@ async fn health_readiness_and_metrics_answer() {
     let (status, body) = json_of(http.get(site.url("/readyz")).send().await.expect("get")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({"database": "ok", "nats": "ok"}));
-    http.get(site.url("/leaderboard")).send().await.expect("get");
+    http.get(site.url("/leaderboard"))
+        .send()
+        .await
+        .expect("get");
     let metrics = http.get(site.url("/metrics")).send().await.expect("get");
-    assert!(metrics.headers()["content-type"].to_str().expect("ascii").starts_with("text/plain"));
+    assert!(
+        metrics.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/plain")
+    );
     let text = metrics.text().await.expect("body");
     assert!(
-        text.contains("ttfd_web_http_requests_total{method=\"GET\",route=\"/leaderboard\",status=\"200\"} 1"),
+        text.contains(
+            "ttfd_web_http_requests_total{method=\"GET\",route=\"/leaderboard\",status=\"200\"} 1"
+        ),
         "{text}"
     );
-    assert!(text.contains("ttfd_web_http_request_duration_seconds_bucket"), "{text}");
+    assert!(
+        text.contains("ttfd_web_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
 
     // A site whose database is unreachable is alive but not ready, and says why.
     let mut settings = site.env.settings.clone();
     settings.database.url = "postgres://postgres@127.0.0.1:1/nowhere".into();
-    let store = ttfd::store::Store::connect_lazy(&settings.database, settings.rules.clone()).expect("lazy");
-    let app = WebApp::build_with(&settings, store, site.env.broker.clone(), Metrics::new()).await.expect("build");
+    let store =
+        ttfd::store::Store::connect_lazy(&settings.database, settings.rules.clone()).expect("lazy");
+    let app = WebApp::build_with(&settings, store, site.env.broker.clone(), Metrics::new())
+        .await
+        .expect("build");
     let base = app.base_url().to_owned();
     tokio::spawn(app.run(site.stop.clone()));
-    let (status, _) = json_of(http.get(format!("{base}/healthz")).send().await.expect("get")).await;
+    let (status, _) = json_of(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
-    let (status, body) = json_of(http.get(format!("{base}/readyz")).send().await.expect("get")).await;
+    let (status, body) = json_of(
+        http.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["nats"], "ok");
     assert_ne!(body["database"], "ok");
@@ -858,11 +1195,16 @@ async fn a_public_site_without_a_cookie_key_refuses_to_start_naming_the_key() {
         s.web.public_url = "https://ttfd.example.org".into();
     })
     .await;
-    let err = WebApp::build_with(&env.settings, env.store.clone(), env.broker.clone(), Metrics::new())
-        .await
-        .err()
-        .expect("refused")
-        .to_string();
+    let err = WebApp::build_with(
+        &env.settings,
+        env.store.clone(),
+        env.broker.clone(),
+        Metrics::new(),
+    )
+    .await
+    .err()
+    .expect("refused")
+    .to_string();
     assert!(err.contains("web.cookie_key"), "{err}");
     env.cleanup().await;
 }

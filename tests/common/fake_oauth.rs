@@ -74,7 +74,9 @@ impl FakeDiscord {
             .expect("bind the fake Discord");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         tokio::spawn(async move {
-            axum::serve(listener, app).await.expect("fake Discord serves");
+            axum::serve(listener, app)
+                .await
+                .expect("fake Discord serves");
         });
         Self { base, inner }
     }
@@ -130,7 +132,10 @@ async fn authorize(State(inner): Shared, Query(q): Query<HashMap<String, String>
         target
             .query_pairs_mut()
             .append_pair("error", "access_denied")
-            .append_pair("error_description", "The resource owner or authorization server denied the request")
+            .append_pair(
+                "error_description",
+                "The resource owner or authorization server denied the request",
+            )
             .append_pair("state", state);
     } else {
         inner.next += 1;
@@ -156,11 +161,24 @@ async fn token(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"))
     );
-    if headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some(&expected) {
-        return (StatusCode::UNAUTHORIZED, Json(json!({"error": "invalid_client"}))).into_response();
+    if headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        != Some(&expected)
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "invalid_client"})),
+        )
+            .into_response();
     }
-    let invalid_grant =
-        || (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_grant"}))).into_response();
+    let invalid_grant = || {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_grant"})),
+        )
+            .into_response()
+    };
     if inner.mode == Mode::TokenFails
         || form.get("grant_type").map(String::as_str) != Some("authorization_code")
     {
@@ -194,7 +212,10 @@ async fn me(State(inner): Shared, headers: HeaderMap) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     if !token.is_some_and(|t| inner.tokens.contains(t)) {
-        return (StatusCode::UNAUTHORIZED, Json(json!({"message": "401: Unauthorized", "code": 0})))
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"message": "401: Unauthorized", "code": 0})),
+        )
             .into_response();
     }
     let u = &inner.user;

@@ -73,8 +73,12 @@ mod tests {
         let metrics = Metrics::new();
         let a = Counter::<u64>::default();
         let b = Family::<Vec<(String, String)>, Counter>::default();
-        metrics.register("web", |r| r.register("requests", "HTTP requests", a.clone()));
-        metrics.register("sync", |r| r.register("applied", "Events applied", b.clone()));
+        metrics.register("web", |r| {
+            r.register("requests", "HTTP requests", a.clone())
+        });
+        metrics.register("sync", |r| {
+            r.register("applied", "Events applied", b.clone())
+        });
         a.inc_by(3);
         b.get_or_create(&vec![("platform".into(), "discord".into())])
             .inc();

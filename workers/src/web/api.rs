@@ -74,7 +74,10 @@ impl From<crate::store::StoreError> for ApiError {
 
 /// Unknown `/api/v1` paths.
 pub async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "no such API endpoint; see docs/api.md")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such API endpoint; see docs/api.md",
+    )
 }
 
 pub async fn method_not_allowed() -> ApiError {
@@ -133,8 +136,9 @@ impl BoardQuery {
     pub fn parse(&self) -> Result<BoardRequest, String> {
         let period = match self.period.as_deref() {
             None | Some("") => Period::All,
-            Some(p) => parse_period(p)
-                .ok_or_else(|| format!("period {p:?} must be all, week or month"))?,
+            Some(p) => {
+                parse_period(p).ok_or_else(|| format!("period {p:?} must be all, week or month"))?
+            }
         };
         let number = |name: &str, v: &Option<String>, default: i64, max: i64| match v.as_deref() {
             None | Some("") => Ok(default),
@@ -164,10 +168,16 @@ pub struct Board {
     pub entries: Vec<Standing>,
 }
 
-pub async fn load_board(app: &AppState, req: BoardRequest) -> Result<Board, crate::store::StoreError> {
+pub async fn load_board(
+    app: &AppState,
+    req: BoardRequest,
+) -> Result<Board, crate::store::StoreError> {
     let today = time::OffsetDateTime::now_utc().date();
     let offset = (req.page - 1) * req.per_page;
-    let entries = app.store.top(req.period, today, req.per_page, offset).await?;
+    let entries = app
+        .store
+        .top(req.period, today, req.per_page, offset)
+        .await?;
     let total = app.store.leaderboard_size(req.period, today).await?;
     Ok(Board {
         period: period_name(req.period),
@@ -282,8 +292,12 @@ pub async fn ingest(
         ));
     }
     let body = body.map_err(|e| refuse(e.status(), e.body_text()))?;
-    let value: Value = serde_json::from_slice(&body)
-        .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}")))?;
+    let value: Value = serde_json::from_slice(&body).map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not JSON: {e}"),
+        )
+    })?;
     let items = match value {
         Value::Array(items) => items,
         object @ Value::Object(_) => vec![object],
@@ -297,7 +311,10 @@ pub async fn ingest(
     if items.is_empty() || items.len() > MAX_BATCH {
         return Err(refuse(
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!("send 1 to {MAX_BATCH} events per request, not {}", items.len()),
+            format!(
+                "send 1 to {MAX_BATCH} events per request, not {}",
+                items.len()
+            ),
         ));
     }
     let now = now_ms();
@@ -331,7 +348,12 @@ pub async fn ingest(
     };
     let mut acks = Vec::with_capacity(events.len());
     for event in &events {
-        acks.push(app.broker.publish_event(event).await.map_err(|e| unavailable(e.to_string()))?);
+        acks.push(
+            app.broker
+                .publish_event(event)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?,
+        );
     }
     let mut stored = Vec::with_capacity(events.len());
     for (event, ack) in events.iter().zip(acks) {

@@ -31,7 +31,11 @@ use crate::store::codes::{LinkCode, Redemption};
 /// The `link` event recording that `me` and `other` were proven to be one person's.
 /// Its id depends only on the pair, so linking twice is one fact.
 pub fn oauth_link_event(me: &Identity, other: &Identity, now_ms: i64) -> Event {
-    let (a, b) = if me <= other { (me, other) } else { (other, me) };
+    let (a, b) = if me <= other {
+        (me, other)
+    } else {
+        (other, me)
+    };
     let digest = Sha256::digest(format!("{a}\n{b}").as_bytes());
     let id = format!("web:link:oauth:{}", hex::encode(&digest[..16]));
     Event {
@@ -79,9 +83,9 @@ impl AppState {
         }
         let already = match self.store.profile(me).await {
             Ok(p) => p.is_some_and(|p| {
-                p.identities.iter().any(|i| {
-                    i.platform == other.platform.as_str() && i.user == other.user.as_str()
-                })
+                p.identities
+                    .iter()
+                    .any(|i| i.platform == other.platform.as_str() && i.user == other.user.as_str())
             }),
             Err(e) => {
                 tracing::error!(error = %e, "link: reading the profile");
@@ -94,7 +98,11 @@ impl AppState {
             return Ok(());
         }
         let now = now_ms();
-        if let Err(e) = self.store.enqueue_event(&oauth_link_event(me, other, now)).await {
+        if let Err(e) = self
+            .store
+            .enqueue_event(&oauth_link_event(me, other, now))
+            .await
+        {
             tracing::error!(error = %e, "link: recording the event");
             return Err("The link could not be recorded right now. Try again.".into());
         }
@@ -144,9 +152,20 @@ pub async fn discord_link_start(
     start_oauth(&app, jar, session, Some(me.to_string()))
 }
 
-fn start_oauth(app: &AppState, jar: SignedCookieJar, session: Session, link_to: Option<String>) -> Response {
+fn start_oauth(
+    app: &AppState,
+    jar: SignedCookieJar,
+    session: Session,
+    link_to: Option<String>,
+) -> Response {
     let Some(oauth) = &app.discord else {
-        return error_page(app, jar, session, StatusCode::NOT_FOUND, "Sign-in with Discord is not configured on this site.");
+        return error_page(
+            app,
+            jar,
+            session,
+            StatusCode::NOT_FOUND,
+            "Sign-in with Discord is not configured on this site.",
+        );
     };
     let state = OAuthState {
         state: random_token(),
@@ -177,57 +196,101 @@ pub async fn discord_callback(
     let mut session = app.session(&jar);
     let (jar, pending) = OAuthState::take(jar);
     let Some(oauth) = app.discord.clone() else {
-        return error_page(&app, jar, session, StatusCode::NOT_FOUND, "Sign-in with Discord is not configured on this site.");
+        return error_page(
+            &app,
+            jar,
+            session,
+            StatusCode::NOT_FOUND,
+            "Sign-in with Discord is not configured on this site.",
+        );
     };
     let refuse = |app: &AppState, jar, session, status, message: &str, outcome| {
         app.count_sign_in("discord", outcome);
         error_page(app, jar, session, status, message)
     };
     let Some(pending) = pending.filter(|p| now - p.at < OAUTH_MAX_AGE_MS) else {
-        return refuse(&app, jar, session, StatusCode::BAD_REQUEST,
-            "This sign-in has expired or was already used. Please start again.", "bad_state");
+        return refuse(
+            &app,
+            jar,
+            session,
+            StatusCode::BAD_REQUEST,
+            "This sign-in has expired or was already used. Please start again.",
+            "bad_state",
+        );
     };
     let state_matches = q
         .state
         .as_deref()
         .is_some_and(|s| bool::from(s.as_bytes().ct_eq(pending.state.as_bytes())));
     if !state_matches {
-        return refuse(&app, jar, session, StatusCode::BAD_REQUEST,
-            "This sign-in did not start in this browser. Please start again.", "bad_state");
+        return refuse(
+            &app,
+            jar,
+            session,
+            StatusCode::BAD_REQUEST,
+            "This sign-in did not start in this browser. Please start again.",
+            "bad_state",
+        );
     }
     if !app.spend_state(&pending.state, now) {
-        return refuse(&app, jar, session, StatusCode::BAD_REQUEST,
-            "This sign-in was already used. Please start again.", "replayed_state");
+        return refuse(
+            &app,
+            jar,
+            session,
+            StatusCode::BAD_REQUEST,
+            "This sign-in was already used. Please start again.",
+            "replayed_state",
+        );
     }
     if let Some(error) = q.error {
         let message = if error == "access_denied" {
             "You cancelled the sign-in on Discord.".to_owned()
         } else {
             let detail = q.error_description.unwrap_or_default();
-            format!("Discord did not sign you in ({error}{}{detail}).", if detail.is_empty() { "" } else { ": " })
+            format!(
+                "Discord did not sign you in ({error}{}{detail}).",
+                if detail.is_empty() { "" } else { ": " }
+            )
         };
         app.count_sign_in("discord", "provider_error");
         return error_page(&app, jar, session, StatusCode::FORBIDDEN, message);
     }
     let Some(code) = q.code.filter(|c| !c.is_empty()) else {
-        return refuse(&app, jar, session, StatusCode::BAD_REQUEST,
-            "Discord sent no authorization code. Please start again.", "no_code");
+        return refuse(
+            &app,
+            jar,
+            session,
+            StatusCode::BAD_REQUEST,
+            "Discord sent no authorization code. Please start again.",
+            "no_code",
+        );
     };
     let user = match oauth.sign_in(&code).await {
         Ok(user) => user,
         Err(e) => {
             tracing::warn!(error = %e, "Discord sign-in failed");
             app.count_sign_in("discord", "exchange_failed");
-            return error_page(&app, jar, session, StatusCode::BAD_GATEWAY,
-                "Discord did not confirm the sign-in. Please try again.");
+            return error_page(
+                &app,
+                jar,
+                session,
+                StatusCode::BAD_GATEWAY,
+                "Discord did not confirm the sign-in. Please try again.",
+            );
         }
     };
     match pending.link_to {
         Some(link_to) => {
             // The browser must still be signed in as the account that asked for the link.
             let Some(me) = session.identity().filter(|me| me.to_string() == link_to) else {
-                return refuse(&app, jar, session, StatusCode::BAD_REQUEST,
-                    "You signed out or changed accounts while linking. Please start again.", "session_changed");
+                return refuse(
+                    &app,
+                    jar,
+                    session,
+                    StatusCode::BAD_REQUEST,
+                    "You signed out or changed accounts while linking. Please start again.",
+                    "session_changed",
+                );
             };
             app.count_sign_in("discord", "ok");
             if let Err(message) = app.link(&mut session, &me, &user.identity, "discord").await {
@@ -253,7 +316,10 @@ fn telegram_user(
     fields: &BTreeMap<String, String>,
 ) -> Result<telegram::TelegramUser, (StatusCode, String)> {
     let Some(settings) = &app.telegram else {
-        return Err((StatusCode::NOT_FOUND, "Sign-in with Telegram is not configured on this site.".into()));
+        return Err((
+            StatusCode::NOT_FOUND,
+            "Sign-in with Telegram is not configured on this site.".into(),
+        ));
     };
     if !session.csrf_ok(csrf) {
         return Err((
@@ -311,7 +377,10 @@ pub async fn telegram_link(
             return error_page(&app, jar, session, status, message);
         }
     };
-    if let Err(message) = app.link(&mut session, &me, &user.identity, "telegram").await {
+    if let Err(message) = app
+        .link(&mut session, &me, &user.identity, "telegram")
+        .await
+    {
         return error_page(&app, jar, session, StatusCode::CONFLICT, message);
     }
     go(&app, jar, &session, "/profile")
@@ -330,8 +399,13 @@ fn stale_form(app: &AppState, jar: SignedCookieJar, session: Session) -> Respons
     if session.who.is_none() {
         return Redirect::to("/login").into_response();
     }
-    error_page(app, jar, session, StatusCode::FORBIDDEN,
-        "This form has expired (it came from another session). Please try again from your profile.")
+    error_page(
+        app,
+        jar,
+        session,
+        StatusCode::FORBIDDEN,
+        "This form has expired (it came from another session). Please try again from your profile.",
+    )
 }
 
 /// `POST /link/code`: enter a code that a bot issued to link that bot's account.
@@ -425,12 +499,20 @@ pub async fn issue_code(
 }
 
 /// `POST /logout`.
-pub async fn logout(State(app): State<AppState>, jar: SignedCookieJar, Form(form): Form<CsrfForm>) -> Response {
+pub async fn logout(
+    State(app): State<AppState>,
+    jar: SignedCookieJar,
+    Form(form): Form<CsrfForm>,
+) -> Response {
     let session = app.session(&jar);
     if !session.csrf_ok(&form.csrf) {
         return stale_form(&app, jar, session);
     }
-    let mut fresh = Session::load(&SignedCookieJar::new(app.cookie_key.clone()), &app.cookies, now_ms());
+    let mut fresh = Session::load(
+        &SignedCookieJar::new(app.cookie_key.clone()),
+        &app.cookies,
+        now_ms(),
+    );
     fresh.flash = Some(Flash::SignedOut);
     go(&app, jar, &fresh, "/leaderboard")
 }
@@ -457,6 +539,9 @@ mod tests {
         );
         // It passes the wire gate like any event.
         let bytes = ttfd_shared::wire::encode(&ab);
-        assert_eq!(ttfd_shared::wire::decode(&bytes, ("discord", "link"), now), Ok(ab));
+        assert_eq!(
+            ttfd_shared::wire::decode(&bytes, ("discord", "link"), now),
+            Ok(ab)
+        );
     }
 }

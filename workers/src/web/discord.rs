@@ -60,9 +60,8 @@ impl DiscordOAuth {
         if settings.client_id.is_empty() {
             return None;
         }
-        let parse = |key: &str, s: &str| {
-            Url::parse(s).map_err(|e| format!("web.discord.{key}: {e}"))
-        };
+        let parse =
+            |key: &str, s: &str| Url::parse(s).map_err(|e| format!("web.discord.{key}: {e}"));
         Some((|| {
             let me = format!("{}/users/@me", settings.api_url.trim_end_matches('/'));
             let http = reqwest::Client::builder()
@@ -137,8 +136,8 @@ impl DiscordOAuth {
         if me.id.is_empty() || me.id.len() > 20 || !me.id.bytes().all(|b| b.is_ascii_digit()) {
             return Err(OAuthError::User(format!("{:?} is not a user id", me.id)));
         }
-        let identity = Identity::new("discord", &me.id)
-            .map_err(|e| OAuthError::User(e.to_string()))?;
+        let identity =
+            Identity::new("discord", &me.id).map_err(|e| OAuthError::User(e.to_string()))?;
         let name = me
             .global_name
             .filter(|n| !n.trim().is_empty())

@@ -23,10 +23,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::routing::{get, post};
-use axum::Router;
 use axum_extra::extract::SignedCookieJar;
 use axum_extra::extract::cookie::Key;
 use secrecy::ExposeSecret;
@@ -268,7 +268,10 @@ pub fn router(state: AppState) -> Router {
         ));
     }
     router
-        .layer(axum::middleware::from_fn_with_state(state.clone(), ops::track))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ops::track,
+        ))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(30),

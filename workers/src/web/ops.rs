@@ -67,7 +67,11 @@ impl WebMetrics {
             links: Family::default(),
         };
         metrics.register("web", |r| {
-            r.register("http_requests", "HTTP requests answered", m.requests.clone());
+            r.register(
+                "http_requests",
+                "HTTP requests answered",
+                m.requests.clone(),
+            );
             r.register(
                 "http_request_duration_seconds",
                 "Time to answer an HTTP request",
@@ -78,8 +82,16 @@ impl WebMetrics {
                 "Events received on POST /api/v1/events, by outcome",
                 m.ingested.clone(),
             );
-            r.register("sign_ins", "Sign-in attempts, by provider and outcome", m.sign_ins.clone());
-            r.register("links", "Account link attempts, by proof and outcome", m.links.clone());
+            r.register(
+                "sign_ins",
+                "Sign-in attempts, by provider and outcome",
+                m.sign_ins.clone(),
+            );
+            r.register(
+                "links",
+                "Account link attempts, by proof and outcome",
+                m.links.clone(),
+            );
         });
         m
     }
@@ -128,8 +140,7 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
         Err(_) => Err("no answer within 2 s".to_owned()),
     };
     let stream = app.broker.subjects.events_stream();
-    let nats = match tokio::time::timeout(READY_TIMEOUT, app.broker.js.get_stream(&stream)).await
-    {
+    let nats = match tokio::time::timeout(READY_TIMEOUT, app.broker.js.get_stream(&stream)).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(format!("stream {stream}: {e}")),
         Err(_) => Err("no answer within 2 s".to_owned()),
@@ -151,5 +162,9 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 }
 
 pub async fn metrics(State(app): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], app.registry.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        app.registry.render(),
+    )
+        .into_response()
 }

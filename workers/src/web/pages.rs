@@ -11,10 +11,10 @@ use axum_extra::extract::SignedCookieJar;
 use time::{Duration, OffsetDateTime};
 use ttfd_shared::Rules;
 
+use super::AppState;
 use super::api::{BoardQuery, BoardRequest, ladder, load_board, period_name};
 use super::chart::{Chart, xp_chart};
 use super::session::{Flash, Session};
-use super::AppState;
 use crate::now_ms;
 use crate::store::query::{Period, Profile};
 
@@ -51,8 +51,16 @@ impl FlashView {
                 "Link recorded; your profiles are being merged.".to_owned(),
                 None,
             ),
-            Flash::Linked => ("ok", "Accounts linked: this is your merged profile.".to_owned(), None),
-            Flash::AlreadyLinked => ("info", "These accounts are already linked.".to_owned(), None),
+            Flash::Linked => (
+                "ok",
+                "Accounts linked: this is your merged profile.".to_owned(),
+                None,
+            ),
+            Flash::AlreadyLinked => (
+                "info",
+                "These accounts are already linked.".to_owned(),
+                None,
+            ),
             Flash::CodeIssued { code, expires_ms } => (
                 "ok",
                 format!(
@@ -93,7 +101,11 @@ pub fn badge(rules: &Rules, index: u8) -> RankBadge {
         }
     };
     // Dark text on the light gold, white elsewhere.
-    let text = if colour == BY_INDEX[6] { "#1b1b1b" } else { "#ffffff" };
+    let text = if colour == BY_INDEX[6] {
+        "#1b1b1b"
+    } else {
+        "#ffffff"
+    };
     RankBadge {
         name: rank.name,
         colour,
@@ -321,13 +333,29 @@ struct ErrorPage {
 
 /// A page with the session cookie (re)stored: every page may clear a one-time message
 /// or create the anonymous session that carries the CSRF token.
-pub fn respond(app: &AppState, jar: SignedCookieJar, session: &Session, status: StatusCode, page: impl Template) -> Response {
+pub fn respond(
+    app: &AppState,
+    jar: SignedCookieJar,
+    session: &Session,
+    status: StatusCode,
+    page: impl Template,
+) -> Response {
     let jar = session.store(jar, &app.cookies);
     match page.render() {
-        Ok(html) => (status, jar, [(header::CACHE_CONTROL, "no-store")], Html(html)).into_response(),
+        Ok(html) => (
+            status,
+            jar,
+            [(header::CACHE_CONTROL, "no-store")],
+            Html(html),
+        )
+            .into_response(),
         Err(e) => {
             tracing::error!(error = %e, "rendering a page");
-            (StatusCode::INTERNAL_SERVER_ERROR, "the page could not be rendered").into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page could not be rendered",
+            )
+                .into_response()
         }
     }
 }
@@ -356,12 +384,21 @@ pub fn error_page(
         heading: status.canonical_reason().unwrap_or("Error").to_owned(),
         message: message.into(),
         back_href: if signed_in { "/profile" } else { "/login" },
-        back_label: if signed_in { "Back to your profile" } else { "Back to sign-in" },
+        back_label: if signed_in {
+            "Back to your profile"
+        } else {
+            "Back to sign-in"
+        },
     };
     respond(app, jar, &session, status, page)
 }
 
-fn database_down(app: &AppState, jar: SignedCookieJar, session: Session, e: crate::store::StoreError) -> Response {
+fn database_down(
+    app: &AppState,
+    jar: SignedCookieJar,
+    session: Session,
+    e: crate::store::StoreError,
+) -> Response {
     tracing::error!(error = %e, "page read failed");
     error_page(
         app,
@@ -394,7 +431,10 @@ pub async fn leaderboard(
     query: Result<Query<BoardQuery>, QueryRejection>,
 ) -> Response {
     let mut session = app.session(&jar);
-    let req = match query.map_err(|e| e.body_text()).and_then(|Query(q)| q.parse()) {
+    let req = match query
+        .map_err(|e| e.body_text())
+        .and_then(|Query(q)| q.parse())
+    {
         Ok(req) => req,
         Err(message) => return error_page(&app, jar, session, StatusCode::BAD_REQUEST, message),
     };
@@ -413,14 +453,18 @@ pub async fn leaderboard(
         s
     };
     let BoardRequest { period, page, .. } = req;
-    let tabs = [(Period::All, "All time"), (Period::Month, "This month"), (Period::Week, "This week")]
-        .into_iter()
-        .map(|(p, label)| Tab {
-            label,
-            href: href(p, 1),
-            active: p == period,
-        })
-        .collect();
+    let tabs = [
+        (Period::All, "All time"),
+        (Period::Month, "This month"),
+        (Period::Week, "This week"),
+    ]
+    .into_iter()
+    .map(|(p, label)| Tab {
+        label,
+        href: href(p, 1),
+        active: p == period,
+    })
+    .collect();
     let rules = &app.store.rules;
     let page_view = LeaderboardPage {
         layout: layout(&mut session),
@@ -471,23 +515,46 @@ pub async fn ranks(State(app): State<AppState>, jar: SignedCookieJar) -> Respons
     respond(&app, jar, &session, StatusCode::OK, page)
 }
 
-async fn profile_view(app: &AppState, p: &Profile, own: bool) -> Result<ProfileView, crate::store::StoreError> {
+async fn profile_view(
+    app: &AppState,
+    p: &Profile,
+    own: bool,
+) -> Result<ProfileView, crate::store::StoreError> {
     let today = OffsetDateTime::now_utc().date();
     let from = today - Duration::days(i64::from(CHART_DAYS) - 1);
-    let days = app.store.xp_by_day(p.uid, from, today + Duration::days(1)).await?;
+    let days = app
+        .store
+        .xp_by_day(p.uid, from, today + Duration::days(1))
+        .await?;
     Ok(ProfileView::new(&app.store.rules, p, &days, own))
 }
 
 /// `GET /u/{uid}`: anyone's public profile (account ids are not shown).
-pub async fn user(State(app): State<AppState>, jar: SignedCookieJar, Path(uid): Path<String>) -> Response {
+pub async fn user(
+    State(app): State<AppState>,
+    jar: SignedCookieJar,
+    Path(uid): Path<String>,
+) -> Response {
     let mut session = app.session(&jar);
     let Ok(uid) = uid.parse::<i64>() else {
-        return error_page(&app, jar, session, StatusCode::NOT_FOUND, "There is no such member.");
+        return error_page(
+            &app,
+            jar,
+            session,
+            StatusCode::NOT_FOUND,
+            "There is no such member.",
+        );
     };
     let profile = match app.store.profile_by_uid(uid).await {
         Ok(Some(p)) => p,
         Ok(None) => {
-            return error_page(&app, jar, session, StatusCode::NOT_FOUND, "There is no such member.");
+            return error_page(
+                &app,
+                jar,
+                session,
+                StatusCode::NOT_FOUND,
+                "There is no such member.",
+            );
         }
         Err(e) => return database_down(&app, jar, session, e),
     };
@@ -622,7 +689,10 @@ mod tests {
         };
         let html = page.render().expect("renders");
         assert!(!html.contains("<script>alert"), "{html}");
-        assert!(html.contains("&#60;script&#62;") || html.contains("&lt;script&gt;"), "{html}");
+        assert!(
+            html.contains("&#60;script&#62;") || html.contains("&lt;script&gt;"),
+            "{html}"
+        );
         assert!(!html.contains("<b>me</b>"));
     }
 }

@@ -36,8 +36,13 @@ pub enum Flash {
     LinkRecorded,
     Linked,
     AlreadyLinked,
-    CodeIssued { code: String, expires_ms: i64 },
-    Error { message: String },
+    CodeIssued {
+        code: String,
+        expires_ms: i64,
+    },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -110,7 +115,13 @@ impl Session {
 
     /// The jar with this session stored in it.
     pub fn store(&self, jar: SignedCookieJar, policy: &CookiePolicy) -> SignedCookieJar {
-        jar.add(cookie(SESSION_COOKIE, encode(self), "/", policy.secure, policy.max_age_ms))
+        jar.add(cookie(
+            SESSION_COOKIE,
+            encode(self),
+            "/",
+            policy.secure,
+            policy.max_age_ms,
+        ))
     }
 }
 
@@ -125,7 +136,13 @@ fn decode<T: serde::de::DeserializeOwned>(value: &str) -> Option<T> {
 }
 
 /// A cookie with the site's attributes: HttpOnly, SameSite=Lax, Secure over https.
-pub fn cookie(name: &'static str, value: String, path: &'static str, secure: bool, max_age_ms: i64) -> Cookie<'static> {
+pub fn cookie(
+    name: &'static str,
+    value: String,
+    path: &'static str,
+    secure: bool,
+    max_age_ms: i64,
+) -> Cookie<'static> {
     Cookie::build((name, value))
         .path(path)
         .http_only(true)
@@ -149,7 +166,13 @@ pub struct OAuthState {
 
 impl OAuthState {
     pub fn store(&self, jar: SignedCookieJar, secure: bool) -> SignedCookieJar {
-        jar.add(cookie(OAUTH_COOKIE, encode(self), "/auth/discord", secure, OAUTH_MAX_AGE_MS))
+        jar.add(cookie(
+            OAUTH_COOKIE,
+            encode(self),
+            "/auth/discord",
+            secure,
+            OAUTH_MAX_AGE_MS,
+        ))
     }
 
     /// The pending sign-in of this browser, removed from the jar: a state is checked
@@ -210,13 +233,18 @@ mod tests {
         s.sign_in(&Identity::parse("discord:1").expect("id"), None, 0);
         let headers = sent_back(s.store(SignedCookieJar::new(key.clone()), &policy()));
         let ours = SignedCookieJar::from_headers(&headers, key);
-        assert_eq!(Session::load(&ours, &policy(), 0).who.as_deref(), Some("discord:1"));
+        assert_eq!(
+            Session::load(&ours, &policy(), 0).who.as_deref(),
+            Some("discord:1")
+        );
         let foreign = SignedCookieJar::from_headers(&headers, Key::generate());
         assert!(Session::load(&foreign, &policy(), 0).who.is_none());
         let mut forged = axum::http::HeaderMap::new();
         forged.insert(
             axum::http::header::COOKIE,
-            r#"ttfd_session={"c":"x","w":"discord:1","a":0}"#.parse().expect("header"),
+            r#"ttfd_session={"c":"x","w":"discord:1","a":0}"#
+                .parse()
+                .expect("header"),
         );
         let forged = SignedCookieJar::from_headers(&forged, Key::generate());
         assert!(Session::load(&forged, &policy(), 0).who.is_none());

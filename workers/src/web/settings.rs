@@ -152,13 +152,19 @@ impl WebSettings {
             ));
         }
         if self.telegram.max_auth_age_secs == 0 {
-            return Err(invalid("web.telegram.max_auth_age_secs", "must be positive"));
+            return Err(invalid(
+                "web.telegram.max_auth_age_secs",
+                "must be positive",
+            ));
         }
         let mut seen: Vec<&str> = Vec::new();
         for (platform, token) in &self.ingest_tokens {
             let key = format!("web.ingest_tokens.{platform}");
             if Platform::parse(platform).is_err() {
-                return Err(invalid(&key, "is not a platform name (^[a-z][a-z0-9_-]{0,31}$)"));
+                return Err(invalid(
+                    &key,
+                    "is not a platform name (^[a-z][a-z0-9_-]{0,31}$)",
+                ));
             }
             let token = token.expose_secret();
             if token.len() < MIN_INGEST_TOKEN_BYTES {
@@ -196,7 +202,9 @@ impl WebSettings {
         if !key.is_empty() {
             return Err(invalid(
                 "web.cookie_key",
-                format!("must be at least {MIN_COOKIE_KEY_BYTES} bytes (try `openssl rand -base64 48`)"),
+                format!(
+                    "must be at least {MIN_COOKIE_KEY_BYTES} bytes (try `openssl rand -base64 48`)"
+                ),
             ));
         }
         if is_local(base_url) {
@@ -255,9 +263,40 @@ mod tests {
         assert!(err.contains("web.cookie_key"), "{err}");
         s.cookie_key = SecretString::from("short");
         let err = s.cookie_key(&base).expect_err("refused").to_string();
-        assert!(err.contains("web.cookie_key") && err.contains("32"), "{err}");
+        assert!(
+            err.contains("web.cookie_key") && err.contains("32"),
+            "{err}"
+        );
         s.cookie_key = SecretString::from("k".repeat(48));
         assert!(s.cookie_key(&base).is_ok());
+    }
+
+    #[test]
+    fn the_example_config_file_loads() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/ttfd.example.toml");
+        let s = crate::config::Settings::load_from(Some(&path), Vec::new()).expect("loads");
+        assert_eq!(s.web.listen.port(), 8080);
+        assert_eq!(
+            s.web.discord.token_url,
+            DiscordSettings::default().token_url
+        );
+    }
+
+    #[test]
+    fn ingest_tokens_come_from_the_environment() {
+        let s = crate::config::Settings::load_from(
+            None,
+            vec![(
+                "TTFD__WEB__INGEST_TOKENS__WEBSITE".to_owned(),
+                "tok-abcdefghijklmnop".to_owned(),
+            )],
+        )
+        .expect("loads");
+        assert_eq!(
+            s.web.ingest_tokens["website"].expose_secret(),
+            "tok-abcdefghijklmnop"
+        );
     }
 
     #[test]

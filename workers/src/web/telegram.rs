@@ -146,10 +146,16 @@ mod tests {
     fn tampered_data_is_refused() {
         let mut f = signed(NOW);
         f.insert("id".into(), "1".into());
-        assert_eq!(verify(&f, TOKEN, NOW, 86_400), Err(WidgetError::BadSignature));
+        assert_eq!(
+            verify(&f, TOKEN, NOW, 86_400),
+            Err(WidgetError::BadSignature)
+        );
         let mut f = signed(NOW);
         f.insert("extra".into(), "x".into());
-        assert_eq!(verify(&f, TOKEN, NOW, 86_400), Err(WidgetError::BadSignature));
+        assert_eq!(
+            verify(&f, TOKEN, NOW, 86_400),
+            Err(WidgetError::BadSignature)
+        );
         let f = signed(NOW);
         assert_eq!(
             verify(&f, "another:token", NOW, 86_400),
@@ -157,10 +163,16 @@ mod tests {
         );
         let mut f = signed(NOW);
         f.insert("hash".into(), "not hex".into());
-        assert_eq!(verify(&f, TOKEN, NOW, 86_400), Err(WidgetError::BadSignature));
+        assert_eq!(
+            verify(&f, TOKEN, NOW, 86_400),
+            Err(WidgetError::BadSignature)
+        );
         let mut f = signed(NOW);
         f.remove("hash");
-        assert_eq!(verify(&f, TOKEN, NOW, 86_400), Err(WidgetError::Missing("hash")));
+        assert_eq!(
+            verify(&f, TOKEN, NOW, 86_400),
+            Err(WidgetError::Missing("hash"))
+        );
     }
 
     #[test]
