@@ -24,6 +24,7 @@ use ttfd::web::WebApp;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const BOT_TOKEN: &str = "4242:fake-telegram-bot-token";
 
 fn installed() -> bool {
     Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists()
@@ -92,6 +93,8 @@ async fn a_person_sees_the_leaderboard_and_a_profile_in_chromium() {
     // A database with the demo's synthetic community, applied by a real sync replica.
     let env = TestEnv::with(|s| {
         s.web.listen = "127.0.0.1:0".parse().expect("addr");
+        s.web.telegram.bot_token = BOT_TOKEN.into();
+        s.web.telegram.bot_username = "ttfd_test_bot".into();
     })
     .await;
     let stop = CancellationToken::new();
@@ -263,6 +266,67 @@ async fn a_person_sees_the_leaderboard_and_a_profile_in_chromium() {
             .expect("measure");
         assert_eq!(fits, json!(true), "{path} fits a phone's width");
         save(&client, shot).await;
+    }
+
+    // Signing in with the Telegram Login Widget (its data signed as Telegram would),
+    // as the leader's Telegram account: one's own merged profile with the linking panel.
+    client
+        .set_window_size(1280, 1000)
+        .await
+        .expect("desktop size");
+    let leader_profile = env
+        .store
+        .profile_by_uid(leader.uid)
+        .await
+        .expect("read")
+        .expect("the leader");
+    let telegram = leader_profile
+        .identities
+        .iter()
+        .find(|i| i.platform == "telegram")
+        .map(|i| i.user.clone());
+    if let Some(telegram) = telegram {
+        client
+            .goto(&format!("{base}/login"))
+            .await
+            .expect("open login");
+        let widget = client
+            .find(Locator::Css("script[data-auth-url]"))
+            .await
+            .expect("the Telegram widget");
+        let auth_url = widget
+            .attr("data-auth-url")
+            .await
+            .expect("attr")
+            .expect("auth url");
+        let mut fields = std::collections::BTreeMap::new();
+        fields.insert("id".to_owned(), telegram.clone());
+        fields.insert("first_name".to_owned(), "Leader".to_owned());
+        fields.insert("auth_date".to_owned(), (ttfd::now_ms() / 1000).to_string());
+        let hash = ttfd::web::telegram::sign(&fields, BOT_TOKEN);
+        fields.insert("hash".to_owned(), hash);
+        let mut url = reqwest::Url::parse(&auth_url).expect("url");
+        url.query_pairs_mut().extend_pairs(fields.iter());
+        client.goto(url.as_str()).await.expect("widget redirect");
+        eventually("one's own profile", || async {
+            let url = client.current_url().await.ok()?;
+            (url.path() == "/profile").then_some(())
+        })
+        .await;
+        assert_eq!(text_of(&client, ".flash").await, "Signed in.");
+        assert_eq!(text_of(&client, "h1").await, leader_name);
+        assert_eq!(text_of(&client, "#link h2").await, "Link your accounts");
+        let ids = text_of(&client, ".platforms").await;
+        assert!(ids.contains(&telegram), "one's own ids are shown: {ids}");
+        save(&client, "profile-own.png").await;
+        let panel = client
+            .find(Locator::Css("#link"))
+            .await
+            .expect("the linking panel");
+        let png = panel.screenshot().await.expect("panel screenshot");
+        std::fs::write(output_dir().join("profile-own-linking.png"), png).expect("write");
+    } else {
+        eprintln!("the leader has no Telegram account in this data; sign-in step not shown");
     }
 
     client.close().await.expect("close the browser");

@@ -602,6 +602,94 @@ async fn linking_telegram_with_the_widget_shows_the_merged_profile_once_applied(
 }
 
 #[tokio::test]
+async fn linking_discord_while_signed_in_with_telegram_goes_through_oauth() {
+    let site = Site::start().await;
+    let now = ttfd::now_ms();
+    site.seed(&[
+        xp(
+            "d:1",
+            &format!("discord:{ANN_DISCORD}"),
+            "Ann",
+            300,
+            now - 120_000,
+        ),
+        xp("t:1", "telegram:555000111", "Ann TG", 400, now - 60_000),
+    ])
+    .await;
+    let client = browser();
+    let login = client
+        .get(site.url("/login"))
+        .send()
+        .await
+        .expect("login")
+        .text()
+        .await
+        .expect("body");
+    let data = widget("555000111", now / 1000, BOT_TOKEN);
+    let (page, _) = follow(
+        &client,
+        &site.url(&format!(
+            "/auth/telegram/{}?{}",
+            csrf_of(&login),
+            query_string(&data)
+        )),
+    )
+    .await;
+    let profile = page.text().await.expect("body");
+    assert!(
+        profile.contains("action=\"/link/discord\""),
+        "Discord is offered: {profile}"
+    );
+    let csrf = csrf_of(&profile);
+
+    // Without the session's token, nothing starts.
+    let refused = client
+        .post(site.url("/link/discord"))
+        .form(&[("csrf", "nope")])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(site.discord.last_authorize_query(), None);
+
+    let start = client
+        .post(site.url("/link/discord"))
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(start.status(), StatusCode::SEE_OTHER);
+    let authorize = start.headers()[LOCATION]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let (page, visited) = follow(&client, &authorize).await;
+    assert!(
+        visited.last().is_some_and(|u| u.ends_with("/profile")),
+        "{visited:?}"
+    );
+    let (status, html) = text(page).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("Link recorded") || html.contains("Accounts linked"),
+        "{html}"
+    );
+    eventually("the merged profile", || async {
+        let html = client
+            .get(site.url("/profile"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        html.contains("<strong>700</strong> XP").then_some(())
+    })
+    .await;
+    site.stop().await;
+}
+
+#[tokio::test]
 async fn codes_link_both_ways_and_forms_need_the_session_token() {
     let site = Site::start().await;
     let now = ttfd::now_ms();
@@ -808,6 +896,16 @@ async fn pages_show_the_leaderboard_ranks_and_profiles_and_escape_names() {
     );
     let (status, _) = text(client.get(site.url("/u/999999")).send().await.expect("get")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, html) = text(
+        client
+            .get(site.url("/no/such/page"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(html.contains("There is no such page."), "{html}");
     let r = client.get(site.url("/profile")).send().await.expect("get");
     assert_eq!(
         r.headers()[LOCATION],

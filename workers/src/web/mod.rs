@@ -125,6 +125,8 @@ pub struct WebApp {
     router: Router,
     addr: SocketAddr,
     base_url: String,
+    /// Time requests in flight get after the shutdown signal (`sync.shutdown_grace_secs`).
+    grace: Duration,
 }
 
 impl WebApp {
@@ -196,6 +198,7 @@ impl WebApp {
             router: router(state),
             addr,
             base_url,
+            grace: settings.shutdown_grace(),
         })
     }
 
@@ -209,12 +212,23 @@ impl WebApp {
         &self.base_url
     }
 
-    /// Serves until `shutdown` fires, then lets requests in flight finish.
+    /// Serves until `shutdown` fires, then gives requests in flight the grace period
+    /// (`sync.shutdown_grace_secs`) to finish.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         tracing::info!(url = %self.base_url, "web: serving");
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
+        let serve = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(self.grace).await;
+        };
+        tokio::select! {
+            served = serve => served,
+            () = deadline => {
+                tracing::warn!(grace = ?self.grace, "web: requests still running after the grace period; stopping");
+                Ok(())
+            }
+        }
     }
 }
 
@@ -260,7 +274,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
-        .nest("/api/v1", api);
+        .nest("/api/v1", api)
+        .fallback(pages::not_found);
     for (name, value) in security_headers {
         router = router.layer(SetResponseHeaderLayer::if_not_present(
             name,

@@ -409,6 +409,18 @@ fn database_down(
     )
 }
 
+/// Any path the site does not have.
+pub async fn not_found(State(app): State<AppState>, jar: SignedCookieJar) -> Response {
+    let session = app.session(&jar);
+    error_page(
+        &app,
+        jar,
+        session,
+        StatusCode::NOT_FOUND,
+        "There is no such page.",
+    )
+}
+
 pub async fn index() -> Redirect {
     Redirect::to("/leaderboard")
 }
