@@ -38,6 +38,8 @@ pub enum Command {
     /// Run the Discord bot: messages and voice time in, rank roles out, slash commands
     /// (needs `discord.token` and `discord.guild_id`; see docs/discord.md).
     Discord,
+    /// Serve the website, the HTTP API (with event ingest) and /healthz, /readyz, /metrics.
+    Web,
     /// Apply the database migrations.
     Migrate,
     /// NATS provisioning.
@@ -92,6 +94,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             query::serve(store, broker, shutdown::on_signals()).await?;
         }
         Command::Discord => crate::discord::run(&settings, shutdown::on_signals()).await?,
+        Command::Web => crate::web::run(&settings, shutdown::on_signals()).await?,
         Command::Migrate => {
             let store = connect_store(&settings).await?;
             store.migrate().await?;

@@ -2,8 +2,8 @@
 //! (`--config`), then environment variables `TTFD__<SECTION>__<KEY>`, which win.
 //!
 //! Keys: `database.url`, `database.max_connections`, `nats.url`, `nats.prefix`,
-//! `sync.*`, `rules.*`, `log.*` and `discord.*` (`discord/settings.rs`); see
-//! `config/ttfd.example.toml` for all of them.
+//! `sync.*`, `rules.*`, `log.*`, `discord.*` (`discord/settings.rs`) and `web.*`
+//! (`web/settings.rs`); see `config/ttfd.example.toml` for all of them.
 //! Unknown keys and bad values stop start-up with a message naming the key.
 
 use std::path::Path;
@@ -22,6 +22,7 @@ pub struct Settings {
     pub rules: Rules,
     pub log: LogSettings,
     pub discord: crate::discord::DiscordSettings,
+    pub web: crate::web::WebSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -186,6 +187,7 @@ impl Settings {
         if self.sync.max_retry_delay_secs == 0 || self.sync.relay_poll_ms == 0 {
             return Err(invalid("sync", "delays must be positive"));
         }
+        self.web.validate()?;
         self.rules
             .validate()
             .map_err(|e| invalid(&format!("rules.{}", e.key), e.message))?;

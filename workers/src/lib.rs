@@ -7,6 +7,8 @@
 //! - [`query`]: the query service (profiles, leaderboards, link codes over NATS).
 //! - [`discord`]: the Discord bot role: messages and voice time in, rank roles out.
 //! - [`cli`]: the `ttfd` command line; each subcommand is one role.
+//! - [`web`]: the website, the HTTP API and event ingest; [`metrics`]: the Prometheus
+//!   registry every role registers with.
 //! - [`demo`], [`bench`]: synthetic traffic for newcomers and for measurement.
 
 pub mod bench;
@@ -15,12 +17,14 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod discord;
+pub mod metrics;
 pub mod query;
 pub mod shutdown;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
 pub mod traffic;
+pub mod web;
 
 pub use ttfd_shared as shared;
 

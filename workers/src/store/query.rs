@@ -235,6 +235,23 @@ impl Store {
         .await?)
     }
 
+    /// How many users a leaderboard of `period` around `today` has: for all time every
+    /// live user, for a period the users who earned XP in it (the rows of [`Store::top`]).
+    pub async fn leaderboard_size(&self, period: Period, today: Date) -> Result<i64, StoreError> {
+        match period.range(today) {
+            None => self.user_count().await,
+            Some((from, to)) => Ok(sqlx::query_scalar(
+                "SELECT count(DISTINCT i.user_id) FROM xp_ledger l
+                 JOIN identities i ON i.id = l.identity_id
+                 WHERE l.day >= $1 AND l.day < $2",
+            )
+            .bind(from)
+            .bind(to)
+            .fetch_one(&self.pool)
+            .await?),
+        }
+    }
+
     /// Dead-letter counts per platform, kind and reason code.
     pub async fn dead_letter_counts(
         &self,
