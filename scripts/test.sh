@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
+bash scripts/browser.sh   # Chromium + ChromeDriver for tests/browser.rs (skips loudly if impossible)
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo test --workspace --all-features "$@"

@@ -799,3 +799,52 @@ async fn tables_rebuilt_under_a_running_store_are_detected_and_the_batch_retried
     assert_ne!(discord.uid, telegram.uid);
     env.cleanup().await;
 }
+
+/// The peak rank of a user with a negative day: batches that only add XP after the
+/// user's last active day take the fast path; an out-of-order one that raises an earlier
+/// day's cumulative XP above today's must still find that day's higher rank.
+#[tokio::test]
+async fn the_peak_rank_after_a_negative_day_follows_in_order_and_late_events() {
+    let env = TestEnv::new().await;
+    let stop = CancellationToken::new();
+    let worker = env.spawn_worker(stop.clone()).await;
+    let day = 86_400_000;
+    let t0 = (ttfd::now_ms() / day - 5) * day + 3_600_000;
+    let grant = |id: &str, ts: i64, amount: i32| {
+        ev(
+            id,
+            ts,
+            "discord:1",
+            None,
+            Payload::Xp {
+                amount,
+                reason: "test".into(),
+            },
+        )
+    };
+    let mut events = Vec::new();
+    // F II (500) on day 0, then a negative day: 300, the peak stays F II.
+    for step in [
+        vec![grant("g:1", t0, 600), grant("g:2", t0 + day, -300)],
+        // In order, positive: 400, F I; the peak is still F II.
+        vec![grant("g:3", t0 + 2 * day, 100)],
+        // Late, on day 0: day 0 closes at 1300 (F III, from 1250), the total is 1100.
+        vec![grant("g:4", t0 + 60_000, 700)],
+        // In order again: 1200; the peak stays F III.
+        vec![grant("g:5", t0 + 3 * day, 100)],
+    ] {
+        events.extend(step.clone());
+        env.publish(&step).await;
+        env.wait_for_model(&events).await;
+    }
+    let p = env
+        .store
+        .profile(&Identity::parse("discord:1").expect("identity"))
+        .await
+        .expect("profile")
+        .expect("a user");
+    assert_eq!((p.xp, p.peak_rank), (1200, 3));
+    stop.cancel();
+    worker.await.expect("worker");
+    env.cleanup().await;
+}

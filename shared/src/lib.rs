@@ -11,6 +11,7 @@ pub mod arbitrary;
 pub mod identity;
 pub mod model;
 pub mod rules;
+pub mod voice;
 pub mod wire;
 
 pub use identity::{Identity, Platform, PlatformUser};

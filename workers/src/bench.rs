@@ -39,6 +39,13 @@ pub struct BenchArgs {
     /// Replica counts to measure the pipeline with.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4])]
     pub replicas: Vec<usize>,
+    /// Event times cover this many hours before now.
+    #[arg(long, default_value_t = 24)]
+    pub span_hours: u64,
+    /// Event times in random order over the span, instead of rising with publication
+    /// order as a backlog of live traffic has them: the worst case for the peak rank.
+    #[arg(long)]
+    pub shuffled: bool,
     /// Steady publish rate for the latency measurement, events/s.
     #[arg(long, default_value_t = 2000)]
     pub latency_rate: u64,
@@ -80,19 +87,32 @@ async fn measure(
 ) -> anyhow::Result<()> {
     let n = args.events;
     println!(
-        "TTFD bench: {n} events over ~{} identities, {} cores",
+        "TTFD bench: {n} events over ~{} identities, event times {} over {} h, {} cores",
         args.identities,
+        if args.shuffled {
+            "shuffled"
+        } else {
+            "in order"
+        },
+        args.span_hours,
         std::thread::available_parallelism().map_or(1, |p| p.get())
     );
 
-    // Publish the whole set: event times spread over four weeks.
+    // Publish the whole set, over the span.
     let started = Instant::now();
     let mut traffic = Traffic::new(args.identities / 2, 7, "bench");
     let mut rng = rand::rng();
     let now = now_ms();
     let mut acks = std::collections::VecDeque::new();
-    for _ in 0..n {
-        let ts = now - rng.random_range(0..28 * 86_400_000);
+    let span = i64::try_from(args.span_hours * 3_600_000)
+        .unwrap_or(i64::MAX)
+        .max(1);
+    for i in 0..n {
+        let ts = if args.shuffled {
+            now - rng.random_range(0..span)
+        } else {
+            now - span + (i128::from(span) * i128::from(i) / i128::from(n)) as i64
+        };
         acks.push_back(broker.publish_event(&traffic.next(ts)).await?);
         if acks.len() >= 4096
             && let Some(a) = acks.pop_front()

@@ -35,6 +35,11 @@ pub enum Command {
     /// Serve profiles, leaderboards and link codes over NATS request-reply (for the
     /// bots, which hold no database credentials). Run as many replicas as you like.
     Query,
+    /// Run the Discord bot: messages and voice time in, rank roles out, slash commands
+    /// (needs `discord.token` and `discord.guild_id`; see docs/discord.md).
+    Discord,
+    /// Serve the website, the HTTP API (with event ingest) and /healthz, /readyz, /metrics.
+    Web,
     /// Run the Telegram bot: group messages become events, commands are answered,
     /// rank-ups announced. Needs `telegram.token` (docs/telegram.md).
     Telegram,
@@ -91,6 +96,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let broker = connect_broker(&settings).await?;
             query::serve(store, broker, shutdown::on_signals()).await?;
         }
+        Command::Discord => crate::discord::run(&settings, shutdown::on_signals()).await?,
+        Command::Web => crate::web::run(&settings, shutdown::on_signals()).await?,
         Command::Telegram => telegram::run(&settings, shutdown::on_signals()).await?,
         Command::Migrate => {
             let store = connect_store(&settings).await?;

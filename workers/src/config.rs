@@ -2,7 +2,8 @@
 //! (`--config`), then environment variables `TTFD__<SECTION>__<KEY>`, which win.
 //!
 //! Keys: `database.url`, `database.max_connections`, `nats.url`, `nats.prefix`,
-//! `sync.*`, `rules.*`, `log.*` and `telegram.*` (`telegram/settings.rs`); see
+//! `sync.*`, `rules.*`, `log.*`, `discord.*` (`discord/settings.rs`), `web.*`
+//! (`web/settings.rs`) and `telegram.*` (`telegram/settings.rs`); see
 //! `config/ttfd.example.toml` for all of them.
 //! Unknown keys and bad values stop start-up with a message naming the key.
 
@@ -21,6 +22,8 @@ pub struct Settings {
     pub sync: SyncSettings,
     pub rules: Rules,
     pub log: LogSettings,
+    pub discord: crate::discord::DiscordSettings,
+    pub web: crate::web::WebSettings,
     pub telegram: crate::telegram::TelegramSettings,
 }
 
@@ -186,10 +189,14 @@ impl Settings {
         if self.sync.max_retry_delay_secs == 0 || self.sync.relay_poll_ms == 0 {
             return Err(invalid("sync", "delays must be positive"));
         }
+        self.web.validate()?;
         self.telegram.validate()?;
         self.rules
             .validate()
-            .map_err(|e| invalid(&format!("rules.{}", e.key), e.message))
+            .map_err(|e| invalid(&format!("rules.{}", e.key), e.message))?;
+        self.discord
+            .validate(&self.rules)
+            .map_err(|(key, message)| invalid(&key, message))
     }
 
     pub fn shutdown_grace(&self) -> Duration {

@@ -3,7 +3,8 @@
 //!
 //! It migrates the database, provisions NATS, runs `--replicas` sync consumers and the
 //! outbox relay in-process, publishes activity of `--people` persons on Discord,
-//! Telegram and the website (links and merges included), and prints the leaderboard.
+//! Telegram and the website (links and merges included), prints the leaderboard, and
+//! serves the website (`web.listen`) so the leaderboard can be watched in a browser.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,6 +94,25 @@ pub async fn run(
             warn!(error = %e, "query service stopped");
         }
     });
+    // The website (`web.listen`, default 127.0.0.1:8080), to watch it in a browser.
+    let web = crate::web::WebApp::build_with(
+        settings,
+        store.clone(),
+        broker.clone(),
+        crate::metrics::Metrics::new(),
+    );
+    match web.await {
+        Ok(web) => {
+            println!("Leaderboard in a browser: {}/leaderboard", web.base_url());
+            let stop = workers.clone();
+            tasks.spawn(async move {
+                if let Err(e) = web.run(stop).await {
+                    warn!(error = %e, "website stopped");
+                }
+            });
+        }
+        Err(e) => println!("The website did not start ({e}); the demo runs without it."),
+    }
 
     let publisher = publish_traffic(&broker, &args, &shutdown);
     let mut report = tokio::time::interval(Duration::from_secs(5));

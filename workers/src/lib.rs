@@ -5,8 +5,11 @@
 //! - [`store`]: PostgreSQL: migrations, the batch apply path, reads, the outbox.
 //! - [`sync`]: the sync consumer role and the outbox relay.
 //! - [`query`]: the query service (profiles, leaderboards, link codes over NATS).
+//! - [`discord`]: the Discord bot role: messages and voice time in, rank roles out.
 //! - [`telegram`]: the Telegram bot role (`ttfd telegram`).
 //! - [`cli`]: the `ttfd` command line; each subcommand is one role.
+//! - [`web`]: the website, the HTTP API and event ingest; [`metrics`]: the Prometheus
+//!   registry every role registers with.
 //! - [`demo`], [`bench`]: synthetic traffic for newcomers and for measurement.
 
 pub mod bench;
@@ -14,6 +17,8 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod discord;
+pub mod metrics;
 pub mod query;
 pub mod shutdown;
 pub mod store;
@@ -21,6 +26,7 @@ pub mod sync;
 pub mod telegram;
 pub mod telemetry;
 pub mod traffic;
+pub mod web;
 
 pub use ttfd_shared as shared;
 

@@ -104,16 +104,100 @@ impl Store {
     /// id) are skipped and counted as duplicates.
     #[instrument(skip_all, fields(events = events.len()))]
     pub async fn apply(&self, events: &[Event]) -> Result<Applied, StoreError> {
+        let identity = self.identities_of(events).await?;
         let mut tx = self.pool.begin().await?;
-        let outcome = self.apply_in(&mut tx, events).await?;
+        let outcome = self.apply_in(&mut tx, events, identity).await?;
         tx.commit().await?;
         Ok(outcome)
+    }
+
+    /// Step 0, before the batch transaction: the id of every identity the events name,
+    /// creating the missing ones (each with a user of its own) in short transactions of
+    /// their own. Replicas meeting the same new identity then wait for each other only
+    /// for that statement, not for each other's whole batch. Identity ids never change,
+    /// so they are cached; the batch verifies every one under its locks (step 5). An
+    /// identity whose batch later fails stays, with an empty user, which reads ignore.
+    async fn identities_of<'e>(
+        &self,
+        events: &'e [Event],
+    ) -> Result<HashMap<(&'e str, &'e str), i64>, StoreError> {
+        let mut keys: BTreeSet<(&str, &str)> = BTreeSet::new();
+        for e in events {
+            keys.insert((e.identity.platform.as_str(), e.identity.user.as_str()));
+            if let Payload::Link { other, .. } = &e.payload {
+                keys.insert((other.platform.as_str(), other.user.as_str()));
+            }
+        }
+        let mut identity: HashMap<(&str, &str), i64> = self.identities.lookup(&keys);
+        let missing: Vec<(&str, &str)> = keys
+            .iter()
+            .filter(|k| !identity.contains_key(*k))
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            return Ok(identity);
+        }
+        let (platforms, users): (Vec<&str>, Vec<&str>) = missing.iter().copied().unzip();
+        let mut found: Vec<(i64, String, String)> = sqlx::query_as(
+            "WITH input AS (
+                 SELECT p, u FROM unnest($1::text[], $2::text[]) AS t(p, u) ORDER BY p, u),
+             created AS (
+                 INSERT INTO identities (platform, external_id, user_id)
+                 SELECT p, u, nextval('users_id_seq') FROM input
+                 WHERE NOT EXISTS (SELECT 1 FROM identities i
+                                   WHERE i.platform = input.p AND i.external_id = input.u)
+                 ON CONFLICT (platform, external_id) DO NOTHING
+                 RETURNING id, platform, external_id, user_id),
+             new_users AS (INSERT INTO users (id) SELECT user_id FROM created)
+             SELECT id, platform, external_id FROM created
+             UNION ALL
+             SELECT i.id, i.platform, i.external_id FROM identities i
+             JOIN input ON i.platform = input.p AND i.external_id = input.u",
+        )
+        .bind(&platforms)
+        .bind(&users)
+        .fetch_all(&self.pool)
+        .await?;
+        let known: HashSet<(&str, &str)> = found
+            .iter()
+            .map(|(_, p, u)| (p.as_str(), u.as_str()))
+            .collect();
+        let (late_p, late_u): (Vec<&str>, Vec<&str>) = missing
+            .iter()
+            .filter(|k| !known.contains(*k))
+            .copied()
+            .unzip();
+        if !late_p.is_empty() {
+            // Rows another replica committed while this statement waited on them are
+            // not in its snapshot; a new statement sees them.
+            let late: Vec<(i64, String, String)> = sqlx::query_as(
+                "SELECT i.id, i.platform, i.external_id FROM identities i
+                 JOIN unnest($1::text[], $2::text[]) AS t(p, u)
+                   ON i.platform = t.p AND i.external_id = t.u",
+            )
+            .bind(&late_p)
+            .bind(&late_u)
+            .fetch_all(&self.pool)
+            .await?;
+            found.extend(late);
+        }
+        let by_key: HashMap<(&str, &str), i64> = found
+            .iter()
+            .map(|(iid, p, u)| ((p.as_str(), u.as_str()), *iid))
+            .collect();
+        for k in &missing {
+            let iid = by_key.get(k).ok_or(StoreError::Contended)?;
+            identity.insert(*k, *iid);
+        }
+        self.identities.remember(&found);
+        Ok(identity)
     }
 
     async fn apply_in(
         &self,
         tx: &mut Transaction<'static, Postgres>,
         events: &[Event],
+        identity: HashMap<(&str, &str), i64>,
     ) -> Result<Applied, StoreError> {
         let rules = &*self.rules;
         let mut unique = HashSet::new();
@@ -142,80 +226,21 @@ impl Store {
             return Ok(outcome);
         }
 
-        // 2. Every identity named gets a row, and a user of its own when it is new.
-        // Identity ids never change, so they are cached; every hit is verified in 3.
-        let mut keys: BTreeSet<(&str, &str)> = BTreeSet::new();
-        for e in &events {
-            keys.insert((e.identity.platform.as_str(), e.identity.user.as_str()));
-            if let Payload::Link { other, .. } = &e.payload {
-                keys.insert((other.platform.as_str(), other.user.as_str()));
-            }
-        }
-        let mut identity: HashMap<(&str, &str), i64> = self.identities.lookup(&keys);
-        let missing: Vec<(&str, &str)> = keys
+        // Only the identities of fresh events take part (and are locked) from here on.
+        let mut identity = identity;
+        let named: HashSet<(&str, &str)> = events
             .iter()
-            .filter(|k| !identity.contains_key(*k))
-            .copied()
+            .flat_map(|e| {
+                let other = match &e.payload {
+                    Payload::Link { other, .. } => Some(other),
+                    _ => None,
+                };
+                std::iter::once(&e.identity)
+                    .chain(other)
+                    .map(|i| (i.platform.as_str(), i.user.as_str()))
+            })
             .collect();
-        if !missing.is_empty() {
-            let (platforms, users): (Vec<&str>, Vec<&str>) = missing.iter().copied().unzip();
-            let found: Vec<(i64, String, String)> = sqlx::query_as(
-                "WITH input AS (
-                     SELECT p, u FROM unnest($1::text[], $2::text[]) AS t(p, u) ORDER BY p, u),
-                 created AS (
-                     INSERT INTO identities (platform, external_id, user_id)
-                     SELECT p, u, nextval('users_id_seq') FROM input
-                     WHERE NOT EXISTS (SELECT 1 FROM identities i
-                                       WHERE i.platform = input.p AND i.external_id = input.u)
-                     ON CONFLICT (platform, external_id) DO NOTHING
-                     RETURNING id, platform, external_id, user_id),
-                 new_users AS (INSERT INTO users (id) SELECT user_id FROM created)
-                 SELECT id, platform, external_id FROM created
-                 UNION ALL
-                 SELECT i.id, i.platform, i.external_id FROM identities i
-                 JOIN input ON i.platform = input.p AND i.external_id = input.u",
-            )
-            .bind(&platforms)
-            .bind(&users)
-            .fetch_all(&mut **tx)
-            .await?;
-            let mut found = found;
-            let unresolved = |found: &[(i64, String, String)]| -> (Vec<&str>, Vec<&str>) {
-                let known: HashSet<(&str, &str)> = found
-                    .iter()
-                    .map(|(_, p, u)| (p.as_str(), u.as_str()))
-                    .collect();
-                missing
-                    .iter()
-                    .filter(|k| !known.contains(*k))
-                    .copied()
-                    .unzip()
-            };
-            let (late_p, late_u) = unresolved(&found);
-            if !late_p.is_empty() {
-                // Rows another replica committed while this statement waited on them are
-                // not in its snapshot; a new statement sees them.
-                let late: Vec<(i64, String, String)> = sqlx::query_as(
-                    "SELECT i.id, i.platform, i.external_id FROM identities i
-                     JOIN unnest($1::text[], $2::text[]) AS t(p, u)
-                       ON i.platform = t.p AND i.external_id = t.u",
-                )
-                .bind(&late_p)
-                .bind(&late_u)
-                .fetch_all(&mut **tx)
-                .await?;
-                found.extend(late);
-            }
-            let by_key: HashMap<(&str, &str), i64> = found
-                .iter()
-                .map(|(iid, p, u)| ((p.as_str(), u.as_str()), *iid))
-                .collect();
-            for k in &missing {
-                let iid = by_key.get(k).ok_or(StoreError::Contended)?;
-                identity.insert(*k, *iid);
-            }
-            self.identities.remember(&found);
-        }
+        identity.retain(|k, _| named.contains(k));
         let iids: Vec<i64> = identity.values().copied().collect();
 
         let iid_of = |i: &ttfd_shared::Identity| -> Result<i64, StoreError> {
@@ -332,14 +357,20 @@ impl Store {
             links,
         } = facts;
         // 5. Lock their users in id order, then check nobody moved an identity meanwhile.
+        // The users are locked by id, not through a join to identities: after waiting
+        // for a row another replica held, PostgreSQL re-checks the row against the whole
+        // WHERE clause, and a join there is re-run for every such row.
+        let uids: Vec<i64> =
+            sqlx::query_scalar("SELECT DISTINCT user_id FROM identities WHERE id = ANY($1)")
+                .bind(iids)
+                .fetch_all(&mut **tx)
+                .await?;
         let rows = sqlx::query(
-            "SELECT u.id, u.merged_into, u.xp, u.peak_rank, u.messages, u.voice_seconds,
-                    u.games_played, u.games_won, u.first_event_ms, u.last_event_ms
-             FROM users u
-             WHERE u.id IN (SELECT user_id FROM identities WHERE id = ANY($1))
-             ORDER BY u.id FOR UPDATE OF u",
+            "SELECT id, merged_into, xp, peak_rank, messages, voice_seconds, games_played,
+                    games_won, first_event_ms, last_event_ms
+             FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE",
         )
-        .bind(iids)
+        .bind(&uids)
         .fetch_all(&mut **tx)
         .await?;
         let mut state: BTreeMap<i64, UserRow> = BTreeMap::new();
@@ -362,6 +393,11 @@ impl Store {
             );
         }
         let original_xp: HashMap<i64, i64> = state.iter().map(|(id, u)| (*id, u.xp)).collect();
+        // Each user's peak rank and newest event time before this batch.
+        let before: HashMap<i64, (i16, Option<i64>)> = state
+            .iter()
+            .map(|(id, u)| (*id, (u.peak_rank, u.last_ms)))
+            .collect();
         let mut owner: HashMap<i64, i64> = HashMap::new();
         let current: Vec<(i64, String, String, i64)> = sqlx::query_as(
             "SELECT id, platform, external_id, user_id FROM identities WHERE id = ANY($1)",
@@ -405,10 +441,15 @@ impl Store {
                 }
             }
             sqlx::query(
-                "INSERT INTO xp_ledger (identity_id, day, xp)
-                 SELECT i, DATE '1970-01-01' + d, x
-                 FROM unnest($1::int8[], $2::int4[], $3::int8[]) AS t(i, d, x) ORDER BY i, d
-                 ON CONFLICT (identity_id, day) DO UPDATE SET xp = xp_ledger.xp + excluded.xp",
+                "WITH added AS (
+                     INSERT INTO xp_ledger (identity_id, day, xp)
+                     SELECT i, DATE '1970-01-01' + d, x
+                     FROM unnest($1::int8[], $2::int4[], $3::int8[]) AS t(i, d, x)
+                     ORDER BY i, d
+                     ON CONFLICT (identity_id, day) DO UPDATE SET xp = xp_ledger.xp + excluded.xp
+                     RETURNING identity_id, xp)
+                 UPDATE identities SET ledger_dipped = true
+                 WHERE id IN (SELECT identity_id FROM added WHERE xp < 0) AND NOT ledger_dipped",
             )
             .bind(&l_ids)
             .bind(&l_days)
@@ -515,12 +556,14 @@ impl Store {
         }
 
         // 9. Peak rank, in event time: the current rank unless a user has a day with
-        // negative XP, in which case it is recomputed from the ledger and links.
+        // negative XP. Then, if this batch only added XP on or after the user's last
+        // active day (live traffic, or a backlog replayed in order), the cumulative XP of
+        // earlier days is unchanged and of later ones rises to the new total, so the peak
+        // is the old one or the new rank; otherwise it is recomputed from the ledger and
+        // links.
         let live: Vec<i64> = state.keys().copied().collect();
         let non_monotone: Vec<i64> = sqlx::query_scalar(
-            "SELECT DISTINCT i.user_id FROM identities i
-             JOIN xp_ledger l ON l.identity_id = i.id
-             WHERE i.user_id = ANY($1) AND l.xp < 0",
+            "SELECT DISTINCT user_id FROM identities WHERE user_id = ANY($1) AND ledger_dipped",
         )
         .bind(&live)
         .fetch_all(&mut **tx)
@@ -529,9 +572,27 @@ impl Store {
             u.peak_rank = i16::from(rules.rank_index(u.xp));
         }
         if !non_monotone.is_empty() {
-            for (uid, peak) in self.event_time_peaks(tx, &non_monotone).await? {
-                if let Some(u) = state.get_mut(&uid) {
-                    u.peak_rank = peak;
+            let mut out_of_order: HashSet<i64> = survivors_of_losers.iter().copied().collect();
+            for (&(iid, day), &xp) in ledger {
+                let uid = resolve(&redirect, owner[&iid]);
+                let last_day = before.get(&uid).and_then(|b| b.1).map(rules::day_of);
+                if xp < 0 || last_day.is_some_and(|last| day < last) {
+                    out_of_order.insert(uid);
+                }
+            }
+            let (slow, fast): (Vec<i64>, Vec<i64>) = non_monotone
+                .into_iter()
+                .partition(|uid| out_of_order.contains(uid));
+            for uid in fast {
+                if let (Some(u), Some(b)) = (state.get_mut(&uid), before.get(&uid)) {
+                    u.peak_rank = u.peak_rank.max(b.0);
+                }
+            }
+            if !slow.is_empty() {
+                for (uid, peak) in self.event_time_peaks(tx, &slow).await? {
+                    if let Some(u) = state.get_mut(&uid) {
+                        u.peak_rank = peak;
+                    }
                 }
             }
         }

@@ -88,7 +88,8 @@ impl Store {
         }
     }
 
-    /// The user `uid`, following merge redirects to the survivor.
+    /// The user `uid`, following merge redirects to the survivor; `None` for a user
+    /// without any applied event.
     pub async fn profile_by_uid(&self, uid: i64) -> Result<Option<Profile>, StoreError> {
         let row = sqlx::query(
             "WITH RECURSIVE chain AS (
@@ -96,7 +97,7 @@ impl Store {
                  UNION ALL
                  SELECT u.*, c.depth + 1 FROM users u JOIN chain c ON u.id = c.merged_into
                  WHERE c.depth < 64)
-             SELECT * FROM chain WHERE merged_into IS NULL",
+             SELECT * FROM chain WHERE merged_into IS NULL AND first_event_ms IS NOT NULL",
         )
         .bind(uid)
         .fetch_optional(&self.pool)
@@ -152,7 +153,8 @@ impl Store {
         let rows: Vec<(i64, i64, i64)> = match period.range(today) {
             None => {
                 sqlx::query_as(
-                    "SELECT id, xp, xp FROM users WHERE merged_into IS NULL
+                    "SELECT id, xp, xp FROM users
+                     WHERE merged_into IS NULL AND first_event_ms IS NOT NULL
                      ORDER BY xp DESC, id LIMIT $1 OFFSET $2",
                 )
                 .bind(limit)
@@ -223,13 +225,31 @@ impl Store {
         .await?)
     }
 
-    /// Live unified users (not merged away).
+    /// Live unified users (not merged away; an identity created for a batch that then
+    /// failed has an empty user, which is not counted).
     pub async fn user_count(&self) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT count(*) FROM users WHERE merged_into IS NULL")
-                .fetch_one(&self.pool)
-                .await?,
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM users WHERE merged_into IS NULL AND first_event_ms IS NOT NULL",
         )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// How many users a leaderboard of `period` around `today` has: for all time every
+    /// live user, for a period the users who earned XP in it (the rows of [`Store::top`]).
+    pub async fn leaderboard_size(&self, period: Period, today: Date) -> Result<i64, StoreError> {
+        match period.range(today) {
+            None => self.user_count().await,
+            Some((from, to)) => Ok(sqlx::query_scalar(
+                "SELECT count(DISTINCT i.user_id) FROM xp_ledger l
+                 JOIN identities i ON i.id = l.identity_id
+                 WHERE l.day >= $1 AND l.day < $2",
+            )
+            .bind(from)
+            .bind(to)
+            .fetch_one(&self.pool)
+            .await?),
+        }
     }
 
     /// Dead-letter counts per platform, kind and reason code.

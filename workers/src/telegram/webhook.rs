@@ -16,6 +16,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use secrecy::{ExposeSecret, SecretString};
+use subtle::ConstantTimeEq;
 use teloxide::types::Update;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -91,17 +92,10 @@ async fn receive(
     }
 }
 
-/// Compares in time independent of where the inputs differ, so that the secret cannot
-/// be guessed byte by byte from response times.
+/// Compares in constant time, so that the secret cannot be guessed byte by byte from
+/// response times.
 fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    if given.len() != expected.len() {
-        return false;
-    }
-    given
-        .iter()
-        .zip(expected)
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0
+    given.ct_eq(expected).into()
 }
 
 #[cfg(test)]

@@ -1,0 +1,620 @@
+//! The Discord bot end to end: gateway payloads (Discord's documented JSON, through
+//! serenity's models) drive the bot; its events go through real NATS and the sync
+//! consumers into PostgreSQL; rank roles, announcements and slash-command replies go
+//! to a fake Discord HTTP API on localhost; profiles come from the real query service.
+
+mod common;
+#[path = "common/fake_discord.rs"]
+mod fake_discord;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{TestEnv, eventually};
+use fake_discord::FakeDiscord;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use serenity::all::{CommandInteraction, Guild, GuildId, Member, Message, VoiceState};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use ttfd::discord::settings::RankRole;
+use ttfd::discord::{DiscordApi, DiscordBot, DiscordSettings, roles};
+use ttfd::query::QueryClient;
+use ttfd::shared::wire::EventId;
+use ttfd::shared::{Event, Identity, Payload};
+use ttfd::store::query::Profile;
+
+const GUILD: u64 = 1_000_000_000_000_000_001;
+const TALK: u64 = 1_100_000_000_000_000_009;
+const ANNOUNCE: u64 = 1_500;
+const DISCORD_EPOCH_MS: i64 = 1_420_070_400_000;
+
+/// A running world: the pipeline (sync consumer, outbox relay, query service), the
+/// bot with its publisher and rank-role consumer, and a fake Discord.
+struct World {
+    env: TestEnv,
+    fake: FakeDiscord,
+    bot: Arc<DiscordBot>,
+    query: QueryClient,
+    stop: CancellationToken,
+    events: mpsc::Sender<Event>,
+}
+
+async fn world(tune: impl FnOnce(&mut DiscordSettings)) -> World {
+    let fake = FakeDiscord::start().await;
+    let url = fake.url.clone();
+    let env = TestEnv::with(move |s| {
+        s.discord.token = Some(SecretString::from("test-token"));
+        s.discord.guild_id = Some(GuildId::new(GUILD));
+        s.discord.api_url = Some(url);
+        tune(&mut s.discord);
+    })
+    .await;
+    env.settings.validate().expect("test settings are valid");
+    let stop = CancellationToken::new();
+    env.spawn_worker(stop.clone()).await;
+    tokio::spawn(ttfd::sync::relay::relay_outbox(
+        env.store.clone(),
+        env.broker.clone(),
+        Default::default(),
+        Duration::from_millis(50),
+        stop.clone(),
+    ));
+    tokio::spawn(ttfd::query::serve(
+        env.store.clone(),
+        env.broker.clone(),
+        stop.clone(),
+    ));
+    let query = QueryClient::new(
+        env.broker.client.clone(),
+        &env.settings.nats.prefix,
+        Duration::from_secs(5),
+    );
+    let (tx, rx) = mpsc::channel(1000);
+    tokio::spawn(ttfd::discord::publish_events(
+        env.broker.clone(),
+        rx,
+        stop.clone(),
+        Duration::from_secs(5),
+    ));
+    let bot = Arc::new(new_bot(&env, query.clone(), tx.clone(), &stop));
+    let consumer = roles::consumer(&env.broker).await.expect("rank consumer");
+    tokio::spawn(roles::run(bot.roles.clone(), consumer, stop.clone()));
+    World {
+        env,
+        fake,
+        bot,
+        query,
+        stop,
+        events: tx,
+    }
+}
+
+fn new_bot(
+    env: &TestEnv,
+    query: QueryClient,
+    events: mpsc::Sender<Event>,
+    stop: &CancellationToken,
+) -> DiscordBot {
+    let d = &env.settings.discord;
+    let token = d.token.as_ref().expect("token");
+    let api = DiscordApi::new(token, d.api_url.as_deref());
+    DiscordBot::new(
+        &env.settings,
+        GuildId::new(GUILD),
+        api,
+        query,
+        events,
+        stop.clone(),
+    )
+}
+
+impl World {
+    async fn profile(&self, who: &str) -> Option<Profile> {
+        self.query
+            .profile(&Identity::parse(who).expect("identity"))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.env.cleanup().await;
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).expect("a documented payload deserialises")
+}
+
+fn snowflake(ms: i64, n: u64) -> u64 {
+    (((ms - DISCORD_EPOCH_MS) as u64) << 22) | n
+}
+
+fn user(id: u64, name: &str) -> Value {
+    json!({"id": id.to_string(), "username": name, "global_name": null, "discriminator": "0", "avatar": null})
+}
+
+/// A `MESSAGE_CREATE` `d`.
+fn message(id: u64, author: Value, content: &str) -> Message {
+    parse(json!({
+        "id": id.to_string(),
+        "channel_id": "1100000000000000001",
+        "guild_id": GUILD.to_string(),
+        "author": author,
+        "member": {"nick": null, "roles": [], "joined_at": "2021-01-01T00:00:00.000000+00:00",
+                   "deaf": false, "mute": false, "flags": 0},
+        "content": content,
+        "timestamp": "2025-11-25T10:00:00.000000+00:00",
+        "edited_timestamp": null,
+        "tts": false,
+        "mention_everyone": false,
+        "mentions": [],
+        "mention_roles": [],
+        "attachments": [],
+        "embeds": [],
+        "pinned": false,
+        "type": 0
+    }))
+}
+
+/// A `VOICE_STATE_UPDATE` `d`.
+fn voice_state(user_id: u64, name: &str, channel: Option<u64>) -> VoiceState {
+    parse(json!({
+        "guild_id": GUILD.to_string(),
+        "channel_id": channel.map(|c| c.to_string()),
+        "user_id": user_id.to_string(),
+        "member": {"user": user(user_id, name), "nick": null, "roles": [],
+                   "joined_at": "2021-01-01T00:00:00.000000+00:00", "deaf": false, "mute": false, "flags": 0},
+        "session_id": "90326bd25d71d39b9ef95b299e3872ff",
+        "deaf": false, "mute": false, "self_deaf": false, "self_mute": false,
+        "self_stream": false, "self_video": false, "suppress": false,
+        "request_to_speak_timestamp": null
+    }))
+}
+
+/// A `GUILD_CREATE` `d` with these members in the voice channel [`TALK`].
+fn guild_create(in_voice: &[(u64, &str)]) -> Guild {
+    let mut guild: Value = serde_json::from_str(
+        r#"{
+        "id": "1000000000000000001", "name": "TTFD", "icon": null, "splash": null,
+        "discovery_splash": null, "owner_id": "1", "afk_channel_id": "1100000000000000099",
+        "afk_timeout": 300, "verification_level": 1, "default_message_notifications": 0,
+        "explicit_content_filter": 0, "roles": [], "emojis": [], "features": [],
+        "mfa_level": 0, "application_id": null, "system_channel_id": null,
+        "system_channel_flags": 0, "rules_channel_id": null, "vanity_url_code": null,
+        "description": null, "banner": null, "premium_tier": 0, "preferred_locale": "en-US",
+        "public_updates_channel_id": null, "nsfw_level": 0,
+        "premium_progress_bar_enabled": false, "stickers": [],
+        "joined_at": "2024-01-01T00:00:00.000000+00:00", "large": false,
+        "unavailable": false, "member_count": 2, "channels": [], "threads": [],
+        "presences": [], "stage_instances": [], "guild_scheduled_events": [],
+        "soundboard_sounds": []
+    }"#,
+    )
+    .expect("json");
+    guild["voice_states"] = in_voice
+        .iter()
+        .map(|(id, _)| {
+            json!({"channel_id": TALK.to_string(), "user_id": id.to_string(),
+                   "session_id": "s", "deaf": false, "mute": false, "self_deaf": false,
+                   "self_mute": false, "self_video": false, "suppress": false,
+                   "request_to_speak_timestamp": null})
+        })
+        .collect();
+    guild["members"] = in_voice
+        .iter()
+        .map(|(id, name)| {
+            json!({"user": user(*id, name), "nick": null, "roles": [],
+                   "joined_at": "2021-01-01T00:00:00.000000+00:00", "deaf": false, "mute": false, "flags": 0})
+        })
+        .collect();
+    parse(guild)
+}
+
+/// An `INTERACTION_CREATE` `d`: a chat input command by `caller`.
+fn interaction(caller: u64, name: &str, options: Value) -> CommandInteraction {
+    parse(json!({
+        "id": "1320000000000000001",
+        "application_id": "1300000000000000009",
+        "type": 2,
+        "data": {"id": "1300000000000000077", "name": name, "type": 1, "options": options},
+        "guild_id": GUILD.to_string(),
+        "channel_id": "1100000000000000001",
+        "member": {"user": json!({"id": caller.to_string(), "username": "nelly",
+                                  "global_name": "Nelly", "discriminator": "0", "avatar": null}),
+                   "nick": null, "roles": [], "joined_at": "2021-01-01T00:00:00.000000+00:00",
+                   "deaf": false, "mute": false, "flags": 0, "permissions": "0"},
+        "token": format!("token-{caller}-{name}"),
+        "version": 1,
+        "app_permissions": "0",
+        "locale": "en-US",
+        "guild_locale": "en-US",
+        "entitlements": [],
+        "authorizing_integration_owners": {"0": GUILD.to_string()},
+        "context": 0,
+        "attachment_size_limit": 10485760
+    }))
+}
+
+fn xp_event(id: &str, who: &str, amount: i32) -> Event {
+    Event {
+        id: EventId::parse(id).expect("id"),
+        ts: ttfd::now_ms() - 1000,
+        identity: Identity::parse(who).expect("identity"),
+        name: Some("Nelly".into()),
+        payload: Payload::Xp {
+            amount,
+            reason: "test".into(),
+        },
+    }
+}
+
+#[tokio::test]
+async fn guild_messages_and_voice_time_become_profile_xp() {
+    let w = world(|_| {}).await;
+    let now = ttfd::now_ms();
+    let human = json!({"id": "111", "username": "ann", "global_name": "Ann", "discriminator": "0", "avatar": null});
+    let bot =
+        json!({"id": "999", "username": "mee6", "discriminator": "0", "avatar": null, "bot": true});
+    w.bot
+        .on_message(&message(snowflake(now - 5000, 1), human, "hello everyone"))
+        .await;
+    w.bot
+        .on_message(&message(snowflake(now - 4000, 2), bot, "beep boop hello"))
+        .await;
+
+    // Two people were already talking when the bot connected.
+    let t0 = now - 120_000;
+    w.bot
+        .on_guild_create(&guild_create(&[(111, "ann"), (222, "bob")]), t0)
+        .await;
+    assert!(w.bot.is_counting(serenity::all::UserId::new(222)));
+    w.bot.tick(t0 + 56_000).await;
+    w.bot
+        .on_voice_state(&voice_state(222, "bob", None), t0 + 70_000)
+        .await;
+    assert!(!w.bot.is_counting(serenity::all::UserId::new(111)), "alone");
+
+    let ann = eventually("ann's message and voice time", || async {
+        w.profile("discord:111")
+            .await
+            .filter(|p| p.messages == 1 && p.voice_seconds == 70)
+    })
+    .await;
+    assert_eq!(ann.display_name.as_deref(), Some("Ann"));
+    // 10 for the message; voice in 15 s quanta: 45 s → 3 (tick), 25 s → 1 (leave).
+    assert_eq!(ann.xp, 14);
+    let bob = eventually("bob's voice time", || async {
+        w.profile("discord:222")
+            .await
+            .filter(|p| p.voice_seconds == 70)
+    })
+    .await;
+    assert_eq!(bob.display_name.as_deref(), Some("bob"));
+    assert!(
+        w.profile("discord:999").await.is_none(),
+        "bots earn nothing"
+    );
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_restarted_bot_counts_members_already_in_voice_and_a_crash_loses_under_a_minute() {
+    let w = world(|_| {}).await;
+    let t0 = ttfd::now_ms() - 300_000;
+    let in_voice = [(111, "ann"), (222, "bob")];
+    // The first process ticks every second for 100 s, then dies without flushing.
+    w.bot.on_guild_create(&guild_create(&in_voice), t0).await;
+    for s in 1..=100 {
+        w.bot.tick(t0 + s * 1000).await;
+    }
+    // (w.bot is never called again: a dead process flushes nothing.)
+    // The new process starts 5 s later and finds both still in voice.
+    let restarted = new_bot(&w.env, w.query.clone(), w.events.clone(), &w.stop);
+    let t1 = t0 + 105_000;
+    restarted
+        .on_guild_create(&guild_create(&in_voice), t1)
+        .await;
+    for s in 1..=95 {
+        restarted.tick(t1 + s * 1000).await;
+    }
+    restarted.close(t1 + 95_000).await;
+    // Eligible: 100 s before the crash + 95 s after the restart.
+    let ann = eventually("ann's voice time after the restart", || async {
+        w.profile("discord:111")
+            .await
+            .filter(|p| p.voice_seconds >= 95 + 41)
+    })
+    .await;
+    let lost = 195 - ann.voice_seconds;
+    assert!(
+        (0..60).contains(&lost),
+        "lost {lost} s of 195 s (published {})",
+        ann.voice_seconds
+    );
+    // Before the crash two 45 s segments were published (10 s lost); after the restart
+    // all 95 s (two segments, then the graceful close).
+    assert_eq!(ann.voice_seconds, 90 + 95);
+    w.stop().await;
+}
+
+fn rank_roles(s: &mut DiscordSettings) {
+    s.rank_roles = vec![
+        RankRole {
+            rank: "F".into(),
+            role: serenity::all::RoleId::new(1001),
+        },
+        RankRole {
+            rank: "E".into(),
+            role: serenity::all::RoleId::new(1002),
+        },
+        RankRole {
+            rank: "E II".into(),
+            role: serenity::all::RoleId::new(1003),
+        },
+    ];
+    s.announce_channel = Some(serenity::all::ChannelId::new(ANNOUNCE));
+}
+
+#[tokio::test]
+async fn rank_changes_give_the_rank_role_remove_the_others_and_retry_after_a_429() {
+    let w = world(rank_roles).await;
+    w.fake.add_member(GUILD, 111, &[7, 1001]);
+    // 2,300 XP: rank 4, E I → the tier role E.
+    w.env
+        .publish(&[xp_event("t:xp:1", "discord:111", 2300)])
+        .await;
+    eventually("the E role", || async {
+        (w.fake.roles(GUILD, 111) == Some(vec![7, 1002])).then_some(())
+    })
+    .await;
+    let posted = eventually("the announcement", || async {
+        w.fake.messages(ANNOUNCE).first().cloned()
+    })
+    .await;
+    assert_eq!(posted["content"], "🎉 <@111> reached **E I**!");
+    assert_eq!(posted["allowed_mentions"], json!({"parse": []}));
+    assert_eq!(posted["enforce_nonce"], true);
+    assert!(
+        posted["nonce"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("rank:"))
+    );
+
+    // The next role call is rate limited for a second; the notice comes back after it.
+    w.fake.rate_limit_role_calls(1, 1.0);
+    w.env
+        .publish(&[xp_event("t:xp:2", "discord:111", 1300)])
+        .await;
+    eventually("the E II role", || async {
+        (w.fake.roles(GUILD, 111) == Some(vec![7, 1003])).then_some(())
+    })
+    .await;
+    let calls = w.fake.calls();
+    let path = format!("/api/v10/guilds/{GUILD}/members/111/roles/1003");
+    let tries: Vec<_> = calls
+        .iter()
+        .filter(|c| c.method == "PUT" && c.path == path)
+        .collect();
+    assert_eq!(tries.len(), 2, "{tries:?}");
+    assert_eq!((tries[0].status, tries[1].status), (429, 204));
+    assert!(
+        tries[1].at - tries[0].at >= Duration::from_millis(950),
+        "retried after {:?}, before Retry-After",
+        tries[1].at - tries[0].at
+    );
+    assert_eq!(
+        tries[1].audit_reason.as_deref(),
+        Some("TTFD%20rank%20E%20II")
+    );
+    assert!(
+        calls.iter().any(|c| c.method == "DELETE"
+            && c.path == format!("/api/v10/guilds/{GUILD}/members/111/roles/1002")),
+        "the old rank role is taken away"
+    );
+    assert!(
+        !calls.iter().any(|c| c.path.ends_with("/roles/7")),
+        "other roles are never touched"
+    );
+    // The announcement follows the role changes.
+    let texts: Vec<Value> = eventually("the second announcement", || async {
+        let m = w.fake.messages(ANNOUNCE);
+        (m.len() >= 2).then(|| m.into_iter().map(|m| m["content"].clone()).collect())
+    })
+    .await;
+    assert_eq!(
+        texts,
+        vec![
+            json!("🎉 <@111> reached **E I**!"),
+            json!("🎉 <@111> reached **E II**!")
+        ]
+    );
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_member_who_rejoins_gets_their_rank_role_back() {
+    let w = world(rank_roles).await;
+    // They reach E II while away: the notice finds no member and is done with.
+    w.env
+        .publish(&[xp_event("t:xp:1", "discord:111", 3600)])
+        .await;
+    eventually("the profile at E II", || async {
+        w.profile("discord:111")
+            .await
+            .filter(|p| p.rank.name == "E II")
+    })
+    .await;
+    eventually("the notice handled", || async {
+        w.fake
+            .calls()
+            .iter()
+            .any(|c| c.path == format!("/api/v10/guilds/{GUILD}/members/111") && c.status == 404)
+            .then_some(())
+    })
+    .await;
+    // They come back (GUILD_MEMBER_ADD), and so does someone new.
+    for (id, roles) in [(111, vec![]), (333, vec![5])] {
+        w.fake.add_member(GUILD, id, &roles);
+        let member: Member = parse(json!({
+            "guild_id": GUILD.to_string(),
+            "user": user(id, "back"),
+            "nick": null, "roles": [], "joined_at": "2025-11-25T10:00:00.000000+00:00",
+            "deaf": false, "mute": false, "flags": 0, "pending": false
+        }));
+        w.bot.on_member_add(&member).await;
+    }
+    assert_eq!(w.fake.roles(GUILD, 111), Some(vec![1003]));
+    assert_eq!(
+        w.fake.roles(GUILD, 333),
+        Some(vec![5, 1001]),
+        "no profile yet: the first rank's role"
+    );
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn slash_commands_answer_through_the_interaction_callback() {
+    let w = world(|_| {}).await;
+    let nelly: u64 = 80_351_110_224_678_912;
+    w.env
+        .publish(&[xp_event("t:xp:1", &format!("discord:{nelly}"), 17_000)])
+        .await;
+    eventually("nelly's profile", || async {
+        w.profile(&format!("discord:{nelly}")).await
+    })
+    .await;
+    let http = w.bot.roles.api.http.clone();
+
+    w.bot
+        .on_command(&http, &interaction(nelly, "rank", json!([])))
+        .await;
+    w.bot
+        .on_command(
+            &http,
+            &interaction(
+                nelly,
+                "top",
+                json!([{"name": "period", "type": 3, "value": "all"}]),
+            ),
+        )
+        .await;
+    w.bot
+        .on_command(&http, &interaction(nelly, "link", json!([])))
+        .await;
+    let replies = w.fake.interaction_responses();
+    assert_eq!(replies.len(), 3);
+    let rank = &replies[0];
+    assert_eq!(rank["type"], 4, "a message reply");
+    let text = rank["data"]["content"].as_str().expect("content");
+    assert!(
+        text.starts_with("**Nelly**: rank **C II** (C tier, ★★)\n17,000 XP · "),
+        "{text}"
+    );
+    assert!(text.ends_with("Linked: Discord"), "{text}");
+    assert_eq!(
+        rank["data"]["flags"].as_u64().unwrap_or(0) & 64,
+        0,
+        "public"
+    );
+    assert_eq!(rank["data"]["allowed_mentions"]["parse"], json!([]));
+    assert_eq!(rank["data"]["allowed_mentions"]["users"], json!([]));
+    assert_eq!(
+        replies[1]["data"]["content"],
+        "**Leaderboard, all time**\n1. Nelly: 17,000 XP (C II)"
+    );
+    let link = &replies[2];
+    assert_eq!(link["data"]["flags"], 64, "codes are ephemeral");
+    let text = link["data"]["content"].as_str().expect("content");
+    let code = text
+        .strip_prefix("Your link code: **")
+        .and_then(|t| t.split("**").next())
+        .expect("a code in the reply")
+        .to_owned();
+    assert_eq!(code.len(), 6);
+
+    // Another Discord account redeems it: the two become one profile.
+    let other: u64 = 555;
+    w.bot
+        .on_command(
+            &http,
+            &interaction(
+                other,
+                "link",
+                json!([{"name": "code", "type": 3, "value": code}]),
+            ),
+        )
+        .await;
+    let replies = w.fake.interaction_responses();
+    assert_eq!(replies[3]["data"]["flags"], 64);
+    assert_eq!(
+        replies[3]["data"]["content"],
+        "Linked: this Discord account and your Discord account are now one profile (it \
+         updates within moments)."
+    );
+    let merged = eventually("the merge", || async {
+        w.profile(&format!("discord:{other}"))
+            .await
+            .filter(|p| p.identities.len() == 2)
+    })
+    .await;
+    assert_eq!(merged.xp, 17_000);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn without_the_query_service_commands_say_so() {
+    let env = TestEnv::new().await;
+    let fake = FakeDiscord::start().await;
+    let mut settings = env.settings.clone();
+    settings.discord.api_url = Some(fake.url.clone());
+    let query = QueryClient::new(
+        env.broker.client.clone(),
+        &settings.nats.prefix,
+        Duration::from_millis(300),
+    );
+    let (tx, _rx) = mpsc::channel(10);
+    let api = DiscordApi::new(&SecretString::from("t"), Some(&fake.url));
+    let bot = DiscordBot::new(
+        &settings,
+        GuildId::new(GUILD),
+        api,
+        query,
+        tx,
+        CancellationToken::new(),
+    );
+    let http = bot.roles.api.http.clone();
+    bot.on_command(&http, &interaction(1, "rank", json!([])))
+        .await;
+    let replies = fake.interaction_responses();
+    assert_eq!(
+        replies[0]["data"]["content"],
+        "The TTFD profile service is not answering right now; try again in a minute."
+    );
+    assert_eq!(replies[0]["data"]["flags"], 64);
+    env.cleanup().await;
+}
+
+#[test]
+fn ttfd_discord_refuses_to_start_without_a_token_or_a_guild() {
+    let run = |env: &[(&str, &str)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ttfd"))
+            .arg("discord")
+            .env_remove("TTFD__DISCORD__TOKEN")
+            .env_remove("TTFD__DISCORD__GUILD_ID")
+            .envs(env.iter().copied())
+            .output()
+            .expect("run ttfd");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&[]);
+    assert!(
+        err.contains("discord.token") && err.lines().count() == 1,
+        "{err}"
+    );
+    let err = run(&[("TTFD__DISCORD__TOKEN", "abc")]);
+    assert!(err.contains("discord.guild_id"), "{err}");
+}

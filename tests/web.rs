@@ -1,0 +1,1308 @@
+//! The web role end to end: a real `WebApp` on 127.0.0.1 (port 0) over a scratch
+//! database and NATS prefix, a fake Discord (tests/common/fake_oauth.rs), and a
+//! cookie-keeping HTTP client playing the browser (redirects followed by hand, so each
+//! hop can be checked).
+
+mod common;
+#[path = "common/fake_oauth.rs"]
+mod fake_oauth;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{TestEnv, eventually};
+use fake_oauth::{FakeDiscord, FakeUser, Mode};
+use reqwest::StatusCode;
+use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use ttfd::metrics::Metrics;
+use ttfd::shared::wire::{EventId, Payload};
+use ttfd::shared::{Event, Identity};
+use ttfd::web::WebApp;
+
+const BOT_TOKEN: &str = "4242:fake-telegram-bot-token";
+const WEBSITE_TOKEN: &str = "website-ingest-token-0001";
+const DISCORD_TOKEN: &str = "discord-ingest-token-0001";
+const ANN_DISCORD: &str = "80351110224678912";
+
+/// A running site with its world.
+struct Site {
+    env: TestEnv,
+    base: String,
+    discord: FakeDiscord,
+    stop: CancellationToken,
+}
+
+impl Site {
+    async fn start() -> Self {
+        let discord = FakeDiscord::start(FakeUser {
+            id: ANN_DISCORD.into(),
+            username: "ann".into(),
+            global_name: Some("Ann".into()),
+        })
+        .await;
+        let env = TestEnv::with(|s| {
+            s.web.listen = "127.0.0.1:0".parse().expect("addr");
+            s.web.cookie_key = "a-test-cookie-key-of-at-least-32-bytes".into();
+            discord.configure(&mut s.web.discord);
+            s.web.telegram.bot_token = BOT_TOKEN.into();
+            s.web.telegram.bot_username = "ttfd_test_bot".into();
+            s.web
+                .ingest_tokens
+                .insert("website".into(), WEBSITE_TOKEN.into());
+            s.web
+                .ingest_tokens
+                .insert("discord".into(), DISCORD_TOKEN.into());
+        })
+        .await;
+        let app = WebApp::build_with(
+            &env.settings,
+            env.store.clone(),
+            env.broker.clone(),
+            Metrics::new(),
+        )
+        .await
+        .expect("the web role starts");
+        let base = app.base_url().to_owned();
+        let stop = CancellationToken::new();
+        tokio::spawn(app.run(stop.clone()));
+        let site = Self {
+            env,
+            base,
+            discord,
+            stop,
+        };
+        site.run_pipeline().await;
+        site
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A sync replica and the outbox relay: events get applied, recorded links published.
+    async fn run_pipeline(&self) {
+        self.env.spawn_worker(self.stop.clone()).await;
+        tokio::spawn(ttfd::sync::relay::relay_outbox(
+            self.env.store.clone(),
+            self.env.broker.clone(),
+            Default::default(),
+            Duration::from_millis(50),
+            self.stop.clone(),
+        ));
+    }
+
+    /// Publishes events and waits until the database has applied them.
+    async fn seed(&self, events: &[Event]) {
+        self.env.publish(events).await;
+        self.env.wait_for_model(events).await;
+    }
+
+    async fn events_in_stream(&self) -> u64 {
+        let mut stream = self
+            .env
+            .broker
+            .js
+            .get_stream(self.env.broker.subjects.events_stream())
+            .await
+            .expect("stream");
+        stream.info().await.expect("info").state.messages
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.env.cleanup().await;
+    }
+}
+
+/// A browser: keeps cookies, follows no redirect by itself.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// Follows redirects (site and fake Discord) by hand: the last response and every URL
+/// visited.
+async fn follow(client: &reqwest::Client, url: &str) -> (reqwest::Response, Vec<String>) {
+    let mut visited = vec![url.to_owned()];
+    let mut response = client.get(url).send().await.expect("request");
+    while response.status().is_redirection() {
+        let next = response
+            .url()
+            .join(
+                response
+                    .headers()
+                    .get(LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .expect("Location"),
+            )
+            .expect("a URL");
+        visited.push(next.to_string());
+        response = client.get(next).send().await.expect("request");
+    }
+    (response, visited)
+}
+
+async fn text(r: reqwest::Response) -> (StatusCode, String) {
+    let status = r.status();
+    (status, r.text().await.expect("body"))
+}
+
+/// The CSRF token a page carries (in its forms or the Telegram widget's URL).
+fn csrf_of(html: &str) -> String {
+    for marker in ["name=\"csrf\" value=\"", "/telegram/"] {
+        if let Some(i) = html.find(marker) {
+            return html[i + marker.len()..]
+                .chars()
+                .take_while(char::is_ascii_hexdigit)
+                .collect();
+        }
+    }
+    panic!("no CSRF token in the page: {html}");
+}
+
+fn message(id: &str, who: &str, name: &str, ts: i64) -> Event {
+    Event {
+        id: EventId::parse(id).expect("id"),
+        ts,
+        identity: Identity::parse(who).expect("identity"),
+        name: Some(name.into()),
+        payload: Payload::Message {
+            len: None,
+            chat: None,
+        },
+    }
+}
+
+fn xp(id: &str, who: &str, name: &str, amount: i32, ts: i64) -> Event {
+    Event {
+        id: EventId::parse(id).expect("id"),
+        ts,
+        identity: Identity::parse(who).expect("identity"),
+        name: Some(name.into()),
+        payload: Payload::Xp {
+            amount,
+            reason: "test".into(),
+        },
+    }
+}
+
+/// Login Widget data for Telegram user `id`, signed with `token`.
+fn widget(id: &str, auth_date: i64, token: &str) -> BTreeMap<String, String> {
+    let mut fields: BTreeMap<String, String> = [
+        ("id", id.to_owned()),
+        ("first_name", "Ann".to_owned()),
+        ("username", "ann_tg".to_owned()),
+        ("auth_date", auth_date.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let hash = ttfd::web::telegram::sign(&fields, token);
+    fields.insert("hash".into(), hash);
+    fields
+}
+
+fn query_string(fields: &BTreeMap<String, String>) -> String {
+    let mut url = reqwest::Url::parse("http://x/").expect("url");
+    url.query_pairs_mut().extend_pairs(fields.iter());
+    url.query().unwrap_or_default().to_owned()
+}
+
+/// Signs `client` in with the fake Discord and returns the profile page.
+async fn sign_in_with_discord(site: &Site, client: &reqwest::Client) -> String {
+    let (page, visited) = follow(client, &site.url("/auth/discord")).await;
+    let (status, html) = text(page).await;
+    assert_eq!(status, StatusCode::OK, "{visited:?}\n{html}");
+    assert!(
+        visited.last().is_some_and(|u| u.ends_with("/profile")),
+        "{visited:?}"
+    );
+    html
+}
+
+// ---------------------------------------------------------------------------------
+// Discord OAuth
+
+#[tokio::test]
+async fn signing_in_with_discord_goes_through_the_provider_and_lands_on_the_profile() {
+    let site = Site::start().await;
+    let now = ttfd::now_ms();
+    site.seed(&[message(
+        "d:1",
+        &format!("discord:{ANN_DISCORD}"),
+        "Ann",
+        now,
+    )])
+    .await;
+    let client = browser();
+
+    let start = client
+        .get(site.url("/auth/discord"))
+        .send()
+        .await
+        .expect("start");
+    assert_eq!(start.status(), StatusCode::SEE_OTHER);
+    let oauth_cookie = start
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("ttfd_oauth="))
+        .expect("the state is bound to the browser")
+        .to_owned();
+    assert!(
+        oauth_cookie.contains("HttpOnly") && oauth_cookie.contains("SameSite=Lax"),
+        "{oauth_cookie}"
+    );
+    let authorize = start.headers()[LOCATION]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(
+        authorize.starts_with(&format!("{}/oauth2/authorize?", site.discord.base)),
+        "{authorize}"
+    );
+
+    let (page, visited) = follow(&client, &authorize).await;
+    let query = site
+        .discord
+        .last_authorize_query()
+        .expect("Discord was asked");
+    assert_eq!(query["scope"], "identify");
+    assert_eq!(query["client_id"], fake_oauth::CLIENT_ID);
+    assert_eq!(query["redirect_uri"], site.url("/auth/discord/callback"));
+    assert!(query["state"].len() >= 32, "a random state");
+    assert!(
+        visited[1].starts_with(&site.url("/auth/discord/callback?code=")),
+        "{visited:?}"
+    );
+    let (status, html) = text(page).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("Signed in."), "{html}");
+    assert!(
+        html.contains("<h1>Ann</h1>"),
+        "the profile of the signed-in member: {html}"
+    );
+    assert!(
+        html.contains(ANN_DISCORD),
+        "one's own page shows the account id"
+    );
+    assert!(html.contains("action=\"/logout\""));
+    assert_eq!(site.discord.token_requests(), 1);
+
+    // The session cookie is signed, HttpOnly and SameSite.
+    let again = client
+        .get(site.url("/profile"))
+        .send()
+        .await
+        .expect("profile");
+    let session_cookie = again
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("ttfd_session="))
+        .expect("session cookie")
+        .to_owned();
+    assert!(session_cookie.contains("HttpOnly") && session_cookie.contains("SameSite=Lax"));
+    assert_eq!(again.status(), StatusCode::OK);
+    site.stop().await;
+}
+
+/// The callback URL Discord sends the browser to, without following it.
+async fn callback_url(site: &Site, client: &reqwest::Client) -> String {
+    let start = client
+        .get(site.url("/auth/discord"))
+        .send()
+        .await
+        .expect("start");
+    let authorize = start.headers()[LOCATION]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let back = client.get(&authorize).send().await.expect("authorize");
+    back.headers()[LOCATION].to_str().expect("ascii").to_owned()
+}
+
+#[tokio::test]
+async fn a_wrong_or_missing_state_is_refused_before_any_token_exchange() {
+    let site = Site::start().await;
+    let client = browser();
+    let callback = callback_url(&site, &client).await;
+    let mut url = reqwest::Url::parse(&callback).expect("url");
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == "state" {
+                "forged".into()
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    url.query_pairs_mut().clear().extend_pairs(pairs);
+    let (status, html) = text(client.get(url).send().await.expect("callback")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(html.contains("did not start in this browser"), "{html}");
+
+    // Another browser (no state cookie) bringing a valid-looking callback.
+    let callback = callback_url(&site, &client).await;
+    let (status, html) = text(browser().get(&callback).send().await.expect("callback")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(html.contains("expired or was already used"), "{html}");
+    assert_eq!(site.discord.token_requests(), 0, "no code was exchanged");
+    let profile = browser()
+        .get(site.url("/profile"))
+        .send()
+        .await
+        .expect("profile");
+    assert_eq!(
+        profile.status(),
+        StatusCode::SEE_OTHER,
+        "nobody is signed in"
+    );
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn a_replayed_callback_is_refused() {
+    let site = Site::start().await;
+    let client = browser();
+    let start = client
+        .get(site.url("/auth/discord"))
+        .send()
+        .await
+        .expect("start");
+    let oauth_cookie = start
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("ttfd_oauth="))
+        .and_then(|c| c.split(';').next())
+        .expect("state cookie")
+        .to_owned();
+    let authorize = start.headers()[LOCATION]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let back = client.get(&authorize).send().await.expect("authorize");
+    let callback = back.headers()[LOCATION].to_str().expect("ascii").to_owned();
+    let done = client.get(&callback).send().await.expect("callback");
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+    assert_eq!(done.headers()[LOCATION], "/profile");
+
+    // The same browser again: its state cookie was removed on first use.
+    let (status, _) = text(client.get(&callback).send().await.expect("replay")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A copy of the old state cookie: the state was spent.
+    let replay = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .get(&callback)
+        .header(COOKIE, &oauth_cookie)
+        .send()
+        .await
+        .expect("replay");
+    let (status, html) = text(replay).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(html.contains("already used"), "{html}");
+    assert_eq!(
+        site.discord.token_requests(),
+        1,
+        "the replay exchanged nothing"
+    );
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn a_provider_error_signs_nobody_in_and_says_why() {
+    let site = Site::start().await;
+    site.discord.set_mode(Mode::Deny);
+    let client = browser();
+    let (page, visited) = follow(&client, &site.url("/auth/discord")).await;
+    assert!(
+        visited
+            .last()
+            .is_some_and(|u| u.contains("error=access_denied")),
+        "{visited:?}"
+    );
+    let (status, html) = text(page).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        html.contains("You cancelled the sign-in on Discord."),
+        "{html}"
+    );
+    assert_eq!(site.discord.token_requests(), 0);
+    let profile = client
+        .get(site.url("/profile"))
+        .send()
+        .await
+        .expect("profile");
+    assert_eq!(profile.headers()[LOCATION], "/login");
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_token_exchange_signs_nobody_in() {
+    let site = Site::start().await;
+    site.discord.set_mode(Mode::TokenFails);
+    let client = browser();
+    let (page, _) = follow(&client, &site.url("/auth/discord")).await;
+    let (status, html) = text(page).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(
+        html.contains("Discord did not confirm the sign-in"),
+        "{html}"
+    );
+    assert_eq!(site.discord.token_requests(), 1);
+    let profile = client
+        .get(site.url("/profile"))
+        .send()
+        .await
+        .expect("profile");
+    assert_eq!(profile.headers()[LOCATION], "/login");
+    site.stop().await;
+}
+
+// ---------------------------------------------------------------------------------
+// Telegram Login Widget
+
+#[tokio::test]
+async fn the_telegram_widget_signs_in_only_with_fresh_untampered_data_from_this_browser() {
+    let site = Site::start().await;
+    let client = browser();
+    let (status, login) = text(client.get(site.url("/login")).send().await.expect("login")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        login.contains("data-telegram-login=\"ttfd_test_bot\""),
+        "{login}"
+    );
+    let csrf = csrf_of(&login);
+    let now = ttfd::now_ms() / 1000;
+    let at = |fields: &BTreeMap<String, String>, csrf: &str| {
+        site.url(&format!("/auth/telegram/{csrf}?{}", query_string(fields)))
+    };
+
+    let mut tampered = widget("555000111", now, BOT_TOKEN);
+    tampered.insert("id".into(), "999".into());
+    let (status, html) = text(
+        client
+            .get(at(&tampered, &csrf))
+            .send()
+            .await
+            .expect("tampered"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(html.contains("not signed by Telegram"), "{html}");
+
+    let forged = widget("555000111", now, "other:bot-token");
+    let (status, _) = text(client.get(at(&forged, &csrf)).send().await.expect("forged")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let stale = widget("555000111", now - 2 * 86_400, BOT_TOKEN);
+    let (status, html) = text(client.get(at(&stale, &csrf)).send().await.expect("stale")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(html.contains("too old"), "{html}");
+
+    let valid = widget("555000111", now, BOT_TOKEN);
+    // Valid data in a URL made for another browser session.
+    let (status, _) = text(
+        browser()
+            .get(at(&valid, &csrf))
+            .send()
+            .await
+            .expect("other"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let (page, _) = follow(&client, &at(&valid, &csrf)).await;
+    let (status, html) = text(page).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("Signed in.") && html.contains("telegram:555000111"),
+        "{html}"
+    );
+    // The sign-in renewed the session's token: the same URL does not work twice.
+    let (status, _) = text(client.get(at(&valid, &csrf)).send().await.expect("again")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    site.stop().await;
+}
+
+// ---------------------------------------------------------------------------------
+// Linking
+
+#[tokio::test]
+async fn linking_telegram_with_the_widget_shows_the_merged_profile_once_applied() {
+    let site = Site::start().await;
+    let now = ttfd::now_ms();
+    site.seed(&[
+        xp(
+            "d:1",
+            &format!("discord:{ANN_DISCORD}"),
+            "Ann",
+            300,
+            now - 120_000,
+        ),
+        xp("t:1", "telegram:555000111", "Ann TG", 400, now - 60_000),
+    ])
+    .await;
+    let client = browser();
+    let profile = sign_in_with_discord(&site, &client).await;
+    assert!(profile.contains("<strong>300</strong> XP"), "{profile}");
+    assert!(
+        profile.contains("/link/telegram/"),
+        "the widget offers Telegram"
+    );
+    let csrf = csrf_of(&profile);
+    let data = widget("555000111", now / 1000, BOT_TOKEN);
+    let link = client
+        .get(site.url(&format!("/link/telegram/{csrf}?{}", query_string(&data))))
+        .send()
+        .await
+        .expect("link");
+    assert_eq!(link.status(), StatusCode::SEE_OTHER);
+
+    let merged = eventually("the merged profile", || async {
+        let html = client
+            .get(site.url("/profile"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        html.contains("Accounts linked").then_some(html)
+    })
+    .await;
+    assert!(merged.contains("<strong>700</strong> XP"), "{merged}");
+    assert!(merged.contains("555000111") && merged.contains(ANN_DISCORD));
+    assert!(
+        !merged.contains("/link/telegram/"),
+        "Telegram is linked now"
+    );
+    let p = site
+        .env
+        .store
+        .profile(&Identity::parse("telegram:555000111").expect("id"))
+        .await
+        .expect("read")
+        .expect("user");
+    assert_eq!(p.identities.len(), 2);
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn linking_discord_while_signed_in_with_telegram_goes_through_oauth() {
+    let site = Site::start().await;
+    let now = ttfd::now_ms();
+    site.seed(&[
+        xp(
+            "d:1",
+            &format!("discord:{ANN_DISCORD}"),
+            "Ann",
+            300,
+            now - 120_000,
+        ),
+        xp("t:1", "telegram:555000111", "Ann TG", 400, now - 60_000),
+    ])
+    .await;
+    let client = browser();
+    let login = client
+        .get(site.url("/login"))
+        .send()
+        .await
+        .expect("login")
+        .text()
+        .await
+        .expect("body");
+    let data = widget("555000111", now / 1000, BOT_TOKEN);
+    let (page, _) = follow(
+        &client,
+        &site.url(&format!(
+            "/auth/telegram/{}?{}",
+            csrf_of(&login),
+            query_string(&data)
+        )),
+    )
+    .await;
+    let profile = page.text().await.expect("body");
+    assert!(
+        profile.contains("action=\"/link/discord\""),
+        "Discord is offered: {profile}"
+    );
+    let csrf = csrf_of(&profile);
+
+    // Without the session's token, nothing starts.
+    let refused = client
+        .post(site.url("/link/discord"))
+        .form(&[("csrf", "nope")])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(site.discord.last_authorize_query(), None);
+
+    let start = client
+        .post(site.url("/link/discord"))
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(start.status(), StatusCode::SEE_OTHER);
+    let authorize = start.headers()[LOCATION]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let (page, visited) = follow(&client, &authorize).await;
+    assert!(
+        visited.last().is_some_and(|u| u.ends_with("/profile")),
+        "{visited:?}"
+    );
+    let (status, html) = text(page).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("Link recorded") || html.contains("Accounts linked"),
+        "{html}"
+    );
+    eventually("the merged profile", || async {
+        let html = client
+            .get(site.url("/profile"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        html.contains("<strong>700</strong> XP").then_some(())
+    })
+    .await;
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn codes_link_both_ways_and_forms_need_the_session_token() {
+    let site = Site::start().await;
+    let now = ttfd::now_ms();
+    site.seed(&[
+        xp(
+            "d:1",
+            &format!("discord:{ANN_DISCORD}"),
+            "Ann",
+            100,
+            now - 60_000,
+        ),
+        xp("t:1", "telegram:20", "Ann TG", 50, now - 60_000),
+        xp("t:2", "telegram:30", "Bo", 70, now - 60_000),
+    ])
+    .await;
+    let client = browser();
+    let profile = sign_in_with_discord(&site, &client).await;
+    let csrf = csrf_of(&profile);
+
+    // A form from elsewhere (wrong token) does nothing.
+    let issued = site
+        .env
+        .store
+        .issue_link_code(&Identity::parse("telegram:20").expect("id"), now)
+        .await
+        .expect("a bot issues a code");
+    let forged = client
+        .post(site.url("/link/code"))
+        .form(&[("csrf", "0000"), ("code", issued.code.as_str())])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+
+    // A code from the Telegram bot, entered on the site.
+    let entered = client
+        .post(site.url("/link/code"))
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("code", &issued.code.to_lowercase()),
+        ])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(entered.status(), StatusCode::SEE_OTHER);
+    eventually("the code link applied", || async {
+        let html = client
+            .get(site.url("/profile"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        html.contains("<strong>150</strong> XP").then_some(())
+    })
+    .await;
+
+    // A wrong code says so.
+    client
+        .post(site.url("/link/code"))
+        .form(&[("csrf", csrf.as_str()), ("code", "ZZZZZZ")])
+        .send()
+        .await
+        .expect("post");
+    let html = client
+        .get(site.url("/profile"))
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("body");
+    assert!(html.contains("unknown, used or expired"), "{html}");
+
+    // A code issued on the site, entered in a bot.
+    let issue = client
+        .post(site.url("/link/issue"))
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(issue.status(), StatusCode::SEE_OTHER);
+    let html = client
+        .get(site.url("/profile"))
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("body");
+    let i =
+        html.find("id=\"issued-code\">").expect("the code is shown") + "id=\"issued-code\">".len();
+    let code: String = html[i..]
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .collect();
+    let r = site
+        .env
+        .store
+        .redeem_link_code(
+            &Identity::parse("telegram:30").expect("id"),
+            &code,
+            ttfd::now_ms(),
+        )
+        .await
+        .expect("redeem");
+    assert!(
+        matches!(r, ttfd::store::codes::Redemption::Linked { .. }),
+        "{r:?}"
+    );
+    eventually("the bot's link applied", || async {
+        let p = site
+            .env
+            .store
+            .profile(&Identity::parse("telegram:30").expect("id"))
+            .await
+            .ok()??;
+        (p.xp == 220).then_some(())
+    })
+    .await;
+    site.stop().await;
+}
+
+// ---------------------------------------------------------------------------------
+// Pages
+
+#[tokio::test]
+async fn pages_show_the_leaderboard_ranks_and_profiles_and_escape_names() {
+    let site = Site::start().await;
+    let now = ttfd::now_ms();
+    site.seed(&[
+        xp("w:1", "website:1", "<script>alert(1)</script>", 600, now),
+        xp("w:2", "website:2", "Bo", 100, now),
+    ])
+    .await;
+    let client = browser();
+    let (status, html) = text(
+        client
+            .get(site.url("/leaderboard"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!html.contains("<script>alert(1)"), "names are escaped");
+    assert!(
+        html.contains("&#60;script&#62;alert(1)&#60;/script&#62;")
+            || html.contains("&lt;script&gt;"),
+        "{html}"
+    );
+    assert!(html.contains(">F II<") && html.contains(">600<"), "{html}");
+    let (status, html) = text(
+        client
+            .get(site.url("/leaderboard?period=week"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("class=\"active\" aria-current=\"page\">This week"),
+        "{html}"
+    );
+    let (status, _) = text(
+        client
+            .get(site.url("/leaderboard?period=year"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, html) = text(client.get(site.url("/ranks")).send().await.expect("get")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains(">S II<") && html.contains("52,250"), "{html}");
+
+    let bo = site
+        .env
+        .store
+        .profile(&Identity::parse("website:2").expect("id"))
+        .await
+        .expect("read")
+        .expect("user");
+    let (status, html) = text(
+        client
+            .get(site.url(&format!("/u/{}", bo.uid)))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("<h1>Bo</h1>") && html.contains("400 XP to"),
+        "{html}"
+    );
+    assert!(html.contains("<svg class=\"chart\""), "the 30-day chart");
+    assert!(
+        !html.contains("website:2") && !html.contains("<code>2</code>"),
+        "ids are not public"
+    );
+    let (status, _) = text(client.get(site.url("/u/999999")).send().await.expect("get")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, html) = text(
+        client
+            .get(site.url("/no/such/page"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(html.contains("There is no such page."), "{html}");
+    let r = client.get(site.url("/profile")).send().await.expect("get");
+    assert_eq!(
+        r.headers()[LOCATION],
+        "/login",
+        "one's own profile needs a sign-in"
+    );
+    site.stop().await;
+}
+
+// ---------------------------------------------------------------------------------
+// The API
+
+async fn json_of(r: reqwest::Response) -> (StatusCode, Value) {
+    let status = r.status();
+    (status, r.json().await.expect("a JSON body"))
+}
+
+#[tokio::test]
+async fn the_api_serves_users_leaderboard_pages_and_the_ladder() {
+    let site = Site::start().await;
+    let now = ttfd::now_ms();
+    let events: Vec<Event> = (1..=5)
+        .map(|i| {
+            xp(
+                &format!("x:{i}"),
+                &format!("website:{i}"),
+                &format!("P{i}"),
+                i * 100,
+                now,
+            )
+        })
+        .collect();
+    site.seed(&events).await;
+    let http = reqwest::Client::new();
+
+    let (status, user) = json_of(
+        http.get(site.url("/api/v1/users/website/3"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(user["xp"], 300);
+    assert_eq!(user["display_name"], "P3");
+    assert_eq!(user["rank"]["name"], "F I");
+    assert_eq!(
+        user["identities"],
+        json!([{"platform": "website", "user": "3"}])
+    );
+    for key in [
+        "uid",
+        "peak_rank",
+        "coins",
+        "messages",
+        "voice_seconds",
+        "games_played",
+        "games_won",
+        "created_at",
+        "last_active",
+    ] {
+        assert!(user.get(key).is_some(), "{key} in {user}");
+    }
+    let (status, body) = json_of(
+        http.get(site.url("/api/v1/users/website/404"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"], "no user has the identity website:404");
+    let (status, body) = json_of(
+        http.get(site.url("/api/v1/users/Bad!/1"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("platform")),
+        "{body}"
+    );
+
+    let page = |q: &str| {
+        let url = site.url(&format!("/api/v1/leaderboard?{q}"));
+        let http = http.clone();
+        async move { json_of(http.get(url).send().await.expect("get")).await }
+    };
+    let (status, first) = page("period=all&per_page=2").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (first["total"].as_i64(), first["pages"].as_i64()),
+        (Some(5), Some(3))
+    );
+    let names = |b: &Value| -> Vec<(i64, String)> {
+        b["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .map(|e| {
+                (
+                    e["position"].as_i64().expect("pos"),
+                    e["display_name"].as_str().expect("name").to_owned(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(names(&first), [(1, "P5".into()), (2, "P4".into())]);
+    let (_, second) = page("period=all&per_page=2&page=2").await;
+    assert_eq!(names(&second), [(3, "P3".into()), (4, "P2".into())]);
+    let (_, last) = page("per_page=2&page=3").await;
+    assert_eq!(names(&last), [(5, "P1".into())]);
+    let (_, beyond) = page("per_page=2&page=4").await;
+    assert!(names(&beyond).is_empty());
+    let (_, week) = page("period=week").await;
+    assert_eq!(
+        (week["period"].as_str(), week["total"].as_i64()),
+        (Some("week"), Some(5))
+    );
+    for bad in ["period=year", "page=0", "per_page=101", "page=x"] {
+        let (status, body) = page(bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(body["error"].is_string(), "{bad}: {body}");
+    }
+
+    let (status, ladder) = json_of(
+        http.get(site.url("/api/v1/ranks"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let ranks = ladder["ranks"].as_array().expect("ranks");
+    assert_eq!(ranks.len(), 20);
+    assert_eq!(
+        ranks[0],
+        json!({"index": 1, "name": "F I", "tier": "F", "stars": 1, "required_xp": 0, "next_xp": 500, "coins": 0})
+    );
+    assert_eq!(ranks[19]["next_xp"], Value::Null);
+
+    let (status, body) = json_of(
+        http.get(site.url("/api/v1/nope"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["error"].is_string());
+    let (status, body) = json_of(
+        http.delete(site.url("/api/v1/ranks"))
+            .send()
+            .await
+            .expect("delete"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(body["error"].is_string());
+    site.stop().await;
+}
+
+// ---------------------------------------------------------------------------------
+// Ingest
+
+#[tokio::test]
+async fn ingest_publishes_valid_events_of_the_tokens_platform() {
+    let site = Site::start().await;
+    let http = reqwest::Client::new();
+    let event = json!({"id": "website:msg:1", "platform": "website", "user": "77", "kind": "message", "name": "Web Ann", "data": {"len": 12}});
+    let r = http
+        .post(site.url("/api/v1/events"))
+        .bearer_auth(WEBSITE_TOKEN)
+        .json(&event)
+        .send()
+        .await
+        .expect("post");
+    let (status, body) = json_of(r).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let subject = format!("{}.events.website.message", site.env.settings.nats.prefix);
+    assert_eq!(
+        body,
+        json!({"accepted": 1, "events": [{"id": "website:msg:1", "subject": subject, "duplicate": false}]})
+    );
+    let stream = site
+        .env
+        .broker
+        .js
+        .get_stream(site.env.broker.subjects.events_stream())
+        .await
+        .expect("stream");
+    let stored = stream
+        .get_last_raw_message_by_subject(&subject)
+        .await
+        .expect("stored");
+    let decoded =
+        ttfd::shared::wire::decode(&stored.payload, ("website", "message"), ttfd::now_ms())
+            .expect("valid on the wire");
+    assert_eq!(decoded.id.as_str(), "website:msg:1");
+    assert_eq!(decoded.name.as_deref(), Some("Web Ann"));
+
+    // A batch, with the first event again: stored once.
+    let batch = json!([event, {"id": "website:game:1", "platform": "website", "user": "77", "kind": "game", "data": {"game": "chess", "won": true, "xp": 50}}]);
+    let (status, body) = json_of(
+        http.post(site.url("/api/v1/events"))
+            .bearer_auth(WEBSITE_TOKEN)
+            .json(&batch)
+            .send()
+            .await
+            .expect("post"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["events"][0]["duplicate"], true);
+    assert_eq!(body["events"][1]["duplicate"], false);
+    assert_eq!(site.events_in_stream().await, 2);
+
+    // The sync consumer applies what came in over HTTP.
+    eventually("the ingested events applied", || async {
+        let p = site
+            .env
+            .store
+            .profile(&Identity::parse("website:77").ok()?)
+            .await
+            .ok()??;
+        (p.xp == 60 && p.games_won == 1).then_some(())
+    })
+    .await;
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn ingest_refuses_bad_tokens_other_platforms_and_bad_payloads_publishing_nothing() {
+    let site = Site::start().await;
+    let http = reqwest::Client::new();
+    let good = json!({"id": "website:msg:1", "platform": "website", "user": "77", "kind": "message", "data": {}});
+    let post = |token: Option<&str>, content_type: &str, body: String| {
+        let mut r = http
+            .post(site.url("/api/v1/events"))
+            .header(reqwest::header::CONTENT_TYPE, content_type.to_owned())
+            .body(body);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        async move { json_of(r.send().await.expect("post")).await }
+    };
+    let cases: Vec<(Option<&str>, &str, String, StatusCode, &str)> = vec![
+        (None, "application/json", good.to_string(), StatusCode::UNAUTHORIZED, "token is required"),
+        (Some("wrong-token-wrong-token"), "application/json", good.to_string(), StatusCode::UNAUTHORIZED, "not valid"),
+        (Some(DISCORD_TOKEN), "application/json", good.to_string(), StatusCode::FORBIDDEN, "only for platform \"discord\""),
+        (Some(WEBSITE_TOKEN), "text/plain", good.to_string(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "application/json"),
+        (Some(WEBSITE_TOKEN), "application/json", "{not json".into(), StatusCode::BAD_REQUEST, "not JSON"),
+        (Some(WEBSITE_TOKEN), "application/json", "42".into(), StatusCode::BAD_REQUEST, "one event"),
+        (Some(WEBSITE_TOKEN), "application/json", "[]".into(), StatusCode::UNPROCESSABLE_ENTITY, "1 to 1000"),
+        (
+            Some(WEBSITE_TOKEN),
+            "application/json",
+            json!({"id": "w:v", "platform": "website", "user": "77", "kind": "voice", "data": {"seconds": 0}}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "data.seconds",
+        ),
+        (
+            Some(WEBSITE_TOKEN),
+            "application/json",
+            json!({"id": "w:k", "platform": "website", "user": "77", "kind": "dance", "data": {}}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "event 0",
+        ),
+        (
+            Some(WEBSITE_TOKEN),
+            "application/json",
+            json!({"platform": "website", "user": "77", "kind": "message", "data": {}}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "id",
+        ),
+        // One bad event spoils the batch: none of it is published.
+        (
+            Some(WEBSITE_TOKEN),
+            "application/json",
+            json!([good, {"id": "w:x", "platform": "website", "user": "77", "kind": "xp", "data": {"amount": 5}}]).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "event 1",
+        ),
+        // So does one event of another platform.
+        (
+            Some(WEBSITE_TOKEN),
+            "application/json",
+            json!([good, {"id": "d:1", "platform": "discord", "user": "1", "kind": "message", "data": {}}]).to_string(),
+            StatusCode::FORBIDDEN,
+            "event 1",
+        ),
+    ];
+    let huge = format!("[{}]", vec![good.to_string(); 60_000].join(","));
+    assert!(huge.len() > ttfd::web::api::MAX_INGEST_BYTES);
+    let (status, answer) = post(Some(WEBSITE_TOKEN), "application/json", huge).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    assert!(answer["error"].is_string());
+    for (token, content_type, body, want, says) in cases {
+        let (status, answer) = post(token, content_type, body.clone()).await;
+        assert_eq!(status, want, "{body}: {answer}");
+        let message = answer["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(says),
+            "{body}: {message:?} should mention {says:?}"
+        );
+    }
+    assert_eq!(site.events_in_stream().await, 0, "nothing was published");
+    site.stop().await;
+}
+
+// ---------------------------------------------------------------------------------
+// Operations
+
+#[tokio::test]
+async fn health_readiness_and_metrics_answer() {
+    let site = Site::start().await;
+    let http = reqwest::Client::new();
+    let (status, _) = json_of(http.get(site.url("/healthz")).send().await.expect("get")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = json_of(http.get(site.url("/readyz")).send().await.expect("get")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"database": "ok", "nats": "ok"}));
+    http.get(site.url("/leaderboard"))
+        .send()
+        .await
+        .expect("get");
+    let metrics = http.get(site.url("/metrics")).send().await.expect("get");
+    assert!(
+        metrics.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/plain")
+    );
+    let text = metrics.text().await.expect("body");
+    assert!(
+        text.contains(
+            "ttfd_web_http_requests_total{method=\"GET\",route=\"/leaderboard\",status=\"200\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("ttfd_web_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+
+    // A site whose database is unreachable is alive but not ready, and says why.
+    let mut settings = site.env.settings.clone();
+    settings.database.url = "postgres://postgres@127.0.0.1:1/nowhere".into();
+    let store =
+        ttfd::store::Store::connect_lazy(&settings.database, settings.rules.clone()).expect("lazy");
+    let app = WebApp::build_with(&settings, store, site.env.broker.clone(), Metrics::new())
+        .await
+        .expect("build");
+    let base = app.base_url().to_owned();
+    tokio::spawn(app.run(site.stop.clone()));
+    let (status, _) = json_of(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = json_of(
+        http.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["nats"], "ok");
+    assert_ne!(body["database"], "ok");
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn a_public_site_without_a_cookie_key_refuses_to_start_naming_the_key() {
+    let env = TestEnv::with(|s| {
+        s.web.listen = "127.0.0.1:0".parse().expect("addr");
+        s.web.public_url = "https://ttfd.example.org".into();
+    })
+    .await;
+    let err = WebApp::build_with(
+        &env.settings,
+        env.store.clone(),
+        env.broker.clone(),
+        Metrics::new(),
+    )
+    .await
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(err.contains("web.cookie_key"), "{err}");
+    env.cleanup().await;
+}

@@ -1,0 +1,455 @@
+//! `ttfd discord`: the Discord bot role.
+//!
+//! - Guild messages by humans → `message` events; voice states → the voice-session
+//!   state machine (`ttfd_shared::voice`) → `voice` segments at least every
+//!   `discord.voice.segment_secs`; on every `GUILD_CREATE` (start-up, reconnect) the
+//!   sessions are rebuilt from the guild's current voice states. Events go to NATS
+//!   through one publisher task that retries until JetStream stores them.
+//! - Rank roles and announcements from `<prefix>.notify.rank` ([`roles`]); the role is
+//!   given again when a member rejoins.
+//! - Slash commands `/rank`, `/top`, `/link` ([`commands`]) read through the query
+//!   service (`ttfd query`): the bot holds no database credentials.
+//!
+//! [`mapping`] and [`commands`]' text builders are pure; [`DiscordBot`] holds the state
+//! and is driven by serenity's gateway handler here, or directly by the tests.
+//!
+//! Reads the `discord` section ([`settings`]), `nats.*` and `rules.*`.
+
+pub mod api;
+pub mod commands;
+pub mod mapping;
+pub mod roles;
+pub mod settings;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serenity::all::{
+    ClientBuilder, Context, EventHandler, GatewayIntents, Guild, GuildId, Interaction, Member,
+    Message, Ready, UnavailableGuild, UserId, VoiceState,
+};
+use serenity::async_trait;
+use serenity::http::Http;
+use serenity::model::application::CommandInteraction;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+use ttfd_shared::voice::{Segment, VoiceSessions};
+use ttfd_shared::{Event, Rules};
+
+pub use api::DiscordApi;
+pub use settings::DiscordSettings;
+
+use crate::broker::Broker;
+use crate::config::{ConfigError, Settings};
+use crate::now_ms;
+use crate::query::QueryClient;
+use mapping::MessageRules;
+use roles::{Outcome, RankRoles, RoleSync};
+
+/// How often open voice segments are checked for publication.
+pub const TICK: Duration = Duration::from_secs(1);
+/// Events waiting for the publisher; beyond this the gateway handler waits.
+const QUEUE: usize = 10_000;
+/// Retries of a rejoining member's role before it is left to their next rank change.
+const MEMBER_ADD_ATTEMPTS: u32 = 20;
+
+/// The bot's state, shared by the gateway handler, the voice ticker and the tests.
+pub struct DiscordBot {
+    guild: GuildId,
+    ignored_channels: Vec<serenity::all::ChannelId>,
+    content_visible: bool,
+    voice: Mutex<VoiceSessions>,
+    /// Display names seen in voice states, for `voice` events.
+    names: Mutex<HashMap<u64, String>>,
+    events: mpsc::Sender<Event>,
+    pub roles: RoleSync,
+    query: QueryClient,
+    rules: Arc<Rules>,
+    shutdown: CancellationToken,
+}
+
+impl DiscordBot {
+    pub fn new(
+        settings: &Settings,
+        guild: GuildId,
+        api: DiscordApi,
+        query: QueryClient,
+        events: mpsc::Sender<Event>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let d = &settings.discord;
+        let rules = Arc::new(settings.rules.clone());
+        Self {
+            guild,
+            ignored_channels: d.ignored_channels.clone(),
+            content_visible: d.message_content,
+            voice: Mutex::new(VoiceSessions::new(
+                d.voice.rules(settings.rules.voice_xp_per_minute),
+            )),
+            names: Mutex::new(HashMap::new()),
+            events,
+            roles: RoleSync {
+                api,
+                query: query.clone(),
+                guild,
+                roles: Arc::new(RankRoles::new(&d.rank_roles, &rules)),
+                announce_channel: d.announce_channel,
+                rules: rules.clone(),
+            },
+            query,
+            rules,
+            shutdown,
+        }
+    }
+
+    pub fn guild(&self) -> GuildId {
+        self.guild
+    }
+
+    async fn send(&self, events: Vec<Event>) {
+        for e in events {
+            if self.events.send(e).await.is_err() {
+                // Only after shutdown, when the publisher has stopped.
+                warn!("event publisher stopped; event not sent");
+            }
+        }
+    }
+
+    /// A `MESSAGE_CREATE`.
+    pub async fn on_message(&self, msg: &Message) {
+        let rules = MessageRules {
+            guild: self.guild,
+            ignored_channels: &self.ignored_channels,
+            content_visible: self.content_visible,
+        };
+        if let Some(event) = mapping::message_event(msg, &rules) {
+            self.send(vec![event]).await;
+        }
+    }
+
+    /// A `VOICE_STATE_UPDATE`.
+    pub async fn on_voice_state(&self, state: &VoiceState, now: i64) {
+        if state.guild_id != Some(self.guild) {
+            return;
+        }
+        if let Some((user, name)) = mapping::voice_name(state) {
+            self.lock_names().insert(user, name);
+        }
+        let segments = self.lock_voice().update(mapping::voice_update(state), now);
+        self.send_segments(segments).await;
+    }
+
+    /// A `GUILD_CREATE`: at start-up and after every new gateway session. Members
+    /// already in voice start counting now.
+    pub async fn on_guild_create(&self, guild: &Guild, now: i64) {
+        if guild.id != self.guild {
+            return;
+        }
+        let voice = mapping::guild_voice(guild);
+        self.lock_names().extend(voice.names);
+        let (segments, in_voice) = {
+            let mut sessions = self.lock_voice();
+            let segments = sessions.rebuild(voice.states, voice.afk_channel, now);
+            (segments, sessions.in_voice())
+        };
+        info!(guild = self.guild.get(), in_voice, "voice sessions rebuilt");
+        self.send_segments(segments).await;
+    }
+
+    /// The guild went unavailable (a Discord outage): nothing can be tracked until it
+    /// comes back with a `GUILD_CREATE`.
+    pub async fn on_guild_unavailable(&self, now: i64) {
+        let segments = self.lock_voice().close_all(now);
+        self.send_segments(segments).await;
+    }
+
+    /// Publishes segments that reached their length; call every [`TICK`].
+    pub async fn tick(&self, now: i64) {
+        let segments = self.lock_voice().tick(now);
+        self.send_segments(segments).await;
+    }
+
+    /// Publishes every open segment (graceful shutdown).
+    pub async fn close(&self, now: i64) {
+        let segments = self.lock_voice().close_all(now);
+        self.send_segments(segments).await;
+    }
+
+    /// Whether `user`'s voice time is being counted now.
+    pub fn is_counting(&self, user: UserId) -> bool {
+        self.lock_voice().is_counting(user.get())
+    }
+
+    async fn send_segments(&self, segments: Vec<Segment>) {
+        if segments.is_empty() {
+            return;
+        }
+        let events = {
+            let names = self.lock_names();
+            segments
+                .iter()
+                .map(|s| mapping::voice_event(self.guild, s, names.get(&s.user).cloned()))
+                .collect()
+        };
+        self.send(events).await;
+    }
+
+    /// A `GUILD_MEMBER_ADD`: a member who rejoins gets their rank role back. Retried
+    /// in the background on rate limits and outages.
+    pub async fn on_member_add(&self, member: &Member) {
+        if member.guild_id != self.guild || member.user.bot {
+            return;
+        }
+        let user = member.user.id;
+        for attempt in 1..=MEMBER_ADD_ATTEMPTS {
+            match self.roles.sync_member(user, None, attempt).await {
+                Outcome::Done => return,
+                Outcome::RetryAfter(delay) => {
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        error!(
+            user = user.get(),
+            "rank role of a joining member not set after {MEMBER_ADD_ATTEMPTS} attempts; \
+             it is set at their next rank change"
+        );
+    }
+
+    /// A slash command.
+    pub async fn on_command(&self, http: &Http, cmd: &CommandInteraction) {
+        if let Err(e) = commands::answer(http, cmd, &self.query, &self.rules).await {
+            warn!(error = %e, command = %cmd.data.name, "slash command reply failed");
+        }
+    }
+
+    fn lock_voice(&self) -> std::sync::MutexGuard<'_, VoiceSessions> {
+        // The state machine never panics while held; a poisoned lock still holds
+        // consistent state.
+        self.voice
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lock_names(&self) -> std::sync::MutexGuard<'_, HashMap<u64, String>> {
+        self.names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Publishes events until `done` is cancelled and the queue is empty; each event is
+/// retried with backoff until JetStream stores it, for at most `grace` after `done`.
+pub async fn publish_events(
+    broker: Broker,
+    mut queue: mpsc::Receiver<Event>,
+    done: CancellationToken,
+    grace: Duration,
+) {
+    loop {
+        let event = tokio::select! {
+            biased;
+            e = queue.recv() => match e {
+                Some(e) => e,
+                None => break,
+            },
+            _ = done.cancelled() => match queue.try_recv() {
+                Ok(e) => e,
+                Err(_) => break,
+            },
+        };
+        let mut delay = Duration::from_millis(100);
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let stored = match broker.publish_event(&event).await {
+                Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let Err(e) = stored else {
+                debug!(id = event.id.as_str(), "event stored");
+                break;
+            };
+            if done.is_cancelled() {
+                let d = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + grace);
+                if tokio::time::Instant::now() >= d {
+                    error!(id = event.id.as_str(), error = %e, "event not stored before shutdown");
+                    break;
+                }
+            }
+            warn!(id = event.id.as_str(), error = %e, "publishing failed; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Serenity's gateway events, handed to the bot.
+struct Handler {
+    bot: Arc<DiscordBot>,
+}
+
+#[async_trait]
+impl EventHandler for Handler {
+    async fn ready(&self, ctx: Context, ready: Ready) {
+        info!(user = %ready.user.name, shard = ?ready.shard, "connected to the Discord gateway");
+        match self
+            .bot
+            .guild()
+            .set_commands(&ctx.http, commands::definitions())
+            .await
+        {
+            Ok(c) => info!(commands = c.len(), "slash commands registered"),
+            Err(e) => error!(error = %e, "slash commands not registered"),
+        }
+    }
+
+    async fn guild_create(&self, _ctx: Context, guild: Guild, _is_new: Option<bool>) {
+        self.bot.on_guild_create(&guild, now_ms()).await;
+    }
+
+    async fn guild_delete(
+        &self,
+        _ctx: Context,
+        incomplete: UnavailableGuild,
+        _full: Option<Guild>,
+    ) {
+        if incomplete.id == self.bot.guild() {
+            warn!(unavailable = incomplete.unavailable, "the guild went away");
+            self.bot.on_guild_unavailable(now_ms()).await;
+        }
+    }
+
+    async fn message(&self, _ctx: Context, msg: Message) {
+        self.bot.on_message(&msg).await;
+    }
+
+    async fn voice_state_update(&self, _ctx: Context, _old: Option<VoiceState>, new: VoiceState) {
+        self.bot.on_voice_state(&new, now_ms()).await;
+    }
+
+    async fn guild_member_addition(&self, _ctx: Context, member: Member) {
+        self.bot.on_member_add(&member).await;
+    }
+
+    async fn interaction_create(&self, ctx: Context, interaction: Interaction) {
+        if let Interaction::Command(cmd) = interaction {
+            self.bot.on_command(&ctx.http, &cmd).await;
+        }
+    }
+}
+
+/// The gateway intents the bot asks for. GUILD_MEMBERS and MESSAGE_CONTENT are
+/// privileged: they must be switched on in the developer portal.
+pub fn intents(settings: &DiscordSettings) -> GatewayIntents {
+    let mut intents = GatewayIntents::GUILDS
+        | GatewayIntents::GUILD_MESSAGES
+        | GatewayIntents::GUILD_VOICE_STATES
+        | GatewayIntents::GUILD_MEMBERS;
+    if settings.message_content {
+        intents |= GatewayIntents::MESSAGE_CONTENT;
+    }
+    intents
+}
+
+/// The role: runs until `shutdown`, then publishes open voice segments and stops.
+pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let d = &settings.discord;
+    let (token, guild) = d
+        .require()
+        .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
+    let broker = Broker::connect(&settings.nats, Duration::from_secs(5)).await?;
+    let query = QueryClient::new(
+        broker.client.clone(),
+        &settings.nats.prefix,
+        Duration::from_millis(d.query_timeout_ms),
+    );
+    let api = DiscordApi::new(token, d.api_url.as_deref());
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let bot = Arc::new(DiscordBot::new(
+        settings,
+        guild,
+        api,
+        query,
+        tx,
+        shutdown.clone(),
+    ));
+    let published = CancellationToken::new();
+    let publisher = tokio::spawn(publish_events(
+        broker.clone(),
+        rx,
+        published.clone(),
+        Duration::from_secs(10),
+    ));
+    let consumer = roles::consumer(&broker)
+        .await
+        .context("cannot create the rank notice consumer (run `ttfd nats setup`)")?;
+    let role_task = tokio::spawn(roles::run(bot.roles.clone(), consumer, shutdown.clone()));
+    let ticker = {
+        let (bot, stop) = (bot.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(TICK);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = every.tick() => bot.tick(now_ms()).await,
+                }
+            }
+        })
+    };
+
+    // The gateway client gets an Http of its own (serenity takes it by value); its rate
+    // limits (slash-command replies, command registration) are apart from the roles'.
+    let http = api::build_http(token, d.api_url.as_deref(), reqwest::Client::new());
+    let mut client = ClientBuilder::new_with_http(http, intents(d))
+        .event_handler(Handler { bot: bot.clone() })
+        .await
+        .context("cannot start the Discord client")?;
+    let shards = client.shard_manager.clone();
+    let range = d.shards.range();
+    let (first, last) = (*range.start(), *range.end());
+    info!(guild = guild.get(), shards = ?range, total = d.shards.total, "starting the Discord gateway");
+    let outcome = tokio::select! {
+        // Serenity 0.12 reads the end of this range as inclusive (its own
+        // `start_shards(n)` passes `0..n - 1`).
+        r = client.start_shard_range(first..last, d.shards.total) => r.map_err(gateway_error),
+        _ = shutdown.cancelled() => Ok(()),
+    };
+    shards.shutdown_all().await;
+    shutdown.cancel();
+    let _ = ticker.await;
+    bot.close(now_ms()).await;
+    published.cancel();
+    let _ = publisher.await;
+    match role_task.await {
+        Ok(Err(e)) => warn!(error = %e, "rank notice consumer stopped with an error"),
+        Err(e) => warn!(error = %e, "rank notice consumer panicked"),
+        Ok(Ok(())) => {}
+    }
+    if let Err(e) = broker.client.flush().await {
+        warn!(error = %e, "NATS flush on shutdown failed");
+    }
+    outcome
+}
+
+/// Gateway failures an operator can fix, said in their terms.
+fn gateway_error(e: serenity::Error) -> anyhow::Error {
+    use serenity::gateway::GatewayError;
+    match e {
+        serenity::Error::Gateway(GatewayError::InvalidAuthentication) => {
+            anyhow::anyhow!("Discord refused the bot token (discord.token)")
+        }
+        serenity::Error::Gateway(GatewayError::DisallowedGatewayIntents) => anyhow::anyhow!(
+            "Discord refused the intents: switch on SERVER MEMBERS INTENT and MESSAGE CONTENT \
+             INTENT for the bot in the developer portal, or set discord.message_content = false \
+             (docs/discord.md)"
+        ),
+        other => anyhow::anyhow!("Discord gateway: {other}"),
+    }
+}

@@ -1,0 +1,417 @@
+//! Rank roles: every member holds the role of their current rank and no other rank role.
+//!
+//! A durable JetStream consumer on `<prefix>.notify.rank` (stream `<PREFIX>_NOTIFY`)
+//! takes each rank change as a trigger: it asks the query service for the member's
+//! *current* rank (so notices handled out of order, or retried, still end at the right
+//! role), reads the member's roles, and adds and removes only what differs. A rate limit
+//! or an outage is never a reason to drop a notice: it is nak'ed with the delay Discord
+//! asked for (or a backoff) and comes back. A member who rejoins gets their role again
+//! (`GuildMemberAdd` → [`RoleSync::sync_member`]). Rank-ups can be announced in a
+//! channel.
+//!
+//! Reads `discord.rank_roles`, `discord.announce_channel`, `discord.guild_id` and
+//! `rules.ranks`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use futures::StreamExt;
+use serenity::model::id::{ChannelId, GuildId, RoleId, UserId};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+use ttfd_shared::Rules;
+use ttfd_shared::wire::RankNotice;
+
+use super::api::{ApiError, DiscordApi};
+use super::mapping::{PLATFORM, identity};
+use super::settings::RankRole;
+use crate::broker::Broker;
+use crate::query::{QueryClient, QueryError};
+
+/// Which role each rank gives.
+#[derive(Debug, Clone, Default)]
+pub struct RankRoles {
+    by_rank: HashMap<String, RoleId>,
+    by_tier: HashMap<String, RoleId>,
+    all: BTreeSet<RoleId>,
+}
+
+/// What to change on a member so that they hold exactly their rank's role.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RoleChanges {
+    pub add: Option<RoleId>,
+    pub remove: Vec<RoleId>,
+}
+
+impl RoleChanges {
+    pub fn is_empty(&self) -> bool {
+        self.add.is_none() && self.remove.is_empty()
+    }
+}
+
+impl RankRoles {
+    /// `entries` name ranks (`"C II"`) or tiers (`"C"`); validated by the settings.
+    pub fn new(entries: &[RankRole], rules: &Rules) -> Self {
+        let mut r = Self::default();
+        for e in entries {
+            if rules.ranks.iter().any(|d| d.name == e.rank) {
+                r.by_rank.insert(e.rank.clone(), e.role);
+            } else {
+                r.by_tier.insert(e.rank.clone(), e.role);
+            }
+            r.all.insert(e.role);
+        }
+        r
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty()
+    }
+
+    /// The role of a rank: its own entry, else its tier's, else none.
+    pub fn role_for(&self, rank_name: &str, tier: &str) -> Option<RoleId> {
+        self.by_rank
+            .get(rank_name)
+            .or_else(|| self.by_tier.get(tier))
+            .copied()
+    }
+
+    /// From the member's current roles to `target` and no other rank role. Roles that
+    /// are not rank roles are never touched.
+    pub fn changes(&self, current: &[RoleId], target: Option<RoleId>) -> RoleChanges {
+        let add = target.filter(|t| !current.contains(t));
+        let mut remove: Vec<RoleId> = current
+            .iter()
+            .filter(|r| self.all.contains(r) && Some(**r) != target)
+            .copied()
+            .collect();
+        remove.sort();
+        remove.dedup();
+        RoleChanges { add, remove }
+    }
+}
+
+/// The rank-up announcement. Names are not pinged (see `DiscordApi::post_message`).
+pub fn announcement(user: UserId, rank_name: &str) -> String {
+    format!("🎉 <@{}> reached **{rank_name}**!", user.get())
+}
+
+/// What became of one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    /// Try again after this long (rate limit, outage, a refusal an operator must fix).
+    RetryAfter(Duration),
+}
+
+/// A refusal (missing permission, role above the bot's) needs an operator: retried
+/// this often meanwhile, never dropped.
+const REFUSED_RETRY: Duration = Duration::from_secs(300);
+
+/// Backoff for outages, by delivery attempt: 1 s, 2 s, 4 s, ... up to a minute.
+pub fn backoff(attempt: u32) -> Duration {
+    Duration::from_secs(1u64 << attempt.saturating_sub(1).min(6)).min(Duration::from_secs(60))
+}
+
+/// Brings members' rank roles in line with their profiles.
+#[derive(Clone)]
+pub struct RoleSync {
+    pub api: DiscordApi,
+    pub query: QueryClient,
+    pub guild: GuildId,
+    pub roles: Arc<RankRoles>,
+    pub announce_channel: Option<ChannelId>,
+    pub rules: Arc<Rules>,
+}
+
+impl RoleSync {
+    /// Gives `user` the role of their current rank (rank 1 when they have no profile
+    /// yet) and takes the other rank roles away; `announce` posts `announce.1` under the
+    /// nonce `announce.0` in the announcement channel, after the roles are right.
+    pub async fn sync_member(
+        &self,
+        user: UserId,
+        announce: Option<(&str, String)>,
+        attempt: u32,
+    ) -> Outcome {
+        match self.try_sync_member(user, announce).await {
+            Ok(()) => Outcome::Done,
+            Err(Failure::Query(e @ QueryError::Bad(_))) => {
+                // A request we cannot make or a reply we cannot read: a bug, not
+                // something time fixes.
+                error!(user = user.get(), error = %e, "rank role: query refused; skipped");
+                Outcome::Done
+            }
+            Err(Failure::Query(e)) => {
+                warn!(user = user.get(), error = %e, "rank role: query service unavailable; retrying");
+                Outcome::RetryAfter(backoff(attempt))
+            }
+            Err(Failure::Api(ApiError::RateLimited(d))) => {
+                debug!(user = user.get(), delay = ?d, "rank role: rate limited; retrying");
+                Outcome::RetryAfter(d)
+            }
+            Err(Failure::Api(e @ ApiError::Unavailable(_))) => {
+                warn!(user = user.get(), error = %e, "rank role: Discord unavailable; retrying");
+                Outcome::RetryAfter(backoff(attempt))
+            }
+            Err(Failure::Api(e @ ApiError::Refused { .. })) => {
+                error!(
+                    user = user.get(),
+                    error = %e,
+                    "rank role refused: the bot needs Manage Roles and its role above every \
+                     rank role (docs/discord.md); retrying in 5 minutes"
+                );
+                Outcome::RetryAfter(REFUSED_RETRY)
+            }
+        }
+    }
+
+    async fn try_sync_member(
+        &self,
+        user: UserId,
+        announce: Option<(&str, String)>,
+    ) -> Result<(), Failure> {
+        if !self.roles.is_empty() {
+            let profile = self.query.profile(&identity(user)).await?;
+            let (name, tier) = match &profile {
+                Some(p) => (p.rank.name.clone(), p.rank.tier.clone()),
+                None => {
+                    let first = self.rules.rank(1);
+                    (first.name, first.tier)
+                }
+            };
+            let target = self.roles.role_for(&name, &tier);
+            let Some(current) = self.api.member_roles(self.guild, user).await? else {
+                debug!(user = user.get(), "rank role: not a member of the guild");
+                return Ok(());
+            };
+            let changes = self.roles.changes(&current, target);
+            let reason = format!("TTFD rank {name}");
+            if let Some(role) = changes.add {
+                self.api.add_role(self.guild, user, role, &reason).await?;
+            }
+            for role in &changes.remove {
+                self.api
+                    .remove_role(self.guild, user, *role, &reason)
+                    .await?;
+            }
+            if !changes.is_empty() {
+                info!(user = user.get(), rank = %name, ?changes, "rank role updated");
+            }
+        }
+        if let (Some(channel), Some((nonce, text))) = (self.announce_channel, announce) {
+            self.api.post_message(channel, &text, nonce).await?;
+        }
+        Ok(())
+    }
+
+    /// Handles one rank notice: every Discord identity of the user.
+    pub async fn handle_notice(&self, notice: &RankNotice, attempt: u32) -> Outcome {
+        let mut retry: Option<Duration> = None;
+        for i in notice.identities.iter().filter(|i| i.platform == PLATFORM) {
+            let Some(user) = i.user.parse::<u64>().ok().filter(|u| *u != 0) else {
+                warn!(user = %i.user, "rank notice names a Discord user that is not a snowflake");
+                continue;
+            };
+            let user = UserId::new(user);
+            let announce = (notice.new_rank > notice.old_rank).then(|| {
+                let rank = self.rules.rank(notice.new_rank);
+                // Discord nonces are at most 25 characters.
+                let nonce: String = notice.id.chars().take(25).collect();
+                (nonce, announcement(user, &rank.name))
+            });
+            let announce = announce.as_ref().map(|(n, t)| (n.as_str(), t.clone()));
+            if let Outcome::RetryAfter(d) = self.sync_member(user, announce, attempt).await {
+                retry = Some(retry.map_or(d, |r| r.max(d)));
+            }
+        }
+        retry.map_or(Outcome::Done, Outcome::RetryAfter)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
+/// The durable consumer's name for an installation prefix.
+pub fn consumer_name(prefix: &str) -> String {
+    format!("{prefix}-discord-roles")
+}
+
+/// Creates (or finds) the durable consumer on `<prefix>.notify.rank`.
+pub async fn consumer(broker: &Broker) -> anyhow::Result<jetstream::consumer::PullConsumer> {
+    let stream = broker
+        .js
+        .get_stream(broker.subjects.notify_stream())
+        .await?;
+    let name = consumer_name(broker.subjects.prefix());
+    let config = pull::Config {
+        durable_name: Some(name.clone()),
+        description: Some("ttfd discord: rank roles and announcements".into()),
+        filter_subject: broker.subjects.notify("rank"),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(120),
+        // Never give a notice up: a refused role is retried until an operator fixes it.
+        max_deliver: -1,
+        max_ack_pending: 1000,
+        ..Default::default()
+    };
+    Ok(stream.get_or_create_consumer(&name, config).await?)
+}
+
+/// Handles rank notices until `shutdown`. Several run at once (bounded), since one
+/// member's retry must not hold up the others. A broken message stream (NATS
+/// reconnecting, the consumer recreated) is opened again.
+pub async fn run(
+    sync: RoleSync,
+    consumer: jetstream::consumer::PullConsumer,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(16));
+    let tracker = tokio_util::task::TaskTracker::new();
+    let mut reopen_delay = Duration::from_millis(200);
+    'open: while !shutdown.is_cancelled() {
+        let mut messages = match consumer.messages().await {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "rank notices: cannot read the consumer; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break 'open,
+                    _ = tokio::time::sleep(reopen_delay) => {}
+                }
+                reopen_delay = (reopen_delay * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break 'open,
+                m = messages.next() => m,
+            };
+            let message = match next {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    warn!(error = %e, "rank notices: consumer error; going on");
+                    continue;
+                }
+                None => {
+                    warn!("rank notices: message stream ended; reopening");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break 'open,
+                        _ = tokio::time::sleep(reopen_delay) => {}
+                    }
+                    reopen_delay = (reopen_delay * 2).min(Duration::from_secs(30));
+                    continue 'open;
+                }
+            };
+            reopen_delay = Duration::from_millis(200);
+            let permit = in_flight.clone().acquire_owned().await?;
+            let sync = sync.clone();
+            tracker.spawn(async move {
+                let _permit = permit;
+                handle_message(&sync, message).await;
+            });
+        }
+    }
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+/// One notice: handled, then acked or put back with the delay it needs.
+async fn handle_message(sync: &RoleSync, message: jetstream::Message) {
+    let attempt = message
+        .info()
+        .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
+        .unwrap_or(1);
+    let outcome = match rmp_serde::from_slice::<RankNotice>(&message.payload) {
+        Ok(notice) => sync.handle_notice(&notice, attempt).await,
+        Err(e) => {
+            error!(error = %e, "unreadable rank notice; dropped");
+            Outcome::Done
+        }
+    };
+    let ack = match outcome {
+        Outcome::Done => message.ack().await,
+        Outcome::RetryAfter(d) => message.ack_with(AckKind::Nak(Some(d))).await,
+    };
+    if let Err(e) = ack {
+        // The notice comes back after ack_wait; handling it again is harmless.
+        warn!(error = %e, "rank notice: ack failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roles(entries: &[(&str, u64)]) -> RankRoles {
+        let entries: Vec<RankRole> = entries
+            .iter()
+            .map(|(rank, role)| RankRole {
+                rank: (*rank).into(),
+                role: RoleId::new(*role),
+            })
+            .collect();
+        RankRoles::new(&entries, &Rules::default())
+    }
+
+    #[test]
+    fn a_rank_name_wins_over_its_tier() {
+        let r = roles(&[("C", 30), ("C III", 33), ("S", 90)]);
+        assert_eq!(r.role_for("C I", "C"), Some(RoleId::new(30)));
+        assert_eq!(r.role_for("C III", "C"), Some(RoleId::new(33)));
+        assert_eq!(r.role_for("S II", "S"), Some(RoleId::new(90)));
+        assert_eq!(r.role_for("F I", "F"), None);
+    }
+
+    #[test]
+    fn changes_add_the_rank_role_and_remove_only_other_rank_roles() {
+        let r = roles(&[("C", 30), ("B", 40), ("A", 50)]);
+        let other = RoleId::new(7);
+        let c = r.changes(
+            &[other, RoleId::new(30), RoleId::new(50)],
+            Some(RoleId::new(40)),
+        );
+        assert_eq!(
+            c,
+            RoleChanges {
+                add: Some(RoleId::new(40)),
+                remove: vec![RoleId::new(30), RoleId::new(50)]
+            }
+        );
+        assert!(
+            r.changes(&[other, RoleId::new(40)], Some(RoleId::new(40)))
+                .is_empty()
+        );
+        // A rank with no role: every rank role goes, the others stay.
+        assert_eq!(
+            r.changes(&[other, RoleId::new(30)], None),
+            RoleChanges {
+                add: None,
+                remove: vec![RoleId::new(30)]
+            }
+        );
+    }
+
+    #[test]
+    fn backoff_grows_to_a_minute() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_secs(4));
+        assert_eq!(backoff(100), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn announcements_mention_the_member_and_the_rank() {
+        assert_eq!(
+            announcement(UserId::new(42), "C II"),
+            "🎉 <@42> reached **C II**!"
+        );
+    }
+}

@@ -1,0 +1,387 @@
+//! The HTTP API, `/api/v1/...`: a user by identity, leaderboards, the rank ladder, and
+//! ingest of events for platforms that cannot speak NATS. JSON in and out; every
+//! refusal is a 4xx with `{"error": "<what is wrong>"}`. Documented in `docs/api.md`
+//! and `docs/openapi.yaml`.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use ttfd_shared::{Event, Identity};
+
+use super::AppState;
+use super::ops::IngestLabels;
+use crate::cli::event_from_json;
+use crate::now_ms;
+use crate::store::query::{Period, Standing};
+
+/// Most events in one ingest request.
+pub const MAX_BATCH: usize = 1000;
+/// Largest ingest body.
+pub const MAX_INGEST_BYTES: usize = 4 * 1024 * 1024;
+/// Leaderboard page size: default and largest.
+pub const DEFAULT_PER_PAGE: i64 = 25;
+pub const MAX_PER_PAGE: i64 = 100;
+/// Pages beyond this are refused (deep OFFSETs are slow and nobody reads them).
+pub const MAX_PAGE: i64 = 10_000;
+
+/// A refusal: a status and a message for the caller.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(json!({"error": self.message}))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        tracing::error!(error = %e, "API read failed");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database is not available; try again",
+        )
+    }
+}
+
+/// Unknown `/api/v1` paths.
+pub async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such API endpoint; see docs/api.md",
+    )
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+}
+
+/// `GET /api/v1/users/{platform}/{user}`: the unified user owning the identity.
+pub async fn user(
+    State(app): State<AppState>,
+    Path((platform, user)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let identity =
+        Identity::new(&platform, &user).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    match app.store.profile(&identity).await? {
+        Some(profile) => Ok(Json(profile).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no user has the identity {identity}"),
+        )),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct BoardQuery {
+    pub period: Option<String>,
+    pub page: Option<String>,
+    pub per_page: Option<String>,
+}
+
+/// A parsed leaderboard request.
+#[derive(Debug, Clone, Copy)]
+pub struct BoardRequest {
+    pub period: Period,
+    pub page: i64,
+    pub per_page: i64,
+}
+
+pub fn parse_period(s: &str) -> Option<Period> {
+    match s {
+        "all" => Some(Period::All),
+        "week" => Some(Period::Week),
+        "month" => Some(Period::Month),
+        _ => None,
+    }
+}
+
+pub fn period_name(p: Period) -> &'static str {
+    match p {
+        Period::All => "all",
+        Period::Week => "week",
+        Period::Month => "month",
+    }
+}
+
+impl BoardQuery {
+    pub fn parse(&self) -> Result<BoardRequest, String> {
+        let period = match self.period.as_deref() {
+            None | Some("") => Period::All,
+            Some(p) => {
+                parse_period(p).ok_or_else(|| format!("period {p:?} must be all, week or month"))?
+            }
+        };
+        let number = |name: &str, v: &Option<String>, default: i64, max: i64| match v.as_deref() {
+            None | Some("") => Ok(default),
+            Some(s) => s
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| format!("{name} must be a whole number from 1 to {max}")),
+        };
+        Ok(BoardRequest {
+            period,
+            page: number("page", &self.page, 1, MAX_PAGE)?,
+            per_page: number("per_page", &self.per_page, DEFAULT_PER_PAGE, MAX_PER_PAGE)?,
+        })
+    }
+}
+
+/// One page of a leaderboard.
+#[derive(Debug, Clone, Serialize)]
+pub struct Board {
+    pub period: &'static str,
+    pub page: i64,
+    pub per_page: i64,
+    /// Users on this leaderboard (for a period: users who earned XP in it).
+    pub total: i64,
+    pub pages: i64,
+    pub entries: Vec<Standing>,
+}
+
+pub async fn load_board(
+    app: &AppState,
+    req: BoardRequest,
+) -> Result<Board, crate::store::StoreError> {
+    let today = time::OffsetDateTime::now_utc().date();
+    let offset = (req.page - 1) * req.per_page;
+    let entries = app
+        .store
+        .top(req.period, today, req.per_page, offset)
+        .await?;
+    let total = app.store.leaderboard_size(req.period, today).await?;
+    Ok(Board {
+        period: period_name(req.period),
+        page: req.page,
+        per_page: req.per_page,
+        total,
+        pages: ((total + req.per_page - 1) / req.per_page).max(1),
+        entries,
+    })
+}
+
+/// `GET /api/v1/leaderboard?period=all|week|month&page=N&per_page=N`.
+pub async fn leaderboard(
+    State(app): State<AppState>,
+    query: Result<Query<BoardQuery>, QueryRejection>,
+) -> Result<Json<Board>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let req = query.parse().map_err(ApiError::bad_request)?;
+    Ok(Json(load_board(&app, req).await?))
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RankRung {
+    pub index: u8,
+    pub name: String,
+    pub tier: String,
+    pub stars: u8,
+    pub required_xp: i64,
+    pub next_xp: Option<i64>,
+    /// Coins paid once when the rank is first reached.
+    pub coins: i64,
+}
+
+pub fn ladder(rules: &ttfd_shared::Rules) -> Vec<RankRung> {
+    rules
+        .ranks
+        .iter()
+        .enumerate()
+        .map(|(i, def)| {
+            let rank = rules.rank(u8::try_from(i + 1).unwrap_or(u8::MAX));
+            RankRung {
+                index: rank.index,
+                name: rank.name,
+                tier: rank.tier,
+                stars: rank.stars,
+                required_xp: rank.required_xp,
+                next_xp: rank.next_xp,
+                coins: def.coins,
+            }
+        })
+        .collect()
+}
+
+/// `GET /api/v1/ranks`: the rank ladder, lowest first.
+pub async fn ranks(State(app): State<AppState>) -> Json<Value> {
+    Json(json!({"ranks": ladder(&app.store.rules)}))
+}
+
+/// What ingest reports for each stored event.
+#[derive(Debug, Serialize)]
+struct Stored {
+    id: String,
+    subject: String,
+    /// Already in the stream's duplicate window: stored once, not again.
+    duplicate: bool,
+}
+
+/// `POST /api/v1/events`: one JSON envelope or an array of them, published to
+/// `<prefix>.events.<platform>.<kind>` once every one of them is valid and of the
+/// token's platform; nothing is published otherwise.
+pub async fn ingest(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let count = |platform: &str, outcome: &'static str, n: usize| {
+        app.metrics
+            .ingested
+            .get_or_create(&IngestLabels {
+                platform: platform.to_owned(),
+                outcome,
+            })
+            .inc_by(n as u64);
+    };
+    let Some(token) = bearer(&headers) else {
+        count("unknown", "unauthorized", 1);
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "an ingest token is required: Authorization: Bearer <token>",
+        ));
+    };
+    let Some(platform) = app.ingest_platform(token) else {
+        count("unknown", "unauthorized", 1);
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "the ingest token is not valid",
+        ));
+    };
+    let platform = platform.to_owned();
+    let refuse = |status: StatusCode, message: String| {
+        count(&platform, "rejected", 1);
+        ApiError::new(status, message)
+    };
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"));
+    if !is_json {
+        return Err(refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json".into(),
+        ));
+    }
+    let body = body.map_err(|e| refuse(e.status(), e.body_text()))?;
+    let value: Value = serde_json::from_slice(&body).map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not JSON: {e}"),
+        )
+    })?;
+    let items = match value {
+        Value::Array(items) => items,
+        object @ Value::Object(_) => vec![object],
+        _ => {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "the body must be one event (a JSON object) or an array of events".into(),
+            ));
+        }
+    };
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return Err(refuse(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "send 1 to {MAX_BATCH} events per request, not {}",
+                items.len()
+            ),
+        ));
+    }
+    let now = now_ms();
+    let mut events: Vec<Event> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let event = event_from_json(&item.to_string(), now).map_err(|e| {
+            refuse(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("event {i}: {e:#}"),
+            )
+        })?;
+        if event.identity.platform.as_str() != platform {
+            count(&platform, "forbidden", 1);
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "event {i}: this token publishes only for platform {platform:?}, not {:?}",
+                    event.identity.platform.as_str()
+                ),
+            ));
+        }
+        events.push(event);
+    }
+    let unavailable = |e: String| {
+        tracing::warn!(error = %e, "ingest: publishing failed");
+        count(&platform, "failed", events.len());
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NATS did not store the events; send the same request again (events are deduplicated by id)",
+        )
+    };
+    let mut acks = Vec::with_capacity(events.len());
+    for event in &events {
+        acks.push(
+            app.broker
+                .publish_event(event)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?,
+        );
+    }
+    let mut stored = Vec::with_capacity(events.len());
+    for (event, ack) in events.iter().zip(acks) {
+        let ack = ack.await.map_err(|e| unavailable(e.to_string()))?;
+        stored.push(Stored {
+            id: event.id.as_str().to_owned(),
+            subject: app
+                .broker
+                .subjects
+                .event(event.identity.platform.as_str(), event.kind()),
+            duplicate: ack.duplicate,
+        });
+    }
+    let duplicates = stored.iter().filter(|s| s.duplicate).count();
+    count(&platform, "published", stored.len() - duplicates);
+    count(&platform, "duplicate", duplicates);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"accepted": stored.len(), "events": stored})),
+    )
+        .into_response())
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+        .filter(|t| !t.is_empty())
+}

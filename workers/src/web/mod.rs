@@ -1,0 +1,304 @@
+//! The `ttfd web` role: the website (profiles, leaderboards, the rank ladder, sign-in
+//! and account linking), the HTTP API `/api/v1/...` with event ingest, and the
+//! operations endpoints `/healthz`, `/readyz`, `/metrics`.
+//!
+//! Built as STYLE.md asks: [`WebApp::build`] connects and binds (port 0 in tests) and
+//! exposes the address; [`WebApp::run`] serves until the shutdown token fires, then
+//! finishes the requests in flight.
+//!
+//! Reads the `web` section (see [`settings`]), plus `database.*`, `nats.*` and `rules`.
+
+pub mod api;
+pub mod auth;
+pub mod chart;
+pub mod discord;
+pub mod ops;
+pub mod pages;
+pub mod session;
+pub mod settings;
+pub mod telegram;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::routing::{get, post};
+use axum_extra::extract::SignedCookieJar;
+use axum_extra::extract::cookie::Key;
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::broker::{Broker, BrokerError};
+use crate::config::{ConfigError, Settings};
+use crate::metrics::Metrics;
+use crate::now_ms;
+use crate::store::{Store, StoreError};
+
+pub use settings::WebSettings;
+
+use discord::DiscordOAuth;
+use ops::WebMetrics;
+use pages::TelegramWidget;
+use session::{CookiePolicy, Session};
+use settings::TelegramSettings;
+
+/// Why the web role could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr} (web.listen): {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub broker: Broker,
+    pub metrics: WebMetrics,
+    pub registry: Metrics,
+    pub cookie_key: Key,
+    pub cookies: CookiePolicy,
+    pub base_url: Arc<str>,
+    pub discord: Option<DiscordOAuth>,
+    pub telegram: Option<Arc<TelegramSettings>>,
+    /// Ingest token → platform.
+    ingest_tokens: Arc<Vec<(secrecy::SecretString, String)>>,
+    /// OAuth `state` values already used, with when (replay protection in this process;
+    /// across replicas Discord's single-use codes refuse a replayed callback).
+    spent_states: Arc<Mutex<HashMap<String, i64>>>,
+}
+
+impl FromRef<AppState> for Key {
+    fn from_ref(app: &AppState) -> Key {
+        app.cookie_key.clone()
+    }
+}
+
+impl AppState {
+    /// The browser's session (a fresh anonymous one if it has none).
+    pub fn session(&self, jar: &SignedCookieJar) -> Session {
+        Session::load(jar, &self.cookies, now_ms())
+    }
+
+    /// The platform an ingest token publishes for. Every configured token is compared,
+    /// in constant time, so timing does not tell which one was close.
+    pub fn ingest_platform(&self, token: &str) -> Option<&str> {
+        use subtle::ConstantTimeEq;
+        let mut found = None;
+        for (secret, platform) in self.ingest_tokens.iter() {
+            if bool::from(secret.expose_secret().as_bytes().ct_eq(token.as_bytes())) {
+                found = Some(platform.as_str());
+            }
+        }
+        found
+    }
+
+    /// The Telegram Login Widget sending its data to `path`, when Telegram is configured.
+    pub fn telegram_widget(&self, path: &str) -> Option<TelegramWidget> {
+        self.telegram.as_ref().map(|t| TelegramWidget {
+            bot_username: t.bot_username.clone(),
+            auth_url: format!("{}{path}", self.base_url),
+        })
+    }
+}
+
+/// The web role, bound and ready to serve.
+pub struct WebApp {
+    listener: TcpListener,
+    router: Router,
+    addr: SocketAddr,
+    base_url: String,
+    /// Time requests in flight get after the shutdown signal (`sync.shutdown_grace_secs`).
+    grace: Duration,
+}
+
+impl WebApp {
+    /// Connects to PostgreSQL (lazily) and NATS and binds `web.listen`.
+    pub async fn build(settings: &Settings) -> Result<Self, WebError> {
+        let store = Store::connect_lazy(&settings.database, settings.rules.clone())?;
+        let broker = Broker::connect(&settings.nats, Duration::from_secs(5)).await?;
+        Self::build_with(settings, store, broker, Metrics::new()).await
+    }
+
+    /// As [`WebApp::build`], with the store, broker and metrics registry given (tests,
+    /// the demo, a process running several roles).
+    pub async fn build_with(
+        settings: &Settings,
+        store: Store,
+        broker: Broker,
+        registry: Metrics,
+    ) -> Result<Self, WebError> {
+        let web = &settings.web;
+        web.validate()?;
+        let listener = TcpListener::bind(web.listen)
+            .await
+            .map_err(|source| WebError::Bind {
+                addr: web.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| WebError::Bind {
+            addr: web.listen,
+            source,
+        })?;
+        let base_url = web.base_url(addr);
+        let cookie_key = web.cookie_key(&base_url)?;
+        let discord = match DiscordOAuth::new(&web.discord, &base_url) {
+            None => None,
+            Some(Ok(d)) => Some(d),
+            Some(Err(message)) => {
+                return Err(ConfigError::Invalid {
+                    key: "web.discord".into(),
+                    message,
+                }
+                .into());
+            }
+        };
+        let telegram = (!web.telegram.bot_token.expose_secret().is_empty())
+            .then(|| Arc::new(web.telegram.clone()));
+        let ingest_tokens: Vec<_> = web
+            .ingest_tokens
+            .iter()
+            .map(|(platform, token)| (token.clone(), platform.clone()))
+            .collect();
+        let state = AppState {
+            store,
+            broker,
+            metrics: WebMetrics::register(&registry),
+            registry,
+            cookie_key,
+            cookies: CookiePolicy {
+                secure: base_url.starts_with("https://"),
+                max_age_ms: i64::from(web.session_days) * 86_400_000,
+            },
+            base_url: base_url.clone().into(),
+            discord,
+            telegram,
+            ingest_tokens: Arc::new(ingest_tokens),
+            spent_states: Arc::default(),
+        };
+        Ok(Self {
+            listener,
+            router: router(state),
+            addr,
+            base_url,
+            grace: settings.shutdown_grace(),
+        })
+    }
+
+    /// The bound address (the real port when `web.listen` had port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The site's address, e.g. `http://127.0.0.1:8080`, without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Serves until `shutdown` fires, then gives requests in flight the grace period
+    /// (`sync.shutdown_grace_secs`) to finish.
+    pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        tracing::info!(url = %self.base_url, "web: serving");
+        let serve = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(self.grace).await;
+        };
+        tokio::select! {
+            served = serve => served,
+            () = deadline => {
+                tracing::warn!(grace = ?self.grace, "web: requests still running after the grace period; stopping");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Every route of the site and the API.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/users/{platform}/{user}", get(api::user))
+        .route("/leaderboard", get(api::leaderboard))
+        .route("/ranks", get(api::ranks))
+        .route(
+            "/events",
+            post(api::ingest).layer(DefaultBodyLimit::max(api::MAX_INGEST_BYTES)),
+        )
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed);
+    let security_headers: [(HeaderName, &'static str); 4] = [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "same-origin"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; script-src 'self' https://telegram.org; \
+             frame-src https://oauth.telegram.org; img-src 'self' data: https:; \
+             style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    ];
+    let mut router = Router::new()
+        .route("/", get(pages::index))
+        .route("/leaderboard", get(pages::leaderboard))
+        .route("/ranks", get(pages::ranks))
+        .route("/u/{uid}", get(pages::user))
+        .route("/profile", get(pages::own_profile))
+        .route("/login", get(pages::login))
+        .route("/logout", post(auth::logout))
+        .route("/auth/discord", get(auth::discord_start))
+        .route("/auth/discord/callback", get(auth::discord_callback))
+        .route("/auth/telegram/{csrf}", get(auth::telegram_sign_in))
+        .route("/link/telegram/{csrf}", get(auth::telegram_link))
+        .route("/link/discord", post(auth::discord_link_start))
+        .route("/link/code", post(auth::redeem_code))
+        .route("/link/issue", post(auth::issue_code))
+        .route("/static/style.css", get(pages::style))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .nest("/api/v1", api)
+        .fallback(pages::not_found);
+    for (name, value) in security_headers {
+        router = router.layer(SetResponseHeaderLayer::if_not_present(
+            name,
+            HeaderValue::from_static(value),
+        ));
+    }
+    router
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ops::track,
+        ))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(30),
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// `ttfd web`: serves until a shutdown signal.
+pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let app = WebApp::build(settings).await?;
+    println!("web: serving {}", app.base_url());
+    app.run(shutdown).await?;
+    Ok(())
+}

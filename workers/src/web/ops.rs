@@ -1,0 +1,170 @@
+//! Operations endpoints: `/healthz` (the process answers), `/readyz` (PostgreSQL and
+//! NATS answer), `/metrics` (Prometheus text), and the web role's metrics.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use serde_json::json;
+
+use super::AppState;
+use crate::metrics::{CONTENT_TYPE, Metrics};
+
+/// How long a readiness check waits for each dependency.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    /// The route pattern (`/u/{uid}`), never the raw path: bounded label values.
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IngestLabels {
+    pub platform: String,
+    /// `published`, `duplicate`, `rejected`, `forbidden`, `unauthorized`, `failed`.
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `discord`, `telegram`, `code`.
+    pub via: &'static str,
+    pub outcome: &'static str,
+}
+
+/// The web role's metric handles.
+#[derive(Clone)]
+pub struct WebMetrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub ingested: Family<IngestLabels, Counter>,
+    pub sign_ins: Family<OutcomeLabels, Counter>,
+    pub links: Family<OutcomeLabels, Counter>,
+}
+
+impl WebMetrics {
+    /// Registers the web role's families as `ttfd_web_*`.
+    pub fn register(metrics: &Metrics) -> Self {
+        let m = Self {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            ingested: Family::default(),
+            sign_ins: Family::default(),
+            links: Family::default(),
+        };
+        metrics.register("web", |r| {
+            r.register(
+                "http_requests",
+                "HTTP requests answered",
+                m.requests.clone(),
+            );
+            r.register(
+                "http_request_duration_seconds",
+                "Time to answer an HTTP request",
+                m.latency.clone(),
+            );
+            r.register(
+                "ingested_events",
+                "Events received on POST /api/v1/events, by outcome",
+                m.ingested.clone(),
+            );
+            r.register(
+                "sign_ins",
+                "Sign-in attempts, by provider and outcome",
+                m.sign_ins.clone(),
+            );
+            r.register(
+                "links",
+                "Account link attempts, by proof and outcome",
+                m.links.clone(),
+            );
+        });
+        m
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~15 s.
+    Histogram::new(exponential_buckets(0.001, 2.5, 12))
+}
+
+/// Counts and times every request by route.
+pub async fn track(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let response = next.run(request).await;
+    app.metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            method,
+            route: route.clone(),
+            status: response.status().as_u16(),
+        })
+        .inc();
+    app.metrics
+        .latency
+        .get_or_create(&RouteLabels { route })
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+pub async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+/// 200 when PostgreSQL answers a query and NATS has the events stream; 503 naming
+/// what does not answer.
+pub async fn readyz(State(app): State<AppState>) -> Response {
+    let db = match tokio::time::timeout(READY_TIMEOUT, app.store.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer within 2 s".to_owned()),
+    };
+    let stream = app.broker.subjects.events_stream();
+    let nats = match tokio::time::timeout(READY_TIMEOUT, app.broker.js.get_stream(&stream)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("stream {stream}: {e}")),
+        Err(_) => Err("no answer within 2 s".to_owned()),
+    };
+    let status = if db.is_ok() && nats.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let show = |r: &Result<(), String>| match r {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => e.clone(),
+    };
+    (
+        status,
+        axum::Json(json!({"database": show(&db), "nats": show(&nats)})),
+    )
+        .into_response()
+}
+
+pub async fn metrics(State(app): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        app.registry.render(),
+    )
+        .into_response()
+}

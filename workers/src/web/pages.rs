@@ -1,0 +1,710 @@
+//! The server-rendered pages: leaderboard, rank ladder, profiles, sign-in, errors.
+//! Templates live in `workers/templates/` (askama: checked at compile time, every value
+//! HTML-escaped unless marked otherwise, and nothing here is).
+
+use askama::Template;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum_extra::extract::SignedCookieJar;
+use time::{Duration, OffsetDateTime};
+use ttfd_shared::Rules;
+
+use super::AppState;
+use super::api::{BoardQuery, BoardRequest, ladder, load_board, period_name};
+use super::chart::{Chart, xp_chart};
+use super::session::{Flash, Session};
+use crate::now_ms;
+use crate::store::query::{Period, Profile};
+
+/// Days shown in the profile chart.
+pub const CHART_DAYS: u16 = 30;
+/// How long a page waits for a link to be applied before it stops refreshing, in ms.
+const PENDING_REFRESH_MS: i64 = 2 * 60 * 1000;
+
+pub const STYLE_CSS: &str = include_str!("../../static/style.css");
+
+// ---------------------------------------------------------------------------------
+// View models: everything a template shows, already formatted.
+
+pub struct Layout {
+    /// The signed-in member as shown in the header.
+    pub who: Option<String>,
+    pub flash: Option<FlashView>,
+}
+
+pub struct FlashView {
+    /// CSS class: `ok`, `info` or `error`.
+    pub kind: &'static str,
+    pub text: String,
+    pub code: Option<String>,
+}
+
+impl FlashView {
+    fn from(flash: Flash) -> Self {
+        let (kind, text, code) = match flash {
+            Flash::SignedIn => ("ok", "Signed in.".to_owned(), None),
+            Flash::SignedOut => ("info", "Signed out.".to_owned(), None),
+            Flash::LinkRecorded => (
+                "info",
+                "Link recorded; your profiles are being merged.".to_owned(),
+                None,
+            ),
+            Flash::Linked => (
+                "ok",
+                "Accounts linked: this is your merged profile.".to_owned(),
+                None,
+            ),
+            Flash::AlreadyLinked => (
+                "info",
+                "These accounts are already linked.".to_owned(),
+                None,
+            ),
+            Flash::CodeIssued { code, expires_ms } => (
+                "ok",
+                format!(
+                    "Send this code to the Telegram or Discord bot (/link CODE) before {}:",
+                    clock(expires_ms)
+                ),
+                Some(code),
+            ),
+            Flash::Error { message } => ("error", message, None),
+        };
+        Self { kind, text, code }
+    }
+}
+
+pub struct RankBadge {
+    pub name: String,
+    pub colour: &'static str,
+    pub text: &'static str,
+}
+
+/// The colour of a rank: by tier letter for the standard ladder, else by position.
+pub fn badge(rules: &Rules, index: u8) -> RankBadge {
+    let rank = rules.rank(index);
+    const BY_INDEX: [&str; 7] = [
+        "#7f8c8d", "#27ae60", "#16a085", "#2980b9", "#8e44ad", "#d35400", "#e0a800",
+    ];
+    let colour = match rank.tier.as_str() {
+        "F" => BY_INDEX[0],
+        "E" => BY_INDEX[1],
+        "D" => BY_INDEX[2],
+        "C" => BY_INDEX[3],
+        "B" => BY_INDEX[4],
+        "A" => BY_INDEX[5],
+        "S" => BY_INDEX[6],
+        _ => {
+            let n = rules.ranks.len().max(1);
+            BY_INDEX[(usize::from(rank.index) - 1) * BY_INDEX.len() / n]
+        }
+    };
+    // Dark text on the light gold, white elsewhere.
+    let text = if colour == BY_INDEX[6] {
+        "#1b1b1b"
+    } else {
+        "#ffffff"
+    };
+    RankBadge {
+        name: rank.name,
+        colour,
+        text,
+    }
+}
+
+fn badge_by_name(rules: &Rules, name: &str) -> RankBadge {
+    let index = rules
+        .ranks
+        .iter()
+        .position(|r| r.name == name)
+        .map_or(1, |i| u8::try_from(i + 1).unwrap_or(u8::MAX));
+    badge(rules, index)
+}
+
+/// `12345` → `12,345`.
+pub fn thousands(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
+    if n < 0 {
+        out.push('-');
+    }
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `3725` seconds → `1 h 2 min`.
+fn duration_words(seconds: i64) -> String {
+    let minutes = seconds.max(0) / 60;
+    match (minutes / 60, minutes % 60) {
+        (0, m) => format!("{m} min"),
+        (h, 0) => format!("{} h", thousands(h)),
+        (h, m) => format!("{} h {m} min", thousands(h)),
+    }
+}
+
+/// `HH:MM UTC` of a Unix ms time.
+fn clock(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(ms / 1000)
+        .map(|t| format!("{:02}:{:02} UTC", t.hour(), t.minute()))
+        .unwrap_or_default()
+}
+
+/// The date part of an RFC 3339 time.
+fn day_of(rfc3339: &Option<String>) -> Option<String> {
+    rfc3339.as_ref().map(|s| s.chars().take(10).collect())
+}
+
+pub struct NextRank {
+    pub badge: RankBadge,
+    pub missing: String,
+    pub percent: u8,
+    pub from: String,
+    pub to: String,
+}
+
+pub struct IdentityView {
+    pub platform: String,
+    /// The account id, shown to its owner only.
+    pub user: Option<String>,
+}
+
+pub struct ProfileView {
+    pub name: String,
+    pub badge: RankBadge,
+    pub xp: String,
+    pub next: Option<NextRank>,
+    pub messages: String,
+    pub voice: String,
+    pub games_played: String,
+    pub games_won: String,
+    pub coins: String,
+    pub peak: String,
+    pub identities: Vec<IdentityView>,
+    pub since: Option<String>,
+    pub last_active: Option<String>,
+    pub chart: Chart,
+    /// The chart's best day and total, formatted.
+    pub chart_max: String,
+    pub chart_total: String,
+}
+
+impl ProfileView {
+    pub fn new(rules: &Rules, p: &Profile, xp_days: &[(time::Date, i64)], own: bool) -> Self {
+        let next = p.rank.next_xp.map(|to| {
+            let from = p.rank.required_xp;
+            let span = (to - from).max(1);
+            let percent = ((p.xp - from).clamp(0, span) * 100 / span) as u8;
+            NextRank {
+                badge: badge(rules, p.rank.index.saturating_add(1)),
+                missing: thousands(to - p.xp),
+                percent,
+                from: thousands(from),
+                to: thousands(to),
+            }
+        });
+        let today = OffsetDateTime::now_utc().date();
+        let chart = xp_chart(xp_days, today, CHART_DAYS);
+        Self {
+            chart_max: thousands(chart.max),
+            chart_total: thousands(chart.total),
+            name: p
+                .display_name
+                .clone()
+                .unwrap_or_else(|| format!("Member #{}", p.uid)),
+            badge: badge(rules, p.rank.index),
+            xp: thousands(p.xp),
+            next,
+            messages: thousands(p.messages),
+            voice: duration_words(p.voice_seconds),
+            games_played: thousands(p.games_played),
+            games_won: thousands(p.games_won),
+            coins: thousands(p.coins),
+            peak: rules.rank(p.peak_rank).name,
+            identities: p
+                .identities
+                .iter()
+                .map(|i| IdentityView {
+                    platform: i.platform.clone(),
+                    user: own.then(|| i.user.clone()),
+                })
+                .collect(),
+            since: day_of(&p.created_at),
+            last_active: day_of(&p.last_active),
+            chart,
+        }
+    }
+}
+
+pub struct TelegramWidget {
+    pub bot_username: String,
+    pub auth_url: String,
+}
+
+/// The account-linking part of one's own profile page.
+pub struct LinkPanel {
+    pub csrf: String,
+    pub pending: Option<String>,
+    pub discord: bool,
+    pub telegram: Option<TelegramWidget>,
+}
+
+// ---------------------------------------------------------------------------------
+// Templates.
+
+#[derive(Template)]
+#[template(path = "leaderboard.html")]
+struct LeaderboardPage {
+    layout: Layout,
+    tabs: Vec<Tab>,
+    period_phrase: &'static str,
+    rows: Vec<Row>,
+    page: i64,
+    pages: i64,
+    total: String,
+    prev_href: Option<String>,
+    next_href: Option<String>,
+}
+
+struct Tab {
+    label: &'static str,
+    href: String,
+    active: bool,
+}
+
+struct Row {
+    position: usize,
+    uid: i64,
+    name: String,
+    badge: RankBadge,
+    xp: String,
+}
+
+#[derive(Template)]
+#[template(path = "ranks.html")]
+struct RanksPage {
+    layout: Layout,
+    ranks: Vec<Rung>,
+}
+
+struct Rung {
+    badge: RankBadge,
+    xp: String,
+    coins: String,
+}
+
+#[derive(Template)]
+#[template(path = "profile.html")]
+struct ProfilePage {
+    layout: Layout,
+    title: String,
+    refresh: bool,
+    profile: Option<ProfileView>,
+    /// The signed-in identity, on one's own page.
+    me: Option<String>,
+    link: Option<LinkPanel>,
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage {
+    layout: Layout,
+    discord: bool,
+    telegram: Option<TelegramWidget>,
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage {
+    layout: Layout,
+    heading: String,
+    message: String,
+    back_href: &'static str,
+    back_label: &'static str,
+}
+
+// ---------------------------------------------------------------------------------
+// Rendering.
+
+/// A page with the session cookie (re)stored: every page may clear a one-time message
+/// or create the anonymous session that carries the CSRF token.
+pub fn respond(
+    app: &AppState,
+    jar: SignedCookieJar,
+    session: &Session,
+    status: StatusCode,
+    page: impl Template,
+) -> Response {
+    let jar = session.store(jar, &app.cookies);
+    match page.render() {
+        Ok(html) => (
+            status,
+            jar,
+            [(header::CACHE_CONTROL, "no-store")],
+            Html(html),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "rendering a page");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page could not be rendered",
+            )
+                .into_response()
+        }
+    }
+}
+
+pub fn layout(session: &mut Session) -> Layout {
+    Layout {
+        who: session
+            .who
+            .as_ref()
+            .map(|w| session.name.clone().unwrap_or_else(|| w.clone())),
+        flash: session.take_flash().map(FlashView::from),
+    }
+}
+
+/// An HTML error page with a message for a person.
+pub fn error_page(
+    app: &AppState,
+    jar: SignedCookieJar,
+    mut session: Session,
+    status: StatusCode,
+    message: impl Into<String>,
+) -> Response {
+    let signed_in = session.who.is_some();
+    let page = ErrorPage {
+        layout: layout(&mut session),
+        heading: status.canonical_reason().unwrap_or("Error").to_owned(),
+        message: message.into(),
+        back_href: if signed_in { "/profile" } else { "/login" },
+        back_label: if signed_in {
+            "Back to your profile"
+        } else {
+            "Back to sign-in"
+        },
+    };
+    respond(app, jar, &session, status, page)
+}
+
+fn database_down(
+    app: &AppState,
+    jar: SignedCookieJar,
+    session: Session,
+    e: crate::store::StoreError,
+) -> Response {
+    tracing::error!(error = %e, "page read failed");
+    error_page(
+        app,
+        jar,
+        session,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The database is not available right now. Try again in a moment.",
+    )
+}
+
+/// Any path the site does not have.
+pub async fn not_found(State(app): State<AppState>, jar: SignedCookieJar) -> Response {
+    let session = app.session(&jar);
+    error_page(
+        &app,
+        jar,
+        session,
+        StatusCode::NOT_FOUND,
+        "There is no such page.",
+    )
+}
+
+pub async fn index() -> Redirect {
+    Redirect::to("/leaderboard")
+}
+
+pub async fn style() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        STYLE_CSS,
+    )
+        .into_response()
+}
+
+/// `GET /leaderboard?period=all|week|month&page=N`.
+pub async fn leaderboard(
+    State(app): State<AppState>,
+    jar: SignedCookieJar,
+    query: Result<Query<BoardQuery>, QueryRejection>,
+) -> Response {
+    let mut session = app.session(&jar);
+    let req = match query
+        .map_err(|e| e.body_text())
+        .and_then(|Query(q)| q.parse())
+    {
+        Ok(req) => req,
+        Err(message) => return error_page(&app, jar, session, StatusCode::BAD_REQUEST, message),
+    };
+    let board = match load_board(&app, req).await {
+        Ok(b) => b,
+        Err(e) => return database_down(&app, jar, session, e),
+    };
+    let href = |period: Period, page: i64| {
+        let mut s = format!("/leaderboard?period={}", period_name(period));
+        if page > 1 {
+            s.push_str(&format!("&page={page}"));
+        }
+        if req.per_page != super::api::DEFAULT_PER_PAGE {
+            s.push_str(&format!("&per_page={}", req.per_page));
+        }
+        s
+    };
+    let BoardRequest { period, page, .. } = req;
+    let tabs = [
+        (Period::All, "All time"),
+        (Period::Month, "This month"),
+        (Period::Week, "This week"),
+    ]
+    .into_iter()
+    .map(|(p, label)| Tab {
+        label,
+        href: href(p, 1),
+        active: p == period,
+    })
+    .collect();
+    let rules = &app.store.rules;
+    let page_view = LeaderboardPage {
+        layout: layout(&mut session),
+        tabs,
+        period_phrase: match period {
+            Period::All => "all time",
+            Period::Month => "this month",
+            Period::Week => "this week",
+        },
+        rows: board
+            .entries
+            .iter()
+            .map(|s| Row {
+                position: s.position,
+                uid: s.uid,
+                name: s
+                    .display_name
+                    .clone()
+                    .unwrap_or_else(|| format!("Member #{}", s.uid)),
+                badge: badge_by_name(rules, &s.rank),
+                xp: thousands(s.xp),
+            })
+            .collect(),
+        page,
+        pages: board.pages,
+        total: thousands(board.total),
+        prev_href: (page > 1).then(|| href(period, page - 1)),
+        next_href: (page < board.pages).then(|| href(period, page + 1)),
+    };
+    respond(&app, jar, &session, StatusCode::OK, page_view)
+}
+
+/// `GET /ranks`.
+pub async fn ranks(State(app): State<AppState>, jar: SignedCookieJar) -> Response {
+    let mut session = app.session(&jar);
+    let rules = &app.store.rules;
+    let page = RanksPage {
+        layout: layout(&mut session),
+        ranks: ladder(rules)
+            .into_iter()
+            .map(|r| Rung {
+                badge: badge(rules, r.index),
+                xp: thousands(r.required_xp),
+                coins: thousands(r.coins),
+            })
+            .collect(),
+    };
+    respond(&app, jar, &session, StatusCode::OK, page)
+}
+
+async fn profile_view(
+    app: &AppState,
+    p: &Profile,
+    own: bool,
+) -> Result<ProfileView, crate::store::StoreError> {
+    let today = OffsetDateTime::now_utc().date();
+    let from = today - Duration::days(i64::from(CHART_DAYS) - 1);
+    let days = app
+        .store
+        .xp_by_day(p.uid, from, today + Duration::days(1))
+        .await?;
+    Ok(ProfileView::new(&app.store.rules, p, &days, own))
+}
+
+/// `GET /u/{uid}`: anyone's public profile (account ids are not shown).
+pub async fn user(
+    State(app): State<AppState>,
+    jar: SignedCookieJar,
+    Path(uid): Path<String>,
+) -> Response {
+    let mut session = app.session(&jar);
+    let Ok(uid) = uid.parse::<i64>() else {
+        return error_page(
+            &app,
+            jar,
+            session,
+            StatusCode::NOT_FOUND,
+            "There is no such member.",
+        );
+    };
+    let profile = match app.store.profile_by_uid(uid).await {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            return error_page(
+                &app,
+                jar,
+                session,
+                StatusCode::NOT_FOUND,
+                "There is no such member.",
+            );
+        }
+        Err(e) => return database_down(&app, jar, session, e),
+    };
+    let view = match profile_view(&app, &profile, false).await {
+        Ok(v) => v,
+        Err(e) => return database_down(&app, jar, session, e),
+    };
+    let page = ProfilePage {
+        layout: layout(&mut session),
+        title: view.name.clone(),
+        refresh: false,
+        profile: Some(view),
+        me: None,
+        link: None,
+    };
+    respond(&app, jar, &session, StatusCode::OK, page)
+}
+
+/// `GET /profile`: one's own merged profile, with account linking.
+pub async fn own_profile(State(app): State<AppState>, jar: SignedCookieJar) -> Response {
+    let mut session = app.session(&jar);
+    let Some(me) = session.identity() else {
+        return Redirect::to("/login").into_response();
+    };
+    let profile = match app.store.profile(&me).await {
+        Ok(p) => p,
+        Err(e) => return database_down(&app, jar, session, e),
+    };
+    // A link shows as done once the other identity is part of this profile.
+    let mut refresh = false;
+    if let Some((other, since)) = session.pending.clone() {
+        let joined = profile.as_ref().is_some_and(|p| {
+            p.identities
+                .iter()
+                .any(|i| format!("{}:{}", i.platform, i.user) == other)
+        });
+        if joined {
+            session.pending = None;
+            session.flash = Some(Flash::Linked);
+        } else if now_ms() - since > PENDING_REFRESH_MS {
+            session.pending = None;
+            session.flash = Some(Flash::Error {
+                message: "The link is taking longer than usual to be applied; it will show up here once it is.".into(),
+            });
+        } else {
+            refresh = true;
+        }
+    }
+    let view = match &profile {
+        Some(p) => match profile_view(&app, p, true).await {
+            Ok(v) => Some(v),
+            Err(e) => return database_down(&app, jar, session, e),
+        },
+        None => None,
+    };
+    let has = |platform: &str| {
+        me.platform.as_str() == platform
+            || profile
+                .as_ref()
+                .is_some_and(|p| p.identities.iter().any(|i| i.platform == platform))
+    };
+    let link = LinkPanel {
+        csrf: session.csrf.clone(),
+        pending: session.pending.as_ref().map(|(o, _)| o.clone()),
+        discord: app.discord.is_some() && !has("discord"),
+        telegram: (!has("telegram"))
+            .then(|| app.telegram_widget(&format!("/link/telegram/{}", session.csrf)))
+            .flatten(),
+    };
+    let title = view
+        .as_ref()
+        .map(|v| v.name.clone())
+        .or_else(|| session.name.clone())
+        .unwrap_or_else(|| "Your profile".into());
+    let page = ProfilePage {
+        layout: layout(&mut session),
+        title,
+        refresh,
+        profile: view,
+        me: Some(me.to_string()),
+        link: Some(link),
+    };
+    respond(&app, jar, &session, StatusCode::OK, page)
+}
+
+/// `GET /login`.
+pub async fn login(State(app): State<AppState>, jar: SignedCookieJar) -> Response {
+    let mut session = app.session(&jar);
+    let page = LoginPage {
+        telegram: app.telegram_widget(&format!("/auth/telegram/{}", session.csrf)),
+        discord: app.discord.is_some(),
+        layout: layout(&mut session),
+    };
+    respond(&app, jar, &session, StatusCode::OK, page)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_like_numbers() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(-1_234_567), "-1,234,567");
+        assert_eq!(duration_words(59), "0 min");
+        assert_eq!(duration_words(3725), "1 h 2 min");
+        assert_eq!(duration_words(7200), "2 h");
+    }
+
+    #[test]
+    fn ranks_have_their_tier_colour() {
+        let rules = Rules::default();
+        assert_eq!(badge(&rules, 1).colour, "#7f8c8d");
+        assert_eq!(badge(&rules, 20).name, "S II");
+        assert_eq!(badge(&rules, 20).text, "#1b1b1b");
+        assert_eq!(badge_by_name(&rules, "C II").colour, "#2980b9");
+    }
+
+    #[test]
+    fn templates_escape_what_members_write() {
+        let page = ErrorPage {
+            layout: Layout {
+                who: Some("<b>me</b>".into()),
+                flash: None,
+            },
+            heading: "Bad".into(),
+            message: "<script>alert(1)</script>".into(),
+            back_href: "/login",
+            back_label: "back",
+        };
+        let html = page.render().expect("renders");
+        assert!(!html.contains("<script>alert"), "{html}");
+        assert!(
+            html.contains("&#60;script&#62;") || html.contains("&lt;script&gt;"),
+            "{html}"
+        );
+        assert!(!html.contains("<b>me</b>"));
+    }
+}

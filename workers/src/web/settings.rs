@@ -1,0 +1,340 @@
+//! The `web` config section: where the site listens, how it is reached, its cookie key,
+//! Discord OAuth, the Telegram Login Widget and the ingest tokens.
+//!
+//! Keys: `web.listen`, `web.public_url`, `web.cookie_key`, `web.session_days`,
+//! `web.discord.{client_id, client_secret, authorize_url, token_url, api_url}`,
+//! `web.telegram.{bot_token, bot_username, max_auth_age_secs}`,
+//! `web.ingest_tokens.<platform>`. See `docs/web.md`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use axum_extra::extract::cookie::Key;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use ttfd_shared::Platform;
+
+use crate::config::ConfigError;
+
+/// Shortest accepted cookie key and ingest token, in bytes.
+pub const MIN_COOKIE_KEY_BYTES: usize = 32;
+pub const MIN_INGEST_TOKEN_BYTES: usize = 16;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSettings {
+    /// Address the HTTP server binds (`127.0.0.1:0` picks a free port, for tests).
+    pub listen: SocketAddr,
+    /// The site's address as browsers and Discord see it, e.g. `https://ttfd.example.org`;
+    /// the OAuth redirect URL is `<public_url>/auth/discord/callback`. Empty: the
+    /// listening address, over http (local use).
+    pub public_url: String,
+    /// Key that signs the session cookies, at least 32 bytes (e.g. `openssl rand
+    /// -base64 48`). May be left empty only while the site is local (a loopback public
+    /// URL): a random key is then made at start-up and sessions end with the process.
+    pub cookie_key: SecretString,
+    /// How long a sign-in lasts.
+    pub session_days: u32,
+    pub discord: DiscordSettings,
+    pub telegram: TelegramSettings,
+    /// Bearer token per platform for `POST /api/v1/events`; a token publishes only its
+    /// own platform's events.
+    pub ingest_tokens: BTreeMap<String, SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscordSettings {
+    /// The application's OAuth2 client id; empty disables "Sign in with Discord".
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub authorize_url: String,
+    pub token_url: String,
+    /// Base of the HTTP API; the signed-in user is read from `<api_url>/users/@me`.
+    pub api_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelegramSettings {
+    /// The bot's token: the Login Widget's data is signed with SHA-256 of it. Empty
+    /// disables Telegram sign-in.
+    pub bot_token: SecretString,
+    /// The bot's username (without `@`), shown by the widget.
+    pub bot_username: String,
+    /// Widget data older than this is refused (replay protection).
+    pub max_auth_age_secs: u64,
+}
+
+impl Default for WebSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: String::new(),
+            cookie_key: SecretString::default(),
+            session_days: 30,
+            discord: DiscordSettings::default(),
+            telegram: TelegramSettings::default(),
+            ingest_tokens: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for DiscordSettings {
+    fn default() -> Self {
+        Self {
+            client_id: String::new(),
+            client_secret: SecretString::default(),
+            authorize_url: "https://discord.com/oauth2/authorize".into(),
+            token_url: "https://discord.com/api/oauth2/token".into(),
+            api_url: "https://discord.com/api".into(),
+        }
+    }
+}
+
+impl Default for TelegramSettings {
+    fn default() -> Self {
+        Self {
+            bot_token: SecretString::default(),
+            bot_username: String::new(),
+            max_auth_age_secs: 86_400,
+        }
+    }
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+fn is_http_url(s: &str) -> bool {
+    s.starts_with("https://") || s.starts_with("http://")
+}
+
+impl WebSettings {
+    /// The checks of the section's shape, run with every role's settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let public = self.public_url.trim_end_matches('/');
+        if !public.is_empty() && (!is_http_url(public) || public.contains(['?', '#'])) {
+            return Err(invalid(
+                "web.public_url",
+                "must be an http(s):// URL without query, e.g. https://ttfd.example.org",
+            ));
+        }
+        if self.session_days == 0 {
+            return Err(invalid("web.session_days", "must be at least 1"));
+        }
+        if !self.discord.client_id.is_empty() {
+            if self.discord.client_secret.expose_secret().is_empty() {
+                return Err(invalid(
+                    "web.discord.client_secret",
+                    "is required when web.discord.client_id is set",
+                ));
+            }
+            for (key, url) in [
+                ("web.discord.authorize_url", &self.discord.authorize_url),
+                ("web.discord.token_url", &self.discord.token_url),
+                ("web.discord.api_url", &self.discord.api_url),
+            ] {
+                if reqwest::Url::parse(url).is_err() || !is_http_url(url) {
+                    return Err(invalid(key, "must be an http(s):// URL"));
+                }
+            }
+        }
+        if !self.telegram.bot_token.expose_secret().is_empty()
+            && self.telegram.bot_username.trim().is_empty()
+        {
+            return Err(invalid(
+                "web.telegram.bot_username",
+                "is required when web.telegram.bot_token is set (the widget shows it)",
+            ));
+        }
+        if self.telegram.max_auth_age_secs == 0 {
+            return Err(invalid(
+                "web.telegram.max_auth_age_secs",
+                "must be positive",
+            ));
+        }
+        let mut seen: Vec<&str> = Vec::new();
+        for (platform, token) in &self.ingest_tokens {
+            let key = format!("web.ingest_tokens.{platform}");
+            if Platform::parse(platform).is_err() {
+                return Err(invalid(
+                    &key,
+                    "is not a platform name (^[a-z][a-z0-9_-]{0,31}$)",
+                ));
+            }
+            let token = token.expose_secret();
+            if token.len() < MIN_INGEST_TOKEN_BYTES {
+                return Err(invalid(
+                    &key,
+                    format!("a token needs at least {MIN_INGEST_TOKEN_BYTES} characters"),
+                ));
+            }
+            // One token, one platform: a shared token would publish for both.
+            if seen.contains(&token) {
+                return Err(invalid(&key, "the same token is given to another platform"));
+            }
+            seen.push(token);
+        }
+        Ok(())
+    }
+
+    /// The site's base URL without a trailing slash, given the address actually bound.
+    pub fn base_url(&self, bound: SocketAddr) -> String {
+        let public = self.public_url.trim_end_matches('/');
+        if public.is_empty() {
+            format!("http://{bound}")
+        } else {
+            public.to_owned()
+        }
+    }
+
+    /// The key signing the cookies. Outside a local site a missing or short
+    /// `web.cookie_key` is refused, naming the key.
+    pub fn cookie_key(&self, base_url: &str) -> Result<Key, ConfigError> {
+        let key = self.cookie_key.expose_secret().as_bytes();
+        if key.len() >= MIN_COOKIE_KEY_BYTES {
+            return Ok(Key::derive_from(key));
+        }
+        if !key.is_empty() {
+            return Err(invalid(
+                "web.cookie_key",
+                format!(
+                    "must be at least {MIN_COOKIE_KEY_BYTES} bytes (try `openssl rand -base64 48`)"
+                ),
+            ));
+        }
+        if is_local(base_url) {
+            tracing::warn!(
+                "web.cookie_key is not set: using a random key; sign-ins end when this process stops"
+            );
+            return Ok(Key::generate());
+        }
+        Err(invalid(
+            "web.cookie_key",
+            format!(
+                "is required for a site that is not local ({base_url}): at least {MIN_COOKIE_KEY_BYTES} bytes"
+            ),
+        ))
+    }
+}
+
+/// Whether a base URL is reachable from this machine only (loopback).
+fn is_local(base_url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(base_url) else {
+        return false;
+    };
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local() -> WebSettings {
+        WebSettings::default()
+    }
+
+    #[test]
+    fn a_local_site_may_run_without_a_cookie_key() {
+        let s = local();
+        let base = s.base_url("127.0.0.1:8080".parse().expect("addr"));
+        assert_eq!(base, "http://127.0.0.1:8080");
+        assert!(s.cookie_key(&base).is_ok());
+    }
+
+    #[test]
+    fn a_public_site_needs_a_long_cookie_key_and_the_error_names_it() {
+        let mut s = local();
+        s.public_url = "https://ttfd.example.org/".into();
+        let base = s.base_url("0.0.0.0:80".parse().expect("addr"));
+        assert_eq!(base, "https://ttfd.example.org");
+        let err = s.cookie_key(&base).expect_err("refused").to_string();
+        assert!(err.contains("web.cookie_key"), "{err}");
+        s.cookie_key = SecretString::from("short");
+        let err = s.cookie_key(&base).expect_err("refused").to_string();
+        assert!(
+            err.contains("web.cookie_key") && err.contains("32"),
+            "{err}"
+        );
+        s.cookie_key = SecretString::from("k".repeat(48));
+        assert!(s.cookie_key(&base).is_ok());
+    }
+
+    #[test]
+    fn the_example_config_file_loads() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/ttfd.example.toml");
+        let s = crate::config::Settings::load_from(Some(&path), Vec::new()).expect("loads");
+        assert_eq!(s.web.listen.port(), 8080);
+        assert_eq!(
+            s.web.discord.token_url,
+            DiscordSettings::default().token_url
+        );
+    }
+
+    #[test]
+    fn ingest_tokens_come_from_the_environment() {
+        let s = crate::config::Settings::load_from(
+            None,
+            vec![(
+                "TTFD__WEB__INGEST_TOKENS__WEBSITE".to_owned(),
+                "tok-abcdefghijklmnop".to_owned(),
+            )],
+        )
+        .expect("loads");
+        assert_eq!(
+            s.web.ingest_tokens["website"].expose_secret(),
+            "tok-abcdefghijklmnop"
+        );
+    }
+
+    #[test]
+    fn bad_sections_name_their_key() {
+        let mut s = local();
+        s.discord.client_id = "123".into();
+        assert!(
+            s.validate()
+                .expect_err("no secret")
+                .to_string()
+                .contains("web.discord.client_secret")
+        );
+        let mut s = local();
+        s.ingest_tokens
+            .insert("Bad".into(), SecretString::from("x".repeat(20)));
+        assert!(
+            s.validate()
+                .expect_err("bad platform")
+                .to_string()
+                .contains("web.ingest_tokens.Bad")
+        );
+        let mut s = local();
+        s.ingest_tokens
+            .insert("website".into(), SecretString::from("short"));
+        assert!(s.validate().is_err());
+        let mut s = local();
+        s.ingest_tokens
+            .insert("a".into(), SecretString::from("x".repeat(20)));
+        s.ingest_tokens
+            .insert("b".into(), SecretString::from("x".repeat(20)));
+        assert!(s.validate().is_err(), "a token shared by two platforms");
+        let mut s = local();
+        s.public_url = "ftp://x".into();
+        assert!(
+            s.validate()
+                .expect_err("bad url")
+                .to_string()
+                .contains("web.public_url")
+        );
+    }
+}
