@@ -356,15 +356,37 @@ impl Store {
             names,
             links,
         } = facts;
-        // 5. Lock their users in id order, then check nobody moved an identity meanwhile.
-        // The users are locked by id, not through a join to identities: after waiting
-        // for a row another replica held, PostgreSQL re-checks the row against the whole
-        // WHERE clause, and a join there is re-run for every such row.
-        let uids: Vec<i64> =
-            sqlx::query_scalar("SELECT DISTINCT user_id FROM identities WHERE id = ANY($1)")
-                .bind(iids)
-                .fetch_all(&mut **tx)
-                .await?;
+        // 5. Read who owns the identities, then lock those users in id order. A merge
+        // moving an identity commits its loser's `merged_into` with it, so a user found
+        // merged once locked means the read was overtaken: retry. The users are locked
+        // by id, not through a join to identities: after waiting for a row another
+        // replica held, PostgreSQL re-checks the row against the whole WHERE clause, and
+        // a join there would be re-run for every such row.
+        let mut owner: HashMap<i64, i64> = HashMap::new();
+        let current: Vec<(i64, String, String, i64)> = sqlx::query_as(
+            "SELECT id, platform, external_id, user_id FROM identities WHERE id = ANY($1)",
+        )
+        .bind(iids)
+        .fetch_all(&mut **tx)
+        .await?;
+        for (iid, platform, user, uid) in current {
+            if identity.get(&(platform.as_str(), user.as_str())) != Some(&iid) {
+                // The tables were rebuilt under us: the cache is stale.
+                self.identities.clear();
+                return Err(StoreError::StaleCache);
+            }
+            owner.insert(iid, uid);
+        }
+        if owner.len() != identity.len() {
+            self.identities.clear();
+            return Err(StoreError::StaleCache);
+        }
+        let uids: Vec<i64> = owner
+            .values()
+            .copied()
+            .collect::<BTreeSet<i64>>()
+            .into_iter()
+            .collect();
         let rows = sqlx::query(
             "SELECT id, merged_into, xp, peak_rank, messages, voice_seconds, games_played,
                     games_won, first_event_ms, last_event_ms
@@ -373,6 +395,9 @@ impl Store {
         .bind(&uids)
         .fetch_all(&mut **tx)
         .await?;
+        if rows.len() != uids.len() {
+            return Err(StoreError::Contended);
+        }
         let mut state: BTreeMap<i64, UserRow> = BTreeMap::new();
         for r in rows {
             if r.get::<Option<i64>, _>("merged_into").is_some() {
@@ -398,28 +423,6 @@ impl Store {
             .iter()
             .map(|(id, u)| (*id, (u.peak_rank, u.last_ms)))
             .collect();
-        let mut owner: HashMap<i64, i64> = HashMap::new();
-        let current: Vec<(i64, String, String, i64)> = sqlx::query_as(
-            "SELECT id, platform, external_id, user_id FROM identities WHERE id = ANY($1)",
-        )
-        .bind(iids)
-        .fetch_all(&mut **tx)
-        .await?;
-        for (iid, platform, user, uid) in current {
-            if identity.get(&(platform.as_str(), user.as_str())) != Some(&iid) {
-                // The tables were rebuilt under us: the cache is stale.
-                self.identities.clear();
-                return Err(StoreError::StaleCache);
-            }
-            if !state.contains_key(&uid) {
-                return Err(StoreError::Contended);
-            }
-            owner.insert(iid, uid);
-        }
-        if owner.len() != identity.len() {
-            self.identities.clear();
-            return Err(StoreError::StaleCache);
-        }
         for (iid, d) in deltas {
             state
                 .get_mut(&owner[iid])
