@@ -88,11 +88,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sync => {
             sync::run(&settings, shutdown::on_signals()).await?;
         }
-        Command::Query => {
-            let store = connect_store(&settings).await?;
-            let broker = connect_broker(&settings).await?;
-            query::serve(store, broker, shutdown::on_signals()).await?;
-        }
+        Command::Query => query::run(&settings, shutdown::on_signals()).await?,
         Command::Discord => crate::discord::run(&settings, shutdown::on_signals()).await?,
         Command::Web => crate::web::run(&settings, shutdown::on_signals()).await?,
         Command::Migrate => {

@@ -2,8 +2,8 @@
 //! (`--config`), then environment variables `TTFD__<SECTION>__<KEY>`, which win.
 //!
 //! Keys: `database.url`, `database.max_connections`, `nats.url`, `nats.prefix`,
-//! `sync.*`, `rules.*`, `log.*`, `discord.*` (`discord/settings.rs`) and `web.*`
-//! (`web/settings.rs`); see `config/ttfd.example.toml` for all of them.
+//! `sync.*`, `rules.*`, `log.*`, `discord.*` (`discord/settings.rs`), `web.*`
+//! (`web/settings.rs`) and `metrics.listen` (`observe/mod.rs`); see `config/ttfd.example.toml` for all of them.
 //! Unknown keys and bad values stop start-up with a message naming the key.
 
 use std::path::Path;
@@ -23,6 +23,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub discord: crate::discord::DiscordSettings,
     pub web: crate::web::WebSettings,
+    pub metrics: crate::observe::MetricsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -188,6 +189,7 @@ impl Settings {
             return Err(invalid("sync", "delays must be positive"));
         }
         self.web.validate()?;
+        self.metrics.addr()?;
         self.rules
             .validate()
             .map_err(|e| invalid(&format!("rules.{}", e.key), e.message))?;
@@ -262,6 +264,7 @@ mod tests {
             ("TTFD__SYNC__BATCH_SIZE", "0", "sync.batch_size"),
             ("TTFD__SYNC__BATCH_SIZE", "many", "batch_size"),
             ("TTFD__NATS__NOPE", "1", "nope"),
+            ("TTFD__METRICS__LISTEN", "port 9090", "metrics.listen"),
         ];
         for (key, value, named) in cases {
             let err = Settings::load_from(None, env(&[(key, value)]))

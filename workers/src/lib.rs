@@ -9,6 +9,8 @@
 //! - [`cli`]: the `ttfd` command line; each subcommand is one role.
 //! - [`web`]: the website, the HTTP API and event ingest; [`metrics`]: the Prometheus
 //!   registry every role registers with.
+//! - [`observe`]: `/metrics`, `/healthz`, `/readyz` for the roles without a web server
+//!   (`metrics.listen`), and each role's metric families.
 //! - [`demo`], [`bench`]: synthetic traffic for newcomers and for measurement.
 
 pub mod bench;
@@ -18,6 +20,7 @@ pub mod config;
 pub mod demo;
 pub mod discord;
 pub mod metrics;
+pub mod observe;
 pub mod query;
 pub mod shutdown;
 pub mod store;
