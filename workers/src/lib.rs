@@ -6,6 +6,7 @@
 //! - [`sync`]: the sync consumer role and the outbox relay.
 //! - [`query`]: the query service (profiles, leaderboards, link codes over NATS).
 //! - [`discord`]: the Discord bot role: messages and voice time in, rank roles out.
+//! - [`import`]: `ttfd import`, the old bots' and website's data brought in as events.
 //! - [`cli`]: the `ttfd` command line; each subcommand is one role.
 //! - [`web`]: the website, the HTTP API and event ingest; [`metrics`]: the Prometheus
 //!   registry every role registers with.
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod discord;
+pub mod import;
 pub mod metrics;
 pub mod observe;
 pub mod query;
