@@ -87,18 +87,6 @@ impl Layout {
     }
 }
 
-/// Every field name of every layout (to check `--column FIELD=...`).
-pub fn known_field(field: &str) -> bool {
-    [
-        Layout::Telegram,
-        Layout::Discord,
-        Layout::Website,
-        Layout::Records,
-    ]
-    .iter()
-    .any(|l| l.fields().contains(&field))
-}
-
 /// One row as read: field → value (`None` for NULL or an empty cell).
 pub type Row = HashMap<String, Option<String>>;
 

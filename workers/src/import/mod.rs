@@ -81,8 +81,8 @@ pub struct ImportArgs {
     /// The platform of `--records` rows that have no `platform` value.
     #[arg(long, value_name = "PLATFORM")]
     pub platform: Option<String>,
-    /// Read FIELD from the column COLUMN, e.g. `--column user=uuid`. Repeatable;
-    /// applies to every source.
+    /// Read the `--records` field FIELD from the column COLUMN, e.g. `--column
+    /// user=uuid`. Repeatable.
     #[arg(long = "column", value_name = "FIELD=COLUMN")]
     pub columns: Vec<String>,
     /// The time of the imported events (RFC 3339, e.g. 2026-11-01T00:00:00Z); default
@@ -237,8 +237,11 @@ fn columns(pairs: &[String]) -> anyhow::Result<Columns> {
             bail!("--column {pair:?}: write FIELD=COLUMN, e.g. user=uuid");
         };
         let (field, column) = (field.trim(), column.trim());
-        if !legacy::known_field(field) || column.is_empty() {
-            bail!("--column {pair:?}: {field:?} is not a field of any layout (docs/import.md)");
+        if !Layout::Records.fields().contains(&field) || column.is_empty() {
+            bail!(
+                "--column {pair:?}: {field:?} is not a --records field ({})",
+                Layout::Records.fields().join(", ")
+            );
         }
         renames.insert(field.to_owned(), column.to_owned());
     }
@@ -285,7 +288,12 @@ pub async fn plan(
     let mut links: HashSet<String> = HashSet::new();
     for source in &sources {
         let described = source.describe();
-        let rows = sources::read(source, &columns).await?;
+        // The legacy layouts have fixed columns; renames are for `--records` files.
+        let rows = if source.layout == Layout::Records {
+            sources::read(source, &columns).await?
+        } else {
+            sources::read(source, &Columns::default()).await?
+        };
         let mut tally = Tally::default();
         for located in rows {
             tally.rows += 1;
