@@ -103,8 +103,13 @@ async fn worker(env: &TestEnv, stop: CancellationToken) -> Arc<Counters> {
         .await
         .expect("connect");
     let consumer = broker.sync_consumer().await.expect("consumer");
-    let worker = SyncWorker::new(env.store.clone(), broker, consumer, env.settings.sync.clone())
-        .with_counters(counters.clone());
+    let worker = SyncWorker::new(
+        env.store.clone(),
+        broker,
+        consumer,
+        env.settings.sync.clone(),
+    )
+    .with_counters(counters.clone());
     tokio::spawn(async move { worker.run(stop).await.expect("worker runs") });
     counters
 }
@@ -202,7 +207,11 @@ async fn legacy_tables_become_merged_profiles_and_a_second_run_changes_nothing()
     let (ok, stdout, stderr) = import(&env, &dry, &legacy).await;
     assert!(ok, "dry run failed: {stderr}");
     assert!(stdout.contains("dry run: nothing published"), "{stdout}");
-    assert_eq!(stream_messages(&env).await, 0, "a dry run publishes nothing");
+    assert_eq!(
+        stream_messages(&env).await,
+        0,
+        "a dry run publishes nothing"
+    );
 
     // Bad rows, by key: a negative XP total, more games won than played.
     assert!(
@@ -287,7 +296,10 @@ async fn legacy_tables_become_merged_profiles_and_a_second_run_changes_nothing()
     let eve = profile(&env, "website:eve_web").await;
     assert_eq!(
         identities(&eve),
-        BTreeSet::from(["discord:300000000000000002".into(), "website:eve_web".into()])
+        BTreeSet::from([
+            "discord:300000000000000002".into(),
+            "website:eve_web".into()
+        ])
     );
     assert_eq!(eve.xp, 700);
     let hank = profile(&env, "discord:300000000000000009").await;
@@ -413,7 +425,10 @@ async fn json_stores_csv_and_json_lines_are_imported_and_bad_rows_reported() {
     );
     assert_eq!(
         reported[2],
-        format!("records file {} line 3: user is missing", args.records[0].display())
+        format!(
+            "records file {} line 3: user is missing",
+            args.records[0].display()
+        )
     );
     assert_eq!(planned.total.bad, 3);
     assert_eq!(planned.total.imported, 6);
@@ -445,7 +460,12 @@ async fn json_stores_csv_and_json_lines_are_imported_and_bad_rows_reported() {
         ])
     );
     assert_eq!(notch.xp, 1300 + 75 + 900);
-    assert_eq!(profile(&env, "minecraft:8667ba71-b85a-4004-af54-457a9734eed7").await.xp, 10);
+    assert_eq!(
+        profile(&env, "minecraft:8667ba71-b85a-4004-af54-457a9734eed7")
+            .await
+            .xp,
+        10
+    );
 
     stop.cancel();
     let _ = std::fs::remove_dir_all(&dir);
@@ -459,7 +479,12 @@ async fn unreadable_sources_and_bad_options_stop_before_anything_is_published() 
     let cases: [(&[&str], &str); 5] = [
         (&[], "nothing to import"),
         (
-            &["--website-db", legacy.url.as_str(), "--website-table", "nope"],
+            &[
+                "--website-db",
+                legacy.url.as_str(),
+                "--website-table",
+                "nope",
+            ],
             "website table nope (--website-db): there is no table nope in this database",
         ),
         (
@@ -482,7 +507,10 @@ async fn unreadable_sources_and_bad_options_stop_before_anything_is_published() 
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} must fail");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
-        assert!(!stderr.contains("postgres://"), "a URL may hold a password: {stderr}");
+        assert!(
+            !stderr.contains("postgres://"),
+            "a URL may hold a password: {stderr}"
+        );
     }
     assert_eq!(stream_messages(&env).await, 0);
     legacy.db.drop().await.expect("drop legacy database");

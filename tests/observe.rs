@@ -164,8 +164,13 @@ async fn a_sync_run_shows_on_metrics_with_the_right_values() {
     let broker = Broker::connect(&env.settings.nats, Duration::from_secs(5))
         .await
         .expect("connect");
-    let worker = SyncWorker::new(env.store.clone(), broker, consumer, env.settings.sync.clone())
-        .with_metrics(metrics.clone());
+    let worker = SyncWorker::new(
+        env.store.clone(),
+        broker,
+        consumer,
+        env.settings.sync.clone(),
+    )
+    .with_metrics(metrics.clone());
     tokio::spawn(worker.run(stop.clone()));
     let text = metrics_show(
         &base,
@@ -374,8 +379,10 @@ async fn the_sync_and_query_roles_serve_metrics_on_metrics_listen_and_log_json()
     .await;
     let text = get(&format!("{query_base}/metrics")).await.1;
     assert!(
-        sample(&text, r#"ttfd_query_request_duration_seconds_count{subject="profile"}"#)
-            == Some(1.0),
+        sample(
+            &text,
+            r#"ttfd_query_request_duration_seconds_count{subject="profile"}"#
+        ) == Some(1.0),
         "{text}"
     );
 
@@ -416,10 +423,16 @@ async fn the_discord_publisher_counts_what_jetstream_stored() {
     publisher.await.expect("publisher ends with its queue");
     let text = registry.render();
     assert_eq!(
-        sample(&text, r#"ttfd_discord_events_published_total{kind="message"}"#),
+        sample(
+            &text,
+            r#"ttfd_discord_events_published_total{kind="message"}"#
+        ),
         Some(3.0),
         "{text}"
     );
-    assert_eq!(sample(&text, "ttfd_discord_publish_retries_total"), Some(0.0));
+    assert_eq!(
+        sample(&text, "ttfd_discord_publish_retries_total"),
+        Some(0.0)
+    );
     env.cleanup().await;
 }

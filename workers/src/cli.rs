@@ -69,7 +69,7 @@ pub enum Command {
         json: bool,
     },
     /// Bring the old bots' and website's data in as events (docs/import.md).
-    Import(crate::import::ImportArgs),
+    Import(Box<crate::import::ImportArgs>),
     /// Run the whole pipeline locally with synthetic activity (no bot tokens needed).
     Demo(demo::DemoArgs),
     /// Measure throughput and latency against a raw-consumer baseline.
@@ -158,7 +158,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", demo::format_top(&rows));
             }
         }
-        Command::Import(args) => crate::import::run(&settings, args).await?,
+        Command::Import(args) => crate::import::run(&settings, *args).await?,
         Command::Demo(args) => demo::run(&settings, args, shutdown::on_signals()).await?,
         Command::Bench(args) => bench::run(&settings, args).await?,
     }

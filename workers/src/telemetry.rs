@@ -28,7 +28,9 @@ pub fn init(settings: &LogSettings) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Pretty => builder.compact().try_init(),
     };
-    if installed.is_ok() && FORMAT.set(settings.format).is_ok() && settings.format == LogFormat::Json
+    if installed.is_ok()
+        && FORMAT.set(settings.format).is_ok()
+        && settings.format == LogFormat::Json
     {
         // The default hook prints plain text, which a JSON log pipeline cannot parse.
         std::panic::set_hook(Box::new(|info| {

@@ -105,11 +105,7 @@ pub struct Person {
 
 /// Reads one row of `layout`. `default_platform` is the platform of `Records` rows
 /// without one. `Err` says why the row is bad, naming the field.
-pub fn person(
-    layout: Layout,
-    row: &Row,
-    default_platform: Option<&str>,
-) -> Result<Person, String> {
+pub fn person(layout: Layout, row: &Row, default_platform: Option<&str>) -> Result<Person, String> {
     let text = |f: &str| -> Option<&str> {
         row.get(f)
             .and_then(|v| v.as_deref())
@@ -164,9 +160,9 @@ pub fn person(
             let (played, won) = games(text("games_played"), text("games_won"))?;
             let links = match (text("link_platform"), text("link_user")) {
                 (None, None) => Vec::new(),
-                (Some(p), Some(u)) => vec![
-                    Identity::new(p, u).map_err(|e| format!("link_platform/link_user: {e}"))?,
-                ],
+                (Some(p), Some(u)) => {
+                    vec![Identity::new(p, u).map_err(|e| format!("link_platform/link_user: {e}"))?]
+                }
                 _ => return Err("link_platform and link_user go together".into()),
             };
             Ok(Person {
@@ -242,7 +238,9 @@ fn games(played: Option<&str>, won: Option<&str>) -> Result<(u32, u32), String> 
     let played = count("games_played", played)?;
     let won = count("games_won", won)?;
     if won > played {
-        return Err(format!("games_won {won} is more than games_played {played}"));
+        return Err(format!(
+            "games_won {won} is more than games_played {played}"
+        ));
     }
     Ok((played, won))
 }
@@ -347,12 +345,10 @@ impl Person {
 
     /// How many events [`Person::events`] makes, by kind: `(xp, game, link)`.
     pub fn event_counts(&self) -> (u64, u64, u64) {
-        let xp = u64::try_from(self.xp).unwrap_or(0).div_ceil(MAX_XP_EVENT as u64);
-        (
-            xp,
-            u64::from(self.games_played),
-            self.links.len() as u64,
-        )
+        let xp = u64::try_from(self.xp)
+            .unwrap_or(0)
+            .div_ceil(MAX_XP_EVENT as u64);
+        (xp, u64::from(self.games_played), self.links.len() as u64)
     }
 }
 
@@ -459,7 +455,11 @@ mod tests {
     fn large_xp_is_split_into_events_of_at_most_a_million() {
         let p = person(
             Layout::Records,
-            &row(&[("platform", "minecraft"), ("user", "steve"), ("xp", "2500000")]),
+            &row(&[
+                ("platform", "minecraft"),
+                ("user", "steve"),
+                ("xp", "2500000"),
+            ]),
             None,
         )
         .expect("valid");
@@ -475,9 +475,16 @@ mod tests {
         assert_eq!(p.event_counts().0, 3);
     }
 
+    /// A layout, a row's fields, and a part of the reason it is refused.
+    type Case = (
+        Layout,
+        &'static [(&'static str, &'static str)],
+        &'static str,
+    );
+
     #[test]
     fn bad_rows_say_which_field_is_wrong() {
-        let cases: [(Layout, &[(&str, &str)], &str); 8] = [
+        let cases: [Case; 8] = [
             (Layout::Discord, &[("username", "x")], "id is missing"),
             (Layout::Discord, &[("id", "abc")], "id \"abc\""),
             (Layout::Discord, &[("id", "5"), ("xp", "-3")], "negative"),
@@ -532,7 +539,14 @@ mod tests {
         assert!(a[0].id.as_str().starts_with("import:"), "{:?}", a[0].id);
         assert_eq!(a[0].id, b[0].id, "ids do not depend on the time");
         assert_eq!(a[0].identity.to_string(), "website:José");
-        assert_eq!(event_id("import:website:José:xp"), event_id("import:website:José:xp"));
-        assert!(event_id("import:website:José:xp").as_str().starts_with("import:sha256:"));
+        assert_eq!(
+            event_id("import:website:José:xp"),
+            event_id("import:website:José:xp")
+        );
+        assert!(
+            event_id("import:website:José:xp")
+                .as_str()
+                .starts_with("import:sha256:")
+        );
     }
 }

@@ -47,19 +47,34 @@ const MIN_TS_MS: i64 = 1_420_070_400_000;
 pub struct ImportArgs {
     /// The old Telegram bot's PostgreSQL database (a postgres:// URL). Prefer the
     /// environment variable: a URL on the command line is visible to other users.
-    #[arg(long, env = "TTFD_IMPORT_TELEGRAM_DB", hide_env_values = true, value_name = "URL")]
+    #[arg(
+        long,
+        env = "TTFD_IMPORT_TELEGRAM_DB",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     pub telegram_db: Option<String>,
     /// The Telegram bot's table, `table` or `schema.table`.
     #[arg(long, default_value = "users", value_name = "TABLE")]
     pub telegram_table: String,
     /// The old Discord bot's PostgreSQL database (may be the same as Telegram's).
-    #[arg(long, env = "TTFD_IMPORT_DISCORD_DB", hide_env_values = true, value_name = "URL")]
+    #[arg(
+        long,
+        env = "TTFD_IMPORT_DISCORD_DB",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     pub discord_db: Option<String>,
     /// The Discord bot's table, `table` or `schema.table`.
     #[arg(long, default_value = "users", value_name = "TABLE")]
     pub discord_table: String,
     /// The old website's PostgreSQL database.
-    #[arg(long, env = "TTFD_IMPORT_WEBSITE_DB", hide_env_values = true, value_name = "URL")]
+    #[arg(
+        long,
+        env = "TTFD_IMPORT_WEBSITE_DB",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     pub website_db: Option<String>,
     /// The website's accounts table, `table` or `schema.table`.
     #[arg(long, default_value = "accounts", value_name = "TABLE")]
@@ -196,9 +211,24 @@ impl Plan {
 pub fn sources(args: &ImportArgs) -> Vec<Source> {
     let mut out = Vec::new();
     let db = [
-        (&args.telegram_db, &args.telegram_table, Layout::Telegram, "telegram-db"),
-        (&args.discord_db, &args.discord_table, Layout::Discord, "discord-db"),
-        (&args.website_db, &args.website_table, Layout::Website, "website-db"),
+        (
+            &args.telegram_db,
+            &args.telegram_table,
+            Layout::Telegram,
+            "telegram-db",
+        ),
+        (
+            &args.discord_db,
+            &args.discord_table,
+            Layout::Discord,
+            "discord-db",
+        ),
+        (
+            &args.website_db,
+            &args.website_table,
+            Layout::Website,
+            "website-db",
+        ),
     ];
     for (url, table, layout, flag) in db {
         if let Some(url) = url {
@@ -252,7 +282,9 @@ fn columns(pairs: &[String]) -> anyhow::Result<Columns> {
 pub fn event_time(at: Option<&str>, now: i64) -> anyhow::Result<i64> {
     let Some(at) = at else { return Ok(now) };
     let t = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
-        .with_context(|| format!("--at {at:?} is not an RFC 3339 time such as 2026-11-01T00:00:00Z"))?;
+        .with_context(|| {
+            format!("--at {at:?} is not an RFC 3339 time such as 2026-11-01T00:00:00Z")
+        })?;
     let ms = i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
     if ms < MIN_TS_MS {
         bail!("--at {at}: events cannot be older than 2015-01-01");
@@ -336,9 +368,9 @@ pub async fn plan(
                 format!("{described} {}", located.at),
             );
             // A link named by both sides is one fact (one id): publish it once.
-            person
-                .links
-                .retain(|other| links.insert(legacy::link_id(&person.identity, other).as_str().to_owned()));
+            person.links.retain(|other| {
+                links.insert(legacy::link_id(&person.identity, other).as_str().to_owned())
+            });
             if person.is_empty() {
                 tally.empty += 1;
                 continue;
@@ -377,7 +409,11 @@ pub struct Published {
 
 /// Publishes the plan's events, awaiting JetStream's acks a window at a time. A window
 /// that fails (NATS unavailable) is sent again with backoff: the ids make that safe.
-pub async fn publish(plan: &Plan, broker: &Broker, progress: &ProgressBar) -> anyhow::Result<Published> {
+pub async fn publish(
+    plan: &Plan,
+    broker: &Broker,
+    progress: &ProgressBar,
+) -> anyhow::Result<Published> {
     let mut done = Published::default();
     let mut window: Vec<Event> = Vec::with_capacity(WINDOW);
     let mut events = plan.events().peekable();

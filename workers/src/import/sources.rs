@@ -94,11 +94,9 @@ impl Columns {
 /// here but a row the mapping refuses.
 pub async fn read(source: &Source, columns: &Columns) -> anyhow::Result<Vec<Located>> {
     match &source.location {
-        Location::Postgres { url, table, flag } => {
-            read_table(source.layout, url, table, columns)
-                .await
-                .with_context(|| format!("{} (--{flag})", source.describe()))
-        }
+        Location::Postgres { url, table, flag } => read_table(source.layout, url, table, columns)
+            .await
+            .with_context(|| format!("{} (--{flag})", source.describe())),
         Location::File(path) => {
             read_file(source.layout, path, columns).with_context(|| source.describe())
         }
@@ -150,8 +148,10 @@ async fn read_table(
     if present.is_empty() {
         bail!("there is no table {table} in this database");
     }
-    let by_lower: HashMap<String, &str> =
-        present.iter().map(|c| (c.to_lowercase(), c.as_str())).collect();
+    let by_lower: HashMap<String, &str> = present
+        .iter()
+        .map(|c| (c.to_lowercase(), c.as_str()))
+        .collect();
     let key = columns.column(layout.key());
     let Some(key_column) = by_lower.get(key) else {
         bail!(
@@ -346,10 +346,7 @@ fn object(
             .or_insert_with(|| Some(key.to_owned()));
     }
     let row = columns.pick(layout, &record);
-    if let Some((field, _)) = row
-        .iter()
-        .find(|(_, v)| v.as_deref() == Some("!nested"))
-    {
+    if let Some((field, _)) = row.iter().find(|(_, v)| v.as_deref() == Some("!nested")) {
         return Err(format!("{field} must be a string or a number"));
     }
     Ok(row)
@@ -392,7 +389,10 @@ mod tests {
         assert_eq!(out[1].at, "line 3");
         assert_eq!(out[1].row["xp"].as_deref(), Some("oops"));
         assert!(!out[1].row.contains_key("coins"), "coins are not read");
-        assert!(out[2].row.contains_key("!error"), "a short line is a bad row");
+        assert!(
+            out[2].row.contains_key("!error"),
+            "a short line is a bad row"
+        );
     }
 
     #[test]

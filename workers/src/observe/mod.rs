@@ -57,15 +57,12 @@ impl MetricsSettings {
         if listen.is_empty() {
             return Ok(None);
         }
-        listen
-            .parse()
-            .map(Some)
-            .map_err(|_| ConfigError::Invalid {
-                key: "metrics.listen".into(),
-                message: format!(
-                    "{listen:?} is not a host:port address such as 0.0.0.0:9090 (empty: off)"
-                ),
-            })
+        listen.parse().map(Some).map_err(|_| ConfigError::Invalid {
+            key: "metrics.listen".into(),
+            message: format!(
+                "{listen:?} is not a host:port address such as 0.0.0.0:9090 (empty: off)"
+            ),
+        })
     }
 }
 

@@ -20,9 +20,9 @@ use ttfd_shared::Identity;
 use ttfd_shared::wire::{Subjects, WireIdentity};
 
 use crate::broker::Broker;
-use crate::now_ms;
 use crate::config::Settings;
 use crate::metrics::Metrics;
+use crate::now_ms;
 use crate::observe::query::QueryMetrics;
 use crate::observe::{self, Readiness};
 use crate::store::codes::{IssuedCode, Redemption};
@@ -250,7 +250,9 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Re
     let broker = crate::cli::connect_broker(settings).await?;
     let registry = Metrics::new();
     let metrics = QueryMetrics::register(&registry);
-    let readiness = Readiness::new().database(store.clone()).nats(broker.clone());
+    let readiness = Readiness::new()
+        .database(store.clone())
+        .nats(broker.clone());
     observe::serve(&settings.metrics, registry, readiness, shutdown.clone()).await?;
     serve_with(store, broker, metrics, shutdown).await
 }

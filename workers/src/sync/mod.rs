@@ -540,7 +540,9 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Re
     })?;
     let registry = Metrics::new();
     let metrics = SyncMetrics::register(&registry);
-    let readiness = Readiness::new().database(store.clone()).nats(broker.clone());
+    let readiness = Readiness::new()
+        .database(store.clone())
+        .nats(broker.clone());
     observe::serve(&settings.metrics, registry, readiness, shutdown.clone()).await?;
     let wake = Arc::new(Notify::new());
     let tasks = TaskTracker::new();
