@@ -14,7 +14,7 @@ use crate::broker::Broker;
 use crate::config::Settings;
 use crate::store::Store;
 use crate::store::query::Period;
-use crate::{bench, demo, now_ms, query, shutdown, sync, telemetry};
+use crate::{bench, demo, now_ms, query, shutdown, sync, telegram, telemetry};
 
 /// TTFD Unified: one profile per person across Discord, Telegram, the website and any
 /// platform that publishes events.
@@ -40,6 +40,9 @@ pub enum Command {
     Discord,
     /// Serve the website, the HTTP API (with event ingest) and /healthz, /readyz, /metrics.
     Web,
+    /// Run the Telegram bot: group messages become events, commands are answered,
+    /// rank-ups announced. Needs `telegram.token` (docs/telegram.md).
+    Telegram,
     /// Apply the database migrations.
     Migrate,
     /// NATS provisioning.
@@ -93,6 +96,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Query => query::run(&settings, shutdown::on_signals()).await?,
         Command::Discord => crate::discord::run(&settings, shutdown::on_signals()).await?,
         Command::Web => crate::web::run(&settings, shutdown::on_signals()).await?,
+        Command::Telegram => telegram::run(&settings, shutdown::on_signals()).await?,
         Command::Migrate => {
             let store = connect_store(&settings).await?;
             store.migrate().await?;

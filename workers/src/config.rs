@@ -3,7 +3,8 @@
 //!
 //! Keys: `database.url`, `database.max_connections`, `nats.url`, `nats.prefix`,
 //! `sync.*`, `rules.*`, `log.*`, `discord.*` (`discord/settings.rs`), `web.*`
-//! (`web/settings.rs`) and `metrics.listen` (`observe/mod.rs`); see `config/ttfd.example.toml` for all of them.
+//! (`web/settings.rs`), `telegram.*` (`telegram/settings.rs`) and `metrics.listen`
+//! (`observe/mod.rs`); see `config/ttfd.example.toml` for all of them.
 //! Unknown keys and bad values stop start-up with a message naming the key.
 
 use std::path::Path;
@@ -24,6 +25,7 @@ pub struct Settings {
     pub discord: crate::discord::DiscordSettings,
     pub web: crate::web::WebSettings,
     pub metrics: crate::observe::MetricsSettings,
+    pub telegram: crate::telegram::TelegramSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -190,6 +192,7 @@ impl Settings {
         }
         self.web.validate()?;
         self.metrics.addr()?;
+        self.telegram.validate()?;
         self.rules
             .validate()
             .map_err(|e| invalid(&format!("rules.{}", e.key), e.message))?;

@@ -7,6 +7,7 @@
 //! - [`query`]: the query service (profiles, leaderboards, link codes over NATS).
 //! - [`discord`]: the Discord bot role: messages and voice time in, rank roles out.
 //! - [`import`]: `ttfd import`, the old bots' and website's data brought in as events.
+//! - [`telegram`]: the Telegram bot role (`ttfd telegram`).
 //! - [`cli`]: the `ttfd` command line; each subcommand is one role.
 //! - [`web`]: the website, the HTTP API and event ingest; [`metrics`]: the Prometheus
 //!   registry every role registers with.
@@ -27,6 +28,7 @@ pub mod query;
 pub mod shutdown;
 pub mod store;
 pub mod sync;
+pub mod telegram;
 pub mod telemetry;
 pub mod traffic;
 pub mod web;

@@ -1,0 +1,629 @@
+//! The Telegram bot end to end: a fake Bot API on localhost (`tests/common/fake_telegram.rs`)
+//! serves updates and records replies; NATS, PostgreSQL, a sync replica with its outbox
+//! relay and the query service are real.
+
+mod common;
+#[path = "common/fake_telegram.rs"]
+mod fake_telegram;
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer;
+use common::{TestEnv, eventually};
+use fake_telegram::{
+    BOT_USERNAME, FakeTelegram, bot_message, group_message, join_message, private_message,
+};
+use futures::StreamExt;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use ttfd::config::Settings;
+use ttfd::query::QueryClient;
+use ttfd::shared::wire::{self, EventId, WireIdentity};
+use ttfd::shared::{Event, Identity, Payload};
+use ttfd::store::codes::Redemption;
+use ttfd::telegram::{TelegramBot, TelegramMode};
+
+const TOKEN: &str = "123456789:AAFakeTokenForTests_-x";
+const GROUP: i64 = -1_001_234_567_890;
+
+fn who(s: &str) -> Identity {
+    Identity::parse(s).expect("identity")
+}
+
+/// Everything a bot test runs besides the bot: a sync replica, the outbox relay and
+/// the query service, all stopped by `stop`.
+struct World {
+    env: TestEnv,
+    fake: FakeTelegram,
+    stop: CancellationToken,
+    query: QueryClient,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl World {
+    async fn new() -> Self {
+        let env = TestEnv::new().await;
+        let stop = CancellationToken::new();
+        let mut tasks = vec![env.spawn_worker(stop.clone()).await];
+        tasks.push(tokio::spawn(ttfd::sync::relay_outbox(
+            env.store.clone(),
+            env.broker.clone(),
+            Default::default(),
+            Duration::from_millis(50),
+            stop.clone(),
+        )));
+        let (store, broker, s) = (env.store.clone(), env.broker.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            ttfd::query::serve(store, broker, s)
+                .await
+                .expect("query service");
+        }));
+        let query = QueryClient::new(
+            env.broker.client.clone(),
+            &env.settings.nats.prefix,
+            Duration::from_secs(5),
+        );
+        // The service answers once it has subscribed.
+        eventually("the query service", || async {
+            query.profile(&who("telegram:1")).await.ok()
+        })
+        .await;
+        let fake = FakeTelegram::start(TOKEN).await;
+        Self {
+            env,
+            fake,
+            stop,
+            query,
+            tasks,
+        }
+    }
+
+    fn settings(&self) -> Settings {
+        let mut s = self.env.settings.clone();
+        s.telegram.token = Some(SecretString::from(TOKEN));
+        s.telegram.api_url = self.fake.url.clone();
+        s.telegram.group_chat_id = Some(GROUP);
+        s.telegram.poll_timeout_secs = 2;
+        s
+    }
+
+    /// Builds the bot and runs it until `stop`; the handle returns its result.
+    async fn spawn_bot(
+        &self,
+        settings: Settings,
+        stop: CancellationToken,
+    ) -> (
+        Option<std::net::SocketAddr>,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) {
+        let bot = TelegramBot::build(&settings).await.expect("the bot starts");
+        assert_eq!(bot.username(), BOT_USERNAME);
+        let addr = bot.local_addr();
+        (addr, tokio::spawn(bot.run(stop)))
+    }
+
+    /// Waits for the `n`-th (1-based) message to `chat` whose text contains `needle`.
+    async fn reply_containing(&self, chat: i64, needle: &str) -> Value {
+        eventually(
+            &format!("a message to {chat} containing {needle:?}"),
+            || async {
+                self.fake
+                    .messages_to(chat)
+                    .into_iter()
+                    .find(|m| m["text"].as_str().is_some_and(|t| t.contains(needle)))
+            },
+        )
+        .await
+    }
+
+    async fn cleanup(self) {
+        self.stop.cancel();
+        for t in self.tasks {
+            t.await.expect("task");
+        }
+        let _ = self
+            .env
+            .broker
+            .js
+            .delete_key_value(ttfd::telegram::started::bucket_name(
+                &self.env.broker.subjects,
+            ))
+            .await;
+        self.env.cleanup().await;
+    }
+}
+
+/// Every `telegram` message event on the events stream, in order.
+async fn telegram_events(env: &TestEnv, expect: usize) -> Vec<Event> {
+    let stream = env
+        .broker
+        .js
+        .get_stream(env.broker.subjects.events_stream())
+        .await
+        .expect("events stream");
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            filter_subject: env.broker.subjects.event("telegram", "message"),
+            ..Default::default()
+        })
+        .await
+        .expect("ephemeral consumer");
+    let mut messages = consumer
+        .stream()
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .expect("pull");
+    let mut events = Vec::new();
+    while events.len() < expect {
+        let m = tokio::time::timeout(common::TIMEOUT, messages.next())
+            .await
+            .expect("an event in time")
+            .expect("stream open")
+            .expect("a message");
+        m.ack().await.expect("ack");
+        events.push(
+            wire::decode(&m.payload, ("telegram", "message"), ttfd::now_ms())
+                .expect("a valid event"),
+        );
+    }
+    events
+}
+
+/// How many events on the stream match `subject`.
+async fn events_on_stream(env: &TestEnv, subject: String) -> u64 {
+    let stream = env
+        .broker
+        .js
+        .get_stream(env.broker.subjects.events_stream())
+        .await
+        .expect("events stream");
+    let mut consumer = stream
+        .create_consumer(consumer::pull::Config {
+            filter_subject: subject,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    consumer.info().await.expect("consumer info").num_pending
+}
+
+#[tokio::test]
+async fn group_messages_by_humans_become_events_and_commands_are_answered() {
+    let world = World::new().await;
+    let stop = CancellationToken::new();
+    let (_, bot) = world.spawn_bot(world.settings(), stop.clone()).await;
+    let fake = &world.fake;
+
+    // A bot's message and a join are no activity; Ada's message is.
+    fake.push_update(bot_message(GROUP, 10, "I am a bot, beep boop"));
+    fake.push_update(join_message(GROUP, 11, 1001, "Ada"));
+    fake.push_update(group_message(
+        GROUP,
+        12,
+        1001,
+        "Ada",
+        Some("Lovelace"),
+        "Hello everyone, good morning",
+    ));
+    let events = telegram_events(&world.env, 1).await;
+    let e = &events[0];
+    assert_eq!(e.id.as_str(), format!("telegram:msg:{GROUP}:12"));
+    assert_eq!(e.identity, who("telegram:1001"));
+    assert_eq!(e.name.as_deref(), Some("Ada Lovelace"));
+    assert_eq!(
+        e.payload,
+        Payload::Message {
+            len: Some(28),
+            chat: Some(GROUP.to_string())
+        }
+    );
+    // The updates are handled in order, so the two before it were seen and skipped.
+    assert_eq!(
+        events_on_stream(&world.env, world.env.broker.subjects.event("telegram", ">")).await,
+        1
+    );
+    let ada = eventually("Ada's profile", || async {
+        world.query.profile(&who("telegram:1001")).await.ok()?
+    })
+    .await;
+    assert_eq!((ada.messages, ada.xp), (1, 10));
+
+    // /rank in private: her profile.
+    fake.push_update(private_message(1001, "Ada", 1, "/rank"));
+    let rank = world.reply_containing(1001, "Rank F I").await;
+    let text = rank["text"].as_str().expect("text");
+    assert!(
+        text.starts_with("Ada Lovelace\nRank F I ★ · 10 XP\n"),
+        "{text}"
+    );
+    assert!(text.contains("Linked: Telegram"), "{text}");
+
+    // /rank@bot in the group: a reply to the command.
+    fake.push_update(group_message(
+        GROUP,
+        13,
+        1001,
+        "Ada",
+        Some("Lovelace"),
+        &format!("/rank@{BOT_USERNAME}"),
+    ));
+    let in_group = world.reply_containing(GROUP, "Rank F I").await;
+    assert_eq!(in_group["reply_parameters"]["message_id"], json!(13));
+
+    // /link in the group: only in private.
+    fake.push_update(group_message(
+        GROUP,
+        14,
+        1001,
+        "Ada",
+        Some("Lovelace"),
+        "/link",
+    ));
+    world
+        .reply_containing(GROUP, &format!("https://t.me/{BOT_USERNAME}"))
+        .await;
+
+    // /link in private: a code, which a Discord account redeems.
+    fake.push_update(private_message(1001, "Ada", 2, "/link"));
+    let issued = world.reply_containing(1001, "Your link code: ").await;
+    let code: String = issued["text"]
+        .as_str()
+        .and_then(|t| t.strip_prefix("Your link code: "))
+        .expect("the code")
+        .chars()
+        .take(6)
+        .collect();
+    let outcome = world
+        .query
+        .redeem_link_code(&who("discord:555"), &code)
+        .await
+        .expect("redeem");
+    assert_eq!(
+        outcome,
+        Redemption::Linked {
+            issuer: WireIdentity {
+                platform: "telegram".into(),
+                user: "1001".into()
+            }
+        }
+    );
+
+    // /link CODE in private: a code issued on Discord joins Grace's accounts.
+    let discord_code = world
+        .query
+        .issue_link_code(&who("discord:777"))
+        .await
+        .expect("issue");
+    let typed = format!("{}-{}", &discord_code.code[..3], &discord_code.code[3..]).to_lowercase();
+    fake.push_update(private_message(2002, "Grace", 1, &format!("/link {typed}")));
+    world
+        .reply_containing(
+            2002,
+            "Linked! Your Telegram account and your Discord account",
+        )
+        .await;
+    fake.push_update(private_message(2002, "Grace", 2, "/link ZZ"));
+    world.reply_containing(2002, "not a link code").await;
+
+    for (identity, other) in [
+        ("telegram:1001", "discord:555"),
+        ("telegram:2002", "discord:777"),
+    ] {
+        eventually(&format!("{identity} linked to {other}"), || async {
+            let p = world.query.profile(&who(identity)).await.ok()??;
+            let (platform, user) = other.split_once(':').expect("pair");
+            p.identities
+                .iter()
+                .any(|i| i.platform == platform && i.user == user)
+                .then_some(())
+        })
+        .await;
+    }
+
+    // /top week lists Ada.
+    fake.push_update(private_message(1001, "Ada", 3, "/top week"));
+    let top = world.reply_containing(1001, "Top, this week").await;
+    assert!(
+        top["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("1. Ada Lovelace — 10 XP · F I")),
+        "{top}"
+    );
+    fake.push_update(private_message(1001, "Ada", 4, "/top year"));
+    world
+        .reply_containing(1001, "I don't know the period \"year\"")
+        .await;
+
+    // A reply that meets flood control is sent again after the wait.
+    fake.fail_next(
+        "sendMessage",
+        Some(1001),
+        429,
+        json!({"ok": false, "error_code": 429, "description": "Too Many Requests: retry after 1",
+               "parameters": {"retry_after": 1}}),
+    );
+    // Stopping confirms every handled update, so a restart does not answer them again.
+    let last = fake.push_update(private_message(1001, "Ada", 5, "/help"));
+    world.reply_containing(1001, "/top — ").await;
+    let help_attempts = fake
+        .calls("sendMessage")
+        .iter()
+        .filter(|c| {
+            c.body["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("/top — "))
+        })
+        .count();
+    assert_eq!(help_attempts, 2, "refused once with 429, then sent");
+    stop.cancel();
+    bot.await.expect("bot task").expect("the bot stops cleanly");
+    assert_eq!(fake.confirmed_offset(), last + 1);
+    assert_eq!(fake.unconfirmed(), 0);
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_message_is_confirmed_to_telegram_only_once_jetstream_stored_it() {
+    let world = World::new().await;
+    let stop = CancellationToken::new();
+    let (_, bot) = world.spawn_bot(world.settings(), stop.clone()).await;
+    let (env, fake) = (&world.env, &world.fake);
+
+    // No events stream: nothing stores the event. A plain subscriber sees the attempt
+    // (and, never answering, makes it time out).
+    env.broker
+        .js
+        .delete_stream(env.broker.subjects.events_stream())
+        .await
+        .expect("delete the events stream");
+    let mut attempts = env
+        .broker
+        .client
+        .subscribe(env.broker.subjects.event("telegram", "message"))
+        .await
+        .expect("subscribe");
+    env.broker.client.flush().await.expect("flush");
+    let id = fake.push_update(group_message(
+        GROUP,
+        40,
+        1001,
+        "Ada",
+        None,
+        "Is anybody out there?",
+    ));
+    tokio::time::timeout(common::TIMEOUT, attempts.next())
+        .await
+        .expect("a publish attempt")
+        .expect("subscribed");
+    assert!(
+        fake.confirmed_offset() <= id,
+        "confirmed before it was stored"
+    );
+
+    // The stream is back: the next attempt stores the event, then it is confirmed.
+    attempts.unsubscribe().await.expect("unsubscribe");
+    env.broker.setup().await.expect("recreate the streams");
+    let events = telegram_events(env, 1).await;
+    assert_eq!(events[0].id.as_str(), format!("telegram:msg:{GROUP}:40"));
+    eventually("the update confirmed", || async {
+        (fake.confirmed_offset() > id).then_some(())
+    })
+    .await;
+
+    stop.cancel();
+    bot.await.expect("bot task").expect("stops");
+    world.cleanup().await;
+}
+
+fn xp(id: &str, identity: &str, amount: i32) -> Event {
+    Event {
+        id: EventId::parse(id).expect("id"),
+        ts: ttfd::now_ms(),
+        identity: who(identity),
+        name: None,
+        payload: Payload::Xp {
+            amount,
+            reason: "test".into(),
+        },
+    }
+}
+
+#[tokio::test]
+async fn rank_ups_go_privately_to_started_users_and_to_the_group_otherwise() {
+    let world = World::new().await;
+    let stop = CancellationToken::new();
+    let (_, bot) = world.spawn_bot(world.settings(), stop.clone()).await;
+    let fake = &world.fake;
+
+    // 3003 and 5005 started the bot; 4004 did not, and is in the group.
+    fake.push_update(private_message(3003, "Ann", 1, "/start"));
+    world.reply_containing(3003, "Hi Ann!").await;
+    fake.push_update(private_message(5005, "Bob", 1, "/start"));
+    world.reply_containing(5005, "Hi Bob!").await;
+    fake.set_member(GROUP, 4004, "member", "Grace <3");
+    fake.set_member(GROUP, 5005, "member", "Bob");
+
+    // The rank changes travel the real path: events, sync, outbox, notify stream.
+    // Telegram first answers Ann with flood control and says Bob blocked the bot.
+    fake.fail_next(
+        "sendMessage",
+        Some(3003),
+        429,
+        json!({"ok": false, "error_code": 429, "description": "Too Many Requests: retry after 1",
+               "parameters": {"retry_after": 1}}),
+    );
+    fake.fail_next(
+        "sendMessage",
+        Some(5005),
+        403,
+        json!({"ok": false, "error_code": 403, "description": "Forbidden: bot was blocked by the user"}),
+    );
+    world
+        .env
+        .publish(&[
+            xp("t:xp:3003", "telegram:3003", 600),
+            xp("t:xp:4004", "telegram:4004", 600),
+            xp("t:xp:5005", "telegram:5005", 600),
+            xp("t:xp:6006", "discord:6006", 600),
+        ])
+        .await;
+
+    let private = world
+        .reply_containing(3003, "You reached rank F II with 600 XP!")
+        .await;
+    assert!(private.get("parse_mode").is_none());
+    let attempts: Vec<_> = fake
+        .calls("sendMessage")
+        .into_iter()
+        .filter(|c| {
+            c.body["chat_id"] == json!(3003)
+                && c.body["text"].as_str().is_some_and(|t| t.contains("F II"))
+        })
+        .collect();
+    assert_eq!(
+        attempts.len(),
+        2,
+        "one refused with 429, one delivered: {:#?}",
+        fake.calls("sendMessage")
+    );
+    assert!(
+        attempts[1].at - attempts[0].at >= Duration::from_millis(900),
+        "retried after retry_after: {:?}",
+        attempts[1].at - attempts[0].at
+    );
+
+    let grace = world.reply_containing(GROUP, "tg://user?id=4004").await;
+    assert_eq!(grace["parse_mode"], json!("HTML"));
+    assert_eq!(
+        grace["text"],
+        json!("🎉 <a href=\"tg://user?id=4004\">Grace &lt;3</a> reached rank <b>F II</b>!")
+    );
+    // Bob blocked the bot: announced in the group, and forgotten as started.
+    world.reply_containing(GROUP, "tg://user?id=5005").await;
+    let started = ttfd::telegram::started::StartedUsers::open(
+        &world.env.broker.js,
+        &world.env.broker.subjects,
+    )
+    .await
+    .expect("bucket");
+    assert!(
+        !started
+            .contains(teloxide::types::UserId(5005))
+            .await
+            .expect("kv")
+    );
+    assert!(
+        started
+            .contains(teloxide::types::UserId(3003))
+            .await
+            .expect("kv")
+    );
+
+    // A user without Telegram is not announced: a later notice arrives, that one never.
+    world
+        .env
+        .publish(&[xp("t:xp:3003:b", "telegram:3003", 700)])
+        .await;
+    world.reply_containing(3003, "You reached rank F III").await;
+    let group_posts = fake.messages_to(GROUP).len();
+    assert_eq!(group_posts, 2, "{:?}", fake.messages_to(GROUP));
+
+    stop.cancel();
+    bot.await.expect("bot task").expect("stops");
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn webhook_mode_registers_the_hook_and_stores_posted_updates() {
+    let world = World::new().await;
+    let stop = CancellationToken::new();
+    let mut settings = world.settings();
+    settings.telegram.mode = TelegramMode::Webhook;
+    settings.telegram.listen = "127.0.0.1:0".into();
+    settings.telegram.webhook_url = Some("https://bot.example.org/hooks/telegram".into());
+    settings.telegram.webhook_secret = Some(SecretString::from("s3cret-token_1"));
+    let (addr, bot) = world.spawn_bot(settings, stop.clone()).await;
+    let addr = addr.expect("webhook mode listens");
+    let fake = &world.fake;
+
+    let set = fake.calls("setWebhook");
+    assert_eq!(set.len(), 1);
+    assert_eq!(
+        set[0].body["url"],
+        json!("https://bot.example.org/hooks/telegram")
+    );
+    assert_eq!(set[0].body["secret_token"], json!("s3cret-token_1"));
+    assert_eq!(
+        set[0].body["allowed_updates"],
+        json!(["message", "my_chat_member"])
+    );
+
+    let http = reqwest::Client::new();
+    let hook = format!("http://{addr}/hooks/telegram");
+    let mut update = group_message(GROUP, 77, 1001, "Ada", None, "Posted through the webhook");
+    update["update_id"] = json!(900_000_001);
+    let wrong = http
+        .post(&hook)
+        .header("X-Telegram-Bot-Api-Secret-Token", "guess")
+        .json(&update)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(wrong.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let right = http
+        .post(&hook)
+        .header("X-Telegram-Bot-Api-Secret-Token", "s3cret-token_1")
+        .json(&update)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(right.status(), reqwest::StatusCode::OK);
+    // 200 means stored: the event is on the stream now.
+    let events = telegram_events(&world.env, 1).await;
+    assert_eq!(events[0].id.as_str(), format!("telegram:msg:{GROUP}:77"));
+
+    let health = http
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(health.status(), reqwest::StatusCode::OK);
+    assert_eq!(fake.get_updates_calls(), 0, "webhook mode never polls");
+
+    stop.cancel();
+    bot.await.expect("bot task").expect("stops");
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_token_telegram_refuses_stops_start_up_naming_the_key() {
+    let world = World::new().await;
+    let mut settings = world.settings();
+    settings.telegram.token = Some(SecretString::from("123456789:WRONG"));
+    let err = TelegramBot::build(&settings)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("telegram.token"), "{err}");
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn without_a_token_ttfd_telegram_refuses_to_start() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ttfd"))
+        .arg("telegram")
+        .env_remove("TTFD__TELEGRAM__TOKEN")
+        .env("TTFD__LOG__FILTER", "warn")
+        .output()
+        .await
+        .expect("run ttfd");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("telegram.token") && stderr.contains("is not set"),
+        "{stderr}"
+    );
+}

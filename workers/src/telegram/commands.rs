@@ -1,0 +1,136 @@
+//! The bot's commands: parsing a message text into a [`Command`]. Pure.
+
+use crate::store::query::Period;
+
+/// The commands, with the one-line descriptions shown by `/help` and in Telegram's
+/// command menu (`setMyCommands`).
+pub const COMMANDS: [(&str, &str); 5] = [
+    ("start", "Start the bot: rank-ups come to you privately"),
+    ("help", "What the bot does"),
+    ("rank", "Your rank, XP and linked accounts"),
+    ("top", "The leaderboard: /top, /top week, /top month"),
+    (
+        "link",
+        "Link Discord or the website: /link for a code, /link CODE to enter one",
+    ),
+];
+
+/// A command addressed to this bot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Start,
+    Help,
+    Rank,
+    /// `/top [week|month|all]`: the argument as typed.
+    Top(String),
+    /// `/link` (issue a code) or `/link CODE` (redeem one): the argument as typed.
+    Link(String),
+    /// A command of ours the bot does not know (answered with help in private chats).
+    Unknown(String),
+}
+
+/// What a message text says, when it is a command for this bot.
+///
+/// `/rank@ttfd_bot` is for the bot named `ttfd_bot` only; `/rank` without a mention
+/// is for every bot in the chat. `None`: not a command, or one for another bot.
+pub fn parse(text: &str, bot_username: &str) -> Option<Command> {
+    let rest = text.strip_prefix('/')?;
+    let (head, args) = match rest.find(char::is_whitespace) {
+        Some(i) => (&rest[..i], rest[i..].trim()),
+        None => (rest, ""),
+    };
+    let (name, mention) = match head.split_once('@') {
+        Some((name, bot)) => (name, Some(bot)),
+        None => (head, None),
+    };
+    if let Some(bot) = mention
+        && !bot.eq_ignore_ascii_case(bot_username)
+    {
+        return None;
+    }
+    if name.is_empty() {
+        return None;
+    }
+    let name = name.to_ascii_lowercase();
+    Some(match name.as_str() {
+        "start" => Command::Start,
+        "help" => Command::Help,
+        "rank" => Command::Rank,
+        "top" => Command::Top(args.to_owned()),
+        "link" => Command::Link(args.to_owned()),
+        _ => Command::Unknown(name),
+    })
+}
+
+/// The period of `/top <arg>`; empty means all time. `Err` holds the word not understood.
+pub fn parse_period(arg: &str) -> Result<Period, String> {
+    match arg.trim().to_ascii_lowercase().as_str() {
+        "" | "all" | "alltime" | "all-time" => Ok(Period::All),
+        "week" | "w" => Ok(Period::Week),
+        "month" | "m" => Ok(Period::Month),
+        other => Err(other.chars().take(32).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOT: &str = "ttfd_bot";
+
+    #[test]
+    fn commands_parse_with_and_without_arguments() {
+        assert_eq!(parse("/start", BOT), Some(Command::Start));
+        assert_eq!(parse("/help", BOT), Some(Command::Help));
+        assert_eq!(parse("/rank", BOT), Some(Command::Rank));
+        assert_eq!(parse("/top", BOT), Some(Command::Top(String::new())));
+        assert_eq!(parse("/top  week ", BOT), Some(Command::Top("week".into())));
+        assert_eq!(parse("/link", BOT), Some(Command::Link(String::new())));
+        assert_eq!(
+            parse("/link ab3-k7q", BOT),
+            Some(Command::Link("ab3-k7q".into()))
+        );
+        assert_eq!(
+            parse("/link\nAB3K7Q", BOT),
+            Some(Command::Link("AB3K7Q".into()))
+        );
+    }
+
+    #[test]
+    fn deep_link_payloads_of_start_are_ignored() {
+        assert_eq!(parse("/start link", BOT), Some(Command::Start));
+    }
+
+    #[test]
+    fn a_mention_of_this_bot_is_accepted_in_any_case() {
+        assert_eq!(parse("/rank@ttfd_bot", BOT), Some(Command::Rank));
+        assert_eq!(parse("/RANK@TTFD_Bot", BOT), Some(Command::Rank));
+        assert_eq!(
+            parse("/top@ttfd_bot month", BOT),
+            Some(Command::Top("month".into()))
+        );
+    }
+
+    #[test]
+    fn commands_for_other_bots_and_plain_text_are_not_ours() {
+        assert_eq!(parse("/rank@other_bot", BOT), None);
+        assert_eq!(parse("hello /rank", BOT), None);
+        assert_eq!(parse("/", BOT), None);
+        assert_eq!(parse("/@ttfd_bot", BOT), None);
+        assert_eq!(parse("", BOT), None);
+    }
+
+    #[test]
+    fn unknown_commands_are_kept_for_a_helpful_answer() {
+        assert_eq!(parse("/Stats", BOT), Some(Command::Unknown("stats".into())));
+    }
+
+    #[test]
+    fn periods_are_words() {
+        assert_eq!(parse_period(""), Ok(Period::All));
+        assert_eq!(parse_period("all"), Ok(Period::All));
+        assert_eq!(parse_period("Week"), Ok(Period::Week));
+        assert_eq!(parse_period(" month "), Ok(Period::Month));
+        assert_eq!(parse_period("year"), Err("year".into()));
+    }
+}

@@ -1,0 +1,258 @@
+//! What the bot does with one update, whichever way it came (long polling or webhook):
+//! publishes activity, answers commands, remembers who started it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use teloxide::RequestError;
+use teloxide::prelude::*;
+use teloxide::types::{ChatId, MessageId, ReplyParameters, Update, UserId};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, instrument, warn};
+use ttfd_shared::{Event, Rules};
+
+use super::commands::{self, Command};
+use super::mapping::{self, CommandCall, Inbound};
+use super::started::StartedUsers;
+use super::texts;
+use crate::broker::Broker;
+use crate::now_ms;
+use crate::query::QueryClient;
+use crate::store::codes::LinkCode;
+
+/// Commands answered at once; more wait for a slot.
+const COMMAND_SLOTS: usize = 16;
+/// Attempts to send a reply, and the longest flood-control wait a reply accepts.
+const REPLY_ATTEMPTS: u32 = 3;
+const MAX_REPLY_WAIT: Duration = Duration::from_secs(30);
+/// The longest pause between attempts to publish an event.
+const MAX_PUBLISH_DELAY: Duration = Duration::from_secs(5);
+
+/// The update could not be handled (NATS unavailable until the deadline or shutdown):
+/// it must not be confirmed to Telegram, so that it comes again.
+#[derive(Debug, thiserror::Error)]
+#[error("the update was not handled: {0}")]
+pub struct NotHandled(String);
+
+/// Everything an update needs; shared by the polling loop or the webhook server.
+pub struct Handler {
+    pub bot: Bot,
+    /// The bot's username, for commands addressed as `/rank@name`.
+    pub username: String,
+    pub broker: Broker,
+    pub query: QueryClient,
+    pub started: StartedUsers,
+    pub rules: Rules,
+    /// Commands run as tasks here, so that a slow query does not hold up activity.
+    pub tasks: TaskTracker,
+    pub slots: Arc<Semaphore>,
+}
+
+impl Handler {
+    pub fn new(
+        bot: Bot,
+        username: String,
+        broker: Broker,
+        query: QueryClient,
+        started: StartedUsers,
+        rules: Rules,
+    ) -> Self {
+        Self {
+            bot,
+            username,
+            broker,
+            query,
+            started,
+            rules,
+            tasks: TaskTracker::new(),
+            slots: Arc::new(Semaphore::new(COMMAND_SLOTS)),
+        }
+    }
+
+    /// Handles one update. Activity is published and acknowledged by JetStream before
+    /// this returns (retrying until `patience` runs out or `shutdown`); commands are
+    /// started as tasks and answered in the background.
+    #[instrument(skip_all, fields(update = update.id.0))]
+    pub async fn handle(
+        self: &Arc<Self>,
+        update: &Update,
+        patience: Option<Duration>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), NotHandled> {
+        match mapping::classify(update, &self.username) {
+            Inbound::Activity(event) => self.publish(&event, patience, shutdown).await,
+            Inbound::Command(call) => {
+                self.spawn(async move |h: Arc<Self>| h.answer(call).await);
+                Ok(())
+            }
+            Inbound::PrivateText { user } => {
+                self.spawn(async move |h: Arc<Self>| {
+                    h.remember(user).await;
+                    h.reply(ChatId::from(user), None, texts::help(&h.rules))
+                        .await;
+                });
+                Ok(())
+            }
+            Inbound::PrivateChatStatus { user, open } => {
+                let result = if open {
+                    self.started.remember(user, now_ms()).await
+                } else {
+                    self.started.forget(user).await
+                };
+                if let Err(e) = result {
+                    warn!(error = %e, "cannot record the private chat's status");
+                }
+                Ok(())
+            }
+            Inbound::Ignored(why) => {
+                debug!(why, "update ignored");
+                Ok(())
+            }
+        }
+    }
+
+    fn spawn<F>(self: &Arc<Self>, work: impl FnOnce(Arc<Self>) -> F + Send + 'static)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let handler = self.clone();
+        self.tasks.spawn(async move {
+            let Ok(_slot) = handler.slots.clone().acquire_owned().await else {
+                return;
+            };
+            work(handler).await;
+        });
+    }
+
+    /// Publishes with retries: JetStream deduplicates by event id, so a retry after an
+    /// unknown outcome is safe.
+    async fn publish(
+        &self,
+        event: &Event,
+        patience: Option<Duration>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), NotHandled> {
+        let deadline = patience.map(|p| tokio::time::Instant::now() + p);
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let error = match self.broker.publish_event(event).await {
+                Ok(ack) => match ack.await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => e.to_string(),
+                },
+                Err(e) => e.to_string(),
+            };
+            warn!(event = event.id.as_str(), %error, "cannot publish; retrying");
+            if shutdown.is_cancelled()
+                || deadline.is_some_and(|d| tokio::time::Instant::now() + delay > d)
+            {
+                return Err(NotHandled(error));
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(NotHandled(error)),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(MAX_PUBLISH_DELAY);
+        }
+    }
+
+    async fn remember(&self, user: UserId) {
+        if let Err(e) = self.started.remember(user, now_ms()).await {
+            warn!(error = %e, "cannot remember that a user started the bot");
+        }
+    }
+
+    /// Answers a command: in a group as a reply to it, in a private chat plainly.
+    #[instrument(skip_all, fields(user = call.user.0, command = ?call.command))]
+    async fn answer(&self, call: CommandCall) {
+        if call.private {
+            self.remember(call.user).await;
+        }
+        let reply_to = (!call.private).then_some(call.message);
+        let text = match &call.command {
+            Command::Start if call.private => texts::start(&call.first_name, &self.rules),
+            Command::Start | Command::Help => texts::help(&self.rules),
+            Command::Unknown(name) => texts::unknown_command(name, &self.rules),
+            Command::Rank => match self.query.profile(&mapping::identity(call.user)).await {
+                Ok(profile) => texts::rank(profile.as_ref(), &self.rules),
+                Err(e) => self.unavailable(e),
+            },
+            Command::Top(arg) => match commands::parse_period(arg) {
+                Err(word) => texts::top_usage(&word),
+                Ok(period) => match self.query.top(period, 10, 0).await {
+                    Ok(rows) => texts::top(period, &rows),
+                    Err(e) => self.unavailable(e),
+                },
+            },
+            Command::Link(arg) if !call.private => {
+                if !arg.is_empty() {
+                    // The code is visible to the group: take it down if the bot may.
+                    if let Err(e) = self.bot.delete_message(call.chat, call.message).await {
+                        debug!(error = %e, "cannot delete a code posted in a group");
+                    }
+                }
+                self.reply(
+                    call.chat,
+                    None,
+                    texts::link_in_private_only(&self.username, !arg.is_empty()),
+                )
+                .await;
+                return;
+            }
+            Command::Link(arg) if arg.is_empty() => {
+                match self
+                    .query
+                    .issue_link_code(&mapping::identity(call.user))
+                    .await
+                {
+                    Ok(issued) => texts::code_issued(&issued, now_ms()),
+                    Err(e) => self.unavailable(e),
+                }
+            }
+            Command::Link(arg) => match LinkCode::parse(arg) {
+                None => texts::malformed_code(),
+                Some(code) => match self
+                    .query
+                    .redeem_link_code(&mapping::identity(call.user), code.as_str())
+                    .await
+                {
+                    Ok(outcome) => texts::redeemed(&outcome),
+                    Err(e) => self.unavailable(e),
+                },
+            },
+        };
+        self.reply(call.chat, reply_to, text).await;
+    }
+
+    fn unavailable(&self, e: crate::query::QueryError) -> String {
+        warn!(error = %e, "query failed");
+        texts::unavailable()
+    }
+
+    /// Sends a plain-text message. Flood control and network failures are retried a
+    /// few times (the person is waiting); then the failure is logged.
+    async fn reply(&self, chat: ChatId, reply_to: Option<MessageId>, text: String) {
+        for attempt in 1..=REPLY_ATTEMPTS {
+            let mut request = self.bot.send_message(chat, text.clone());
+            if let Some(message) = reply_to {
+                request = request
+                    .reply_parameters(ReplyParameters::new(message).allow_sending_without_reply());
+            }
+            let wait = match request.await {
+                Ok(_) => return,
+                Err(RequestError::RetryAfter(s)) if s.duration() <= MAX_REPLY_WAIT => s.duration(),
+                Err(RequestError::Network(_)) => Duration::from_millis(500),
+                Err(e) => {
+                    warn!(chat = chat.0, error = %e, "cannot send a reply");
+                    return;
+                }
+            };
+            if attempt < REPLY_ATTEMPTS {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        warn!(chat = chat.0, "cannot send a reply: Telegram kept refusing");
+    }
+}

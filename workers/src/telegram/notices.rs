@@ -1,0 +1,472 @@
+//! Rank-up announcements: a durable JetStream consumer `<prefix>-telegram-rank` on
+//! `<prefix>.notify.rank` (stream `<PREFIX>_NOTIFY`), shared by every replica.
+//!
+//! A rank-up of a user with a Telegram identity goes privately to them when they have
+//! started the bot, else to the group `telegram.group_chat_id` when they are a member
+//! of it. Rank-downs (admin adjustments) and users without a Telegram identity are not
+//! announced. A transient Telegram failure (429 with `retry_after`, network, Telegram
+//! server errors) or NATS failure naks the notice with a delay: it is never dropped.
+//! A user who blocked the bot is forgotten and announced in the group instead.
+//! Delivery is at least once: a crash between `sendMessage` and the ack repeats it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, PullConsumer};
+use futures::StreamExt;
+use teloxide::prelude::*;
+use teloxide::types::{ChatId, ParseMode, UserId};
+use teloxide::{ApiError, RequestError};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, instrument, warn};
+use ttfd_shared::Rules;
+use ttfd_shared::wire::{RankNotice, Subjects};
+
+use super::mapping::display_name;
+use super::started::StartedUsers;
+use super::texts;
+use crate::broker::Broker;
+
+/// The longest a notice waits between attempts after network failures.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+
+/// The shared durable consumer of the Telegram replicas.
+pub async fn consumer(broker: &Broker) -> anyhow::Result<PullConsumer> {
+    let subjects = &broker.subjects;
+    let name = consumer_name(subjects);
+    let stream = broker
+        .js
+        .get_stream(subjects.notify_stream())
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "stream {} not found ({e}): run `ttfd nats setup` first",
+                subjects.notify_stream()
+            )
+        })?;
+    let config = consumer::pull::Config {
+        durable_name: Some(name.clone()),
+        description: Some("Telegram rank-up announcements (ttfd telegram)".into()),
+        filter_subject: subjects.notify("rank"),
+        // Announce what happens from the first start on, not a backlog of old rank-ups.
+        deliver_policy: DeliverPolicy::New,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(60),
+        max_ack_pending: 256,
+        ..Default::default()
+    };
+    Ok(stream.get_or_create_consumer(&name, config).await?)
+}
+
+pub fn consumer_name(subjects: &Subjects) -> String {
+    format!("{}-telegram-rank", subjects.prefix())
+}
+
+/// The Telegram user a notice announces a rank-up of; `Err` says why there is none.
+pub fn announced_user(notice: &RankNotice) -> Result<UserId, &'static str> {
+    if notice.new_rank <= notice.old_rank {
+        return Err("not a rank-up");
+    }
+    texts::telegram_user(&notice.identities)
+        .map(UserId)
+        .ok_or("no Telegram identity")
+}
+
+/// Where a rank-up of `user` goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Privately: the user started the bot.
+    Private,
+    /// In the group, mentioning the user, if they are a member.
+    Group(ChatId),
+    /// Not announced.
+    Nowhere,
+}
+
+pub fn route(started: bool, group: Option<ChatId>) -> Route {
+    match (started, group) {
+        (true, _) => Route::Private,
+        (false, Some(group)) => Route::Group(group),
+        (false, None) => Route::Nowhere,
+    }
+}
+
+/// What a failed Bot API call means for a notice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Try again after this long; `pause`: Telegram asked the whole bot to slow down.
+    Retry { after: Duration, pause: bool },
+    /// The private chat is closed (blocked, deactivated, never started).
+    ChatClosed,
+    /// The group became a supergroup with this id.
+    Migrated(ChatId),
+    /// Retrying cannot help (a misconfigured group, missing rights).
+    Permanent(String),
+}
+
+/// The delay before attempt `delivered + 1` after a network failure.
+pub fn retry_delay(delivered: i64) -> Duration {
+    let exp = u32::try_from(delivered.clamp(1, 7) - 1).unwrap_or(6);
+    Duration::from_secs(1u64 << exp).min(MAX_RETRY_DELAY)
+}
+
+/// Sorts a Bot API error into the decision it calls for. The one place this is decided.
+pub fn classify(e: &RequestError, delivered: i64) -> Failure {
+    match e {
+        RequestError::RetryAfter(s) => Failure::Retry {
+            after: s.duration().max(Duration::from_secs(1)),
+            pause: true,
+        },
+        RequestError::MigrateToChatId(id) => Failure::Migrated(*id),
+        RequestError::Network(_) | RequestError::Io(_) | RequestError::InvalidJson { .. } => {
+            Failure::Retry {
+                after: retry_delay(delivered),
+                pause: false,
+            }
+        }
+        RequestError::Api(api) => match api {
+            ApiError::BotBlocked
+            | ApiError::UserDeactivated
+            | ApiError::CantInitiateConversation
+            | ApiError::ChatNotFound
+            | ApiError::UserNotFound => Failure::ChatClosed,
+            // Telegram's own failures ("Internal Server Error", "Bad Gateway", ...) come
+            // back as unrecognised descriptions; only they are worth retrying.
+            ApiError::Unknown(text) if is_server_side(text) => Failure::Retry {
+                after: retry_delay(delivered),
+                pause: false,
+            },
+            other => Failure::Permanent(other.to_string()),
+        },
+    }
+}
+
+fn is_server_side(description: &str) -> bool {
+    let d = description.to_ascii_lowercase();
+    [
+        "internal server error",
+        "bad gateway",
+        "gateway timeout",
+        "service unavailable",
+        "too many requests",
+    ]
+    .iter()
+    .any(|s| d.contains(s))
+}
+
+/// What became of one notice.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Done,
+    Retry { after: Duration, pause: bool },
+    Poison(String),
+}
+
+/// Announces rank-ups until `shutdown`.
+pub struct Announcer {
+    pub bot: Bot,
+    pub consumer: PullConsumer,
+    pub started: StartedUsers,
+    pub rules: Rules,
+    /// The configured group, replaced in memory when Telegram says it migrated.
+    pub group: Arc<AtomicI64>,
+    pub has_group: bool,
+}
+
+impl Announcer {
+    pub async fn run(self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            // One notice at a time: a fetched notice's ack_wait runs while it waits,
+            // and a flood-control pause may be long.
+            let messages = self.consumer.stream().max_messages_per_batch(1).messages();
+            let mut messages = match messages.await {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!(error = %e, "cannot read rank notices; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                    }
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    next = messages.next() => next,
+                };
+                let msg = match next {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        debug!(error = %e, "rank notice stream");
+                        continue;
+                    }
+                    None => break,
+                };
+                let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+                let outcome = self.deliver(&msg.payload, delivered).await;
+                let ack = match &outcome {
+                    Outcome::Done => msg.ack().await,
+                    Outcome::Retry { after, .. } => msg.ack_with(AckKind::Nak(Some(*after))).await,
+                    Outcome::Poison(why) => {
+                        error!(reason = %why, "undecodable rank notice; dropped");
+                        msg.ack_with(AckKind::Term).await
+                    }
+                };
+                if let Err(e) = ack {
+                    // Not acked: it comes back after ack_wait, at worst a repeat.
+                    warn!(error = %e, "cannot ack a rank notice");
+                }
+                if let Outcome::Retry { after, pause: true } = outcome {
+                    info!(
+                        seconds = after.as_secs(),
+                        "Telegram asks to slow down; pausing announcements"
+                    );
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(after) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn group(&self) -> Option<ChatId> {
+        self.has_group
+            .then(|| ChatId(self.group.load(Ordering::Relaxed)))
+    }
+
+    #[instrument(skip_all, fields(notice))]
+    async fn deliver(&self, payload: &[u8], delivered: i64) -> Outcome {
+        let notice: RankNotice = match rmp_serde::from_slice(payload) {
+            Ok(n) => n,
+            Err(e) => return Outcome::Poison(e.to_string()),
+        };
+        tracing::Span::current().record("notice", notice.id.as_str());
+        let user = match announced_user(&notice) {
+            Ok(user) => user,
+            Err(why) => {
+                debug!(why, "not announced");
+                return Outcome::Done;
+            }
+        };
+        let started = match self.started.contains(user).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "cannot read who started the bot; retrying");
+                return Outcome::Retry {
+                    after: retry_delay(delivered),
+                    pause: false,
+                };
+            }
+        };
+        let mut route = route(started, self.group());
+        if route == Route::Private {
+            let text = texts::rank_up_private(&notice, &self.rules);
+            let Err(e) = self.bot.send_message(ChatId::from(user), text).await else {
+                return Outcome::Done;
+            };
+            match classify(&e, delivered) {
+                Failure::Retry { after, pause } => return Outcome::Retry { after, pause },
+                Failure::ChatClosed => {
+                    // Blocked or gone: stop trying privately.
+                    info!(user = user.0, error = %e, "private chat closed; forgetting the user");
+                    if let Err(e) = self.started.forget(user).await {
+                        warn!(error = %e, "cannot forget a user who blocked the bot");
+                    }
+                }
+                Failure::Migrated(_) | Failure::Permanent(_) => {
+                    warn!(user = user.0, error = %e, "cannot write privately");
+                }
+            }
+            // Tell the group instead.
+            route = self::route(false, self.group());
+        }
+        match route {
+            Route::Group(group) => {
+                self.announce_in_group(&notice, group, user, delivered)
+                    .await
+            }
+            Route::Nowhere => {
+                debug!("not started and no telegram.group_chat_id: not announced");
+                Outcome::Done
+            }
+            Route::Private => Outcome::Done,
+        }
+    }
+
+    async fn announce_in_group(
+        &self,
+        notice: &RankNotice,
+        group: ChatId,
+        user: UserId,
+        delivered: i64,
+    ) -> Outcome {
+        let member = match self.bot.get_chat_member(group, user).await {
+            Ok(m) => m,
+            Err(e) => {
+                return match self.failed_in_group(&e, delivered) {
+                    Some(outcome) => outcome,
+                    None => {
+                        debug!(user = user.0, error = %e, "not a group member; not announced");
+                        Outcome::Done
+                    }
+                };
+            }
+        };
+        if !member.is_present() {
+            debug!(user = user.0, "not in the group; not announced");
+            return Outcome::Done;
+        }
+        let name = display_name(&member.user).unwrap_or_else(|| "A member".into());
+        let text = texts::rank_up_group_html(notice, user.0, &name, &self.rules);
+        match self
+            .bot
+            .send_message(group, text)
+            .parse_mode(ParseMode::Html)
+            .await
+        {
+            Ok(_) => Outcome::Done,
+            Err(e) => self.failed_in_group(&e, delivered).unwrap_or_else(|| {
+                error!(group = group.0, error = %e, "cannot announce in the group; check telegram.group_chat_id and the bot's rights");
+                Outcome::Done
+            }),
+        }
+    }
+
+    /// `None` when retrying cannot help.
+    fn failed_in_group(&self, e: &RequestError, delivered: i64) -> Option<Outcome> {
+        match classify(e, delivered) {
+            Failure::Retry { after, pause } => Some(Outcome::Retry { after, pause }),
+            Failure::Migrated(new) => {
+                warn!(
+                    new_id = new.0,
+                    "the group became a supergroup: set telegram.group_chat_id = {}", new.0
+                );
+                self.group.store(new.0, Ordering::Relaxed);
+                Some(Outcome::Retry {
+                    after: Duration::from_secs(1),
+                    pause: false,
+                })
+            }
+            Failure::ChatClosed | Failure::Permanent(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ttfd_shared::wire::WireIdentity;
+
+    fn notice(old: u8, new: u8, identities: &[(&str, &str)]) -> RankNotice {
+        RankNotice {
+            v: 1,
+            id: "rank:9".into(),
+            ts: 0,
+            uid: 1,
+            old_rank: old,
+            new_rank: new,
+            xp: 600,
+            identities: identities
+                .iter()
+                .map(|(p, u)| WireIdentity {
+                    platform: (*p).into(),
+                    user: (*u).into(),
+                })
+                .collect(),
+        }
+    }
+
+    const GROUP: ChatId = ChatId(-100_123);
+
+    #[test]
+    fn a_started_user_hears_privately_others_in_the_group() {
+        assert_eq!(route(true, Some(GROUP)), Route::Private);
+        assert_eq!(route(true, None), Route::Private);
+        assert_eq!(route(false, Some(GROUP)), Route::Group(GROUP));
+        assert_eq!(route(false, None), Route::Nowhere);
+    }
+
+    #[test]
+    fn rank_ups_of_telegram_users_are_announced() {
+        let n = notice(1, 2, &[("discord", "5"), ("telegram", "42")]);
+        assert_eq!(announced_user(&n), Ok(UserId(42)));
+    }
+
+    #[test]
+    fn rank_downs_and_users_without_telegram_are_not_announced() {
+        assert_eq!(
+            announced_user(&notice(3, 2, &[("telegram", "42")])),
+            Err("not a rank-up")
+        );
+        assert_eq!(
+            announced_user(&notice(1, 2, &[("discord", "5")])),
+            Err("no Telegram identity")
+        );
+    }
+
+    fn api(json: &str) -> RequestError {
+        #[derive(serde::Deserialize)]
+        struct Response {
+            description: ApiError,
+        }
+        let r: Response = serde_json::from_str(json).expect("an error response");
+        RequestError::Api(r.description)
+    }
+
+    #[test]
+    fn flood_control_pauses_for_what_telegram_asks() {
+        let e = RequestError::RetryAfter(teloxide::types::Seconds::from_seconds(7));
+        assert_eq!(
+            classify(&e, 1),
+            Failure::Retry {
+                after: Duration::from_secs(7),
+                pause: true
+            }
+        );
+    }
+
+    #[test]
+    fn telegram_server_errors_are_retried_with_growing_delays() {
+        let e = api(r#"{"ok":false,"error_code":502,"description":"Bad Gateway"}"#);
+        assert_eq!(
+            classify(&e, 1),
+            Failure::Retry {
+                after: Duration::from_secs(1),
+                pause: false
+            }
+        );
+        assert_eq!(
+            classify(&e, 4),
+            Failure::Retry {
+                after: Duration::from_secs(8),
+                pause: false
+            }
+        );
+        assert_eq!(retry_delay(100), MAX_RETRY_DELAY);
+    }
+
+    #[test]
+    fn a_blocked_bot_closes_the_private_chat() {
+        let e = api(
+            r#"{"ok":false,"error_code":403,"description":"Forbidden: bot was blocked by the user"}"#,
+        );
+        assert_eq!(classify(&e, 1), Failure::ChatClosed);
+    }
+
+    #[test]
+    fn missing_rights_are_permanent() {
+        let e = api(
+            r#"{"ok":false,"error_code":400,"description":"Bad Request: not enough rights to send text messages to the chat"}"#,
+        );
+        assert!(matches!(classify(&e, 1), Failure::Permanent(_)));
+    }
+
+    #[test]
+    fn a_migrated_group_names_its_new_id() {
+        let e = RequestError::MigrateToChatId(ChatId(-100_999));
+        assert_eq!(classify(&e, 1), Failure::Migrated(ChatId(-100_999)));
+    }
+}
