@@ -71,6 +71,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Bring the old bots' and website's data in as events (docs/import.md).
+    Import(Box<crate::import::ImportArgs>),
     /// Run the whole pipeline locally with synthetic activity (no bot tokens needed).
     Demo(demo::DemoArgs),
     /// Measure throughput and latency against a raw-consumer baseline.
@@ -91,11 +93,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sync => {
             sync::run(&settings, shutdown::on_signals()).await?;
         }
-        Command::Query => {
-            let store = connect_store(&settings).await?;
-            let broker = connect_broker(&settings).await?;
-            query::serve(store, broker, shutdown::on_signals()).await?;
-        }
+        Command::Query => query::run(&settings, shutdown::on_signals()).await?,
         Command::Discord => crate::discord::run(&settings, shutdown::on_signals()).await?,
         Command::Web => crate::web::run(&settings, shutdown::on_signals()).await?,
         Command::Telegram => telegram::run(&settings, shutdown::on_signals()).await?,
@@ -164,6 +162,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", demo::format_top(&rows));
             }
         }
+        Command::Import(args) => crate::import::run(&settings, *args).await?,
         Command::Demo(args) => demo::run(&settings, args, shutdown::on_signals()).await?,
         Command::Bench(args) => bench::run(&settings, args).await?,
     }

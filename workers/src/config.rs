@@ -3,8 +3,8 @@
 //!
 //! Keys: `database.url`, `database.max_connections`, `nats.url`, `nats.prefix`,
 //! `sync.*`, `rules.*`, `log.*`, `discord.*` (`discord/settings.rs`), `web.*`
-//! (`web/settings.rs`) and `telegram.*` (`telegram/settings.rs`); see
-//! `config/ttfd.example.toml` for all of them.
+//! (`web/settings.rs`), `telegram.*` (`telegram/settings.rs`) and `metrics.listen`
+//! (`observe/mod.rs`); see `config/ttfd.example.toml` for all of them.
 //! Unknown keys and bad values stop start-up with a message naming the key.
 
 use std::path::Path;
@@ -24,6 +24,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub discord: crate::discord::DiscordSettings,
     pub web: crate::web::WebSettings,
+    pub metrics: crate::observe::MetricsSettings,
     pub telegram: crate::telegram::TelegramSettings,
 }
 
@@ -190,6 +191,7 @@ impl Settings {
             return Err(invalid("sync", "delays must be positive"));
         }
         self.web.validate()?;
+        self.metrics.addr()?;
         self.telegram.validate()?;
         self.rules
             .validate()
@@ -265,6 +267,7 @@ mod tests {
             ("TTFD__SYNC__BATCH_SIZE", "0", "sync.batch_size"),
             ("TTFD__SYNC__BATCH_SIZE", "many", "batch_size"),
             ("TTFD__NATS__NOPE", "1", "nope"),
+            ("TTFD__METRICS__LISTEN", "port 9090", "metrics.listen"),
         ];
         for (key, value, named) in cases {
             let err = Settings::load_from(None, env(&[(key, value)]))

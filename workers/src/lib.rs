@@ -6,10 +6,13 @@
 //! - [`sync`]: the sync consumer role and the outbox relay.
 //! - [`query`]: the query service (profiles, leaderboards, link codes over NATS).
 //! - [`discord`]: the Discord bot role: messages and voice time in, rank roles out.
+//! - [`import`]: `ttfd import`, the old bots' and website's data brought in as events.
 //! - [`telegram`]: the Telegram bot role (`ttfd telegram`).
 //! - [`cli`]: the `ttfd` command line; each subcommand is one role.
 //! - [`web`]: the website, the HTTP API and event ingest; [`metrics`]: the Prometheus
 //!   registry every role registers with.
+//! - [`observe`]: `/metrics`, `/healthz`, `/readyz` for the roles without a web server
+//!   (`metrics.listen`), and each role's metric families.
 //! - [`demo`], [`bench`]: synthetic traffic for newcomers and for measurement.
 
 pub mod bench;
@@ -18,7 +21,9 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod discord;
+pub mod import;
 pub mod metrics;
+pub mod observe;
 pub mod query;
 pub mod shutdown;
 pub mod store;

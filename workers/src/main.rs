@@ -10,7 +10,7 @@ async fn main() -> ExitCode {
     match ttfd::cli::run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            ttfd::telemetry::report_fatal(&e);
             ExitCode::FAILURE
         }
     }

@@ -44,7 +44,10 @@ pub use settings::DiscordSettings;
 
 use crate::broker::Broker;
 use crate::config::{ConfigError, Settings};
+use crate::metrics::Metrics;
 use crate::now_ms;
+use crate::observe::discord::DiscordMetrics;
+use crate::observe::{self, Readiness};
 use crate::query::QueryClient;
 use mapping::MessageRules;
 use roles::{Outcome, RankRoles, RoleSync};
@@ -98,11 +101,18 @@ impl DiscordBot {
                 roles: Arc::new(RankRoles::new(&d.rank_roles, &rules)),
                 announce_channel: d.announce_channel,
                 rules: rules.clone(),
+                metrics: DiscordMetrics::default(),
             },
             query,
             rules,
             shutdown,
         }
+    }
+
+    /// Records role changes and notices in `metrics` (`ttfd_discord_*`).
+    pub fn with_metrics(mut self, metrics: DiscordMetrics) -> Self {
+        self.roles.metrics = metrics;
+        self
     }
 
     pub fn guild(&self) -> GuildId {
@@ -248,9 +258,20 @@ impl DiscordBot {
 /// retried with backoff until JetStream stores it, for at most `grace` after `done`.
 pub async fn publish_events(
     broker: Broker,
+    queue: mpsc::Receiver<Event>,
+    done: CancellationToken,
+    grace: Duration,
+) {
+    publish_events_with(broker, queue, done, grace, DiscordMetrics::default()).await;
+}
+
+/// As [`publish_events`], counting publications and retries in `metrics`.
+pub async fn publish_events_with(
+    broker: Broker,
     mut queue: mpsc::Receiver<Event>,
     done: CancellationToken,
     grace: Duration,
+    metrics: DiscordMetrics,
 ) {
     loop {
         let event = tokio::select! {
@@ -273,8 +294,10 @@ pub async fn publish_events(
             };
             let Err(e) = stored else {
                 debug!(id = event.id.as_str(), "event stored");
+                metrics.published(event.kind());
                 break;
             };
+            metrics.publish_retries.inc();
             if done.is_cancelled() {
                 let d = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + grace);
                 if tokio::time::Instant::now() >= d {
@@ -371,20 +394,26 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Re
     );
     let api = DiscordApi::new(token, d.api_url.as_deref());
     let (tx, rx) = mpsc::channel(QUEUE);
-    let bot = Arc::new(DiscordBot::new(
-        settings,
-        guild,
-        api,
-        query,
-        tx,
+    let registry = Metrics::new();
+    let metrics = DiscordMetrics::register(&registry);
+    observe::serve(
+        &settings.metrics,
+        registry,
+        Readiness::new().nats(broker.clone()),
         shutdown.clone(),
-    ));
+    )
+    .await?;
+    let bot = Arc::new(
+        DiscordBot::new(settings, guild, api, query, tx, shutdown.clone())
+            .with_metrics(metrics.clone()),
+    );
     let published = CancellationToken::new();
-    let publisher = tokio::spawn(publish_events(
+    let publisher = tokio::spawn(publish_events_with(
         broker.clone(),
         rx,
         published.clone(),
         Duration::from_secs(10),
+        metrics,
     ));
     let consumer = roles::consumer(&broker)
         .await

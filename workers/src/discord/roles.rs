@@ -28,6 +28,7 @@ use super::api::{ApiError, DiscordApi};
 use super::mapping::{PLATFORM, identity};
 use super::settings::RankRole;
 use crate::broker::Broker;
+use crate::observe::discord::DiscordMetrics;
 use crate::query::{QueryClient, QueryError};
 
 /// Which role each rank gives.
@@ -124,6 +125,7 @@ pub struct RoleSync {
     pub roles: Arc<RankRoles>,
     pub announce_channel: Option<ChannelId>,
     pub rules: Arc<Rules>,
+    pub metrics: DiscordMetrics,
 }
 
 impl RoleSync {
@@ -191,11 +193,13 @@ impl RoleSync {
             let reason = format!("TTFD rank {name}");
             if let Some(role) = changes.add {
                 self.api.add_role(self.guild, user, role, &reason).await?;
+                self.metrics.role_changed("added", 1);
             }
             for role in &changes.remove {
                 self.api
                     .remove_role(self.guild, user, *role, &reason)
                     .await?;
+                self.metrics.role_changed("removed", 1);
             }
             if !changes.is_empty() {
                 info!(user = user.get(), rank = %name, ?changes, "rank role updated");
@@ -331,9 +335,17 @@ async fn handle_message(sync: &RoleSync, message: jetstream::Message) {
         .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
         .unwrap_or(1);
     let outcome = match rmp_serde::from_slice::<RankNotice>(&message.payload) {
-        Ok(notice) => sync.handle_notice(&notice, attempt).await,
+        Ok(notice) => {
+            let outcome = sync.handle_notice(&notice, attempt).await;
+            sync.metrics.notice(match outcome {
+                Outcome::Done => "done",
+                Outcome::RetryAfter(_) => "retry",
+            });
+            outcome
+        }
         Err(e) => {
             error!(error = %e, "unreadable rank notice; dropped");
+            sync.metrics.notice("unreadable");
             Outcome::Done
         }
     };

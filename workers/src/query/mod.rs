@@ -20,7 +20,11 @@ use ttfd_shared::Identity;
 use ttfd_shared::wire::{Subjects, WireIdentity};
 
 use crate::broker::Broker;
+use crate::config::Settings;
+use crate::metrics::Metrics;
 use crate::now_ms;
+use crate::observe::query::QueryMetrics;
+use crate::observe::{self, Readiness};
 use crate::store::codes::{IssuedCode, Redemption};
 use crate::store::query::{Period, Profile, Standing};
 use crate::store::{Store, StoreError};
@@ -184,17 +188,20 @@ fn identity(w: &WireIdentity) -> Result<Identity, Refusal> {
     Identity::new(&w.platform, &w.user).map_err(|e| Refusal::Bad(e.to_string()))
 }
 
-fn reply<T: Serialize>(result: Result<T, Refusal>) -> Vec<u8> {
-    let reply = match result {
-        Ok(answer) => Reply::Ok(answer),
-        Err(e) => Reply::Error(e.to_string()),
+/// The reply bytes, and the outcome for the metrics (`ok`, `bad_request`, `error`).
+fn reply<T: Serialize>(result: Result<T, Refusal>) -> (Vec<u8>, &'static str) {
+    let (reply, outcome) = match result {
+        Ok(answer) => (Reply::Ok(answer), "ok"),
+        Err(e @ Refusal::Bad(_)) => (Reply::Error(e.to_string()), "bad_request"),
+        Err(e @ Refusal::Store(_)) => (Reply::Error(e.to_string()), "error"),
     };
     // Replies are plain structs of strings and numbers.
-    rmp_serde::to_vec_named(&reply).expect("a reply always serialises")
+    let bytes = rmp_serde::to_vec_named(&reply).expect("a reply always serialises");
+    (bytes, outcome)
 }
 
-/// Answers one request; the reply bytes.
-async fn answer(store: &Store, what: &str, payload: &[u8]) -> Vec<u8> {
+/// Answers one request; the reply bytes and the outcome.
+async fn answer(store: &Store, what: &str, payload: &[u8]) -> (Vec<u8>, &'static str) {
     match what {
         "profile" => reply(
             async {
@@ -236,10 +243,34 @@ async fn answer(store: &Store, what: &str, payload: &[u8]) -> Vec<u8> {
     }
 }
 
+/// `ttfd query`: serves until `shutdown`, with `/metrics`, `/healthz`, `/readyz` on
+/// `metrics.listen` when set.
+pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let store = crate::cli::connect_store(settings).await?;
+    let broker = crate::cli::connect_broker(settings).await?;
+    let registry = Metrics::new();
+    let metrics = QueryMetrics::register(&registry);
+    let readiness = Readiness::new()
+        .database(store.clone())
+        .nats(broker.clone());
+    observe::serve(&settings.metrics, registry, readiness, shutdown.clone()).await?;
+    serve_with(store, broker, metrics, shutdown).await
+}
+
 /// Serves queries until `shutdown`; requests in progress then finish and are answered.
 pub async fn serve(
     store: Store,
     broker: Broker,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    serve_with(store, broker, QueryMetrics::default(), shutdown).await
+}
+
+/// As [`serve`], recording every request in `metrics` (`ttfd_query_*`).
+pub async fn serve_with(
+    store: Store,
+    broker: Broker,
+    metrics: QueryMetrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let prefix = broker.subjects.query("");
@@ -263,14 +294,16 @@ pub async fn serve(
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
         };
-        let (store, client) = (store.clone(), broker.client.clone());
+        let (store, client, metrics) = (store.clone(), broker.client.clone(), metrics.clone());
         let what = request
             .subject
             .strip_prefix(prefix.as_str())
             .unwrap_or_default()
             .to_owned();
         tracker.spawn(async move {
-            let body = answer(&store, &what, &request.payload).await;
+            let started = std::time::Instant::now();
+            let (body, outcome) = answer(&store, &what, &request.payload).await;
+            metrics.record(&what, outcome, started.elapsed().as_secs_f64());
             if let Err(e) = client.publish(reply_to, body.into()).await {
                 warn!(error = %e, query = what, "cannot send a query reply");
             }

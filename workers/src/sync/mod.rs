@@ -31,7 +31,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, instrument, warn};
+use tracing::{Instrument as _, debug, debug_span, error, info, instrument, warn};
 use ttfd_shared::Event;
 use ttfd_shared::wire::{self, Rejection};
 
@@ -39,7 +39,9 @@ pub use relay::{publish_notices, relay_outbox};
 
 use crate::broker::{Broker, ERROR_HEADER};
 use crate::config::{Settings, SyncSettings};
+use crate::metrics::Metrics;
 use crate::now_ms;
+use crate::observe::{self, Readiness, sync::SyncMetrics};
 use crate::store::{DeadLetter, Store, StoreError};
 
 /// Counters of what the consumers did, shared by every worker of a process.
@@ -75,6 +77,8 @@ pub struct SyncWorker {
     consumer: PullConsumer,
     settings: SyncSettings,
     pub counters: Arc<Counters>,
+    /// The same facts as `counters`, as Prometheus metrics (`ttfd_sync_*`).
+    metrics: SyncMetrics,
     relay_wake: Arc<Notify>,
     /// Receives, per committed message, the time from its storage in the stream to its
     /// ack (used by `ttfd bench`).
@@ -94,6 +98,7 @@ impl SyncWorker {
             consumer,
             settings,
             counters: Arc::default(),
+            metrics: SyncMetrics::default(),
             relay_wake: Arc::default(),
             latency: None,
         }
@@ -101,6 +106,11 @@ impl SyncWorker {
 
     pub fn with_counters(mut self, counters: Arc<Counters>) -> Self {
         self.counters = counters;
+        self
+    }
+
+    pub fn with_metrics(mut self, metrics: SyncMetrics) -> Self {
+        self.metrics = metrics;
         self
     }
 
@@ -240,6 +250,7 @@ impl SyncWorker {
             }
         }
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        self.metrics.batch_events.observe(msgs.len() as f64);
         if let Some(tx) = &self.latency {
             let now = time::OffsetDateTime::now_utc();
             for m in &msgs {
@@ -259,17 +270,41 @@ impl SyncWorker {
         msgs: &'a [jetstream::Message],
         shutdown: &'a CancellationToken,
     ) -> BoxFuture<'a, Result<Vec<(String, String)>, ()>> {
+        // The span names the batch's first and last event ids; at debug level every id
+        // is logged with its outcome. Off by default, so it costs nothing then.
+        let span = debug_span!(
+            "apply",
+            events = events.len(),
+            first = events.first().map(|e| e.id.as_str()),
+            last = events.last().map(|e| e.id.as_str()),
+        );
         Box::pin(async move {
             if events.is_empty() {
                 return Ok(Vec::new());
             }
             let outcome = self
-                .retrying("apply", msgs, shutdown, StoreError::is_transient, || {
-                    self.store.apply(events)
+                .retrying("apply", msgs, shutdown, StoreError::is_transient, || async {
+                    let started = std::time::Instant::now();
+                    let applied = self.store.apply(events).await;
+                    if applied.is_ok() {
+                        self.metrics
+                            .apply_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                    }
+                    applied
                 })
                 .await;
             match outcome {
                 Ok(a) => {
+                    self.metrics
+                        .record_applied(events, a.applied, a.duplicates);
+                    self.metrics.rank_changes.inc_by(a.rank_changes as u64);
+                    self.metrics.merges.inc_by(a.merges as u64);
+                    if tracing::enabled!(tracing::Level::DEBUG) {
+                        for e in events {
+                            debug!(event = e.id.as_str(), platform = e.identity.platform.as_str(), kind = e.kind(), "event applied (or a duplicate)");
+                        }
+                    }
                     let c = &self.counters;
                     c.applied.fetch_add(a.applied as u64, Ordering::Relaxed);
                     c.duplicates
@@ -295,7 +330,8 @@ impl SyncWorker {
                     Ok(bad)
                 }
             }
-        })
+        }
+        .instrument(span))
     }
 
     /// Publishes rejected messages to the dead-letter stream (original bytes, reason in
@@ -319,6 +355,12 @@ impl SyncWorker {
                 .parse_event(m.subject.as_str())
                 .map(|(p, k)| (token(p), token(k)))
                 .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
+            let event = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                .map(|v| v.as_str().to_owned());
+            let _span = debug_span!("dead_letter", seq, event).entered();
             warn!(seq, platform, kind, reason = %reason, "dead-lettering an event");
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(ERROR_HEADER, header_value(&reason.to_string()).as_str());
@@ -375,6 +417,12 @@ impl SyncWorker {
                 self.counters
                     .dead_lettered
                     .fetch_add(n as u64, Ordering::Relaxed);
+                // Counted once per stream sequence, like the table: a redelivered
+                // letter (n < letters) is not counted again.
+                for letter in letters.iter().take(n) {
+                    self.metrics
+                        .record_dead_lettered(&letter.platform, &letter.kind, 1);
+                }
                 Ok(())
             }
             Err(Stop::Abandoned) => Err(()),
@@ -411,6 +459,7 @@ impl SyncWorker {
             .when(|e| transient(e) && !shutdown.is_cancelled())
             .notify(|e, delay| {
                 self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                self.metrics.retries.inc();
                 warn!(error = %e, ?delay, "{what} failed; retrying");
             });
         tokio::pin!(work);
@@ -489,8 +538,21 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Re
             broker.subjects.events_stream()
         )
     })?;
+    let registry = Metrics::new();
+    let metrics = SyncMetrics::register(&registry);
+    let readiness = Readiness::new()
+        .database(store.clone())
+        .nats(broker.clone());
+    observe::serve(&settings.metrics, registry, readiness, shutdown.clone()).await?;
     let wake = Arc::new(Notify::new());
     let tasks = TaskTracker::new();
+    tasks.spawn(observe::sync::watch_backlog(
+        consumer.clone(),
+        store.clone(),
+        metrics.clone(),
+        Duration::from_secs(5),
+        shutdown.clone(),
+    ));
     tasks.spawn(relay_outbox(
         store.clone(),
         broker.clone(),
@@ -511,6 +573,7 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Re
     );
     let result = SyncWorker::new(store, broker.clone(), consumer, settings.sync.clone())
         .with_relay_wake(wake)
+        .with_metrics(metrics)
         .run(shutdown.clone())
         .await;
     shutdown.cancel();
