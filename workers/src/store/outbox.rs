@@ -104,7 +104,12 @@ impl Store {
             ids.push(id);
             notices.push(notice);
         }
-        publish(&notices).await.map_err(RelayError::Publish)?;
+        if let Err(e) = publish(&notices).await {
+            // Release the rows now: a dropped transaction is only rolled back when its
+            // pooled connection is next used, and until then other relays skip them.
+            let _ = tx.rollback().await;
+            return Err(RelayError::Publish(e));
+        }
         sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
             .bind(&ids)
             .execute(&mut *tx)

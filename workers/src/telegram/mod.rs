@@ -46,7 +46,16 @@ use started::StartedUsers;
 
 /// Runs `ttfd telegram` until `shutdown`.
 pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    TelegramBot::build(settings).await?.run(shutdown).await
+    let bot = TelegramBot::build(settings).await?;
+    // `/metrics`, `/healthz`, `/readyz` on `metrics.listen` (off when empty).
+    crate::observe::serve(
+        &settings.metrics,
+        crate::metrics::Metrics::new(),
+        crate::observe::Readiness::new().nats(bot.handler.broker.clone()),
+        shutdown.clone(),
+    )
+    .await?;
+    bot.run(shutdown).await
 }
 
 /// Where updates come from.
