@@ -414,6 +414,15 @@ async fn a_rebuild_with_a_changed_rule_gives_that_rules_model() {
     stop.cancel();
     worker.await.expect("worker stops");
     let outbox_before = scalar(&env.store, "SELECT count(*) FROM outbox").await;
+    let ids = || async {
+        sqlx::query_as::<_, (i64, String, String, i64)>(
+            "SELECT id, platform, external_id, user_id FROM identities ORDER BY id",
+        )
+        .fetch_all(&env.store.pool)
+        .await
+        .expect("identities")
+    };
+    let ids_before = ids().await;
 
     let mut fixed = env.settings.clone();
     fixed.rules.message_xp += 7;
@@ -439,6 +448,11 @@ async fn a_rebuild_with_a_changed_rule_gives_that_rules_model() {
     common::compare(&env.store, &new_model)
         .await
         .expect("the history follows the new rule");
+    assert_eq!(
+        ids().await,
+        ids_before,
+        "identities and users keep their ids (profile addresses stay valid)"
+    );
     assert_eq!(
         scalar(&env.store, "SELECT count(*) FROM outbox").await,
         outbox_before,

@@ -239,6 +239,12 @@ impl Build<'_> {
         let mut progress = Progress::new("rebuild", end, show_progress);
         let mut messages = 0;
         let result = async {
+            let seeded = self
+                .live
+                .seed_ids(live_schema, fresh_schema)
+                .await
+                .context("cannot seed the fresh tables with the live ids")?;
+            info!(seeded, "live identity and user ids seeded");
             // 1. The whole stream as of now.
             if end > 0 {
                 match self.phase(1, end, &mut progress).await? {
@@ -271,6 +277,8 @@ impl Build<'_> {
             }
             // 3. Writers paused: the last tail, then the swap or the comparison.
             let mut tx = self.live.lock_projections(live_schema).await?;
+            // Ids the live tables handed out meanwhile stay theirs.
+            self.live.align_sequences(live_schema, fresh_schema).await?;
             let last = self.last_sequence().await?;
             if last > end {
                 progress.extend(last);

@@ -255,6 +255,66 @@ impl Store {
         Ok(Store::from_pool(pool, rules))
     }
 
+    /// Before anything is applied to the fresh tables in `fresh`: creates every live
+    /// identity there with its live id, and with a user of its own whose id is one of
+    /// the ids its live user group holds (the survivor's and those of the users merged
+    /// into it, paired by creation order), then moves the id sequences past the live
+    /// ones. Merges keep the smaller user id, so a group merged again by the rebuild
+    /// ends with its live user id: profile addresses (`/u/<uid>`) and the replicas'
+    /// identity caches stay valid. Returns how many identities were seeded.
+    pub async fn seed_ids(&self, live: &str, fresh: &str) -> Result<u64, StoreError> {
+        let (live, fresh) = (checked(live)?, checked(fresh)?);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(&format!(
+            "CREATE TEMP TABLE ttfd_seed ON COMMIT DROP AS
+             WITH RECURSIVE root (id, root) AS (
+                 SELECT id, id FROM {live}.users WHERE merged_into IS NULL
+                 UNION ALL
+                 SELECT u.id, r.root FROM {live}.users u JOIN root r ON u.merged_into = r.id),
+             uids AS (SELECT id, root, row_number() OVER (PARTITION BY root ORDER BY id) AS k
+                      FROM root),
+             ids AS (SELECT id, platform, external_id, user_id AS root,
+                            row_number() OVER (PARTITION BY user_id ORDER BY id) AS k
+                     FROM {live}.identities)
+             SELECT ids.id, ids.platform, ids.external_id, uids.id AS uid
+             FROM ids JOIN uids ON uids.root = ids.root AND uids.k = ids.k"
+        ))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(&format!(
+            "INSERT INTO {fresh}.users (id) SELECT uid FROM ttfd_seed ORDER BY uid"
+        ))
+        .execute(&mut *tx)
+        .await?;
+        let seeded = sqlx::query(&format!(
+            "INSERT INTO {fresh}.identities (id, platform, external_id, user_id)
+             SELECT id, platform, external_id, uid FROM ttfd_seed ORDER BY id"
+        ))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        self.align_sequences(live, fresh).await?;
+        Ok(seeded)
+    }
+
+    /// Moves the id sequences of `fresh` past the values `live`'s have handed out, so
+    /// that an id the live tables gave stays that identity's or user's alone.
+    pub async fn align_sequences(&self, live: &str, fresh: &str) -> Result<(), StoreError> {
+        let (live, fresh) = (checked(live)?, checked(fresh)?);
+        for table in ["users", "identities"] {
+            sqlx::query(&format!(
+                "SELECT setval('{fresh}.{table}_id_seq', greatest(
+                     (SELECT last_value FROM {live}.{table}_id_seq),
+                     (SELECT last_value FROM {fresh}.{table}_id_seq),
+                     (SELECT coalesce(max(id), 1) FROM {fresh}.{table})))"
+            ))
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Gives the projection tables of `to` the privileges that other roles hold on the
     /// same tables (and their id sequences) in `from`, so that a swap changes no access.
     pub async fn copy_grants(&self, from: &str, to: &str) -> Result<(), StoreError> {
