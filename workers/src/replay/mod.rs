@@ -410,10 +410,10 @@ pub async fn replay_with(
     .await;
     progress.finish();
     let Delivery { finish, messages } = delivery?;
-    if finish == Finish::Reached {
-        if let Err(e) = stream.delete_consumer(&name).await {
-            warn!(error = %e, consumer = %name, "cannot delete the finished replay's consumer; the server drops it when idle");
-        }
+    if finish == Finish::Reached
+        && let Err(e) = stream.delete_consumer(&name).await
+    {
+        warn!(error = %e, consumer = %name, "cannot delete the finished replay's consumer; the server drops it when idle");
     }
     let _ = broker.client.flush().await;
     let get = Counters::get;
