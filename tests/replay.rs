@@ -29,7 +29,11 @@ fn replay_args(since: Since) -> ReplayArgs {
 }
 
 fn check_args(check: bool) -> RebuildArgs {
-    RebuildArgs { check, show: 20 }
+    RebuildArgs {
+        check,
+        show: 20,
+        from_snapshot: None,
+    }
 }
 
 /// Runs a replay in-process over the test's store and broker.
@@ -649,5 +653,114 @@ async fn a_batch_waiting_on_the_swap_lands_in_the_new_tables() {
         "nothing went to the replaced tables"
     );
     fresh.pool.close().await;
+    env.cleanup().await;
+}
+
+/// Past the stream's retention, a snapshot taken since stands in for the lost events:
+/// the rebuild starts from it, then the retained stream; an older snapshot is refused.
+#[tokio::test]
+async fn a_rebuild_from_a_snapshot_covers_the_events_the_stream_lost() {
+    let env = TestEnv::new().await;
+    let stop = CancellationToken::new();
+    let worker = env.spawn_worker(stop.clone()).await;
+    let early = community(300, 20, 13);
+    env.publish(&early).await;
+    env.wait_for_model(&early).await;
+    // The replica acks after it commits: wait for the acks too.
+    eventually(
+        "the replica's ack floor at the last early event",
+        || async {
+            let mut c = env.broker.sync_consumer().await.ok()?;
+            let floor = c.info().await.ok()?.ack_floor.stream_sequence;
+            (floor == early.len() as u64).then_some(())
+        },
+    )
+    .await;
+    let (snapshot, covers) = ttfd::replay::rebuild::snapshot_with(&env.store, &env.broker)
+        .await
+        .expect("snapshot");
+    assert_eq!(
+        covers,
+        early.len() as u64,
+        "the snapshot covers what was acked"
+    );
+    let late = community(200, 20, 14);
+    env.publish(&late).await;
+    let all: Vec<Event> = early.iter().chain(&late).cloned().collect();
+    env.wait_for_model(&all).await;
+    stop.cancel();
+    worker.await.expect("worker stops");
+    let ids = || async {
+        sqlx::query_as::<_, (i64, String, String, i64)>(
+            "SELECT id, platform, external_id, user_id FROM identities ORDER BY id",
+        )
+        .fetch_all(&env.store.pool)
+        .await
+        .expect("identities")
+    };
+    let ids_before = ids().await;
+
+    // Retention removes the early events.
+    let stream = env
+        .broker
+        .js
+        .get_stream(env.broker.subjects.events_stream())
+        .await
+        .expect("stream");
+    stream
+        .purge()
+        .sequence(covers + 1)
+        .await
+        .expect("purge the early events");
+    let refused = rebuild(&env, &env.settings, false)
+        .await
+        .expect_err("refused without the snapshot")
+        .to_string();
+    assert!(refused.contains("--from-snapshot"), "{refused}");
+
+    let from_snapshot = |snapshot: &str| RebuildArgs {
+        check: false,
+        show: 20,
+        from_snapshot: Some(snapshot.to_owned()),
+    };
+    let outcome = rebuild_with(
+        env.store.clone(),
+        env.broker.clone(),
+        &env.settings,
+        &from_snapshot(&snapshot),
+        false,
+        CancellationToken::new(),
+    )
+    .await
+    .expect("the rebuild from the snapshot runs");
+    let RebuildOutcome::Swapped { stats, .. } = &outcome else {
+        panic!("swapped: {outcome}");
+    };
+    assert_eq!(
+        stats.applied as usize,
+        late.len(),
+        "only the retained events: {outcome}"
+    );
+    common::compare(&env.store, &model::fold(&env.settings.rules, &all))
+        .await
+        .expect("the snapshot and the stream make the whole state");
+    assert_eq!(ids().await, ids_before, "ids kept");
+
+    // A snapshot older than what the stream still holds leaves a gap: refused.
+    stream
+        .purge()
+        .sequence(covers + 10)
+        .await
+        .expect("purge more");
+    let (code, _, stderr) = ttfd(&env, &["rebuild", "--from-snapshot", &snapshot]).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "sequences {} to {} are lost",
+            covers + 1,
+            covers + 9
+        )),
+        "{stderr}"
+    );
     env.cleanup().await;
 }

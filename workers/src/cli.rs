@@ -81,6 +81,9 @@ pub enum Command {
     /// swap them in; `--check` compares instead (exit code 1 on differences). Exit code
     /// 2 when interrupted. See docs/replay.md.
     Rebuild(replay::rebuild::RebuildArgs),
+    /// Copy the projection tables into a schema `ttfd_snapshot_<ms>`, for `ttfd rebuild
+    /// --from-snapshot` once the stream's retention removed the first events.
+    Snapshot,
     /// Run the whole pipeline locally with synthetic activity (no bot tokens needed).
     Demo(demo::DemoArgs),
     /// Measure throughput and latency against a raw-consumer baseline.
@@ -194,6 +197,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 replay::rebuild::RebuildOutcome::Interrupted => return Ok(ExitCode::from(2)),
                 _ => {}
             }
+        }
+        Command::Snapshot => {
+            let (schema, covers) = replay::rebuild::snapshot(&settings).await?;
+            println!("snapshot {schema}: every event up to stream sequence {covers}");
         }
         Command::Demo(args) => demo::run(&settings, args, shutdown::on_signals()).await?,
         Command::Bench(args) => bench::run(&settings, args).await?,

@@ -33,7 +33,7 @@ use super::{Delivery, Finish, Progress, deliver};
 use crate::broker::Broker;
 use crate::config::Settings;
 use crate::store::rebuild::{
-    AppliedSpan, Comparison, FRESH_PREFIX, REPLACED_PREFIX, release, swap_in,
+    AppliedSpan, Comparison, FRESH_PREFIX, REPLACED_PREFIX, SNAPSHOT_PREFIX, release, swap_in,
 };
 use crate::store::{MIGRATOR, Store};
 use crate::sync::{Counters, Rejects, SyncWorker};
@@ -53,6 +53,11 @@ pub struct RebuildArgs {
     /// How many differences of each kind `--check` lists.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(0..=100_000))]
     pub show: i64,
+    /// Start from a snapshot schema made by `ttfd snapshot` (when the stream's
+    /// retention removed the first events): its tables, then the retained stream. The
+    /// rules of this configuration apply to the events after the snapshot only.
+    #[arg(long, value_name = "SCHEMA")]
+    pub from_snapshot: Option<String>,
 }
 
 /// What a rebuild did.
@@ -174,7 +179,22 @@ pub async fn rebuild_with(
         .context("cannot read the events stream")?
         .state
         .clone();
-    check_retained(&stream_name, &state, &live.applied_span().await?)?;
+    match &args.from_snapshot {
+        None => check_retained(&stream_name, &state, &live.applied_span().await?)?,
+        Some(snapshot) => {
+            let covers = live.snapshot_covers(snapshot).await?;
+            if state.first_sequence > covers + 1 {
+                bail!(
+                    "cannot rebuild from snapshot {snapshot}: it holds the events up to stream \
+                     sequence {covers}, but the events stream {stream_name} starts at {}: \
+                     sequences {} to {} are lost. Use a newer snapshot",
+                    state.first_sequence,
+                    covers + 1,
+                    state.first_sequence - 1
+                );
+            }
+        }
+    }
 
     let live_schema = live.current_schema().await?;
     let fresh_schema = format!("{FRESH_PREFIX}{}", crate::now_ms());
@@ -239,6 +259,13 @@ impl Build<'_> {
         let mut progress = Progress::new("rebuild", end, show_progress);
         let mut messages = 0;
         let result = async {
+            if let Some(snapshot) = &args.from_snapshot {
+                self.live
+                    .seed_from_snapshot(snapshot, fresh_schema)
+                    .await
+                    .with_context(|| format!("cannot copy snapshot {snapshot}"))?;
+                info!(snapshot = %snapshot, "started from the snapshot");
+            }
             let seeded = self
                 .live
                 .seed_ids(live_schema, fresh_schema)
@@ -381,6 +408,32 @@ impl Build<'_> {
     }
 }
 
+/// `ttfd snapshot`: copies the projections into `ttfd_snapshot_<unix ms>`, recording
+/// the sync consumer's ack floor read first (every message up to it was applied, or
+/// dead-lettered, before the copy began). Returns the schema and that sequence.
+pub async fn snapshot(settings: &Settings) -> anyhow::Result<(String, u64)> {
+    let store = crate::cli::connect_store(settings).await?;
+    let broker = crate::cli::connect_broker(settings).await?;
+    snapshot_with(&store, &broker).await
+}
+
+/// [`snapshot`] over a store and a broker already connected.
+pub async fn snapshot_with(live: &Store, broker: &Broker) -> anyhow::Result<(String, u64)> {
+    let covers = broker
+        .sync_consumer()
+        .await
+        .context("cannot read the sync consumer (run `ttfd nats setup`)")?
+        .cached_info()
+        .ack_floor
+        .stream_sequence;
+    let schema = format!("{SNAPSHOT_PREFIX}{}", crate::now_ms());
+    let live_schema = live.current_schema().await?;
+    live.take_snapshot(&live_schema, &schema, covers)
+        .await
+        .context("cannot take the snapshot")?;
+    Ok((schema, covers))
+}
+
 /// The fresh tables are made by this binary's migrations: they must be the live ones.
 async fn check_migrations(live: &Store) -> anyhow::Result<()> {
     let applied = live.applied_migrations().await?;
@@ -427,8 +480,9 @@ fn check_retained(stream: &str, state: &State, applied: &AppliedSpan) -> anyhow:
         None => Ok(()),
         Some(why) => bail!(
             "cannot rebuild: the events stream {stream} no longer holds the first events; {why}. \
-             A rebuild recomputes everything from the stream and would lose them. (Starting \
-             from a snapshot of the tables is not implemented yet; see docs/replay.md.)"
+             A rebuild recomputes everything from the stream and would lose them: start \
+             from a snapshot taken since (`ttfd rebuild --from-snapshot <schema>`, see \
+             docs/replay.md)"
         ),
     }
 }

@@ -43,6 +43,9 @@ pub const FRESH_PREFIX: &str = "ttfd_rebuild_";
 /// Schemas holding the tables a rebuild replaced, kept for inspection or to swap back.
 pub const REPLACED_PREFIX: &str = "ttfd_replaced_";
 
+/// Schemas holding snapshots of the projections (`ttfd snapshot`).
+pub const SNAPSHOT_PREFIX: &str = "ttfd_snapshot_";
+
 /// Advisory lock key held by a running rebuild or check ("ttfdrebu").
 const REBUILD_LOCK: i64 = 0x7474_6664_7265_6275;
 
@@ -261,7 +264,8 @@ impl Store {
     /// into it, paired by creation order), then moves the id sequences past the live
     /// ones. Merges keep the smaller user id, so a group merged again by the rebuild
     /// ends with its live user id: profile addresses (`/u/<uid>`) and the replicas'
-    /// identity caches stay valid. Returns how many identities were seeded.
+    /// identity caches stay valid. Identities and users `fresh` already holds (from a
+    /// snapshot) are left as they are. Returns how many identities were seeded.
     pub async fn seed_ids(&self, live: &str, fresh: &str) -> Result<u64, StoreError> {
         let (live, fresh) = (checked(live)?, checked(fresh)?);
         let mut tx = self.pool.begin().await?;
@@ -272,10 +276,15 @@ impl Store {
                  UNION ALL
                  SELECT u.id, r.root FROM {live}.users u JOIN root r ON u.merged_into = r.id),
              uids AS (SELECT id, root, row_number() OVER (PARTITION BY root ORDER BY id) AS k
-                      FROM root),
+                      FROM root
+                      WHERE NOT EXISTS (SELECT 1 FROM {fresh}.users f WHERE f.id = root.id)),
              ids AS (SELECT id, platform, external_id, user_id AS root,
                             row_number() OVER (PARTITION BY user_id ORDER BY id) AS k
-                     FROM {live}.identities)
+                     FROM {live}.identities i
+                     WHERE NOT EXISTS (SELECT 1 FROM {fresh}.identities f
+                                       WHERE f.id = i.id
+                                          OR (f.platform = i.platform
+                                              AND f.external_id = i.external_id)))
              SELECT ids.id, ids.platform, ids.external_id, uids.id AS uid
              FROM ids JOIN uids ON uids.root = ids.root AND uids.k = ids.k"
         ))
@@ -312,6 +321,99 @@ impl Store {
             .execute(&self.pool)
             .await?;
         }
+        Ok(())
+    }
+
+    /// Copies the projection tables of `live` into a new schema `snapshot`, as of one
+    /// moment (one repeatable-read transaction: every batch is in or out whole), and
+    /// records that every events-stream sequence up to `covers` is in the copy (the
+    /// caller reads the sync consumer's ack floor before calling).
+    pub async fn take_snapshot(
+        &self,
+        live: &str,
+        snapshot: &str,
+        covers: u64,
+    ) -> Result<(), StoreError> {
+        let (live, snapshot) = (checked(live)?, checked(snapshot)?);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!("CREATE SCHEMA {snapshot}"))
+            .execute(&mut *tx)
+            .await?;
+        for t in PROJECTIONS {
+            sqlx::query(&format!(
+                "CREATE TABLE {snapshot}.{t} AS SELECT * FROM {live}.{t}"
+            ))
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(&format!(
+            "CREATE TABLE {snapshot}.ttfd_snapshot AS
+             SELECT now() AS taken_at, $1::bigint AS covers,
+                    (SELECT max(version) FROM {live}._sqlx_migrations) AS migration"
+        ))
+        .bind(i64::try_from(covers).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The stream sequence up to which `snapshot` holds every event.
+    pub async fn snapshot_covers(&self, snapshot: &str) -> Result<u64, StoreError> {
+        let snapshot = checked(snapshot)?;
+        let covers: Option<i64> =
+            sqlx::query_scalar(&format!("SELECT covers FROM {snapshot}.ttfd_snapshot"))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| {
+                    StoreError::Schema(format!("{snapshot} is not a ttfd snapshot ({e})"))
+                })?;
+        covers
+            .and_then(|c| u64::try_from(c).ok())
+            .ok_or_else(|| StoreError::Schema(format!("{snapshot} records no coverage")))
+    }
+
+    /// Copies a snapshot's projections into the (empty) fresh tables, the columns both
+    /// have (a later migration's new columns keep their defaults).
+    pub async fn seed_from_snapshot(&self, snapshot: &str, fresh: &str) -> Result<(), StoreError> {
+        let (snapshot, fresh) = (checked(snapshot)?, checked(fresh)?);
+        let mut tx = self.pool.begin().await?;
+        // Users before identities (which reference them); in one statement each, so
+        // users referring to users are checked once all are in.
+        let mut order = PROJECTIONS;
+        order.sort_by_key(|t| *t != "users");
+        for t in order {
+            let columns: Vec<String> = sqlx::query_scalar(
+                "SELECT f.column_name::text FROM information_schema.columns f
+                 JOIN information_schema.columns s
+                   ON s.table_schema = $2 AND s.table_name = f.table_name
+                  AND s.column_name = f.column_name
+                 WHERE f.table_schema = $1 AND f.table_name = $3
+                 ORDER BY f.ordinal_position",
+            )
+            .bind(fresh)
+            .bind(snapshot)
+            .bind(t)
+            .fetch_all(&mut *tx)
+            .await?;
+            if columns.is_empty() {
+                return Err(StoreError::Schema(format!("{snapshot}.{t} is missing")));
+            }
+            let list = columns
+                .iter()
+                .map(|c| quote(c))
+                .collect::<Vec<_>>()
+                .join(", ");
+            sqlx::query(&format!(
+                "INSERT INTO {fresh}.{t} ({list}) SELECT {list} FROM {snapshot}.{t}"
+            ))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
