@@ -12,6 +12,9 @@
 //! - a process that dies: JetStream redelivers after `ack_wait`, with the consumer's
 //!   backoff, and the idempotency record makes the second apply a no-op.
 //!
+//! The batch path ([`SyncWorker::handle_batch`]) is also that of `ttfd replay` and
+//! `ttfd rebuild` (`replay/`), over consumers of their own.
+//!
 //! Reads the `sync.*` settings.
 
 pub mod relay;
