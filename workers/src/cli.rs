@@ -75,11 +75,11 @@ pub enum Command {
     Import(Box<crate::import::ImportArgs>),
     /// Deliver the events stream again from a time or sequence through the apply path
     /// (e.g. after restoring a backup). Safe while `ttfd sync` runs; resumable. Exit
-    /// code 2 when interrupted. See docs/replay.md.
+    /// code 3 when interrupted. See docs/replay.md.
     Replay(replay::ReplayArgs),
     /// Recompute every projection from the whole events stream into fresh tables and
     /// swap them in; `--check` compares instead (exit code 1 on differences). Exit code
-    /// 2 when interrupted. See docs/replay.md.
+    /// 3 when interrupted. See docs/replay.md.
     Rebuild(replay::rebuild::RebuildArgs),
     /// Copy the projection tables into a schema `ttfd_snapshot_<ms>`, for `ttfd rebuild
     /// --from-snapshot` once the stream's retention removed the first events.
@@ -179,7 +179,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let report = replay::replay(&settings, &args, progress, shutdown::on_signals()).await?;
             println!("{report}");
             if !report.complete {
-                return Ok(ExitCode::from(2));
+                return Ok(ExitCode::from(3));
             }
         }
         Command::Rebuild(args) => {
@@ -194,7 +194,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 {
                     return Ok(ExitCode::from(1));
                 }
-                replay::rebuild::RebuildOutcome::Interrupted => return Ok(ExitCode::from(2)),
+                replay::rebuild::RebuildOutcome::Interrupted => return Ok(ExitCode::from(3)),
                 _ => {}
             }
         }
