@@ -14,7 +14,7 @@ use crate::broker::Broker;
 use crate::config::Settings;
 use crate::store::Store;
 use crate::store::query::Period;
-use crate::{bench, demo, now_ms, query, shutdown, sync, telegram, telemetry};
+use crate::{bench, demo, now_ms, query, replay, shutdown, sync, telegram, telemetry};
 
 /// TTFD Unified: one profile per person across Discord, Telegram, the website and any
 /// platform that publishes events.
@@ -73,6 +73,17 @@ pub enum Command {
     },
     /// Bring the old bots' and website's data in as events (docs/import.md).
     Import(Box<crate::import::ImportArgs>),
+    /// Deliver the events stream again from a time or sequence through the apply path
+    /// (e.g. after restoring a backup). Safe while `ttfd sync` runs; resumable. Exit
+    /// code 3 when interrupted. See docs/replay.md.
+    Replay(replay::ReplayArgs),
+    /// Recompute every projection from the whole events stream into fresh tables and
+    /// swap them in; `--check` compares instead (exit code 1 on differences). Exit code
+    /// 3 when interrupted. See docs/replay.md.
+    Rebuild(replay::rebuild::RebuildArgs),
+    /// Copy the projection tables into a schema `ttfd_snapshot_<ms>`, for `ttfd rebuild
+    /// --from-snapshot` once the stream's retention removed the first events.
+    Snapshot,
     /// Run the whole pipeline locally with synthetic activity (no bot tokens needed).
     Demo(demo::DemoArgs),
     /// Measure throughput and latency against a raw-consumer baseline.
@@ -163,6 +174,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Import(args) => crate::import::run(&settings, *args).await?,
+        Command::Replay(args) => {
+            let progress = std::io::stderr().is_terminal();
+            let report = replay::replay(&settings, &args, progress, shutdown::on_signals()).await?;
+            println!("{report}");
+            if !report.complete {
+                return Ok(ExitCode::from(3));
+            }
+        }
+        Command::Rebuild(args) => {
+            let progress = std::io::stderr().is_terminal();
+            let outcome =
+                replay::rebuild::rebuild(&settings, &args, progress, shutdown::on_signals())
+                    .await?;
+            println!("{outcome}");
+            match outcome {
+                replay::rebuild::RebuildOutcome::Checked { comparison, .. }
+                    if !comparison.is_same() =>
+                {
+                    return Ok(ExitCode::from(1));
+                }
+                replay::rebuild::RebuildOutcome::Interrupted => return Ok(ExitCode::from(3)),
+                _ => {}
+            }
+        }
+        Command::Snapshot => {
+            let (schema, covers) = replay::rebuild::snapshot(&settings).await?;
+            println!("snapshot {schema}: every event up to stream sequence {covers}");
+        }
         Command::Demo(args) => demo::run(&settings, args, shutdown::on_signals()).await?,
         Command::Bench(args) => bench::run(&settings, args).await?,
     }

@@ -8,6 +8,7 @@
 //! - [`discord`]: the Discord bot role: messages and voice time in, rank roles out.
 //! - [`import`]: `ttfd import`, the old bots' and website's data brought in as events.
 //! - [`telegram`]: the Telegram bot role (`ttfd telegram`).
+//! - [`replay`]: `ttfd replay` and `ttfd rebuild`: the events stream delivered again.
 //! - [`cli`]: the `ttfd` command line; each subcommand is one role.
 //! - [`web`]: the website, the HTTP API and event ingest; [`metrics`]: the Prometheus
 //!   registry every role registers with.
@@ -25,6 +26,7 @@ pub mod import;
 pub mod metrics;
 pub mod observe;
 pub mod query;
+pub mod replay;
 pub mod shutdown;
 pub mod store;
 pub mod sync;

@@ -1,5 +1,6 @@
 //! PostgreSQL: the pool, migrations, the batch apply path ([`apply`]), reads for people
-//! and bots ([`query`]), the notification outbox ([`outbox`]) and link codes ([`codes`]).
+//! and bots ([`query`]), the notification outbox ([`outbox`]), link codes ([`codes`]) and
+//! the fresh tables of `ttfd rebuild` ([`rebuild`]).
 //!
 //! Reads `database.url` and `database.max_connections`.
 
@@ -7,9 +8,10 @@ pub mod apply;
 pub mod codes;
 pub mod outbox;
 pub mod query;
+pub mod rebuild;
 pub mod scratch;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +46,9 @@ pub enum StoreError {
     /// been cleared, try again.
     #[error("identity cache out of date (tables rebuilt); cleared")]
     StaleCache,
+    /// A schema that `ttfd rebuild` cannot work with.
+    #[error("schema: {0}")]
+    Schema(String),
 }
 
 impl StoreError {
@@ -53,7 +58,10 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Contended | StoreError::StaleCache => true,
-            StoreError::Migrate(_) | StoreError::Encode(_) | StoreError::Outbox(_) => false,
+            StoreError::Migrate(_)
+            | StoreError::Encode(_)
+            | StoreError::Outbox(_)
+            | StoreError::Schema(_) => false,
             StoreError::Db(e) => match e {
                 sqlx::Error::Io(_)
                 | sqlx::Error::Tls(_)
@@ -121,16 +129,21 @@ impl IdentityCache {
     }
 }
 
+/// The connection options of `database.url`.
+pub fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, StoreError> {
+    Ok(settings
+        .url
+        .expose_secret()
+        .parse::<PgConnectOptions>()?
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .application_name("ttfd"))
+}
+
 impl Store {
     /// Opens a pool. The first connection is made lazily, so a service can start before
     /// its database is up; [`Store::ping`] checks reachability.
     pub fn connect_lazy(settings: &DatabaseSettings, rules: Rules) -> Result<Self, StoreError> {
-        let options: PgConnectOptions = settings
-            .url
-            .expose_secret()
-            .parse::<PgConnectOptions>()?
-            .log_statements(tracing::log::LevelFilter::Trace)
-            .application_name("ttfd");
+        let options = connect_options(settings)?;
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(Duration::from_secs(5))
@@ -154,6 +167,24 @@ impl Store {
     pub async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.pool).await?;
         Ok(())
+    }
+
+    /// Which of these events-stream sequences were already dead-lettered and counted.
+    pub async fn counted_dead_letters(&self, seqs: &[u64]) -> Result<HashSet<u64>, StoreError> {
+        let keys: Vec<i64> = seqs
+            .iter()
+            .map(|s| i64::try_from(*s).unwrap_or(i64::MAX))
+            .collect();
+        let found: Vec<i64> = sqlx::query_scalar(
+            "SELECT stream_seq FROM dead_lettered_messages WHERE stream_seq = ANY($1)",
+        )
+        .bind(&keys)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(found
+            .into_iter()
+            .filter_map(|s| u64::try_from(s).ok())
+            .collect())
     }
 
     /// Forgets applied event ids (and counted dead-letter sequences) older than `age` (the events stream's retention, which

@@ -12,6 +12,9 @@
 //! - a process that dies: JetStream redelivers after `ack_wait`, with the consumer's
 //!   backoff, and the idempotency record makes the second apply a no-op.
 //!
+//! The batch path ([`SyncWorker::handle_batch`]) is also that of `ttfd replay` and
+//! `ttfd rebuild` (`replay/`), over consumers of their own.
+//!
 //! Reads the `sync.*` settings.
 
 pub mod relay;
@@ -54,12 +57,31 @@ pub struct Counters {
     pub rank_changes: AtomicU64,
     pub merges: AtomicU64,
     pub retries: AtomicU64,
+    /// Rejected messages left out without dead-lettering ([`Rejects::Skip`]).
+    pub skipped: AtomicU64,
 }
 
 impl Counters {
     pub fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
     }
+}
+
+/// A batch given up at shutdown (rolled back; its messages were handed back with a nak).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Abandoned;
+
+/// What to do with messages that cannot be applied (invalid, or failing on their own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rejects {
+    /// Publish them to the dead-letter stream and count them (`ttfd sync`, `ttfd replay`).
+    /// A message already counted there (seen before: redelivery, replay) is not
+    /// published again.
+    #[default]
+    DeadLetter,
+    /// Only count them in [`Counters::skipped`] (`ttfd rebuild`: the live consumers
+    /// dead-lettered them when they first came).
+    Skip,
 }
 
 /// Why a batch did not complete.
@@ -80,6 +102,7 @@ pub struct SyncWorker {
     /// The same facts as `counters`, as Prometheus metrics (`ttfd_sync_*`).
     metrics: SyncMetrics,
     relay_wake: Arc<Notify>,
+    rejects: Rejects,
     /// Receives, per committed message, the time from its storage in the stream to its
     /// ack (used by `ttfd bench`).
     latency: Option<mpsc::UnboundedSender<Duration>>,
@@ -100,8 +123,14 @@ impl SyncWorker {
             counters: Arc::default(),
             metrics: SyncMetrics::default(),
             relay_wake: Arc::default(),
+            rejects: Rejects::default(),
             latency: None,
         }
+    }
+
+    pub fn with_rejects(mut self, rejects: Rejects) -> Self {
+        self.rejects = rejects;
+        self
     }
 
     pub fn with_counters(mut self, counters: Arc<Counters>) -> Self {
@@ -202,6 +231,17 @@ impl SyncWorker {
         Ok(())
     }
 
+    /// Validates, dead-letters, applies and acks one batch of messages from any consumer
+    /// of the events stream: the one path of `ttfd sync`, `ttfd replay` and
+    /// `ttfd rebuild`.
+    pub async fn handle_batch(
+        &self,
+        msgs: Vec<jetstream::Message>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Abandoned> {
+        self.handle(msgs, shutdown).await.map_err(|()| Abandoned)
+    }
+
     /// Validates, dead-letters, applies, acks one batch. `Err` only when abandoned.
     #[instrument(skip_all, fields(messages = msgs.len()))]
     async fn handle(
@@ -240,7 +280,14 @@ impl SyncWorker {
             }
         }
         if !bad.is_empty() {
-            self.dead_letter(&msgs, &bad, shutdown).await?;
+            match self.rejects {
+                Rejects::DeadLetter => self.dead_letter(&msgs, &bad, shutdown).await?,
+                Rejects::Skip => {
+                    self.counters
+                        .skipped
+                        .fetch_add(bad.len() as u64, Ordering::Relaxed);
+                }
+            }
         }
 
         for m in &msgs {
@@ -343,14 +390,40 @@ impl SyncWorker {
         shutdown: &CancellationToken,
     ) -> Result<(), ()> {
         let subjects = &self.broker.subjects;
+        let seq_of = |m: &jetstream::Message| {
+            m.info()
+                .map(|info| info.stream_sequence)
+                .unwrap_or_default()
+        };
+        // Counted means published before (the count follows the publish): a redelivered
+        // or replayed message is not put on the dead-letter stream twice.
+        let seqs: Vec<u64> = bad.iter().map(|(i, _)| seq_of(&msgs[*i])).collect();
+        let counted = match self
+            .retrying(
+                "dead-letter lookup",
+                msgs,
+                shutdown,
+                StoreError::is_transient,
+                || self.store.counted_dead_letters(&seqs),
+            )
+            .await
+        {
+            Ok(counted) => counted,
+            Err(Stop::Abandoned) => return Err(()),
+            Err(Stop::Failed(e)) => {
+                warn!(error = %e, "cannot look up counted dead letters; publishing all");
+                Default::default()
+            }
+        };
         let mut letters = Vec::with_capacity(bad.len());
         let mut outgoing = Vec::with_capacity(bad.len());
         for (i, reason) in bad {
             let m = &msgs[*i];
-            let seq = m
-                .info()
-                .map(|info| info.stream_sequence)
-                .unwrap_or_default();
+            let seq = seq_of(m);
+            if counted.contains(&seq) {
+                debug!(seq, "already dead-lettered");
+                continue;
+            }
             let (platform, kind) = subjects
                 .parse_event(m.subject.as_str())
                 .map(|(p, k)| (token(p), token(k)))
@@ -376,6 +449,9 @@ impl SyncWorker {
                 kind,
                 code: reason.code,
             });
+        }
+        if letters.is_empty() {
+            return Ok(());
         }
         let js = &self.broker.js;
         self.retrying(
