@@ -24,7 +24,7 @@ impl From<&Identity> for WireIdentity {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RankNotice {
     pub v: u8,
-    /// Also the `Nats-Msg-Id`: `rank:<outbox id>`.
+    /// Also the `Nats-Msg-Id`: `rank:<outbox id>.<outbox row creation, Unix µs>`.
     pub id: String,
     /// When the change was committed, Unix milliseconds.
     pub ts: i64,
@@ -39,7 +39,7 @@ pub struct RankNotice {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkNotice {
     pub v: u8,
-    /// Also the `Nats-Msg-Id`: `link:<outbox id>`.
+    /// Also the `Nats-Msg-Id`: `link:<outbox id>.<outbox row creation, Unix µs>`.
     pub id: String,
     pub ts: i64,
     pub uid: i64,

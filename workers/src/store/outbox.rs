@@ -71,7 +71,8 @@ impl Store {
     ) -> Result<usize, RelayError<E>> {
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
         let rows = sqlx::query(
-            "SELECT id, topic, body FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            "SELECT id, topic, body, (extract(epoch FROM created_at) * 1000000)::int8 AS created_us
+             FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(limit)
         .fetch_all(&mut *tx)
@@ -84,18 +85,22 @@ impl Store {
         let mut notices = Vec::with_capacity(rows.len());
         for row in rows {
             let id: i64 = row.get("id");
+            // Row ids restart when the database is restored from a backup; with the
+            // row's creation time the message id stays unique, so JetStream's duplicate
+            // window never drops a new notification as an old one.
+            let created_us: i64 = row.get("created_us");
             let topic: String = row.get("topic");
             let body: serde_json::Value = row.get("body");
             let notice = match topic.as_str() {
                 "rank" => serde_json::from_value(body)
                     .map(|mut n: RankNotice| {
-                        n.id = format!("rank:{id}");
+                        n.id = format!("rank:{id}.{created_us}");
                         Notice::Rank(n)
                     })
                     .map_err(StoreError::from)?,
                 "link" => serde_json::from_value(body)
                     .map(|mut n: LinkNotice| {
-                        n.id = format!("link:{id}");
+                        n.id = format!("link:{id}.{created_us}");
                         Notice::Link(n)
                     })
                     .map_err(StoreError::from)?,
