@@ -17,7 +17,8 @@ script adds:
   a section can land with another branch: ttfd refuses unknown keys at start-up);
 - references: ConfigMaps and Secrets named by pods, Services and PodDisruptionBudgets
   that select pods, Ingress backends, the Deployment a ScaledObject scales (which must
-  not fix its own replica count).
+  not fix its own replica count), and what the migration Job needs carrying the label
+  `ttfd/stage: prepare` (the first `kubectl apply -l` of docs/operations.md).
 
 Prints one line per problem and exits 1 if there is any.
 """
@@ -196,6 +197,20 @@ def check_references(docs):
                 problem(d, f"scales Deployment {target}, which does not exist")
             elif "replicas" in deployment["spec"]:
                 problem(d, f"Deployment {target} fixes spec.replicas: each apply would fight KEDA")
+        if d["kind"] == "Job" and d["metadata"].get("labels", {}).get("ttfd/stage") == "prepare":
+            # `kubectl apply -l ttfd/stage=prepare` must bring everything the Job needs.
+            pod = d["spec"]["template"]["spec"]
+            needed = [("ServiceAccount", pod.get("serviceAccountName", "default"))]
+            for c in pod.get("containers", []) + pod.get("initContainers", []):
+                needed += [("ConfigMap", s["configMapRef"]["name"])
+                           for s in c.get("envFrom", []) if "configMapRef" in s]
+            needed += [("ConfigMap", v["configMap"]["name"])
+                       for v in pod.get("volumes", []) if "configMap" in v]
+            for kind, name in needed:
+                dep = by_kind.get(kind, {}).get(name)
+                if dep and dep["metadata"].get("labels", {}).get("ttfd/stage") != "prepare":
+                    problem(d, f"{kind} {name} lacks the label ttfd/stage: prepare, so the "
+                               f"first apply would not create it")
         if d["kind"] == "Secret":
             problem(d, "a Secret is in the manifests: secrets are created by hand, never kept in git")
         if d["kind"] == "ConfigMap":

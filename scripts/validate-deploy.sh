@@ -4,7 +4,8 @@
 # with every optional component), validates every resource against the Kubernetes API
 # schemas offline (PyPI kubernetes-validate, oldest and newest supported versions), the
 # custom resources (KEDA ScaledObject, PodMonitor) against k8s/schemas/, and the house
-# rules (k8s/check-manifests.py); lints the Dockerfile (hadolint); checks the NATS
+# rules (k8s/check-manifests.py); checks the Docker build context and lints the
+# Dockerfile (hadolint); checks the NATS
 # configuration (nats-server -t) and its permissions against a real nats-server
 # (nats/test-permissions.sh); checks the Grafana dashboard's queries (PromQL syntax,
 # known metric names).
@@ -131,6 +132,66 @@ else
 fi
 
 # ------------------------------------------------------------------- Dockerfile
+# The build context that .dockerignore lets through must hold what the build reads:
+# every file the code embeds at compile time, and what cargo resolves (checked with
+# `cargo metadata --locked` in a copy of that context).
+context="$OUT/docker-context"
+if "$PY" - "$context" <<'EOF' >&2; then
+import fnmatch, os, re, shutil, subprocess, sys
+dest = sys.argv[1]
+rules = []
+for line in open(".dockerignore"):
+    line = line.strip()
+    if line and not line.startswith("#"):
+        rules.append((line.startswith("!"), os.path.normpath(line.lstrip("!"))))
+def excluded(path):
+    # Docker's rule: the last matching pattern wins; a pattern matching a parent
+    # directory matches everything below it.
+    result = False
+    parts = path.split("/")
+    for negate, pattern in rules:
+        if any(fnmatch.fnmatchcase("/".join(parts[:i]), pattern) for i in range(1, len(parts) + 1)):
+            result = not negate
+    return result
+def git(*args):
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.split()
+shutil.rmtree(dest, ignore_errors=True)
+kept = [f for f in git("ls-files", "--cached", "--others", "--exclude-standard")
+        if os.path.isfile(f) and not excluded(f)]
+for f in kept:
+    os.makedirs(os.path.join(dest, os.path.dirname(f)), exist_ok=True)
+    shutil.copy(f, os.path.join(dest, f))
+missing = []
+for src in git("ls-files", "*.rs"):
+    text = open(src).read()
+    # include_str!/include_bytes! are relative to the file; sqlx::migrate! to the crate.
+    embedded = [os.path.join(os.path.dirname(src), rel)
+                for rel in re.findall(r'include_(?:str|bytes)!\(\s*"([^"]+)"', text)]
+    embedded += [os.path.join(src.split("/src/")[0], rel)
+                 for rel in re.findall(r'migrate!\(\s*"([^"]+)"', text)]
+    for target in map(os.path.normpath, embedded):
+        if not os.path.exists(os.path.join(dest, target)):
+            missing.append(f"{src} embeds {target}")
+for template in git("ls-files", "workers/templates"):
+    if not os.path.exists(os.path.join(dest, template)):
+        missing.append(f"askama template {template}")
+for m in missing:
+    print(f"FAIL the Docker build context lacks what the build reads: {m}")
+print(f"[validate-deploy] docker context: {len(kept)} files, nothing the build embeds is missing"
+      if not missing else f"[validate-deploy] docker context: {len(missing)} missing")
+sys.exit(1 if missing else 0)
+EOF
+  if command -v cargo >/dev/null 2>&1; then
+    if (cd "$context" && cargo metadata --locked --offline --format-version 1 >/dev/null); then
+      say "docker context: cargo metadata --locked resolves the workspace from it"
+    else
+      fail "cargo cannot resolve the workspace from the Docker build context (.dockerignore)"
+    fi
+  fi
+else
+  fail "the Docker build context (.dockerignore) lacks files the build reads"
+fi
+
 if [ -n "$hadolint" ]; then
   if "$hadolint" Dockerfile >&2; then say "hadolint: Dockerfile clean"; else fail "hadolint Dockerfile"; fi
 else
