@@ -5,10 +5,9 @@
 # schemas offline (PyPI kubernetes-validate, oldest and newest supported versions), the
 # custom resources (KEDA ScaledObject, PodMonitor) against k8s/schemas/, and the house
 # rules (k8s/check-manifests.py); checks the Docker build context and lints the
-# Dockerfile (hadolint); checks the NATS
-# configuration (nats-server -t) and its permissions against a real nats-server
-# (nats/test-permissions.sh); checks the Grafana dashboard's queries (PromQL syntax,
-# known metric names).
+# Dockerfile (hadolint); checks the NATS configuration (nats-server -t) and its
+# permissions against a real nats-server (nats/test-permissions.sh); checks the Grafana
+# dashboard's queries (PromQL syntax, known metric names).
 #
 # Its tools go into a virtualenv of its own under .ttfd/ (reused by later runs). What
 # cannot be installed is skipped with a loud message; a validation that fails fails the
@@ -45,7 +44,7 @@ REQUIRED=("kubernetes-validate>=1.37,<2" "PyYAML>=6" "jsonschema>=4.18" "promql-
 marker="$TOOLS/.required-$(printf '%s\n' "${REQUIRED[@]}" | sha256sum | cut -c1-12)"
 if [ ! -f "$marker" ]; then
   say "installing ${REQUIRED[*]}"
-  pip_install "${REQUIRED[@]}"
+  pip_install "${REQUIRED[@]}" || { say "FAILED: cannot install ${REQUIRED[*]} from PyPI"; exit 1; }
   touch "$marker"
 fi
 
