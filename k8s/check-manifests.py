@@ -1,6 +1,6 @@
 """Checks rendered manifests for what the Kubernetes schemas cannot see.
 
-Usage: python3 k8s/check-manifests.py [--settings workers/src/config.rs] RENDERED.yaml [...]
+Usage: python3 k8s/check-manifests.py [--settings workers/src/config.rs] [--ttfd BIN] RENDERED.yaml...
 
 kubernetes-validate checks every built-in resource against the API schemas; this
 script adds:
@@ -15,6 +15,9 @@ script adds:
 - configuration: every TOML file in a ConfigMap parses, and every TTFD__<SECTION>__...
   variable names a section of `Settings` (workers/src/config.rs; a warning only, since
   a section can land with another branch: ttfd refuses unknown keys at start-up);
+- with `--ttfd BIN`: each container's role started with the real binary and exactly
+  the settings the pod would get (stand-ins for the Secret's values, the databases on a
+  closed port) must get past loading and checking its settings;
 - references: ConfigMaps and Secrets named by pods, Services and PodDisruptionBudgets
   that select pods, Ingress backends, the Deployment a ScaledObject scales (which must
   not fix its own replica count), and what the migration Job needs carrying the label
@@ -252,10 +255,106 @@ def check_configuration(docs, sections):
                                     f"{match.group(1).lower()!r} in Settings yet")
 
 
+# Stand-ins for the Secret's values, shaped as each setting wants them.
+FAKE_SECRETS = {
+    "TTFD__DATABASE__URL": "postgres://ttfd@127.0.0.1:9/ttfd",
+    "TTFD__DISCORD__TOKEN": "MTAwMDAwMDAwMDAwMDAwMDAw.fake.token",
+    "TTFD__TELEGRAM__TOKEN": "123456789:AAEfaketokenfaketokenfaketoken12345",
+    "TTFD__WEB__TELEGRAM__BOT_TOKEN": "123456789:AAEfaketokenfaketokenfaketoken12345",
+    "TTFD__TELEGRAM__WEBHOOK_SECRET": "fake_webhook-secret",
+    "TTFD__WEB__COOKIE_KEY": "k" * 48,
+    "TTFD__WEB__DISCORD__CLIENT_SECRET": "fake-client-secret",
+}
+
+
+def check_with_binary(docs, config_maps, ttfd):
+    """Starts each workload's role with the real binary and the workload's settings (its
+    ConfigMaps, env literals, the mounted TOML file, stand-ins for the Secret), with
+    PostgreSQL, NATS and the chat APIs on a closed local port: the role must get past
+    loading and checking its settings and stop only at "cannot reach ..."."""
+    import os
+    import subprocess
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = []
+    for doc in docs:
+        if doc["kind"] not in WORKLOADS:
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        files = {}
+        for volume in pod.get("volumes", []):
+            if "configMap" in volume:
+                files[volume["name"]] = config_maps.get(volume["configMap"]["name"], {})
+        for c in pod.get("containers", []) + pod.get("initContainers", []):
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "POD_NAME": f"{doc['metadata']['name']}-0"}
+            for source in c.get("envFrom", []):
+                env.update(config_maps.get(source.get("configMapRef", {}).get("name"), {}))
+            for var in c.get("env", []):
+                if "value" in var:
+                    env[var["name"]] = var["value"]
+                elif "secretKeyRef" in var.get("valueFrom", {}):
+                    if var["name"] in FAKE_SECRETS:
+                        env[var["name"]] = FAKE_SECRETS[var["name"]]
+                    elif var["name"].startswith("TTFD__WEB__INGEST_TOKENS__"):
+                        env[var["name"]] = "fake-ingest-token-" + var["name"][-8:].lower()
+            jobs.append((doc, c, env, files))
+
+    def start(job):
+        doc, c, env, files = job
+        with tempfile.TemporaryDirectory() as tmp:
+            for mount in c.get("volumeMounts", []):
+                if mount["name"] in files and "TTFD_CONFIG" in env \
+                        and env["TTFD_CONFIG"].startswith(mount["mountPath"] + "/"):
+                    name = env["TTFD_CONFIG"][len(mount["mountPath"]) + 1:]
+                    path = os.path.join(tmp, name)
+                    Path(path).write_text(files[mount["name"]].get(name, ""))
+                    env["TTFD_CONFIG"] = path
+            env["TTFD__DATABASE__URL"] = FAKE_SECRETS["TTFD__DATABASE__URL"]
+            env["TTFD__NATS__URL"] = "nats://127.0.0.1:9"
+            # Nothing leaves the machine: the chat APIs on a closed local port too.
+            env["TTFD__TELEGRAM__API_URL"] = "http://127.0.0.1:9"
+            env["TTFD__DISCORD__API_URL"] = "http://127.0.0.1:9"
+            # Listeners on free ports, so that nothing here clashes with a port in use.
+            for key in ("TTFD__METRICS__LISTEN", "TTFD__WEB__LISTEN", "TTFD__TELEGRAM__LISTEN"):
+                if key in env:
+                    env[key] = "127.0.0.1:0"
+            args = c.get("args", [])
+            if c.get("command", [None])[0] == "sh":
+                # The Discord shard script: run it, with ttfd replaced by the binary.
+                command = ["sh", "-c", args[0].replace("exec ttfd ", f"exec {ttfd} ")]
+            else:
+                command = [ttfd, *args]
+            try:
+                run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+                output = run.stdout + run.stderr
+            except subprocess.TimeoutExpired as e:
+                output = (e.stdout or b"").decode(errors="replace") + (e.stderr or b"").decode(errors="replace")
+        return doc, c, args, output
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for doc, c, args, output in pool.map(start, jobs):
+            role = "discord (shard script)" if c.get("command", [None])[0] == "sh" else " ".join(args)
+            lines = [l for l in output.splitlines() if "error" in l.lower()]
+            # Past its settings, a role stops at the first dependency it cannot reach.
+            if "cannot reach" not in output:
+                problem(doc, f"container {c['name']}: `ttfd {role}` stopped before connecting: "
+                             + (lines[0] if lines else output.strip()[-300:]))
+            else:
+                checked.append(f"{doc['kind']}/{doc['metadata']['name']} {c['name']}")
+
+
+checked = []
+
+
 def main(args):
     sections = set()
-    if args[:1] == ["--settings"]:
-        sections = settings_sections(args[1])
+    ttfd = None
+    while args and args[0].startswith("--"):
+        if args[0] == "--settings":
+            sections = settings_sections(args[1])
+        elif args[0] == "--ttfd":
+            ttfd = args[1]
         args = args[2:]
     paths = args
     docs = load(paths)
@@ -265,6 +364,8 @@ def main(args):
     check_pods(docs, config_maps, images)
     check_references(docs)
     check_configuration(docs, sections)
+    if ttfd:
+        check_with_binary(docs, config_maps, ttfd)
     if len(images) > 1:
         problems.append(f"more than one image: {sorted(map(str, images))} (one image serves every role)")
     for w in sorted(set(warnings)):
@@ -272,8 +373,9 @@ def main(args):
     for p in problems:
         print(f"FAIL {p}")
     workloads = sum(1 for d in docs if d["kind"] in WORKLOADS)
-    print(f"check-manifests: {len(docs)} resources, {workloads} workloads, {len(problems)} problems "
-          f"({', '.join(paths)})")
+    settings = f", settings accepted by {ttfd} in {len(checked)} containers" if ttfd else ""
+    print(f"check-manifests: {len(docs)} resources, {workloads} workloads{settings}, "
+          f"{len(problems)} problems ({', '.join(paths)})")
     return 1 if problems else 0
 
 

@@ -9,8 +9,10 @@
 #
 # Default binary: target/release/ttfd, else target/debug/ttfd. Needs PostgreSQL at
 # TTFD_TEST_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres), where a
-# scratch database is created and dropped. Not part of CI (it needs a built binary);
-# nats/test-permissions.sh is, and checks the same permissions with a Python client.
+# scratch database is created and dropped. Discord and Telegram are local stand-ins
+# (nats/fake_chat_apis.py). KEEP_WORK=1 keeps the logs. Not part of CI (it needs a
+# built binary); nats/test-permissions.sh is, and checks the same permissions with a
+# Python client.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -36,10 +38,12 @@ check() {
 }
 refused() { ! "$@"; }
 stop_server() { if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; server_pid=""; fi; }
+apis_pid=""
 cleanup() {
   stop_server
+  if [ -n "$apis_pid" ]; then kill "$apis_pid" 2>/dev/null || true; wait "$apis_pid" 2>/dev/null || true; fi
   psql "$admin_url" -qc "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
-  rm -rf "$work"
+  if [ -n "${KEEP_WORK:-}" ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 
@@ -86,16 +90,21 @@ sys.exit(asyncio.run(main()))"
 eventually() { for _ in $(seq 1 100); do eval "$1" >/dev/null 2>&1 && return 0; sleep 0.2; done; return 1; }
 
 psql "$admin_url" -qc "CREATE DATABASE $db" >/dev/null
+# Discord and Telegram stand-ins: nothing here reaches the internet.
+apis_port=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$py" nats/fake_chat_apis.py "$apis_port" >"$work/chat-apis.log" 2>&1 &
+apis_pid=$!
 
 as_user ttfd-ops
-check "ops: ttfd nats setup" "$ttfd" nats setup
-check "ops: ttfd migrate" "$ttfd" migrate
+quiet() { "$@" >>"$work/commands.log" 2>&1; }
+check "ops: ttfd nats setup" quiet "$ttfd" nats setup
+check "ops: ttfd migrate" quiet "$ttfd" migrate
 
 as_user ttfd-web
 check "web: publishes a website event" \
-  "$ttfd" publish '{"id":"website:natsperm:1","platform":"website","user":"alice","kind":"xp","name":"Alice","data":{"amount":600,"reason":"test"}}'
+  quiet "$ttfd" publish '{"id":"website:natsperm:1","platform":"website","user":"alice","kind":"xp","name":"Alice","data":{"amount":600,"reason":"test"}}'
 check "web: a discord event is refused" refused \
-  "$ttfd" publish '{"id":"discord:natsperm:1","platform":"discord","user":"1","kind":"message","data":{}}' 
+  quiet "$ttfd" publish '{"id":"discord:natsperm:1","platform":"discord","user":"1","kind":"message","data":{}}' 
 
 as_user ttfd-sync
 "$ttfd" sync >"$work/sync.log" 2>&1 &
@@ -120,7 +129,7 @@ check "query: stops cleanly" wait "$query_pid"
 
 as_user ttfd-discord
 TTFD__DISCORD__TOKEN=MTAwMDAwMDAwMDAwMDAwMDAw.fake.token TTFD__DISCORD__GUILD_ID=1000000000000000001 \
-  TTFD__DISCORD__API_URL=http://127.0.0.1:9 "$ttfd" discord >"$work/discord.log" 2>&1 &
+  TTFD__DISCORD__API_URL="http://127.0.0.1:$apis_port" "$ttfd" discord >"$work/discord.log" 2>&1 &
 discord_pid=$!
 check "discord: creates its consumer ttfd-discord-roles (no Discord needed for that)" \
   eventually "client ttfd-ops \"return 0 if 'error' not in json.loads((await nc.request('\\\$JS.API.CONSUMER.INFO.TTFD_NOTIFY.ttfd-discord-roles', b'')).data) else 1\""
@@ -128,11 +137,11 @@ kill -TERM "$discord_pid" 2>/dev/null || true; wait "$discord_pid" 2>/dev/null |
 
 if "$ttfd" telegram --help >/dev/null 2>&1; then
   as_user ttfd-telegram
-  TTFD__TELEGRAM__TOKEN=123456789:AAEfaketokenfaketokenfaketoken12345 TTFD__TELEGRAM__API_URL=http://127.0.0.1:9 \
+  TTFD__TELEGRAM__TOKEN=123456789:AAEfaketokenfaketokenfaketoken12345 TTFD__TELEGRAM__API_URL="http://127.0.0.1:$apis_port" \
     "$ttfd" telegram >"$work/telegram.log" 2>&1 &
   telegram_pid=$!
   check "telegram: creates its consumer ttfd-telegram-rank and its key-value bucket" \
-    eventually "client ttfd-ops \"return 0 if all('error' not in json.loads((await nc.request(s, b'')).data) for s in ['\\\$JS.API.CONSUMER.INFO.TTFD_NOTIFY.ttfd-telegram-rank', '\\\$JS.API.STREAM.INFO.KV_TTFD_TELEGRAM_STARTED']) else 1\""
+    eventually "client ttfd-ops \"return 0 if all('error' not in r for r in [json.loads((await nc.request(s, b'')).data) for s in ['\\\$JS.API.CONSUMER.INFO.TTFD_NOTIFY.ttfd-telegram-rank', '\\\$JS.API.STREAM.INFO.KV_TTFD_TELEGRAM_STARTED']]) else 1\""
   kill -TERM "$telegram_pid" 2>/dev/null || true; wait "$telegram_pid" 2>/dev/null || true
 else
   echo "skip telegram: this ttfd has no telegram role"
