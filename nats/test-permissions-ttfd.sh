@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the real `ttfd` roles against a nats-server with the users of nats/accounts.conf,
-# each role as its own user, and checks that each does its work and that the server
-# logged no permission violation but the one provoked on purpose. ttfd cannot send NATS
+# each role as its own user, and checks that each does its work, answers its probes
+# (/healthz, /readyz, /metrics, as in the pods), and that the server logged no
+# permission violation but the one provoked on purpose. ttfd cannot send NATS
 # credentials yet (docs/operations.md, "NATS users"), so each role connects without any
 # and the server maps it to the role's user with `no_auth_user`, restarted per role.
 #
@@ -55,6 +56,9 @@ cp nats/accounts.conf "$work/"
 export TTFD__NATS__URL="nats://127.0.0.1:$port"
 export TTFD__DATABASE__URL="${admin_url%/*}/$db"
 export TTFD__LOG__FORMAT=pretty
+# Every role's /metrics, /healthz and /readyz, as in the pods (there on 0.0.0.0:9090).
+metrics_port=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+export TTFD__METRICS__LISTEN="127.0.0.1:$metrics_port"
 
 # The server, with unauthenticated connections taken as user $1.
 as_user() {
@@ -86,6 +90,21 @@ $(printf '%s\n' "$code" | sed 's/^/        /')
 sys.exit(asyncio.run(main()))"
 }
 
+# The probes of docs/operations.md on a role's listener at 127.0.0.1:$1: /healthz and
+# /readyz answer 200 (readyz: its dependencies answer, through its NATS user), and
+# /metrics is Prometheus text with ttfd_ families.
+probes() {
+  eventually "curl -sf http://127.0.0.1:$1/readyz" &&
+    curl -sf "http://127.0.0.1:$1/healthz" >/dev/null &&
+    curl -sf "http://127.0.0.1:$1/metrics" | grep -q '^# TYPE ttfd_'
+}
+
+# Telegram registers no metric families of its own (yet): /metrics may be empty.
+probes_without_families() {
+  eventually "curl -sf http://127.0.0.1:$1/readyz" &&
+    curl -sf "http://127.0.0.1:$1/healthz" >/dev/null && curl -sf "http://127.0.0.1:$1/metrics" >/dev/null
+}
+
 # Polls `$1` (a command) for up to 20 s.
 eventually() { for _ in $(seq 1 100); do eval "$1" >/dev/null 2>&1 && return 0; sleep 0.2; done; return 1; }
 
@@ -104,12 +123,24 @@ as_user ttfd-web
 check "web: publishes a website event" \
   quiet "$ttfd" publish '{"id":"website:natsperm:1","platform":"website","user":"alice","kind":"xp","name":"Alice","data":{"amount":600,"reason":"test"}}'
 check "web: a discord event is refused" refused \
-  quiet "$ttfd" publish '{"id":"discord:natsperm:1","platform":"discord","user":"1","kind":"message","data":{}}' 
+  quiet "$ttfd" publish '{"id":"discord:natsperm:1","platform":"discord","user":"1","kind":"message","data":{}}'
+web_port=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+TTFD__WEB__LISTEN="127.0.0.1:$web_port" TTFD__WEB__INGEST_TOKENS__WEBSITE=natsperm-ingest-token \
+  "$ttfd" web >"$work/web.log" 2>&1 &
+web_pid=$!
+check "web: probes and metrics on its own port" probes "$web_port"
+check "web: ingest publishes a website event" eventually \
+  "curl -sf -H 'Authorization: Bearer natsperm-ingest-token' -H 'Content-Type: application/json' \
+     -d '{\"id\":\"website:natsperm:2\",\"platform\":\"website\",\"user\":\"bob\",\"kind\":\"message\",\"data\":{}}' \
+     http://127.0.0.1:$web_port/api/v1/events"
+kill -TERM "$web_pid"
+check "web: stops cleanly" wait "$web_pid"
 
 as_user ttfd-sync
 "$ttfd" sync >"$work/sync.log" 2>&1 &
 sync_pid=$!
 check "sync: consumes, applies and acks" eventually "'$ttfd' user website:alice | grep -q 'xp 600'"
+check "sync: probes and metrics" probes "$metrics_port"
 kill -TERM "$sync_pid"
 check "sync: stops cleanly" wait "$sync_pid"
 check "sync: relayed the rank notice and left nothing pending" client ttfd-ops "
@@ -124,6 +155,7 @@ eventually "grep -q 'query service ready' '$work/query.log'" || true
 check "query: answers the discord user's request" client ttfd-discord "
 reply = await nc.request('ttfd.query.profile', msgpack.packb({'identity': {'platform': 'website', 'user': 'alice'}}), timeout=5)
 return 0 if msgpack.unpackb(reply.data).get('ok', {}).get('xp') == 600 else 1"
+check "query: probes and metrics" probes "$metrics_port"
 kill -TERM "$query_pid"
 check "query: stops cleanly" wait "$query_pid"
 
@@ -133,6 +165,7 @@ TTFD__DISCORD__TOKEN=MTAwMDAwMDAwMDAwMDAwMDAw.fake.token TTFD__DISCORD__GUILD_ID
 discord_pid=$!
 check "discord: creates its consumer ttfd-discord-roles (no Discord needed for that)" \
   eventually "client ttfd-ops \"return 0 if 'error' not in json.loads((await nc.request('\\\$JS.API.CONSUMER.INFO.TTFD_NOTIFY.ttfd-discord-roles', b'')).data) else 1\""
+check "discord: probes and metrics" probes "$metrics_port"
 kill -TERM "$discord_pid" 2>/dev/null || true; wait "$discord_pid" 2>/dev/null || true
 
 if "$ttfd" telegram --help >/dev/null 2>&1; then
@@ -142,6 +175,7 @@ if "$ttfd" telegram --help >/dev/null 2>&1; then
   telegram_pid=$!
   check "telegram: creates its consumer ttfd-telegram-rank and its key-value bucket" \
     eventually "client ttfd-ops \"return 0 if all('error' not in r for r in [json.loads((await nc.request(s, b'')).data) for s in ['\\\$JS.API.CONSUMER.INFO.TTFD_NOTIFY.ttfd-telegram-rank', '\\\$JS.API.STREAM.INFO.KV_TTFD_TELEGRAM_STARTED']]) else 1\""
+  check "telegram: probes" probes_without_families "$metrics_port"
   kill -TERM "$telegram_pid" 2>/dev/null || true; wait "$telegram_pid" 2>/dev/null || true
 else
   echo "skip telegram: this ttfd has no telegram role"
