@@ -208,8 +208,12 @@ print(f"[validate-deploy] docker context: {len(kept)} files, nothing the build e
 sys.exit(1 if missing else 0)
 EOF
   if command -v cargo >/dev/null 2>&1; then
-    if (cd "$context" && cargo metadata --locked --offline --format-version 1 >/dev/null); then
+    if (cd "$context" && cargo metadata --locked --offline --format-version 1 >/dev/null 2>&1); then
       say "docker context: cargo metadata --locked resolves the workspace from it"
+    # On a fresh machine the registry is not fetched yet (this runs before any build):
+    # then only the workspace's own manifests and targets can be checked offline.
+    elif (cd "$context" && cargo metadata --no-deps --offline --format-version 1 >/dev/null); then
+      say "docker context: the workspace's manifests resolve from it (crates not fetched yet: --locked not checked)"
     else
       fail "cargo cannot resolve the workspace from the Docker build context (.dockerignore)"
     fi
