@@ -42,6 +42,13 @@ pub struct NatsSettings {
     pub url: String,
     /// First subject token and stream name prefix (SPEC 6).
     pub prefix: String,
+    /// NATS user and password when the server requires them (`nats/accounts.conf`);
+    /// the password never reaches logs.
+    pub user: Option<String>,
+    pub password: Option<SecretString>,
+    /// Copies of each stream `ttfd nats setup` asks for: 1 on a single server, 3 on a
+    /// production cluster.
+    pub stream_replicas: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -92,6 +99,9 @@ impl Default for NatsSettings {
         Self {
             url: "nats://127.0.0.1:4222".into(),
             prefix: "ttfd".into(),
+            user: None,
+            password: None,
+            stream_replicas: 1,
         }
     }
 }
@@ -179,6 +189,15 @@ impl Settings {
             return Err(invalid(
                 "nats.prefix",
                 "must be one subject token matching ^[a-z][a-z0-9_-]{0,31}$",
+            ));
+        }
+        if !(1..=5).contains(&self.nats.stream_replicas) {
+            return Err(invalid("nats.stream_replicas", "must be 1 to 5"));
+        }
+        if self.nats.user.is_some() != self.nats.password.is_some() {
+            return Err(invalid(
+                "nats.password",
+                "nats.user and nats.password go together",
             ));
         }
         if self.nats.url.trim().is_empty() {

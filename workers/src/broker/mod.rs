@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, consumer::PullConsumer, context::PublishAckFuture};
 use bytes::Bytes;
+use secrecy::ExposeSecret;
 use ttfd_shared::wire::{self, Event, Subjects};
 
 use crate::config::NatsSettings;
@@ -54,27 +55,48 @@ fn js_err(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::JetStream(e.to_string())
 }
 
+/// How long a stopping role waits to flush what it sends to NATS.
+pub const EXIT_FLUSH: Duration = Duration::from_secs(5);
+
 /// A connection to NATS with JetStream and the installation's subject names.
 #[derive(Clone)]
 pub struct Broker {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub subjects: Subjects,
+    /// Copies of each stream that [`Broker::setup`] asks for (`nats.stream_replicas`).
+    pub stream_replicas: usize,
 }
 
 impl Broker {
     /// Connects once, giving up after `timeout` with a one-line error.
     pub async fn connect(settings: &NatsSettings, timeout: Duration) -> Result<Self, BrokerError> {
         let url = settings.url.clone();
-        let connect = async_nats::ConnectOptions::new()
+        let mut options = async_nats::ConnectOptions::new()
             .name("ttfd")
-            .connection_timeout(timeout)
-            .connect(url.as_str());
+            .connection_timeout(timeout);
+        if let (Some(user), Some(password)) = (&settings.user, &settings.password) {
+            options = options.user_and_password(user.clone(), password.expose_secret().into());
+        }
+        let connect = options.connect(url.as_str());
         let client = tokio::time::timeout(timeout, connect)
             .await
             .map_err(|_| BrokerError::ConnectTimeout(timeout, url.clone()))?
             .map_err(|source| BrokerError::Connect { url, source })?;
-        Ok(Self::from_client(client, &settings.prefix))
+        Ok(Self {
+            stream_replicas: settings.stream_replicas,
+            ..Self::from_client(client, &settings.prefix)
+        })
+    }
+
+    /// Sends what the client still buffers, giving up after `limit` (NATS may be
+    /// down while the process stops: shutdown must not wait for it).
+    pub async fn flush_within(&self, limit: Duration) {
+        match tokio::time::timeout(limit, self.client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "flushing NATS at exit"),
+            Err(_) => tracing::warn!(?limit, "NATS unreachable at exit; not flushed"),
+        }
     }
 
     pub fn from_client(client: async_nats::Client, prefix: &str) -> Self {
@@ -83,6 +105,7 @@ impl Broker {
             client,
             js,
             subjects: Subjects::new(prefix),
+            stream_replicas: 1,
         }
     }
 
@@ -90,9 +113,10 @@ impl Broker {
     pub async fn setup(&self) -> Result<Vec<String>, BrokerError> {
         let mut done = Vec::new();
         for (file, text) in STREAMS {
-            let config: jetstream::stream::Config =
+            let mut config: jetstream::stream::Config =
                 serde_json::from_value(self.rewrite(text, file)?)
                     .map_err(|source| BrokerError::Definition { file, source })?;
+            config.num_replicas = self.stream_replicas;
             let info = self
                 .js
                 .create_or_update_stream(config)

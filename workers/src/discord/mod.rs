@@ -21,6 +21,7 @@ pub mod mapping;
 pub mod roles;
 pub mod settings;
 
+use crate::broker::EXIT_FLUSH;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -461,9 +462,7 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Re
         Err(e) => warn!(error = %e, "rank notice consumer panicked"),
         Ok(Ok(())) => {}
     }
-    if let Err(e) = broker.client.flush().await {
-        warn!(error = %e, "NATS flush on shutdown failed");
-    }
+    broker.flush_within(EXIT_FLUSH).await;
     outcome
 }
 

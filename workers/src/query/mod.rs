@@ -6,6 +6,7 @@
 //! `{"ok": ...}` or `{"error": "..."}`. The subjects and shapes are in `docs/query.md`.
 //! [`QueryClient`] is the typed client. Reads `nats.*` and `database.*`.
 
+use crate::broker::EXIT_FLUSH;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -313,6 +314,6 @@ pub async fn serve_with(
     let _ = requests.unsubscribe().await;
     tracker.close();
     tracker.wait().await;
-    let _ = broker.client.flush().await;
+    broker.flush_within(EXIT_FLUSH).await;
     Ok(())
 }

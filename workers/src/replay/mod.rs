@@ -415,7 +415,7 @@ pub async fn replay_with(
     {
         warn!(error = %e, consumer = %name, "cannot delete the finished replay's consumer; the server drops it when idle");
     }
-    let _ = broker.client.flush().await;
+    broker.flush_within(crate::broker::EXIT_FLUSH).await;
     let get = Counters::get;
     Ok(ReplayReport {
         consumer: name,

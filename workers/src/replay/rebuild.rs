@@ -18,6 +18,7 @@
 //! Reads `database.*`, `nats.*`, `sync.*` and `rules.*` (the rules the history is
 //! recomputed with).
 
+use crate::broker::EXIT_FLUSH;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -233,7 +234,7 @@ pub async fn rebuild_with(
         warn!(error = %e, schema = %fresh_schema, "cannot drop the rebuild's schema; drop it by hand");
     }
     release(guard).await;
-    let _ = broker.client.flush().await;
+    broker.flush_within(EXIT_FLUSH).await;
     outcome
 }
 

@@ -19,6 +19,7 @@
 
 pub mod relay;
 
+use crate::broker::EXIT_FLUSH;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -655,7 +656,7 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Re
     shutdown.cancel();
     tasks.wait().await;
     // Make sure the last acks leave before the process does.
-    let _ = broker.client.flush().await;
+    broker.flush_within(EXIT_FLUSH).await;
     result
 }
 

@@ -20,6 +20,7 @@ pub mod started;
 pub mod texts;
 pub mod webhook;
 
+use crate::broker::EXIT_FLUSH;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
@@ -224,9 +225,7 @@ impl TelegramBot {
             warn!("commands still being answered at the end of the grace period");
         }
         let _ = announcer.await;
-        if let Err(e) = self.handler.broker.client.flush().await {
-            warn!(error = %e, "cannot flush NATS");
-        }
+        self.handler.broker.flush_within(EXIT_FLUSH).await;
         result
     }
 }
