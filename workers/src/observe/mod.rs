@@ -15,6 +15,7 @@
 pub mod discord;
 pub mod query;
 pub mod sync;
+pub mod telegram;
 
 use std::net::SocketAddr;
 use std::time::Duration;

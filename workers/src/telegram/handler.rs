@@ -1,6 +1,7 @@
 //! What the bot does with one update, whichever way it came (long polling or webhook):
 //! publishes activity, answers commands, remembers who started it.
 
+use crate::observe::telegram::TelegramMetrics;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +49,7 @@ pub struct Handler {
     /// Commands run as tasks here, so that a slow query does not hold up activity.
     pub tasks: TaskTracker,
     pub slots: Arc<Semaphore>,
+    pub metrics: TelegramMetrics,
 }
 
 impl Handler {
@@ -68,6 +70,7 @@ impl Handler {
             rules,
             tasks: TaskTracker::new(),
             slots: Arc::new(Semaphore::new(COMMAND_SLOTS)),
+            metrics: TelegramMetrics::default(),
         }
     }
 
@@ -139,12 +142,16 @@ impl Handler {
         loop {
             let error = match self.broker.publish_event(event).await {
                 Ok(ack) => match ack.await {
-                    Ok(_) => return Ok(()),
+                    Ok(_) => {
+                        self.metrics.published(event.kind());
+                        return Ok(());
+                    }
                     Err(e) => e.to_string(),
                 },
                 Err(e) => e.to_string(),
             };
             warn!(event = event.id.as_str(), %error, "cannot publish; retrying");
+            self.metrics.publish_retries.inc();
             if shutdown.is_cancelled()
                 || deadline.is_some_and(|d| tokio::time::Instant::now() + delay > d)
             {

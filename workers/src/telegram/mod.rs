@@ -21,6 +21,7 @@ pub mod texts;
 pub mod webhook;
 
 use crate::broker::EXIT_FLUSH;
+use crate::observe::telegram::TelegramMetrics;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
@@ -47,11 +48,14 @@ use started::StartedUsers;
 
 /// Runs `ttfd telegram` until `shutdown`.
 pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let bot = TelegramBot::build(settings).await?;
+    let registry = crate::metrics::Metrics::new();
+    let bot = TelegramBot::build(settings)
+        .await?
+        .with_metrics(TelegramMetrics::register(&registry));
     // `/metrics`, `/healthz`, `/readyz` on `metrics.listen` (off when empty).
     crate::observe::serve(
         &settings.metrics,
-        crate::metrics::Metrics::new(),
+        registry,
         crate::observe::Readiness::new().nats(bot.handler.broker.clone()),
         shutdown.clone(),
     )
@@ -161,6 +165,7 @@ impl TelegramBot {
             rules: settings.rules.clone(),
             group: Arc::new(AtomicI64::new(tg.group_chat_id.unwrap_or_default())),
             has_group: tg.group_chat_id.is_some(),
+            metrics: TelegramMetrics::default(),
         };
         let handler = Arc::new(Handler::new(
             bot,
@@ -192,6 +197,15 @@ impl TelegramBot {
     }
 
     /// Runs until `shutdown`; commands being answered then get the grace period.
+    /// Records into registered metric handles instead of the unregistered defaults.
+    pub fn with_metrics(mut self, metrics: TelegramMetrics) -> Self {
+        if let Some(handler) = Arc::get_mut(&mut self.handler) {
+            handler.metrics = metrics.clone();
+        }
+        self.announcer.metrics = metrics;
+        self
+    }
+
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         // Our own token, so that a fatal error here stops this bot and nothing else.
         let shutdown = shutdown.child_token();

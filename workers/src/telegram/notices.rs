@@ -9,6 +9,7 @@
 //! A user who blocked the bot is forgotten and announced in the group instead.
 //! Delivery is at least once: a crash between `sendMessage` and the ack repeats it.
 
+use crate::observe::telegram::TelegramMetrics;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -173,6 +174,7 @@ pub struct Announcer {
     /// The configured group, replaced in memory when Telegram says it migrated.
     pub group: Arc<AtomicI64>,
     pub has_group: bool,
+    pub metrics: TelegramMetrics,
 }
 
 impl Announcer {
@@ -206,6 +208,11 @@ impl Announcer {
                 };
                 let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
                 let outcome = self.deliver(&msg.payload, delivered).await;
+                self.metrics.notice(match &outcome {
+                    Outcome::Done => "done",
+                    Outcome::Retry { .. } => "retry",
+                    Outcome::Poison(_) => "unreadable",
+                });
                 let ack = match &outcome {
                     Outcome::Done => msg.ack().await,
                     Outcome::Retry { after, .. } => msg.ack_with(AckKind::Nak(Some(*after))).await,
