@@ -204,6 +204,7 @@ impl Store {
         let mut events: Vec<&Event> = events.iter().filter(|e| unique.insert(&e.id)).collect();
         events.sort_by(|a, b| a.id.cmp(&b.id));
 
+        // (Step 0, the identities, ran before the transaction: `identities_of`.)
         // 1. Claim the ids; only the ones nobody applied before go on.
         let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
         let fresh: HashSet<String> = sqlx::query_scalar(
@@ -250,7 +251,7 @@ impl Store {
                 .ok_or(StoreError::Contended)
         };
 
-        // 3. Fold the events into per-identity deltas and facts. No user row is locked
+        // 2. Fold the events into per-identity deltas and facts. No user row is locked
         // yet: hot users are locked only for the short end of the transaction.
         let mut deltas: BTreeMap<i64, UserRow> = BTreeMap::new();
         let mut buckets: BTreeSet<(i64, i64)> = BTreeSet::new();
@@ -290,7 +291,7 @@ impl Store {
             }
         }
 
-        // 4. Message XP: the first eligible message of an identity in a minute.
+        // 3. Message XP: the first eligible message of an identity in a minute.
         if !buckets.is_empty() {
             let (b_ids, b_minutes): (Vec<i64>, Vec<i64>) = buckets.iter().copied().unzip();
             let new_buckets: Vec<(i64, i64)> = sqlx::query_as(
@@ -340,7 +341,7 @@ impl Store {
         }
     }
 
-    /// Steps 5 to 11: lock the users, then everything that needs them.
+    /// Steps 4 to 10: lock the users, then everything that needs them.
     async fn settle_users(
         &self,
         tx: &mut Transaction<'static, Postgres>,
@@ -356,7 +357,7 @@ impl Store {
             names,
             links,
         } = facts;
-        // 5. Read who owns the identities, then lock those users in id order. A merge
+        // 4. Read who owns the identities, then lock those users in id order. A merge
         // moving an identity commits its loser's `merged_into` with it, so a user found
         // merged once locked means the read was overtaken: retry. The users are locked
         // by id, not through a join to identities: after waiting for a row another
@@ -430,7 +431,7 @@ impl Store {
                 .absorb(d);
         }
 
-        // 6. The ledger, and the users' XP from it.
+        // 5. The ledger, and the users' XP from it.
         if !ledger.is_empty() {
             let mut l_ids = Vec::with_capacity(ledger.len());
             let mut l_days = Vec::with_capacity(ledger.len());
@@ -461,7 +462,7 @@ impl Store {
             .await?;
         }
 
-        // 7. Display names: the newest (ts, id) wins, whatever arrives first.
+        // 6. Display names: the newest (ts, id) wins, whatever arrives first.
         if !names.is_empty() {
             let n_ids: Vec<i64> = names.keys().copied().collect();
             let n_ts: Vec<i64> = names.values().map(|n| n.0).collect();
@@ -481,7 +482,7 @@ impl Store {
             .await?;
         }
 
-        // 8. Links: record each, merge users that differ (the smaller uid survives).
+        // 7. Links: record each, merge users that differ (the smaller uid survives).
         let mut merges: Vec<Merge> = Vec::new();
         let mut redirect: HashMap<i64, i64> = HashMap::new();
         let resolve = |redirect: &HashMap<i64, i64>, mut uid: i64| {
@@ -558,7 +559,7 @@ impl Store {
             state.remove(l);
         }
 
-        // 9. Peak rank, in event time: the current rank unless a user has a day with
+        // 8. Peak rank, in event time: the current rank unless a user has a day with
         // negative XP. Then, if this batch only added XP on or after the user's last
         // active day (live traffic, or a backlog replayed in order), the cumulative XP of
         // earlier days is unchanged and of later ones rises to the new total, so the peak
@@ -600,7 +601,7 @@ impl Store {
             }
         }
 
-        // 10. Write the users back.
+        // 9. Write the users back.
         let cols = |f: fn(&UserRow) -> i64| state.values().map(f).collect::<Vec<i64>>();
         sqlx::query(
             "UPDATE users u SET xp = t.xp, peak_rank = t.peak, messages = t.messages,
@@ -623,7 +624,7 @@ impl Store {
         .execute(&mut **tx)
         .await?;
 
-        // 11. Notifications, committed with the change (transactional outbox).
+        // 10. Notifications, committed with the change (transactional outbox).
         let ranked: Vec<(i64, u8, u8)> = state
             .iter()
             .filter_map(|(uid, u)| {
