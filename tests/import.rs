@@ -356,7 +356,7 @@ async fn legacy_tables_become_merged_profiles_and_a_second_run_changes_nothing()
     assert_eq!(profile(&env, "telegram:1001").await.xp, 3200);
 
     stop.cancel();
-    legacy.db.drop().await.expect("drop legacy database");
+    legacy.db.remove().await.expect("drop legacy database");
     env.cleanup().await;
 }
 
@@ -513,7 +513,7 @@ async fn unreadable_sources_and_bad_options_stop_before_anything_is_published() 
         );
     }
     assert_eq!(stream_messages(&env).await, 0);
-    legacy.db.drop().await.expect("drop legacy database");
+    legacy.db.remove().await.expect("drop legacy database");
     env.cleanup().await;
 }
 

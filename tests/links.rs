@@ -342,3 +342,36 @@ async fn bad_queries_get_an_error_reply_and_no_service_means_unavailable() {
     service.await.expect("service").expect("served");
     env.cleanup().await;
 }
+
+/// The harness itself: a test that fails before `cleanup` leaves neither its database
+/// nor its streams behind.
+#[tokio::test]
+async fn a_failing_test_leaves_no_database_and_no_streams_behind() {
+    let (name, prefix) = tokio::spawn(async {
+        let env = TestEnv::new().await;
+        let names = (env.db.name.clone(), env.settings.nats.prefix.clone());
+        std::panic::panic_any(names);
+    })
+    .await
+    .expect_err("the test fails")
+    .into_panic()
+    .downcast::<(String, String)>()
+    .map(|b| *b)
+    .expect("the names");
+    let witness = TestEnv::new().await;
+    let databases: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+        .bind(&name)
+        .fetch_one(&witness.store.pool)
+        .await
+        .expect("count");
+    assert_eq!(databases, 0, "{name} removed");
+    let upper = format!("{}_", prefix.to_uppercase());
+    let streams: Vec<String> = futures::TryStreamExt::try_collect(witness.broker.js.stream_names())
+        .await
+        .expect("streams");
+    assert!(
+        !streams.iter().any(|s| s.starts_with(&upper)),
+        "streams of {prefix} removed: {streams:?}"
+    );
+    witness.cleanup().await;
+}

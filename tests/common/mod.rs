@@ -33,6 +33,8 @@ pub struct TestEnv {
     pub db: ScratchDb,
     pub broker: Broker,
     pub store: Store,
+    /// Whether `cleanup` removed the streams; if not (a failed test), `Drop` does.
+    streams_removed: bool,
 }
 
 fn test_database_url() -> String {
@@ -77,6 +79,7 @@ impl TestEnv {
             db,
             broker,
             store,
+            streams_removed: false,
         }
     }
 
@@ -161,16 +164,53 @@ impl TestEnv {
     }
 
     /// Removes the streams and the database.
-    pub async fn cleanup(self) {
-        for s in [
-            self.broker.subjects.events_stream(),
-            self.broker.subjects.notify_stream(),
-            self.broker.subjects.dlq_stream(),
-        ] {
-            let _ = self.broker.js.delete_stream(s).await;
-        }
+    pub async fn cleanup(mut self) {
+        remove_streams(&self.broker).await;
+        self.streams_removed = true;
         self.store.pool.close().await;
-        let _ = self.db.drop().await;
+        let _ = self.db.remove().await;
+    }
+}
+
+/// Every stream under the test's prefix (the three of `nats/` and any a role made).
+async fn remove_streams(broker: &Broker) {
+    use futures::TryStreamExt;
+    let upper = format!("{}_", broker.subjects.prefix().to_uppercase());
+    let names: Vec<String> = broker
+        .js
+        .stream_names()
+        .try_collect()
+        .await
+        .unwrap_or_default();
+    for s in names.into_iter().filter(|n| n.starts_with(&upper)) {
+        let _ = broker.js.delete_stream(s).await;
+    }
+}
+
+impl Drop for TestEnv {
+    /// A failed test never reaches `cleanup`: remove its streams anyway (the scratch
+    /// database removes itself), from a thread with its own runtime, as Drop cannot await.
+    fn drop(&mut self) {
+        if self.streams_removed {
+            return;
+        }
+        let nats = self.settings.nats.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let connected = Broker::connect(&nats, Duration::from_secs(2)).await;
+                if let Ok(broker) = connected {
+                    let _ = tokio::time::timeout(Duration::from_secs(10), remove_streams(&broker))
+                        .await;
+                }
+            });
+        })
+        .join();
     }
 }
 

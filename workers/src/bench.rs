@@ -74,7 +74,7 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<()> {
     }
     let pool = db.pool(1).await?;
     pool.close().await;
-    db.drop().await?;
+    db.remove().await?;
     result
 }
 

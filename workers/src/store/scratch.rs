@@ -1,5 +1,9 @@
 //! Throw-away databases for tests and benchmarks: created from `database.url`'s server,
-//! migrated, dropped at the end.
+//! migrated, removed at the end, and removed when dropped if nobody did (a failed test
+//! or an interrupted benchmark leaves nothing behind).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use rand::Rng;
 use secrecy::ExposeSecret;
@@ -14,6 +18,7 @@ pub struct ScratchDb {
     pub name: String,
     pub options: PgConnectOptions,
     admin: PgConnectOptions,
+    removed: AtomicBool,
 }
 
 impl ScratchDb {
@@ -31,6 +36,7 @@ impl ScratchDb {
             name,
             options,
             admin,
+            removed: AtomicBool::new(false),
         };
         MIGRATOR.run(&me.pool(2).await?).await?;
         Ok(me)
@@ -66,14 +72,45 @@ impl ScratchDb {
         Ok(())
     }
 
-    pub async fn drop(self) -> Result<(), StoreError> {
-        let mut conn = self.admin.connect().await?;
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-            self.name
-        ))
+    /// Drops the database (closing whatever connections are still open to it).
+    pub async fn remove(&self) -> Result<(), StoreError> {
+        drop_database(&self.admin, &self.name).await?;
+        self.removed.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+async fn drop_database(admin: &PgConnectOptions, name: &str) -> Result<(), StoreError> {
+    let mut conn = admin.connect().await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
         .execute(&mut conn)
         .await?;
-        Ok(())
+    Ok(())
+}
+
+impl Drop for ScratchDb {
+    /// Removes the database when [`ScratchDb::remove`] was not reached (a panic, an
+    /// early return). Drop cannot await, so a short-lived thread with its own runtime
+    /// does it, for at most 10 s.
+    fn drop(&mut self) {
+        if self.removed.load(Ordering::Relaxed) {
+            return;
+        }
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(runtime) = runtime {
+                let dropped = runtime.block_on(async {
+                    tokio::time::timeout(Duration::from_secs(10), drop_database(&admin, &name))
+                        .await
+                });
+                if !matches!(dropped, Ok(Ok(()))) {
+                    eprintln!("could not remove the scratch database {name}");
+                }
+            }
+        });
+        let _ = cleanup.join();
     }
 }
