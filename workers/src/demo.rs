@@ -29,7 +29,7 @@ pub struct DemoArgs {
     /// Persons in the synthetic community.
     #[arg(long, default_value_t = 300)]
     pub people: u64,
-    /// Events per second.
+    /// Synthetic events per second; 0: none (the bots bring real activity).
     #[arg(long, default_value_t = 200)]
     pub rate: u64,
     /// Stop after this many seconds (0: run until Ctrl-C).
@@ -165,6 +165,9 @@ async fn publish_traffic(
         }
         if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
             return Ok(());
+        }
+        if args.rate == 0 {
+            continue;
         }
         let mut acks = Vec::with_capacity(per_tick as usize);
         for _ in 0..per_tick {
