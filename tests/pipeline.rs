@@ -848,3 +848,55 @@ async fn the_peak_rank_after_a_negative_day_follows_in_order_and_late_events() {
     worker.await.expect("worker");
     env.cleanup().await;
 }
+
+/// `nats.user` and `nats.password` reach a server that requires them (a private
+/// nats-server on a free port); without them the connection is refused.
+#[tokio::test]
+async fn a_nats_server_requiring_a_user_accepts_the_configured_credentials() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        l.local_addr().expect("addr").port()
+    };
+    let args = [
+        "-a",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "--user",
+        "ttfd-sync",
+        "--pass",
+        "s3cret",
+    ];
+    let mut server = ["nats-server", "/usr/sbin/nats-server"]
+        .iter()
+        .find_map(|bin| {
+            tokio::process::Command::new(bin)
+                .args(args)
+                .kill_on_drop(true)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .ok()
+        })
+        .expect("nats-server is installed (scripts/services.sh)");
+    let mut nats = ttfd::config::NatsSettings {
+        url: format!("nats://127.0.0.1:{port}"),
+        prefix: "creds".into(),
+        ..Default::default()
+    };
+    eventually("the server listening", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+    })
+    .await;
+    let refused = ttfd::broker::Broker::connect(&nats, Duration::from_secs(2)).await;
+    assert!(refused.is_err(), "no credentials, no connection");
+    nats.user = Some("ttfd-sync".into());
+    nats.password = Some(secrecy::SecretString::from("s3cret"));
+    let broker = ttfd::broker::Broker::connect(&nats, Duration::from_secs(5))
+        .await
+        .expect("connects with the credentials");
+    broker.client.flush().await.expect("a round trip");
+    server.kill().await.expect("stop the server");
+}
