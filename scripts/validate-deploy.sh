@@ -298,12 +298,18 @@ for panel in dashboard["panels"]:
 # Every listed metric must be registered by the code: `metrics.register("<role>", ...)`
 # then `r.register("<name>", ...)` makes ttfd_<role>_<name> (counters get _total).
 import glob
-registered = set()
+# The bots share one set (`BotMetrics::register(&registry, "<role>")` registers it with
+# `metrics.register(role, ...)`).
+registered, shared, bot_roles = set(), set(), set()
 for path in glob.glob("workers/src/**/*.rs", recursive=True):
     text = open(path).read()
     for block in re.finditer(r'\.register\(\s*"([a-z_]+)"\s*,\s*\|r\|(.*?)\n\s*\}\);', text, re.S):
         role, body = block.groups()
         registered |= {f"ttfd_{role}_{name}" for name in re.findall(r'r\.register\(\s*"([a-z_]+)"', body)}
+    for block in re.finditer(r'\.register\(\s*role\s*,\s*\|r\|(.*?)\n\s*\}\);', text, re.S):
+        shared |= set(re.findall(r'r\.register\(\s*"([a-z_]+)"', block.group(1)))
+    bot_roles |= set(re.findall(r'BotMetrics::register\([^;]*?"([a-z_]+)"\s*,?\s*\)', text))
+registered |= {f"ttfd_{role}_{name}" for role in bot_roles for name in shared}
 for name in sorted(known):
     if name not in registered and re.sub(r"_total$", "", name) not in registered:
         bad.append(f"metrics.txt names {name}, which no code registers (workers/src)")

@@ -295,10 +295,10 @@ pub async fn publish_events_with(
             };
             let Err(e) = stored else {
                 debug!(id = event.id.as_str(), "event stored");
-                metrics.published(event.kind());
+                metrics.bot.published(event.kind());
                 break;
             };
-            metrics.publish_retries.inc();
+            metrics.bot.publish_retries.inc();
             if done.is_cancelled() {
                 let d = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + grace);
                 if tokio::time::Instant::now() >= d {

@@ -337,7 +337,7 @@ async fn handle_message(sync: &RoleSync, message: jetstream::Message) {
     let outcome = match rmp_serde::from_slice::<RankNotice>(&message.payload) {
         Ok(notice) => {
             let outcome = sync.handle_notice(&notice, attempt).await;
-            sync.metrics.notice(match outcome {
+            sync.metrics.bot.notice(match outcome {
                 Outcome::Done => "done",
                 Outcome::RetryAfter(_) => "retry",
             });
@@ -345,7 +345,7 @@ async fn handle_message(sync: &RoleSync, message: jetstream::Message) {
         }
         Err(e) => {
             error!(error = %e, "unreadable rank notice; dropped");
-            sync.metrics.notice("unreadable");
+            sync.metrics.bot.notice("unreadable");
             Outcome::Done
         }
     };

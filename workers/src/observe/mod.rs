@@ -12,10 +12,10 @@
 //!
 //! Reads `metrics.listen` (empty: no listener).
 
+pub mod bot;
 pub mod discord;
 pub mod query;
 pub mod sync;
-pub mod telegram;
 
 use std::net::SocketAddr;
 use std::time::Duration;

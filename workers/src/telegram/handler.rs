@@ -1,7 +1,7 @@
 //! What the bot does with one update, whichever way it came (long polling or webhook):
 //! publishes activity, answers commands, remembers who started it.
 
-use crate::observe::telegram::TelegramMetrics;
+use crate::observe::bot::BotMetrics;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,7 +49,7 @@ pub struct Handler {
     /// Commands run as tasks here, so that a slow query does not hold up activity.
     pub tasks: TaskTracker,
     pub slots: Arc<Semaphore>,
-    pub metrics: TelegramMetrics,
+    pub metrics: BotMetrics,
 }
 
 impl Handler {
@@ -70,7 +70,7 @@ impl Handler {
             rules,
             tasks: TaskTracker::new(),
             slots: Arc::new(Semaphore::new(COMMAND_SLOTS)),
-            metrics: TelegramMetrics::default(),
+            metrics: BotMetrics::default(),
         }
     }
 

@@ -21,7 +21,7 @@ pub mod texts;
 pub mod webhook;
 
 use crate::broker::EXIT_FLUSH;
-use crate::observe::telegram::TelegramMetrics;
+use crate::observe::bot::BotMetrics;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
@@ -51,7 +51,7 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Re
     let registry = crate::metrics::Metrics::new();
     let bot = TelegramBot::build(settings)
         .await?
-        .with_metrics(TelegramMetrics::register(&registry));
+        .with_metrics(BotMetrics::register(&registry, "telegram"));
     // `/metrics`, `/healthz`, `/readyz` on `metrics.listen` (off when empty).
     crate::observe::serve(
         &settings.metrics,
@@ -165,7 +165,7 @@ impl TelegramBot {
             rules: settings.rules.clone(),
             group: Arc::new(AtomicI64::new(tg.group_chat_id.unwrap_or_default())),
             has_group: tg.group_chat_id.is_some(),
-            metrics: TelegramMetrics::default(),
+            metrics: BotMetrics::default(),
         };
         let handler = Arc::new(Handler::new(
             bot,
@@ -198,7 +198,7 @@ impl TelegramBot {
 
     /// Runs until `shutdown`; commands being answered then get the grace period.
     /// Records into registered metric handles instead of the unregistered defaults.
-    pub fn with_metrics(mut self, metrics: TelegramMetrics) -> Self {
+    pub fn with_metrics(mut self, metrics: BotMetrics) -> Self {
         if let Some(handler) = Arc::get_mut(&mut self.handler) {
             handler.metrics = metrics.clone();
         }

@@ -9,7 +9,7 @@
 //! A user who blocked the bot is forgotten and announced in the group instead.
 //! Delivery is at least once: a crash between `sendMessage` and the ack repeats it.
 
-use crate::observe::telegram::TelegramMetrics;
+use crate::observe::bot::BotMetrics;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -174,7 +174,7 @@ pub struct Announcer {
     /// The configured group, replaced in memory when Telegram says it migrated.
     pub group: Arc<AtomicI64>,
     pub has_group: bool,
-    pub metrics: TelegramMetrics,
+    pub metrics: BotMetrics,
 }
 
 impl Announcer {

@@ -1,32 +1,43 @@
-//! The Telegram role's metrics (`ttfd_telegram_*`).
+//! What every platform bot records (`ttfd_<role>_*`, role `discord` or `telegram`).
 //!
 //! | metric | type | what |
 //! |---|---|---|
-//! | `ttfd_telegram_events_published_total{kind}` | counter | events JetStream stored (`message`) |
-//! | `ttfd_telegram_publish_retries_total` | counter | failed publish attempts, retried |
-//! | `ttfd_telegram_notices_total{outcome}` | counter | rank notices handled: `done`, `retry` (put back with a delay), `unreadable` |
+//! | `ttfd_<role>_events_published_total{kind}` | counter | events JetStream stored |
+//! | `ttfd_<role>_publish_retries_total` | counter | failed publish attempts, retried |
+//! | `ttfd_<role>_notices_total{outcome}` | counter | rank notices handled: `done`, `retry` (put back with a delay), `unreadable` |
 //!
 //! Reads no configuration.
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-use super::discord::{KindLabels, NoticeLabels};
 use crate::metrics::Metrics;
 
-/// The Telegram role's metric handles; `Default` gives unregistered ones.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NoticeLabels {
+    /// `done`, `retry` or `unreadable`.
+    pub outcome: &'static str,
+}
+
+/// A bot's metric handles; `Default` gives unregistered ones.
 #[derive(Clone, Default)]
-pub struct TelegramMetrics {
+pub struct BotMetrics {
     pub published: Family<KindLabels, Counter>,
     pub publish_retries: Counter,
     pub notices: Family<NoticeLabels, Counter>,
 }
 
-impl TelegramMetrics {
-    /// Registers the families as `ttfd_telegram_*`.
-    pub fn register(metrics: &Metrics) -> Self {
+impl BotMetrics {
+    /// Registers the families as `ttfd_<role>_*`.
+    pub fn register(metrics: &Metrics, role: &str) -> Self {
         let m = Self::default();
-        metrics.register("telegram", |r| {
+        metrics.register(role, |r| {
             r.register(
                 "events_published",
                 "Events stored by JetStream, by kind",
@@ -60,9 +71,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn telegram_metrics_render_under_their_prefix() {
+    fn bot_metrics_render_under_their_role() {
         let metrics = Metrics::new();
-        let m = TelegramMetrics::register(&metrics);
+        let m = BotMetrics::register(&metrics, "telegram");
         m.published("message");
         m.notice("done");
         m.publish_retries.inc();
