@@ -200,12 +200,18 @@ pub async fn serve(
     Ok(Some((local, task)))
 }
 
-async fn healthz() -> impl IntoResponse {
+/// `/healthz`: the process answers.
+pub async fn healthz() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
 }
 
 async fn readyz(State(state): State<OpsState>) -> Response {
-    let (ready, report) = state.readiness.check().await;
+    ready_response(&state.readiness).await
+}
+
+/// `/readyz`: 200 when every dependency answered, else 503; the body says what each said.
+pub async fn ready_response(readiness: &Readiness) -> Response {
+    let (ready, report) = readiness.check().await;
     let status = if ready {
         StatusCode::OK
     } else {

@@ -1,23 +1,20 @@
 //! Operations endpoints: `/healthz` (the process answers), `/readyz` (PostgreSQL and
 //! NATS answer), `/metrics` (Prometheus text), and the web role's metrics.
 
-use std::time::{Duration, Instant};
+use crate::observe::{Readiness, ready_response};
+use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use serde_json::json;
 
 use super::AppState;
 use crate::metrics::{CONTENT_TYPE, Metrics};
-
-/// How long a readiness check waits for each dependency.
-const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -127,38 +124,15 @@ pub async fn track(State(app): State<AppState>, request: Request, next: Next) ->
     response
 }
 
-pub async fn healthz() -> impl IntoResponse {
-    axum::Json(json!({"status": "ok"}))
-}
+pub use crate::observe::healthz;
 
-/// 200 when PostgreSQL answers a query and NATS has the events stream; 503 naming
-/// what does not answer.
+/// 200 when PostgreSQL answers a query and NATS a round trip; 503 naming what does not
+/// answer (the same check as every other role's `/readyz`).
 pub async fn readyz(State(app): State<AppState>) -> Response {
-    let db = match tokio::time::timeout(READY_TIMEOUT, app.store.ping()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("no answer within 2 s".to_owned()),
-    };
-    let stream = app.broker.subjects.events_stream();
-    let nats = match tokio::time::timeout(READY_TIMEOUT, app.broker.js.get_stream(&stream)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(format!("stream {stream}: {e}")),
-        Err(_) => Err("no answer within 2 s".to_owned()),
-    };
-    let status = if db.is_ok() && nats.is_ok() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let show = |r: &Result<(), String>| match r {
-        Ok(()) => "ok".to_owned(),
-        Err(e) => e.clone(),
-    };
-    (
-        status,
-        axum::Json(json!({"database": show(&db), "nats": show(&nats)})),
-    )
-        .into_response()
+    let readiness = Readiness::new()
+        .database(app.store.clone())
+        .nats(app.broker.clone());
+    ready_response(&readiness).await
 }
 
 pub async fn metrics(State(app): State<AppState>) -> Response {
