@@ -8,10 +8,21 @@
 //!   `(ts, id)`, merges by the final partition (the survivor is the smaller uid);
 //! - the peak rank is recomputed from event-time facts (see `ttfd_shared::model`).
 //!
-//! Concurrency: every user row the batch touches is locked `FOR UPDATE` in id order,
-//! and every other lock (ids, identities, buckets, ledger) is taken in sorted key order,
-//! so replicas cannot deadlock on each other; if another replica merged users between
-//! our read and our lock we roll back and retry ([`StoreError::Contended`]).
+//! Concurrency: a batch transaction has two phases.
+//! 1. Claims and buckets: rows keyed by event id and by identity and minute, which
+//!    concurrent batches rarely share; locks taken in sorted key order.
+//! 2. Settle: everything keyed by user (owners, users, ledger, links, merges, outbox),
+//!    under the *settle lock*, a transaction-level advisory lock per schema, until
+//!    commit. The most active users are in nearly every batch, so these rows serialize
+//!    concurrent batches whatever the locking; one lock makes that explicit and cheap:
+//!    no lock waits mid-statement, no deadlocks, and no merge by another replica
+//!    between reading owners and writing users. Every write to users, identity
+//!    ownership, the ledger and links happens in this phase.
+//!
+//! While one replica settles, the others decode, claim and count buckets. Display names
+//! are written after commit, in a statement of their own, for every event of the batch
+//! (also the duplicates): newest wins, so writing a name twice changes nothing, and a
+//! crash between the commit and that statement is repaired by the redelivery.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -47,6 +58,8 @@ pub struct Applied {
 #[derive(Debug, Clone, Default)]
 struct UserRow {
     xp: i64,
+    /// A day of one of the user's identities went below zero (slow peak path).
+    dipped: bool,
     peak_rank: i16,
     messages: i64,
     voice_seconds: i64,
@@ -59,6 +72,7 @@ struct UserRow {
 impl UserRow {
     fn absorb(&mut self, other: &UserRow) {
         self.xp += other.xp;
+        self.dipped |= other.dipped;
         self.peak_rank = self.peak_rank.max(other.peak_rank);
         self.messages += other.messages;
         self.voice_seconds += other.voice_seconds;
@@ -82,16 +96,19 @@ fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     }
 }
 
-/// What a batch established before locking any user: identity ids, per-identity
-/// deltas, XP per identity and day, newest names, links (sorted by event time).
+/// What a batch established before the settle lock: identity ids, per-identity
+/// deltas, XP per identity and day, links (sorted by event time).
 struct Facts<'e> {
     identity: HashMap<(&'e str, &'e str), i64>,
     iids: Vec<i64>,
     deltas: BTreeMap<i64, UserRow>,
     ledger: BTreeMap<(i64, i32), i64>,
-    names: BTreeMap<i64, (i64, &'e str, &'e str)>,
     links: Vec<(&'e Event, i64, i64)>,
 }
+
+/// Advisory lock class of the settle lock ("TTFD"); the key is the schema's name hash,
+/// so that `ttfd rebuild`, applying into a schema of its own, does not wait for it.
+const SETTLE_LOCK_CLASS: i32 = 0x5454_4644;
 
 /// A merge decided in this batch: `loser` now redirects to `survivor`.
 struct Merge<'e> {
@@ -105,10 +122,41 @@ impl Store {
     #[instrument(skip_all, fields(events = events.len()))]
     pub async fn apply(&self, events: &[Event]) -> Result<Applied, StoreError> {
         let identity = self.identities_of(events).await?;
+        let names = newest_names(events, &identity);
         let mut tx = self.pool.begin().await?;
         let outcome = self.apply_in(&mut tx, events, identity).await?;
         tx.commit().await?;
+        self.write_names(&names).await?;
         Ok(outcome)
+    }
+
+    /// Display names: the newest `(ts, id)` wins, whatever arrives first. Rows in
+    /// identity order, so concurrent writers cannot deadlock.
+    async fn write_names(
+        &self,
+        names: &BTreeMap<i64, (i64, &str, &str)>,
+    ) -> Result<(), StoreError> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let n_ids: Vec<i64> = names.keys().copied().collect();
+        let n_ts: Vec<i64> = names.values().map(|n| n.0).collect();
+        let n_events: Vec<&str> = names.values().map(|n| n.1).collect();
+        let n_names: Vec<&str> = names.values().map(|n| n.2).collect();
+        sqlx::query(
+            "INSERT INTO identity_names AS n (identity_id, name_ms, name_event, name)
+             SELECT * FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[]) ORDER BY 1
+             ON CONFLICT (identity_id) DO UPDATE
+             SET name = excluded.name, name_ms = excluded.name_ms, name_event = excluded.name_event
+             WHERE (n.name_ms, n.name_event) < (excluded.name_ms, excluded.name_event)",
+        )
+        .bind(&n_ids)
+        .bind(&n_ts)
+        .bind(&n_events)
+        .bind(&n_names)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Step 0, before the batch transaction: the id of every identity the events name,
@@ -256,7 +304,6 @@ impl Store {
         let mut deltas: BTreeMap<i64, UserRow> = BTreeMap::new();
         let mut buckets: BTreeSet<(i64, i64)> = BTreeSet::new();
         let mut ledger: BTreeMap<(i64, i32), i64> = BTreeMap::new();
-        let mut names: BTreeMap<i64, (i64, &str, &str)> = BTreeMap::new();
         let mut links: Vec<(&Event, i64, i64)> = Vec::new();
         for e in &events {
             let iid = iid_of(&e.identity)?;
@@ -280,14 +327,6 @@ impl Store {
             let xp = rules.standalone_xp(&e.payload);
             if xp != 0 {
                 *ledger.entry((iid, rules::day_of(e.ts))).or_default() += xp;
-            }
-            if let Some(name) = &e.name {
-                let newer = names
-                    .get(&iid)
-                    .is_none_or(|(ts, id, _)| (*ts, *id) < (e.ts, e.id.as_str()));
-                if newer {
-                    names.insert(iid, (e.ts, e.id.as_str(), name));
-                }
             }
         }
 
@@ -319,29 +358,16 @@ impl Store {
             iids,
             deltas,
             ledger,
-            names,
             links,
         };
-        // A merge committed by another replica between our read and our lock only
-        // invalidates what follows the lock: roll back to here and redo that part.
-        sqlx::query("SAVEPOINT before_users")
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))")
+            .bind(SETTLE_LOCK_CLASS)
             .execute(&mut **tx)
             .await?;
-        let mut attempts = 0;
-        loop {
-            match self.settle_users(tx, &facts, outcome).await {
-                Err(StoreError::Contended) if attempts < 8 => {
-                    attempts += 1;
-                    sqlx::query("ROLLBACK TO SAVEPOINT before_users")
-                        .execute(&mut **tx)
-                        .await?;
-                }
-                result => return result,
-            }
-        }
+        self.settle_users(tx, &facts, outcome).await
     }
 
-    /// Steps 4 to 10: lock the users, then everything that needs them.
+    /// Steps 4 to 9, under the settle lock: the users, then everything that needs them.
     async fn settle_users(
         &self,
         tx: &mut Transaction<'static, Postgres>,
@@ -354,15 +380,10 @@ impl Store {
             iids,
             deltas,
             ledger,
-            names,
             links,
         } = facts;
-        // 4. Read who owns the identities, then lock those users in id order. A merge
-        // moving an identity commits its loser's `merged_into` with it, so a user found
-        // merged once locked means the read was overtaken: retry. The users are locked
-        // by id, not through a join to identities: after waiting for a row another
-        // replica held, PostgreSQL re-checks the row against the whole WHERE clause, and
-        // a join there would be re-run for every such row.
+        // 4. Read who owns the identities, then those users. Under the settle lock
+        // neither changes until commit; a merged user here would be a broken invariant.
         let mut owner: HashMap<i64, i64> = HashMap::new();
         let current: Vec<(i64, String, String, i64)> = sqlx::query_as(
             "SELECT id, platform, external_id, user_id FROM identities WHERE id = ANY($1)",
@@ -389,9 +410,9 @@ impl Store {
             .into_iter()
             .collect();
         let rows = sqlx::query(
-            "SELECT id, merged_into, xp, peak_rank, messages, voice_seconds, games_played,
-                    games_won, first_event_ms, last_event_ms
-             FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            "SELECT id, merged_into, xp, ledger_dipped, peak_rank, messages, voice_seconds,
+                    games_played, games_won, first_event_ms, last_event_ms
+             FROM users WHERE id = ANY($1)",
         )
         .bind(&uids)
         .fetch_all(&mut **tx)
@@ -408,6 +429,7 @@ impl Store {
                 r.get("id"),
                 UserRow {
                     xp: r.get("xp"),
+                    dipped: r.get("ledger_dipped"),
                     peak_rank: r.get("peak_rank"),
                     messages: r.get("messages"),
                     voice_seconds: r.get("voice_seconds"),
@@ -431,7 +453,8 @@ impl Store {
                 .absorb(d);
         }
 
-        // 5. The ledger, and the users' XP from it.
+        // 5. The ledger, and the users' XP from it. A day that ends below zero marks
+        // its user for the slow peak path.
         if !ledger.is_empty() {
             let mut l_ids = Vec::with_capacity(ledger.len());
             let mut l_days = Vec::with_capacity(ledger.len());
@@ -444,7 +467,7 @@ impl Store {
                     u.xp += xp;
                 }
             }
-            sqlx::query(
+            let dipped: Vec<i64> = sqlx::query_scalar(
                 "WITH added AS (
                      INSERT INTO xp_ledger (identity_id, day, xp)
                      SELECT i, DATE '1970-01-01' + d, x
@@ -452,37 +475,21 @@ impl Store {
                      ORDER BY i, d
                      ON CONFLICT (identity_id, day) DO UPDATE SET xp = xp_ledger.xp + excluded.xp
                      RETURNING identity_id, xp)
-                 UPDATE identities SET ledger_dipped = true
-                 WHERE id IN (SELECT identity_id FROM added WHERE xp < 0) AND NOT ledger_dipped",
+                 SELECT DISTINCT identity_id FROM added WHERE xp < 0",
             )
             .bind(&l_ids)
             .bind(&l_days)
             .bind(&l_xp)
-            .execute(&mut **tx)
+            .fetch_all(&mut **tx)
             .await?;
+            for iid in dipped {
+                if let Some(u) = owner.get(&iid).and_then(|uid| state.get_mut(uid)) {
+                    u.dipped = true;
+                }
+            }
         }
 
-        // 6. Display names: the newest (ts, id) wins, whatever arrives first.
-        if !names.is_empty() {
-            let n_ids: Vec<i64> = names.keys().copied().collect();
-            let n_ts: Vec<i64> = names.values().map(|n| n.0).collect();
-            let n_events: Vec<&str> = names.values().map(|n| n.1).collect();
-            let n_names: Vec<&str> = names.values().map(|n| n.2).collect();
-            sqlx::query(
-                "UPDATE identities i SET name = t.name, name_ms = t.ms, name_event = t.ev
-                 FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[]) AS t(id, ms, ev, name)
-                 WHERE i.id = t.id
-                   AND (i.name_ms IS NULL OR (i.name_ms, i.name_event) < (t.ms, t.ev COLLATE \"C\"))",
-            )
-            .bind(&n_ids)
-            .bind(&n_ts)
-            .bind(&n_events)
-            .bind(&n_names)
-            .execute(&mut **tx)
-            .await?;
-        }
-
-        // 7. Links: record each, merge users that differ (the smaller uid survives).
+        // 6. Links: record each, merge users that differ (the smaller uid survives)., merge users that differ (the smaller uid survives).
         let mut merges: Vec<Merge> = Vec::new();
         let mut redirect: HashMap<i64, i64> = HashMap::new();
         let resolve = |redirect: &HashMap<i64, i64>, mut uid: i64| {
@@ -559,19 +566,18 @@ impl Store {
             state.remove(l);
         }
 
-        // 8. Peak rank, in event time: the current rank unless a user has a day with
+        // 7. Peak rank, in event time: the current rank unless a user has a day with
         // negative XP. Then, if this batch only added XP on or after the user's last
         // active day (live traffic, or a backlog replayed in order), the cumulative XP of
         // earlier days is unchanged and of later ones rises to the new total, so the peak
         // is the old one or the new rank; otherwise it is recomputed from the ledger and
         // links.
         let live: Vec<i64> = state.keys().copied().collect();
-        let non_monotone: Vec<i64> = sqlx::query_scalar(
-            "SELECT DISTINCT user_id FROM identities WHERE user_id = ANY($1) AND ledger_dipped",
-        )
-        .bind(&live)
-        .fetch_all(&mut **tx)
-        .await?;
+        let non_monotone: Vec<i64> = state
+            .iter()
+            .filter(|(_, u)| u.dipped)
+            .map(|(uid, _)| *uid)
+            .collect();
         for u in state.values_mut() {
             u.peak_rank = i16::from(rules.rank_index(u.xp));
         }
@@ -601,19 +607,20 @@ impl Store {
             }
         }
 
-        // 9. Write the users back.
+        // 8. Write the users back.
         let cols = |f: fn(&UserRow) -> i64| state.values().map(f).collect::<Vec<i64>>();
         sqlx::query(
-            "UPDATE users u SET xp = t.xp, peak_rank = t.peak, messages = t.messages,
-                    voice_seconds = t.voice, games_played = t.played, games_won = t.won,
-                    first_event_ms = t.first_ms, last_event_ms = t.last_ms
-             FROM unnest($1::int8[], $2::int8[], $3::int2[], $4::int8[], $5::int8[],
-                         $6::int8[], $7::int8[], $8::int8[], $9::int8[])
-               AS t(id, xp, peak, messages, voice, played, won, first_ms, last_ms)
+            "UPDATE users u SET xp = t.xp, ledger_dipped = t.dipped, peak_rank = t.peak,
+                    messages = t.messages, voice_seconds = t.voice, games_played = t.played,
+                    games_won = t.won, first_event_ms = t.first_ms, last_event_ms = t.last_ms
+             FROM unnest($1::int8[], $2::int8[], $3::bool[], $4::int2[], $5::int8[],
+                         $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[])
+               AS t(id, xp, dipped, peak, messages, voice, played, won, first_ms, last_ms)
              WHERE u.id = t.id",
         )
         .bind(&live)
         .bind(cols(|u| u.xp))
+        .bind(state.values().map(|u| u.dipped).collect::<Vec<bool>>())
         .bind(state.values().map(|u| u.peak_rank).collect::<Vec<i16>>())
         .bind(cols(|u| u.messages))
         .bind(cols(|u| u.voice_seconds))
@@ -624,7 +631,7 @@ impl Store {
         .execute(&mut **tx)
         .await?;
 
-        // 10. Notifications, committed with the change (transactional outbox).
+        // 9. Notifications, committed with the change (transactional outbox).
         let ranked: Vec<(i64, u8, u8)> = state
             .iter()
             .filter_map(|(uid, u)| {
@@ -783,4 +790,27 @@ impl Store {
         tx.commit().await?;
         Ok(fresh.len())
     }
+}
+
+/// The newest named event of each identity in `events`, by `(ts, id)`.
+fn newest_names<'e>(
+    events: &'e [Event],
+    identity: &HashMap<(&str, &str), i64>,
+) -> BTreeMap<i64, (i64, &'e str, &'e str)> {
+    let mut names: BTreeMap<i64, (i64, &str, &str)> = BTreeMap::new();
+    for e in events {
+        let (Some(name), Some(&iid)) = (
+            &e.name,
+            identity.get(&(e.identity.platform.as_str(), e.identity.user.as_str())),
+        ) else {
+            continue;
+        };
+        let newer = names
+            .get(&iid)
+            .is_none_or(|(ts, id, _)| (*ts, *id) < (e.ts, e.id.as_str()));
+        if newer {
+            names.insert(iid, (e.ts, e.id.as_str(), name));
+        }
+    }
+    names
 }

@@ -39,8 +39,9 @@ pub enum StoreError {
     /// An outbox row that is not a valid message (written by an older version?).
     #[error("outbox row: {0}")]
     Outbox(String),
-    /// Another replica merged users between our read and our lock; try again.
-    #[error("users changed while being locked (concurrent merge)")]
+    /// Rows changed under the batch (an identity another replica created is not yet
+    /// visible, or a user is not as the settle lock promises); try again.
+    #[error("identities or users changed under the batch")]
     Contended,
     /// The identity id cache no longer matches the tables (they were rebuilt); it has
     /// been cleared, try again.

@@ -105,8 +105,10 @@ impl Store {
         let Some(row) = row else { return Ok(None) };
         let uid: i64 = row.get("id");
         let members = sqlx::query(
-            "SELECT platform, external_id, name FROM identities WHERE user_id = $1
-             ORDER BY name_ms DESC NULLS LAST, name_event DESC NULLS LAST",
+            "SELECT i.platform, i.external_id, n.name
+             FROM identities i LEFT JOIN identity_names n ON n.identity_id = i.id
+             WHERE i.user_id = $1
+             ORDER BY n.name_ms DESC NULLS LAST, n.name_event DESC NULLS LAST",
         )
         .bind(uid)
         .fetch_all(&self.pool)
@@ -182,9 +184,10 @@ impl Store {
         };
         let uids: Vec<i64> = rows.iter().map(|r| r.0).collect();
         let names: std::collections::HashMap<i64, String> = sqlx::query_as(
-            "SELECT DISTINCT ON (user_id) user_id, name FROM identities
-             WHERE user_id = ANY($1) AND name IS NOT NULL
-             ORDER BY user_id, name_ms DESC, name_event DESC",
+            "SELECT DISTINCT ON (i.user_id) i.user_id, n.name
+             FROM identities i JOIN identity_names n ON n.identity_id = i.id
+             WHERE i.user_id = ANY($1)
+             ORDER BY i.user_id, n.name_ms DESC, n.name_event DESC",
         )
         .bind(&uids)
         .fetch_all(&self.pool)

@@ -29,13 +29,14 @@ use crate::config::DatabaseSettings;
 /// table (the outbox, dead-letter tallies, link codes) stays as it is. In lock order:
 /// `processed_events` first, as the apply path writes it first, so a batch in flight
 /// is let finish and the next one waits before holding anything.
-pub const PROJECTIONS: [&str; 6] = [
+pub const PROJECTIONS: [&str; 7] = [
     "processed_events",
     "users",
     "identities",
     "message_buckets",
     "xp_ledger",
     "links",
+    "identity_names",
 ];
 
 /// Schemas a rebuild builds into; left over only by an interrupted rebuild.
@@ -399,6 +400,18 @@ impl Store {
             .bind(t)
             .fetch_all(&mut *tx)
             .await?;
+            if columns.is_empty() && t == "identity_names" {
+                // A snapshot from before migration 5 keeps names on its identities.
+                sqlx::query(&format!(
+                    "INSERT INTO {fresh}.identity_names (identity_id, name, name_ms, name_event)
+                     SELECT id, name, name_ms, name_event FROM {snapshot}.identities
+                     WHERE name IS NOT NULL AND name_ms IS NOT NULL AND name_event IS NOT NULL"
+                ))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| StoreError::Schema(format!("{snapshot} has no names ({e})")))?;
+                continue;
+            }
             if columns.is_empty() {
                 return Err(StoreError::Schema(format!("{snapshot}.{t} is missing")));
             }
@@ -413,6 +426,15 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        // Derived from the ledger, whichever version wrote the snapshot.
+        sqlx::query(&format!(
+            "UPDATE {fresh}.users u SET ledger_dipped = true
+             WHERE EXISTS (SELECT 1 FROM {fresh}.identities i
+                           JOIN {fresh}.xp_ledger l ON l.identity_id = i.id
+                           WHERE i.user_id = u.id AND l.xp < 0)"
+        ))
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -494,8 +516,9 @@ impl Store {
                                    ORDER BY i.platform, i.external_id) AS who,
                         u.xp, u.peak_rank, u.messages, u.voice_seconds, u.games_played,
                         u.games_won, u.first_event_ms, u.last_event_ms,
-                        jsonb_agg(i.name ORDER BY i.platform, i.external_id)::text AS names
+                        jsonb_agg(n.name ORDER BY i.platform, i.external_id)::text AS names
                  FROM {s}.users u JOIN {s}.identities i ON i.user_id = u.id
+                 LEFT JOIN {s}.identity_names n ON n.identity_id = i.id
                  WHERE u.merged_into IS NULL AND u.first_event_ms IS NOT NULL
                  GROUP BY u.id"
             )
