@@ -767,10 +767,11 @@ async fn tables_rebuilt_under_a_running_store_are_detected_and_the_batch_retried
         .apply(&[grant("c:1", "discord:1")])
         .await
         .expect("apply");
-    // Rebuilt tables: identity ids start over, so the cached id of discord:1 now names
-    // another identity.
+    // Rebuilt tables: identity ids start over, and another replica gives the first one
+    // to telegram:2, so the id this store cached for discord:1 now names telegram:2.
     env.db.truncate(&env.store.pool).await.expect("truncate");
-    env.store
+    let other = ttfd::store::Store::from_pool(env.store.pool.clone(), env.settings.rules.clone());
+    other
         .apply(&[grant("c:2", "telegram:2")])
         .await
         .expect("apply");
@@ -797,6 +798,74 @@ async fn tables_rebuilt_under_a_running_store_are_detected_and_the_batch_retried
         .expect("user");
     assert_eq!((discord.xp, telegram.xp), (5, 5));
     assert_ne!(discord.uid, telegram.uid);
+    env.cleanup().await;
+}
+
+/// A replica's cached owner merged away by another replica: its next batch follows
+/// `merged_into` to the survivor instead of adding to the merged-away user.
+#[tokio::test]
+async fn an_owner_merged_away_by_another_replica_is_followed() {
+    let env = TestEnv::new().await;
+    let now = ttfd::now_ms();
+    let grant = |id: &str, who: &str| {
+        ev(
+            id,
+            now,
+            who,
+            None,
+            Payload::Xp {
+                amount: 5,
+                reason: "r".into(),
+            },
+        )
+    };
+    let other = ttfd::store::Store::from_pool(env.store.pool.clone(), env.settings.rules.clone());
+    // telegram:2 first, so that its user (the smaller id) survives the merge.
+    other
+        .apply(&[grant("o:1", "telegram:2")])
+        .await
+        .expect("apply");
+    env.store
+        .apply(&[grant("o:2", "discord:1")])
+        .await
+        .expect("apply");
+    let survivor = env
+        .store
+        .profile(&Identity::parse("telegram:2").expect("id"))
+        .await
+        .expect("q")
+        .expect("user")
+        .uid;
+    other
+        .apply(&[ev("o:3", now, "telegram:2", None, link("discord:1"))])
+        .await
+        .expect("merge");
+    // This store still has discord:1 owned by the merged-away user.
+    env.store
+        .apply(&[grant("o:4", "discord:1")])
+        .await
+        .expect("apply after the merge");
+    for who in ["discord:1", "telegram:2"] {
+        let p = env
+            .store
+            .profile(&Identity::parse(who).expect("id"))
+            .await
+            .expect("q")
+            .expect("user");
+        assert_eq!((p.uid, p.xp), (survivor, 15), "{who}");
+    }
+    let merged: (i64, Option<i64>) = sqlx::query_as(
+        "SELECT xp, merged_into FROM users WHERE id <> $1 AND first_event_ms IS NOT NULL",
+    )
+    .bind(survivor)
+    .fetch_one(&env.store.pool)
+    .await
+    .expect("the merged-away user");
+    assert_eq!(
+        merged,
+        (0, Some(survivor)),
+        "nothing was added to the merged-away user"
+    );
     env.cleanup().await;
 }
 

@@ -33,7 +33,7 @@ use ttfd_shared::rules::{self, MINUTE_MS};
 use ttfd_shared::wire::{LinkNotice, RankNotice, WireIdentity};
 use ttfd_shared::{Event, Payload};
 
-use super::{Store, StoreError};
+use super::{Generation, Store, StoreError};
 use crate::now_ms;
 
 /// A stream message refused by validation, counted once per stream sequence.
@@ -96,10 +96,9 @@ fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     }
 }
 
-/// What a batch established before the settle lock: identity ids, per-identity
+/// What a batch established before the settle lock: its identities, per-identity
 /// deltas, XP per identity and day, links (sorted by event time).
 struct Facts<'e> {
-    identity: HashMap<(&'e str, &'e str), i64>,
     iids: Vec<i64>,
     deltas: BTreeMap<i64, UserRow>,
     ledger: BTreeMap<(i64, i32), i64>,
@@ -162,9 +161,9 @@ impl Store {
     /// Step 0, before the batch transaction: the id of every identity the events name,
     /// creating the missing ones (each with a user of its own) in short transactions of
     /// their own. Replicas meeting the same new identity then wait for each other only
-    /// for that statement, not for each other's whole batch. Identity ids never change,
-    /// so they are cached; the batch verifies every one under its locks (step 5). An
-    /// identity whose batch later fails stays, with an empty user, which reads ignore.
+    /// for that statement, not for each other's whole batch. Ids and owners go to the
+    /// process's cache (`IdentityCache`), which the settle phase checks. An identity
+    /// whose batch later fails stays, with an empty user, which reads ignore.
     async fn identities_of<'e>(
         &self,
         events: &'e [Event],
@@ -186,7 +185,7 @@ impl Store {
             return Ok(identity);
         }
         let (platforms, users): (Vec<&str>, Vec<&str>) = missing.iter().copied().unzip();
-        let mut found: Vec<(i64, String, String)> = sqlx::query_as(
+        let mut found: Vec<(i64, String, String, i64)> = sqlx::query_as(
             "WITH input AS (
                  SELECT p, u FROM unnest($1::text[], $2::text[]) AS t(p, u) ORDER BY p, u),
              created AS (
@@ -197,9 +196,9 @@ impl Store {
                  ON CONFLICT (platform, external_id) DO NOTHING
                  RETURNING id, platform, external_id, user_id),
              new_users AS (INSERT INTO users (id) SELECT user_id FROM created)
-             SELECT id, platform, external_id FROM created
+             SELECT id, platform, external_id, user_id FROM created
              UNION ALL
-             SELECT i.id, i.platform, i.external_id FROM identities i
+             SELECT i.id, i.platform, i.external_id, i.user_id FROM identities i
              JOIN input ON i.platform = input.p AND i.external_id = input.u",
         )
         .bind(&platforms)
@@ -208,7 +207,7 @@ impl Store {
         .await?;
         let known: HashSet<(&str, &str)> = found
             .iter()
-            .map(|(_, p, u)| (p.as_str(), u.as_str()))
+            .map(|(_, p, u, _)| (p.as_str(), u.as_str()))
             .collect();
         let (late_p, late_u): (Vec<&str>, Vec<&str>) = missing
             .iter()
@@ -218,8 +217,8 @@ impl Store {
         if !late_p.is_empty() {
             // Rows another replica committed while this statement waited on them are
             // not in its snapshot; a new statement sees them.
-            let late: Vec<(i64, String, String)> = sqlx::query_as(
-                "SELECT i.id, i.platform, i.external_id FROM identities i
+            let late: Vec<(i64, String, String, i64)> = sqlx::query_as(
+                "SELECT i.id, i.platform, i.external_id, i.user_id FROM identities i
                  JOIN unnest($1::text[], $2::text[]) AS t(p, u)
                    ON i.platform = t.p AND i.external_id = t.u",
             )
@@ -231,7 +230,7 @@ impl Store {
         }
         let by_key: HashMap<(&str, &str), i64> = found
             .iter()
-            .map(|(iid, p, u)| ((p.as_str(), u.as_str()), *iid))
+            .map(|(iid, p, u, _)| ((p.as_str(), u.as_str()), *iid))
             .collect();
         for k in &missing {
             let iid = by_key.get(k).ok_or(StoreError::Contended)?;
@@ -354,16 +353,21 @@ impl Store {
         ledger.retain(|_, xp| *xp != 0);
         links.sort_by_key(|(e, _, _)| (e.ts, &e.id));
         let facts = Facts {
-            identity,
             iids,
             deltas,
             ledger,
             links,
         };
-        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))")
-            .bind(SETTLE_LOCK_CLASS)
-            .execute(&mut **tx)
-            .await?;
+        let generation: Generation = sqlx::query_as(
+            "SELECT pg_relation_filenode('identities')::int8, pg_relation_filenode('users')::int8
+             FROM (SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))) AS settle",
+        )
+        .bind(SETTLE_LOCK_CLASS)
+        .fetch_one(&mut **tx)
+        .await?;
+        if !self.identities.same_generation(generation) {
+            return Err(StoreError::StaleCache);
+        }
         self.settle_users(tx, &facts, outcome).await
     }
 
@@ -376,69 +380,97 @@ impl Store {
     ) -> Result<Applied, StoreError> {
         let rules = &*self.rules;
         let Facts {
-            identity,
             iids,
             deltas,
             ledger,
             links,
         } = facts;
-        // 4. Read who owns the identities, then those users. Under the settle lock
-        // neither changes until commit; a merged user here would be a broken invariant.
-        let mut owner: HashMap<i64, i64> = HashMap::new();
-        let current: Vec<(i64, String, String, i64)> = sqlx::query_as(
-            "SELECT id, platform, external_id, user_id FROM identities WHERE id = ANY($1)",
-        )
-        .bind(iids)
-        .fetch_all(&mut **tx)
-        .await?;
-        for (iid, platform, user, uid) in current {
-            if identity.get(&(platform.as_str(), user.as_str())) != Some(&iid) {
-                // The tables were rebuilt under us: the cache is stale.
-                self.identities.clear();
-                return Err(StoreError::StaleCache);
-            }
-            owner.insert(iid, uid);
-        }
-        if owner.len() != identity.len() {
-            self.identities.clear();
-            return Err(StoreError::StaleCache);
-        }
-        let uids: Vec<i64> = owner
-            .values()
+        // 4. The owners of the identities, then those users. Under the settle lock
+        // neither changes until commit. An owner cached from an earlier read that has
+        // since been merged away leads, by `merged_into`, to the user that has its
+        // identities now.
+        let mut owner: HashMap<i64, i64> = self.identities.owners(iids);
+        let unknown: Vec<i64> = iids
+            .iter()
+            .filter(|iid| !owner.contains_key(iid))
             .copied()
-            .collect::<BTreeSet<i64>>()
-            .into_iter()
             .collect();
-        let rows = sqlx::query(
-            "SELECT id, merged_into, xp, ledger_dipped, peak_rank, messages, voice_seconds,
-                    games_played, games_won, first_event_ms, last_event_ms
-             FROM users WHERE id = ANY($1)",
-        )
-        .bind(&uids)
-        .fetch_all(&mut **tx)
-        .await?;
-        if rows.len() != uids.len() {
-            return Err(StoreError::Contended);
+        if !unknown.is_empty() {
+            let read: Vec<(i64, i64)> =
+                sqlx::query_as("SELECT id, user_id FROM identities WHERE id = ANY($1)")
+                    .bind(&unknown)
+                    .fetch_all(&mut **tx)
+                    .await?;
+            self.identities.set_owners(read.iter().copied());
+            owner.extend(read);
+        }
+        if owner.len() != iids.len() {
+            return Err(self.identities.stale());
         }
         let mut state: BTreeMap<i64, UserRow> = BTreeMap::new();
-        for r in rows {
-            if r.get::<Option<i64>, _>("merged_into").is_some() {
-                return Err(StoreError::Contended);
+        let mut moved: HashMap<i64, i64> = HashMap::new();
+        let mut wanted: BTreeSet<i64> = owner.values().copied().collect();
+        for _ in 0..64 {
+            let uids: Vec<i64> = wanted.iter().copied().collect();
+            let rows = sqlx::query(
+                "SELECT id, merged_into, xp, ledger_dipped, peak_rank, messages, voice_seconds,
+                        games_played, games_won, first_event_ms, last_event_ms
+                 FROM users WHERE id = ANY($1)",
+            )
+            .bind(&uids)
+            .fetch_all(&mut **tx)
+            .await?;
+            if rows.len() != uids.len() {
+                return Err(self.identities.stale());
             }
-            state.insert(
-                r.get("id"),
-                UserRow {
-                    xp: r.get("xp"),
-                    dipped: r.get("ledger_dipped"),
-                    peak_rank: r.get("peak_rank"),
-                    messages: r.get("messages"),
-                    voice_seconds: r.get("voice_seconds"),
-                    games_played: r.get("games_played"),
-                    games_won: r.get("games_won"),
-                    first_ms: r.get("first_event_ms"),
-                    last_ms: r.get("last_event_ms"),
-                },
-            );
+            wanted.clear();
+            for r in rows {
+                let id: i64 = r.get("id");
+                if let Some(survivor) = r.get::<Option<i64>, _>("merged_into") {
+                    moved.insert(id, survivor);
+                    if !state.contains_key(&survivor) && !moved.contains_key(&survivor) {
+                        wanted.insert(survivor);
+                    }
+                    continue;
+                }
+                state.insert(
+                    id,
+                    UserRow {
+                        xp: r.get("xp"),
+                        dipped: r.get("ledger_dipped"),
+                        peak_rank: r.get("peak_rank"),
+                        messages: r.get("messages"),
+                        voice_seconds: r.get("voice_seconds"),
+                        games_played: r.get("games_played"),
+                        games_won: r.get("games_won"),
+                        first_ms: r.get("first_event_ms"),
+                        last_ms: r.get("last_event_ms"),
+                    },
+                );
+            }
+            if wanted.is_empty() {
+                break;
+            }
+        }
+        if !wanted.is_empty() {
+            return Err(self.identities.stale());
+        }
+        if !moved.is_empty() {
+            let mut changed = Vec::new();
+            for (iid, uid) in owner.iter_mut() {
+                let mut hops = 0;
+                while let Some(next) = moved.get(uid) {
+                    *uid = *next;
+                    hops += 1;
+                    if hops > 64 {
+                        return Err(self.identities.stale());
+                    }
+                }
+                if hops > 0 {
+                    changed.push((*iid, *uid));
+                }
+            }
+            self.identities.set_owners(changed);
         }
         let original_xp: HashMap<i64, i64> = state.iter().map(|(id, u)| (*id, u.xp)).collect();
         // Each user's peak rank and newest event time before this batch.

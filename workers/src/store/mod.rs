@@ -43,9 +43,9 @@ pub enum StoreError {
     /// visible, or a user is not as the settle lock promises); try again.
     #[error("identities or users changed under the batch")]
     Contended,
-    /// The identity id cache no longer matches the tables (they were rebuilt); it has
-    /// been cleared, try again.
-    #[error("identity cache out of date (tables rebuilt); cleared")]
+    /// The identity cache no longer matches the tables (rebuilt, truncated, restored);
+    /// it has been cleared, try again.
+    #[error("identity cache out of date (tables replaced); cleared")]
     StaleCache,
     /// A schema that `ttfd rebuild` cannot work with.
     #[error("schema: {0}")]
@@ -93,11 +93,26 @@ pub struct Store {
     identities: IdentityCache,
 }
 
-/// `(platform, user)` → identity id, shared by the workers of a process. Identity ids
-/// never change once created; the apply path still checks every hit against the row it
-/// locks, and clears the cache if the tables were rebuilt.
+/// What the apply path remembers of the identities, shared by the workers of a process:
+/// `(platform, user)` → identity id, and identity id → owning user as last read.
+///
+/// Both hold as long as the tables do: an identity id never changes, and an identity
+/// leaves its user only when that user is merged away (`merged_into`, set for good, in
+/// the same transaction). The batch follows `merged_into` from a cached owner under the
+/// settle lock, and checks the tables' generation there ([`Generation`]): a rebuild's
+/// swap, a `TRUNCATE` or a restore gives new relation files, and the cache starts over.
 #[derive(Clone, Default)]
-struct IdentityCache(Arc<Mutex<HashMap<String, i64>>>);
+struct IdentityCache(Arc<Mutex<CacheInner>>);
+
+#[derive(Default)]
+struct CacheInner {
+    ids: HashMap<String, i64>,
+    owners: HashMap<i64, i64>,
+    generation: Option<Generation>,
+}
+
+/// The relation files of `identities` and `users` (`pg_relation_filenode`).
+pub(crate) type Generation = (i64, i64);
 
 /// Entries kept before the cache starts over (about 100 MB at most).
 const IDENTITY_CACHE_MAX: usize = 1_000_000;
@@ -108,25 +123,70 @@ impl IdentityCache {
         format!("{platform}:{user}")
     }
 
+    fn inner(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn lookup<'k>(&self, keys: &BTreeSet<(&'k str, &'k str)>) -> HashMap<(&'k str, &'k str), i64> {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = self.inner();
         keys.iter()
-            .filter_map(|&(p, u)| map.get(&Self::key(p, u)).map(|id| ((p, u), *id)))
+            .filter_map(|&(p, u)| inner.ids.get(&Self::key(p, u)).map(|id| ((p, u), *id)))
             .collect()
     }
 
-    fn remember(&self, found: &[(i64, String, String)]) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() + found.len() > IDENTITY_CACHE_MAX {
-            map.clear();
+    /// Remembers `(identity id, platform, user, owner)` rows just read or created.
+    fn remember(&self, found: &[(i64, String, String, i64)]) {
+        let mut inner = self.inner();
+        if inner.ids.len() + found.len() > IDENTITY_CACHE_MAX {
+            inner.ids.clear();
+            inner.owners.clear();
         }
-        for (id, p, u) in found {
-            map.insert(Self::key(p, u), *id);
+        for (id, p, u, owner) in found {
+            inner.ids.insert(Self::key(p, u), *id);
+            inner.owners.insert(*id, *owner);
         }
     }
 
-    fn clear(&self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    /// The owners last read of `iids` (some may be unknown).
+    fn owners(&self, iids: &[i64]) -> HashMap<i64, i64> {
+        let inner = self.inner();
+        iids.iter()
+            .filter_map(|iid| inner.owners.get(iid).map(|uid| (*iid, *uid)))
+            .collect()
+    }
+
+    fn set_owners(&self, owners: impl IntoIterator<Item = (i64, i64)>) {
+        self.inner().owners.extend(owners);
+    }
+
+    /// Forgets everything after the tables contradicted it (which they should not):
+    /// the batch is retried from fresh reads.
+    fn stale(&self) -> StoreError {
+        let mut inner = self.inner();
+        inner.ids.clear();
+        inner.owners.clear();
+        StoreError::StaleCache
+    }
+
+    /// Whether the cache was filled from tables of this generation; if not, it starts
+    /// over for this one. The first batch of a process adopts the generation it finds
+    /// (what it cached was read moments before, by that batch).
+    fn same_generation(&self, generation: Generation) -> bool {
+        let mut inner = self.inner();
+        match inner.generation {
+            Some(g) if g == generation => true,
+            None => {
+                inner.generation = Some(generation);
+                true
+            }
+            Some(_) => {
+                *inner = CacheInner {
+                    generation: Some(generation),
+                    ..CacheInner::default()
+                };
+                false
+            }
+        }
     }
 }
 

@@ -11,8 +11,8 @@
 //! fresh ones in, in one transaction that holds the live tables locked against writers
 //! ([`lock_projections`]). Prepared statements of running replicas are re-planned
 //! against the new tables (PostgreSQL invalidates plans on `ALTER TABLE ... SET
-//! SCHEMA`), and their identity caches are caught by the apply path's check
-//! ([`StoreError::StaleCache`]).
+//! SCHEMA`), and their identity caches see the new tables' generation (relation files)
+//! under the settle lock and start over ([`StoreError::StaleCache`]).
 //!
 //! Reads `database.url` (through the settings given).
 
