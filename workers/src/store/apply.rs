@@ -247,24 +247,30 @@ impl Store {
         identity: HashMap<(&str, &str), i64>,
     ) -> Result<Applied, StoreError> {
         let rules = &*self.rules;
-        let mut unique = HashSet::new();
-        let mut events: Vec<&Event> = events.iter().filter(|e| unique.insert(&e.id)).collect();
+        let mut events: Vec<&Event> = events.iter().collect();
         events.sort_by(|a, b| a.id.cmp(&b.id));
+        events.dedup_by(|a, b| a.id == b.id);
 
         // (Step 0, the identities, ran before the transaction: `identities_of`.)
-        // 1. Claim the ids; only the ones nobody applied before go on.
+        // 1. Claim the ids; only the ones nobody applied before go on. The ids come back
+        // only when some were taken (a redelivery, a replay), not in the common case.
         let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
-        let fresh: HashSet<String> = sqlx::query_scalar(
-            "INSERT INTO processed_events (id) SELECT id FROM unnest($1::text[]) AS t(id)
-             ORDER BY id ON CONFLICT DO NOTHING RETURNING id",
+        let fresh: Option<Vec<String>> = sqlx::query_scalar(
+            "WITH claimed AS (
+                 INSERT INTO processed_events (id) SELECT id FROM unnest($1::text[]) AS t(id)
+                 ORDER BY id ON CONFLICT DO NOTHING RETURNING id)
+             SELECT CASE WHEN count(*) < $2 THEN coalesce(array_agg(id), '{}') END
+             FROM claimed",
         )
         .bind(&ids)
-        .fetch_all(&mut **tx)
-        .await?
-        .into_iter()
-        .collect();
+        .bind(i64::try_from(ids.len()).unwrap_or(i64::MAX))
+        .fetch_one(&mut **tx)
+        .await?;
         let total = events.len();
-        events.retain(|e| fresh.contains(e.id.as_str()));
+        if let Some(fresh) = fresh {
+            let fresh: HashSet<String> = fresh.into_iter().collect();
+            events.retain(|e| fresh.contains(e.id.as_str()));
+        }
         let outcome = Applied {
             applied: events.len(),
             duplicates: total - events.len(),
