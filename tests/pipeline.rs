@@ -26,6 +26,20 @@ fn ev(id: &str, ts: i64, who: &str, name: Option<&str>, payload: Payload) -> Eve
     }
 }
 
+/// An XP grant of `amount` to `who`.
+fn grant(id: &str, ts: i64, who: &str, amount: i32) -> Event {
+    ev(
+        id,
+        ts,
+        who,
+        None,
+        Payload::Xp {
+            amount,
+            reason: "r".into(),
+        },
+    )
+}
+
 fn link(other: &str) -> Payload {
     Payload::Link {
         other: Identity::parse(other).expect("identity"),
@@ -751,18 +765,7 @@ fn apply_order_batching_and_duplicates_do_not_change_the_state() {
 async fn tables_rebuilt_under_a_running_store_are_detected_and_the_batch_retried() {
     let env = TestEnv::new().await;
     let now = ttfd::now_ms();
-    let grant = |id: &str, who: &str| {
-        ev(
-            id,
-            now,
-            who,
-            None,
-            Payload::Xp {
-                amount: 5,
-                reason: "r".into(),
-            },
-        )
-    };
+    let grant = |id: &str, who: &str| grant(id, now, who, 5);
     env.store
         .apply(&[grant("c:1", "discord:1")])
         .await
@@ -807,18 +810,7 @@ async fn tables_rebuilt_under_a_running_store_are_detected_and_the_batch_retried
 async fn an_owner_merged_away_by_another_replica_is_followed() {
     let env = TestEnv::new().await;
     let now = ttfd::now_ms();
-    let grant = |id: &str, who: &str| {
-        ev(
-            id,
-            now,
-            who,
-            None,
-            Payload::Xp {
-                amount: 5,
-                reason: "r".into(),
-            },
-        )
-    };
+    let grant = |id: &str, who: &str| grant(id, now, who, 5);
     let other = ttfd::store::Store::from_pool(env.store.pool.clone(), env.settings.rules.clone());
     // telegram:2 first, so that its user (the smaller id) survives the merge.
     other

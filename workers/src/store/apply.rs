@@ -464,16 +464,13 @@ impl Store {
         if !moved.is_empty() {
             let mut changed = Vec::new();
             for (iid, uid) in owner.iter_mut() {
-                let mut hops = 0;
-                while let Some(next) = moved.get(uid) {
-                    *uid = *next;
-                    hops += 1;
-                    if hops > 64 {
-                        return Err(self.identities.stale());
-                    }
+                let survivor = follow(&moved, *uid);
+                if moved.contains_key(&survivor) {
+                    return Err(self.identities.stale());
                 }
-                if hops > 0 {
-                    changed.push((*iid, *uid));
+                if survivor != *uid {
+                    *uid = survivor;
+                    changed.push((*iid, survivor));
                 }
             }
             self.identities.set_owners(changed);
@@ -530,15 +527,9 @@ impl Store {
         // 6. Links: record each, merge users that differ (the smaller uid survives)., merge users that differ (the smaller uid survives).
         let mut merges: Vec<Merge> = Vec::new();
         let mut redirect: HashMap<i64, i64> = HashMap::new();
-        let resolve = |redirect: &HashMap<i64, i64>, mut uid: i64| {
-            while let Some(next) = redirect.get(&uid) {
-                uid = *next;
-            }
-            uid
-        };
         for (e, a, b) in links {
-            let ua = resolve(&redirect, owner[a]);
-            let ub = resolve(&redirect, owner[b]);
+            let ua = follow(&redirect, owner[a]);
+            let ub = follow(&redirect, owner[b]);
             if ua == ub {
                 continue;
             }
@@ -579,7 +570,7 @@ impl Store {
             .await?;
         }
         let losers: Vec<i64> = merges.iter().map(|m| m.loser).collect();
-        let survivors_of_losers: Vec<i64> = losers.iter().map(|l| resolve(&redirect, *l)).collect();
+        let survivors_of_losers: Vec<i64> = losers.iter().map(|l| follow(&redirect, *l)).collect();
         if !losers.is_empty() {
             sqlx::query(
                 "UPDATE identities SET user_id = t.s
@@ -622,7 +613,7 @@ impl Store {
         if !non_monotone.is_empty() {
             let mut out_of_order: HashSet<i64> = survivors_of_losers.iter().copied().collect();
             for (&(iid, day), &xp) in ledger {
-                let uid = resolve(&redirect, owner[&iid]);
+                let uid = follow(&redirect, owner[&iid]);
                 let last_day = before.get(&uid).and_then(|b| b.1).map(rules::day_of);
                 if xp < 0 || last_day.is_some_and(|last| day < last) {
                     out_of_order.insert(uid);
@@ -718,7 +709,7 @@ impl Store {
             })?);
         }
         for m in &merges {
-            let uid = resolve(&redirect, m.loser);
+            let uid = follow(&redirect, m.loser);
             topics.push("link");
             bodies.push(serde_json::to_value(LinkNotice {
                 v: 1,
@@ -851,4 +842,16 @@ fn newest_names<'e>(
         }
     }
     names
+}
+
+/// Where a chain of merges (merged-away user → survivor) starting at `uid` ends, after at
+/// most 64 steps (a longer chain is not one the apply path makes).
+fn follow(redirect: &HashMap<i64, i64>, mut uid: i64) -> i64 {
+    for _ in 0..64 {
+        match redirect.get(&uid) {
+            Some(next) => uid = *next,
+            None => break,
+        }
+    }
+    uid
 }
