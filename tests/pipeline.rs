@@ -961,3 +961,169 @@ async fn a_nats_server_requiring_a_user_accepts_the_configured_credentials() {
     broker.client.flush().await.expect("a round trip");
     server.kill().await.expect("stop the server");
 }
+
+/// Message XP is paid once per identity and minute across batches: the minutes live as
+/// a bitmap on the identity's ledger row of the day, bit `n` from the left for minute
+/// `n`, as PostgreSQL's `set_bit` (and so migration 6, which filled it) counts them.
+#[tokio::test]
+async fn message_minutes_pay_once_across_batches_and_are_stored_as_the_day_s_bits() {
+    let env = TestEnv::new().await;
+    let stop = CancellationToken::new();
+    let worker = env.spawn_worker(stop.clone()).await;
+    let day = 86_400_000;
+    let minute = 60_000;
+    let d0 = (ttfd::now_ms() / day - 3) * day;
+    let say = |id: &str, ts: i64| ev(id, ts, "telegram:7", None, message(20));
+    let mut events = Vec::new();
+    for step in [
+        vec![
+            say("m:1", d0),
+            say("m:2", d0 + 5 * minute),
+            say("m:3", d0 + 5 * minute + 1),
+        ],
+        // Minute 5 again, the day's last minute, and the next day's first.
+        vec![
+            say("m:4", d0 + 5 * minute + 30_000),
+            say("m:5", d0 + day - 1),
+            say("m:6", d0 + day),
+        ],
+    ] {
+        events.extend(step.clone());
+        env.publish(&step).await;
+        env.wait_for_model(&events).await;
+    }
+    let p = env
+        .store
+        .profile(&Identity::parse("telegram:7").expect("identity"))
+        .await
+        .expect("profile")
+        .expect("a user");
+    let message_xp = env.settings.rules.message_xp;
+    assert_eq!((p.xp, p.messages), (4 * message_xp, 6));
+    let rows: Vec<(i32, i64, bool)> = sqlx::query_as(
+        "SELECT l.day - DATE '1970-01-01', l.xp,
+                l.minutes = (SELECT bit_or(set_bit(repeat('0', 1440)::bit(1440), m, 1))
+                             FROM unnest($1::int4[]) AS m)
+         FROM xp_ledger l ORDER BY l.day",
+    )
+    .bind(vec![0, 5, 1439])
+    .fetch_all(&env.store.pool)
+    .await
+    .expect("ledger");
+    let d = i32::try_from(d0 / day).expect("day");
+    assert_eq!(
+        rows[0],
+        (d, 3 * message_xp, true),
+        "day 0: minutes 0, 5, 1439"
+    );
+    let next: (i64, String) = sqlx::query_as(
+        "SELECT xp, minutes::text FROM xp_ledger WHERE day = DATE '1970-01-01' + $1",
+    )
+    .bind(d + 1)
+    .fetch_one(&env.store.pool)
+    .await
+    .expect("the next day");
+    assert_eq!(next.0, message_xp);
+    assert_eq!(next.1.find('1'), Some(0), "day 1: minute 0");
+    assert_eq!(next.1.matches('1').count(), 1);
+    assert_eq!(rows.len(), 2);
+    stop.cancel();
+    worker.await.expect("worker");
+    env.cleanup().await;
+}
+
+/// Migration 6 moves `message_buckets` onto the ledger rows bit for bit as the apply
+/// path sets them: after it, a message in a minute that paid before pays nothing, one in
+/// a new minute pays, also on a day that had minutes but no ledger row.
+#[tokio::test]
+async fn migration_6_moves_paid_minutes_onto_the_ledger_rows() {
+    use std::borrow::Cow;
+
+    use sqlx::ConnectOptions as _;
+    use sqlx::migrate::Migrator;
+    use ttfd::store::{MIGRATOR, Store};
+
+    let env = TestEnv::new().await;
+    sqlx::query("CREATE SCHEMA before6")
+        .execute(&env.store.pool)
+        .await
+        .expect("schema");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(
+            env.db
+                .options
+                .clone()
+                .options([("search_path", "before6")])
+                .disable_statement_logging(),
+        )
+        .await
+        .expect("pool");
+    let up_to_5 = Migrator {
+        migrations: Cow::Owned(
+            MIGRATOR
+                .migrations
+                .iter()
+                .filter(|m| m.version < 20261125000006)
+                .cloned()
+                .collect(),
+        ),
+        ..Migrator::DEFAULT
+    };
+    up_to_5.run(&pool).await.expect("migrations 1 to 5");
+    let day = 86_400_000;
+    let minute = 60_000;
+    let d = ttfd::now_ms() / day - 3;
+    let mx = env.settings.rules.message_xp;
+    // telegram:7 was paid for minutes 5 and 1439 of day d and, with message XP 0 at the
+    // time, minute 0 of day d + 1 (a bucket without a ledger row).
+    for statement in [
+        format!(
+            "INSERT INTO users (id, xp, messages, first_event_ms, last_event_ms)
+             VALUES (1, {}, 3, {}, {})",
+            2 * mx,
+            d * day + 5 * minute,
+            (d + 1) * day
+        ),
+        "INSERT INTO identities (id, platform, external_id, user_id) VALUES (1, 'telegram', '7', 1)"
+            .into(),
+        "SELECT setval('users_id_seq', 1), setval('identities_id_seq', 1)".into(),
+        format!(
+            "INSERT INTO xp_ledger (identity_id, day, xp) VALUES (1, DATE '1970-01-01' + {d}, {})",
+            2 * mx
+        ),
+        format!(
+            "INSERT INTO message_buckets (identity_id, minute)
+             VALUES (1, {0} * 1440 + 5), (1, {0} * 1440 + 1439), (1, ({0} + 1) * 1440)",
+            d
+        ),
+    ] {
+        sqlx::query(&statement)
+            .execute(&pool)
+            .await
+            .expect("state before migration 6");
+    }
+    MIGRATOR.run(&pool).await.expect("migration 6");
+    let store = Store::from_pool(pool, env.settings.rules.clone());
+    let say = |id: &str, ts: i64| ev(id, ts, "telegram:7", None, message(20));
+    store
+        .apply(&[
+            say("m:1", d * day + 5 * minute + 30_000),
+            say("m:2", d * day + day - 1),
+            say("m:3", (d + 1) * day + 1),
+            say("m:4", d * day + 6 * minute),
+        ])
+        .await
+        .expect("apply");
+    let p = store
+        .profile(&Identity::parse("telegram:7").expect("identity"))
+        .await
+        .expect("profile")
+        .expect("a user");
+    assert_eq!(
+        (p.xp, p.messages),
+        (3 * mx, 7),
+        "only minute 6 of day d pays"
+    );
+    env.cleanup().await;
+}

@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use ttfd::config::Settings;
 use ttfd::replay::rebuild::{RebuildArgs, RebuildOutcome, rebuild_with};
 use ttfd::replay::{ReplayArgs, Since, replay_with};
-use ttfd::shared::Event;
 use ttfd::shared::model;
+use ttfd::shared::wire::EventId;
+use ttfd::shared::{Event, Payload};
 use ttfd::store::Store;
 use ttfd::store::rebuild::FRESH_PREFIX;
 
@@ -656,6 +657,17 @@ async fn a_batch_waiting_on_the_swap_lands_in_the_new_tables() {
     env.cleanup().await;
 }
 
+/// Waits for the replicas' ack floor to reach stream sequence `seq` (they ack after they
+/// commit).
+async fn acked_through(env: &TestEnv, seq: u64) {
+    eventually("the replicas' ack floor", || async {
+        let mut c = env.broker.sync_consumer().await.ok()?;
+        let floor = c.info().await.ok()?.ack_floor.stream_sequence;
+        (floor == seq).then_some(())
+    })
+    .await;
+}
+
 /// Past the stream's retention, a snapshot taken since stands in for the lost events:
 /// the rebuild starts from it, then the retained stream; an older snapshot is refused.
 #[tokio::test]
@@ -666,16 +678,7 @@ async fn a_rebuild_from_a_snapshot_covers_the_events_the_stream_lost() {
     let early = community(300, 20, 13);
     env.publish(&early).await;
     env.wait_for_model(&early).await;
-    // The replica acks after it commits: wait for the acks too.
-    eventually(
-        "the replica's ack floor at the last early event",
-        || async {
-            let mut c = env.broker.sync_consumer().await.ok()?;
-            let floor = c.info().await.ok()?.ack_floor.stream_sequence;
-            (floor == early.len() as u64).then_some(())
-        },
-    )
-    .await;
+    acked_through(&env, early.len() as u64).await;
     let (snapshot, covers) = ttfd::replay::rebuild::snapshot_with(&env.store, &env.broker)
         .await
         .expect("snapshot");
@@ -762,5 +765,90 @@ async fn a_rebuild_from_a_snapshot_covers_the_events_the_stream_lost() {
         )),
         "{stderr}"
     );
+    env.cleanup().await;
+}
+
+/// A snapshot taken before migration 6 keeps message minutes in `message_buckets`; a
+/// rebuild from it puts them on the ledger rows, so a later message in one of those
+/// minutes pays nothing again.
+#[tokio::test]
+async fn a_snapshot_from_before_the_minute_bitmaps_keeps_its_minutes() {
+    let env = TestEnv::new().await;
+    let stop = CancellationToken::new();
+    let worker = env.spawn_worker(stop.clone()).await;
+    let early = community(300, 20, 21);
+    env.publish(&early).await;
+    env.wait_for_model(&early).await;
+    acked_through(&env, early.len() as u64).await;
+    let (snapshot, covers) = ttfd::replay::rebuild::snapshot_with(&env.store, &env.broker)
+        .await
+        .expect("snapshot");
+    // The snapshot as a version before migration 6 wrote it.
+    for statement in [
+        format!(
+            "CREATE TABLE {snapshot}.message_buckets AS
+             SELECT l.identity_id, (l.day - DATE '1970-01-01') * 1440::int8 + m AS minute
+             FROM {snapshot}.xp_ledger l, generate_series(0, 1439) AS m
+             WHERE substring(l.minutes::text, m + 1, 1) = '1'"
+        ),
+        format!("ALTER TABLE {snapshot}.xp_ledger DROP COLUMN minutes"),
+    ] {
+        sqlx::query(&statement)
+            .execute(&env.store.pool)
+            .await
+            .expect("old snapshot format");
+    }
+    // More messages in minutes that already paid.
+    let late: Vec<Event> = early
+        .iter()
+        .filter(|e| match e.payload {
+            Payload::Message { len, .. } => env.settings.rules.message_is_eligible(len),
+            _ => false,
+        })
+        .take(40)
+        .map(|e| Event {
+            id: EventId::parse(&format!("again:{}", e.id.as_str())).expect("id"),
+            ..e.clone()
+        })
+        .collect();
+    assert_eq!(late.len(), 40, "enough eligible messages");
+    env.publish(&late).await;
+    let all: Vec<Event> = early.iter().chain(&late).cloned().collect();
+    env.wait_for_model(&all).await;
+    stop.cancel();
+    worker.await.expect("worker stops");
+
+    let stream = env
+        .broker
+        .js
+        .get_stream(env.broker.subjects.events_stream())
+        .await
+        .expect("stream");
+    stream
+        .purge()
+        .sequence(covers + 1)
+        .await
+        .expect("purge the early events");
+    let outcome = rebuild_with(
+        env.store.clone(),
+        env.broker.clone(),
+        &env.settings,
+        &RebuildArgs {
+            check: false,
+            show: 20,
+            from_snapshot: Some(snapshot.clone()),
+        },
+        false,
+        CancellationToken::new(),
+    )
+    .await
+    .expect("the rebuild from the old snapshot runs");
+    assert!(
+        matches!(outcome, RebuildOutcome::Swapped { .. }),
+        "swapped: {outcome}"
+    );
+    common::compare(&env.store, &model::fold(&env.settings.rules, &all))
+        .await
+        .expect("each minute paid once");
     env.cleanup().await;
 }

@@ -4,13 +4,14 @@
 //! - an event id is claimed in `processed_events` in the same transaction, so a batch
 //!   that commits applies each event once, and one that rolls back applies nothing;
 //! - XP facts are keyed so that their union does not depend on order: message XP by
-//!   `(identity, minute)` bucket, the ledger by `(identity, day)`, names by the newest
+//!   `(identity, minute)` bucket (a bit of the identity's ledger row for the day, see
+//!   [`super::minutes`]), the ledger by `(identity, day)`, names by the newest
 //!   `(ts, id)`, merges by the final partition (the survivor is the smaller uid);
 //! - the peak rank is recomputed from event-time facts (see `ttfd_shared::model`).
 //!
 //! Concurrency: a batch transaction has two phases.
-//! 1. Claims and buckets: rows keyed by event id and by identity and minute, which
-//!    concurrent batches rarely share; locks taken in sorted key order.
+//! 1. Claims: rows keyed by event id, which concurrent batches rarely share; locks
+//!    taken in sorted key order.
 //! 2. Settle: everything keyed by user (owners, users, ledger, links, merges, outbox),
 //!    under the *settle lock*, a transaction-level advisory lock per schema, until
 //!    commit. The most active users are in nearly every batch, so these rows serialize
@@ -19,7 +20,7 @@
 //!    between reading owners and writing users. Every write to users, identity
 //!    ownership, the ledger and links happens in this phase.
 //!
-//! While one replica settles, the others decode, claim and count buckets. Display names
+//! While one replica settles, the others decode, claim and fold. Display names
 //! are written after commit, in a statement of their own, for every event of the batch
 //! (also the duplicates): newest wins, so writing a name twice changes nothing, and a
 //! crash between the commit and that statement is repaired by the redelivery.
@@ -29,10 +30,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use sqlx::{Postgres, Row, Transaction};
 use tracing::instrument;
 use ttfd_shared::model::peak_ranks;
-use ttfd_shared::rules::{self, MINUTE_MS};
+use ttfd_shared::rules;
 use ttfd_shared::wire::{LinkNotice, RankNotice, WireIdentity};
 use ttfd_shared::{Event, Payload};
 
+use super::minutes::DayMinutes;
 use super::{Generation, Store, StoreError};
 use crate::now_ms;
 
@@ -96,12 +98,21 @@ fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     }
 }
 
+/// What a batch brings to one identity's ledger row for one day: XP other than message
+/// XP, and the minutes of eligible messages (message XP, once the settle phase knows
+/// which minutes are new).
+#[derive(Debug, Default)]
+struct LedgerDay {
+    xp: i64,
+    minutes: Option<DayMinutes>,
+}
+
 /// What a batch established before the settle lock: its identities, per-identity
-/// deltas, XP per identity and day, links (sorted by event time).
+/// deltas, ledger rows per identity and day, links (sorted by event time).
 struct Facts<'e> {
     iids: Vec<i64>,
     deltas: BTreeMap<i64, UserRow>,
-    ledger: BTreeMap<(i64, i32), i64>,
+    ledger: BTreeMap<(i64, i32), LedgerDay>,
     links: Vec<(&'e Event, i64, i64)>,
 }
 
@@ -304,59 +315,48 @@ impl Store {
                 .ok_or(StoreError::Contended)
         };
 
-        // 2. Fold the events into per-identity deltas and facts. No user row is locked
-        // yet: hot users are locked only for the short end of the transaction.
+        // 2. Fold the events into per-identity deltas and facts: XP and message minutes
+        // per identity and day. No user row is locked yet.
         let mut deltas: BTreeMap<i64, UserRow> = BTreeMap::new();
-        let mut buckets: BTreeSet<(i64, i64)> = BTreeSet::new();
-        let mut ledger: BTreeMap<(i64, i32), i64> = BTreeMap::new();
+        let mut ledger: BTreeMap<(i64, i32), LedgerDay> = BTreeMap::new();
         let mut links: Vec<(&Event, i64, i64)> = Vec::new();
         for e in &events {
             let iid = iid_of(&e.identity)?;
             let user = deltas.entry(iid).or_default();
             user.saw(e.ts);
-            match &e.payload {
+            let xp = rules.standalone_xp(&e.payload);
+            let eligible = match &e.payload {
                 Payload::Message { len, .. } => {
                     user.messages += 1;
-                    if rules.message_is_eligible(*len) {
-                        buckets.insert((iid, rules::minute_of(e.ts)));
-                    }
+                    rules.message_is_eligible(*len)
                 }
-                Payload::Voice { seconds, .. } => user.voice_seconds += i64::from(*seconds),
+                Payload::Voice { seconds, .. } => {
+                    user.voice_seconds += i64::from(*seconds);
+                    false
+                }
                 Payload::Game { won, .. } => {
                     user.games_played += 1;
                     user.games_won += i64::from(*won);
+                    false
                 }
-                Payload::Xp { .. } => {}
-                Payload::Link { other, .. } => links.push((e, iid, iid_of(other)?)),
-            }
-            let xp = rules.standalone_xp(&e.payload);
-            if xp != 0 {
-                *ledger.entry((iid, rules::day_of(e.ts))).or_default() += xp;
-            }
-        }
-
-        // 3. Message XP: the first eligible message of an identity in a minute.
-        if !buckets.is_empty() {
-            let (b_ids, b_minutes): (Vec<i64>, Vec<i64>) = buckets.iter().copied().unzip();
-            let new_buckets: Vec<(i64, i64)> = sqlx::query_as(
-                "INSERT INTO message_buckets (identity_id, minute)
-                 SELECT i, m FROM unnest($1::int8[], $2::int8[]) AS t(i, m) ORDER BY i, m
-                 ON CONFLICT DO NOTHING RETURNING identity_id, minute",
-            )
-            .bind(&b_ids)
-            .bind(&b_minutes)
-            .fetch_all(&mut **tx)
-            .await?;
-            if rules.message_xp != 0 {
-                for (iid, minute) in new_buckets {
-                    *ledger
-                        .entry((iid, rules::day_of(minute * MINUTE_MS)))
-                        .or_default() += rules.message_xp;
+                Payload::Xp { .. } => false,
+                Payload::Link { other, .. } => {
+                    links.push((e, iid, iid_of(other)?));
+                    false
+                }
+            };
+            if xp != 0 || eligible {
+                let day = ledger.entry((iid, rules::day_of(e.ts))).or_default();
+                day.xp += xp;
+                if eligible {
+                    day.minutes
+                        .get_or_insert_with(DayMinutes::default)
+                        .insert_time(e.ts);
                 }
             }
         }
 
-        ledger.retain(|_, xp| *xp != 0);
+        ledger.retain(|_, day| day.xp != 0 || day.minutes.is_some());
         links.sort_by_key(|(e, _, _)| (e.ts, &e.id));
         let facts = Facts {
             iids,
@@ -377,7 +377,7 @@ impl Store {
         self.settle_users(tx, &facts, outcome).await
     }
 
-    /// Steps 4 to 9, under the settle lock: the users, then everything that needs them.
+    /// Steps 3 to 8, under the settle lock: the users, then everything that needs them.
     async fn settle_users(
         &self,
         tx: &mut Transaction<'static, Postgres>,
@@ -391,7 +391,7 @@ impl Store {
             ledger,
             links,
         } = facts;
-        // 4. The owners of the identities, then those users. Under the settle lock
+        // 3. The owners of the identities, then those users. Under the settle lock
         // neither changes until commit. An owner cached from an earlier read that has
         // since been merged away leads, by `merged_into`, to the user that has its
         // identities now.
@@ -488,35 +488,62 @@ impl Store {
                 .absorb(d);
         }
 
-        // 5. The ledger, and the users' XP from it. A day that ends below zero marks
-        // its user for the slow peak path.
+        // 4. The ledger, and the users' XP from it: each day's XP plus message XP for
+        // its minutes not already on the row. A day that ends below zero marks its user
+        // for the slow peak path. Under the settle lock the statement's snapshot is the
+        // rows it updates, so what it reports is what it added.
+        let mut added: BTreeMap<(i64, i32), i64> = BTreeMap::new();
         if !ledger.is_empty() {
             let mut l_ids = Vec::with_capacity(ledger.len());
             let mut l_days = Vec::with_capacity(ledger.len());
             let mut l_xp = Vec::with_capacity(ledger.len());
-            for (&(iid, day), &xp) in ledger {
+            let mut l_minutes = Vec::with_capacity(ledger.len());
+            for (&(iid, day), facts) in ledger {
+                let xp =
+                    facts.xp + rules.message_xp * facts.minutes.as_ref().map_or(0, DayMinutes::len);
                 l_ids.push(iid);
                 l_days.push(day);
                 l_xp.push(xp);
-                if let Some(u) = state.get_mut(&owner[&iid]) {
-                    u.xp += xp;
-                }
+                l_minutes.push(facts.minutes.as_ref());
+                added.insert((iid, day), xp);
             }
-            let dipped: Vec<i64> = sqlx::query_scalar(
-                "WITH added AS (
-                     INSERT INTO xp_ledger (identity_id, day, xp)
-                     SELECT i, DATE '1970-01-01' + d, x
-                     FROM unnest($1::int8[], $2::int4[], $3::int8[]) AS t(i, d, x)
-                     ORDER BY i, d
-                     ON CONFLICT (identity_id, day) DO UPDATE SET xp = xp_ledger.xp + excluded.xp
-                     RETURNING identity_id, xp)
-                 SELECT DISTINCT identity_id FROM added WHERE xp < 0",
+            let corrections: Vec<(i64, i32, i64, bool)> = sqlx::query_as(
+                "WITH input AS (
+                     SELECT i, d, x, m FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::bit(1440)[])
+                       AS t(i, d, x, m)),
+                 seen AS (
+                     SELECT input.*, DATE '1970-01-01' + d AS day,
+                            x - $5 * coalesce(bit_count(m & l.minutes), 0) AS gain,
+                            coalesce(l.xp, 0) AS had
+                     FROM input LEFT JOIN xp_ledger l
+                       ON l.identity_id = input.i AND l.day = DATE '1970-01-01' + input.d),
+                 written AS (
+                     INSERT INTO xp_ledger AS l (identity_id, day, xp, minutes)
+                     SELECT i, day, gain, m FROM seen ORDER BY i, day
+                     ON CONFLICT (identity_id, day) DO UPDATE
+                     SET xp = l.xp + excluded.xp,
+                         minutes = coalesce(l.minutes | excluded.minutes, l.minutes, excluded.minutes))
+                 SELECT i, d, gain, had + gain < 0 FROM seen WHERE gain <> x OR had + gain < 0",
             )
             .bind(&l_ids)
             .bind(&l_days)
             .bind(&l_xp)
+            .bind(&l_minutes)
+            .bind(rules.message_xp)
             .fetch_all(&mut **tx)
             .await?;
+            let mut dipped = Vec::new();
+            for (iid, day, gain, below_zero) in corrections {
+                added.insert((iid, day), gain);
+                if below_zero {
+                    dipped.push(iid);
+                }
+            }
+            for (&(iid, _), xp) in &added {
+                if let Some(u) = state.get_mut(&owner[&iid]) {
+                    u.xp += xp;
+                }
+            }
             for iid in dipped {
                 if let Some(u) = owner.get(&iid).and_then(|uid| state.get_mut(uid)) {
                     u.dipped = true;
@@ -524,7 +551,7 @@ impl Store {
             }
         }
 
-        // 6. Links: record each, merge users that differ (the smaller uid survives)., merge users that differ (the smaller uid survives).
+        // 5. Links: record each, merge users that differ (the smaller uid survives).
         let mut merges: Vec<Merge> = Vec::new();
         let mut redirect: HashMap<i64, i64> = HashMap::new();
         for (e, a, b) in links {
@@ -595,7 +622,7 @@ impl Store {
             state.remove(l);
         }
 
-        // 7. Peak rank, in event time: the current rank unless a user has a day with
+        // 6. Peak rank, in event time: the current rank unless a user has a day with
         // negative XP. Then, if this batch only added XP on or after the user's last
         // active day (live traffic, or a backlog replayed in order), the cumulative XP of
         // earlier days is unchanged and of later ones rises to the new total, so the peak
@@ -612,7 +639,7 @@ impl Store {
         }
         if !non_monotone.is_empty() {
             let mut out_of_order: HashSet<i64> = survivors_of_losers.iter().copied().collect();
-            for (&(iid, day), &xp) in ledger {
+            for (&(iid, day), &xp) in &added {
                 let uid = follow(&redirect, owner[&iid]);
                 let last_day = before.get(&uid).and_then(|b| b.1).map(rules::day_of);
                 if xp < 0 || last_day.is_some_and(|last| day < last) {
@@ -636,7 +663,7 @@ impl Store {
             }
         }
 
-        // 8. Write the users back.
+        // 7. Write the users back.
         let cols = |f: fn(&UserRow) -> i64| state.values().map(f).collect::<Vec<i64>>();
         sqlx::query(
             "UPDATE users u SET xp = t.xp, ledger_dipped = t.dipped, peak_rank = t.peak,
@@ -660,7 +687,7 @@ impl Store {
         .execute(&mut **tx)
         .await?;
 
-        // 9. Notifications, committed with the change (transactional outbox).
+        // 8. Notifications, committed with the change (transactional outbox).
         let ranked: Vec<(i64, u8, u8)> = state
             .iter()
             .filter_map(|(uid, u)| {

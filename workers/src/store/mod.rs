@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod codes;
+pub mod minutes;
 pub mod outbox;
 pub mod query;
 pub mod rebuild;

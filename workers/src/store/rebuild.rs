@@ -29,11 +29,10 @@ use crate::config::DatabaseSettings;
 /// table (the outbox, dead-letter tallies, link codes) stays as it is. In lock order:
 /// `processed_events` first, as the apply path writes it first, so a batch in flight
 /// is let finish and the next one waits before holding anything.
-pub const PROJECTIONS: [&str; 7] = [
+pub const PROJECTIONS: [&str; 6] = [
     "processed_events",
     "users",
     "identities",
-    "message_buckets",
     "xp_ledger",
     "links",
     "identity_names",
@@ -422,6 +421,23 @@ impl Store {
                 .join(", ");
             sqlx::query(&format!(
                 "INSERT INTO {fresh}.{t} ({list}) SELECT {list} FROM {snapshot}.{t}"
+            ))
+            .execute(&mut *tx)
+            .await?;
+        }
+        // A snapshot from before migration 6 keeps message minutes in a table of their own.
+        let buckets: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+            .bind(format!("{snapshot}.message_buckets"))
+            .fetch_one(&mut *tx)
+            .await?;
+        if buckets.is_some() {
+            sqlx::query(&format!(
+                "INSERT INTO {fresh}.xp_ledger AS l (identity_id, day, xp, minutes)
+                 SELECT identity_id, DATE '1970-01-01' + floor(minute / 1440.0)::int, 0,
+                        bit_or(set_bit(repeat('0', 1440)::bit(1440),
+                                       (minute - 1440 * floor(minute / 1440.0))::int, 1))
+                 FROM {snapshot}.message_buckets GROUP BY 1, 2
+                 ON CONFLICT (identity_id, day) DO UPDATE SET minutes = excluded.minutes"
             ))
             .execute(&mut *tx)
             .await?;

@@ -64,7 +64,7 @@ impl ScratchDb {
     /// Empties every table (between benchmark runs).
     pub async fn truncate(&self, pool: &PgPool) -> Result<(), StoreError> {
         sqlx::query(
-            "TRUNCATE users, identities, identity_names, message_buckets, xp_ledger, links, processed_events,
+            "TRUNCATE users, identities, identity_names, xp_ledger, links, processed_events,
                       outbox, dead_letters RESTART IDENTITY",
         )
         .execute(pool)
