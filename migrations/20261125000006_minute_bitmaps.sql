@@ -4,6 +4,11 @@
 -- NULL: no eligible message that day.
 ALTER TABLE xp_ledger ADD COLUMN minutes bit(1440);
 
+-- What the row's last write added to xp (the day's XP plus message XP for its minutes
+-- that were new): the apply path's upsert computes it from the row it locked and reads
+-- it back, as RETURNING shows only the new row in PostgreSQL 15.
+ALTER TABLE xp_ledger ADD COLUMN added bigint NOT NULL DEFAULT 0;
+
 -- Each day's minutes from message_buckets (minute = Unix minute; days are floor
 -- divisions, as the apply path's). A day with minutes but no ledger row yet (message XP
 -- configured 0) gets a row with 0 XP.

@@ -26,6 +26,7 @@
 //! crash between the commit and that statement is repaired by the redelivery.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::Ordering;
 
 use sqlx::{Postgres, Row, Transaction};
 use tracing::instrument;
@@ -133,11 +134,63 @@ impl Store {
     pub async fn apply(&self, events: &[Event]) -> Result<Applied, StoreError> {
         let identity = self.identities_of(events).await?;
         let names = newest_names(events, &identity);
-        let mut tx = self.pool.begin().await?;
-        let outcome = self.apply_in(&mut tx, events, identity).await?;
+        let mut events: Vec<&Event> = events.iter().collect();
+        events.sort_by(|a, b| a.id.cmp(&b.id));
+        events.dedup_by(|a, b| a.id == b.id);
+        let (mut tx, fresh) = self.claim(&events).await?;
+        let outcome = self.apply_in(&mut tx, events, fresh, identity).await?;
         tx.commit().await?;
         self.write_names(&names).await?;
         Ok(outcome)
+    }
+
+    /// Step 1: opens the batch transaction and claims the events' ids (sorted, distinct)
+    /// in it. Returns the ids nobody had claimed before when some were taken (a
+    /// redelivery, a replay), `None` when all were free.
+    ///
+    /// Optimistically a plain insert: `ON CONFLICT DO NOTHING` inserts speculatively,
+    /// which costs about 40% more and is needed only when an id is taken. A taken id
+    /// fails the plain insert; the batch then starts over with the careful claim, and so
+    /// do the next batches until one finds no id taken. A duplicate in flight on another
+    /// replica makes either insert wait for that transaction: claimed once either way.
+    async fn claim(
+        &self,
+        events: &[&Event],
+    ) -> Result<(Transaction<'static, Postgres>, Option<Vec<String>>), StoreError> {
+        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        if !self.careful_claims.load(Ordering::Relaxed) {
+            let mut tx = self.pool.begin().await?;
+            let claimed = sqlx::query(
+                "INSERT INTO processed_events (id)
+                 SELECT id FROM unnest($1::text[]) AS t(id) ORDER BY id",
+            )
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await;
+            match claimed {
+                Ok(_) => return Ok((tx, None)),
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                    tx.rollback().await?;
+                    self.careful_claims.store(true, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        let fresh: Option<Vec<String>> = sqlx::query_scalar(
+            "WITH claimed AS (
+                 INSERT INTO processed_events (id) SELECT id FROM unnest($1::text[]) AS t(id)
+                 ORDER BY id ON CONFLICT DO NOTHING RETURNING id)
+             SELECT CASE WHEN count(*) < $2 THEN coalesce(array_agg(id), '{}') END
+             FROM claimed",
+        )
+        .bind(&ids)
+        .bind(i64::try_from(ids.len()).unwrap_or(i64::MAX))
+        .fetch_one(&mut *tx)
+        .await?;
+        self.careful_claims
+            .store(fresh.is_some(), Ordering::Relaxed);
+        Ok((tx, fresh))
     }
 
     /// Display names: the newest `(ts, id)` wins, whatever arrives first. Rows in
@@ -254,29 +307,13 @@ impl Store {
     async fn apply_in(
         &self,
         tx: &mut Transaction<'static, Postgres>,
-        events: &[Event],
+        mut events: Vec<&Event>,
+        fresh: Option<Vec<String>>,
         identity: HashMap<(&str, &str), i64>,
     ) -> Result<Applied, StoreError> {
         let rules = &*self.rules;
-        let mut events: Vec<&Event> = events.iter().collect();
-        events.sort_by(|a, b| a.id.cmp(&b.id));
-        events.dedup_by(|a, b| a.id == b.id);
-
-        // (Step 0, the identities, ran before the transaction: `identities_of`.)
-        // 1. Claim the ids; only the ones nobody applied before go on. The ids come back
-        // only when some were taken (a redelivery, a replay), not in the common case.
-        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
-        let fresh: Option<Vec<String>> = sqlx::query_scalar(
-            "WITH claimed AS (
-                 INSERT INTO processed_events (id) SELECT id FROM unnest($1::text[]) AS t(id)
-                 ORDER BY id ON CONFLICT DO NOTHING RETURNING id)
-             SELECT CASE WHEN count(*) < $2 THEN coalesce(array_agg(id), '{}') END
-             FROM claimed",
-        )
-        .bind(&ids)
-        .bind(i64::try_from(ids.len()).unwrap_or(i64::MAX))
-        .fetch_one(&mut **tx)
-        .await?;
+        // (Steps 0 and 1, the identities and the claims, ran before: `identities_of`,
+        // `claim`.) Only the events nobody applied before go on.
         let total = events.len();
         if let Some(fresh) = fresh {
             let fresh: HashSet<String> = fresh.into_iter().collect();
@@ -489,9 +526,9 @@ impl Store {
         }
 
         // 4. The ledger, and the users' XP from it: each day's XP plus message XP for
-        // its minutes not already on the row. A day that ends below zero marks its user
-        // for the slow peak path. Under the settle lock the statement's snapshot is the
-        // rows it updates, so what it reports is what it added.
+        // its minutes not already on the row. The upsert reports what it added to each
+        // row (`added`, computed from the row it locked); a day that ends below zero
+        // marks its user for the slow peak path.
         let mut added: BTreeMap<(i64, i32), i64> = BTreeMap::new();
         if !ledger.is_empty() {
             let mut l_ids = Vec::with_capacity(ledger.len());
@@ -499,31 +536,25 @@ impl Store {
             let mut l_xp = Vec::with_capacity(ledger.len());
             let mut l_minutes = Vec::with_capacity(ledger.len());
             for (&(iid, day), facts) in ledger {
-                let xp =
-                    facts.xp + rules.message_xp * facts.minutes.as_ref().map_or(0, DayMinutes::len);
+                let minutes = facts.minutes.as_ref();
                 l_ids.push(iid);
                 l_days.push(day);
-                l_xp.push(xp);
-                l_minutes.push(facts.minutes.as_ref());
-                added.insert((iid, day), xp);
+                l_xp.push(facts.xp + rules.message_xp * minutes.map_or(0, DayMinutes::len));
+                l_minutes.push(minutes);
             }
-            let corrections: Vec<(i64, i32, i64, bool)> = sqlx::query_as(
-                "WITH input AS (
-                     SELECT i, d, x, m FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::bit(1440)[])
-                       AS t(i, d, x, m)),
-                 seen AS (
-                     SELECT input.*, DATE '1970-01-01' + d AS day,
-                            x - $5 * coalesce(bit_count(m & l.minutes), 0) AS gain,
-                            coalesce(l.xp, 0) AS had
-                     FROM input LEFT JOIN xp_ledger l
-                       ON l.identity_id = input.i AND l.day = DATE '1970-01-01' + input.d),
-                 written AS (
-                     INSERT INTO xp_ledger AS l (identity_id, day, xp, minutes)
-                     SELECT i, day, gain, m FROM seen ORDER BY i, day
+            let written: Vec<(i64, i32, i64, bool)> = sqlx::query_as(
+                "WITH written AS (
+                     INSERT INTO xp_ledger AS l (identity_id, day, xp, minutes, added)
+                     SELECT i, DATE '1970-01-01' + d, x, m, x
+                     FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::bit(1440)[]) AS t(i, d, x, m)
+                     ORDER BY i, d
                      ON CONFLICT (identity_id, day) DO UPDATE
-                     SET xp = l.xp + excluded.xp,
-                         minutes = coalesce(l.minutes | excluded.minutes, l.minutes, excluded.minutes))
-                 SELECT i, d, gain, had + gain < 0 FROM seen WHERE gain <> x OR had + gain < 0",
+                     SET added = excluded.xp - $5 * coalesce(bit_count(excluded.minutes & l.minutes), 0),
+                         xp = l.xp + excluded.xp
+                              - $5 * coalesce(bit_count(excluded.minutes & l.minutes), 0),
+                         minutes = coalesce(l.minutes | excluded.minutes, l.minutes, excluded.minutes)
+                     RETURNING identity_id, day, added, xp)
+                 SELECT identity_id, day - DATE '1970-01-01', added, xp < 0 FROM written",
             )
             .bind(&l_ids)
             .bind(&l_days)
@@ -532,22 +563,13 @@ impl Store {
             .bind(rules.message_xp)
             .fetch_all(&mut **tx)
             .await?;
-            let mut dipped = Vec::new();
-            for (iid, day, gain, below_zero) in corrections {
+            for (iid, day, gain, below_zero) in written {
                 added.insert((iid, day), gain);
-                if below_zero {
-                    dipped.push(iid);
-                }
-            }
-            for (&(iid, _), xp) in &added {
-                if let Some(u) = state.get_mut(&owner[&iid]) {
-                    u.xp += xp;
-                }
-            }
-            for iid in dipped {
-                if let Some(u) = owner.get(&iid).and_then(|uid| state.get_mut(uid)) {
-                    u.dipped = true;
-                }
+                let Some(u) = owner.get(&iid).and_then(|uid| state.get_mut(uid)) else {
+                    continue;
+                };
+                u.xp += gain;
+                u.dipped |= below_zero;
             }
         }
 

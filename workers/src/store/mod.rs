@@ -13,6 +13,7 @@ pub mod rebuild;
 pub mod scratch;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -92,6 +93,9 @@ pub struct Store {
     pub pool: PgPool,
     pub rules: Arc<Rules>,
     identities: IdentityCache,
+    /// Claim event ids with `ON CONFLICT DO NOTHING` (the last claim found one taken)
+    /// rather than optimistically ([`Store::apply`]).
+    careful_claims: Arc<AtomicBool>,
 }
 
 /// What the apply path remembers of the identities, shared by the workers of a process:
@@ -218,6 +222,7 @@ impl Store {
             pool,
             rules: Arc::new(rules),
             identities: IdentityCache::default(),
+            careful_claims: Arc::new(AtomicBool::new(false)),
         }
     }
 
