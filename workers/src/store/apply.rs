@@ -28,7 +28,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Postgres, Transaction};
 use tracing::instrument;
 use ttfd_shared::model::peak_ranks;
 use ttfd_shared::rules;
@@ -455,7 +455,21 @@ impl Store {
         let mut wanted: BTreeSet<i64> = owner.values().copied().collect();
         for _ in 0..64 {
             let uids: Vec<i64> = wanted.iter().copied().collect();
-            let rows = sqlx::query(
+            // Columns by position: by name, each would be a lookup per row.
+            type Read = (
+                i64,
+                Option<i64>,
+                i64,
+                bool,
+                i16,
+                i64,
+                i64,
+                i64,
+                i64,
+                Option<i64>,
+                Option<i64>,
+            );
+            let rows: Vec<Read> = sqlx::query_as(
                 "SELECT id, merged_into, xp, ledger_dipped, peak_rank, messages, voice_seconds,
                         games_played, games_won, first_event_ms, last_event_ms
                  FROM users WHERE id = ANY($1)",
@@ -467,9 +481,21 @@ impl Store {
                 return Err(self.identities.stale());
             }
             wanted.clear();
-            for r in rows {
-                let id: i64 = r.get("id");
-                if let Some(survivor) = r.get::<Option<i64>, _>("merged_into") {
+            for (
+                id,
+                merged_into,
+                xp,
+                dipped,
+                peak_rank,
+                messages,
+                voice,
+                played,
+                won,
+                first_ms,
+                last_ms,
+            ) in rows
+            {
+                if let Some(survivor) = merged_into {
                     moved.insert(id, survivor);
                     if !state.contains_key(&survivor) && !moved.contains_key(&survivor) {
                         wanted.insert(survivor);
@@ -479,15 +505,15 @@ impl Store {
                 state.insert(
                     id,
                     UserRow {
-                        xp: r.get("xp"),
-                        dipped: r.get("ledger_dipped"),
-                        peak_rank: r.get("peak_rank"),
-                        messages: r.get("messages"),
-                        voice_seconds: r.get("voice_seconds"),
-                        games_played: r.get("games_played"),
-                        games_won: r.get("games_won"),
-                        first_ms: r.get("first_event_ms"),
-                        last_ms: r.get("last_event_ms"),
+                        xp,
+                        dipped,
+                        peak_rank,
+                        messages,
+                        voice_seconds: voice,
+                        games_played: played,
+                        games_won: won,
+                        first_ms,
+                        last_ms,
                     },
                 );
             }
@@ -526,9 +552,9 @@ impl Store {
         }
 
         // 4. The ledger, and the users' XP from it: each day's XP plus message XP for
-        // its minutes not already on the row. The upsert reports what it added to each
-        // row (`added`, computed from the row it locked); a day that ends below zero
-        // marks its user for the slow peak path.
+        // its minutes not already on the row. The upsert computes what it added to each
+        // row from the row it locked (`added`); a day that ends below zero marks its user
+        // for the slow peak path.
         let mut added: BTreeMap<(i64, i32), i64> = BTreeMap::new();
         if !ledger.is_empty() {
             let mut l_ids = Vec::with_capacity(ledger.len());
@@ -623,7 +649,8 @@ impl Store {
         if !losers.is_empty() {
             sqlx::query(
                 "UPDATE identities SET user_id = t.s
-                 FROM unnest($1::int8[], $2::int8[]) AS t(l, s) WHERE identities.user_id = t.l",
+                 FROM unnest($1::int8[], $2::int8[]) AS t(l, s)
+                 WHERE identities.user_id = t.l AND identities.user_id = ANY($1)",
             )
             .bind(&losers)
             .bind(&survivors_of_losers)
@@ -781,23 +808,32 @@ impl Store {
     }
 
     /// Peak ranks of `uids` from their whole ledger and link history.
+    ///
+    /// The ledger and links are read by `identity = ANY(ids)`, which their indexes serve
+    /// whatever the planner's statistics say; a join on the identities, planned
+    /// generically for a prepared statement on tables not yet analyzed, scanned them
+    /// whole.
     async fn event_time_peaks(
         &self,
         tx: &mut Transaction<'static, Postgres>,
         uids: &[i64],
     ) -> Result<Vec<(i64, i16)>, StoreError> {
         let ledger: Vec<(i64, i64, i32, i64)> = sqlx::query_as(
-            "SELECT i.user_id, l.identity_id, l.day - DATE '1970-01-01', l.xp
-             FROM xp_ledger l JOIN identities i ON i.id = l.identity_id
-             WHERE i.user_id = ANY($1)",
+            "WITH members AS MATERIALIZED (
+                 SELECT id, user_id FROM identities WHERE user_id = ANY($1))
+             SELECT m.user_id, l.identity_id, l.day - DATE '1970-01-01', l.xp
+             FROM xp_ledger l JOIN members m ON m.id = l.identity_id
+             WHERE l.identity_id = ANY(ARRAY(SELECT id FROM members))",
         )
         .bind(uids)
         .fetch_all(&mut **tx)
         .await?;
         let links: Vec<(i64, i64, i64, i32)> = sqlx::query_as(
-            "SELECT i.user_id, k.identity_a, k.identity_b, k.day - DATE '1970-01-01'
-             FROM links k JOIN identities i ON i.id = k.identity_a
-             WHERE i.user_id = ANY($1)",
+            "WITH members AS MATERIALIZED (
+                 SELECT id, user_id FROM identities WHERE user_id = ANY($1))
+             SELECT m.user_id, k.identity_a, k.identity_b, k.day - DATE '1970-01-01'
+             FROM links k JOIN members m ON m.id = k.identity_a
+             WHERE k.identity_a = ANY(ARRAY(SELECT id FROM members))",
         )
         .bind(uids)
         .fetch_all(&mut **tx)
