@@ -111,7 +111,8 @@ struct IdentityCache(Arc<Mutex<CacheInner>>);
 
 #[derive(Default)]
 struct CacheInner {
-    ids: HashMap<String, i64>,
+    /// Identity ids by platform, then platform user: looked up without building a key.
+    ids: HashMap<String, HashMap<String, i64>>,
     owners: HashMap<i64, i64>,
     generation: Option<Generation>,
 }
@@ -123,11 +124,6 @@ pub(crate) type Generation = (i64, i64);
 const IDENTITY_CACHE_MAX: usize = 1_000_000;
 
 impl IdentityCache {
-    fn key(platform: &str, user: &str) -> String {
-        // Platforms contain no ':', so the key is unambiguous.
-        format!("{platform}:{user}")
-    }
-
     fn inner(&self) -> std::sync::MutexGuard<'_, CacheInner> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -135,19 +131,26 @@ impl IdentityCache {
     fn lookup<'k>(&self, keys: &BTreeSet<(&'k str, &'k str)>) -> HashMap<(&'k str, &'k str), i64> {
         let inner = self.inner();
         keys.iter()
-            .filter_map(|&(p, u)| inner.ids.get(&Self::key(p, u)).map(|id| ((p, u), *id)))
+            .filter_map(|&(p, u)| {
+                let id = inner.ids.get(p)?.get(u)?;
+                Some(((p, u), *id))
+            })
             .collect()
     }
 
     /// Remembers `(identity id, platform, user, owner)` rows just read or created.
     fn remember(&self, found: &[(i64, String, String, i64)]) {
         let mut inner = self.inner();
-        if inner.ids.len() + found.len() > IDENTITY_CACHE_MAX {
+        if inner.owners.len() + found.len() > IDENTITY_CACHE_MAX {
             inner.ids.clear();
             inner.owners.clear();
         }
         for (id, p, u, owner) in found {
-            inner.ids.insert(Self::key(p, u), *id);
+            inner
+                .ids
+                .entry(p.clone())
+                .or_default()
+                .insert(u.clone(), *id);
             inner.owners.insert(*id, *owner);
         }
     }

@@ -20,7 +20,6 @@
 pub mod relay;
 
 use crate::broker::EXIT_FLUSH;
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -253,7 +252,8 @@ impl SyncWorker {
         let now = now_ms();
         let subjects = &self.broker.subjects;
         let mut good: Vec<Event> = Vec::with_capacity(msgs.len());
-        let mut origin: HashMap<String, usize> = HashMap::new();
+        // The message each good event came from, by position in `good`.
+        let mut origin: Vec<usize> = Vec::with_capacity(msgs.len());
         let mut bad: Vec<(usize, Rejection)> = Vec::new();
         for (i, m) in msgs.iter().enumerate() {
             let decoded = subjects
@@ -267,7 +267,7 @@ impl SyncWorker {
                 .and_then(|tokens| wire::decode(&m.payload, tokens, now));
             match decoded {
                 Ok(e) => {
-                    origin.entry(e.id.as_str().to_owned()).or_insert(i);
+                    origin.push(i);
                     good.push(e);
                 }
                 Err(r) => bad.push((i, r)),
@@ -276,8 +276,8 @@ impl SyncWorker {
 
         let poisoned = self.apply_isolating(&good, &msgs, shutdown).await?;
         for (id, reason) in poisoned {
-            if let Some(i) = origin.get(&id) {
-                bad.push((*i, Rejection::new("apply_failed", reason)));
+            if let Some(at) = good.iter().position(|e| e.id.as_str() == id) {
+                bad.push((origin[at], Rejection::new("apply_failed", reason)));
             }
         }
         if !bad.is_empty() {
