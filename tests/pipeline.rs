@@ -1127,3 +1127,45 @@ async fn migration_6_moves_paid_minutes_onto_the_ledger_rows() {
     );
     env.cleanup().await;
 }
+
+/// A schema the running version does not match (a table a newer migration removed, as
+/// during an upgrade's rollout) stalls the batch, retried with backoff, instead of
+/// dead-lettering its events; once the schema fits again they apply.
+#[tokio::test]
+async fn a_schema_mismatch_stalls_the_batch_instead_of_dead_lettering_it() {
+    let env = TestEnv::new().await;
+    sqlx::query("ALTER TABLE xp_ledger RENAME TO xp_ledger_elsewhere")
+        .execute(&env.store.pool)
+        .await
+        .expect("rename");
+    let stop = CancellationToken::new();
+    let worker = env.spawn_worker(stop.clone()).await;
+    let events = community(200, 20, 31);
+    env.publish(&events).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        count_processed(&env).await,
+        0,
+        "nothing applied without the ledger"
+    );
+    let dlq = env
+        .broker
+        .js
+        .get_stream(env.broker.subjects.dlq_stream())
+        .await
+        .expect("dlq stream")
+        .info()
+        .await
+        .expect("dlq info")
+        .state
+        .messages;
+    assert_eq!(dlq, 0, "nothing dead-lettered");
+    sqlx::query("ALTER TABLE xp_ledger_elsewhere RENAME TO xp_ledger")
+        .execute(&env.store.pool)
+        .await
+        .expect("rename back");
+    env.wait_for_model(&events).await;
+    stop.cancel();
+    worker.await.expect("worker");
+    env.cleanup().await;
+}

@@ -75,11 +75,17 @@ impl StoreError {
                 sqlx::Error::Database(db) => db.code().is_some_and(|c| {
                     // 08: connection, 40001/40P01: serialization/deadlock, 53:
                     // resources, 57P0x: shutdown, 55P03: lock timeout, 25006: read-only
-                    // (fail-over in progress).
+                    // (fail-over in progress). 42P01/42703/42883: no such table, column
+                    // or function: a schema this version does not match, during an
+                    // upgrade; its successor applies the batch, which must not be
+                    // dead-lettered meanwhile.
                     c.starts_with("08")
                         || c.starts_with("53")
                         || c.starts_with("57P")
-                        || matches!(c.as_ref(), "40001" | "40P01" | "55P03" | "25006")
+                        || matches!(
+                            c.as_ref(),
+                            "40001" | "40P01" | "55P03" | "25006" | "42P01" | "42703" | "42883"
+                        )
                 }),
                 _ => false,
             },
