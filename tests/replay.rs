@@ -657,15 +657,52 @@ async fn a_batch_waiting_on_the_swap_lands_in_the_new_tables() {
     env.cleanup().await;
 }
 
-/// Waits for the replicas' ack floor to reach stream sequence `seq` (they ack after they
-/// commit).
-async fn acked_through(env: &TestEnv, seq: u64) {
-    eventually("the replicas' ack floor", || async {
+/// Publishes `events` to the running replica, waits until they are applied and acked
+/// (the replica acks after it commits), and snapshots the projections: the snapshot's
+/// name and the stream sequence it covers.
+async fn applied_and_snapshotted(env: &TestEnv, events: &[Event]) -> (String, u64) {
+    env.publish(events).await;
+    env.wait_for_model(events).await;
+    eventually("the replica's ack floor at the last event", || async {
         let mut c = env.broker.sync_consumer().await.ok()?;
         let floor = c.info().await.ok()?.ack_floor.stream_sequence;
-        (floor == seq).then_some(())
+        (floor == events.len() as u64).then_some(())
     })
     .await;
+    ttfd::replay::rebuild::snapshot_with(&env.store, &env.broker)
+        .await
+        .expect("snapshot")
+}
+
+/// Removes the events stream's messages before sequence `keep_from`, as retention does.
+async fn purge_before(env: &TestEnv, keep_from: u64) {
+    env.broker
+        .js
+        .get_stream(env.broker.subjects.events_stream())
+        .await
+        .expect("stream")
+        .purge()
+        .sequence(keep_from)
+        .await
+        .expect("purge");
+}
+
+/// Rebuilds in-process from `snapshot` and the retained stream.
+async fn rebuild_from(env: &TestEnv, snapshot: &str) -> RebuildOutcome {
+    rebuild_with(
+        env.store.clone(),
+        env.broker.clone(),
+        &env.settings,
+        &RebuildArgs {
+            check: false,
+            show: 20,
+            from_snapshot: Some(snapshot.to_owned()),
+        },
+        false,
+        CancellationToken::new(),
+    )
+    .await
+    .expect("the rebuild from the snapshot runs")
 }
 
 /// Past the stream's retention, a snapshot taken since stands in for the lost events:
@@ -676,12 +713,7 @@ async fn a_rebuild_from_a_snapshot_covers_the_events_the_stream_lost() {
     let stop = CancellationToken::new();
     let worker = env.spawn_worker(stop.clone()).await;
     let early = community(300, 20, 13);
-    env.publish(&early).await;
-    env.wait_for_model(&early).await;
-    acked_through(&env, early.len() as u64).await;
-    let (snapshot, covers) = ttfd::replay::rebuild::snapshot_with(&env.store, &env.broker)
-        .await
-        .expect("snapshot");
+    let (snapshot, covers) = applied_and_snapshotted(&env, &early).await;
     assert_eq!(
         covers,
         early.len() as u64,
@@ -704,38 +736,14 @@ async fn a_rebuild_from_a_snapshot_covers_the_events_the_stream_lost() {
     let ids_before = ids().await;
 
     // Retention removes the early events.
-    let stream = env
-        .broker
-        .js
-        .get_stream(env.broker.subjects.events_stream())
-        .await
-        .expect("stream");
-    stream
-        .purge()
-        .sequence(covers + 1)
-        .await
-        .expect("purge the early events");
+    purge_before(&env, covers + 1).await;
     let refused = rebuild(&env, &env.settings, false)
         .await
         .expect_err("refused without the snapshot")
         .to_string();
     assert!(refused.contains("--from-snapshot"), "{refused}");
 
-    let from_snapshot = |snapshot: &str| RebuildArgs {
-        check: false,
-        show: 20,
-        from_snapshot: Some(snapshot.to_owned()),
-    };
-    let outcome = rebuild_with(
-        env.store.clone(),
-        env.broker.clone(),
-        &env.settings,
-        &from_snapshot(&snapshot),
-        false,
-        CancellationToken::new(),
-    )
-    .await
-    .expect("the rebuild from the snapshot runs");
+    let outcome = rebuild_from(&env, &snapshot).await;
     let RebuildOutcome::Swapped { stats, .. } = &outcome else {
         panic!("swapped: {outcome}");
     };
@@ -750,11 +758,7 @@ async fn a_rebuild_from_a_snapshot_covers_the_events_the_stream_lost() {
     assert_eq!(ids().await, ids_before, "ids kept");
 
     // A snapshot older than what the stream still holds leaves a gap: refused.
-    stream
-        .purge()
-        .sequence(covers + 10)
-        .await
-        .expect("purge more");
+    purge_before(&env, covers + 10).await;
     let (code, _, stderr) = ttfd(&env, &["rebuild", "--from-snapshot", &snapshot]).await;
     assert_eq!(code, 1, "{stderr}");
     assert!(
@@ -777,12 +781,7 @@ async fn a_snapshot_from_before_the_minute_bitmaps_keeps_its_minutes() {
     let stop = CancellationToken::new();
     let worker = env.spawn_worker(stop.clone()).await;
     let early = community(300, 20, 21);
-    env.publish(&early).await;
-    env.wait_for_model(&early).await;
-    acked_through(&env, early.len() as u64).await;
-    let (snapshot, covers) = ttfd::replay::rebuild::snapshot_with(&env.store, &env.broker)
-        .await
-        .expect("snapshot");
+    let (snapshot, covers) = applied_and_snapshotted(&env, &early).await;
     // The snapshot as a version before migration 6 wrote it.
     for statement in [
         format!(
@@ -818,31 +817,8 @@ async fn a_snapshot_from_before_the_minute_bitmaps_keeps_its_minutes() {
     stop.cancel();
     worker.await.expect("worker stops");
 
-    let stream = env
-        .broker
-        .js
-        .get_stream(env.broker.subjects.events_stream())
-        .await
-        .expect("stream");
-    stream
-        .purge()
-        .sequence(covers + 1)
-        .await
-        .expect("purge the early events");
-    let outcome = rebuild_with(
-        env.store.clone(),
-        env.broker.clone(),
-        &env.settings,
-        &RebuildArgs {
-            check: false,
-            show: 20,
-            from_snapshot: Some(snapshot.clone()),
-        },
-        false,
-        CancellationToken::new(),
-    )
-    .await
-    .expect("the rebuild from the old snapshot runs");
+    purge_before(&env, covers + 1).await;
+    let outcome = rebuild_from(&env, &snapshot).await;
     assert!(
         matches!(outcome, RebuildOutcome::Swapped { .. }),
         "swapped: {outcome}"
