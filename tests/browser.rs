@@ -19,7 +19,7 @@ use serde_json::json;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 use ttfd::metrics::Metrics;
-use ttfd::store::query::Period;
+use ttfd::shared::view::Period;
 use ttfd::web::WebApp;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -102,11 +102,12 @@ async fn a_person_sees_the_leaderboard_and_a_profile_in_chromium() {
     let events = community(1500, 80, 11);
     env.publish(&events).await;
     env.wait_for_model(&events).await;
-    let app = WebApp::build_with(
+    let app = WebApp::build(
         &env.settings,
         env.store.clone(),
         env.broker.clone(),
         Metrics::new(),
+        std::time::Duration::from_secs(5),
     )
     .await
     .expect("the web role starts");

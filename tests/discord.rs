@@ -17,12 +17,13 @@ use serde_json::{Value, json};
 use serenity::all::{CommandInteraction, Guild, GuildId, Member, Message, VoiceState};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use ttfd::discord::settings::RankRole;
-use ttfd::discord::{DiscordApi, DiscordBot, DiscordSettings, roles};
+use ttfd::discord::{DiscordApi, DiscordBot, roles};
 use ttfd::query::QueryClient;
+use ttfd::settings::DiscordSettings;
+use ttfd::settings::discord::RankRole;
+use ttfd::shared::view::Profile;
 use ttfd::shared::wire::EventId;
 use ttfd::shared::{Event, Identity, Payload};
-use ttfd::store::query::Profile;
 
 const GUILD: u64 = 1_000_000_000_000_000_001;
 const TALK: u64 = 1_100_000_000_000_000_009;
@@ -78,8 +79,10 @@ async fn world(tune: impl FnOnce(&mut DiscordSettings)) -> World {
         Duration::from_secs(5),
     ));
     let bot = Arc::new(new_bot(&env, query.clone(), tx.clone(), &stop));
-    let consumer = roles::consumer(&env.broker).await.expect("rank consumer");
-    tokio::spawn(roles::run(bot.roles.clone(), consumer, stop.clone()));
+    let notices = ttfd::broker::notices::NoticeConsumer::open(&env.broker, roles::POLICY)
+        .await
+        .expect("rank consumer");
+    tokio::spawn(notices.run(Arc::new(bot.roles.clone()), stop.clone()));
     World {
         env,
         fake,
@@ -510,7 +513,7 @@ async fn slash_commands_answer_through_the_interaction_callback() {
     assert_eq!(rank["type"], 4, "a message reply");
     let text = rank["data"]["content"].as_str().expect("content");
     assert!(
-        text.starts_with("**Nelly**: rank **C II** (C tier, ★★)\n17,000 XP · "),
+        text.starts_with("**Nelly**\nRank **C II** ★★ · 17,000 XP\n▰▰▱▱▱▱▱▱▱▱ 25% to C III"),
         "{text}"
     );
     assert!(text.ends_with("Linked: Discord"), "{text}");
@@ -523,7 +526,7 @@ async fn slash_commands_answer_through_the_interaction_callback() {
     assert_eq!(rank["data"]["allowed_mentions"]["users"], json!([]));
     assert_eq!(
         replies[1]["data"]["content"],
-        "**Leaderboard, all time**\n1. Nelly: 17,000 XP (C II)"
+        "**Leaderboard, all time**\n1. Nelly — 17,000 XP · C II"
     );
     let link = &replies[2];
     assert_eq!(link["data"]["flags"], 64, "codes are ephemeral");

@@ -14,8 +14,8 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use ttfd::broker::Broker;
 use ttfd::import::{ImportArgs, plan};
+use ttfd::shared::view::Profile;
 use ttfd::shared::{Event, Identity};
-use ttfd::store::query::Profile;
 use ttfd::store::scratch::ScratchDb;
 use ttfd::sync::{Counters, SyncWorker};
 

@@ -9,10 +9,10 @@ use std::time::Duration;
 use common::{TestEnv, eventually};
 use tokio_util::sync::CancellationToken;
 use ttfd::query::{QueryClient, QueryError, Reply};
+use ttfd::shared::view::Period;
 use ttfd::shared::wire::{EventId, WireIdentity};
 use ttfd::shared::{Event, Identity, Payload};
 use ttfd::store::codes::{self, LinkCode, Redemption};
-use ttfd::store::query::Period;
 
 fn who(s: &str) -> Identity {
     Identity::parse(s).expect("identity")

@@ -940,7 +940,7 @@ async fn a_nats_server_requiring_a_user_accepts_the_configured_credentials() {
                 .ok()
         })
         .expect("nats-server is installed (scripts/services.sh)");
-    let mut nats = ttfd::config::NatsSettings {
+    let mut nats = ttfd::settings::NatsSettings {
         url: format!("nats://127.0.0.1:{port}"),
         prefix: "creds".into(),
         ..Default::default()
@@ -1167,5 +1167,72 @@ async fn a_schema_mismatch_stalls_the_batch_instead_of_dead_lettering_it() {
     env.wait_for_model(&events).await;
     stop.cancel();
     worker.await.expect("worker");
+    env.cleanup().await;
+}
+
+/// Records the ids of the notices it is given.
+struct Recorder(std::sync::Mutex<Vec<String>>);
+
+impl ttfd::broker::notices::NoticeHandler for Recorder {
+    async fn handle(&self, notice: RankNotice, _attempt: u32) -> ttfd::broker::notices::Outcome {
+        self.0.lock().expect("not poisoned").push(notice.id);
+        ttfd::broker::notices::Outcome::Done
+    }
+}
+
+#[tokio::test]
+async fn a_first_start_with_an_old_notify_stream_announces_nothing_old() {
+    use ttfd::broker::notices::{NoticeConsumer, NoticePolicy};
+    let env = TestEnv::new().await;
+    let notice = |id: &str| RankNotice {
+        v: 1,
+        id: id.into(),
+        ts: 0,
+        uid: 1,
+        old_rank: 1,
+        new_rank: 2,
+        xp: 500,
+        identities: Vec::new(),
+    };
+    let publish = |n: RankNotice| {
+        let (js, subject) = (env.broker.js.clone(), env.broker.subjects.notify("rank"));
+        async move {
+            let bytes = rmp_serde::to_vec_named(&n).expect("encodes");
+            js.publish(subject, bytes.into())
+                .await
+                .expect("publish")
+                .await
+                .expect("stored");
+        }
+    };
+    publish(notice("rank:old")).await;
+    for policy in [
+        ttfd::telegram::notices::POLICY,
+        ttfd::discord::roles::POLICY,
+    ] {
+        assert_eq!(policy.deliver, DeliverPolicy::New, "{}", policy.durable);
+    }
+    let policy = NoticePolicy {
+        durable: "test-notices",
+        ..ttfd::discord::roles::POLICY
+    };
+    let consumer = NoticeConsumer::open(&env.broker, policy)
+        .await
+        .expect("opens");
+    let recorder = std::sync::Arc::new(Recorder(Default::default()));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(consumer.run(recorder.clone(), stop.clone()));
+    publish(notice("rank:new")).await;
+    eventually("the new notice is handled", || async {
+        let seen = recorder.0.lock().expect("not poisoned");
+        seen.contains(&"rank:new".to_owned()).then_some(())
+    })
+    .await;
+    stop.cancel();
+    task.await.expect("the consumer stops");
+    assert_eq!(
+        *recorder.0.lock().expect("not poisoned"),
+        vec!["rank:new".to_owned()]
+    );
     env.cleanup().await;
 }

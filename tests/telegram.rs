@@ -6,6 +6,8 @@ mod common;
 #[path = "common/fake_telegram.rs"]
 mod fake_telegram;
 
+const GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 use std::time::Duration;
 
 use async_nats::jetstream::consumer;
@@ -17,12 +19,13 @@ use futures::StreamExt;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-use ttfd::config::Settings;
 use ttfd::query::QueryClient;
+use ttfd::settings::Settings;
+use ttfd::settings::TelegramMode;
 use ttfd::shared::wire::{self, EventId, WireIdentity};
 use ttfd::shared::{Event, Identity, Payload};
 use ttfd::store::codes::Redemption;
-use ttfd::telegram::{TelegramBot, TelegramMode};
+use ttfd::telegram::TelegramBot;
 
 const TOKEN: &str = "123456789:AAFakeTokenForTests_-x";
 const GROUP: i64 = -1_001_234_567_890;
@@ -97,7 +100,10 @@ impl World {
         Option<std::net::SocketAddr>,
         tokio::task::JoinHandle<anyhow::Result<()>>,
     ) {
-        let bot = TelegramBot::build(&settings).await.expect("the bot starts");
+        let broker = ttfd::app::connect_broker(&settings).await.expect("NATS");
+        let bot = TelegramBot::build(&settings, broker, GRACE)
+            .await
+            .expect("the bot starts");
         assert_eq!(bot.username(), BOT_USERNAME);
         let addr = bot.local_addr();
         (addr, tokio::spawn(bot.run(stop)))
@@ -324,7 +330,7 @@ async fn group_messages_by_humans_become_events_and_commands_are_answered() {
 
     // /top week lists Ada.
     fake.push_update(private_message(1001, "Ada", 3, "/top week"));
-    let top = world.reply_containing(1001, "Top, this week").await;
+    let top = world.reply_containing(1001, "Leaderboard, this week").await;
     assert!(
         top["text"]
             .as_str()
@@ -602,7 +608,7 @@ async fn a_token_telegram_refuses_stops_start_up_naming_the_key() {
     let world = World::new().await;
     let mut settings = world.settings();
     settings.telegram.token = Some(SecretString::from("123456789:WRONG"));
-    let err = TelegramBot::build(&settings)
+    let err = TelegramBot::build(&settings, world.env.broker.clone(), GRACE)
         .await
         .err()
         .expect("refused")

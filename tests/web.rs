@@ -7,6 +7,8 @@ mod common;
 #[path = "common/fake_oauth.rs"]
 mod fake_oauth;
 
+const GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -56,11 +58,12 @@ impl Site {
                 .insert("discord".into(), DISCORD_TOKEN.into());
         })
         .await;
-        let app = WebApp::build_with(
+        let app = WebApp::build(
             &env.settings,
             env.store.clone(),
             env.broker.clone(),
             Metrics::new(),
+            GRACE,
         )
         .await
         .expect("the web role starts");
@@ -1260,9 +1263,15 @@ async fn health_readiness_and_metrics_answer() {
     settings.database.url = "postgres://postgres@127.0.0.1:1/nowhere".into();
     let store =
         ttfd::store::Store::connect_lazy(&settings.database, settings.rules.clone()).expect("lazy");
-    let app = WebApp::build_with(&settings, store, site.env.broker.clone(), Metrics::new())
-        .await
-        .expect("build");
+    let app = WebApp::build(
+        &settings,
+        store,
+        site.env.broker.clone(),
+        Metrics::new(),
+        GRACE,
+    )
+    .await
+    .expect("build");
     let base = app.base_url().to_owned();
     tokio::spawn(app.run(site.stop.clone()));
     let (status, _) = json_of(
@@ -1293,11 +1302,12 @@ async fn a_public_site_without_a_cookie_key_refuses_to_start_naming_the_key() {
         s.web.public_url = "https://ttfd.example.org".into();
     })
     .await;
-    let err = WebApp::build_with(
+    let err = WebApp::build(
         &env.settings,
         env.store.clone(),
         env.broker.clone(),
         Metrics::new(),
+        GRACE,
     )
     .await
     .err()

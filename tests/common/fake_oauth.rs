@@ -104,7 +104,7 @@ impl FakeDiscord {
     }
 
     /// Points a site's `web.discord` settings at this fake.
-    pub fn configure(&self, discord: &mut ttfd::web::settings::DiscordSettings) {
+    pub fn configure(&self, discord: &mut ttfd::settings::web::DiscordOAuthSettings) {
         discord.client_id = CLIENT_ID.into();
         discord.client_secret = CLIENT_SECRET.into();
         discord.authorize_url = format!("{}/oauth2/authorize", self.base);

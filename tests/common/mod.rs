@@ -18,7 +18,7 @@ use tokio::process::{Child, Command};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use ttfd::broker::Broker;
-use ttfd::config::Settings;
+use ttfd::settings::Settings;
 use ttfd::shared::model::{self, Profile as ModelProfile};
 use ttfd::shared::{Event, Identity};
 use ttfd::store::Store;
@@ -53,7 +53,7 @@ impl TestEnv {
 
     /// A world whose settings `tune` may adjust first (batch size, rules, ...).
     pub async fn with(tune: impl FnOnce(&mut Settings)) -> Self {
-        ttfd::telemetry::init(&ttfd::config::LogSettings {
+        ttfd::telemetry::init(&ttfd::settings::LogSettings {
             filter: std::env::var("TTFD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             ..Default::default()
         });

@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::Broker;
-use crate::config::{NatsSettings, Settings};
 use crate::now_ms;
+use crate::settings::{NatsSettings, Settings};
 use crate::store::Store;
 use crate::store::scratch::ScratchDb;
 use crate::sync::{Counters, SyncWorker};

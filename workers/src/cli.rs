@@ -4,17 +4,16 @@
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use ttfd_shared::{Event, Identity, wire};
+use ttfd_shared::view::Period;
+use ttfd_shared::view::text::{self, Markup};
+use ttfd_shared::{Identity, wire};
 
-use crate::broker::Broker;
-use crate::config::Settings;
-use crate::store::Store;
-use crate::store::query::Period;
-use crate::{bench, demo, now_ms, query, replay, shutdown, sync, telegram, telemetry};
+use crate::app::{self, Role, connect_broker, connect_store, demo};
+use crate::settings::Settings;
+use crate::{bench, now_ms, replay, shutdown, telemetry};
 
 /// TTFD Unified: one profile per person across Discord, Telegram, the website and any
 /// platform that publishes events.
@@ -64,7 +63,8 @@ pub enum Command {
     },
     /// Show a leaderboard.
     Top {
-        #[arg(long, value_enum, default_value = "all")]
+        /// `all`, `week` or `month`.
+        #[arg(long, default_value = "all")]
         period: Period,
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..=1000))]
         limit: i64,
@@ -101,13 +101,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(cli.config.as_deref())?;
     telemetry::init(&settings.log);
     match cli.command {
-        Command::Sync => {
-            sync::run(&settings, shutdown::on_signals()).await?;
-        }
-        Command::Query => query::run(&settings, shutdown::on_signals()).await?,
-        Command::Discord => crate::discord::run(&settings, shutdown::on_signals()).await?,
-        Command::Web => crate::web::run(&settings, shutdown::on_signals()).await?,
-        Command::Telegram => telegram::run(&settings, shutdown::on_signals()).await?,
+        Command::Sync => app::run(Role::Sync, &settings, shutdown::on_signals()).await?,
+        Command::Query => app::run(Role::Query, &settings, shutdown::on_signals()).await?,
+        Command::Discord => app::run(Role::Discord, &settings, shutdown::on_signals()).await?,
+        Command::Web => app::run(Role::Web, &settings, shutdown::on_signals()).await?,
+        Command::Telegram => app::run(Role::Telegram, &settings, shutdown::on_signals()).await?,
         Command::Migrate => {
             let store = connect_store(&settings).await?;
             store.migrate().await?;
@@ -132,31 +130,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&p)?);
             } else {
                 let name = p.display_name.as_deref().unwrap_or("(no name)");
-                println!("{name} (uid {})", p.uid);
-                let next = p
-                    .rank
-                    .next_xp
-                    .map(|n| format!(", next rank at {n}"))
-                    .unwrap_or_default();
-                println!("  rank {}  xp {}{next}", p.rank.name, p.xp);
                 println!(
-                    "  peak {}  coins {}",
-                    settings.rules.rank(p.peak_rank).name,
-                    p.coins
-                );
-                println!(
-                    "  messages {}  voice {} min  games {} ({} won)",
-                    p.messages,
-                    p.voice_seconds / 60,
-                    p.games_played,
-                    p.games_won
+                    "{}",
+                    text::profile(name, &p, &settings.rules, Markup::Plain)
                 );
                 let ids: Vec<String> = p
                     .identities
                     .iter()
                     .map(|i| format!("{}:{}", i.platform, i.user))
                     .collect();
-                println!("  identities {}", ids.join(", "));
+                println!("uid {} · identities {}", p.uid, ids.join(", "));
             }
         }
         Command::Top {
@@ -170,13 +153,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                print!("{}", demo::format_top(&rows));
+                println!("{}", text::top(period, &rows, Markup::Plain));
             }
         }
-        Command::Import(args) => crate::import::run(&settings, *args).await?,
+        Command::Import(args) => {
+            crate::import::run(*args, async || connect_broker(&settings).await).await?
+        }
         Command::Replay(args) => {
             let progress = std::io::stderr().is_terminal();
-            let report = replay::replay(&settings, &args, progress, shutdown::on_signals()).await?;
+            let (store, broker) = (
+                connect_store(&settings).await?,
+                connect_broker(&settings).await?,
+            );
+            let report = replay::replay_with(
+                store,
+                broker,
+                &settings,
+                &args,
+                progress,
+                shutdown::on_signals(),
+            )
+            .await?;
             println!("{report}");
             if !report.complete {
                 return Ok(ExitCode::from(3));
@@ -184,9 +181,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Rebuild(args) => {
             let progress = std::io::stderr().is_terminal();
-            let outcome =
-                replay::rebuild::rebuild(&settings, &args, progress, shutdown::on_signals())
-                    .await?;
+            let (store, broker) = (
+                connect_store(&settings).await?,
+                connect_broker(&settings).await?,
+            );
+            let outcome = replay::rebuild::rebuild_with(
+                store,
+                broker,
+                &settings,
+                &args,
+                progress,
+                shutdown::on_signals(),
+            )
+            .await?;
             println!("{outcome}");
             match outcome {
                 replay::rebuild::RebuildOutcome::Checked { comparison, .. }
@@ -199,46 +206,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Snapshot => {
-            let (schema, covers) = replay::rebuild::snapshot(&settings).await?;
+            let (store, broker) = (
+                connect_store(&settings).await?,
+                connect_broker(&settings).await?,
+            );
+            let (schema, covers) = replay::rebuild::snapshot_with(&store, &broker).await?;
             println!("snapshot {schema}: every event up to stream sequence {covers}");
         }
         Command::Demo(args) => demo::run(&settings, args, shutdown::on_signals()).await?,
         Command::Bench(args) => bench::run(&settings, args).await?,
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A pool checked once, so that an unreachable database is a one-line error.
-pub async fn connect_store(settings: &Settings) -> anyhow::Result<Store> {
-    let store = Store::connect_lazy(&settings.database, settings.rules.clone())?;
-    store
-        .ping()
-        .await
-        .context("cannot reach PostgreSQL (database.url)")?;
-    Ok(store)
-}
-
-pub async fn connect_broker(settings: &Settings) -> anyhow::Result<Broker> {
-    Ok(Broker::connect(&settings.nats, Duration::from_secs(5)).await?)
-}
-
-/// Turns one JSON envelope into a valid event, with the same rules as the consumers.
-pub fn event_from_json(text: &str, now: i64) -> anyhow::Result<Event> {
-    let mut value: serde_json::Value = serde_json::from_str(text).context("not JSON")?;
-    let map = value
-        .as_object_mut()
-        .context("the event must be a JSON object")?;
-    map.entry("v").or_insert(1.into());
-    map.entry("ts").or_insert(now.into());
-    let field = |k: &str| {
-        map.get(k)
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let (platform, kind) = (field("platform"), field("kind"));
-    let bytes = rmp_serde::to_vec_named(&value)?;
-    wire::decode(&bytes, (&platform, &kind), now).map_err(|r| anyhow::anyhow!("invalid event: {r}"))
 }
 
 async fn publish(settings: &Settings, json: Option<String>) -> anyhow::Result<()> {
@@ -256,7 +234,7 @@ async fn publish(settings: &Settings, json: Option<String>) -> anyhow::Result<()
         .iter()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(n, l)| event_from_json(l, now_ms()).with_context(|| format!("line {}", n + 1)))
+        .map(|(n, l)| wire::from_json(l, now_ms()).with_context(|| format!("line {}", n + 1)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let broker = connect_broker(settings).await?;
     for e in &events {

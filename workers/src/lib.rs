@@ -16,17 +16,17 @@
 //!   (`metrics.listen`), and each role's metric families.
 //! - [`demo`], [`bench`]: synthetic traffic for newcomers and for measurement.
 
+pub mod app;
 pub mod bench;
 pub mod broker;
 pub mod cli;
-pub mod config;
-pub mod demo;
 pub mod discord;
 pub mod import;
 pub mod metrics;
 pub mod observe;
 pub mod query;
 pub mod replay;
+pub mod settings;
 pub mod shutdown;
 pub mod store;
 pub mod sync;

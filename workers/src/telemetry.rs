@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogFormat, LogSettings};
+use crate::settings::{LogFormat, LogSettings};
 
 /// The format of the installed subscriber, once one is installed.
 static FORMAT: OnceLock<LogFormat> = OnceLock::new();

@@ -5,10 +5,12 @@
 //! [`Rejection`] whose code and detail go to the dead-letter stream.
 
 mod envelope;
+mod json;
 pub mod notify;
 mod subjects;
 
 pub use envelope::{Event, EventId, MAX_EVENT_BYTES, Payload, Proof, decode, encode};
+pub use json::{JsonEventError, from_json};
 pub use notify::{LinkNotice, RankNotice, WireIdentity};
 pub use subjects::Subjects;
 

@@ -3,6 +3,8 @@
 //!
 //! Reads `nats.url` and `nats.prefix`.
 
+pub mod notices;
+
 use std::time::Duration;
 
 use async_nats::jetstream::message::PublishMessage;
@@ -11,7 +13,7 @@ use bytes::Bytes;
 use secrecy::ExposeSecret;
 use ttfd_shared::wire::{self, Event, Subjects};
 
-use crate::config::NatsSettings;
+use crate::settings::NatsSettings;
 
 /// The stream and consumer definitions, written for prefix `ttfd`.
 const STREAMS: [(&str, &str); 3] = [

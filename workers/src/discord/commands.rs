@@ -4,8 +4,6 @@
 //! query service (`ttfd query`) in between and sends the reply. Replies that hold or
 //! consume link codes are ephemeral (only the caller sees them). No reply pings anyone.
 
-use std::fmt::Write as _;
-
 use serenity::builder::{
     CreateAllowedMentions, CreateCommand, CreateCommandOption, CreateInteractionResponse,
     CreateInteractionResponseMessage,
@@ -15,11 +13,12 @@ use serenity::model::application::{CommandInteraction, CommandOptionType, Resolv
 use serenity::model::id::UserId;
 use tracing::warn;
 use ttfd_shared::Rules;
+use ttfd_shared::view::text::{self, Markup, escape_markdown as escape, platform_name};
+use ttfd_shared::view::{Period, Profile, Standing};
 
 use super::mapping::{display_name, identity};
 use crate::query::{QueryClient, QueryError};
 use crate::store::codes::{IssuedCode, Redemption};
-use crate::store::query::{Period, Profile, Standing};
 
 /// Rows shown by `/top`.
 const TOP_ROWS: u32 = 10;
@@ -195,140 +194,20 @@ pub async fn answer(
         .await
 }
 
-/// Discord markdown in names is shown as typed.
-pub fn escape(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for c in name.chars() {
-        if matches!(
-            c,
-            '*' | '_' | '~' | '`' | '|' | '>' | '#' | '[' | ']' | '(' | ')' | '\\' | '<' | '@'
-        ) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// `12345` → `12,345`.
-pub fn thousands(n: i64) -> String {
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if n < 0 { format!("-{out}") } else { out }
-}
-
-fn duration_text(seconds: i64) -> String {
-    let (h, m) = (seconds / 3600, seconds % 3600 / 60);
-    match (h, m) {
-        (0, m) => format!("{m} min"),
-        (h, 0) => format!("{h} h"),
-        (h, m) => format!("{h} h {m} min"),
-    }
-}
-
-fn platform_name(p: &str) -> String {
-    match p {
-        "discord" => "Discord".into(),
-        "telegram" => "Telegram".into(),
-        "website" => "the website".into(),
-        other => other.into(),
-    }
-}
-
 /// `/rank`: the profile, or a hint when the member has no activity yet.
 pub fn rank_text(name: &str, profile: Option<&Profile>, rules: &Rules) -> String {
-    let Some(p) = profile else {
-        return format!(
+    match profile {
+        Some(p) => text::profile(name, p, rules, Markup::Markdown),
+        None => format!(
             "{} has no activity recorded yet: messages and voice time earn XP.",
             escape(name)
-        );
-    };
-    let r = &p.rank;
-    let mut out = format!(
-        "**{}**: rank **{}** ({} tier, {})\n",
-        escape(name),
-        r.name,
-        r.tier,
-        "★".repeat(usize::from(r.stars))
-    );
-    match r.next_xp {
-        Some(next) if next > r.required_xp => {
-            let span = next - r.required_xp;
-            let done = (p.xp - r.required_xp).clamp(0, span);
-            let percent = done * 100 / span;
-            let filled = usize::try_from(done * 10 / span).unwrap_or(0);
-            let next_name = rules
-                .ranks
-                .get(usize::from(r.index))
-                .map_or_else(|| "the next rank".to_owned(), |d| d.name.clone());
-            let _ = writeln!(
-                out,
-                "{} XP · {}{} {percent}% to {next_name} ({} / {})",
-                thousands(p.xp),
-                "▰".repeat(filled),
-                "▱".repeat(10 - filled.min(10)),
-                thousands(done),
-                thousands(span)
-            );
-        }
-        _ => {
-            let _ = writeln!(out, "{} XP · the highest rank", thousands(p.xp));
-        }
-    }
-    let peak = rules.rank(p.peak_rank).name;
-    let _ = writeln!(out, "Peak {peak} · {} coins", thousands(p.coins));
-    let _ = writeln!(
-        out,
-        "{} messages · {} in voice · {} games ({} won)",
-        thousands(p.messages),
-        duration_text(p.voice_seconds),
-        thousands(p.games_played),
-        thousands(p.games_won)
-    );
-    let mut platforms: Vec<String> = p
-        .identities
-        .iter()
-        .map(|i| platform_name(&i.platform))
-        .collect();
-    platforms.dedup();
-    let _ = write!(out, "Linked: {}", platforms.join(", "));
-    out
-}
-
-fn period_text(period: Period) -> &'static str {
-    match period {
-        Period::All => "all time",
-        Period::Week => "this week",
-        Period::Month => "this month",
+        ),
     }
 }
 
 /// `/top`.
 pub fn top_text(period: Period, rows: &[Standing]) -> String {
-    if rows.is_empty() {
-        return format!("Nobody has earned XP {} yet.", period_text(period));
-    }
-    let mut out = format!("**Leaderboard, {}**", period_text(period));
-    for s in rows {
-        let name = s
-            .display_name
-            .as_deref()
-            .map_or_else(|| format!("user {}", s.uid), escape);
-        let _ = write!(
-            out,
-            "\n{}. {name}: {} XP ({})",
-            s.position,
-            thousands(s.xp),
-            s.rank
-        );
-    }
-    out
+    text::top(period, rows, Markup::Markdown)
 }
 
 /// `/link`: the code and how to use it. `<t:…:R>` shows as "in 10 minutes".
@@ -416,8 +295,8 @@ mod tests {
         let text = rank_text("Nelly", Some(&profile(17_000, 11)), &Rules::default());
         assert_eq!(
             text,
-            "**Nelly**: rank **C II** (C tier, ★★)\n\
-             17,000 XP · ▰▰▱▱▱▱▱▱▱▱ 25% to C III (750 / 3,000)\n\
+            "**Nelly**\nRank **C II** ★★ · 17,000 XP\n\
+             ▰▰▱▱▱▱▱▱▱▱ 25% to C III (750 / 3,000)\n\
              Peak C II · 4,500 coins\n\
              1,234 messages · 12 h 5 min in voice · 3 games (1 won)\n\
              Linked: Discord, Telegram"
@@ -427,7 +306,7 @@ mod tests {
     #[test]
     fn rank_at_the_top_and_without_activity() {
         let text = rank_text("Top", Some(&profile(60_000, 20)), &Rules::default());
-        assert!(text.contains("60,000 XP · the highest rank"), "{text}");
+        assert!(text.contains("The highest rank"), "{text}");
         assert_eq!(
             rank_text("new_*one*", None, &Rules::default()),
             "new\\_\\*one\\* has no activity recorded yet: messages and voice time earn XP."
@@ -454,7 +333,7 @@ mod tests {
         ];
         assert_eq!(
             top_text(Period::Week, &rows),
-            "**Leaderboard, this week**\n1. Ann: 52,300 XP (S II)\n2. user 9: 900 XP (F II)"
+            "**Leaderboard, this week**\n1. Ann — 52,300 XP · S II\n2. user #9 — 900 XP · F II"
         );
         assert_eq!(
             top_text(Period::Month, &[]),
@@ -485,14 +364,6 @@ mod tests {
             }),
             "Too many wrong codes. Try again in 2 minute(s)."
         );
-    }
-
-    #[test]
-    fn numbers_get_thousands_separators() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1000), "1,000");
-        assert_eq!(thousands(-1_234_567), "-1,234,567");
     }
 
     /// An `INTERACTION_CREATE` `d` for a chat input command, as documented by Discord.

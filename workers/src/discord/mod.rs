@@ -19,9 +19,7 @@ pub mod api;
 pub mod commands;
 pub mod mapping;
 pub mod roles;
-pub mod settings;
 
-use crate::broker::EXIT_FLUSH;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,15 +39,15 @@ use ttfd_shared::voice::{Segment, VoiceSessions};
 use ttfd_shared::{Event, Rules};
 
 pub use api::DiscordApi;
-pub use settings::DiscordSettings;
 
 use crate::broker::Broker;
-use crate::config::{ConfigError, Settings};
+use crate::broker::notices::NoticeConsumer;
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::observe::discord::DiscordMetrics;
 use crate::observe::{self, Readiness};
 use crate::query::QueryClient;
+use crate::settings::{DiscordSettings, Settings};
 use mapping::MessageRules;
 use roles::{Outcome, RankRoles, RoleSync};
 
@@ -382,12 +380,15 @@ pub fn intents(settings: &DiscordSettings) -> GatewayIntents {
 }
 
 /// The role: runs until `shutdown`, then publishes open voice segments and stops.
-pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Events still queued at shutdown are published for at most `grace`.
+pub async fn run(
+    settings: &Settings,
+    broker: Broker,
+    grace: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let d = &settings.discord;
-    let (token, guild) = d
-        .require()
-        .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
-    let broker = Broker::connect(&settings.nats, Duration::from_secs(5)).await?;
+    let (token, guild) = d.require()?;
     let query = QueryClient::new(
         broker.client.clone(),
         &settings.nats.prefix,
@@ -413,13 +414,11 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Re
         broker.clone(),
         rx,
         published.clone(),
-        Duration::from_secs(10),
+        grace,
         metrics,
     ));
-    let consumer = roles::consumer(&broker)
-        .await
-        .context("cannot create the rank notice consumer (run `ttfd nats setup`)")?;
-    let role_task = tokio::spawn(roles::run(bot.roles.clone(), consumer, shutdown.clone()));
+    let notices = NoticeConsumer::open(&broker, roles::POLICY).await?;
+    let role_task = tokio::spawn(notices.run(Arc::new(bot.roles.clone()), shutdown.clone()));
     let ticker = {
         let (bot, stop) = (bot.clone(), shutdown.clone());
         tokio::spawn(async move {
@@ -457,12 +456,9 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Re
     bot.close(now_ms()).await;
     published.cancel();
     let _ = publisher.await;
-    match role_task.await {
-        Ok(Err(e)) => warn!(error = %e, "rank notice consumer stopped with an error"),
-        Err(e) => warn!(error = %e, "rank notice consumer panicked"),
-        Ok(Ok(())) => {}
+    if let Err(e) = role_task.await {
+        warn!(error = %e, "rank notice consumer panicked");
     }
-    broker.flush_within(EXIT_FLUSH).await;
     outcome
 }
 

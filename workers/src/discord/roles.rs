@@ -1,7 +1,7 @@
 //! Rank roles: every member holds the role of their current rank and no other rank role.
 //!
-//! A durable JetStream consumer on `<prefix>.notify.rank` (stream `<PREFIX>_NOTIFY`)
-//! takes each rank change as a trigger: it asks the query service for the member's
+//! The shared rank notice consumer ([`crate::broker::notices`], `<prefix>-discord-roles`
+//! with [`POLICY`]) takes each rank change as a trigger: it asks the query service for the member's
 //! *current* rank (so notices handled out of order, or retried, still end at the right
 //! role), reads the member's roles, and adds and removes only what differs. A rate limit
 //! or an outage is never a reason to drop a notice: it is nak'ed with the delay Discord
@@ -16,20 +16,18 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer::pull};
-use futures::StreamExt;
+use async_nats::jetstream::consumer::DeliverPolicy;
 use serenity::model::id::{ChannelId, GuildId, RoleId, UserId};
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use ttfd_shared::Rules;
 use ttfd_shared::wire::RankNotice;
 
 use super::api::{ApiError, DiscordApi};
 use super::mapping::{PLATFORM, identity};
-use super::settings::RankRole;
-use crate::broker::Broker;
+use crate::broker::notices::{self, NoticeHandler, NoticePolicy};
 use crate::observe::discord::DiscordMetrics;
 use crate::query::{QueryClient, QueryError};
+use crate::settings::discord::RankRole;
 
 /// Which role each rank gives.
 #[derive(Debug, Clone, Default)]
@@ -243,119 +241,32 @@ enum Failure {
     Api(#[from] ApiError),
 }
 
-/// The durable consumer's name for an installation prefix.
-pub fn consumer_name(prefix: &str) -> String {
-    format!("{prefix}-discord-roles")
-}
+/// Sixteen notices at once per replica, since one member's retry (a rate limit, a
+/// refused role) must not hold up the others; two minutes for a notice, as a rate
+/// limit may hold it a while. New notices only: a first start changes no role for the
+/// stream's backlog; members who join get their role, and `/ranks sync` reconciles
+/// everyone after a mapping change.
+pub const POLICY: NoticePolicy = NoticePolicy {
+    durable: "discord-roles",
+    description: "ttfd discord: rank roles and announcements",
+    deliver: DeliverPolicy::New,
+    ack_wait: Duration::from_secs(120),
+    concurrency: 16,
+};
 
-/// Creates (or finds) the durable consumer on `<prefix>.notify.rank`.
-pub async fn consumer(broker: &Broker) -> anyhow::Result<jetstream::consumer::PullConsumer> {
-    let stream = broker
-        .js
-        .get_stream(broker.subjects.notify_stream())
-        .await?;
-    let name = consumer_name(broker.subjects.prefix());
-    let config = pull::Config {
-        durable_name: Some(name.clone()),
-        description: Some("ttfd discord: rank roles and announcements".into()),
-        filter_subject: broker.subjects.notify("rank"),
-        ack_policy: jetstream::consumer::AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(120),
-        // Never give a notice up: a refused role is retried until an operator fixes it.
-        max_deliver: -1,
-        max_ack_pending: 1000,
-        ..Default::default()
-    };
-    Ok(stream.get_or_create_consumer(&name, config).await?)
-}
-
-/// Handles rank notices until `shutdown`. Several run at once (bounded), since one
-/// member's retry must not hold up the others. A broken message stream (NATS
-/// reconnecting, the consumer recreated) is opened again.
-pub async fn run(
-    sync: RoleSync,
-    consumer: jetstream::consumer::PullConsumer,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(16));
-    let tracker = tokio_util::task::TaskTracker::new();
-    let mut reopen_delay = Duration::from_millis(200);
-    'open: while !shutdown.is_cancelled() {
-        let mut messages = match consumer.messages().await {
-            Ok(m) => m,
-            Err(e) => {
-                warn!(error = %e, "rank notices: cannot read the consumer; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break 'open,
-                    _ = tokio::time::sleep(reopen_delay) => {}
-                }
-                reopen_delay = (reopen_delay * 2).min(Duration::from_secs(30));
-                continue;
-            }
-        };
-        loop {
-            let next = tokio::select! {
-                _ = shutdown.cancelled() => break 'open,
-                m = messages.next() => m,
-            };
-            let message = match next {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => {
-                    warn!(error = %e, "rank notices: consumer error; going on");
-                    continue;
-                }
-                None => {
-                    warn!("rank notices: message stream ended; reopening");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break 'open,
-                        _ = tokio::time::sleep(reopen_delay) => {}
-                    }
-                    reopen_delay = (reopen_delay * 2).min(Duration::from_secs(30));
-                    continue 'open;
-                }
-            };
-            reopen_delay = Duration::from_millis(200);
-            let permit = in_flight.clone().acquire_owned().await?;
-            let sync = sync.clone();
-            tracker.spawn(async move {
-                let _permit = permit;
-                handle_message(&sync, message).await;
-            });
+impl NoticeHandler for RoleSync {
+    async fn handle(&self, notice: RankNotice, attempt: u32) -> notices::Outcome {
+        match self.handle_notice(&notice, attempt).await {
+            Outcome::Done => notices::Outcome::Done,
+            Outcome::RetryAfter(after) => notices::Outcome::Retry {
+                after,
+                pause: false,
+            },
         }
     }
-    tracker.close();
-    tracker.wait().await;
-    Ok(())
-}
 
-/// One notice: handled, then acked or put back with the delay it needs.
-async fn handle_message(sync: &RoleSync, message: jetstream::Message) {
-    let attempt = message
-        .info()
-        .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
-        .unwrap_or(1);
-    let outcome = match rmp_serde::from_slice::<RankNotice>(&message.payload) {
-        Ok(notice) => {
-            let outcome = sync.handle_notice(&notice, attempt).await;
-            sync.metrics.bot.notice(match outcome {
-                Outcome::Done => "done",
-                Outcome::RetryAfter(_) => "retry",
-            });
-            outcome
-        }
-        Err(e) => {
-            error!(error = %e, "unreadable rank notice; dropped");
-            sync.metrics.bot.notice("unreadable");
-            Outcome::Done
-        }
-    };
-    let ack = match outcome {
-        Outcome::Done => message.ack().await,
-        Outcome::RetryAfter(d) => message.ack_with(AckKind::Nak(Some(d))).await,
-    };
-    if let Err(e) = ack {
-        // The notice comes back after ack_wait; handling it again is harmless.
-        warn!(error = %e, "rank notice: ack failed");
+    fn count(&self, outcome: &'static str) {
+        self.metrics.bot.notice(outcome);
     }
 }
 

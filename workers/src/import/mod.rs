@@ -32,7 +32,6 @@ use secrecy::SecretString;
 use ttfd_shared::{Event, Identity, wire};
 
 use crate::broker::Broker;
-use crate::config::Settings;
 use crate::now_ms;
 use legacy::{Layout, Person};
 use sources::{Columns, Location, Source};
@@ -460,7 +459,13 @@ pub async fn publish(
 }
 
 /// `ttfd import`: reads, reports, and publishes unless `--dry-run`.
-pub async fn run(settings: &Settings, args: ImportArgs) -> anyhow::Result<()> {
+///
+/// `connect` opens the NATS connection, only once there is something to publish (a dry
+/// run needs no NATS).
+pub async fn run(
+    args: ImportArgs,
+    connect: impl AsyncFnOnce() -> anyhow::Result<Broker>,
+) -> anyhow::Result<()> {
     let plan = plan(&args, now_ms(), |p| eprintln!("skipped: {p}")).await?;
     print!("{}", plan.summary());
     if args.dry_run {
@@ -472,7 +477,7 @@ pub async fn run(settings: &Settings, args: ImportArgs) -> anyhow::Result<()> {
         println!("nothing to publish");
         return Ok(());
     }
-    let broker = crate::cli::connect_broker(settings).await?;
+    let broker = connect().await?;
     let progress = ProgressBar::new(total).with_style(
         ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} events {per_sec} ETA {eta}",

@@ -25,15 +25,14 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
-use crate::config::ConfigError;
 use crate::metrics::{CONTENT_TYPE, Metrics};
+use crate::settings::{MetricsSettings, SettingsError};
 use crate::store::Store;
 
 /// How long a readiness check waits for each dependency: well under the usual
@@ -41,37 +40,11 @@ use crate::store::Store;
 /// probe that timed out.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The `metrics` settings section.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MetricsSettings {
-    /// `host:port` of the `/metrics`, `/healthz`, `/readyz` listener, e.g.
-    /// `0.0.0.0:9090` in a container; empty (the default): no listener, so that several
-    /// roles on one machine do not fight over a port.
-    pub listen: String,
-}
-
-impl MetricsSettings {
-    /// The address to listen on; `None` when the listener is off.
-    pub fn addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
-        let listen = self.listen.trim();
-        if listen.is_empty() {
-            return Ok(None);
-        }
-        listen.parse().map(Some).map_err(|_| ConfigError::Invalid {
-            key: "metrics.listen".into(),
-            message: format!(
-                "{listen:?} is not a host:port address such as 0.0.0.0:9090 (empty: off)"
-            ),
-        })
-    }
-}
-
 /// Why the listener could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ObserveError {
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Settings(#[from] SettingsError),
     #[error("cannot listen on {addr} (metrics.listen): {source}")]
     Bind {
         addr: SocketAddr,

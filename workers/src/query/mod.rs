@@ -21,14 +21,14 @@ use ttfd_shared::Identity;
 use ttfd_shared::wire::{Subjects, WireIdentity};
 
 use crate::broker::Broker;
-use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::observe::query::QueryMetrics;
 use crate::observe::{self, Readiness};
+use crate::settings::Settings;
 use crate::store::codes::{IssuedCode, Redemption};
-use crate::store::query::{Period, Profile, Standing};
 use crate::store::{Store, StoreError};
+use ttfd_shared::view::{Period, Profile, Standing};
 
 /// The queue group every replica of the service joins.
 pub const QUEUE_GROUP: &str = "ttfd-query";
@@ -246,9 +246,12 @@ async fn answer(store: &Store, what: &str, payload: &[u8]) -> (Vec<u8>, &'static
 
 /// `ttfd query`: serves until `shutdown`, with `/metrics`, `/healthz`, `/readyz` on
 /// `metrics.listen` when set.
-pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let store = crate::cli::connect_store(settings).await?;
-    let broker = crate::cli::connect_broker(settings).await?;
+pub async fn run(
+    settings: &Settings,
+    store: Store,
+    broker: Broker,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let registry = Metrics::new();
     let metrics = QueryMetrics::register(&registry);
     let readiness = Readiness::new()

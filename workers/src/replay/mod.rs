@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
-use crate::config::Settings;
+use crate::settings::Settings;
 use crate::store::Store;
 use crate::sync::{Counters, SyncWorker};
 
@@ -305,19 +305,8 @@ pub(crate) async fn deliver(
     }
 }
 
-/// `ttfd replay`: see the module documentation.
-pub async fn replay(
-    settings: &Settings,
-    args: &ReplayArgs,
-    show_progress: bool,
-    shutdown: CancellationToken,
-) -> anyhow::Result<ReplayReport> {
-    let store = crate::cli::connect_store(settings).await?;
-    let broker = crate::cli::connect_broker(settings).await?;
-    replay_with(store, broker, settings, args, show_progress, shutdown).await
-}
-
-/// [`replay`] over a store and a broker already connected.
+/// `ttfd replay` (see the module documentation), over a store and a broker already
+/// connected.
 pub async fn replay_with(
     store: Store,
     broker: Broker,

@@ -32,7 +32,7 @@ use tracing::{info, warn};
 
 use super::{Delivery, Finish, Progress, deliver};
 use crate::broker::Broker;
-use crate::config::Settings;
+use crate::settings::Settings;
 use crate::store::rebuild::{
     AppliedSpan, Comparison, FRESH_PREFIX, REPLACED_PREFIX, SNAPSHOT_PREFIX, release, swap_in,
 };
@@ -138,19 +138,8 @@ impl fmt::Display for RebuildOutcome {
     }
 }
 
-/// `ttfd rebuild`: see the module documentation.
-pub async fn rebuild(
-    settings: &Settings,
-    args: &RebuildArgs,
-    show_progress: bool,
-    shutdown: CancellationToken,
-) -> anyhow::Result<RebuildOutcome> {
-    let store = crate::cli::connect_store(settings).await?;
-    let broker = crate::cli::connect_broker(settings).await?;
-    rebuild_with(store, broker, settings, args, show_progress, shutdown).await
-}
-
-/// [`rebuild`] over a live store and a broker already connected; `settings` gives the
+/// `ttfd rebuild` (see the module documentation) over a live store and a broker
+/// already connected; `settings` gives the
 /// database URL for the fresh tables' connections, the batch size and the rules.
 pub async fn rebuild_with(
     live: Store,
@@ -412,13 +401,6 @@ impl Build<'_> {
 /// `ttfd snapshot`: copies the projections into `ttfd_snapshot_<unix ms>`, recording
 /// the sync consumer's ack floor read first (every message up to it was applied, or
 /// dead-lettered, before the copy began). Returns the schema and that sequence.
-pub async fn snapshot(settings: &Settings) -> anyhow::Result<(String, u64)> {
-    let store = crate::cli::connect_store(settings).await?;
-    let broker = crate::cli::connect_broker(settings).await?;
-    snapshot_with(&store, &broker).await
-}
-
-/// [`snapshot`] over a store and a broker already connected.
 pub async fn snapshot_with(live: &Store, broker: &Broker) -> anyhow::Result<(String, u64)> {
     let covers = broker
         .sync_consumer()

@@ -22,7 +22,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 use ttfd_shared::Rules;
 
-use crate::config::DatabaseSettings;
+use crate::settings::DatabaseSettings;
 
 pub use apply::{Applied, DeadLetter};
 

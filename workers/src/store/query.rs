@@ -1,71 +1,12 @@
 //! Reads for people, bots and tests: a unified user's profile and the leaderboards.
 
-use serde::{Deserialize, Serialize};
 use sqlx::Row;
-use time::{Date, Duration, OffsetDateTime, format_description::well_known::Rfc3339};
+use time::{Date, OffsetDateTime, format_description::well_known::Rfc3339};
+use ttfd_shared::Identity;
+use ttfd_shared::view::{Period, Profile, Standing};
 use ttfd_shared::wire::WireIdentity;
-use ttfd_shared::{Identity, Rank};
 
 use super::{Store, StoreError};
-
-/// A unified user as `ttfd user --json` prints it (SPEC 5).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Profile {
-    pub uid: i64,
-    pub display_name: Option<String>,
-    pub xp: i64,
-    pub rank: Rank,
-    pub peak_rank: u8,
-    pub coins: i64,
-    pub messages: i64,
-    pub voice_seconds: i64,
-    pub games_played: i64,
-    pub games_won: i64,
-    pub identities: Vec<WireIdentity>,
-    /// Event time of the user's first and newest event, RFC 3339.
-    pub created_at: Option<String>,
-    pub last_active: Option<String>,
-}
-
-/// The leaderboard period: all time, the current ISO week or the current month (UTC).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Period {
-    All,
-    Week,
-    Month,
-}
-
-impl Period {
-    /// The days `[from, to)` of the period containing `today`; `None` for all time.
-    pub fn range(self, today: Date) -> Option<(Date, Date)> {
-        match self {
-            Period::All => None,
-            Period::Week => {
-                let from =
-                    today - Duration::days(i64::from(today.weekday().number_days_from_monday()));
-                Some((from, from + Duration::days(7)))
-            }
-            Period::Month => {
-                let from = today.replace_day(1).unwrap_or(today);
-                let to = from + Duration::days(i64::from(from.month().length(from.year())));
-                Some((from, to))
-            }
-        }
-    }
-}
-
-/// One row of a leaderboard.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Standing {
-    pub position: usize,
-    pub uid: i64,
-    pub display_name: Option<String>,
-    /// All time: the user's XP; a period: XP earned in it.
-    pub xp: i64,
-    /// The user's current rank (all time).
-    pub rank: String,
-}
 
 fn rfc3339(ms: Option<i64>) -> Option<String> {
     let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms?) * 1_000_000).ok()?;
@@ -264,29 +205,5 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use time::macros::date;
-
-    #[test]
-    fn weeks_are_iso_weeks_and_months_are_calendar_months() {
-        let wed = date!(2026 - 11 - 25);
-        assert_eq!(
-            Period::Week.range(wed),
-            Some((date!(2026 - 11 - 23), date!(2026 - 11 - 30)))
-        );
-        assert_eq!(
-            Period::Month.range(wed),
-            Some((date!(2026 - 11 - 01), date!(2026 - 12 - 01)))
-        );
-        assert_eq!(
-            Period::Month.range(date!(2028 - 02 - 10)),
-            Some((date!(2028 - 02 - 01), date!(2028 - 03 - 01)))
-        );
-        assert_eq!(Period::All.range(wed), None);
     }
 }

@@ -23,7 +23,7 @@ use sqlx::{Connection as _, Postgres, Row, Transaction};
 use ttfd_shared::Rules;
 
 use super::{MIGRATOR, Store, StoreError, connect_options};
-use crate::config::DatabaseSettings;
+use crate::settings::DatabaseSettings;
 
 /// The tables derived from events, which a rebuild recomputes and swaps. Any other
 /// table (the outbox, dead-letter tallies, link codes) stays as it is. In lock order:

@@ -11,7 +11,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
 use super::{MIGRATOR, StoreError};
-use crate::config::DatabaseSettings;
+use crate::settings::DatabaseSettings;
 
 /// A freshly created and migrated database named `<tag>_<random>`.
 pub struct ScratchDb {

@@ -19,7 +19,6 @@
 
 pub mod relay;
 
-use crate::broker::EXIT_FLUSH;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,10 +40,10 @@ use ttfd_shared::wire::{self, Rejection};
 pub use relay::{publish_notices, relay_outbox};
 
 use crate::broker::{Broker, ERROR_HEADER};
-use crate::config::{Settings, SyncSettings};
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::observe::{self, Readiness, sync::SyncMetrics};
+use crate::settings::{Settings, SyncSettings};
 use crate::store::{DeadLetter, Store, StoreError};
 
 /// Counters of what the consumers did, shared by every worker of a process.
@@ -606,9 +605,12 @@ fn header_value(s: &str) -> String {
 
 /// `ttfd sync`: one replica of the sync consumer group, with its outbox relay and the
 /// pruning of the idempotency record, until `shutdown`.
-pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let store = Store::connect_lazy(&settings.database, settings.rules.clone())?;
-    let broker = Broker::connect(&settings.nats, Duration::from_secs(10)).await?;
+pub async fn run(
+    settings: &Settings,
+    store: Store,
+    broker: Broker,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let consumer = broker.sync_consumer().await.with_context(|| {
         format!(
             "the sync consumer of stream {} is missing; run `ttfd nats setup`",
@@ -655,8 +657,6 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Re
         .await;
     shutdown.cancel();
     tasks.wait().await;
-    // Make sure the last acks leave before the process does.
-    broker.flush_within(EXIT_FLUSH).await;
     result
 }
 

@@ -1,6 +1,6 @@
 //! The bot's commands: parsing a message text into a [`Command`]. Pure.
 
-use crate::store::query::Period;
+use ttfd_shared::view::Period;
 
 /// The commands, with the one-line descriptions shown by `/help` and in Telegram's
 /// command menu (`setMyCommands`).

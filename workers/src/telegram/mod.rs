@@ -15,12 +15,10 @@ pub mod handler;
 pub mod mapping;
 pub mod notices;
 pub mod polling;
-pub mod settings;
 pub mod started;
 pub mod texts;
 pub mod webhook;
 
-use crate::broker::EXIT_FLUSH;
 use crate::observe::bot::BotMetrics;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,7 +26,6 @@ use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::consumer::PullConsumer;
 use secrecy::{ExposeSecret, SecretString};
 use teloxide::prelude::*;
 use teloxide::types::BotCommand;
@@ -37,19 +34,23 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use settings::{TelegramMode, TelegramSettings};
-
 use crate::broker::Broker;
-use crate::config::Settings;
+use crate::broker::notices::NoticeConsumer;
 use crate::query::QueryClient;
+use crate::settings::{Settings, TelegramMode};
 use handler::Handler;
 use notices::Announcer;
 use started::StartedUsers;
 
 /// Runs `ttfd telegram` until `shutdown`.
-pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    settings: &Settings,
+    broker: Broker,
+    grace: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let registry = crate::metrics::Metrics::new();
-    let bot = TelegramBot::build(settings)
+    let bot = TelegramBot::build(settings, broker, grace)
         .await?
         .with_metrics(BotMetrics::register(&registry, "telegram"));
     // `/metrics`, `/healthz`, `/readyz` on `metrics.listen` (off when empty).
@@ -81,6 +82,7 @@ pub struct TelegramBot {
     handler: Arc<Handler>,
     source: Source,
     announcer: Announcer,
+    notices: NoticeConsumer,
     grace: Duration,
 }
 
@@ -88,7 +90,12 @@ impl TelegramBot {
     /// Checks the token with `getMe`, registers the command menu, opens the
     /// started-users bucket and the rank consumer, and sets up polling (removing any
     /// webhook) or the webhook (binding `telegram.listen`, calling `setWebhook`).
-    pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+    /// Commands being answered at shutdown get `grace` to finish.
+    pub async fn build(
+        settings: &Settings,
+        broker: Broker,
+        grace: Duration,
+    ) -> anyhow::Result<Self> {
         let tg = &settings.telegram;
         let token = tg.require_token()?;
         let api_url = url::Url::parse(&tg.api_url).context("telegram.api_url")?;
@@ -118,9 +125,8 @@ impl TelegramBot {
             warn!(error = %e, "cannot register the command menu");
         }
 
-        let broker = Broker::connect(&settings.nats, Duration::from_secs(5)).await?;
         let started = StartedUsers::open(&broker.js, &broker.subjects).await?;
-        let consumer: PullConsumer = notices::consumer(&broker).await?;
+        let notices = NoticeConsumer::open(&broker, notices::POLICY).await?;
         let query = QueryClient::new(
             broker.client.clone(),
             &settings.nats.prefix,
@@ -160,7 +166,6 @@ impl TelegramBot {
         };
         let announcer = Announcer {
             bot: bot.clone(),
-            consumer,
             started: started.clone(),
             rules: settings.rules.clone(),
             group: Arc::new(AtomicI64::new(tg.group_chat_id.unwrap_or_default())),
@@ -179,7 +184,8 @@ impl TelegramBot {
             handler,
             source,
             announcer,
-            grace: Duration::from_secs(tg.shutdown_grace_secs),
+            notices,
+            grace,
         })
     }
 
@@ -209,7 +215,7 @@ impl TelegramBot {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         // Our own token, so that a fatal error here stops this bot and nothing else.
         let shutdown = shutdown.child_token();
-        let announcer = tokio::spawn(self.announcer.run(shutdown.clone()));
+        let announcer = tokio::spawn(self.notices.run(Arc::new(self.announcer), shutdown.clone()));
         let result = match self.source {
             Source::Polling { timeout_secs } => {
                 polling::run(self.handler.clone(), timeout_secs, shutdown.clone()).await
@@ -239,7 +245,6 @@ impl TelegramBot {
             warn!("commands still being answered at the end of the grace period");
         }
         let _ = announcer.await;
-        self.handler.broker.flush_within(EXIT_FLUSH).await;
         result
     }
 }

@@ -1,5 +1,6 @@
-//! Rank-up announcements: a durable JetStream consumer `<prefix>-telegram-rank` on
-//! `<prefix>.notify.rank` (stream `<PREFIX>_NOTIFY`), shared by every replica.
+//! Rank-up announcements: the [`NoticeHandler`] of the Telegram bot, on the shared rank
+//! notice consumer ([`crate::broker::notices`]) `<prefix>-telegram-rank` with
+//! [`POLICY`].
 //!
 //! A rank-up of a user with a Telegram identity goes privately to them when they have
 //! started the bot, else to the group `telegram.group_chat_id` when they are a member
@@ -9,61 +10,37 @@
 //! A user who blocked the bot is forgotten and announced in the group instead.
 //! Delivery is at least once: a crash between `sendMessage` and the ack repeats it.
 
-use crate::observe::bot::BotMetrics;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use async_nats::jetstream::AckKind;
-use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, PullConsumer};
-use futures::StreamExt;
+use async_nats::jetstream::consumer::DeliverPolicy;
 use teloxide::prelude::*;
 use teloxide::types::{ChatId, ParseMode, UserId};
 use teloxide::{ApiError, RequestError};
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, instrument, warn};
 use ttfd_shared::Rules;
-use ttfd_shared::wire::{RankNotice, Subjects};
+use ttfd_shared::wire::RankNotice;
 
 use super::mapping::display_name;
 use super::started::StartedUsers;
 use super::texts;
-use crate::broker::Broker;
+use crate::broker::notices::{NoticeHandler, NoticePolicy, Outcome};
+use crate::observe::bot::BotMetrics;
 
 /// The longest a notice waits between attempts after network failures.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
-/// The shared durable consumer of the Telegram replicas.
-pub async fn consumer(broker: &Broker) -> anyhow::Result<PullConsumer> {
-    let subjects = &broker.subjects;
-    let name = consumer_name(subjects);
-    let stream = broker
-        .js
-        .get_stream(subjects.notify_stream())
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "stream {} not found ({e}): run `ttfd nats setup` first",
-                subjects.notify_stream()
-            )
-        })?;
-    let config = consumer::pull::Config {
-        durable_name: Some(name.clone()),
-        description: Some("Telegram rank-up announcements (ttfd telegram)".into()),
-        filter_subject: subjects.notify("rank"),
-        // Announce what happens from the first start on, not a backlog of old rank-ups.
-        deliver_policy: DeliverPolicy::New,
-        ack_policy: AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(60),
-        max_ack_pending: 256,
-        ..Default::default()
-    };
-    Ok(stream.get_or_create_consumer(&name, config).await?)
-}
-
-pub fn consumer_name(subjects: &Subjects) -> String {
-    format!("{}-telegram-rank", subjects.prefix())
-}
+/// One notice at a time per replica: a flood-control pause (Telegram's `retry_after`)
+/// holds every announcement, and a fetched notice's `ack_wait` must not run out while it
+/// waits. New notices only: a first start announces nothing of the stream's backlog.
+pub const POLICY: NoticePolicy = NoticePolicy {
+    durable: "telegram-rank",
+    description: "Telegram rank-up announcements (ttfd telegram)",
+    deliver: DeliverPolicy::New,
+    ack_wait: Duration::from_secs(60),
+    concurrency: 1,
+};
 
 /// The Telegram user a notice announces a rank-up of; `Err` says why there is none.
 pub fn announced_user(notice: &RankNotice) -> Result<UserId, &'static str> {
@@ -157,18 +134,9 @@ fn is_server_side(description: &str) -> bool {
     .any(|s| d.contains(s))
 }
 
-/// What became of one notice.
-#[derive(Debug, PartialEq, Eq)]
-enum Outcome {
-    Done,
-    Retry { after: Duration, pause: bool },
-    Poison(String),
-}
-
-/// Announces rank-ups until `shutdown`.
+/// Announces rank-ups.
 pub struct Announcer {
     pub bot: Bot,
-    pub consumer: PullConsumer,
     pub started: StartedUsers,
     pub rules: Rules,
     /// The configured group, replaced in memory when Telegram says it migrated.
@@ -177,81 +145,25 @@ pub struct Announcer {
     pub metrics: BotMetrics,
 }
 
-impl Announcer {
-    pub async fn run(self, shutdown: CancellationToken) {
-        while !shutdown.is_cancelled() {
-            // One notice at a time: a fetched notice's ack_wait runs while it waits,
-            // and a flood-control pause may be long.
-            let messages = self.consumer.stream().max_messages_per_batch(1).messages();
-            let mut messages = match messages.await {
-                Ok(m) => m,
-                Err(e) => {
-                    warn!(error = %e, "cannot read rank notices; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
-                    }
-                }
-            };
-            loop {
-                let next = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    next = messages.next() => next,
-                };
-                let msg = match next {
-                    Some(Ok(m)) => m,
-                    Some(Err(e)) => {
-                        debug!(error = %e, "rank notice stream");
-                        continue;
-                    }
-                    None => break,
-                };
-                let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
-                let outcome = self.deliver(&msg.payload, delivered).await;
-                self.metrics.notice(match &outcome {
-                    Outcome::Done => "done",
-                    Outcome::Retry { .. } => "retry",
-                    Outcome::Poison(_) => "unreadable",
-                });
-                let ack = match &outcome {
-                    Outcome::Done => msg.ack().await,
-                    Outcome::Retry { after, .. } => msg.ack_with(AckKind::Nak(Some(*after))).await,
-                    Outcome::Poison(why) => {
-                        error!(reason = %why, "undecodable rank notice; dropped");
-                        msg.ack_with(AckKind::Term).await
-                    }
-                };
-                if let Err(e) = ack {
-                    // Not acked: it comes back after ack_wait, at worst a repeat.
-                    warn!(error = %e, "cannot ack a rank notice");
-                }
-                if let Outcome::Retry { after, pause: true } = outcome {
-                    info!(
-                        seconds = after.as_secs(),
-                        "Telegram asks to slow down; pausing announcements"
-                    );
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(after) => {}
-                    }
-                }
-            }
-        }
+impl NoticeHandler for Announcer {
+    async fn handle(&self, notice: RankNotice, attempt: u32) -> Outcome {
+        self.deliver(&notice, i64::from(attempt)).await
     }
 
+    fn count(&self, outcome: &'static str) {
+        self.metrics.notice(outcome);
+    }
+}
+
+impl Announcer {
     fn group(&self) -> Option<ChatId> {
         self.has_group
             .then(|| ChatId(self.group.load(Ordering::Relaxed)))
     }
 
-    #[instrument(skip_all, fields(notice))]
-    async fn deliver(&self, payload: &[u8], delivered: i64) -> Outcome {
-        let notice: RankNotice = match rmp_serde::from_slice(payload) {
-            Ok(n) => n,
-            Err(e) => return Outcome::Poison(e.to_string()),
-        };
-        tracing::Span::current().record("notice", notice.id.as_str());
-        let user = match announced_user(&notice) {
+    #[instrument(skip_all, fields(notice = notice.id.as_str()))]
+    async fn deliver(&self, notice: &RankNotice, delivered: i64) -> Outcome {
+        let user = match announced_user(notice) {
             Ok(user) => user,
             Err(why) => {
                 debug!(why, "not announced");
@@ -270,7 +182,7 @@ impl Announcer {
         };
         let mut route = route(started, self.group());
         if route == Route::Private {
-            let text = texts::rank_up_private(&notice, &self.rules);
+            let text = texts::rank_up_private(notice, &self.rules);
             let Err(e) = self.bot.send_message(ChatId::from(user), text).await else {
                 return Outcome::Done;
             };
@@ -291,10 +203,7 @@ impl Announcer {
             route = self::route(false, self.group());
         }
         match route {
-            Route::Group(group) => {
-                self.announce_in_group(&notice, group, user, delivered)
-                    .await
-            }
+            Route::Group(group) => self.announce_in_group(notice, group, user, delivered).await,
             Route::Nowhere => {
                 debug!("not started and no telegram.group_chat_id: not announced");
                 Outcome::Done

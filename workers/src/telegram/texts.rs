@@ -3,10 +3,11 @@
 //! for the mention, with names escaped.
 
 use ttfd_shared::Rules;
+use ttfd_shared::view::text::{self, Markup, platform_name};
 use ttfd_shared::wire::{RankNotice, WireIdentity};
 
 use crate::store::codes::{IssuedCode, Redemption};
-use crate::store::query::{Period, Profile, Standing};
+use ttfd_shared::view::{Period, Profile, Standing};
 
 use super::commands::COMMANDS;
 
@@ -64,67 +65,12 @@ pub fn rank(profile: Option<&Profile>, rules: &Rules) -> String {
         );
     };
     let name = p.display_name.as_deref().unwrap_or("You");
-    let stars = "★".repeat(usize::from(p.rank.stars));
-    let mut lines = vec![
-        name.to_owned(),
-        format!("Rank {} {stars} · {} XP", p.rank.name, p.xp),
-    ];
-    match p.rank.next_xp {
-        Some(next) => lines.push(format!(
-            "Next: {} at {next} XP, {} to go",
-            rules.rank(p.rank.index.saturating_add(1)).name,
-            next - p.xp
-        )),
-        None => lines.push("The highest rank: nothing above it.".into()),
-    }
-    lines.push(format!(
-        "Peak {} · {} coins",
-        rules.rank(p.peak_rank).name,
-        p.coins
-    ));
-    lines.push(format!(
-        "Messages {} · voice {} min · games {} ({} won)",
-        p.messages,
-        p.voice_seconds / 60,
-        p.games_played,
-        p.games_won
-    ));
-    let mut platforms: Vec<String> = p
-        .identities
-        .iter()
-        .map(|i| platform_name(&i.platform))
-        .collect();
-    platforms.dedup();
-    lines.push(format!("Linked: {}", platforms.join(", ")));
-    lines.join("\n")
-}
-
-fn period_words(period: Period) -> &'static str {
-    match period {
-        Period::All => "all time",
-        Period::Week => "this week",
-        Period::Month => "this month",
-    }
+    text::profile(name, p, rules, Markup::Plain)
 }
 
 /// `/top [period]`.
 pub fn top(period: Period, rows: &[Standing]) -> String {
-    if rows.is_empty() {
-        return format!("Nobody has earned XP {} yet.", period_words(period));
-    }
-    let mut out = format!("🏆 Top, {}\n", period_words(period));
-    for r in rows {
-        let name = r
-            .display_name
-            .clone()
-            .unwrap_or_else(|| format!("user #{}", r.uid));
-        out.push_str(&format!(
-            "{}. {name} — {} XP · {}\n",
-            r.position, r.xp, r.rank
-        ));
-    }
-    out.pop();
-    out
+    text::top(period, rows, Markup::Plain)
 }
 
 pub fn top_usage(word: &str) -> String {
@@ -220,15 +166,6 @@ pub fn escape_html(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// `discord` → `Discord`; other platforms as they are named.
-fn platform_name(platform: &str) -> String {
-    match platform {
-        "discord" => "Discord".into(),
-        "telegram" => "Telegram".into(),
-        other => other.to_owned(),
-    }
-}
-
 /// The Telegram identity among a notice's identities, as a user id.
 pub fn telegram_user(identities: &[WireIdentity]) -> Option<u64> {
     identities
@@ -278,10 +215,10 @@ mod tests {
         assert_eq!(
             rank(Some(&profile()), &rules()),
             "Ada Lovelace\n\
-             Rank C I ★ · 14000 XP\n\
-             Next: C II at 16250 XP, 2250 to go\n\
-             Peak C I · 2850 coins\n\
-             Messages 320 · voice 95 min · games 4 (1 won)\n\
+             Rank C I ★ · 14,000 XP\n\
+             ▰▱▱▱▱▱▱▱▱▱ 18% to C II (500 / 2,750)\n\
+             Peak C I · 2,850 coins\n\
+             320 messages · 1 h 35 min in voice · 4 games (1 won)\n\
              Linked: Discord, Telegram"
         );
     }
@@ -294,7 +231,7 @@ mod tests {
         p.rank = rules.rank(rules.rank_index(60_000));
         p.peak_rank = 20;
         let text = rank(Some(&p), &rules);
-        assert!(text.contains("Rank S II ★★ · 60000 XP"), "{text}");
+        assert!(text.contains("Rank S II ★★ · 60,000 XP"), "{text}");
         assert!(text.contains("The highest rank"), "{text}");
     }
 
@@ -326,7 +263,7 @@ mod tests {
         ];
         assert_eq!(
             top(Period::Week, &rows),
-            "🏆 Top, this week\n1. Ada — 1250 XP · C I\n2. user #9 — 40 XP · F I"
+            "Leaderboard, this week\n1. Ada — 1,250 XP · C I\n2. user #9 — 40 XP · F I"
         );
         assert_eq!(
             top(Period::Month, &[]),

@@ -15,9 +15,9 @@ use ttfd_shared::{Event, Identity};
 
 use super::AppState;
 use super::ops::IngestLabels;
-use crate::cli::event_from_json;
 use crate::now_ms;
-use crate::store::query::{Period, Standing};
+use ttfd_shared::view::{Period, Standing};
+use ttfd_shared::wire::from_json as event_from_json;
 
 /// Most events in one ingest request.
 pub const MAX_BATCH: usize = 1000;
@@ -115,30 +115,13 @@ pub struct BoardRequest {
     pub per_page: i64,
 }
 
-pub fn parse_period(s: &str) -> Option<Period> {
-    match s {
-        "all" => Some(Period::All),
-        "week" => Some(Period::Week),
-        "month" => Some(Period::Month),
-        _ => None,
-    }
-}
-
-pub fn period_name(p: Period) -> &'static str {
-    match p {
-        Period::All => "all",
-        Period::Week => "week",
-        Period::Month => "month",
-    }
-}
-
 impl BoardQuery {
     pub fn parse(&self) -> Result<BoardRequest, String> {
         let period = match self.period.as_deref() {
             None | Some("") => Period::All,
-            Some(p) => {
-                parse_period(p).ok_or_else(|| format!("period {p:?} must be all, week or month"))?
-            }
+            Some(p) => p
+                .parse::<Period>()
+                .map_err(|_| format!("period {p:?} must be all, week or month"))?,
         };
         let number = |name: &str, v: &Option<String>, default: i64, max: i64| match v.as_deref() {
             None | Some("") => Ok(default),
@@ -180,7 +163,7 @@ pub async fn load_board(
         .await?;
     let total = app.store.leaderboard_size(req.period, today).await?;
     Ok(Board {
-        period: period_name(req.period),
+        period: req.period.as_str(),
         page: req.page,
         per_page: req.per_page,
         total,

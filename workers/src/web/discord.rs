@@ -10,7 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use ttfd_shared::Identity;
 
-use super::settings::DiscordSettings;
+use crate::settings::web::DiscordOAuthSettings;
 
 /// Why the provider did not tell us who signed in.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +56,7 @@ pub struct DiscordOAuth {
 
 impl DiscordOAuth {
     /// `None` when Discord sign-in is not configured (no `web.discord.client_id`).
-    pub fn new(settings: &DiscordSettings, base_url: &str) -> Option<Result<Self, String>> {
+    pub fn new(settings: &DiscordOAuthSettings, base_url: &str) -> Option<Result<Self, String>> {
         if settings.client_id.is_empty() {
             return None;
         }

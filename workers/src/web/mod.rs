@@ -2,11 +2,12 @@
 //! and account linking), the HTTP API `/api/v1/...` with event ingest, and the
 //! operations endpoints `/healthz`, `/readyz`, `/metrics`.
 //!
-//! Built as STYLE.md asks: [`WebApp::build`] connects and binds (port 0 in tests) and
-//! exposes the address; [`WebApp::run`] serves until the shutdown token fires, then
-//! finishes the requests in flight.
+//! Built as STYLE.md asks: [`WebApp::build`] binds (port 0 in tests) over the store and
+//! broker the composition root (`app`) connected, and exposes the address;
+//! [`WebApp::run`] serves until the shutdown token fires, then finishes the requests in
+//! flight.
 //!
-//! Reads the `web` section (see [`settings`]), plus `database.*`, `nats.*` and `rules`.
+//! Reads the `web` section ([`crate::settings::web`]) and `rules`.
 
 pub mod api;
 pub mod auth;
@@ -15,7 +16,6 @@ pub mod discord;
 pub mod ops;
 pub mod pages;
 pub mod session;
-pub mod settings;
 pub mod telegram;
 
 use std::collections::HashMap;
@@ -37,24 +37,22 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::broker::{Broker, BrokerError};
-use crate::config::{ConfigError, Settings};
 use crate::metrics::Metrics;
 use crate::now_ms;
+use crate::settings::{Settings, SettingsError};
 use crate::store::{Store, StoreError};
 
-pub use settings::WebSettings;
-
+use crate::settings::web::TelegramLoginSettings;
 use discord::DiscordOAuth;
 use ops::WebMetrics;
 use pages::TelegramWidget;
 use session::{CookiePolicy, Session};
-use settings::TelegramSettings;
 
 /// Why the web role could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum WebError {
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] SettingsError),
     #[error("cannot listen on {addr} (web.listen): {source}")]
     Bind {
         addr: SocketAddr,
@@ -77,7 +75,7 @@ pub struct AppState {
     pub cookies: CookiePolicy,
     pub base_url: Arc<str>,
     pub discord: Option<DiscordOAuth>,
-    pub telegram: Option<Arc<TelegramSettings>>,
+    pub telegram: Option<Arc<TelegramLoginSettings>>,
     /// Ingest token → platform.
     ingest_tokens: Arc<Vec<(secrecy::SecretString, String)>>,
     /// OAuth `state` values already used, with when (replay protection in this process;
@@ -125,25 +123,20 @@ pub struct WebApp {
     router: Router,
     addr: SocketAddr,
     base_url: String,
-    /// Time requests in flight get after the shutdown signal (`sync.shutdown_grace_secs`).
+    /// Time requests in flight get after the shutdown signal.
     grace: Duration,
 }
 
 impl WebApp {
-    /// Connects to PostgreSQL (lazily) and NATS and binds `web.listen`.
-    pub async fn build(settings: &Settings) -> Result<Self, WebError> {
-        let store = Store::connect_lazy(&settings.database, settings.rules.clone())?;
-        let broker = Broker::connect(&settings.nats, Duration::from_secs(5)).await?;
-        Self::build_with(settings, store, broker, Metrics::new()).await
-    }
-
-    /// As [`WebApp::build`], with the store, broker and metrics registry given (tests,
-    /// the demo, a process running several roles).
-    pub async fn build_with(
+    /// Binds `web.listen` (port 0 picks a free port) over a connected store and broker,
+    /// registering the site's metrics in `registry`; requests in flight at shutdown get
+    /// `grace` to finish.
+    pub async fn build(
         settings: &Settings,
         store: Store,
         broker: Broker,
         registry: Metrics,
+        grace: Duration,
     ) -> Result<Self, WebError> {
         let web = &settings.web;
         web.validate()?;
@@ -163,7 +156,7 @@ impl WebApp {
             None => None,
             Some(Ok(d)) => Some(d),
             Some(Err(message)) => {
-                return Err(ConfigError::Invalid {
+                return Err(SettingsError::Invalid {
                     key: "web.discord".into(),
                     message,
                 }
@@ -198,7 +191,7 @@ impl WebApp {
             router: router(state),
             addr,
             base_url,
-            grace: settings.shutdown_grace(),
+            grace,
         })
     }
 
@@ -212,8 +205,8 @@ impl WebApp {
         &self.base_url
     }
 
-    /// Serves until `shutdown` fires, then gives requests in flight the grace period
-    /// (`sync.shutdown_grace_secs`) to finish.
+    /// Serves until `shutdown` fires, then gives requests in flight the grace period to
+    /// finish.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         tracing::info!(url = %self.base_url, "web: serving");
         let serve = axum::serve(self.listener, self.router)
@@ -293,12 +286,4 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
-}
-
-/// `ttfd web`: serves until a shutdown signal.
-pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let app = WebApp::build(settings).await?;
-    println!("web: serving {}", app.base_url());
-    app.run(shutdown).await?;
-    Ok(())
 }

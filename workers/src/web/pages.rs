@@ -12,11 +12,11 @@ use time::{Duration, OffsetDateTime};
 use ttfd_shared::Rules;
 
 use super::AppState;
-use super::api::{BoardQuery, BoardRequest, ladder, load_board, period_name};
+use super::api::{BoardQuery, BoardRequest, ladder, load_board};
 use super::chart::{Chart, xp_chart};
 use super::session::{Flash, Session};
 use crate::now_ms;
-use crate::store::query::{Period, Profile};
+use ttfd_shared::view::{Period, Profile};
 
 /// Days shown in the profile chart.
 pub const CHART_DAYS: u16 = 30;
@@ -455,7 +455,7 @@ pub async fn leaderboard(
         Err(e) => return database_down(&app, jar, session, e),
     };
     let href = |period: Period, page: i64| {
-        let mut s = format!("/leaderboard?period={}", period_name(period));
+        let mut s = format!("/leaderboard?period={}", period.as_str());
         if page > 1 {
             s.push_str(&format!("&page={page}"));
         }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use super::SettingsError;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -61,17 +61,14 @@ impl Default for TelegramSettings {
     }
 }
 
-fn invalid(key: &str, message: &str) -> ConfigError {
-    ConfigError::Invalid {
-        key: format!("telegram.{key}"),
-        message: message.to_owned(),
-    }
+fn invalid(key: &str, message: &str) -> SettingsError {
+    super::invalid(&format!("telegram.{key}"), message)
 }
 
 impl TelegramSettings {
     /// The checks serde cannot express; a missing token is only an error for the
     /// `ttfd telegram` role ([`TelegramSettings::token`]).
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), SettingsError> {
         if let Some(token) = &self.token
             && !token_is_well_formed(token.expose_secret())
         {
@@ -134,7 +131,7 @@ impl TelegramSettings {
     }
 
     /// The token, or the start-up error of `ttfd telegram` naming the key.
-    pub fn require_token(&self) -> Result<&SecretString, ConfigError> {
+    pub fn require_token(&self) -> Result<&SecretString, SettingsError> {
         self.token.as_ref().ok_or_else(|| {
             invalid(
                 "token",
@@ -170,9 +167,9 @@ fn token_is_well_formed(token: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Settings;
+    use crate::settings::Settings;
 
-    fn load(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
         Settings::load_from(None, pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())))
     }
 

@@ -1,4 +1,4 @@
-//! The `discord` config section: everything `ttfd discord` reads.
+//! `[discord]`: everything `ttfd discord` reads.
 //!
 //! Keys: `discord.token` (secret), `discord.guild_id`, `discord.ignored_channels`,
 //! `discord.message_content`, `discord.rank_roles`, `discord.announce_channel`,
@@ -10,6 +10,8 @@ use serde::Deserialize;
 use serenity::model::id::{ChannelId, GuildId, RoleId};
 use ttfd_shared::Rules;
 use ttfd_shared::voice::VoiceRules;
+
+use super::{SettingsError, invalid};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -139,17 +141,14 @@ impl ShardSettings {
     }
 }
 
-/// A bad `discord` key: `(key, message)`, turned into a config error by `config.rs`.
-pub type Invalid = (String, String);
-
-fn bad(key: impl Into<String>, message: impl Into<String>) -> Invalid {
-    (key.into(), message.into())
+fn bad(key: impl AsRef<str>, message: impl Into<String>) -> SettingsError {
+    invalid(key.as_ref(), message)
 }
 
 impl DiscordSettings {
     /// The checks serde cannot express. A missing token is not an error here (only
     /// `ttfd discord` needs one, see [`DiscordSettings::require`]).
-    pub fn validate(&self, rules: &Rules) -> Result<(), Invalid> {
+    pub fn validate(&self, rules: &Rules) -> Result<(), SettingsError> {
         use secrecy::ExposeSecret;
         if let Some(token) = &self.token
             && token.expose_secret().trim().is_empty()
@@ -202,7 +201,7 @@ impl DiscordSettings {
     }
 
     /// What `ttfd discord` cannot run without: the token and the guild.
-    pub fn require(&self) -> Result<(&SecretString, GuildId), Invalid> {
+    pub fn require(&self) -> Result<(&SecretString, GuildId), SettingsError> {
         let token = self.token.as_ref().ok_or_else(|| {
             bad(
                 "discord.token",
@@ -225,7 +224,7 @@ impl DiscordSettings {
 mod tests {
     use secrecy::ExposeSecret;
 
-    use crate::config::Settings;
+    use crate::settings::Settings;
 
     fn load(toml: &str, env: &[(&str, &str)]) -> Result<Settings, String> {
         // A file per call: the tests run in parallel.
@@ -316,13 +315,11 @@ mod tests {
     #[test]
     fn running_the_bot_needs_a_token_and_a_guild() {
         let s = load("", &[]).expect("defaults load without a token");
-        let (key, message) = s.discord.require().expect_err("no token");
-        assert_eq!(key, "discord.token");
-        assert!(message.contains("TTFD__DISCORD__TOKEN"));
+        let err = s.discord.require().expect_err("no token").to_string();
+        assert!(err.contains("key discord.token:"), "{err}");
+        assert!(err.contains("TTFD__DISCORD__TOKEN"), "{err}");
         let s = load("[discord]\ntoken = \"x\"", &[]).expect("loads");
-        assert_eq!(
-            s.discord.require().expect_err("no guild").0,
-            "discord.guild_id"
-        );
+        let err = s.discord.require().expect_err("no guild").to_string();
+        assert!(err.contains("key discord.guild_id:"), "{err}");
     }
 }

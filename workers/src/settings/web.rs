@@ -1,4 +1,4 @@
-//! The `web` config section: where the site listens, how it is reached, its cookie key,
+//! `[web]`: where the site listens, how it is reached, its cookie key,
 //! Discord OAuth, the Telegram Login Widget and the ingest tokens.
 //!
 //! Keys: `web.listen`, `web.public_url`, `web.cookie_key`, `web.session_days`,
@@ -14,7 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use ttfd_shared::Platform;
 
-use crate::config::ConfigError;
+use super::{SettingsError, invalid};
 
 /// Shortest accepted cookie key and ingest token, in bytes.
 pub const MIN_COOKIE_KEY_BYTES: usize = 32;
@@ -35,16 +35,17 @@ pub struct WebSettings {
     pub cookie_key: SecretString,
     /// How long a sign-in lasts.
     pub session_days: u32,
-    pub discord: DiscordSettings,
-    pub telegram: TelegramSettings,
+    pub discord: DiscordOAuthSettings,
+    pub telegram: TelegramLoginSettings,
     /// Bearer token per platform for `POST /api/v1/events`; a token publishes only its
     /// own platform's events.
     pub ingest_tokens: BTreeMap<String, SecretString>,
 }
 
+/// `web.discord`: "Sign in with Discord" (OAuth2).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct DiscordSettings {
+pub struct DiscordOAuthSettings {
     /// The application's OAuth2 client id; empty disables "Sign in with Discord".
     pub client_id: String,
     pub client_secret: SecretString,
@@ -54,9 +55,10 @@ pub struct DiscordSettings {
     pub api_url: String,
 }
 
+/// `web.telegram`: the Telegram Login Widget.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct TelegramSettings {
+pub struct TelegramLoginSettings {
     /// The bot's token: the Login Widget's data is signed with SHA-256 of it. Empty
     /// disables Telegram sign-in.
     pub bot_token: SecretString,
@@ -73,14 +75,14 @@ impl Default for WebSettings {
             public_url: String::new(),
             cookie_key: SecretString::default(),
             session_days: 30,
-            discord: DiscordSettings::default(),
-            telegram: TelegramSettings::default(),
+            discord: DiscordOAuthSettings::default(),
+            telegram: TelegramLoginSettings::default(),
             ingest_tokens: BTreeMap::new(),
         }
     }
 }
 
-impl Default for DiscordSettings {
+impl Default for DiscordOAuthSettings {
     fn default() -> Self {
         Self {
             client_id: String::new(),
@@ -92,7 +94,7 @@ impl Default for DiscordSettings {
     }
 }
 
-impl Default for TelegramSettings {
+impl Default for TelegramLoginSettings {
     fn default() -> Self {
         Self {
             bot_token: SecretString::default(),
@@ -102,20 +104,13 @@ impl Default for TelegramSettings {
     }
 }
 
-fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.to_owned(),
-        message: message.into(),
-    }
-}
-
 fn is_http_url(s: &str) -> bool {
     s.starts_with("https://") || s.starts_with("http://")
 }
 
 impl WebSettings {
     /// The checks of the section's shape, run with every role's settings.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), SettingsError> {
         let public = self.public_url.trim_end_matches('/');
         if !public.is_empty() && (!is_http_url(public) || public.contains(['?', '#'])) {
             return Err(invalid(
@@ -194,7 +189,7 @@ impl WebSettings {
 
     /// The key signing the cookies. Outside a local site a missing or short
     /// `web.cookie_key` is refused, naming the key.
-    pub fn cookie_key(&self, base_url: &str) -> Result<Key, ConfigError> {
+    pub fn cookie_key(&self, base_url: &str) -> Result<Key, SettingsError> {
         let key = self.cookie_key.expose_secret().as_bytes();
         if key.len() >= MIN_COOKIE_KEY_BYTES {
             return Ok(Key::derive_from(key));
@@ -275,17 +270,17 @@ mod tests {
     fn the_example_config_file_loads() {
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/ttfd.example.toml");
-        let s = crate::config::Settings::load_from(Some(&path), Vec::new()).expect("loads");
+        let s = crate::settings::Settings::load_from(Some(&path), Vec::new()).expect("loads");
         assert_eq!(s.web.listen.port(), 8080);
         assert_eq!(
             s.web.discord.token_url,
-            DiscordSettings::default().token_url
+            DiscordOAuthSettings::default().token_url
         );
     }
 
     #[test]
     fn ingest_tokens_come_from_the_environment() {
-        let s = crate::config::Settings::load_from(
+        let s = crate::settings::Settings::load_from(
             None,
             vec![(
                 "TTFD__WEB__INGEST_TOKENS__WEBSITE".to_owned(),

@@ -16,13 +16,14 @@ use tokio_util::task::TaskTracker;
 use tracing::warn;
 use ttfd_shared::wire::RankNotice;
 
+use super::{Role, connect_broker, connect_store};
 use crate::broker::Broker;
-use crate::cli::{connect_broker, connect_store};
-use crate::config::Settings;
 use crate::now_ms;
-use crate::store::query::{Period, Standing};
+use crate::settings::Settings;
 use crate::sync::{Counters, SyncWorker, relay_outbox};
 use crate::traffic::Traffic;
+use ttfd_shared::view::Period;
+use ttfd_shared::view::text::{self, Markup};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
@@ -95,11 +96,12 @@ pub async fn run(
         }
     });
     // The website (`web.listen`, default 127.0.0.1:8080), to watch it in a browser.
-    let web = crate::web::WebApp::build_with(
+    let web = crate::web::WebApp::build(
         settings,
         store.clone(),
         broker.clone(),
         crate::metrics::Metrics::new(),
+        Role::Web.grace(settings),
     );
     match web.await {
         Ok(web) => {
@@ -130,7 +132,7 @@ pub async fn run(
                     Counters::get(&counters.rank_changes), Counters::get(&counters.merges),
                     Counters::get(&counters.dead_lettered),
                 );
-                print!("This week:\n{}", format_top(&top));
+                println!("{}", text::top(Period::Week, &top, Markup::Plain));
             }
         }
     }
@@ -140,10 +142,8 @@ pub async fn run(
     tasks.close();
     tasks.wait().await;
     let today = time::OffsetDateTime::now_utc().date();
-    print!(
-        "\nAll time:\n{}",
-        format_top(&store.top(Period::All, today, 10, 0).await?)
-    );
+    let top = store.top(Period::All, today, 10, 0).await?;
+    println!("\n{}", text::top(Period::All, &top, Markup::Plain));
     Ok(())
 }
 
@@ -213,22 +213,4 @@ async fn announce_rank_ups(broker: Broker, stop: CancellationToken) {
             }
         }
     }
-}
-
-/// A leaderboard as a small table.
-pub fn format_top(rows: &[Standing]) -> String {
-    if rows.is_empty() {
-        return "  (nobody yet)\n".into();
-    }
-    rows.iter()
-        .map(|r| {
-            format!(
-                "  {:>3}. {:<24} {:>8} XP  {}\n",
-                r.position,
-                r.display_name.as_deref().unwrap_or("?"),
-                r.xp,
-                r.rank
-            )
-        })
-        .collect()
 }

@@ -1,0 +1,279 @@
+//! Profiles and leaderboards as text for people: the one renderer behind `ttfd user`,
+//! `ttfd top`, the demo, Discord's `/rank` `/top` and Telegram's `/rank` `/top`. The
+//! [`Markup`] says only how emphasis and names are written; the words, numbers and
+//! order are the same everywhere.
+
+use std::fmt::Write as _;
+
+use super::{Period, Profile, Standing};
+use crate::rules::Rules;
+
+/// How the text is marked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Markup {
+    /// Plain text: terminals and Telegram replies (sent without a parse mode).
+    Plain,
+    /// Discord markdown: emphasis in `**`, markdown in names escaped.
+    Markdown,
+}
+
+impl Markup {
+    fn strong(self, s: &str) -> String {
+        match self {
+            Markup::Plain => s.to_owned(),
+            Markup::Markdown => format!("**{s}**"),
+        }
+    }
+
+    /// A name as typed, whatever characters it holds.
+    pub fn name(self, s: &str) -> String {
+        match self {
+            Markup::Plain => s.to_owned(),
+            Markup::Markdown => escape_markdown(s),
+        }
+    }
+}
+
+/// Discord markdown and mentions in a name are shown as typed.
+pub fn escape_markdown(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if matches!(
+            c,
+            '*' | '_' | '~' | '`' | '|' | '>' | '#' | '[' | ']' | '(' | ')' | '\\' | '<' | '@'
+        ) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `12345` → `12,345`.
+pub fn thousands(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+/// `4500` seconds → `1 h 15 min`.
+pub fn duration(seconds: i64) -> String {
+    let (h, m) = (seconds / 3600, seconds % 3600 / 60);
+    match (h, m) {
+        (0, m) => format!("{m} min"),
+        (h, 0) => format!("{h} h"),
+        (h, m) => format!("{h} h {m} min"),
+    }
+}
+
+/// A platform as people call it.
+pub fn platform_name(p: &str) -> String {
+    match p {
+        "discord" => "Discord".into(),
+        "telegram" => "Telegram".into(),
+        "website" => "the website".into(),
+        other => other.into(),
+    }
+}
+
+/// The name a leaderboard shows for a user without a display name.
+pub fn fallback_name(uid: i64) -> String {
+    format!("user #{uid}")
+}
+
+/// A profile, headed by `name`:
+///
+/// ```text
+/// Ada
+/// Rank C II ★★ · 16,900 XP
+/// ▰▰▱▱▱▱▱▱▱▱ 21% to C III (650 / 3,000)
+/// Peak C II · 4,500 coins
+/// 1,204 messages · 3 h 5 min in voice · 4 games (1 won)
+/// Linked: Discord, Telegram
+/// ```
+pub fn profile(name: &str, p: &Profile, rules: &Rules, markup: Markup) -> String {
+    let r = &p.rank;
+    let mut out = markup.strong(&markup.name(name));
+    let _ = write!(
+        out,
+        "\nRank {} {} · {} XP\n",
+        markup.strong(&r.name),
+        "★".repeat(usize::from(r.stars)),
+        thousands(p.xp)
+    );
+    match r.next_xp {
+        Some(next) if next > r.required_xp => {
+            let span = next - r.required_xp;
+            let done = (p.xp - r.required_xp).clamp(0, span);
+            let filled = usize::try_from(done * 10 / span).unwrap_or(0).min(10);
+            let _ = writeln!(
+                out,
+                "{}{} {}% to {} ({} / {})",
+                "▰".repeat(filled),
+                "▱".repeat(10 - filled),
+                done * 100 / span,
+                rules.rank(r.index.saturating_add(1)).name,
+                thousands(done),
+                thousands(span)
+            );
+        }
+        _ => out.push_str("The highest rank: nothing above it.\n"),
+    }
+    let _ = writeln!(
+        out,
+        "Peak {} · {} coins",
+        rules.rank(p.peak_rank).name,
+        thousands(p.coins)
+    );
+    let _ = writeln!(
+        out,
+        "{} messages · {} in voice · {} games ({} won)",
+        thousands(p.messages),
+        duration(p.voice_seconds),
+        thousands(p.games_played),
+        thousands(p.games_won)
+    );
+    let mut platforms: Vec<String> = p
+        .identities
+        .iter()
+        .map(|i| platform_name(&i.platform))
+        .collect();
+    platforms.dedup();
+    let _ = write!(out, "Linked: {}", platforms.join(", "));
+    out
+}
+
+/// A leaderboard page:
+///
+/// ```text
+/// Leaderboard, this week
+/// 1. Ada — 1,250 XP · F III
+/// 2. user #7 — 980 XP · F II
+/// ```
+pub fn top(period: Period, rows: &[Standing], markup: Markup) -> String {
+    if rows.is_empty() {
+        return format!("Nobody has earned XP {} yet.", period.words());
+    }
+    let mut out = markup.strong(&format!("Leaderboard, {}", period.words()));
+    for s in rows {
+        let name = s
+            .display_name
+            .as_deref()
+            .map_or_else(|| fallback_name(s.uid), |n| markup.name(n));
+        let _ = write!(
+            out,
+            "\n{}. {name} — {} XP · {}",
+            s.position,
+            thousands(s.xp),
+            s.rank
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::WireIdentity;
+
+    fn ada(xp: i64, rules: &Rules) -> Profile {
+        let index = rules.rank_index(xp);
+        Profile {
+            uid: 1,
+            display_name: Some("Ada".into()),
+            xp,
+            rank: rules.rank(index),
+            peak_rank: index,
+            coins: rules.coins_for_peak(index),
+            messages: 1204,
+            voice_seconds: 11_100,
+            games_played: 4,
+            games_won: 1,
+            identities: ["discord", "telegram", "telegram"]
+                .iter()
+                .map(|p| WireIdentity {
+                    platform: (*p).into(),
+                    user: "1".into(),
+                })
+                .collect(),
+            created_at: None,
+            last_active: None,
+        }
+    }
+
+    #[test]
+    fn a_profile_reads_the_same_in_plain_text_and_markdown_but_for_emphasis() {
+        let rules = Rules::default();
+        let p = ada(16_900, &rules);
+        let plain = profile("Ada", &p, &rules, Markup::Plain);
+        assert_eq!(
+            plain,
+            "Ada\nRank C II ★★ · 16,900 XP\n▰▰▱▱▱▱▱▱▱▱ 21% to C III (650 / 3,000)\n\
+             Peak C II · 4,500 coins\n1,204 messages · 3 h 5 min in voice · 4 games (1 won)\n\
+             Linked: Discord, Telegram"
+        );
+        let md = profile("Ada_", &p, &rules, Markup::Markdown);
+        assert!(
+            md.starts_with("**Ada\\_**\nRank **C II** ★★ · 16,900 XP\n"),
+            "{md}"
+        );
+        assert!(md.ends_with("Linked: Discord, Telegram"), "{md}");
+    }
+
+    #[test]
+    fn the_top_rank_has_no_progress_bar() {
+        let rules = Rules::default();
+        let text = profile("Ada", &ada(60_000, &rules), &rules, Markup::Plain);
+        assert!(text.contains("Rank S II"), "{text}");
+        assert!(
+            text.contains("The highest rank: nothing above it."),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_leaderboard_names_the_period_and_falls_back_to_the_uid() {
+        let rows = [
+            Standing {
+                position: 1,
+                uid: 1,
+                display_name: Some("*Ada*".into()),
+                xp: 1250,
+                rank: "F III".into(),
+            },
+            Standing {
+                position: 2,
+                uid: 7,
+                display_name: None,
+                xp: 980,
+                rank: "F II".into(),
+            },
+        ];
+        assert_eq!(
+            top(Period::Week, &rows, Markup::Plain),
+            "Leaderboard, this week\n1. *Ada* — 1,250 XP · F III\n2. user #7 — 980 XP · F II"
+        );
+        assert!(
+            top(Period::All, &rows, Markup::Markdown)
+                .starts_with("**Leaderboard, all time**\n1. \\*Ada\\* — 1,250 XP")
+        );
+        assert_eq!(
+            top(Period::Month, &[], Markup::Plain),
+            "Nobody has earned XP this month yet."
+        );
+    }
+
+    #[test]
+    fn numbers_get_thousands_separators_and_durations_hours() {
+        assert_eq!(thousands(-1_234_567), "-1,234,567");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(duration(59), "0 min");
+        assert_eq!(duration(7200), "2 h");
+    }
+}

@@ -1,0 +1,182 @@
+//! Settings, loaded once at start-up: defaults, then an optional TOML file
+//! (`--config`), then environment variables `TTFD__<SECTION>__<KEY>`, which win.
+//!
+//! One file per section: [`database`] (`database.*`), [`nats`] (`nats.*`), [`sync`]
+//! (`sync.*`), [`log`] (`log.*`), [`metrics`] (`metrics.listen`), [`discord`]
+//! (`discord.*`), [`telegram`] (`telegram.*`), [`web`] (`web.*`); `rules.*` is
+//! [`ttfd_shared::Rules`]. See `config/ttfd.example.toml` for every key. Unknown keys
+//! and bad values stop start-up with a [`SettingsError`] naming the key.
+//!
+//! This module imports no role: the roles read their section from here.
+
+pub mod database;
+pub mod discord;
+pub mod log;
+pub mod metrics;
+pub mod nats;
+pub mod sync;
+pub mod telegram;
+pub mod web;
+
+use std::path::Path;
+
+use serde::Deserialize;
+use ttfd_shared::Rules;
+
+pub use database::DatabaseSettings;
+pub use discord::DiscordSettings;
+pub use log::{LogFormat, LogSettings};
+pub use metrics::MetricsSettings;
+pub use nats::NatsSettings;
+pub use sync::SyncSettings;
+pub use telegram::{TelegramMode, TelegramSettings};
+pub use web::WebSettings;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub nats: NatsSettings,
+    pub sync: SyncSettings,
+    pub rules: Rules,
+    pub log: LogSettings,
+    pub discord: DiscordSettings,
+    pub web: WebSettings,
+    pub metrics: MetricsSettings,
+    pub telegram: TelegramSettings,
+}
+
+/// Settings that cannot be used, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+/// The error for a bad `key`; every section builds its errors with it.
+pub fn invalid(key: &str, message: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+impl Settings {
+    /// Loads defaults, then `file` if given, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// As [`Settings::load`], with the environment passed in (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, SettingsError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("TTFD__"))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("TTFD")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The checks serde cannot express, section by section.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        self.database.validate()?;
+        self.nats.validate()?;
+        self.sync.validate()?;
+        self.web.validate()?;
+        self.metrics.addr()?;
+        self.telegram.validate()?;
+        self.rules
+            .validate()
+            .map_err(|e| invalid(&format!("rules.{}", e.key), e.message))?;
+        self.discord.validate(&self.rules)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_local() {
+        let s = Settings::load_from(None, env(&[])).expect("defaults load");
+        assert_eq!(s.nats.prefix, "ttfd");
+        assert_eq!(s.rules, Rules::default());
+        assert!(s.database.url.expose_secret().contains("127.0.0.1"));
+    }
+
+    #[test]
+    fn environment_overrides_win() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("TTFD__DATABASE__URL", "postgres://x@db/ttfd"),
+                ("TTFD__NATS__PREFIX", "tenant2"),
+                ("TTFD__RULES__MESSAGE_XP", "15"),
+                ("TTFD__SYNC__BATCH_SIZE", "50"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(s.database.url.expose_secret(), "postgres://x@db/ttfd");
+        assert_eq!(s.nats.prefix, "tenant2");
+        assert_eq!(s.rules.message_xp, 15);
+        assert_eq!(s.sync.batch_size, 50);
+    }
+
+    #[test]
+    fn a_file_is_read_and_the_environment_still_wins() {
+        let dir = std::env::temp_dir().join(format!("ttfd-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let path = dir.join("ttfd.toml");
+        std::fs::write(
+            &path,
+            "[nats]\nprefix = \"fromfile\"\n[sync]\nbatch_size = 7\n",
+        )
+        .expect("write");
+        let s = Settings::load_from(Some(&path), env(&[("TTFD__SYNC__BATCH_SIZE", "9")]))
+            .expect("loads");
+        assert_eq!((s.nats.prefix.as_str(), s.sync.batch_size), ("fromfile", 9));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("TTFD__NATS__PREFIX", "bad.prefix", "nats.prefix"),
+            ("TTFD__DATABASE__URL", "mysql://x", "database.url"),
+            ("TTFD__SYNC__BATCH_SIZE", "0", "sync.batch_size"),
+            ("TTFD__SYNC__BATCH_SIZE", "many", "batch_size"),
+            ("TTFD__NATS__NOPE", "1", "nope"),
+            ("TTFD__METRICS__LISTEN", "port 9090", "metrics.listen"),
+        ];
+        for (key, value, named) in cases {
+            let err = Settings::load_from(None, env(&[(key, value)]))
+                .expect_err("must be refused")
+                .to_string();
+            assert!(err.contains(named), "{key}={value}: {err}");
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! `[sync]`: the sync consumer's batching, retries, shutdown grace, relay and pruning.
+
+use serde::Deserialize;
+
+use super::{SettingsError, invalid};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncSettings {
+    /// Most events applied in one transaction.
+    pub batch_size: usize,
+    /// How long a batch waits for more events before it is applied, in ms: a little
+    /// latency for fewer, larger transactions under load.
+    pub batch_linger_ms: u64,
+    /// Longest wait between retries of a failing batch, in seconds.
+    pub max_retry_delay_secs: u64,
+    /// Time a stopping role gives its work in flight, in seconds (every role but
+    /// `ttfd telegram`, which has `telegram.shutdown_grace_secs`).
+    pub shutdown_grace_secs: u64,
+    /// How often the outbox relay looks for rows left by other replicas, in ms.
+    pub relay_poll_ms: u64,
+    /// How often applied event ids past the stream's retention are pruned, in seconds.
+    pub prune_interval_secs: u64,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 5000,
+            batch_linger_ms: 2,
+            max_retry_delay_secs: 10,
+            shutdown_grace_secs: 20,
+            relay_poll_ms: 1000,
+            prune_interval_secs: 3600,
+        }
+    }
+}
+
+impl SyncSettings {
+    pub(super) fn validate(&self) -> Result<(), SettingsError> {
+        if !(1..=10_000).contains(&self.batch_size) {
+            return Err(invalid("sync.batch_size", "must be 1..=10000"));
+        }
+        if self.max_retry_delay_secs == 0 || self.relay_poll_ms == 0 {
+            return Err(invalid("sync", "delays must be positive"));
+        }
+        Ok(())
+    }
+}
