@@ -161,10 +161,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Replay(args) => {
             let progress = std::io::stderr().is_terminal();
-            let (store, broker) = (
-                connect_store(&settings).await?,
-                connect_broker(&settings).await?,
-            );
+            let (store, broker) = app::connect(&settings).await?;
             let report = replay::replay_with(
                 store,
                 broker,
@@ -181,10 +178,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Rebuild(args) => {
             let progress = std::io::stderr().is_terminal();
-            let (store, broker) = (
-                connect_store(&settings).await?,
-                connect_broker(&settings).await?,
-            );
+            let (store, broker) = app::connect(&settings).await?;
             let outcome = replay::rebuild::rebuild_with(
                 store,
                 broker,
@@ -206,10 +200,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Snapshot => {
-            let (store, broker) = (
-                connect_store(&settings).await?,
-                connect_broker(&settings).await?,
-            );
+            let (store, broker) = app::connect(&settings).await?;
             let (schema, covers) = replay::rebuild::snapshot_with(&store, &broker).await?;
             println!("snapshot {schema}: every event up to stream sequence {covers}");
         }

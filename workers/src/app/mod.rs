@@ -101,6 +101,14 @@ pub async fn connect_store(settings: &Settings) -> anyhow::Result<Store> {
     Ok(store)
 }
 
+/// Both, for an operator task that reads the stream into the database.
+pub async fn connect(settings: &Settings) -> anyhow::Result<(Store, Broker)> {
+    Ok((
+        connect_store(settings).await?,
+        connect_broker(settings).await?,
+    ))
+}
+
 /// NATS with JetStream, within [`CONNECT_TIMEOUT`].
 pub async fn connect_broker(settings: &Settings) -> anyhow::Result<Broker> {
     Ok(Broker::connect(&settings.nats, CONNECT_TIMEOUT).await?)
