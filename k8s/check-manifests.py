@@ -1,6 +1,6 @@
 """Checks rendered manifests for what the Kubernetes schemas cannot see.
 
-Usage: python3 k8s/check-manifests.py [--settings workers/src/config.rs] [--ttfd BIN] RENDERED.yaml...
+Usage: python3 k8s/check-manifests.py [--settings workers/src/settings/mod.rs] [--ttfd BIN] RENDERED.yaml...
 
 kubernetes-validate checks every built-in resource against the API schemas; this
 script adds:
@@ -13,7 +13,7 @@ script adds:
   declares; a termination grace period longer than the app's; one image for every
   role; Prometheus scrape annotations;
 - configuration: every TOML file in a ConfigMap parses, and every TTFD__<SECTION>__...
-  variable names a section of `Settings` (workers/src/config.rs; a warning only, since
+  variable names a section of `Settings` (workers/src/settings/mod.rs; a warning only, since
   a section can land with another branch: ttfd refuses unknown keys at start-up);
 - with `--ttfd BIN`: each container's role started with the real binary and exactly
   the settings the pod would get (stand-ins for the Secret's values, the databases on a

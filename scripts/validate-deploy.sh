@@ -88,7 +88,7 @@ validate_rendered() {
     fi
   done
   if [ "$house_rules" = yes ]; then
-    "$PY" k8s/check-manifests.py --settings workers/src/config.rs "$@" "$file" >&2 || fail "k8s/check-manifests.py $file"
+    "$PY" k8s/check-manifests.py --settings workers/src/settings/mod.rs "$@" "$file" >&2 || fail "k8s/check-manifests.py $file"
   fi
 }
 
