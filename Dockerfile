@@ -20,7 +20,7 @@ ENV RUSTUP_TOOLCHAIN=1.95.0 \
 WORKDIR /src
 # .dockerignore lets in only what the build reads: the manifests, the two crates, the
 # migrations (embedded by sqlx::migrate!), the stream definitions in nats/*.json
-# (embedded by the broker) and tests/ (declared as targets in workers/Cargo.toml).
+# (embedded by the broker); workers/ holds the test target Cargo declares.
 COPY . .
 # The cache mounts keep the registry and the target directory between builds (BuildKit);
 # the binary is copied out because the cache mount is not part of the image.

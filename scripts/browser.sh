@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the browser test (tests/browser.rs) drives: Debian's headless Chromium
+# Installs what the browser test (workers/tests/it/browser.rs) drives: Debian's headless Chromium
 # and its ChromeDriver. Idempotent; never fails the caller: when the packages cannot be
 # installed it says so loudly and the browser test skips itself with the same message.
 set -uo pipefail

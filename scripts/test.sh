@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 bash scripts/validate-deploy.sh   # Dockerfile, k8s/ and nats/ validated offline (no cluster needed)
-bash scripts/browser.sh   # Chromium + ChromeDriver for tests/browser.rs (skips loudly if impossible)
+bash scripts/browser.sh   # Chromium + ChromeDriver for workers/tests/it/browser.rs (skips loudly if impossible)
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo test --workspace --all-features "$@"

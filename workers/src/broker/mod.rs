@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, consumer::PullConsumer, context::PublishAckFuture};
+use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use secrecy::ExposeSecret;
 use ttfd_shared::wire::{self, Event, Subjects};
@@ -51,6 +52,8 @@ pub enum BrokerError {
     },
     #[error("JetStream: {0}")]
     JetStream(String),
+    #[error("not stored before giving up; last error: {0}")]
+    NotStored(String),
 }
 
 fn js_err(e: impl std::fmt::Display) -> BrokerError {
@@ -210,6 +213,37 @@ impl Broker {
             .event(event.identity.platform.as_str(), event.kind());
         self.publish_raw(subject, event.id.as_str(), Bytes::from(wire::encode(event)))
             .await
+    }
+
+    /// Publishes `event` until JetStream has stored it, retrying with `backoff` (JetStream
+    /// deduplicates by id, so a retry after an unknown outcome is safe). After a failure,
+    /// it gives up when `give_up` resolves (the first try always runs to its end).
+    /// `on_retry` hears each failure and the delay before the next try. The one
+    /// publish-until-stored of the platform publishers.
+    pub async fn publish_until_stored(
+        &self,
+        event: &Event,
+        backoff: ExponentialBuilder,
+        give_up: impl Future<Output = ()>,
+        mut on_retry: impl FnMut(&BrokerError, Duration),
+    ) -> Result<(), BrokerError> {
+        let last = std::sync::Mutex::new(None::<String>);
+        let failed = tokio::sync::Notify::new();
+        let stored = (|| async { self.publish_event(event).await?.await.map_err(js_err) })
+            .retry(backoff)
+            .notify(|e, delay| {
+                *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                failed.notify_one();
+                on_retry(e, delay);
+            });
+        tokio::select! {
+            biased;
+            r = stored => r.map(drop),
+            () = async { failed.notified().await; give_up.await } => {
+                let last = last.lock().unwrap_or_else(|p| p.into_inner()).take();
+                Err(BrokerError::NotStored(last.unwrap_or_else(|| "no answer yet".into())))
+            }
+        }
     }
 
     /// Sends bytes as they are (for outside publishers' shapes and for tests of bad input).

@@ -21,10 +21,11 @@ pub mod mapping;
 pub mod roles;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use backon::ExponentialBuilder;
 use serenity::all::{
     ClientBuilder, Context, EventHandler, GatewayIntents, Guild, GuildId, Interaction, Member,
     Message, Ready, UnavailableGuild, UserId, VoiceState,
@@ -33,6 +34,7 @@ use serenity::async_trait;
 use serenity::http::Http;
 use serenity::model::application::CommandInteraction;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use ttfd_shared::voice::{Segment, VoiceSessions};
@@ -272,6 +274,7 @@ pub async fn publish_events_with(
     grace: Duration,
     metrics: DiscordMetrics,
 ) {
+    let drain_until = OnceLock::new();
     loop {
         let event = tokio::select! {
             biased;
@@ -284,29 +287,28 @@ pub async fn publish_events_with(
                 Err(_) => break,
             },
         };
-        let mut delay = Duration::from_millis(100);
-        let mut deadline: Option<tokio::time::Instant> = None;
-        loop {
-            let stored = match broker.publish_event(&event).await {
-                Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            let Err(e) = stored else {
+        // Once stopping, every event still queued shares one deadline: `grace` from then.
+        let give_up = async {
+            done.cancelled().await;
+            tokio::time::sleep_until(*drain_until.get_or_init(|| Instant::now() + grace)).await;
+        };
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times();
+        let stored = broker.publish_until_stored(&event, backoff, give_up, |e, _| {
+            metrics.bot.publish_retries.inc();
+            warn!(id = event.id.as_str(), error = %e, "publishing failed; retrying");
+        });
+        match stored.await {
+            Ok(()) => {
                 debug!(id = event.id.as_str(), "event stored");
                 metrics.bot.published(event.kind());
-                break;
-            };
-            metrics.bot.publish_retries.inc();
-            if done.is_cancelled() {
-                let d = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + grace);
-                if tokio::time::Instant::now() >= d {
-                    error!(id = event.id.as_str(), error = %e, "event not stored before shutdown");
-                    break;
-                }
             }
-            warn!(id = event.id.as_str(), error = %e, "publishing failed; retrying");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
+            Err(e) => {
+                error!(id = event.id.as_str(), error = %e, "event not stored before shutdown")
+            }
         }
     }
 }

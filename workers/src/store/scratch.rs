@@ -1,6 +1,11 @@
-//! Throw-away databases for tests and benchmarks: created from `database.url`'s server,
-//! migrated, removed at the end, and removed when dropped if nobody did (a failed test
-//! or an interrupted benchmark leaves nothing behind).
+//! Throw-away databases for tests and benchmarks: created on `database.url`'s server as
+//! copies of one migrated template, removed at the end, and removed when dropped if
+//! nobody did (a failed test or an interrupted benchmark leaves nothing behind).
+//!
+//! The template is named after the migrations' checksums (`ttfd_template_<hash>`), so
+//! it is built once per set of migrations, by whichever process gets there first under
+//! an advisory lock, and copying it (`CREATE DATABASE .. TEMPLATE`) replaces running
+//! every migration for every test.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -27,19 +32,19 @@ impl ScratchDb {
         let base = base.log_statements(tracing::log::LevelFilter::Trace);
         let name = format!("{tag}_{:016x}", rand::rng().random::<u64>());
         let admin = base.clone().database("postgres");
+        let template = migrated_template(&base, &admin).await?;
         let mut conn = admin.connect().await?;
-        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-            .execute(&mut conn)
-            .await?;
-        let options = base.database(&name);
-        let me = Self {
+        sqlx::query(&format!(
+            "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
+        ))
+        .execute(&mut conn)
+        .await?;
+        Ok(Self {
+            options: base.database(&name),
             name,
-            options,
             admin,
             removed: AtomicBool::new(false),
-        };
-        MIGRATOR.run(&me.pool(2).await?).await?;
-        Ok(me)
+        })
     }
 
     pub async fn pool(&self, max_connections: u32) -> Result<PgPool, StoreError> {
@@ -78,6 +83,64 @@ impl ScratchDb {
         self.removed.store(true, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// The name of the template holding every migration, built first if it is missing. The
+/// build runs under an advisory lock (concurrent test processes wait for one builder) and
+/// is marked done by `IS_TEMPLATE`, so a build cut short is dropped and done again.
+async fn migrated_template(
+    base: &PgConnectOptions,
+    admin: &PgConnectOptions,
+) -> Result<String, StoreError> {
+    let mut sum = 0xcbf2_9ce4_8422_2325_u64; // FNV-1a over the migrations' checksums
+    for migration in MIGRATOR.iter() {
+        for byte in migration
+            .version
+            .to_le_bytes()
+            .iter()
+            .chain(&*migration.checksum)
+        {
+            sum = (sum ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    let template = format!("ttfd_template_{sum:016x}");
+    let mut conn = admin.connect().await?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(sum as i64)
+        .execute(&mut conn)
+        .await?;
+    let built = async {
+        let done: Option<bool> =
+            sqlx::query_scalar("SELECT datistemplate FROM pg_database WHERE datname = $1")
+                .bind(&template)
+                .fetch_optional(&mut conn)
+                .await?;
+        if done == Some(true) {
+            return Ok(());
+        }
+        drop_database(admin, &template).await?;
+        sqlx::query(&format!("CREATE DATABASE \"{template}\""))
+            .execute(&mut conn)
+            .await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(base.clone().database(&template))
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        pool.close().await;
+        sqlx::query(&format!("ALTER DATABASE \"{template}\" IS_TEMPLATE true"))
+            .execute(&mut conn)
+            .await?;
+        Ok::<_, StoreError>(())
+    }
+    .await;
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(sum as i64)
+        .execute(&mut conn)
+        .await;
+    built?;
+    unlocked?;
+    Ok(template)
 }
 
 async fn drop_database(admin: &PgConnectOptions, name: &str) -> Result<(), StoreError> {

@@ -5,6 +5,7 @@ use crate::observe::bot::BotMetrics;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::ExponentialBuilder;
 use teloxide::RequestError;
 use teloxide::prelude::*;
 use teloxide::types::{ChatId, MessageId, ReplyParameters, Update, UserId};
@@ -138,31 +139,29 @@ impl Handler {
         shutdown: &CancellationToken,
     ) -> Result<(), NotHandled> {
         let deadline = patience.map(|p| tokio::time::Instant::now() + p);
-        let mut delay = Duration::from_millis(50);
-        loop {
-            let error = match self.broker.publish_event(event).await {
-                Ok(ack) => match ack.await {
-                    Ok(_) => {
-                        self.metrics.published(event.kind());
-                        return Ok(());
-                    }
-                    Err(e) => e.to_string(),
+        let give_up = async {
+            match deadline {
+                Some(d) => tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = tokio::time::sleep_until(d) => {}
                 },
-                Err(e) => e.to_string(),
-            };
-            warn!(event = event.id.as_str(), %error, "cannot publish; retrying");
-            self.metrics.publish_retries.inc();
-            if shutdown.is_cancelled()
-                || deadline.is_some_and(|d| tokio::time::Instant::now() + delay > d)
-            {
-                return Err(NotHandled(error));
+                None => shutdown.cancelled().await,
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return Err(NotHandled(error)),
-                _ = tokio::time::sleep(delay) => {}
-            }
-            delay = (delay * 2).min(MAX_PUBLISH_DELAY);
-        }
+        };
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(MAX_PUBLISH_DELAY)
+            .with_jitter()
+            .without_max_times();
+        self.broker
+            .publish_until_stored(event, backoff, give_up, |error, _| {
+                warn!(event = event.id.as_str(), %error, "cannot publish; retrying");
+                self.metrics.publish_retries.inc();
+            })
+            .await
+            .map_err(|e| NotHandled(e.to_string()))?;
+        self.metrics.published(event.kind());
+        Ok(())
     }
 
     async fn remember(&self, user: UserId) {

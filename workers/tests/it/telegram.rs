@@ -1,20 +1,16 @@
-//! The Telegram bot end to end: a fake Bot API on localhost (`tests/common/fake_telegram.rs`)
+//! The Telegram bot end to end: a fake Bot API on localhost (`common/fake_telegram.rs`)
 //! serves updates and records replies; NATS, PostgreSQL, a sync replica with its outbox
 //! relay and the query service are real.
-
-mod common;
-#[path = "common/fake_telegram.rs"]
-mod fake_telegram;
 
 const GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 use std::time::Duration;
 
-use async_nats::jetstream::consumer;
-use common::{TestEnv, eventually};
-use fake_telegram::{
+use crate::common::fake_telegram::{
     BOT_USERNAME, FakeTelegram, bot_message, group_message, join_message, private_message,
 };
+use crate::common::{TestEnv, eventually};
+use async_nats::jetstream::consumer;
 use futures::StreamExt;
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -163,7 +159,7 @@ async fn telegram_events(env: &TestEnv, expect: usize) -> Vec<Event> {
         .expect("pull");
     let mut events = Vec::new();
     while events.len() < expect {
-        let m = tokio::time::timeout(common::TIMEOUT, messages.next())
+        let m = tokio::time::timeout(crate::common::TIMEOUT, messages.next())
             .await
             .expect("an event in time")
             .expect("stream open")
@@ -399,7 +395,7 @@ async fn a_message_is_confirmed_to_telegram_only_once_jetstream_stored_it() {
         None,
         "Is anybody out there?",
     ));
-    tokio::time::timeout(common::TIMEOUT, attempts.next())
+    tokio::time::timeout(crate::common::TIMEOUT, attempts.next())
         .await
         .expect("a publish attempt")
         .expect("subscribed");

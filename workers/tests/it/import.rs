@@ -3,21 +3,18 @@
 //! the profiles are checked (XP, names, merged links, games). Running the import again
 //! changes nothing; a dry run publishes nothing; bad rows are reported and skipped.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestEnv, eventually};
+use crate::common::{TestEnv, eventually};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use ttfd::broker::Broker;
 use ttfd::import::{ImportArgs, plan};
 use ttfd::shared::view::Profile;
 use ttfd::shared::{Event, Identity};
 use ttfd::store::scratch::ScratchDb;
-use ttfd::sync::{Counters, SyncWorker};
+use ttfd::sync::Counters;
 
 /// 2026-11-01T00:00:00Z, the `--at` of the tests.
 const AT: &str = "2026-11-01T00:00:00Z";
@@ -98,20 +95,7 @@ async fn legacy_database(env: &TestEnv) -> Legacy {
 
 /// A sync consumer whose counters the test reads.
 async fn worker(env: &TestEnv, stop: CancellationToken) -> Arc<Counters> {
-    let counters = Arc::new(Counters::default());
-    let broker = Broker::connect(&env.settings.nats, Duration::from_secs(5))
-        .await
-        .expect("connect");
-    let consumer = broker.sync_consumer().await.expect("consumer");
-    let worker = SyncWorker::new(
-        env.store.clone(),
-        broker,
-        consumer,
-        env.settings.sync.clone(),
-    )
-    .with_counters(counters.clone());
-    tokio::spawn(async move { worker.run(stop).await.expect("worker runs") });
-    counters
+    env.spawn_counted_worker_on(env.store.clone(), stop).await.1
 }
 
 /// Runs `ttfd import` as the operator would; (success, stdout, stderr).

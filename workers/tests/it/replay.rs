@@ -3,13 +3,11 @@
 //! stream that lost its first events, and the check. The reference model
 //! (`ttfd_shared::model::fold`) says what the database must hold.
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::common::{TestEnv, community, eventually};
 use bytes::Bytes;
-use common::{TestEnv, community, eventually};
 use secrecy::ExposeSecret;
 use time::format_description::well_known::Rfc3339;
 use tokio_util::sync::CancellationToken;
@@ -164,7 +162,7 @@ async fn a_database_restored_from_an_older_dump_is_made_whole_by_replay() {
     .await;
     let _ = std::fs::remove_file(&dump);
     let expected_early = model::fold(&env.settings.rules, &early);
-    common::compare(&env.store, &expected_early)
+    crate::common::compare(&env.store, &expected_early)
         .await
         .expect("the restored database is the backup's state");
 
@@ -430,7 +428,9 @@ async fn a_rebuild_with_a_changed_rule_gives_that_rules_model() {
     fixed.rules.message_xp += 7;
     let new_model = model::fold(&fixed.rules, &events);
     assert!(
-        common::compare(&env.store, &new_model).await.is_err(),
+        crate::common::compare(&env.store, &new_model)
+            .await
+            .is_err(),
         "the rule change makes a difference"
     );
     // The check previews the change and changes nothing.
@@ -447,7 +447,7 @@ async fn a_rebuild_with_a_changed_rule_gives_that_rules_model() {
         matches!(outcome, RebuildOutcome::Swapped { .. }),
         "{outcome}"
     );
-    common::compare(&env.store, &new_model)
+    crate::common::compare(&env.store, &new_model)
         .await
         .expect("the history follows the new rule");
     assert_eq!(
@@ -629,7 +629,7 @@ async fn a_batch_waiting_on_the_swap_lands_in_the_new_tables() {
         .await
         .expect("swap");
     tx.commit().await.expect("commit");
-    let applied = tokio::time::timeout(common::TIMEOUT, waiting)
+    let applied = tokio::time::timeout(crate::common::TIMEOUT, waiting)
         .await
         .expect("the batch goes on after the swap")
         .expect("task");
@@ -752,7 +752,7 @@ async fn a_rebuild_from_a_snapshot_covers_the_events_the_stream_lost() {
         late.len(),
         "only the retained events: {outcome}"
     );
-    common::compare(&env.store, &model::fold(&env.settings.rules, &all))
+    crate::common::compare(&env.store, &model::fold(&env.settings.rules, &all))
         .await
         .expect("the snapshot and the stream make the whole state");
     assert_eq!(ids().await, ids_before, "ids kept");
@@ -823,7 +823,7 @@ async fn a_snapshot_from_before_the_minute_bitmaps_keeps_its_minutes() {
         matches!(outcome, RebuildOutcome::Swapped { .. }),
         "swapped: {outcome}"
     );
-    common::compare(&env.store, &model::fold(&env.settings.rules, &all))
+    crate::common::compare(&env.store, &model::fold(&env.settings.rules, &all))
         .await
         .expect("each minute paid once");
     env.cleanup().await;

@@ -3,15 +3,11 @@
 //! consumers into PostgreSQL; rank roles, announcements and slash-command replies go
 //! to a fake Discord HTTP API on localhost; profiles come from the real query service.
 
-mod common;
-#[path = "common/fake_discord.rs"]
-mod fake_discord;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestEnv, eventually};
-use fake_discord::FakeDiscord;
+use crate::common::fake_discord::FakeDiscord;
+use crate::common::{TestEnv, eventually};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use serenity::all::{CommandInteraction, Guild, GuildId, Member, Message, VoiceState};

@@ -1,13 +1,11 @@
 //! End-to-end tests of the sync pipeline against real PostgreSQL and NATS JetStream.
 //! The reference model (`ttfd_shared::model::fold`) says what the database must hold.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::{Outage, TestEnv, community, eventually};
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use bytes::Bytes;
-use common::{Outage, TestEnv, community, eventually};
 use futures::StreamExt;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
@@ -15,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use ttfd::shared::arbitrary::{delivery, event_set};
 use ttfd::shared::wire::{EventId, LinkNotice, Proof, RankNotice};
 use ttfd::shared::{Event, Identity, Payload};
+use ttfd::sync::Counters;
 
 fn ev(id: &str, ts: i64, who: &str, name: Option<&str>, payload: Payload) -> Event {
     Event {
@@ -181,9 +180,7 @@ async fn duplicates_apply_once_even_after_the_dedupe_window() {
         .get_stream(env.broker.subjects.events_stream())
         .await
         .expect("stream");
-    let mut config = stream.info().await.expect("info").config.clone();
-    config.duplicate_window = Duration::from_millis(200);
-    env.broker.js.update_stream(config).await.expect("update");
+    let config = stream.info().await.expect("info").config.clone();
 
     let now = ttfd::now_ms();
     let grant = ev(
@@ -208,15 +205,21 @@ async fn duplicates_apply_once_even_after_the_dedupe_window() {
         again.duplicate,
         "inside the window JetStream drops the copy"
     );
-    tokio::time::sleep(Duration::from_millis(400)).await; // let the window pass
-    let late = env
-        .broker
-        .publish_event(&grant)
+    // Then the window shrinks and passes: a copy is stored again (each try before that
+    // is dropped as a duplicate, so exactly two copies end up in the stream).
+    env.broker
+        .js
+        .update_stream(async_nats::jetstream::stream::Config {
+            duplicate_window: Duration::from_millis(100),
+            ..config
+        })
         .await
-        .expect("publish")
-        .await
-        .expect("ack");
-    assert!(!late.duplicate, "after the window the copy is stored again");
+        .expect("update");
+    eventually("a copy stored again after the window", || async {
+        let ack = env.broker.publish_event(&grant).await.ok()?.await.ok()?;
+        (!ack.duplicate).then_some(())
+    })
+    .await;
 
     let stop = CancellationToken::new();
     let worker = env.spawn_worker(stop.clone()).await;
@@ -294,7 +297,7 @@ async fn three_sync_processes_reach_the_same_state_as_one() {
 #[tokio::test]
 async fn a_database_outage_delays_but_loses_nothing() {
     let env = TestEnv::with(|s| s.sync.batch_size = 100).await;
-    let proxy = Outage::start("127.0.0.1:5432").await;
+    let proxy = Outage::start(&env.db.options).await;
     let mut via_proxy = env.db.options.clone();
     via_proxy = via_proxy.port(proxy.port);
     let pool = sqlx::postgres::PgPoolOptions::new()
@@ -303,7 +306,7 @@ async fn a_database_outage_delays_but_loses_nothing() {
         .connect_lazy_with(via_proxy);
     let store = ttfd::store::Store::from_pool(pool, env.settings.rules.clone());
     let stop = CancellationToken::new();
-    let worker = env.spawn_worker_on(store, stop.clone()).await;
+    let (worker, counters) = env.spawn_counted_worker_on(store, stop.clone()).await;
 
     let events = community(3000, 100, 5);
     let (before, during) = events.split_at(1000);
@@ -314,7 +317,11 @@ async fn a_database_outage_delays_but_loses_nothing() {
     .await;
     proxy.cut();
     env.publish(during).await;
-    tokio::time::sleep(Duration::from_secs(3)).await; // the outage
+    // The outage lasts until the worker has failed a batch and come back to the database.
+    eventually("a batch retried during the outage", || async {
+        (Counters::get(&counters.retries) >= 1 && proxy.refused() >= 2).then_some(())
+    })
+    .await;
     let during_outage = count_processed(&env).await;
     assert!(
         during_outage < events.len() as i64,
@@ -592,7 +599,7 @@ async fn linking_users_with_activity_merges_them_conserving_totals_and_notifies(
     let mut merged = Vec::new();
     let mut ranked = Vec::new();
     while merged.len() < 2 || ranked.is_empty() {
-        let m = tokio::time::timeout(common::TIMEOUT, notices.next())
+        let m = tokio::time::timeout(crate::common::TIMEOUT, notices.next())
             .await
             .expect("notices arrive")
             .expect("message");
@@ -753,7 +760,7 @@ fn apply_order_batching_and_duplicates_do_not_change_the_state() {
                 store.apply(chunk).await.expect("apply");
             }
             let expected = ttfd::shared::model::fold(&env.settings.rules, &events);
-            common::compare(&store, &expected).await
+            crate::common::compare(&store, &expected).await
         })
         .map_err(proptest::test_runner::TestCaseError::fail)
     });
@@ -1139,10 +1146,15 @@ async fn a_schema_mismatch_stalls_the_batch_instead_of_dead_lettering_it() {
         .await
         .expect("rename");
     let stop = CancellationToken::new();
-    let worker = env.spawn_worker(stop.clone()).await;
+    let (worker, counters) = env
+        .spawn_counted_worker_on(env.store.clone(), stop.clone())
+        .await;
     let events = community(200, 20, 31);
     env.publish(&events).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    eventually("the batch tried and retried", || async {
+        (Counters::get(&counters.retries) >= 2).then_some(())
+    })
+    .await;
     assert_eq!(
         count_processed(&env).await,
         0,

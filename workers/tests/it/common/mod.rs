@@ -3,16 +3,19 @@
 //! (default `postgres://postgres@127.0.0.1:5432/postgres`) and `TTFD_TEST_NATS_URL`
 //! (default `nats://127.0.0.1:4222`). `scripts/test.sh` starts both when needed.
 
-#![allow(dead_code)]
+pub mod fake_discord;
+pub mod fake_oauth;
+pub mod fake_telegram;
 
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
 use secrecy::SecretString;
+use tokio::io::{AsyncBufRead, Lines};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::task::AbortHandle;
@@ -23,7 +26,7 @@ use ttfd::shared::model::{self, Profile as ModelProfile};
 use ttfd::shared::{Event, Identity};
 use ttfd::store::Store;
 use ttfd::store::scratch::ScratchDb;
-use ttfd::sync::SyncWorker;
+use ttfd::sync::{Counters, SyncWorker};
 
 pub const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -93,14 +96,26 @@ impl TestEnv {
         store: Store,
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
+        self.spawn_counted_worker_on(store, stop).await.0
+    }
+
+    /// A sync replica whose [`Counters`] (batches, retries, ...) the test can wait on.
+    pub async fn spawn_counted_worker_on(
+        &self,
+        store: Store,
+        stop: CancellationToken,
+    ) -> (tokio::task::JoinHandle<()>, Arc<Counters>) {
+        let counters = Arc::new(Counters::default());
         let broker = Broker::connect(&self.settings.nats, Duration::from_secs(5))
             .await
             .expect("connect");
         let consumer = broker.sync_consumer().await.expect("consumer");
-        let worker = SyncWorker::new(store, broker, consumer, self.settings.sync.clone());
-        tokio::spawn(async move {
+        let worker = SyncWorker::new(store, broker, consumer, self.settings.sync.clone())
+            .with_counters(counters.clone());
+        let task = tokio::spawn(async move {
             worker.run(stop).await.expect("worker runs");
-        })
+        });
+        (task, counters)
     }
 
     /// The environment a `ttfd` child process needs to join this world.
@@ -302,6 +317,30 @@ pub async fn compare(store: &Store, expected: &[ModelProfile]) -> Result<(), Str
     Ok(())
 }
 
+/// Reads `lines` (a child's output) until `find` picks a value out of one, as the port a
+/// child announces after binding port 0; panics after [`TIMEOUT`] or at the end, naming
+/// `what`.
+pub async fn announced<R, T>(
+    lines: &mut Lines<R>,
+    what: &str,
+    find: impl Fn(&str) -> Option<T>,
+) -> T
+where
+    R: AsyncBufRead + Unpin,
+{
+    let read = async {
+        while let Some(line) = lines.next_line().await.expect("read the child's output") {
+            if let Some(found) = find(&line) {
+                return found;
+            }
+        }
+        panic!("the child ended without announcing {what}");
+    };
+    tokio::time::timeout(TIMEOUT, read)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
 /// Polls `check` until it returns `Some`, or panics after [`TIMEOUT`] naming `what`.
 pub async fn eventually<T, F: Future<Output = Option<T>>>(
     what: &str,
@@ -336,19 +375,24 @@ pub fn community(n: usize, people: u64, seed: u64) -> Vec<Event> {
 pub struct Outage {
     pub port: u16,
     up: Arc<AtomicBool>,
+    refused: Arc<AtomicUsize>,
     conns: Arc<std::sync::Mutex<Vec<AbortHandle>>>,
 }
 
 impl Outage {
-    pub async fn start(target: &str) -> Self {
+    /// A proxy to the server of `database` (the test database's host and port).
+    pub async fn start(database: &sqlx::postgres::PgConnectOptions) -> Self {
+        let target = format!("{}:{}", database.get_host(), database.get_port());
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let port = listener.local_addr().expect("addr").port();
         let up = Arc::new(AtomicBool::new(true));
+        let refused = Arc::new(AtomicUsize::new(0));
         let conns: Arc<std::sync::Mutex<Vec<AbortHandle>>> = Arc::default();
-        let (u, c, target) = (up.clone(), conns.clone(), target.to_owned());
+        let (u, r, c) = (up.clone(), refused.clone(), conns.clone());
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if !u.load(Ordering::SeqCst) {
+                    r.fetch_add(1, Ordering::SeqCst);
                     continue; // dropped: connection refused in effect
                 }
                 let target = target.clone();
@@ -360,7 +404,12 @@ impl Outage {
                 c.lock().expect("lock").push(task.abort_handle());
             }
         });
-        Self { port, up, conns }
+        Self {
+            port,
+            up,
+            refused,
+            conns,
+        }
     }
 
     pub fn cut(&self) {
@@ -368,6 +417,11 @@ impl Outage {
         for c in self.conns.lock().expect("lock").drain(..) {
             c.abort();
         }
+    }
+
+    /// How many connections were refused since the cut: the client has tried that often.
+    pub fn refused(&self) -> usize {
+        self.refused.load(Ordering::SeqCst)
     }
 
     pub fn restore(&self) {

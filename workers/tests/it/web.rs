@@ -1,19 +1,15 @@
 //! The web role end to end: a real `WebApp` on 127.0.0.1 (port 0) over a scratch
-//! database and NATS prefix, a fake Discord (tests/common/fake_oauth.rs), and a
+//! database and NATS prefix, a fake Discord (common/fake_oauth.rs), and a
 //! cookie-keeping HTTP client playing the browser (redirects followed by hand, so each
 //! hop can be checked).
-
-mod common;
-#[path = "common/fake_oauth.rs"]
-mod fake_oauth;
 
 const GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{TestEnv, eventually};
-use fake_oauth::{FakeDiscord, FakeUser, Mode};
+use crate::common::fake_oauth::{self, FakeDiscord, FakeUser, Mode};
+use crate::common::{TestEnv, eventually};
 use reqwest::StatusCode;
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use serde_json::{Value, json};

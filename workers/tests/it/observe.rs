@@ -3,13 +3,12 @@
 //! is unreachable; the `sync` and `query` roles serve the endpoints on
 //! `metrics.listen`, and `log.format = "json"` makes every log line JSON.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::{Outage, TestEnv, announced, eventually};
 use bytes::Bytes;
-use common::{Outage, TestEnv, eventually};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::ChildStderr;
 use tokio_util::sync::CancellationToken;
 use ttfd::broker::Broker;
 use ttfd::metrics::Metrics;
@@ -268,7 +267,7 @@ async fn a_sync_run_shows_on_metrics_with_the_right_values() {
 #[tokio::test]
 async fn readyz_fails_while_the_database_is_unreachable() {
     let env = TestEnv::new().await;
-    let proxy = Outage::start("127.0.0.1:5432").await;
+    let proxy = Outage::start(&env.db.options).await;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(Duration::from_secs(1))
@@ -312,33 +311,35 @@ async fn readyz_fails_while_the_database_is_unreachable() {
     env.cleanup().await;
 }
 
-/// A port nothing listens on now (the child binds it right after).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// The address a role announced it serves metrics on (it was given port 0), read from
+/// its JSON log on `lines`.
+async fn metrics_address(lines: &mut Lines<BufReader<ChildStderr>>) -> String {
+    announced(lines, "the metrics address", |line| {
+        let entry: serde_json::Value = serde_json::from_str(line).ok()?;
+        let fields = &entry["fields"];
+        let serving = fields["message"].as_str()?.starts_with("serving /metrics");
+        serving.then(|| fields["addr"].as_str().map(str::to_owned))?
+    })
+    .await
 }
 
 #[tokio::test]
 async fn the_sync_and_query_roles_serve_metrics_on_metrics_listen_and_log_json() {
     let env = TestEnv::new().await;
-    let (sync_port, query_port) = (free_port(), free_port());
-    let mut sync = env
-        .ttfd(&["sync"])
-        .env("TTFD__METRICS__LISTEN", format!("127.0.0.1:{sync_port}"))
-        .env("TTFD__LOG__FORMAT", "json")
-        .env("TTFD__LOG__FILTER", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("ttfd sync");
-    let mut query = env
-        .ttfd(&["query"])
-        .env("TTFD__METRICS__LISTEN", format!("127.0.0.1:{query_port}"))
-        .spawn()
-        .expect("ttfd query");
-    let sync_base = format!("http://127.0.0.1:{sync_port}");
-    let query_base = format!("http://127.0.0.1:{query_port}");
+    let start = |role: &str| {
+        env.ttfd(&[role])
+            .env("TTFD__METRICS__LISTEN", "127.0.0.1:0")
+            .env("TTFD__LOG__FORMAT", "json")
+            .env("TTFD__LOG__FILTER", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("ttfd {role}: {e}"))
+    };
+    let (mut sync, mut query) = (start("sync"), start("query"));
+    let mut sync_log = BufReader::new(sync.stderr.take().expect("piped")).lines();
+    let mut query_log = BufReader::new(query.stderr.take().expect("piped")).lines();
+    let sync_base = format!("http://{}", metrics_address(&mut sync_log).await);
+    let query_base = format!("http://{}", metrics_address(&mut query_log).await);
     for base in [&sync_base, &query_base] {
         eventually(&format!("{base}/readyz"), || {
             let url = format!("{base}/readyz");
@@ -387,12 +388,10 @@ async fn the_sync_and_query_roles_serve_metrics_on_metrics_listen_and_log_json()
     );
 
     // Every line the sync role logged is a JSON object.
-    let stderr = sync.stderr.take().expect("piped");
     let _ = sync.start_kill();
     let _ = query.start_kill();
-    let mut lines = BufReader::new(stderr).lines();
-    let mut seen = 0;
-    while let Ok(Some(line)) = lines.next_line().await {
+    let mut seen = 1; // the metrics address
+    while let Ok(Some(line)) = sync_log.next_line().await {
         let parsed: serde_json::Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
         assert!(parsed["level"].is_string(), "{line}");

@@ -7,15 +7,14 @@
 //! this test runs it when they are missing). Only when they cannot be installed does
 //! the test skip, saying so loudly.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{TestEnv, community, eventually};
+use crate::common::{TestEnv, announced, community, eventually};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 use ttfd::metrics::Metrics;
@@ -48,13 +47,6 @@ fn output_dir() -> PathBuf {
         .join("test-output/browser");
     std::fs::create_dir_all(&dir).expect("create the test output directory");
     dir
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 async fn save(client: &Client, name: &str) -> PathBuf {
@@ -118,15 +110,21 @@ async fn a_person_sees_the_leaderboard_and_a_profile_in_chromium() {
     let leader = top.first().expect("someone leads").clone();
     let users = env.store.user_count().await.expect("count");
 
-    // ChromeDriver on a free port, and a fresh headless Chromium behind it.
-    let port = free_port();
-    let _driver = Command::new(CHROMEDRIVER)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
+    // ChromeDriver on a port it picks and announces, and a fresh headless Chromium behind it.
+    let mut driver = Command::new(CHROMEDRIVER)
+        .arg("--port=0")
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .expect("start chromedriver");
+    let mut said = BufReader::new(driver.stdout.take().expect("piped")).lines();
+    let port: u16 = announced(&mut said, "chromedriver's port", |line| {
+        let (_, port) = line.split_once("started successfully on port ")?;
+        port.trim_end_matches('.').parse().ok()
+    })
+    .await;
+    tokio::spawn(async move { while let Ok(Some(_)) = said.next_line().await {} });
     let webdriver = format!("http://127.0.0.1:{port}");
     eventually("chromedriver to listen", || async {
         let r = reqwest::get(format!("{webdriver}/status")).await.ok()?;

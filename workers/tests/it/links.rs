@@ -2,11 +2,9 @@
 //! are used once even under a race, limit wrong attempts, and a redeemed code merges two
 //! profiles through the normal pipeline.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestEnv, eventually};
+use crate::common::{TestEnv, eventually};
 use tokio_util::sync::CancellationToken;
 use ttfd::query::{QueryClient, QueryError, Reply};
 use ttfd::shared::view::Period;

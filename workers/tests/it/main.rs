@@ -1,0 +1,15 @@
+//! The integration tests, one binary (compiled and linked once): each module drives the
+//! real roles against real PostgreSQL and NATS, with fake Discord, Telegram and OAuth
+//! servers on localhost where a platform is involved. `common` is the harness.
+
+mod common;
+
+mod browser;
+mod discord;
+mod import;
+mod links;
+mod observe;
+mod pipeline;
+mod replay;
+mod telegram;
+mod web;
