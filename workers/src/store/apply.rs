@@ -32,10 +32,13 @@ use sqlx::{Postgres, Transaction};
 use tracing::instrument;
 use ttfd_shared::model::peak_ranks;
 use ttfd_shared::rules;
-use ttfd_shared::wire::{LinkNotice, RankNotice, WireIdentity};
+use ttfd_shared::wire::WireIdentity;
 use ttfd_shared::{Event, Payload};
 
 use super::minutes::DayMinutes;
+use super::settle::{
+    Facts, LedgerDay, LedgerRows, LinkRows, Settlement, UserRow, ledger_rows, link_rows,
+};
 use super::{Generation, Store, StoreError};
 use crate::now_ms;
 
@@ -58,74 +61,9 @@ pub struct Applied {
     pub merges: usize,
 }
 
-#[derive(Debug, Clone, Default)]
-struct UserRow {
-    xp: i64,
-    /// A day of one of the user's identities went below zero (slow peak path).
-    dipped: bool,
-    peak_rank: i16,
-    messages: i64,
-    voice_seconds: i64,
-    games_played: i64,
-    games_won: i64,
-    first_ms: Option<i64>,
-    last_ms: Option<i64>,
-}
-
-impl UserRow {
-    fn absorb(&mut self, other: &UserRow) {
-        self.xp += other.xp;
-        self.dipped |= other.dipped;
-        self.peak_rank = self.peak_rank.max(other.peak_rank);
-        self.messages += other.messages;
-        self.voice_seconds += other.voice_seconds;
-        self.games_played += other.games_played;
-        self.games_won += other.games_won;
-        self.first_ms = min_opt(self.first_ms, other.first_ms);
-        self.last_ms = self.last_ms.max(other.last_ms);
-    }
-
-    fn saw(&mut self, ts: i64) {
-        self.first_ms = min_opt(self.first_ms, Some(ts));
-        self.last_ms = self.last_ms.max(Some(ts));
-    }
-}
-
-fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
-    match (a, b) {
-        (Some(x), Some(y)) => Some(x.min(y)),
-        (x, None) => x,
-        (None, y) => y,
-    }
-}
-
-/// What a batch brings to one identity's ledger row for one day: XP other than message
-/// XP, and the minutes of eligible messages (message XP, once the settle phase knows
-/// which minutes are new).
-#[derive(Debug, Default)]
-struct LedgerDay {
-    xp: i64,
-    minutes: Option<DayMinutes>,
-}
-
-/// What a batch established before the settle lock: its identities, per-identity
-/// deltas, ledger rows per identity and day, links (sorted by event time).
-struct Facts<'e> {
-    iids: Vec<i64>,
-    deltas: BTreeMap<i64, UserRow>,
-    ledger: BTreeMap<(i64, i32), LedgerDay>,
-    links: Vec<(&'e Event, i64, i64)>,
-}
-
 /// Advisory lock class of the settle lock ("TTFD"); the key is the schema's name hash,
 /// so that `ttfd rebuild`, applying into a schema of its own, does not wait for it.
 const SETTLE_LOCK_CLASS: i32 = 0x5454_4644;
-
-/// A merge decided in this batch: `loser` now redirects to `survivor`.
-struct Merge<'e> {
-    loser: i64,
-    event: &'e Event,
-}
 
 impl Store {
     /// Applies a batch of valid events in one transaction. Events already applied (by
@@ -415,6 +353,7 @@ impl Store {
     }
 
     /// Steps 3 to 8, under the settle lock: the users, then everything that needs them.
+    /// The decisions are [`Settlement`]'s; this reads and writes around them.
     async fn settle_users(
         &self,
         tx: &mut Transaction<'static, Postgres>,
@@ -422,16 +361,72 @@ impl Store {
         mut outcome: Applied,
     ) -> Result<Applied, StoreError> {
         let rules = &*self.rules;
-        let Facts {
-            iids,
-            deltas,
-            ledger,
-            links,
-        } = facts;
         // 3. The owners of the identities, then those users. Under the settle lock
         // neither changes until commit. An owner cached from an earlier read that has
         // since been merged away leads, by `merged_into`, to the user that has its
         // identities now.
+        let mut settlement = Settlement::new(self.read_owners(tx, &facts.iids).await?);
+        self.read_users(tx, &mut settlement).await?;
+        let changed = settlement
+            .follow_moved()
+            .ok_or_else(|| self.identities.stale())?;
+        if !settlement.moved.is_empty() {
+            self.identities.set_owners(changed);
+        }
+        settlement.absorb_deltas(&facts.deltas)?;
+
+        // 4. The ledger, and the users' XP from it: each day's XP plus message XP for
+        // its minutes not already on the row. The upsert computes what it added to each
+        // row from the row it locked (`added`); a day that ends below zero marks its user
+        // for the slow peak path.
+        if !facts.ledger.is_empty() {
+            let rows = ledger_rows(&facts.ledger, rules.message_xp);
+            settlement.credit_ledger(self.write_ledger(tx, &rows).await?);
+        }
+
+        // 5. Links: record each, merge users that differ (the smaller uid survives).
+        settlement.merge_links(&facts.links)?;
+        if !facts.links.is_empty() {
+            self.write_links(tx, &link_rows(&facts.links)).await?;
+        }
+        let losers = settlement.losers();
+        if !losers.is_empty() {
+            self.write_merges(tx, &losers, &settlement.survivors_of_losers())
+                .await?;
+            outcome.merges = settlement.merges.len();
+        }
+        settlement.drop_losers();
+
+        // 6. Peak rank, in event time (see `Settlement::rank_peaks`): a user whose
+        // cumulative XP may have been higher earlier is recomputed from the ledger and
+        // links.
+        let slow = settlement.rank_peaks(rules);
+        if !slow.is_empty() {
+            settlement.set_peaks(self.event_time_peaks(tx, &slow).await?);
+        }
+
+        // 7. Write the users back.
+        self.write_users(tx, &settlement.users).await?;
+
+        // 8. Notifications, committed with the change (transactional outbox).
+        let ranked = settlement.rank_changes(rules);
+        outcome.rank_changes = ranked.len();
+        if ranked.is_empty() && settlement.merges.is_empty() {
+            return Ok(outcome);
+        }
+        let members = self.read_members(tx, &settlement.notified(&ranked)).await?;
+        let (topics, bodies) = settlement.notices(&ranked, &members, now_ms())?;
+        self.write_outbox(tx, &topics, &bodies).await?;
+        Ok(outcome)
+    }
+
+    /// Step 3: the owner of each of `iids`, from the cache or else the table. Every one
+    /// must exist.
+    async fn read_owners(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        iids: &[i64],
+    ) -> Result<HashMap<i64, i64>, StoreError> {
         let mut owner: HashMap<i64, i64> = self.identities.owners(iids);
         let unknown: Vec<i64> = iids
             .iter()
@@ -450,9 +445,17 @@ impl Store {
         if owner.len() != iids.len() {
             return Err(self.identities.stale());
         }
-        let mut state: BTreeMap<i64, UserRow> = BTreeMap::new();
-        let mut moved: HashMap<i64, i64> = HashMap::new();
-        let mut wanted: BTreeSet<i64> = owner.values().copied().collect();
+        Ok(owner)
+    }
+
+    /// Step 3: the owners' users, following `merged_into` to the users that have their
+    /// identities now (at most 64 reads).
+    async fn read_users(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        settlement: &mut Settlement<'_>,
+    ) -> Result<(), StoreError> {
+        let mut wanted = settlement.owners_to_read();
         for _ in 0..64 {
             let uids: Vec<i64> = wanted.iter().copied().collect();
             // Columns by position: by name, each would be a lookup per row.
@@ -480,31 +483,21 @@ impl Store {
             if rows.len() != uids.len() {
                 return Err(self.identities.stale());
             }
-            wanted.clear();
-            for (
-                id,
-                merged_into,
-                xp,
-                dipped,
-                peak_rank,
-                messages,
-                voice,
-                played,
-                won,
-                first_ms,
-                last_ms,
-            ) in rows
-            {
-                if let Some(survivor) = merged_into {
-                    moved.insert(id, survivor);
-                    if !state.contains_key(&survivor) && !moved.contains_key(&survivor) {
-                        wanted.insert(survivor);
-                    }
-                    continue;
-                }
-                state.insert(
+            wanted = settlement.take_users(rows.into_iter().map(
+                |(
                     id,
-                    UserRow {
+                    merged_into,
+                    xp,
+                    dipped,
+                    peak_rank,
+                    messages,
+                    voice,
+                    played,
+                    won,
+                    first_ms,
+                    last_ms,
+                )| {
+                    let row = UserRow {
                         xp,
                         dipped,
                         peak_rank,
@@ -514,9 +507,10 @@ impl Store {
                         games_won: won,
                         first_ms,
                         last_ms,
-                    },
-                );
-            }
+                    };
+                    (id, merged_into, row)
+                },
+            ));
             if wanted.is_empty() {
                 break;
             }
@@ -524,196 +518,100 @@ impl Store {
         if !wanted.is_empty() {
             return Err(self.identities.stale());
         }
-        if !moved.is_empty() {
-            let mut changed = Vec::new();
-            for (iid, uid) in owner.iter_mut() {
-                let survivor = follow(&moved, *uid);
-                if moved.contains_key(&survivor) {
-                    return Err(self.identities.stale());
-                }
-                if survivor != *uid {
-                    *uid = survivor;
-                    changed.push((*iid, survivor));
-                }
-            }
-            self.identities.set_owners(changed);
-        }
-        let original_xp: HashMap<i64, i64> = state.iter().map(|(id, u)| (*id, u.xp)).collect();
-        // Each user's peak rank and newest event time before this batch.
-        let before: HashMap<i64, (i16, Option<i64>)> = state
-            .iter()
-            .map(|(id, u)| (*id, (u.peak_rank, u.last_ms)))
-            .collect();
-        for (iid, d) in deltas {
-            state
-                .get_mut(&owner[iid])
-                .ok_or(StoreError::Contended)?
-                .absorb(d);
-        }
+        Ok(())
+    }
 
-        // 4. The ledger, and the users' XP from it: each day's XP plus message XP for
-        // its minutes not already on the row. The upsert computes what it added to each
-        // row from the row it locked (`added`); a day that ends below zero marks its user
-        // for the slow peak path.
-        let mut added: BTreeMap<(i64, i32), i64> = BTreeMap::new();
-        if !ledger.is_empty() {
-            let mut l_ids = Vec::with_capacity(ledger.len());
-            let mut l_days = Vec::with_capacity(ledger.len());
-            let mut l_xp = Vec::with_capacity(ledger.len());
-            let mut l_minutes = Vec::with_capacity(ledger.len());
-            for (&(iid, day), facts) in ledger {
-                let minutes = facts.minutes.as_ref();
-                l_ids.push(iid);
-                l_days.push(day);
-                l_xp.push(facts.xp + rules.message_xp * minutes.map_or(0, DayMinutes::len));
-                l_minutes.push(minutes);
-            }
-            let written: Vec<(i64, i32, i64, bool)> = sqlx::query_as(
-                "WITH written AS (
-                     INSERT INTO xp_ledger AS l (identity_id, day, xp, minutes, added)
-                     SELECT i, DATE '1970-01-01' + d, x, m, x
-                     FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::bit(1440)[]) AS t(i, d, x, m)
-                     ORDER BY i, d
-                     ON CONFLICT (identity_id, day) DO UPDATE
-                     SET added = excluded.xp - $5 * coalesce(bit_count(excluded.minutes & l.minutes), 0),
-                         xp = l.xp + excluded.xp
-                              - $5 * coalesce(bit_count(excluded.minutes & l.minutes), 0),
-                         minutes = coalesce(l.minutes | excluded.minutes, l.minutes, excluded.minutes)
-                     RETURNING identity_id, day, added, xp)
-                 SELECT identity_id, day - DATE '1970-01-01', added, xp < 0 FROM written",
-            )
-            .bind(&l_ids)
-            .bind(&l_days)
-            .bind(&l_xp)
-            .bind(&l_minutes)
-            .bind(rules.message_xp)
-            .fetch_all(&mut **tx)
-            .await?;
-            for (iid, day, gain, below_zero) in written {
-                added.insert((iid, day), gain);
-                let Some(u) = owner.get(&iid).and_then(|uid| state.get_mut(uid)) else {
-                    continue;
-                };
-                u.xp += gain;
-                u.dipped |= below_zero;
-            }
-        }
+    /// Step 4: upserts the ledger rows. Returns `(identity, day, added, below zero)` per
+    /// row: what the row gained (its minutes already paid taken back) and whether the
+    /// day now ends below zero.
+    async fn write_ledger(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        rows: &LedgerRows<'_>,
+    ) -> Result<Vec<(i64, i32, i64, bool)>, StoreError> {
+        Ok(sqlx::query_as(
+            "WITH written AS (
+                 INSERT INTO xp_ledger AS l (identity_id, day, xp, minutes, added)
+                 SELECT i, DATE '1970-01-01' + d, x, m, x
+                 FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::bit(1440)[]) AS t(i, d, x, m)
+                 ORDER BY i, d
+                 ON CONFLICT (identity_id, day) DO UPDATE
+                 SET added = excluded.xp - $5 * coalesce(bit_count(excluded.minutes & l.minutes), 0),
+                     xp = l.xp + excluded.xp
+                          - $5 * coalesce(bit_count(excluded.minutes & l.minutes), 0),
+                     minutes = coalesce(l.minutes | excluded.minutes, l.minutes, excluded.minutes)
+                 RETURNING identity_id, day, added, xp)
+             SELECT identity_id, day - DATE '1970-01-01', added, xp < 0 FROM written",
+        )
+        .bind(&rows.ids)
+        .bind(&rows.days)
+        .bind(&rows.xp)
+        .bind(&rows.minutes)
+        .bind(self.rules.message_xp)
+        .fetch_all(&mut **tx)
+        .await?)
+    }
 
-        // 5. Links: record each, merge users that differ (the smaller uid survives).
-        let mut merges: Vec<Merge> = Vec::new();
-        let mut redirect: HashMap<i64, i64> = HashMap::new();
-        for (e, a, b) in links {
-            let ua = follow(&redirect, owner[a]);
-            let ub = follow(&redirect, owner[b]);
-            if ua == ub {
-                continue;
-            }
-            let (survivor, loser) = (ua.min(ub), ua.max(ub));
-            let gone = state.get(&loser).cloned().ok_or(StoreError::Contended)?;
-            state
-                .get_mut(&survivor)
-                .ok_or(StoreError::Contended)?
-                .absorb(&gone);
-            redirect.insert(loser, survivor);
-            merges.push(Merge { loser, event: e });
-        }
-        if !links.is_empty() {
-            let ev: Vec<&str> = links.iter().map(|(e, _, _)| e.id.as_str()).collect();
-            let a: Vec<i64> = links.iter().map(|l| l.1).collect();
-            let b: Vec<i64> = links.iter().map(|l| l.2).collect();
-            let day: Vec<i32> = links.iter().map(|l| rules::day_of(l.0.ts)).collect();
-            let proof: Vec<&str> = links
-                .iter()
-                .map(|(e, _, _)| match &e.payload {
-                    Payload::Link { proof, .. } => proof.as_str(),
-                    _ => "",
-                })
-                .collect();
-            sqlx::query(
-                "INSERT INTO links (event_id, identity_a, identity_b, day, proof)
-                 SELECT e, a, b, DATE '1970-01-01' + d, p
-                 FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int4[], $5::text[])
-                   AS t(e, a, b, d, p)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&ev)
-            .bind(&a)
-            .bind(&b)
-            .bind(&day)
-            .bind(&proof)
-            .execute(&mut **tx)
-            .await?;
-        }
-        let losers: Vec<i64> = merges.iter().map(|m| m.loser).collect();
-        let survivors_of_losers: Vec<i64> = losers.iter().map(|l| follow(&redirect, *l)).collect();
-        if !losers.is_empty() {
-            sqlx::query(
-                "UPDATE identities SET user_id = t.s
-                 FROM unnest($1::int8[], $2::int8[]) AS t(l, s)
-                 WHERE identities.user_id = t.l AND identities.user_id = ANY($1)",
-            )
-            .bind(&losers)
-            .bind(&survivors_of_losers)
-            .execute(&mut **tx)
-            .await?;
-            sqlx::query(
-                "UPDATE users SET merged_into = t.s, xp = 0, peak_rank = 1, messages = 0,
-                        voice_seconds = 0, games_played = 0, games_won = 0
-                 FROM unnest($1::int8[], $2::int8[]) AS t(l, s) WHERE users.id = t.l",
-            )
-            .bind(&losers)
-            .bind(&survivors_of_losers)
-            .execute(&mut **tx)
-            .await?;
-            outcome.merges = merges.len();
-        }
-        for l in &losers {
-            state.remove(l);
-        }
+    /// Step 5: records the links (each once, by event id).
+    async fn write_links(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        rows: &LinkRows<'_>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO links (event_id, identity_a, identity_b, day, proof)
+             SELECT e, a, b, DATE '1970-01-01' + d, p
+             FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int4[], $5::text[])
+               AS t(e, a, b, d, p)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&rows.events)
+        .bind(&rows.a)
+        .bind(&rows.b)
+        .bind(&rows.days)
+        .bind(&rows.proofs)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
 
-        // 6. Peak rank, in event time: the current rank unless a user has a day with
-        // negative XP. Then, if this batch only added XP on or after the user's last
-        // active day (live traffic, or a backlog replayed in order), the cumulative XP of
-        // earlier days is unchanged and of later ones rises to the new total, so the peak
-        // is the old one or the new rank; otherwise it is recomputed from the ledger and
-        // links.
-        let live: Vec<i64> = state.keys().copied().collect();
-        let non_monotone: Vec<i64> = state
-            .iter()
-            .filter(|(_, u)| u.dipped)
-            .map(|(uid, _)| *uid)
-            .collect();
-        for u in state.values_mut() {
-            u.peak_rank = i16::from(rules.rank_index(u.xp));
-        }
-        if !non_monotone.is_empty() {
-            let mut out_of_order: HashSet<i64> = survivors_of_losers.iter().copied().collect();
-            for (&(iid, day), &xp) in &added {
-                let uid = follow(&redirect, owner[&iid]);
-                let last_day = before.get(&uid).and_then(|b| b.1).map(rules::day_of);
-                if xp < 0 || last_day.is_some_and(|last| day < last) {
-                    out_of_order.insert(uid);
-                }
-            }
-            let (slow, fast): (Vec<i64>, Vec<i64>) = non_monotone
-                .into_iter()
-                .partition(|uid| out_of_order.contains(uid));
-            for uid in fast {
-                if let (Some(u), Some(b)) = (state.get_mut(&uid), before.get(&uid)) {
-                    u.peak_rank = u.peak_rank.max(b.0);
-                }
-            }
-            if !slow.is_empty() {
-                for (uid, peak) in self.event_time_peaks(tx, &slow).await? {
-                    if let Some(u) = state.get_mut(&uid) {
-                        u.peak_rank = peak;
-                    }
-                }
-            }
-        }
+    /// Step 5: moves the losers' identities to their survivors and empties the losers,
+    /// which redirect (`merged_into`) from now on.
+    async fn write_merges(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        losers: &[i64],
+        survivors: &[i64],
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE identities SET user_id = t.s
+             FROM unnest($1::int8[], $2::int8[]) AS t(l, s)
+             WHERE identities.user_id = t.l AND identities.user_id = ANY($1)",
+        )
+        .bind(losers)
+        .bind(survivors)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE users SET merged_into = t.s, xp = 0, peak_rank = 1, messages = 0,
+                    voice_seconds = 0, games_played = 0, games_won = 0
+             FROM unnest($1::int8[], $2::int8[]) AS t(l, s) WHERE users.id = t.l",
+        )
+        .bind(losers)
+        .bind(survivors)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
 
-        // 7. Write the users back.
-        let cols = |f: fn(&UserRow) -> i64| state.values().map(f).collect::<Vec<i64>>();
+    /// Step 7: writes the live users back.
+    async fn write_users(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        users: &BTreeMap<i64, UserRow>,
+    ) -> Result<(), StoreError> {
+        let live: Vec<i64> = users.keys().copied().collect();
+        let cols = |f: fn(&UserRow) -> i64| users.values().map(f).collect::<Vec<i64>>();
         sqlx::query(
             "UPDATE users u SET xp = t.xp, ledger_dipped = t.dipped, peak_rank = t.peak,
                     messages = t.messages, voice_seconds = t.voice, games_played = t.played,
@@ -725,41 +623,31 @@ impl Store {
         )
         .bind(&live)
         .bind(cols(|u| u.xp))
-        .bind(state.values().map(|u| u.dipped).collect::<Vec<bool>>())
-        .bind(state.values().map(|u| u.peak_rank).collect::<Vec<i16>>())
+        .bind(users.values().map(|u| u.dipped).collect::<Vec<bool>>())
+        .bind(users.values().map(|u| u.peak_rank).collect::<Vec<i16>>())
         .bind(cols(|u| u.messages))
         .bind(cols(|u| u.voice_seconds))
         .bind(cols(|u| u.games_played))
         .bind(cols(|u| u.games_won))
-        .bind(state.values().map(|u| u.first_ms).collect::<Vec<_>>())
-        .bind(state.values().map(|u| u.last_ms).collect::<Vec<_>>())
+        .bind(users.values().map(|u| u.first_ms).collect::<Vec<_>>())
+        .bind(users.values().map(|u| u.last_ms).collect::<Vec<_>>())
         .execute(&mut **tx)
         .await?;
+        Ok(())
+    }
 
-        // 8. Notifications, committed with the change (transactional outbox).
-        let ranked: Vec<(i64, u8, u8)> = state
-            .iter()
-            .filter_map(|(uid, u)| {
-                let old = rules.rank_index(*original_xp.get(uid)?);
-                let new = rules.rank_index(u.xp);
-                (old != new).then_some((*uid, old, new))
-            })
-            .collect();
-        outcome.rank_changes = ranked.len();
-        if ranked.is_empty() && merges.is_empty() {
-            return Ok(outcome);
-        }
-        let notified: Vec<i64> = ranked
-            .iter()
-            .map(|r| r.0)
-            .chain(survivors_of_losers.iter().copied())
-            .collect();
+    /// Step 8: the identities of each of `uids`, by platform and user.
+    async fn read_members(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        uids: &[i64],
+    ) -> Result<HashMap<i64, Vec<WireIdentity>>, StoreError> {
         let mut members: HashMap<i64, Vec<WireIdentity>> = HashMap::new();
         for (uid, platform, user) in sqlx::query_as::<_, (i64, String, String)>(
             "SELECT user_id, platform, external_id FROM identities WHERE user_id = ANY($1)
              ORDER BY platform, external_id",
         )
-        .bind(&notified)
+        .bind(uids)
         .fetch_all(&mut **tx)
         .await?
         {
@@ -768,43 +656,24 @@ impl Store {
                 .or_default()
                 .push(WireIdentity { platform, user });
         }
-        let now = now_ms();
-        let mut topics = Vec::new();
-        let mut bodies = Vec::new();
-        for (uid, old_rank, new_rank) in ranked {
-            topics.push("rank");
-            bodies.push(serde_json::to_value(RankNotice {
-                v: 1,
-                id: String::new(),
-                ts: now,
-                uid,
-                old_rank,
-                new_rank,
-                xp: state[&uid].xp,
-                identities: members.get(&uid).cloned().unwrap_or_default(),
-            })?);
-        }
-        for m in &merges {
-            let uid = follow(&redirect, m.loser);
-            topics.push("link");
-            bodies.push(serde_json::to_value(LinkNotice {
-                v: 1,
-                id: String::new(),
-                ts: now,
-                uid,
-                merged_uid: m.loser,
-                event: m.event.id.as_str().to_owned(),
-                identities: members.get(&uid).cloned().unwrap_or_default(),
-            })?);
-        }
+        Ok(members)
+    }
+
+    /// Step 8: puts the notices in the outbox, in this transaction.
+    async fn write_outbox(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        topics: &[&str],
+        bodies: &[serde_json::Value],
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO outbox (topic, body) SELECT * FROM unnest($1::text[], $2::jsonb[])",
         )
-        .bind(&topics)
-        .bind(&bodies)
+        .bind(topics)
+        .bind(bodies)
         .execute(&mut **tx)
         .await?;
-        Ok(outcome)
+        Ok(())
     }
 
     /// Peak ranks of `uids` from their whole ledger and link history.
@@ -927,16 +796,4 @@ fn newest_names<'e>(
         }
     }
     names
-}
-
-/// Where a chain of merges (merged-away user → survivor) starting at `uid` ends, after at
-/// most 64 steps (a longer chain is not one the apply path makes).
-fn follow(redirect: &HashMap<i64, i64>, mut uid: i64) -> i64 {
-    for _ in 0..64 {
-        match redirect.get(&uid) {
-            Some(next) => uid = *next,
-            None => break,
-        }
-    }
-    uid
 }

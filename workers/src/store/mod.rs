@@ -1,6 +1,7 @@
-//! PostgreSQL: the pool, migrations, the batch apply path ([`apply`]), reads for people
-//! and bots ([`query`]), the notification outbox ([`outbox`]), link codes ([`codes`]) and
-//! the fresh tables of `ttfd rebuild` ([`rebuild`]).
+//! PostgreSQL: the pool, migrations, the batch apply path ([`apply`], with the pure
+//! steps of its settle phase in `settle`), reads for people and bots ([`query`]), the
+//! notification outbox ([`outbox`]), link codes ([`codes`]) and the fresh tables of
+//! `ttfd rebuild` ([`rebuild`]).
 //!
 //! Reads `database.url` and `database.max_connections`.
 
@@ -11,6 +12,7 @@ pub mod outbox;
 pub mod query;
 pub mod rebuild;
 pub mod scratch;
+mod settle;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
