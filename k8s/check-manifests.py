@@ -263,6 +263,10 @@ FAKE_SECRETS = {
     "TTFD__WEB__TELEGRAM__BOT_TOKEN": "123456789:AAEfaketokenfaketokenfaketoken12345",
     "TTFD__TELEGRAM__WEBHOOK_SECRET": "fake_webhook-secret",
     "TTFD__WEB__COOKIE_KEY": "k" * 48,
+    "TTFD__NATS__PASSWORD": "fake-nats-password",
+    "TTFD__TRUST__KEYS__RELAY": "r" * 64,
+    "TTFD__TRUST__KEYS__ADMIN": "a" * 64,
+    "TTFD__TRUST__KEYS__MODERATOR": "m" * 64,
     "TTFD__WEB__DISCORD__CLIENT_SECRET": "fake-client-secret",
 }
 

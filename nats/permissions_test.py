@@ -151,6 +151,9 @@ async def main():
         info = await web.api("$JS.API.STREAM.INFO.TTFD_EVENTS")
         check("web reads the events stream info (readiness)", info and "config" in info, str(info))
         check("web may not publish discord events", await web.refused_publish("ttfd.events.discord.message"))
+        for kind in ("xp", "link"):
+            check(f"web's ingest may not publish website {kind} events",
+                  await web.refused_publish(f"ttfd.events.website.{kind}"))
         check("web may not publish notifications", await web.refused_publish("ttfd.notify.rank"))
         check("web may not delete the events stream",
               await web.refused_publish("$JS.API.STREAM.DELETE.TTFD_EVENTS"))
@@ -187,6 +190,9 @@ async def main():
               await discord.refused_publish("ttfd.events.telegram.message"))
         check("discord may not publish website events",
               await discord.refused_publish("ttfd.events.website.message"))
+        for kind in ("xp", "game", "link"):
+            check(f"discord may not publish its own {kind} events",
+                  await discord.refused_publish(f"ttfd.events.discord.{kind}"))
         info = await discord.api("$JS.API.STREAM.INFO.TTFD_NOTIFY")
         check("discord reads the notify stream info", info and "config" in info, str(info))
         created = await discord.api(
@@ -217,7 +223,9 @@ async def main():
         ack = await sync.js_publish("ttfd.notify.rank", "rank:1")
         check("sync publishes rank notices", ack and ack.get("stream") == "TTFD_NOTIFY", str(ack))
         ack = await sync.js_publish("ttfd.events.telegram.link", "telegram:link:1")
-        check("sync relays outbox events of any platform", ack and ack.get("seq"), str(ack))
+        check("sync relays outbox links of any platform", ack and ack.get("seq"), str(ack))
+        for subject in ("ttfd.events.discord.xp", "ttfd.events.telegram.message"):
+            check(f"sync publishes no other event ({subject})", await sync.refused_publish(subject))
         check("sync may not delete streams",
               await sync.refused_publish("$JS.API.STREAM.DELETE.TTFD_EVENTS"))
         check("sync may not serve queries", await sync.refused_subscribe("ttfd.query.>"))
@@ -234,6 +242,9 @@ async def main():
         check("telegram publishes telegram events", ack and ack.get("seq"), str(ack))
         check("telegram may not publish discord events",
               await telegram.refused_publish("ttfd.events.discord.message"))
+        for kind in ("xp", "game", "link"):
+            check(f"telegram may not publish its own {kind} events",
+                  await telegram.refused_publish(f"ttfd.events.telegram.{kind}"))
         created = await telegram.api(
             "$JS.API.CONSUMER.CREATE.TTFD_NOTIFY.ttfd-telegram-rank.ttfd.notify.rank",
             {"stream_name": "TTFD_NOTIFY", "config": {

@@ -129,19 +129,15 @@ if [ ${#kustomize[@]} -gt 0 ]; then
   optional=()
   for c in k8s/components/*/; do
     c=${c%/}; c=${c##*/}
-    [ "$c" = keda ] || optional+=("$c") # keda: already in the production overlay
+    # keda and nats-auth: already in the production overlay.
+    case "$c" in keda | nats-auth) ;; *) optional+=("$c") ;; esac
   done
-  usable=()
-  for c in "${optional[@]}"; do [ "$c" = nats-auth ] || usable+=("$c"); done
-  # nats-auth waits for ttfd to support NATS credentials: built and validated, but its
-  # settings are known to be refused by today's binary (docs/operations.md).
-  for target in k8s/base k8s/overlays/production "$(overlay usable-components "${usable[@]}")" \
-      "$(overlay all-components "${optional[@]}")"; do
+  for target in k8s/base k8s/overlays/production "$(overlay all-components "${optional[@]}")"; do
     name=$(basename "$target")
     if "${kustomize[@]}" "$target" >"$OUT/$name.yaml"; then
       say "built $name ($(grep -c '^kind:' "$OUT/$name.yaml") resources) with ${kustomize[*]}"
       start_roles=()
-      case "$name" in production | usable-components) [ -n "$ttfd_bin" ] && start_roles=(--ttfd "$ttfd_bin") ;; esac
+      case "$name" in production | all-components) [ -n "$ttfd_bin" ] && start_roles=(--ttfd "$ttfd_bin") ;; esac
       validate_rendered "$OUT/$name.yaml" yes "${start_roles[@]}"
     else
       fail "kustomize could not build $target"
@@ -156,6 +152,9 @@ else
     validate_rendered "$f" no
   done
 fi
+
+# The NATS side's NetworkPolicy, applied by hand in the nats namespace.
+validate_rendered nats/network-policy.yaml no && say "nats/network-policy.yaml validates"
 
 # ------------------------------------------------------------------- Dockerfile
 # The build context that .dockerignore lets through must hold what the build reads:
@@ -229,23 +228,22 @@ else
 fi
 
 # ------------------------------------------------------------------------- NATS
-"$PY" - nats/helm/values.yaml nats/helm/values-auth.yaml <<'EOF' || fail "nats/helm values"
+"$PY" - nats/helm/values.yaml <<'EOF' || fail "nats/helm values"
 import sys, yaml
 values = yaml.safe_load(open(sys.argv[1]))
-auth = yaml.safe_load(open(sys.argv[2]))
 js = values["config"]["jetstream"]
 assert values["config"]["cluster"]["replicas"] == 3, "3 NATS servers"
 assert js["enabled"] and js["fileStore"]["enabled"], "JetStream on file storage"
-assert auth["config"]["merge"]["00$include"] == "accounts.conf", "values-auth includes accounts.conf"
-env = auth["container"]["env"]
+assert values["config"]["merge"]["00$include"] == "accounts.conf", "values.yaml includes accounts.conf"
+env = {k: v for k, v in values["container"]["env"].items() if k.startswith("TTFD_NATS_")}
 conf = open("nats/accounts.conf").read()
 import re
 needed = set(re.findall(r"\$(TTFD_NATS_[A-Z]+_PASSWORD)", conf))
-assert needed == set(env), f"passwords in accounts.conf {sorted(needed)} != values-auth env {sorted(env)}"
+assert needed == set(env), f"passwords in accounts.conf {sorted(needed)} != values.yaml env {sorted(env)}"
 print("[validate-deploy] nats/helm values: 3 servers, JetStream on files, auth env matches accounts.conf", file=sys.stderr)
 EOF
 if [ -n "$nats_server" ]; then
-  # The server configuration the chart renders from values.yaml + values-auth.yaml,
+  # The server configuration the chart renders from values.yaml,
   # reduced to what can be checked on one machine: JetStream on files, a cluster block,
   # the limits, and accounts.conf included.
   conf="$OUT/nats"

@@ -114,7 +114,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Nats {
             command: NatsCommand::Setup,
         } => {
-            let broker = connect_broker(&settings).await?;
+            let broker = connect_broker(&settings, app::OPERATOR).await?;
             for line in broker.setup().await? {
                 println!("{line}: ready");
             }
@@ -157,7 +157,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Import(args) => {
-            crate::import::run(*args, async || connect_broker(&settings).await).await?
+            crate::import::run(*args, async || {
+                connect_broker(&settings, app::OPERATOR).await
+            })
+            .await?
         }
         Command::Replay(args) => {
             let progress = std::io::stderr().is_terminal();
@@ -227,7 +230,7 @@ async fn publish(settings: &Settings, json: Option<String>) -> anyhow::Result<()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(n, l)| wire::from_json(l, now_ms()).with_context(|| format!("line {}", n + 1)))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let broker = connect_broker(settings).await?;
+    let broker = connect_broker(settings, app::OPERATOR).await?;
     for e in &events {
         let ack = broker
             .publish_event(e)

@@ -48,7 +48,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let store = connect_store(settings).await?;
     store.migrate().await?;
-    let broker = connect_broker(settings).await?;
+    let broker = connect_broker(settings, Role::Sync.signs_as()).await?;
     broker.setup().await?;
     println!(
         "TTFD demo: {} people, {} events/s, {} sync replicas, prefix {:?}. Ctrl-C stops.",
@@ -64,7 +64,7 @@ pub async fn run(
     let tasks = TaskTracker::new();
     let workers = CancellationToken::new();
     for _ in 0..args.replicas.max(1) {
-        let b = connect_broker(settings).await?;
+        let b = connect_broker(settings, Role::Sync.signs_as()).await?;
         let worker = SyncWorker::new(
             store.clone(),
             b.clone(),
@@ -116,7 +116,9 @@ pub async fn run(
         Err(e) => println!("The website did not start ({e}); the demo runs without it."),
     }
 
-    let publisher = publish_traffic(&broker, &args, &shutdown);
+    // The traffic plays the platforms' publishers: unsigned.
+    let platforms = connect_broker(settings, None).await?;
+    let publisher = publish_traffic(&platforms, &args, &shutdown);
     let mut report = tokio::time::interval(Duration::from_secs(5));
     report.tick().await;
     tokio::pin!(publisher);

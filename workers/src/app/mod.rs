@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
+use ttfd_shared::trust::Publisher;
 
+use crate::broker::trust::Trust;
 use crate::broker::{Broker, EXIT_FLUSH};
 use crate::metrics::Metrics;
 use crate::settings::Settings;
@@ -49,6 +51,16 @@ impl Role {
             _ => settings.sync.shutdown_grace_secs,
         })
     }
+
+    /// The principal the role signs what it publishes as (docs/security.md): the sync
+    /// role's outbox relay publishes the links the web role and redeemed codes proved.
+    /// The bots and the web role's ingest sign nothing: they speak for their platform.
+    pub fn signs_as(self) -> Option<Publisher> {
+        match self {
+            Role::Sync => Some(Publisher::Relay),
+            Role::Query | Role::Web | Role::Discord | Role::Telegram => None,
+        }
+    }
 }
 
 /// Runs `role` until `shutdown`, then flushes what it still sends to NATS.
@@ -57,7 +69,7 @@ pub async fn run(
     settings: &Settings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let broker = connect_broker(settings).await?;
+    let broker = connect_broker(settings, role.signs_as()).await?;
     let grace = role.grace(settings);
     // The bots hold no database credentials: they ask the query service.
     let result = match role {
@@ -105,13 +117,23 @@ pub async fn connect_store(settings: &Settings) -> anyhow::Result<Store> {
 pub async fn connect(settings: &Settings) -> anyhow::Result<(Store, Broker)> {
     Ok((
         connect_store(settings).await?,
-        connect_broker(settings).await?,
+        connect_broker(settings, OPERATOR).await?,
     ))
 }
 
-/// NATS with JetStream, within [`CONNECT_TIMEOUT`].
-pub async fn connect_broker(settings: &Settings) -> anyhow::Result<Broker> {
-    Ok(Broker::connect(&settings.nats, CONNECT_TIMEOUT).await?)
+/// The principal operators' commands (`ttfd publish`, `ttfd import`, ...) sign as.
+pub const OPERATOR: Option<Publisher> = Some(Publisher::Admin);
+
+/// NATS with JetStream, within [`CONNECT_TIMEOUT`], signing what it publishes as
+/// `signs_as` when `trust.keys` holds that principal's key.
+pub async fn connect_broker(
+    settings: &Settings,
+    signs_as: Option<Publisher>,
+) -> anyhow::Result<Broker> {
+    let trust = Trust::from_settings(&settings.trust, signs_as)?;
+    Ok(Broker::connect(&settings.nats, CONNECT_TIMEOUT)
+        .await?
+        .with_trust(trust))
 }
 
 #[cfg(test)]

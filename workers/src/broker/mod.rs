@@ -4,7 +4,9 @@
 //! Reads `nats.url` and `nats.prefix`.
 
 pub mod notices;
+pub mod trust;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::message::PublishMessage;
@@ -14,6 +16,7 @@ use bytes::Bytes;
 use secrecy::ExposeSecret;
 use ttfd_shared::wire::{self, Event, Subjects};
 
+use self::trust::Trust;
 use crate::settings::NatsSettings;
 
 /// The stream and consumer definitions, written for prefix `ttfd`.
@@ -71,6 +74,8 @@ pub struct Broker {
     pub subjects: Subjects,
     /// Copies of each stream that [`Broker::setup`] asks for (`nats.stream_replicas`).
     pub stream_replicas: usize,
+    /// What this process signs and how the sync consumer judges (`trust.*`).
+    pub trust: Arc<Trust>,
 }
 
 impl Broker {
@@ -111,6 +116,15 @@ impl Broker {
             js,
             subjects: Subjects::new(prefix),
             stream_replicas: 1,
+            trust: Arc::default(),
+        }
+    }
+
+    /// The same connection, signing and judging by `trust`.
+    pub fn with_trust(self, trust: Trust) -> Self {
+        Self {
+            trust: Arc::new(trust),
+            ..self
         }
     }
 
@@ -246,18 +260,20 @@ impl Broker {
         }
     }
 
-    /// Sends bytes as they are (for outside publishers' shapes and for tests of bad input).
+    /// Sends bytes as they are (for outside publishers' shapes and for tests of bad input),
+    /// signed when this process signs.
     pub async fn publish_raw(
         &self,
         subject: String,
         msg_id: &str,
         payload: Bytes,
     ) -> Result<PublishAckFuture, BrokerError> {
+        let mut message = PublishMessage::build().message_id(msg_id);
+        if let Some(signature) = self.trust.signature(&subject, msg_id, &payload) {
+            message = message.header(trust::SIGNATURE, signature.as_str());
+        }
         self.js
-            .send_publish(
-                subject,
-                PublishMessage::build().payload(payload).message_id(msg_id),
-            )
+            .send_publish(subject, message.payload(payload))
             .await
             .map_err(js_err)
     }

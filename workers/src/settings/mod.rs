@@ -3,8 +3,8 @@
 //!
 //! One file per section: [`database`] (`database.*`), [`nats`] (`nats.*`), [`sync`]
 //! (`sync.*`), [`log`] (`log.*`), [`metrics`] (`metrics.listen`), [`discord`]
-//! (`discord.*`), [`telegram`] (`telegram.*`), [`web`] (`web.*`); `rules.*` is
-//! [`ttfd_shared::Rules`]. See `config/ttfd.example.toml` for every key. Unknown keys
+//! (`discord.*`), [`telegram`] (`telegram.*`), [`trust`] (`trust.*`), [`web`] (`web.*`);
+//! `rules.*` is [`ttfd_shared::Rules`]. See `config/ttfd.example.toml` for every key. Unknown keys
 //! and bad values stop start-up with a [`SettingsError`] naming the key.
 //!
 //! This module imports no role: the roles read their section from here.
@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod nats;
 pub mod sync;
 pub mod telegram;
+pub mod trust;
 pub mod web;
 
 use std::path::Path;
@@ -30,6 +31,7 @@ pub use metrics::MetricsSettings;
 pub use nats::NatsSettings;
 pub use sync::SyncSettings;
 pub use telegram::{TelegramMode, TelegramSettings};
+pub use trust::{TrustMode, TrustSettings};
 pub use web::WebSettings;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -44,6 +46,7 @@ pub struct Settings {
     pub web: WebSettings,
     pub metrics: MetricsSettings,
     pub telegram: TelegramSettings,
+    pub trust: TrustSettings,
 }
 
 /// Settings that cannot be used, naming the key.
@@ -102,6 +105,7 @@ impl Settings {
         self.web.validate()?;
         self.metrics.addr()?;
         self.telegram.validate()?;
+        self.trust.validate()?;
         self.rules
             .validate()
             .map_err(|e| invalid(&format!("rules.{}", e.key), e.message))?;
@@ -171,6 +175,19 @@ mod tests {
             ("TTFD__SYNC__BATCH_SIZE", "many", "batch_size"),
             ("TTFD__NATS__NOPE", "1", "nope"),
             ("TTFD__METRICS__LISTEN", "port 9090", "metrics.listen"),
+            ("TTFD__TRUST__MODE", "signed", "trust.mode"),
+            ("TTFD__TRUST__MODE", "strict", "mode"),
+            ("TTFD__TRUST__KEYS__RELAY", "short", "trust.keys.relay"),
+            (
+                "TTFD__TRUST__KEYS__ROOT",
+                "kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk",
+                "trust.keys.root",
+            ),
+            (
+                "TTFD__TRUST__KEYS__PLATFORM",
+                "kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk",
+                "trust.keys.platform",
+            ),
         ];
         for (key, value, named) in cases {
             let err = Settings::load_from(None, env(&[(key, value)]))

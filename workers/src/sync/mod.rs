@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, debug, debug_span, error, info, instrument, warn};
 use ttfd_shared::Event;
+use ttfd_shared::trust;
 use ttfd_shared::wire::{self, Rejection};
 
 pub use relay::{publish_notices, relay_outbox};
@@ -241,6 +242,20 @@ impl SyncWorker {
         self.handle(msgs, shutdown).await.map_err(|()| Abandoned)
     }
 
+    /// The event if its publisher may make its claim (`trust.mode = signed`: judged by
+    /// its signature, docs/security.md), else why not.
+    fn admit(&self, m: &jetstream::Message, event: Event) -> Result<Event, Rejection> {
+        let sequence = m.info().map_or(u64::MAX, |i| i.stream_sequence);
+        let judged =
+            self.broker
+                .trust
+                .judge(m.headers.as_ref(), m.subject.as_str(), &m.payload, sequence);
+        match judged {
+            Some(publisher) => trust::admit(publisher, &event).map(|()| event),
+            None => Ok(event),
+        }
+    }
+
     /// Validates, dead-letters, applies, acks one batch. `Err` only when abandoned.
     #[instrument(skip_all, fields(messages = msgs.len()))]
     async fn handle(
@@ -263,7 +278,8 @@ impl SyncWorker {
                         "subject must be <prefix>.events.<platform>.<kind>",
                     )
                 })
-                .and_then(|tokens| wire::decode(&m.payload, tokens, now));
+                .and_then(|tokens| wire::decode(&m.payload, tokens, now))
+                .and_then(|e| self.admit(m, e));
             match decoded {
                 Ok(e) => {
                     origin.push(i);

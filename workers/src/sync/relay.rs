@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::message::PublishMessage;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -63,17 +62,15 @@ pub async fn relay_outbox(
     }
 }
 
-/// Publishes notices with their id as `Nats-Msg-Id` and waits for every JetStream ack.
+/// Publishes notices with their id as `Nats-Msg-Id` (signed as the relay when this
+/// process holds its key) and waits for every JetStream ack.
 pub async fn publish_notices(broker: &Broker, notices: &[Notice]) -> Result<(), async_nats::Error> {
     let mut acks = Vec::with_capacity(notices.len());
     for n in notices {
-        let message = PublishMessage::build()
-            .payload(n.encode().into())
-            .message_id(n.id());
+        let subject = n.subject(&broker.subjects);
         acks.push(
             broker
-                .js
-                .send_publish(n.subject(&broker.subjects), message)
+                .publish_raw(subject, n.id(), n.encode().into())
                 .await?,
         );
     }

@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use ttfd_shared::trust::{self, Publisher};
 use ttfd_shared::{Event, Identity};
 
 use super::AppState;
@@ -317,6 +318,15 @@ pub async fn ingest(
                     "event {i}: this token publishes only for platform {platform:?}, not {:?}",
                     event.identity.platform.as_str()
                 ),
+            ));
+        }
+        // The claims a platform's publisher may make (docs/security.md): the sync
+        // consumer would dead-letter the others; the client hears it here.
+        if let Err(refused) = trust::admit(Publisher::Platform, &event) {
+            count(&platform, "forbidden", 1);
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("event {i}: {}", refused.detail),
             ));
         }
         events.push(event);

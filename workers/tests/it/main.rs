@@ -12,4 +12,5 @@ mod observe;
 mod pipeline;
 mod replay;
 mod telegram;
+mod trust;
 mod web;

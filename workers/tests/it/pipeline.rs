@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::common::{Outage, TestEnv, community, eventually};
-use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::consumer::DeliverPolicy;
 use bytes::Bytes;
 use futures::StreamExt;
 use proptest::prelude::*;
@@ -464,37 +464,12 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_the_good_events_around_it_
     env.wait_for_model(&[good_before.clone(), good_after.clone()])
         .await;
 
-    let dlq = env
-        .broker
-        .js
-        .get_stream(s.dlq_stream())
+    let mut codes: Vec<String> = env
+        .dead_letters(bad.len())
         .await
-        .expect("dlq stream");
-    let reader = dlq
-        .create_consumer(pull::Config {
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .expect("reader");
-    let mut letters = reader
-        .fetch()
-        .max_messages(bad.len())
-        .expires(Duration::from_secs(5))
-        .messages()
-        .await
-        .expect("fetch");
-    let mut codes = Vec::new();
-    while let Some(Ok(m)) = letters.next().await {
-        let reason = m
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Ttfd-Error"))
-            .map(|v| v.to_string())
-            .unwrap_or_default();
-        codes.push(reason.split(':').next().unwrap_or_default().to_owned());
-        m.ack().await.expect("ack");
-    }
+        .iter()
+        .map(|reason| reason.split(':').next().unwrap_or_default().to_owned())
+        .collect();
     let mut want: Vec<String> = bad.iter().map(|b| b.0.to_owned()).collect();
     want.sort();
     codes.sort();

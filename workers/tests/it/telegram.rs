@@ -96,7 +96,9 @@ impl World {
         Option<std::net::SocketAddr>,
         tokio::task::JoinHandle<anyhow::Result<()>>,
     ) {
-        let broker = ttfd::app::connect_broker(&settings).await.expect("NATS");
+        let broker = ttfd::app::connect_broker(&settings, ttfd::app::Role::Telegram.signs_as())
+            .await
+            .expect("NATS");
         let bot = TelegramBot::build(&settings, broker, GRACE)
             .await
             .expect("the bot starts");

@@ -1192,6 +1192,22 @@ async fn ingest_refuses_bad_tokens_other_platforms_and_bad_payloads_publishing_n
             StatusCode::UNPROCESSABLE_ENTITY,
             "event 1",
         ),
+        // An ingest token speaks for its platform's activity: no XP by hand, and no
+        // link to another platform's member (the takeover of docs/security.md).
+        (
+            Some(WEBSITE_TOKEN),
+            "application/json",
+            json!({"id": "w:g", "platform": "website", "user": "77", "kind": "xp", "data": {"amount": 500, "reason": "gift"}}).to_string(),
+            StatusCode::FORBIDDEN,
+            "moderator or an admin",
+        ),
+        (
+            Some(WEBSITE_TOKEN),
+            "application/json",
+            json!({"id": "w:l", "platform": "website", "user": "77", "kind": "link", "data": {"platform": "discord", "user": "1", "proof": "oauth"}}).to_string(),
+            StatusCode::FORBIDDEN,
+            "discord:1",
+        ),
         // So does one event of another platform.
         (
             Some(WEBSITE_TOKEN),

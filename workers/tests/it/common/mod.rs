@@ -21,8 +21,10 @@ use tokio::process::{Child, Command};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use ttfd::broker::Broker;
+use ttfd::broker::trust::Trust;
 use ttfd::settings::Settings;
 use ttfd::shared::model::{self, Profile as ModelProfile};
+use ttfd::shared::trust::Publisher;
 use ttfd::shared::{Event, Identity};
 use ttfd::store::Store;
 use ttfd::store::scratch::ScratchDb;
@@ -106,9 +108,7 @@ impl TestEnv {
         stop: CancellationToken,
     ) -> (tokio::task::JoinHandle<()>, Arc<Counters>) {
         let counters = Arc::new(Counters::default());
-        let broker = Broker::connect(&self.settings.nats, Duration::from_secs(5))
-            .await
-            .expect("connect");
+        let broker = self.broker_as(Some(Publisher::Relay)).await;
         let consumer = broker.sync_consumer().await.expect("consumer");
         let worker = SyncWorker::new(store, broker, consumer, self.settings.sync.clone())
             .with_counters(counters.clone());
@@ -118,10 +118,62 @@ impl TestEnv {
         (task, counters)
     }
 
+    /// A connection of its own, with this world's `trust.*`, signing as `publisher` when
+    /// the world holds its key (as a role of that kind would).
+    pub async fn broker_as(&self, publisher: Option<Publisher>) -> Broker {
+        let trust = Trust::from_settings(&self.settings.trust, publisher).expect("trust.*");
+        Broker::connect(&self.settings.nats, Duration::from_secs(5))
+            .await
+            .expect("connect")
+            .with_trust(trust)
+    }
+
+    /// The reasons (`Ttfd-Error`) of the first `n` messages on the dead-letter stream.
+    pub async fn dead_letters(&self, n: usize) -> Vec<String> {
+        use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+        use futures::StreamExt;
+        let dlq = self
+            .broker
+            .js
+            .get_stream(self.broker.subjects.dlq_stream())
+            .await
+            .expect("dlq stream");
+        let reader = dlq
+            .create_consumer(pull::Config {
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .expect("reader");
+        let mut letters = reader
+            .fetch()
+            .max_messages(n)
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await
+            .expect("fetch");
+        let mut reasons = Vec::new();
+        while let Some(Ok(m)) = letters.next().await {
+            let reason = m.headers.as_ref().and_then(|h| h.get("Ttfd-Error"));
+            reasons.push(reason.map(|v| v.to_string()).unwrap_or_default());
+            m.ack().await.expect("ack");
+        }
+        reasons
+    }
+
     /// The environment a `ttfd` child process needs to join this world.
     pub fn child_env(&self) -> Vec<(String, String)> {
         use secrecy::ExposeSecret;
-        vec![
+        let trust = &self.settings.trust;
+        let keys = trust.keys.iter().map(|(name, key)| {
+            let var = format!("TTFD__TRUST__KEYS__{}", name.to_uppercase());
+            (var, key.expose_secret().to_owned())
+        });
+        let mode = match trust.mode {
+            ttfd::settings::TrustMode::Open => "open",
+            ttfd::settings::TrustMode::Signed => "signed",
+        };
+        let mut env = vec![
             (
                 "TTFD__DATABASE__URL".into(),
                 self.settings.database.url.expose_secret().to_owned(),
@@ -137,7 +189,10 @@ impl TestEnv {
             ),
             ("TTFD__SYNC__SHUTDOWN_GRACE_SECS".into(), "5".into()),
             ("TTFD__LOG__FILTER".into(), "warn".into()),
-        ]
+            ("TTFD__TRUST__MODE".into(), mode.into()),
+        ];
+        env.extend(keys);
+        env
     }
 
     /// `ttfd <args>` as a child process of this world.

@@ -1,0 +1,217 @@
+//! Who may claim what: the trust model of docs/security.md as one pure rule.
+//!
+//! JetStream does not say who published a message. The NATS subject says which
+//! platform's publisher it came through (NATS permissions tie each client to its
+//! platform's subjects), and a signature says which trusted principal vouches for it (the
+//! sync consumer checks it; see `workers/src/broker/trust.rs`). [`admit`] decides, from
+//! that, whether an event's claim counts: a platform's publisher speaks for its own
+//! platform's members and their activity only; links across platforms come from whoever
+//! proved both sides; XP by hand comes from moderators and operators.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::wire::{Event, Payload, Proof, Rejection};
+
+/// Who vouches for an event, as far as the sync consumer can prove it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Publisher {
+    /// No valid signature: a platform's publisher (a bot, the web role's ingest API, an
+    /// outside publisher), trusted as far as the subject's platform goes.
+    Platform,
+    /// The outbox relay of the sync role: links the web role proved (OAuth, the Telegram
+    /// Login widget) and link codes redeemed in a transaction.
+    Relay,
+    /// Moderators' tools: XP granted or taken by hand.
+    Moderator,
+    /// Operators: the CLI with admin credentials (`ttfd import`, admin links, grants).
+    Admin,
+}
+
+impl Publisher {
+    /// The principals that sign, by name (as in `trust.keys.<name>`).
+    pub const SIGNED: [Publisher; 3] = [Publisher::Relay, Publisher::Moderator, Publisher::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Publisher::Platform => "platform",
+            Publisher::Relay => "relay",
+            Publisher::Moderator => "moderator",
+            Publisher::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Publisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Publisher {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Publisher::SIGNED
+            .into_iter()
+            .chain([Publisher::Platform])
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not one of platform, relay, moderator, admin"))
+    }
+}
+
+/// `Ok` when `publisher` may make the claim of `event`; else the reason, for the
+/// dead-letter stream.
+pub fn admit(publisher: Publisher, event: &Event) -> Result<(), Rejection> {
+    use Publisher::*;
+    let refuse = |what: String| {
+        Err(Rejection::new(
+            "not_permitted",
+            format!("{what}; this publisher is {publisher}"),
+        ))
+    };
+    match &event.payload {
+        Payload::Message { .. } | Payload::Voice { .. } | Payload::Game { .. } => Ok(()),
+        Payload::Xp { .. } => match publisher {
+            Moderator | Admin => Ok(()),
+            Platform | Relay => {
+                refuse("an xp event comes only from a moderator or an admin".into())
+            }
+        },
+        Payload::Link { other, proof } => {
+            let across = other.platform != event.identity.platform;
+            match (publisher, proof) {
+                (Admin, _) => Ok(()),
+                (Relay, Proof::Oauth | Proof::Code) => Ok(()),
+                (Platform, _) if !across => Ok(()),
+                (Relay | Moderator, Proof::Import | Proof::Admin) => refuse(format!(
+                    "a link with proof {} comes only from an admin",
+                    proof.as_str()
+                )),
+                _ => refuse(format!(
+                    "a link from {} to {} names another platform's member: it comes only \
+                     from a publisher that proved both (the relay or an admin)",
+                    event.identity, other
+                )),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Identity;
+    use crate::wire::EventId;
+
+    fn event(identity: &str, payload: Payload) -> Event {
+        Event {
+            id: EventId::parse("t:1").expect("id"),
+            ts: 1_700_000_000_000,
+            identity: Identity::parse(identity).expect("identity"),
+            name: None,
+            payload,
+        }
+    }
+
+    fn link(from: &str, to: &str, proof: Proof) -> Event {
+        event(
+            from,
+            Payload::Link {
+                other: Identity::parse(to).expect("identity"),
+                proof,
+            },
+        )
+    }
+
+    fn allowed(publisher: Publisher, e: &Event) -> bool {
+        admit(publisher, e).is_ok()
+    }
+
+    #[test]
+    fn activity_counts_from_every_publisher() {
+        let say = event(
+            "discord:1",
+            Payload::Message {
+                len: None,
+                chat: None,
+            },
+        );
+        let play = event(
+            "website:1",
+            Payload::Game {
+                game: "chess".into(),
+                won: true,
+                xp: 50,
+            },
+        );
+        for p in [
+            Publisher::Platform,
+            Publisher::Relay,
+            Publisher::Moderator,
+            Publisher::Admin,
+        ] {
+            assert!(allowed(p, &say) && allowed(p, &play), "{p}");
+        }
+    }
+
+    #[test]
+    fn xp_by_hand_comes_only_from_moderators_and_admins() {
+        let grant = event(
+            "telegram:5",
+            Payload::Xp {
+                amount: 1_000_000,
+                reason: "gift".into(),
+            },
+        );
+        assert!(!allowed(Publisher::Platform, &grant));
+        assert!(!allowed(Publisher::Relay, &grant));
+        assert!(allowed(Publisher::Moderator, &grant));
+        assert!(allowed(Publisher::Admin, &grant));
+        let refused = admit(Publisher::Platform, &grant).expect_err("refused");
+        assert_eq!(refused.code, "not_permitted");
+        assert!(refused.detail.contains("moderator"), "{}", refused.detail);
+    }
+
+    #[test]
+    fn a_link_across_platforms_needs_a_publisher_that_proved_both() {
+        let takeover = link("website:me", "discord:victim", Proof::Oauth);
+        assert!(!allowed(Publisher::Platform, &takeover));
+        assert!(!allowed(Publisher::Moderator, &takeover));
+        assert!(allowed(Publisher::Relay, &takeover));
+        assert!(allowed(Publisher::Admin, &takeover));
+        let refused = admit(Publisher::Platform, &takeover).expect_err("refused");
+        assert!(
+            refused.detail.contains("discord:victim"),
+            "{}",
+            refused.detail
+        );
+    }
+
+    #[test]
+    fn the_relay_makes_only_the_links_it_proves() {
+        for proof in [Proof::Import, Proof::Admin] {
+            let e = link("telegram:1", "discord:2", proof);
+            assert!(!allowed(Publisher::Relay, &e), "{proof:?}");
+            assert!(allowed(Publisher::Admin, &e), "{proof:?}");
+        }
+        assert!(allowed(
+            Publisher::Relay,
+            &link("telegram:1", "discord:2", Proof::Code)
+        ));
+    }
+
+    #[test]
+    fn a_platform_links_its_own_members() {
+        let e = link("discord:1", "discord:2", Proof::Code);
+        assert!(allowed(Publisher::Platform, &e));
+    }
+
+    #[test]
+    fn publishers_parse_from_their_names() {
+        for p in Publisher::SIGNED.into_iter().chain([Publisher::Platform]) {
+            assert_eq!(p.as_str().parse::<Publisher>(), Ok(p));
+        }
+        assert!("root".parse::<Publisher>().is_err());
+    }
+}

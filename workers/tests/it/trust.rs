@@ -1,0 +1,260 @@
+//! The trust model end to end (docs/security.md): with `trust.mode = signed`, the sync
+//! consumer counts a claim only from a publisher that may make it, told apart by the
+//! signature a trusted principal puts on what it publishes.
+
+use std::time::Duration;
+
+use async_nats::jetstream::message::PublishMessage;
+use bytes::Bytes;
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+use ttfd::query::QueryClient;
+use ttfd::settings::{Settings, TrustMode};
+use ttfd::shared::trust::Publisher;
+use ttfd::shared::wire::{self, EventId};
+use ttfd::shared::{Event, Identity, Payload, Proof};
+
+use crate::common::{TestEnv, eventually};
+
+fn signed(s: &mut Settings) {
+    s.trust.mode = TrustMode::Signed;
+    for name in ["relay", "admin", "moderator"] {
+        let key = format!("{name}-key-for-the-trust-tests-0123456789");
+        s.trust.keys.insert(name.into(), SecretString::from(key));
+    }
+}
+
+fn ev(id: &str, who: &str, payload: Payload) -> Event {
+    Event {
+        id: EventId::parse(id).expect("id"),
+        ts: ttfd::now_ms() - 60_000,
+        identity: Identity::parse(who).expect("identity"),
+        name: None,
+        payload,
+    }
+}
+
+fn say(id: &str, who: &str) -> Event {
+    ev(
+        id,
+        who,
+        Payload::Message {
+            len: Some(20),
+            chat: None,
+        },
+    )
+}
+
+fn grant(id: &str, who: &str, amount: i32) -> Event {
+    ev(
+        id,
+        who,
+        Payload::Xp {
+            amount,
+            reason: "by hand".into(),
+        },
+    )
+}
+
+fn link(id: &str, who: &str, other: &str, proof: Proof) -> Event {
+    ev(
+        id,
+        who,
+        Payload::Link {
+            other: Identity::parse(other).expect("identity"),
+            proof,
+        },
+    )
+}
+
+async fn publish_with(broker: &ttfd::broker::Broker, events: &[Event]) {
+    for e in events {
+        broker
+            .publish_event(e)
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+}
+
+#[tokio::test]
+async fn in_signed_mode_a_claim_counts_only_from_a_publisher_that_may_make_it() {
+    let env = TestEnv::with(signed).await;
+    let relay = env.broker_as(Some(Publisher::Relay)).await;
+    let admin = env.broker_as(Some(Publisher::Admin)).await;
+    let moderator = env.broker_as(Some(Publisher::Moderator)).await;
+
+    // What a platform's publisher (a bot, the ingest API) may claim, and what not.
+    let allowed_platform = [
+        say("p:1", "discord:1"),
+        link("p:2", "discord:1", "discord:2", Proof::Code),
+    ];
+    let refused_platform = [
+        grant("p:3", "discord:1", 1_000_000),
+        link("p:4", "website:me", "discord:1", Proof::Oauth),
+    ];
+    publish_with(&env.broker, &allowed_platform).await;
+    publish_with(&env.broker, &refused_platform).await;
+    // The relay links what it proved, and grants nothing; moderators and admins grant.
+    let by_relay = [link("r:1", "telegram:3", "discord:1", Proof::Code)];
+    let refused_relay = [grant("r:2", "telegram:3", 500)];
+    publish_with(&relay, &by_relay).await;
+    publish_with(&relay, &refused_relay).await;
+    let by_staff = [grant("m:1", "discord:2", 70), grant("a:1", "telegram:3", 7)];
+    publish_with(&moderator, &by_staff[..1]).await;
+    publish_with(&admin, &by_staff[1..]).await;
+    // An admin's signature copied onto another claim, and one made with a wrong key.
+    let copied = grant("f:1", "discord:1", 900);
+    let subject = env.broker.subjects.event("discord", "xp");
+    let real = admin
+        .trust
+        .signature(&subject, "a:1", &wire::encode(&by_staff[1]))
+        .expect("admin signs");
+    let forged_key = ttfd::broker::trust::Keyring::new(
+        [(
+            Publisher::Admin,
+            SecretString::from("not-the-admin-key-not-the-admin-key"),
+        )]
+        .into(),
+    )
+    .sign(
+        Publisher::Admin,
+        &subject,
+        "f:2",
+        &wire::encode(&grant("f:2", "discord:1", 900)),
+    )
+    .expect("signs");
+    for (e, signature) in [(copied, real), (grant("f:2", "discord:1", 900), forged_key)] {
+        let message = PublishMessage::build()
+            .message_id(e.id.as_str())
+            .header("Ttfd-Signature", signature.as_str())
+            .payload(Bytes::from(wire::encode(&e)));
+        env.broker
+            .js
+            .send_publish(subject.clone(), message)
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+
+    let stop = CancellationToken::new();
+    let worker = env.spawn_worker(stop.clone()).await;
+    let counted: Vec<Event> = [&allowed_platform[..], &by_relay, &by_staff].concat();
+    env.wait_for_model(&counted).await;
+    let reasons = env.dead_letters(10).await;
+    assert_eq!(reasons.len(), 5, "{reasons:?}");
+    for r in &reasons {
+        assert!(r.starts_with("not_permitted: "), "{r}");
+    }
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("discord:1") && r.contains("this publisher is platform")),
+        "the reason names the claim and who made it: {reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("this publisher is relay")),
+        "{reasons:?}"
+    );
+    stop.cancel();
+    worker.await.expect("worker");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn messages_stored_before_signing_was_switched_on_count_as_they_did() {
+    // Two unsigned claims stored while the installation was open, then signing on from
+    // stream sequence 3: the old ones still count (a rebuild gives the same state), the
+    // new unsigned grant does not.
+    let env = TestEnv::with(|s| {
+        signed(s);
+        s.trust.signed_from_sequence = 3;
+    })
+    .await;
+    let before = [
+        grant("o:1", "discord:5", 40),
+        link("o:2", "website:5", "discord:5", Proof::Oauth),
+    ];
+    publish_with(&env.broker, &before).await;
+    publish_with(&env.broker, &[grant("o:3", "discord:5", 900)]).await;
+    let stop = CancellationToken::new();
+    let worker = env.spawn_worker(stop.clone()).await;
+    env.wait_for_model(&before).await;
+    let reasons = env.dead_letters(5).await;
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(reasons[0].contains("moderator or an admin"), "{reasons:?}");
+    stop.cancel();
+    worker.await.expect("worker");
+    env.cleanup().await;
+}
+
+/// The real `ttfd sync` role in signed mode: its outbox relay signs the link a redeemed
+/// code proved, so the merge goes through, while the same link published by a platform
+/// is refused.
+#[tokio::test]
+async fn a_code_redeemed_in_signed_mode_merges_through_the_sync_roles_relay() {
+    let env = TestEnv::with(signed).await;
+    let mut sync = env.spawn_sync_process();
+    let stop = CancellationToken::new();
+    let service = tokio::spawn(ttfd::query::serve(
+        env.store.clone(),
+        env.broker.clone(),
+        stop.clone(),
+    ));
+    let client = QueryClient::new(
+        env.broker.client.clone(),
+        &env.settings.nats.prefix,
+        Duration::from_secs(5),
+    );
+    let forged = link("x:1", "telegram:20", "discord:30", Proof::Code);
+    publish_with(
+        &env.broker,
+        &[say("d:1", "discord:10"), say("t:1", "telegram:20")],
+    )
+    .await;
+    publish_with(&env.broker, std::slice::from_ref(&forged)).await;
+    let (discord, telegram) = (
+        Identity::parse("discord:10").expect("identity"),
+        Identity::parse("telegram:20").expect("identity"),
+    );
+    eventually("both profiles", || async {
+        client.profile(&discord).await.ok()??;
+        client.profile(&telegram).await.ok()??;
+        Some(())
+    })
+    .await;
+    let code = client.issue_link_code(&discord).await.expect("issue");
+    client
+        .redeem_link_code(&telegram, &code.code)
+        .await
+        .expect("redeem");
+    let merged = eventually("the merge", || async {
+        let p = client.profile(&telegram).await.ok()??;
+        (p.identities.len() == 2).then_some(p)
+    })
+    .await;
+    assert_eq!(merged.xp, 2 * env.settings.rules.message_xp);
+    let reasons = env.dead_letters(5).await;
+    assert_eq!(
+        reasons.len(),
+        1,
+        "only the platform's link is refused: {reasons:?}"
+    );
+    assert!(reasons[0].contains("discord:30"), "{reasons:?}");
+    assert_eq!(
+        client
+            .profile(&Identity::parse("discord:30").expect("id"))
+            .await
+            .expect("ok"),
+        None
+    );
+    let _ = sync.start_kill();
+    let _ = sync.wait().await;
+    stop.cancel();
+    service.await.expect("service").expect("served");
+    env.cleanup().await;
+}
