@@ -47,6 +47,8 @@ class Role:
             user=self.user,
             password=os.environ[f"TTFD_NATS_{role}_PASSWORD"],
             error_cb=on_error,
+            # As ttfd connects: replies under the user's own inbox prefix.
+            inbox_prefix=f"_INBOX.{self.user}",
             allow_reconnect=False,
             connect_timeout=TIMEOUT,
         )
@@ -178,6 +180,20 @@ async def main():
             check("telegram asks the query service and gets the answer", reply.data == b"pong:t")
         except Exception as e:  # noqa: BLE001
             check("telegram asks the query service and gets the answer", False, repr(e))
+        for role, own, other in ((discord, "discord", "telegram"), (telegram, "telegram", "discord")):
+            try:
+                reply = await role.nc.request(f"ttfd.query.as.{own}.link.issue", b"c", timeout=TIMEOUT)
+                check(f"{own} issues link codes for its own members", reply.data == b"pong:c")
+            except Exception as e:  # noqa: BLE001
+                check(f"{own} issues link codes for its own members", False, repr(e))
+            check(f"{own} may not act for {other} members",
+                  await role.refused_publish(f"ttfd.query.as.{other}.link.redeem"))
+            check(f"{own} may not ask unscoped acting queries",
+                  await role.refused_publish("ttfd.query.link.issue"))
+            check(f"{own} may not read {other}'s replies",
+                  await role.refused_subscribe(f"_INBOX.ttfd-{other}.>"))
+            check(f"{own} may not read the default inbox",
+                  await role.refused_subscribe("_INBOX.>"))
         check("query may not publish events", await query.refused_publish("ttfd.events.discord.message"))
         check("query may not publish to an arbitrary inbox",
               await query.refused_publish("_INBOX.somebody-else"))

@@ -84,6 +84,7 @@ impl Broker {
         let url = settings.url.clone();
         let mut options = async_nats::ConnectOptions::new()
             .name("ttfd")
+            .custom_inbox_prefix(settings.inbox_prefix())
             .connection_timeout(timeout);
         if let (Some(user), Some(password)) = (&settings.user, &settings.password) {
             options = options.user_and_password(user.clone(), password.expose_secret().into());

@@ -130,7 +130,7 @@ impl QueryClient {
 
     pub async fn issue_link_code(&self, issuer: &Identity) -> Result<IssuedCode, QueryError> {
         self.ask(
-            "link.issue",
+            &acting_as(issuer, "link.issue"),
             &IssueRequest {
                 identity: issuer.into(),
             },
@@ -144,7 +144,7 @@ impl QueryClient {
         code: &str,
     ) -> Result<Redemption, QueryError> {
         self.ask(
-            "link.redeem",
+            &acting_as(redeemer, "link.redeem"),
             &RedeemRequest {
                 identity: redeemer.into(),
                 code: code.to_owned(),
@@ -169,6 +169,41 @@ impl QueryClient {
             Ok(Reply::Error(e)) => Err(QueryError::Remote(e)),
             Err(e) => Err(QueryError::Bad(format!("reply: {e}"))),
         }
+    }
+}
+
+/// The subject token of a query that acts for `identity`: `as.<its platform>.<what>`.
+/// NATS permissions let each platform's user ask only `as.<its platform>.>`, and the
+/// service acts only for identities of the subject's platform (docs/security.md).
+fn acting_as(identity: &Identity, what: &str) -> String {
+    format!("as.{}.{what}", identity.platform.as_str())
+}
+
+/// The queries that act for an identity (as opposed to reading what is public).
+const ACTING: [&str; 2] = ["link.issue", "link.redeem"];
+
+/// A request's subject after the query prefix: the query, and the platform it speaks
+/// for when it is `as.<platform>.<query>`.
+fn scope(subject: &str) -> (Option<&str>, &str) {
+    subject
+        .strip_prefix("as.")
+        .and_then(|rest| rest.split_once('.'))
+        .map_or((None, subject), |(platform, what)| (Some(platform), what))
+}
+
+/// The identity a query acts for, when the subject speaks for its platform.
+fn acting_for(w: &WireIdentity, on_behalf_of: Option<&str>) -> Result<Identity, Refusal> {
+    let identity = identity(w)?;
+    match on_behalf_of {
+        Some(platform) if platform == identity.platform.as_str() => Ok(identity),
+        Some(platform) => Err(Refusal::Bad(format!(
+            "this subject speaks for platform {platform:?}, not for {identity}"
+        ))),
+        None => Err(Refusal::Bad(format!(
+            "a query that acts for {identity} is asked on \
+             <prefix>.query.as.{}.<query>",
+            identity.platform.as_str()
+        ))),
     }
 }
 
@@ -201,8 +236,15 @@ fn reply<T: Serialize>(result: Result<T, Refusal>) -> (Vec<u8>, &'static str) {
     (bytes, outcome)
 }
 
-/// Answers one request; the reply bytes and the outcome.
-async fn answer(store: &Store, what: &str, payload: &[u8]) -> (Vec<u8>, &'static str) {
+/// Answers one request (`subject`: after the query prefix); the reply bytes and the
+/// outcome.
+async fn answer(store: &Store, subject: &str, payload: &[u8]) -> (Vec<u8>, &'static str) {
+    let (on_behalf_of, what) = scope(subject);
+    if on_behalf_of.is_some() && !ACTING.contains(&what) {
+        return reply::<()>(Err(Refusal::Bad(format!(
+            "{what:?} is asked on <prefix>.query.{what}, not for a platform"
+        ))));
+    }
     match what {
         "profile" => reply(
             async {
@@ -226,7 +268,7 @@ async fn answer(store: &Store, what: &str, payload: &[u8]) -> (Vec<u8>, &'static
             async {
                 let q: IssueRequest = decode(payload)?;
                 Ok(store
-                    .issue_link_code(&identity(&q.identity)?, now_ms())
+                    .issue_link_code(&acting_for(&q.identity, on_behalf_of)?, now_ms())
                     .await?)
             }
             .await,
@@ -234,9 +276,8 @@ async fn answer(store: &Store, what: &str, payload: &[u8]) -> (Vec<u8>, &'static
         "link.redeem" => reply(
             async {
                 let q: RedeemRequest = decode(payload)?;
-                Ok(store
-                    .redeem_link_code(&identity(&q.identity)?, &q.code, now_ms())
-                    .await?)
+                let redeemer = acting_for(&q.identity, on_behalf_of)?;
+                Ok(store.redeem_link_code(&redeemer, &q.code, now_ms()).await?)
             }
             .await,
         ),
@@ -307,7 +348,7 @@ pub async fn serve_with(
         tracker.spawn(async move {
             let started = std::time::Instant::now();
             let (body, outcome) = answer(&store, &what, &request.payload).await;
-            metrics.record(&what, outcome, started.elapsed().as_secs_f64());
+            metrics.record(scope(&what).1, outcome, started.elapsed().as_secs_f64());
             if let Err(e) = client.publish(reply_to, body.into()).await {
                 warn!(error = %e, query = what, "cannot send a query reply");
             }

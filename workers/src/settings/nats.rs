@@ -50,9 +50,34 @@ impl NatsSettings {
                 "nats.user and nats.password go together",
             ));
         }
+        if let Some(user) = &self.user
+            && !user_is_a_subject_token(user)
+        {
+            return Err(invalid(
+                "nats.user",
+                "must be 1..=64 of A-Z a-z 0-9 _ - (it names the connection's reply inbox)",
+            ));
+        }
         if self.url.trim().is_empty() {
             return Err(invalid("nats.url", "must not be empty"));
         }
         Ok(())
     }
+
+    /// The prefix of this connection's reply subjects: `_INBOX.<user>` for a user, so
+    /// that NATS permissions can let each user read only its own replies
+    /// (`nats/accounts.conf`); the default `_INBOX` without one.
+    pub fn inbox_prefix(&self) -> String {
+        match &self.user {
+            Some(user) => format!("_INBOX.{user}"),
+            None => "_INBOX".into(),
+        }
+    }
+}
+
+fn user_is_a_subject_token(user: &str) -> bool {
+    (1..=64).contains(&user.len())
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }

@@ -26,7 +26,14 @@ pub const LEN: usize = 6;
 pub const LIFETIME_MS: i64 = 10 * 60_000;
 /// Wrong codes a redeemer may enter per window before being told to wait.
 pub const MAX_FAILURES: i32 = 5;
+/// Wrong codes all redeemers together may enter per window: a guesser who makes up a
+/// new redeemer per guess gets no further than this (about 1 in 10^5 per day to hit
+/// one of ten live codes among 887 million).
+pub const GLOBAL_MAX_FAILURES: i32 = 200;
 pub const FAILURE_WINDOW_MS: i64 = 10 * 60_000;
+/// The `link_code_failures` row counting every redeemer's failures (`*` is no
+/// platform's name, so it never meets a real identity).
+const EVERYONE: (&str, &str) = ("*", "*");
 
 /// A well-formed code, as a person may type it: case, spaces and dashes do not matter.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -136,30 +143,18 @@ impl Store {
         now_ms: i64,
     ) -> Result<Redemption, StoreError> {
         let mut tx = self.pool.begin().await?;
-        // The redeemer's failure row, locked: concurrent attempts queue behind it, so
-        // the limit holds even when they race.
-        let (failures, window_start): (i32, i64) = sqlx::query_as(
-            "INSERT INTO link_code_failures (platform, external_id, window_start_ms, failures)
-             VALUES ($1, $2, $3, 0)
-             ON CONFLICT (platform, external_id) DO UPDATE SET
-               failures = CASE WHEN link_code_failures.window_start_ms <= $3 - $4
-                               THEN 0 ELSE link_code_failures.failures END,
-               window_start_ms = CASE WHEN link_code_failures.window_start_ms <= $3 - $4
-                                      THEN $3 ELSE link_code_failures.window_start_ms END
-             RETURNING failures, window_start_ms",
-        )
-        .bind(redeemer.platform.as_str())
-        .bind(redeemer.user.as_str())
-        .bind(now_ms)
-        .bind(FAILURE_WINDOW_MS)
-        .fetch_one(&mut *tx)
-        .await?;
-        if failures >= MAX_FAILURES {
-            let wait_ms = (window_start + FAILURE_WINDOW_MS - now_ms).max(1000);
-            tx.commit().await?;
-            return Ok(Redemption::TooManyAttempts {
-                retry_after_secs: u64::try_from(wait_ms).unwrap_or(1000).div_ceil(1000),
-            });
+        // The failure rows, everyone's and then the redeemer's, locked in that order:
+        // concurrent attempts queue behind them, so the limits hold even when they race.
+        let key = (redeemer.platform.as_str(), redeemer.user.as_str());
+        for (key, limit) in [(EVERYONE, GLOBAL_MAX_FAILURES), (key, MAX_FAILURES)] {
+            let (failures, window_start) = failure_window(&mut tx, key, now_ms).await?;
+            if failures >= limit {
+                let wait_ms = (window_start + FAILURE_WINDOW_MS - now_ms).max(1000);
+                tx.commit().await?;
+                return Ok(Redemption::TooManyAttempts {
+                    retry_after_secs: u64::try_from(wait_ms).unwrap_or(1000).div_ceil(1000),
+                });
+            }
         }
 
         let code = LinkCode::parse(code);
@@ -239,16 +234,44 @@ impl Store {
     }
 }
 
+/// The failures counted under `key` in its current window (opening a new window when
+/// the last one has passed), its row locked until the transaction ends.
+async fn failure_window(
+    tx: &mut Transaction<'static, Postgres>,
+    (platform, external_id): (&str, &str),
+    now_ms: i64,
+) -> Result<(i32, i64), StoreError> {
+    Ok(sqlx::query_as(
+        "INSERT INTO link_code_failures (platform, external_id, window_start_ms, failures)
+         VALUES ($1, $2, $3, 0)
+         ON CONFLICT (platform, external_id) DO UPDATE SET
+           failures = CASE WHEN link_code_failures.window_start_ms <= $3 - $4
+                           THEN 0 ELSE link_code_failures.failures END,
+           window_start_ms = CASE WHEN link_code_failures.window_start_ms <= $3 - $4
+                                  THEN $3 ELSE link_code_failures.window_start_ms END
+         RETURNING failures, window_start_ms",
+    )
+    .bind(platform)
+    .bind(external_id)
+    .bind(now_ms)
+    .bind(FAILURE_WINDOW_MS)
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
+/// A wrong code: one more failure for the redeemer and for everyone.
 async fn fail(
     mut tx: Transaction<'static, Postgres>,
     redeemer: &Identity,
 ) -> Result<Redemption, StoreError> {
     sqlx::query(
         "UPDATE link_code_failures SET failures = failures + 1
-         WHERE platform = $1 AND external_id = $2",
+         WHERE (platform, external_id) IN (($1, $2), ($3, $4))",
     )
     .bind(redeemer.platform.as_str())
     .bind(redeemer.user.as_str())
+    .bind(EVERYONE.0)
+    .bind(EVERYONE.1)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;

@@ -169,6 +169,48 @@ async fn wrong_codes_are_limited_per_redeemer_for_a_window() {
     env.cleanup().await;
 }
 
+/// A guesser who makes up a new redeemer for every guess gets around the per-redeemer
+/// limit, but not around the limit on everyone's wrong codes together.
+#[tokio::test]
+async fn wrong_codes_from_many_made_up_redeemers_hit_a_global_limit() {
+    let env = TestEnv::new().await;
+    let t = ttfd::now_ms();
+    let code = env
+        .store
+        .issue_link_code(&who("discord:1"), t)
+        .await
+        .expect("issue");
+    for n in 0..codes::GLOBAL_MAX_FAILURES {
+        let made_up = who(&format!("telegram:{}", 1000 + n));
+        let r = env
+            .store
+            .redeem_link_code(&made_up, "AAAAAA", t + 1)
+            .await
+            .expect("redeem");
+        assert_eq!(r, Redemption::Invalid, "guess {n}");
+    }
+    let r = env
+        .store
+        .redeem_link_code(&who("telegram:5"), &code.code, t + 2)
+        .await
+        .expect("redeem");
+    assert!(matches!(r, Redemption::TooManyAttempts { .. }), "{r:?}");
+    // After the window, redemptions work again.
+    let later = t + codes::FAILURE_WINDOW_MS + 1;
+    let fresh = env
+        .store
+        .issue_link_code(&who("discord:1"), later)
+        .await
+        .expect("issue");
+    let r = env
+        .store
+        .redeem_link_code(&who("telegram:5"), &fresh.code, later + 1)
+        .await
+        .expect("redeem");
+    assert!(matches!(r, Redemption::Linked { .. }), "{r:?}");
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn self_links_are_refused_and_a_code_issued_again_replaces_the_old_one() {
     let env = TestEnv::new().await;
@@ -336,6 +378,34 @@ async fn bad_queries_get_an_error_reply_and_no_service_means_unavailable() {
         matches!(&r, Reply::Error(e) if e.contains("unknown query")),
         "{r:?}"
     );
+
+    // A query that acts for a member speaks for that member's platform, on its subject
+    // (which NATS permissions give only to that platform's user): the Telegram bot's
+    // credentials cannot get a code for a Discord member, asked either way.
+    let for_victim = rmp_serde::to_vec_named(&ttfd::query::IssueRequest {
+        identity: WireIdentity {
+            platform: "discord".into(),
+            user: "42".into(),
+        },
+    })
+    .expect("encode");
+    let r = ask("as.telegram.link.issue", for_victim.clone()).await;
+    assert!(
+        matches!(&r, Reply::Error(e) if e.contains("speaks for platform \"telegram\"")),
+        "{r:?}"
+    );
+    let r = ask("link.issue", for_victim.clone()).await;
+    assert!(
+        matches!(&r, Reply::Error(e) if e.contains("query.as.discord.")),
+        "{r:?}"
+    );
+    let r = ask("as.discord.profile", for_victim).await;
+    assert!(matches!(r, Reply::Error(_)), "{r:?}");
+    let issued: i64 = sqlx::query_scalar("SELECT count(*) FROM link_codes")
+        .fetch_one(&env.store.pool)
+        .await
+        .expect("count");
+    assert_eq!(issued, 0, "no code was issued for the member");
     stop.cancel();
     service.await.expect("service").expect("served");
     env.cleanup().await;
