@@ -64,7 +64,8 @@ pub struct TelegramLoginSettings {
     pub bot_token: SecretString,
     /// The bot's username (without `@`), shown by the widget.
     pub bot_username: String,
-    /// Widget data older than this is refused (replay protection).
+    /// Widget data older than this is refused, in seconds (10 minutes by default); until
+    /// then each sign-in's `hash` is remembered as spent, so none is used twice.
     pub max_auth_age_secs: u64,
 }
 
@@ -99,7 +100,7 @@ impl Default for TelegramLoginSettings {
         Self {
             bot_token: SecretString::default(),
             bot_username: String::new(),
-            max_auth_age_secs: 86_400,
+            max_auth_age_secs: 600,
         }
     }
 }

@@ -224,6 +224,41 @@ impl Store {
         })
     }
 
+    /// Spends a one-time proof (`kind`: what it is, e.g. `telegram_login`): `true` the
+    /// first time, `false` for every replay until `expires_ms`, on any replica. Proofs
+    /// past their expiry are forgotten (they are refused by age by then).
+    pub async fn spend_once(
+        &self,
+        kind: &str,
+        token: &str,
+        expires_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // A bounded clean-up per call keeps the table to the live proofs.
+        sqlx::query(
+            "DELETE FROM spent_tokens WHERE ctid = ANY(ARRAY(
+                 SELECT ctid FROM spent_tokens WHERE expires_ms <= $1 LIMIT 100))",
+        )
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        let spent = sqlx::query(
+            "INSERT INTO spent_tokens (kind, token, expires_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (kind, token) DO UPDATE SET expires_ms = EXCLUDED.expires_ms
+             WHERE spent_tokens.expires_ms <= $4",
+        )
+        .bind(kind)
+        .bind(token)
+        .bind(expires_ms)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(spent == 1)
+    }
+
     /// Records `event` for the relay to publish to the events stream (with its id as
     /// `Nats-Msg-Id`): for facts established by a transaction, such as a proven link.
     pub async fn enqueue_event(&self, event: &Event) -> Result<(), StoreError> {

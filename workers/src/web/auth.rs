@@ -113,12 +113,25 @@ impl AppState {
         Ok(())
     }
 
-    /// Spends an OAuth `state`: `false` when it was spent before (a replayed callback).
-    fn spend_state(&self, state: &str, now_ms: i64) -> bool {
-        let mut spent = self.spent_states.lock().unwrap_or_else(|p| p.into_inner());
-        // A state older than the sign-in window is refused by age anyway.
-        spent.retain(|_, at| now_ms - *at < OAUTH_MAX_AGE_MS);
-        spent.insert(state.to_owned(), now_ms).is_none()
+    /// Spends a one-time proof of a sign-in (an OAuth `state`, a Telegram Login `hash`)
+    /// in PostgreSQL, shared by every replica: `Ok(false)` when it was spent before (a
+    /// replayed callback).
+    async fn spend(
+        &self,
+        kind: &str,
+        proof: &str,
+        expires_ms: i64,
+    ) -> Result<bool, (StatusCode, String)> {
+        self.store
+            .spend_once(kind, proof, expires_ms, now_ms())
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "sign-in: recording a spent proof");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Sign-in is unavailable for a moment. Please try again.".into(),
+                )
+            })
     }
 }
 
@@ -232,7 +245,13 @@ pub async fn discord_callback(
             "bad_state",
         );
     }
-    if !app.spend_state(&pending.state, now) {
+    let spent = app
+        .spend("oauth_state", &pending.state, pending.at + OAUTH_MAX_AGE_MS)
+        .await;
+    if let Err((status, message)) = spent {
+        return error_page(&app, jar, session, status, message);
+    }
+    if spent == Ok(false) {
         return refuse(
             &app,
             jar,
@@ -309,7 +328,7 @@ pub async fn discord_callback(
 /// Checks widget data brought to `/auth/telegram/{csrf}` or `/link/telegram/{csrf}`.
 /// The path carries the session's CSRF token, so the URL works only in the browser that
 /// showed the widget, and only until the next sign-in.
-fn telegram_user(
+async fn telegram_user(
     app: &AppState,
     session: &Session,
     csrf: &str,
@@ -328,13 +347,23 @@ fn telegram_user(
         ));
     }
     use secrecy::ExposeSecret;
-    telegram::verify(
+    let user = telegram::verify(
         fields,
         settings.bot_token.expose_secret(),
         now_ms() / 1000,
         settings.max_auth_age_secs,
     )
-    .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))
+    .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+    // Telegram signs the data, not the URL it arrives on: the same data brought again
+    // (by whoever saw it) is refused until it is too old anyway.
+    let expires_ms = user.expires_secs.saturating_mul(1000);
+    if !app.spend("telegram_login", &user.hash, expires_ms).await? {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "This Telegram sign-in was already used. Please sign in with Telegram again.".into(),
+        ));
+    }
+    Ok(user)
 }
 
 /// `GET /auth/telegram/{csrf}?id=..&auth_date=..&hash=..`: sign in with Telegram.
@@ -345,7 +374,7 @@ pub async fn telegram_sign_in(
     Query(fields): Query<BTreeMap<String, String>>,
 ) -> Response {
     let mut session = app.session(&jar);
-    match telegram_user(&app, &session, &csrf, &fields) {
+    match telegram_user(&app, &session, &csrf, &fields).await {
         Ok(user) => {
             app.count_sign_in("telegram", "ok");
             tracing::info!(identity = %user.identity, "signed in with Telegram");
@@ -370,7 +399,7 @@ pub async fn telegram_link(
     let Some(me) = session.identity() else {
         return Redirect::to("/login").into_response();
     };
-    let user = match telegram_user(&app, &session, &csrf, &fields) {
+    let user = match telegram_user(&app, &session, &csrf, &fields).await {
         Ok(user) => user,
         Err((status, message)) => {
             app.count_link("telegram", "refused");

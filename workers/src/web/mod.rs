@@ -18,9 +18,8 @@ pub mod pages;
 pub mod session;
 pub mod telegram;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -78,9 +77,6 @@ pub struct AppState {
     pub telegram: Option<Arc<TelegramLoginSettings>>,
     /// Ingest token → platform.
     ingest_tokens: Arc<Vec<(secrecy::SecretString, String)>>,
-    /// OAuth `state` values already used, with when (replay protection in this process;
-    /// across replicas Discord's single-use codes refuse a replayed callback).
-    spent_states: Arc<Mutex<HashMap<String, i64>>>,
 }
 
 impl FromRef<AppState> for Key {
@@ -184,7 +180,6 @@ impl WebApp {
             discord,
             telegram,
             ingest_tokens: Arc::new(ingest_tokens),
-            spent_states: Arc::default(),
         };
         Ok(Self {
             listener,

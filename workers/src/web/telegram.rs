@@ -30,6 +30,11 @@ pub struct TelegramUser {
     pub identity: Identity,
     /// First and last name as Telegram gives them, else the username.
     pub name: Option<String>,
+    /// When the data stops being accepted by age, Unix seconds: until then its `hash`
+    /// must be remembered as spent.
+    pub expires_secs: i64,
+    /// The `hash` that signed the data: one sign-in's proof, spent once.
+    pub hash: String,
 }
 
 /// Clock skew tolerated for an `auth_date` in the future, in seconds.
@@ -78,7 +83,12 @@ pub fn verify(
         .filter(|n| !n.is_empty())
         .or_else(|| fields.get("username").cloned())
         .map(|n| n.chars().take(100).collect());
-    Ok(TelegramUser { identity, name })
+    Ok(TelegramUser {
+        identity,
+        name,
+        expires_secs: auth_date.saturating_add(max_age),
+        hash: hash.to_ascii_lowercase(),
+    })
 }
 
 /// `key=value` lines of every field but `hash`, sorted by key.

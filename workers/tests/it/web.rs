@@ -534,6 +534,34 @@ async fn the_telegram_widget_signs_in_only_with_fresh_untampered_data_from_this_
     // The sign-in renewed the session's token: the same URL does not work twice.
     let (status, _) = text(client.get(at(&valid, &csrf)).send().await.expect("again")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Whoever saw the data (a log, a shared link) cannot sign in with it in a browser
+    // of their own, whose CSRF token the URL then carries: Telegram signs the data, not
+    // the URL, so the used `hash` is what is remembered.
+    let thief = browser();
+    let (_, login) = text(thief.get(site.url("/login")).send().await.expect("login")).await;
+    let (status, html) = text(
+        thief
+            .get(at(&valid, &csrf_of(&login)))
+            .send()
+            .await
+            .expect("replay"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(html.contains("already used"), "{html}");
+    // And data an hour old is refused by the default 10-minute window.
+    let hour_old = widget("555000111", now - 3600, BOT_TOKEN);
+    let (status, html) = text(
+        thief
+            .get(at(&hour_old, &csrf_of(&login)))
+            .send()
+            .await
+            .expect("old"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(html.contains("too old"), "{html}");
     site.stop().await;
 }
 
