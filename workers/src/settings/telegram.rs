@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use std::collections::BTreeSet;
+
 use super::SettingsError;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -17,6 +19,10 @@ pub struct TelegramSettings {
     /// The community group (`-100...` for a supergroup) where rank-ups of members
     /// who have not started the bot are announced; none: those are not announced.
     pub group_chat_id: Option<i64>,
+    /// More groups whose members' messages count, besides `group_chat_id`. The bot
+    /// counts nothing in a group that is in neither (it may have been added anywhere);
+    /// it still answers commands there.
+    pub chats: Vec<i64>,
     /// The Bot API server: Telegram's, a self-hosted one, or a fake in tests.
     pub api_url: String,
     /// `polling` (one replica) or `webhook` (as many replicas as you like).
@@ -44,11 +50,22 @@ pub enum TelegramMode {
     Webhook,
 }
 
+impl TelegramSettings {
+    /// The groups whose activity counts: `group_chat_id` and `chats`.
+    pub fn counted_chats(&self) -> BTreeSet<i64> {
+        self.group_chat_id
+            .into_iter()
+            .chain(self.chats.iter().copied())
+            .collect()
+    }
+}
+
 impl Default for TelegramSettings {
     fn default() -> Self {
         Self {
             token: None,
             group_chat_id: None,
+            chats: Vec::new(),
             api_url: "https://api.telegram.org".into(),
             mode: TelegramMode::Polling,
             poll_timeout_secs: 10,

@@ -2,6 +2,7 @@
 //! publishes activity, answers commands, remembers who started it.
 
 use crate::observe::bot::BotMetrics;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +44,8 @@ pub struct Handler {
     pub bot: Bot,
     /// The bot's username, for commands addressed as `/rank@name`.
     pub username: String,
+    /// The groups whose activity counts (`telegram.group_chat_id`, `telegram.chats`).
+    pub counted: BTreeSet<i64>,
     pub broker: Broker,
     pub query: QueryClient,
     pub started: StartedUsers,
@@ -57,6 +60,7 @@ impl Handler {
     pub fn new(
         bot: Bot,
         username: String,
+        counted: BTreeSet<i64>,
         broker: Broker,
         query: QueryClient,
         started: StartedUsers,
@@ -65,6 +69,7 @@ impl Handler {
         Self {
             bot,
             username,
+            counted,
             broker,
             query,
             started,
@@ -85,7 +90,7 @@ impl Handler {
         patience: Option<Duration>,
         shutdown: &CancellationToken,
     ) -> Result<(), NotHandled> {
-        match mapping::classify(update, &self.username) {
+        match mapping::classify(update, &self.username, &self.counted) {
             Inbound::Activity(event) => self.publish(&event, patience, shutdown).await,
             Inbound::Command(call) => {
                 self.spawn(async move |h: Arc<Self>| h.answer(call).await);

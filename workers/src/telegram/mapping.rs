@@ -10,6 +10,8 @@
 //!   leaves, pins, title changes, ...), edits, and commands addressed to this bot.
 //! - A command addressed to this bot, in a group or a private chat, is a [`CommandCall`].
 
+use std::collections::BTreeSet;
+
 use teloxide::types::{ChatId, Message, MessageId, MessageKind, Update, UpdateKind, User, UserId};
 use ttfd_shared::wire::EventId;
 use ttfd_shared::{Event, Identity, Payload};
@@ -60,10 +62,11 @@ pub fn identity(user: UserId) -> Identity {
 }
 
 /// Decides what an update means. `bot_username` tells commands for this bot from
-/// commands for other bots in the same group.
-pub fn classify(update: &Update, bot_username: &str) -> Inbound {
+/// commands for other bots in the same group; only messages in the `counted` groups are
+/// activity (`telegram.group_chat_id`, `telegram.chats`).
+pub fn classify(update: &Update, bot_username: &str, counted: &BTreeSet<i64>) -> Inbound {
     match &update.kind {
-        UpdateKind::Message(msg) => classify_message(msg, bot_username),
+        UpdateKind::Message(msg) => classify_message(msg, bot_username, counted),
         UpdateKind::MyChatMember(change) if change.chat.is_private() => {
             Inbound::PrivateChatStatus {
                 user: change.from.id,
@@ -78,7 +81,7 @@ pub fn classify(update: &Update, bot_username: &str) -> Inbound {
     }
 }
 
-fn classify_message(msg: &Message, bot_username: &str) -> Inbound {
+fn classify_message(msg: &Message, bot_username: &str, counted: &BTreeSet<i64>) -> Inbound {
     let Some(from) = &msg.from else {
         return Inbound::Ignored("no sender");
     };
@@ -119,6 +122,9 @@ fn classify_message(msg: &Message, bot_username: &str) -> Inbound {
         return Inbound::Ignored("channel post forwarded into its discussion group");
     }
     match command {
+        Some(Command::Unknown(_)) | None if !counted.contains(&msg.chat.id.0) => Inbound::Ignored(
+            "a group not configured to count (telegram.group_chat_id, telegram.chats)",
+        ),
         // An unknown command without a mention may be for another bot: it is activity.
         Some(Command::Unknown(_)) | None => match message_event(msg, from) {
             Some(event) => Inbound::Activity(event),
@@ -174,19 +180,24 @@ mod tests {
 
     const BOT: &str = "ttfd_bot";
 
+    /// The groups of the updates below that count.
+    fn counted() -> BTreeSet<i64> {
+        [-1_001_234_567_890, -4567, -100_200, -1_009_876].into()
+    }
+
     fn update(json: &str) -> Update {
         serde_json::from_str(json).expect("a Bot API update")
     }
 
     fn event(json: &str) -> Event {
-        match classify(&update(json), BOT) {
+        match classify(&update(json), BOT, &counted()) {
             Inbound::Activity(e) => e,
             other => panic!("expected activity, got {other:?}"),
         }
     }
 
     fn ignored(json: &str) -> &'static str {
-        match classify(&update(json), BOT) {
+        match classify(&update(json), BOT, &counted()) {
             Inbound::Ignored(why) => why,
             other => panic!("expected to be ignored, got {other:?}"),
         }
@@ -291,7 +302,8 @@ mod tests {
                       "chat": {"id": -100200, "title": "g", "type": "supergroup"},
                       "date": 1700000000, "text": "announcement from the admins"}}"#
                 ),
-                BOT
+                BOT,
+                &counted(),
             ),
             Inbound::Ignored(_)
         ));
@@ -375,7 +387,7 @@ mod tests {
               "chat": {"id": 42, "first_name": "Grace", "type": "private"},
               "date": 1700000000, "text": "hello bot, what can you do?"}}"#;
         assert_eq!(
-            classify(&update(json), BOT),
+            classify(&update(json), BOT, &counted()),
             Inbound::PrivateText { user: UserId(42) }
         );
     }
@@ -388,7 +400,7 @@ mod tests {
               "date": 1700000000, "text": "/link ABC234",
               "entities": [{"offset": 0, "length": 5, "type": "bot_command"}]}}"#;
         assert_eq!(
-            classify(&update(json), BOT),
+            classify(&update(json), BOT, &counted()),
             Inbound::Command(CommandCall {
                 command: Command::Link("ABC234".into()),
                 chat: ChatId(42),
@@ -404,7 +416,7 @@ mod tests {
     fn group_commands_for_this_bot_are_commands_not_activity() {
         let json = SUPERGROUP_TEXT.replace("Hello there, everyone", "/rank@ttfd_bot");
         assert!(matches!(
-            classify(&update(&json), BOT),
+            classify(&update(&json), BOT, &counted()),
             Inbound::Command(CommandCall {
                 command: Command::Rank,
                 private: false,
@@ -418,7 +430,10 @@ mod tests {
         for text in ["/play@music_bot never gonna", "/roll 2d6 for initiative"] {
             let json = SUPERGROUP_TEXT.replace("Hello there, everyone", text);
             assert!(
-                matches!(classify(&update(&json), BOT), Inbound::Activity(_)),
+                matches!(
+                    classify(&update(&json), BOT, &counted()),
+                    Inbound::Activity(_)
+                ),
                 "{text}"
             );
         }
@@ -447,18 +462,42 @@ mod tests {
             r#""status": "member""#,
         );
         assert_eq!(
-            classify(&update(&blocked), BOT),
+            classify(&update(&blocked), BOT, &counted()),
             Inbound::PrivateChatStatus {
                 user: UserId(42),
                 open: false
             }
         );
         assert_eq!(
-            classify(&update(&restarted), BOT),
+            classify(&update(&restarted), BOT, &counted()),
             Inbound::PrivateChatStatus {
                 user: UserId(42),
                 open: true
             }
         );
+    }
+
+    #[test]
+    fn messages_in_a_group_not_configured_to_count_are_not_activity() {
+        let json = r#"{"update_id": 50, "message": {"message_id": 3,
+          "from": {"id": 7, "is_bot": false, "first_name": "Ann"},
+          "chat": {"id": -100555, "title": "somewhere else", "type": "supergroup"},
+          "date": 1700000000, "text": "hello"}}"#;
+        assert_eq!(
+            ignored(json),
+            "a group not configured to count (telegram.group_chat_id, telegram.chats)"
+        );
+        let mut counted = counted();
+        counted.insert(-100_555);
+        assert!(matches!(
+            classify(&update(json), BOT, &counted),
+            Inbound::Activity(_)
+        ));
+        // Commands are still answered there.
+        let rank = json.replace("hello", "/rank");
+        assert!(matches!(
+            classify(&update(&rank), BOT, &BTreeSet::new()),
+            Inbound::Command(_)
+        ));
     }
 }

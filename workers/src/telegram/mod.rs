@@ -172,9 +172,17 @@ impl TelegramBot {
             has_group: tg.group_chat_id.is_some(),
             metrics: BotMetrics::default(),
         };
+        let counted = tg.counted_chats();
+        if counted.is_empty() {
+            warn!(
+                "no group is configured to count (telegram.group_chat_id, telegram.chats): \
+                 no message earns XP until one is"
+            );
+        }
         let handler = Arc::new(Handler::new(
             bot,
             username,
+            counted,
             broker,
             query,
             started,

@@ -200,7 +200,16 @@ async fn group_messages_by_humans_become_events_and_commands_are_answered() {
     let (_, bot) = world.spawn_bot(world.settings(), stop.clone()).await;
     let fake = &world.fake;
 
-    // A bot's message and a join are no activity; Ada's message is.
+    // A bot's message, a join and a message in a group nobody configured (the bot may
+    // have been added anywhere) are no activity; Ada's message in the group is.
+    fake.push_update(group_message(
+        -1_009_999_999,
+        9,
+        1001,
+        "Ada",
+        None,
+        "Counting here would be easy XP",
+    ));
     fake.push_update(bot_message(GROUP, 10, "I am a bot, beep boop"));
     fake.push_update(join_message(GROUP, 11, 1001, "Ada"));
     fake.push_update(group_message(
@@ -223,7 +232,7 @@ async fn group_messages_by_humans_become_events_and_commands_are_answered() {
             chat: Some(GROUP.to_string())
         }
     );
-    // The updates are handled in order, so the two before it were seen and skipped.
+    // The updates are handled in order, so the three before it were seen and skipped.
     assert_eq!(
         events_on_stream(&world.env, world.env.broker.subjects.event("telegram", ">")).await,
         1
