@@ -60,9 +60,50 @@ impl FromStr for Publisher {
     }
 }
 
+/// The id namespaces of the trusted principals' events (`link:code:..` of redeemed
+/// codes, `web:link:oauth:..` of sign-in links, `import:..`): no platform of that name
+/// publishes, so nobody can claim their ids first.
+pub const RESERVED_PLATFORMS: [&str; 3] = ["link", "web", "import"];
+
 /// `Ok` when `publisher` may make the claim of `event`; else the reason, for the
 /// dead-letter stream.
+///
+/// A platform's publisher also speaks only in its own id namespace: the event id
+/// starts with `<platform>:` (as every id of the bots does), so that no publisher can
+/// take an id another publisher's real event will have, which would then be dropped as
+/// a duplicate.
 pub fn admit(publisher: Publisher, event: &Event) -> Result<(), Rejection> {
+    claim(publisher, event)?;
+    let platform = event.identity.platform.as_str();
+    if publisher != Publisher::Platform {
+        return Ok(());
+    }
+    if RESERVED_PLATFORMS.contains(&platform) {
+        return Err(Rejection::new(
+            "not_permitted",
+            format!("platform {platform:?} is reserved for the ids of trusted publishers"),
+        ));
+    }
+    if !event
+        .id
+        .as_str()
+        .strip_prefix(platform)
+        .is_some_and(|rest| rest.starts_with(':'))
+    {
+        return Err(Rejection::new(
+            "not_permitted",
+            format!(
+                "the id {:?} is not in the publisher's namespace: a {platform} publisher's \
+                 ids start with \"{platform}:\"",
+                event.id.as_str()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `publisher` may make the claim of `event`'s kind and identities.
+fn claim(publisher: Publisher, event: &Event) -> Result<(), Rejection> {
     use Publisher::*;
     let refuse = |what: String| {
         Err(Rejection::new(
@@ -105,8 +146,9 @@ mod tests {
     use crate::wire::EventId;
 
     fn event(identity: &str, payload: Payload) -> Event {
+        let platform = identity.split(':').next().expect("platform");
         Event {
-            id: EventId::parse("t:1").expect("id"),
+            id: EventId::parse(&format!("{platform}:t:1")).expect("id"),
             ts: 1_700_000_000_000,
             identity: Identity::parse(identity).expect("identity"),
             name: None,
@@ -213,5 +255,44 @@ mod tests {
             assert_eq!(p.as_str().parse::<Publisher>(), Ok(p));
         }
         assert!("root".parse::<Publisher>().is_err());
+    }
+
+    #[test]
+    fn a_platform_speaks_only_in_its_own_id_namespace() {
+        let say = |id: &str, who: &str| Event {
+            id: EventId::parse(id).expect("id"),
+            ..event(
+                who,
+                Payload::Message {
+                    len: None,
+                    chat: None,
+                },
+            )
+        };
+        assert!(allowed(
+            Publisher::Platform,
+            &say("discord:msg:1", "discord:1")
+        ));
+        // Another platform's next id, a redeemed code's, a sign-in link's.
+        for id in [
+            "telegram:msg:-100:7",
+            "link:code:ABCDEF:1",
+            "web:link:oauth:00",
+            "discordx:1",
+            "discord",
+        ] {
+            let refused = admit(Publisher::Platform, &say(id, "discord:1")).expect_err(id);
+            assert!(
+                refused.detail.contains("namespace"),
+                "{id}: {}",
+                refused.detail
+            );
+            assert!(allowed(Publisher::Admin, &say(id, "discord:1")), "{id}");
+        }
+        for reserved in RESERVED_PLATFORMS {
+            let e = say(&format!("{reserved}:code:X:1"), &format!("{reserved}:1"));
+            assert!(!allowed(Publisher::Platform, &e), "{reserved}");
+            assert!(allowed(Publisher::Relay, &e), "{reserved}");
+        }
     }
 }

@@ -87,8 +87,8 @@ async fn in_signed_mode_a_claim_counts_only_from_a_publisher_that_may_make_it() 
 
     // What a platform's publisher (a bot, the ingest API) may claim, and what not.
     let allowed_platform = [
-        say("p:1", "discord:1"),
-        link("p:2", "discord:1", "discord:2", Proof::Code),
+        say("discord:p:1", "discord:1"),
+        link("discord:p:2", "discord:1", "discord:2", Proof::Code),
     ];
     let refused_platform = [
         grant("p:3", "discord:1", 1_000_000),
@@ -213,7 +213,10 @@ async fn a_code_redeemed_in_signed_mode_merges_through_the_sync_roles_relay() {
     let forged = link("x:1", "telegram:20", "discord:30", Proof::Code);
     publish_with(
         &env.broker,
-        &[say("d:1", "discord:10"), say("t:1", "telegram:20")],
+        &[
+            say("discord:d:1", "discord:10"),
+            say("telegram:t:1", "telegram:20"),
+        ],
     )
     .await;
     publish_with(&env.broker, std::slice::from_ref(&forged)).await;
@@ -256,5 +259,54 @@ async fn a_code_redeemed_in_signed_mode_merges_through_the_sync_roles_relay() {
     let _ = sync.wait().await;
     stop.cancel();
     service.await.expect("service").expect("served");
+    env.cleanup().await;
+}
+
+/// A publisher that claims the id another platform's next event will have (a Telegram
+/// message id is predictable) gets its claim dead-lettered, and its id is not
+/// remembered: the real event, published after JetStream's duplicate window, applies.
+#[tokio::test]
+async fn an_id_claimed_by_another_platforms_publisher_does_not_block_the_real_event() {
+    let env = TestEnv::with(signed).await;
+    let stolen = "telegram:msg:-1001234567890:77";
+    let forged = ev(
+        stolen,
+        "discord:66",
+        Payload::Message {
+            len: Some(5),
+            chat: None,
+        },
+    );
+    publish_with(&env.broker, std::slice::from_ref(&forged)).await;
+    // JetStream's duplicate window passes (shrunk, as the pipeline test does).
+    let mut stream = env
+        .broker
+        .js
+        .get_stream(env.broker.subjects.events_stream())
+        .await
+        .expect("stream");
+    let config = stream.info().await.expect("info").config.clone();
+    env.broker
+        .js
+        .update_stream(async_nats::jetstream::stream::Config {
+            duplicate_window: Duration::from_millis(100),
+            ..config
+        })
+        .await
+        .expect("update");
+    let real = say(stolen, "telegram:7");
+    eventually("the real event stored", || async {
+        let ack = env.broker.publish_event(&real).await.ok()?.await.ok()?;
+        (!ack.duplicate).then_some(())
+    })
+    .await;
+    let stop = CancellationToken::new();
+    let worker = env.spawn_worker(stop.clone()).await;
+    env.wait_for_model(std::slice::from_ref(&real)).await;
+    let reasons = env.dead_letters(5).await;
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(reasons[0].contains("namespace"), "{reasons:?}");
+    stop.cancel();
+    worker.await.expect("worker");
     env.cleanup().await;
 }
