@@ -4,8 +4,8 @@
 //! and `docs/openapi.yaml`.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -232,10 +232,13 @@ struct Stored {
 /// `POST /api/v1/events`: one JSON envelope or an array of them, published to
 /// `<prefix>.events.<platform>.<kind>` once every one of them is valid and of the
 /// token's platform; nothing is published otherwise.
+///
+/// The token is checked before a byte of the body is read, and the body is read up to
+/// [`MAX_INGEST_BYTES`] only.
 pub async fn ingest(
     State(app): State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let count = |platform: &str, outcome: &'static str, n: usize| {
         app.metrics
@@ -275,7 +278,22 @@ pub async fn ingest(
             "Content-Type must be application/json".into(),
         ));
     }
-    let body = body.map_err(|e| refuse(e.status(), e.body_text()))?;
+    let too_large = || {
+        refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body must be at most {MAX_INGEST_BYTES} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_INGEST_BYTES) {
+        return Err(too_large());
+    }
+    // A body that breaks off or passes the limit: either way nothing is published.
+    let body = axum::body::to_bytes(body, MAX_INGEST_BYTES)
+        .await
+        .map_err(|_| too_large())?;
     let value: Value = serde_json::from_slice(&body).map_err(|e| {
         refuse(
             StatusCode::BAD_REQUEST,

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::extract::FromRef;
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::routing::{get, post};
 use axum_extra::extract::SignedCookieJar;
@@ -226,10 +226,7 @@ pub fn router(state: AppState) -> Router {
         .route("/users/{platform}/{user}", get(api::user))
         .route("/leaderboard", get(api::leaderboard))
         .route("/ranks", get(api::ranks))
-        .route(
-            "/events",
-            post(api::ingest).layer(DefaultBodyLimit::max(api::MAX_INGEST_BYTES)),
-        )
+        .route("/events", post(api::ingest))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed);
     let security_headers: [(HeaderName, &'static str); 4] = [

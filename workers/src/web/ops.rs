@@ -102,7 +102,12 @@ fn latency_histogram() -> Histogram {
 /// Counts and times every request by route.
 pub async fn track(State(app): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
+    // A fixed set: any other method, which a client may make up, counts as `other`.
+    let method = match request.method().as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS") => m,
+        _ => "other",
+    }
+    .to_owned();
     let route = request
         .extensions()
         .get::<MatchedPath>()

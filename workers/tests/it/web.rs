@@ -1168,6 +1168,34 @@ async fn ingest_publishes_valid_events_of_the_tokens_platform() {
     site.stop().await;
 }
 
+/// Without a valid token the answer comes before a byte of the body is read: a client
+/// that sends a body without end gets its 401 at once.
+#[tokio::test]
+async fn ingest_checks_the_token_before_reading_the_body() {
+    let site = Site::start().await;
+    let endless = futures::stream::unfold((), |()| async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Some((
+            Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"[{\"id\": \"x\"},")),
+            (),
+        ))
+    });
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        reqwest::Client::new()
+            .post(site.url("/api/v1/events"))
+            .bearer_auth("wrong-token-wrong-token")
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(reqwest::Body::wrap_stream(endless))
+            .send(),
+    )
+    .await
+    .expect("answered without reading the endless body")
+    .expect("a response");
+    assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+    site.stop().await;
+}
+
 #[tokio::test]
 async fn ingest_refuses_bad_tokens_other_platforms_and_bad_payloads_publishing_nothing() {
     let site = Site::start().await;
@@ -1295,6 +1323,32 @@ async fn health_readiness_and_metrics_answer() {
     );
     assert!(
         text.contains("ttfd_web_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    // Made-up methods share one label, so they cannot grow the metrics without bound.
+    for made_up in ["BREW", "WHEN", "X-ANYTHING"] {
+        let method = reqwest::Method::from_bytes(made_up.as_bytes()).expect("method");
+        http.request(method, site.url("/leaderboard"))
+            .send()
+            .await
+            .expect("send");
+    }
+    let text = http
+        .get(site.url("/metrics"))
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        !text.contains("BREW") && !text.contains("X-ANYTHING"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "ttfd_web_http_requests_total{method=\"other\",route=\"/leaderboard\",status=\"405\"} 3"
+        ),
         "{text}"
     );
 
