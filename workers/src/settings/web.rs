@@ -4,7 +4,9 @@
 //! Keys: `web.listen`, `web.public_url`, `web.cookie_key`, `web.session_days`,
 //! `web.discord.{client_id, client_secret, authorize_url, token_url, api_url}`,
 //! `web.telegram.{bot_token, bot_username, max_auth_age_secs}`,
-//! `web.ingest_tokens.<platform>`. See `docs/web.md`.
+//! `web.ingest_tokens.<platform>`,
+//! `web.rate_limit.{sign_in_per_minute, ingest_per_second, client_ip_header}`. See
+//! `docs/web.md`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -40,6 +42,33 @@ pub struct WebSettings {
     /// Bearer token per platform for `POST /api/v1/events`; a token publishes only its
     /// own platform's events.
     pub ingest_tokens: BTreeMap<String, SecretString>,
+    pub rate_limit: RateLimitSettings,
+}
+
+/// `web.rate_limit`: how often a client may try to sign in, link or redeem a code, and
+/// how often an ingest token may post (docs/security.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Requests to the sign-in, link and code routes (and ingest requests without a
+    /// valid token) per client and minute; a burst of as many is allowed.
+    pub sign_in_per_minute: u32,
+    /// Ingest requests per token and second; a burst of twice as many is allowed.
+    pub ingest_per_second: u32,
+    /// The request header that holds the client's address when the site is behind a
+    /// proxy that sets it (`x-real-ip` behind ingress-nginx; for `x-forwarded-for` the
+    /// last address, the one the proxy added, is used). Empty: the connection's peer.
+    pub client_ip_header: String,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            sign_in_per_minute: 30,
+            ingest_per_second: 50,
+            client_ip_header: String::new(),
+        }
+    }
 }
 
 /// `web.discord`: "Sign in with Discord" (OAuth2).
@@ -79,6 +108,7 @@ impl Default for WebSettings {
             discord: DiscordOAuthSettings::default(),
             telegram: TelegramLoginSettings::default(),
             ingest_tokens: BTreeMap::new(),
+            rate_limit: RateLimitSettings::default(),
         }
     }
 }
@@ -145,6 +175,16 @@ impl WebSettings {
             return Err(invalid(
                 "web.telegram.bot_username",
                 "is required when web.telegram.bot_token is set (the widget shows it)",
+            ));
+        }
+        if self.rate_limit.sign_in_per_minute == 0 || self.rate_limit.ingest_per_second == 0 {
+            return Err(invalid("web.rate_limit", "limits must be at least 1"));
+        }
+        let header = self.rate_limit.client_ip_header.trim();
+        if !header.is_empty() && axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            return Err(invalid(
+                "web.rate_limit.client_ip_header",
+                "is not an HTTP header name",
             ));
         }
         if self.telegram.max_auth_age_secs == 0 {

@@ -3,10 +3,11 @@
 //! refusal is a 4xx with `{"error": "<what is wrong>"}`. Documented in `docs/api.md`
 //! and `docs/openapi.yaml`.
 
+use std::net::SocketAddr;
+
 use axum::Json;
-use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,8 @@ pub const MAX_PAGE: i64 = 10_000;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// Seconds for a `Retry-After` header (a rate limit).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -42,6 +45,14 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn retry_after(self, secs: u64) -> Self {
+        Self {
+            retry_after: Some(secs),
+            ..self
         }
     }
 
@@ -58,6 +69,11 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),
             );
+        }
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
         }
         response
     }
@@ -235,11 +251,26 @@ struct Stored {
 ///
 /// The token is checked before a byte of the body is read, and the body is read up to
 /// [`MAX_INGEST_BYTES`] only.
-pub async fn ingest(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+/// Requests without a valid token count towards the client's sign-in rate (so tokens
+/// cannot be guessed fast); with one, towards the token's ingest rate.
+pub async fn ingest(State(app): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let limited = |wait: u64, message: &str| {
+        app.metrics.rate_limited.inc();
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, message).retry_after(wait)
+    };
+    let unauthorized = |message: &'static str| {
+        let client = app.limits.client(&headers, peer);
+        match app.limits.check_client(client) {
+            Ok(()) => ApiError::new(StatusCode::UNAUTHORIZED, message),
+            Err(wait) => limited(wait, "too many requests without a valid token; wait"),
+        }
+    };
     let count = |platform: &str, outcome: &'static str, n: usize| {
         app.metrics
             .ingested
@@ -251,19 +282,22 @@ pub async fn ingest(
     };
     let Some(token) = bearer(&headers) else {
         count("unknown", "unauthorized", 1);
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
+        return Err(unauthorized(
             "an ingest token is required: Authorization: Bearer <token>",
         ));
     };
     let Some(platform) = app.ingest_platform(token) else {
         count("unknown", "unauthorized", 1);
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "the ingest token is not valid",
-        ));
+        return Err(unauthorized("the ingest token is not valid"));
     };
     let platform = platform.to_owned();
+    if let Err(wait) = app.limits.check_token(&platform) {
+        count(&platform, "rate_limited", 1);
+        return Err(limited(
+            wait,
+            "this token's rate is used up (web.rate_limit.ingest_per_second); send again later",
+        ));
+    }
     let refuse = |status: StatusCode, message: String| {
         count(&platform, "rejected", 1);
         ApiError::new(status, message)

@@ -13,6 +13,7 @@ pub mod api;
 pub mod auth;
 pub mod chart;
 pub mod discord;
+pub mod limits;
 pub mod ops;
 pub mod pages;
 pub mod session;
@@ -77,6 +78,7 @@ pub struct AppState {
     pub telegram: Option<Arc<TelegramLoginSettings>>,
     /// Ingest token → platform.
     ingest_tokens: Arc<Vec<(secrecy::SecretString, String)>>,
+    pub limits: Arc<limits::Limits>,
 }
 
 impl FromRef<AppState> for Key {
@@ -180,6 +182,7 @@ impl WebApp {
             discord,
             telegram,
             ingest_tokens: Arc::new(ingest_tokens),
+            limits: limits::Limits::new(&web.rate_limit),
         };
         Ok(Self {
             listener,
@@ -204,8 +207,12 @@ impl WebApp {
     /// finish.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         tracing::info!(url = %self.base_url, "web: serving");
-        let serve = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let serve = axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let deadline = async {
             shutdown.cancelled().await;
             tokio::time::sleep(self.grace).await;
@@ -229,6 +236,19 @@ pub fn router(state: AppState) -> Router {
         .route("/events", post(api::ingest))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed);
+    // Signing in, linking and codes: rate-limited per client (web/limits.rs).
+    let sign_in = Router::new()
+        .route("/auth/discord", get(auth::discord_start))
+        .route("/auth/discord/callback", get(auth::discord_callback))
+        .route("/auth/telegram/{csrf}", get(auth::telegram_sign_in))
+        .route("/link/telegram/{csrf}", get(auth::telegram_link))
+        .route("/link/discord", post(auth::discord_link_start))
+        .route("/link/code", post(auth::redeem_code))
+        .route("/link/issue", post(auth::issue_code))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::per_client,
+        ));
     let security_headers: [(HeaderName, &'static str); 4] = [
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::REFERRER_POLICY, "same-origin"),
@@ -248,13 +268,7 @@ pub fn router(state: AppState) -> Router {
         .route("/profile", get(pages::own_profile))
         .route("/login", get(pages::login))
         .route("/logout", post(auth::logout))
-        .route("/auth/discord", get(auth::discord_start))
-        .route("/auth/discord/callback", get(auth::discord_callback))
-        .route("/auth/telegram/{csrf}", get(auth::telegram_sign_in))
-        .route("/link/telegram/{csrf}", get(auth::telegram_link))
-        .route("/link/discord", post(auth::discord_link_start))
-        .route("/link/code", post(auth::redeem_code))
-        .route("/link/issue", post(auth::issue_code))
+        .merge(sign_in)
         .route("/static/style.css", get(pages::style))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

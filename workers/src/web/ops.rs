@@ -51,6 +51,8 @@ pub struct WebMetrics {
     pub ingested: Family<IngestLabels, Counter>,
     pub sign_ins: Family<OutcomeLabels, Counter>,
     pub links: Family<OutcomeLabels, Counter>,
+    /// Requests refused by a rate limit (web/limits.rs).
+    pub rate_limited: Counter,
 }
 
 impl WebMetrics {
@@ -62,6 +64,7 @@ impl WebMetrics {
             ingested: Family::default(),
             sign_ins: Family::default(),
             links: Family::default(),
+            rate_limited: Counter::default(),
         };
         metrics.register("web", |r| {
             r.register(
@@ -88,6 +91,11 @@ impl WebMetrics {
                 "links",
                 "Account link attempts, by proof and outcome",
                 m.links.clone(),
+            );
+            r.register(
+                "rate_limited",
+                "Requests refused by a rate limit (sign-in, link, code, ingest)",
+                m.rate_limited.clone(),
             );
         });
         m

@@ -34,6 +34,11 @@ struct Site {
 
 impl Site {
     async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A site whose settings `tune` may adjust last.
+    async fn start_with(tune: impl FnOnce(&mut ttfd::settings::Settings)) -> Self {
         let discord = FakeDiscord::start(FakeUser {
             id: ANN_DISCORD.into(),
             username: "ann".into(),
@@ -52,6 +57,7 @@ impl Site {
             s.web
                 .ingest_tokens
                 .insert("discord".into(), DISCORD_TOKEN.into());
+            tune(s);
         })
         .await;
         let app = WebApp::build(
@@ -1165,6 +1171,101 @@ async fn ingest_publishes_valid_events_of_the_tokens_platform() {
         (p.xp == 60 && p.games_won == 1).then_some(())
     })
     .await;
+    site.stop().await;
+}
+
+/// A client gets a few sign-in, link and code attempts, then a 429 that says when to
+/// come back; an ingest token gets its rate; requests without a valid token count as
+/// the client's attempts, so tokens cannot be guessed fast either.
+#[tokio::test]
+async fn sign_in_link_code_and_ingest_routes_are_rate_limited() {
+    let site = Site::start_with(|s| {
+        s.web.rate_limit.sign_in_per_minute = 3;
+        s.web.rate_limit.ingest_per_second = 1;
+    })
+    .await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let r = http
+            .get(site.url("/auth/discord"))
+            .send()
+            .await
+            .expect("get");
+        statuses.push(r.status());
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            let wait: u64 = r.headers()[reqwest::header::RETRY_AFTER]
+                .to_str()
+                .expect("ascii")
+                .parse()
+                .expect("seconds");
+            assert!((1..=60).contains(&wait), "{wait}");
+        }
+    }
+    assert!(
+        statuses[..3]
+            .iter()
+            .all(|s| *s != StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[3], StatusCode::TOO_MANY_REQUESTS);
+    // The same client is limited on the code route too (one budget for all of them),
+    // and without a valid token on ingest.
+    let r = http
+        .post(site.url("/link/code"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let r = http
+        .post(site.url("/api/v1/events"))
+        .bearer_auth("guessing-a-token-guessing")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Pages are not limited.
+    let r = http
+        .get(site.url("/leaderboard"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+    // A valid token gets a burst of twice its rate per second, then waits.
+    let post = || {
+        http.post(site.url("/api/v1/events"))
+            .bearer_auth(WEBSITE_TOKEN)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(r#"{"id": "website:rl:1", "platform": "website", "user": "5", "kind": "message", "data": {}}"#)
+            .send()
+    };
+    let mut ingest = Vec::new();
+    for _ in 0..3 {
+        ingest.push(post().await.expect("post").status());
+    }
+    assert_eq!(
+        ingest,
+        [
+            StatusCode::ACCEPTED,
+            StatusCode::ACCEPTED,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    let metrics = http
+        .get(site.url("/metrics"))
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        metrics.contains("ttfd_web_rate_limited_total 4"),
+        "{metrics}"
+    );
     site.stop().await;
 }
 
