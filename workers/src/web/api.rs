@@ -10,6 +10,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum_extra::extract::SignedCookieJar;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use ttfd_shared::trust::{self, Publisher};
@@ -18,7 +19,7 @@ use ttfd_shared::{Event, Identity};
 use super::AppState;
 use super::ops::IngestLabels;
 use crate::now_ms;
-use ttfd_shared::view::{Period, Standing};
+use ttfd_shared::view::{Period, Profile, Standing};
 use ttfd_shared::wire::from_json as event_from_json;
 
 /// Most events in one ingest request.
@@ -102,19 +103,56 @@ pub async fn method_not_allowed() -> ApiError {
 }
 
 /// `GET /api/v1/users/{platform}/{user}`: the unified user owning the identity.
+///
+/// The ids of the other accounts linked to it are shown only to their owner (a browser
+/// signed in as one of them); everyone else sees which platforms are linked
+/// (`linked_platforms`) and the identity they asked about.
 pub async fn user(
     State(app): State<AppState>,
+    jar: SignedCookieJar,
     Path((platform, user)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let identity =
         Identity::new(&platform, &user).map_err(|e| ApiError::bad_request(e.to_string()))?;
     match app.store.profile(&identity).await? {
-        Some(profile) => Ok(Json(profile).into_response()),
+        Some(mut profile) => {
+            let mut linked_platforms: Vec<String> = profile
+                .identities
+                .iter()
+                .map(|i| i.platform.clone())
+                .collect();
+            linked_platforms.sort();
+            linked_platforms.dedup();
+            let signed_in = app.session(&jar).who;
+            let own = profile
+                .identities
+                .iter()
+                .any(|i| Some(format!("{}:{}", i.platform, i.user)) == signed_in);
+            if !own {
+                profile.identities.retain(|i| {
+                    i.platform == identity.platform.as_str() && i.user == identity.user.as_str()
+                });
+            }
+            Ok(Json(PublicProfile {
+                profile,
+                linked_platforms,
+            })
+            .into_response())
+        }
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no user has the identity {identity}"),
         )),
     }
+}
+
+/// A profile as the API shows it: `identities` as the asker may see them, and the
+/// platforms linked.
+#[derive(Debug, Serialize)]
+pub struct PublicProfile {
+    #[serde(flatten)]
+    pub profile: Profile,
+    pub linked_platforms: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -631,6 +631,21 @@ async fn linking_telegram_with_the_widget_shows_the_merged_profile_once_applied(
         .expect("read")
         .expect("user");
     assert_eq!(p.identities.len(), 2);
+
+    // The API shows the linked account's id to its owner only; others see which
+    // platforms are linked, and the identity they asked about.
+    let path = format!("/api/v1/users/discord/{ANN_DISCORD}");
+    let (status, public) = json_of(reqwest::get(site.url(&path)).await.expect("get")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        public["identities"],
+        json!([{"platform": "discord", "user": ANN_DISCORD}])
+    );
+    assert_eq!(public["linked_platforms"], json!(["discord", "telegram"]));
+    assert!(!public.to_string().contains("555000111"), "{public}");
+    let (status, own) = json_of(client.get(site.url(&path)).send().await.expect("get")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(own.to_string().contains("555000111"), "{own}");
     site.stop().await;
 }
 
