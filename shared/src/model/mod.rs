@@ -90,8 +90,9 @@ pub fn fold<'a>(rules: &Rules, events: impl IntoIterator<Item = &'a Event>) -> V
         }
         a.first_ts = Some(a.first_ts.map_or(ev.ts, |t| t.min(ev.ts)));
         a.last_ts = Some(a.last_ts.map_or(ev.ts, |t| t.max(ev.ts)));
-        if let Some(name) = &ev.name {
-            let candidate = (ev.ts, ev.id.as_str().to_owned(), name.clone());
+        // Names as the wire gate leaves them (an event built in process was not decoded).
+        if let Some(name) = ev.name.as_deref().and_then(crate::wire::clean_name) {
+            let candidate = (ev.ts, ev.id.as_str().to_owned(), name);
             if a.name
                 .as_ref()
                 .is_none_or(|n| (n.0, &n.1) < (candidate.0, &candidate.1))

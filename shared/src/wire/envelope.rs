@@ -245,6 +245,22 @@ fn out_of_range(detail: impl Into<String>) -> Rejection {
     Rejection::new("out_of_range", detail)
 }
 
+/// A display name as it is shown: without control characters, bidirectional controls
+/// (which can make a name read backwards or hide text) and zero-width characters (which
+/// make look-alikes of other names), trimmed. `None` when nothing is left.
+pub fn clean_name(name: &str) -> Option<String> {
+    let invisible = |c: char| {
+        c.is_control()
+            || matches!(c,
+                '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}'
+                | '\u{2066}'..='\u{2069}' | '\u{200B}'..='\u{200D}' | '\u{2060}'
+                | '\u{FEFF}' | '\u{180E}' | '\u{00AD}')
+    };
+    let cleaned: String = name.chars().filter(|c| !invisible(*c)).collect();
+    let cleaned = cleaned.trim();
+    (!cleaned.is_empty()).then(|| cleaned.to_owned())
+}
+
 fn char_len_in(s: &str, field: &str, max: usize) -> Result<(), Rejection> {
     let n = s.chars().count();
     if (1..=max).contains(&n) {
@@ -379,7 +395,7 @@ pub fn decode(
         id,
         ts: head.ts,
         identity,
-        name: head.name,
+        name: head.name.as_deref().and_then(clean_name),
         payload,
     })
 }
@@ -613,5 +629,23 @@ mod tests {
             json!({"chat": "x".repeat(MAX_EVENT_BYTES)}),
         ));
         assert_eq!(decode(&big, s, NOW).map_err(|r| r.code), Err("oversized"));
+    }
+
+    #[test]
+    fn names_lose_invisible_and_direction_changing_characters() {
+        assert_eq!(clean_name("Ann"), Some("Ann".into()));
+        assert_eq!(clean_name("  Ann \u{200B}"), Some("Ann".into()));
+        // "admin" written backwards and shown forwards by a right-to-left override.
+        assert_eq!(clean_name("\u{202E}nimda"), Some("nimda".into()));
+        assert_eq!(
+            clean_name("A\u{200D}n\u{FEFF}n\u{2067}"),
+            Some("Ann".into())
+        );
+        assert_eq!(clean_name("Zoë 🎮 李"), Some("Zoë 🎮 李".into()));
+        assert_eq!(clean_name("\u{200B}\u{202E} "), None);
+        let mut v = base("message", json!({}));
+        v["name"] = json!("\u{202E}\u{200B}");
+        let e = decode(&msgpack(&v), ("discord", "message"), NOW).expect("valid");
+        assert_eq!(e.name, None, "a name of nothing visible is no name");
     }
 }

@@ -11,6 +11,9 @@ use std::collections::BTreeSet;
 
 use super::SettingsError;
 
+/// Shortest webhook secret accepted.
+pub const MIN_WEBHOOK_SECRET: usize = 32;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelegramSettings {
@@ -120,13 +123,17 @@ impl TelegramSettings {
         }
         if let Some(secret) = &self.webhook_secret {
             let s = secret.expose_secret();
-            let ok = (1..=256).contains(&s.len())
+            // Telegram takes 1..=256; a secret a guesser could find needs no guessing.
+            let ok = (MIN_WEBHOOK_SECRET..=256).contains(&s.len())
                 && s.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
             if !ok {
                 return Err(invalid(
                     "webhook_secret",
-                    "must be 1..=256 characters of A-Z, a-z, 0-9, _ and -",
+                    &format!(
+                        "must be {MIN_WEBHOOK_SECRET}..=256 characters of A-Z, a-z, 0-9, _ and - \
+                         (openssl rand -hex 32)"
+                    ),
                 ));
             }
         }
@@ -256,6 +263,10 @@ mod tests {
             ),
             (
                 &[("TTFD__TELEGRAM__WEBHOOK_SECRET", "has spaces")],
+                "webhook_secret",
+            ),
+            (
+                &[("TTFD__TELEGRAM__WEBHOOK_SECRET", "x")],
                 "telegram.webhook_secret",
             ),
             (&[("TTFD__TELEGRAM__MODE", "carrier-pigeon")], "mode"),
@@ -295,7 +306,10 @@ mod tests {
                 "TTFD__TELEGRAM__WEBHOOK_URL",
                 "https://bot.example.org/hooks/tg",
             ),
-            ("TTFD__TELEGRAM__WEBHOOK_SECRET", "s3cret-_"),
+            (
+                "TTFD__TELEGRAM__WEBHOOK_SECRET",
+                "s3cret-_s3cret-_s3cret-_s3cret-_",
+            ),
         ])
         .expect("loads");
         assert_eq!(s.telegram.webhook_path(), "/hooks/tg");

@@ -3,7 +3,7 @@
 //!
 //! Keys: `web.listen`, `web.public_url`, `web.cookie_key`, `web.session_days`,
 //! `web.discord.{client_id, client_secret, authorize_url, token_url, api_url}`,
-//! `web.telegram.{bot_token, bot_username, max_auth_age_secs}`,
+//! `web.telegram.{bot_token, bot_token_sha256, bot_username, max_auth_age_secs}`,
 //! `web.ingest_tokens.<platform>`,
 //! `web.rate_limit.{sign_in_per_minute, ingest_per_second, client_ip_header}`. See
 //! `docs/web.md`.
@@ -89,8 +89,12 @@ pub struct DiscordOAuthSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct TelegramLoginSettings {
     /// The bot's token: the Login Widget's data is signed with SHA-256 of it. Empty
-    /// disables Telegram sign-in.
+    /// (and no `bot_token_sha256`) disables Telegram sign-in.
     pub bot_token: SecretString,
+    /// Instead of the token: its SHA-256 in hex (`printf %s "$TOKEN" | sha256sum`), all
+    /// the site needs to check the widget's data. It cannot drive the bot, so the web
+    /// pods need not hold the token. Wins over `bot_token`.
+    pub bot_token_sha256: SecretString,
     /// The bot's username (without `@`), shown by the widget.
     pub bot_username: String,
     /// Widget data older than this is refused, in seconds (10 minutes by default); until
@@ -125,10 +129,35 @@ impl Default for DiscordOAuthSettings {
     }
 }
 
+impl TelegramLoginSettings {
+    /// The key the widget's data is signed with, from `bot_token_sha256` or
+    /// `bot_token`; `None` when Telegram sign-in is off.
+    pub fn login_key(&self) -> Result<Option<[u8; 32]>, SettingsError> {
+        let hashed = self.bot_token_sha256.expose_secret().trim();
+        if !hashed.is_empty() {
+            let mut key = [0u8; 32];
+            return hex::decode_to_slice(hashed, &mut key)
+                .map(|()| Some(key))
+                .map_err(|_| {
+                    invalid(
+                        "web.telegram.bot_token_sha256",
+                        "must be 64 hex digits (printf %s \"$TOKEN\" | sha256sum)",
+                    )
+                });
+        }
+        let token = self.bot_token.expose_secret();
+        Ok((!token.is_empty()).then(|| {
+            use sha2::Digest;
+            sha2::Sha256::digest(token.as_bytes()).into()
+        }))
+    }
+}
+
 impl Default for TelegramLoginSettings {
     fn default() -> Self {
         Self {
             bot_token: SecretString::default(),
+            bot_token_sha256: SecretString::default(),
             bot_username: String::new(),
             max_auth_age_secs: 600,
         }
@@ -169,12 +198,10 @@ impl WebSettings {
                 }
             }
         }
-        if !self.telegram.bot_token.expose_secret().is_empty()
-            && self.telegram.bot_username.trim().is_empty()
-        {
+        if self.telegram.login_key()?.is_some() && self.telegram.bot_username.trim().is_empty() {
             return Err(invalid(
                 "web.telegram.bot_username",
-                "is required when web.telegram.bot_token is set (the widget shows it)",
+                "is required with web.telegram.bot_token or bot_token_sha256 (the widget shows it)",
             ));
         }
         if self.rate_limit.sign_in_per_minute == 0 || self.rate_limit.ingest_per_second == 0 {

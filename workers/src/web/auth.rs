@@ -334,7 +334,7 @@ async fn telegram_user(
     csrf: &str,
     fields: &BTreeMap<String, String>,
 ) -> Result<telegram::TelegramUser, (StatusCode, String)> {
-    let Some(settings) = &app.telegram else {
+    let Some(login) = &app.telegram else {
         return Err((
             StatusCode::NOT_FOUND,
             "Sign-in with Telegram is not configured on this site.".into(),
@@ -346,14 +346,9 @@ async fn telegram_user(
             "This Telegram sign-in did not start in this browser session. Please try again.".into(),
         ));
     }
-    use secrecy::ExposeSecret;
-    let user = telegram::verify(
-        fields,
-        settings.bot_token.expose_secret(),
-        now_ms() / 1000,
-        settings.max_auth_age_secs,
-    )
-    .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+    let (settings, key) = &**login;
+    let user = telegram::verify(fields, key, now_ms() / 1000, settings.max_auth_age_secs)
+        .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
     // Telegram signs the data, not the URL it arrives on: the same data brought again
     // (by whoever saw it) is refused until it is too old anyway.
     let expires_ms = user.expires_secs.saturating_mul(1000);

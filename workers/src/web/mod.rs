@@ -75,7 +75,8 @@ pub struct AppState {
     pub cookies: CookiePolicy,
     pub base_url: Arc<str>,
     pub discord: Option<DiscordOAuth>,
-    pub telegram: Option<Arc<TelegramLoginSettings>>,
+    /// Telegram sign-in: the settings and the key the widget's data is signed with.
+    pub telegram: Option<Arc<(TelegramLoginSettings, [u8; 32])>>,
     /// Ingest token → platform.
     ingest_tokens: Arc<Vec<(secrecy::SecretString, String)>>,
     pub limits: Arc<limits::Limits>,
@@ -109,7 +110,7 @@ impl AppState {
     /// The Telegram Login Widget sending its data to `path`, when Telegram is configured.
     pub fn telegram_widget(&self, path: &str) -> Option<TelegramWidget> {
         self.telegram.as_ref().map(|t| TelegramWidget {
-            bot_username: t.bot_username.clone(),
+            bot_username: t.0.bot_username.clone(),
             auth_url: format!("{}{path}", self.base_url),
         })
     }
@@ -161,8 +162,10 @@ impl WebApp {
                 .into());
             }
         };
-        let telegram = (!web.telegram.bot_token.expose_secret().is_empty())
-            .then(|| Arc::new(web.telegram.clone()));
+        let telegram = web
+            .telegram
+            .login_key()?
+            .map(|key| Arc::new((web.telegram.clone(), key)));
         let ingest_tokens: Vec<_> = web
             .ingest_tokens
             .iter()

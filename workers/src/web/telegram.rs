@@ -40,18 +40,24 @@ pub struct TelegramUser {
 /// Clock skew tolerated for an `auth_date` in the future, in seconds.
 const MAX_SKEW_SECS: i64 = 300;
 
+/// The key Telegram signs Login Widget data with for a bot: SHA-256 of its token. The
+/// web role needs only this (`web.telegram.bot_token_sha256`), not the token.
+pub fn login_key(bot_token: &str) -> [u8; 32] {
+    Sha256::digest(bot_token.as_bytes()).into()
+}
+
 /// Checks the widget's `fields` (everything it sent, `hash` included, nothing else)
-/// against `bot_token`, at `now_secs`, refusing data older than `max_age_secs`.
+/// against the bot's `key` ([`login_key`]), at `now_secs`, refusing data older than
+/// `max_age_secs`.
 pub fn verify(
     fields: &BTreeMap<String, String>,
-    bot_token: &str,
+    key: &[u8; 32],
     now_secs: i64,
     max_age_secs: u64,
 ) -> Result<TelegramUser, WidgetError> {
     let hash = fields.get("hash").ok_or(WidgetError::Missing("hash"))?;
     let given = hex::decode(hash).map_err(|_| WidgetError::BadSignature)?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(&Sha256::digest(bot_token.as_bytes()))
-        .expect("HMAC takes a key of any length");
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
     mac.update(data_check_string(fields).as_bytes());
     // verify_slice compares in constant time.
     mac.verify_slice(&given)
@@ -135,7 +141,7 @@ mod tests {
 
     #[test]
     fn valid_widget_data_proves_the_telegram_account() {
-        let user = verify(&signed(NOW - 60), TOKEN, NOW, 86_400).expect("valid");
+        let user = verify(&signed(NOW - 60), &login_key(TOKEN), NOW, 86_400).expect("valid");
         assert_eq!(user.identity.to_string(), "telegram:42424242");
         assert_eq!(user.name.as_deref(), Some("Ada Lovelace"));
     }
@@ -157,30 +163,30 @@ mod tests {
         let mut f = signed(NOW);
         f.insert("id".into(), "1".into());
         assert_eq!(
-            verify(&f, TOKEN, NOW, 86_400),
+            verify(&f, &login_key(TOKEN), NOW, 86_400),
             Err(WidgetError::BadSignature)
         );
         let mut f = signed(NOW);
         f.insert("extra".into(), "x".into());
         assert_eq!(
-            verify(&f, TOKEN, NOW, 86_400),
+            verify(&f, &login_key(TOKEN), NOW, 86_400),
             Err(WidgetError::BadSignature)
         );
         let f = signed(NOW);
         assert_eq!(
-            verify(&f, "another:token", NOW, 86_400),
+            verify(&f, &login_key("another:token"), NOW, 86_400),
             Err(WidgetError::BadSignature)
         );
         let mut f = signed(NOW);
         f.insert("hash".into(), "not hex".into());
         assert_eq!(
-            verify(&f, TOKEN, NOW, 86_400),
+            verify(&f, &login_key(TOKEN), NOW, 86_400),
             Err(WidgetError::BadSignature)
         );
         let mut f = signed(NOW);
         f.remove("hash");
         assert_eq!(
-            verify(&f, TOKEN, NOW, 86_400),
+            verify(&f, &login_key(TOKEN), NOW, 86_400),
             Err(WidgetError::Missing("hash"))
         );
     }
@@ -188,13 +194,13 @@ mod tests {
     #[test]
     fn stale_or_future_data_is_refused() {
         assert_eq!(
-            verify(&signed(NOW - 86_401), TOKEN, NOW, 86_400),
+            verify(&signed(NOW - 86_401), &login_key(TOKEN), NOW, 86_400),
             Err(WidgetError::Stale)
         );
         assert_eq!(
-            verify(&signed(NOW + 3600), TOKEN, NOW, 86_400),
+            verify(&signed(NOW + 3600), &login_key(TOKEN), NOW, 86_400),
             Err(WidgetError::Stale)
         );
-        assert!(verify(&signed(NOW - 86_400), TOKEN, NOW, 86_400).is_ok());
+        assert!(verify(&signed(NOW - 86_400), &login_key(TOKEN), NOW, 86_400).is_ok());
     }
 }

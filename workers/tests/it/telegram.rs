@@ -556,7 +556,8 @@ async fn webhook_mode_registers_the_hook_and_stores_posted_updates() {
     settings.telegram.mode = TelegramMode::Webhook;
     settings.telegram.listen = "127.0.0.1:0".into();
     settings.telegram.webhook_url = Some("https://bot.example.org/hooks/telegram".into());
-    settings.telegram.webhook_secret = Some(SecretString::from("s3cret-token_1"));
+    settings.telegram.webhook_secret =
+        Some(SecretString::from("s3cret-token_1-s3cret-token_1-s3cret"));
     let (addr, bot) = world.spawn_bot(settings, stop.clone()).await;
     let addr = addr.expect("webhook mode listens");
     let fake = &world.fake;
@@ -567,7 +568,10 @@ async fn webhook_mode_registers_the_hook_and_stores_posted_updates() {
         set[0].body["url"],
         json!("https://bot.example.org/hooks/telegram")
     );
-    assert_eq!(set[0].body["secret_token"], json!("s3cret-token_1"));
+    assert_eq!(
+        set[0].body["secret_token"],
+        json!("s3cret-token_1-s3cret-token_1-s3cret")
+    );
     assert_eq!(
         set[0].body["allowed_updates"],
         json!(["message", "my_chat_member"])
@@ -587,7 +591,10 @@ async fn webhook_mode_registers_the_hook_and_stores_posted_updates() {
     assert_eq!(wrong.status(), reqwest::StatusCode::UNAUTHORIZED);
     let right = http
         .post(&hook)
-        .header("X-Telegram-Bot-Api-Secret-Token", "s3cret-token_1")
+        .header(
+            "X-Telegram-Bot-Api-Secret-Token",
+            "s3cret-token_1-s3cret-token_1-s3cret",
+        )
         .json(&update)
         .send()
         .await

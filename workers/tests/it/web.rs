@@ -571,6 +571,35 @@ async fn the_telegram_widget_signs_in_only_with_fresh_untampered_data_from_this_
     site.stop().await;
 }
 
+/// The site can check the widget's data with the token's SHA-256 alone
+/// (`web.telegram.bot_token_sha256`): the web pods need not hold the bot's token.
+#[tokio::test]
+async fn the_telegram_widget_works_with_only_the_tokens_hash() {
+    let site = Site::start_with(|s| {
+        s.web.telegram.bot_token = "".into();
+        s.web.telegram.bot_token_sha256 =
+            hex::encode(ttfd::web::telegram::login_key(BOT_TOKEN)).into();
+    })
+    .await;
+    let client = browser();
+    let (_, login) = text(client.get(site.url("/login")).send().await.expect("login")).await;
+    assert!(
+        login.contains("data-telegram-login=\"ttfd_test_bot\""),
+        "{login}"
+    );
+    let valid = widget("555000222", ttfd::now_ms() / 1000, BOT_TOKEN);
+    let url = site.url(&format!(
+        "/auth/telegram/{}?{}",
+        csrf_of(&login),
+        query_string(&valid)
+    ));
+    let (page, _) = follow(&client, &url).await;
+    let (status, html) = text(page).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("telegram:555000222"), "{html}");
+    site.stop().await;
+}
+
 // ---------------------------------------------------------------------------------
 // Linking
 
