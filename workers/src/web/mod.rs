@@ -39,6 +39,7 @@ use tower_http::trace::TraceLayer;
 use crate::broker::{Broker, BrokerError};
 use crate::metrics::Metrics;
 use crate::now_ms;
+use crate::observe::{OpsServer, Readiness};
 use crate::settings::{Settings, SettingsError};
 use crate::store::{Store, StoreError};
 
@@ -62,6 +63,8 @@ pub enum WebError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Ops(#[from] crate::observe::ObserveError),
 }
 
 /// What every handler shares.
@@ -124,6 +127,9 @@ pub struct WebApp {
     base_url: String,
     /// Time requests in flight get after the shutdown signal.
     grace: Duration,
+    /// `metrics.listen`, when set: `/metrics`, `/healthz` and `/readyz` are served
+    /// there, off the public port.
+    ops: Option<OpsServer>,
 }
 
 impl WebApp {
@@ -187,18 +193,33 @@ impl WebApp {
             ingest_tokens: Arc::new(ingest_tokens),
             limits: limits::Limits::new(&web.rate_limit),
         };
+        let ops = match settings.metrics.addr()? {
+            Some(at) => {
+                let readiness = Readiness::new()
+                    .database(state.store.clone())
+                    .nats(state.broker.clone());
+                Some(OpsServer::bind(at, state.registry.clone(), readiness).await?)
+            }
+            None => None,
+        };
         Ok(Self {
             listener,
-            router: router(state),
+            router: router(state, ops.is_none()),
             addr,
             base_url,
             grace,
+            ops,
         })
     }
 
     /// The bound address (the real port when `web.listen` had port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` and `/readyz` are served when `metrics.listen` is set.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops.as_ref().map(OpsServer::local_addr)
     }
 
     /// The site's address, e.g. `http://127.0.0.1:8080`, without a trailing slash.
@@ -210,6 +231,10 @@ impl WebApp {
     /// finish.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         tracing::info!(url = %self.base_url, "web: serving");
+        if let Some(ops) = self.ops {
+            tracing::info!(addr = %ops.local_addr(), "serving /metrics, /healthz, /readyz");
+            tokio::spawn(ops.run(shutdown.clone()));
+        }
         let serve = axum::serve(
             self.listener,
             self.router
@@ -230,8 +255,9 @@ impl WebApp {
     }
 }
 
-/// Every route of the site and the API.
-pub fn router(state: AppState) -> Router {
+/// Every route of the site and the API; `/readyz` and `/metrics` too when
+/// `with_ops` (no `metrics.listen` to serve them on instead).
+pub fn router(state: AppState, with_ops: bool) -> Router {
     let api = Router::new()
         .route("/users/{platform}/{user}", get(api::user))
         .route("/leaderboard", get(api::leaderboard))
@@ -274,10 +300,13 @@ pub fn router(state: AppState) -> Router {
         .merge(sign_in)
         .route("/static/style.css", get(pages::style))
         .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
         .nest("/api/v1", api)
         .fallback(pages::not_found);
+    if with_ops {
+        router = router
+            .route("/readyz", get(ops::readyz))
+            .route("/metrics", get(ops::metrics));
+    }
     for (name, value) in security_headers {
         router = router.layer(SetResponseHeaderLayer::if_not_present(
             name,

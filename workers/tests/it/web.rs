@@ -1218,6 +1218,67 @@ async fn ingest_publishes_valid_events_of_the_tokens_platform() {
     site.stop().await;
 }
 
+/// With `metrics.listen` set (as in Kubernetes), `/metrics` and `/readyz` (which says
+/// what failed, in words meant for operators) are served there, not on the public port.
+#[tokio::test]
+async fn with_metrics_listen_the_operator_endpoints_leave_the_public_port() {
+    let env = TestEnv::with(|s| {
+        s.web.listen = "127.0.0.1:0".parse().expect("addr");
+        s.metrics.listen = "127.0.0.1:0".into();
+    })
+    .await;
+    let app = WebApp::build(
+        &env.settings,
+        env.store.clone(),
+        env.broker.clone(),
+        Metrics::new(),
+        GRACE,
+    )
+    .await
+    .expect("the web role starts");
+    let (public, ops) = (
+        app.base_url().to_owned(),
+        app.ops_addr().expect("ops listener"),
+    );
+    let stop = CancellationToken::new();
+    tokio::spawn(app.run(stop.clone()));
+    let http = reqwest::Client::new();
+    let status = |url: String| {
+        let http = http.clone();
+        async move { http.get(url).send().await.expect("get").status() }
+    };
+    for path in ["/metrics", "/readyz"] {
+        assert_eq!(
+            status(format!("{public}{path}")).await,
+            StatusCode::NOT_FOUND,
+            "{path}"
+        );
+    }
+    assert_eq!(status(format!("{public}/healthz")).await, StatusCode::OK);
+    assert_eq!(
+        status(format!("{public}/leaderboard")).await,
+        StatusCode::OK
+    );
+    for path in ["/metrics", "/readyz", "/healthz"] {
+        assert_eq!(
+            status(format!("http://{ops}{path}")).await,
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+    let text = http
+        .get(format!("http://{ops}/metrics"))
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("body");
+    assert!(text.contains("route=\"/leaderboard\""), "{text}");
+    stop.cancel();
+    env.cleanup().await;
+}
+
 /// A client gets a few sign-in, link and code attempts, then a 429 that says when to
 /// come back; an ingest token gets its rate; requests without a valid token count as
 /// the client's attempts, so tokens cannot be guessed fast either.
