@@ -259,6 +259,35 @@ impl Store {
         Ok(spent == 1)
     }
 
+    /// Ends every session of `identity` signed in at or before `now_ms` ("sign out
+    /// everywhere").
+    pub async fn revoke_sessions(
+        &self,
+        identity: &Identity,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO session_revocations (identity, revoked_ms) VALUES ($1, $2)
+             ON CONFLICT (identity) DO UPDATE
+               SET revoked_ms = GREATEST(session_revocations.revoked_ms, EXCLUDED.revoked_ms)",
+        )
+        .bind(identity.to_string())
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// When the sessions of `identity` were last revoked, if ever.
+    pub async fn sessions_revoked(&self, identity: &str) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT revoked_ms FROM session_revocations WHERE identity = $1")
+                .bind(identity)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     /// Records `event` for the relay to publish to the events stream (with its id as
     /// `Nats-Msg-Id`): for facts established by a transaction, such as a proven link.
     pub async fn enqueue_event(&self, event: &Event) -> Result<(), StoreError> {

@@ -123,7 +123,7 @@ pub async fn user(
                 .collect();
             linked_platforms.sort();
             linked_platforms.dedup();
-            let signed_in = app.session(&jar).who;
+            let signed_in = app.session(&jar).await.who;
             let own = profile
                 .identities
                 .iter()

@@ -142,7 +142,7 @@ fn go(app: &AppState, jar: SignedCookieJar, session: &Session, to: &str) -> Resp
 
 /// `GET /auth/discord`: leave for Discord to sign in.
 pub async fn discord_start(State(app): State<AppState>, jar: SignedCookieJar) -> Response {
-    let session = app.session(&jar);
+    let session = app.session(&jar).await;
     start_oauth(&app, jar, session, None)
 }
 
@@ -158,7 +158,7 @@ pub async fn discord_link_start(
     jar: SignedCookieJar,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let session = app.session(&jar);
+    let session = app.session(&jar).await;
     let Some(me) = session.identity().filter(|_| session.csrf_ok(&form.csrf)) else {
         return stale_form(&app, jar, session);
     };
@@ -206,8 +206,8 @@ pub async fn discord_callback(
     Query(q): Query<Callback>,
 ) -> Response {
     let now = now_ms();
-    let mut session = app.session(&jar);
-    let (jar, pending) = OAuthState::take(jar);
+    let mut session = app.session(&jar).await;
+    let (jar, pending) = OAuthState::take(jar, app.cookies.secure);
     let Some(oauth) = app.discord.clone() else {
         return error_page(
             &app,
@@ -368,7 +368,7 @@ pub async fn telegram_sign_in(
     Path(csrf): Path<String>,
     Query(fields): Query<BTreeMap<String, String>>,
 ) -> Response {
-    let mut session = app.session(&jar);
+    let mut session = app.session(&jar).await;
     match telegram_user(&app, &session, &csrf, &fields).await {
         Ok(user) => {
             app.count_sign_in("telegram", "ok");
@@ -390,7 +390,7 @@ pub async fn telegram_link(
     Path(csrf): Path<String>,
     Query(fields): Query<BTreeMap<String, String>>,
 ) -> Response {
-    let mut session = app.session(&jar);
+    let mut session = app.session(&jar).await;
     let Some(me) = session.identity() else {
         return Redirect::to("/login").into_response();
     };
@@ -438,7 +438,7 @@ pub async fn redeem_code(
     jar: SignedCookieJar,
     Form(form): Form<CodeForm>,
 ) -> Response {
-    let mut session = app.session(&jar);
+    let mut session = app.session(&jar).await;
     let Some(me) = session.identity().filter(|_| session.csrf_ok(&form.csrf)) else {
         return stale_form(&app, jar, session);
     };
@@ -503,7 +503,7 @@ pub async fn issue_code(
     jar: SignedCookieJar,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let mut session = app.session(&jar);
+    let mut session = app.session(&jar).await;
     let Some(me) = session.identity().filter(|_| session.csrf_ok(&form.csrf)) else {
         return stale_form(&app, jar, session);
     };
@@ -528,7 +528,7 @@ pub async fn logout(
     jar: SignedCookieJar,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let session = app.session(&jar);
+    let session = app.session(&jar).await;
     if !session.csrf_ok(&form.csrf) {
         return stale_form(&app, jar, session);
     }
@@ -538,6 +538,39 @@ pub async fn logout(
         now_ms(),
     );
     fresh.flash = Some(Flash::SignedOut);
+    go(&app, jar, &fresh, "/leaderboard")
+}
+
+/// `POST /logout/everywhere`: ends every session of the signed-in member, in every
+/// browser and on every replica (a lost phone, a shared computer), this one included.
+pub async fn logout_everywhere(
+    State(app): State<AppState>,
+    jar: SignedCookieJar,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let session = app.session(&jar).await;
+    if !session.csrf_ok(&form.csrf) {
+        return stale_form(&app, jar, session);
+    }
+    if let Some(me) = session.identity() {
+        if let Err(e) = app.store.revoke_sessions(&me, now_ms()).await {
+            tracing::error!(error = %e, "sign out everywhere");
+            return error_page(
+                &app,
+                jar,
+                session,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Your other sessions could not be ended right now. Please try again.",
+            );
+        }
+        tracing::info!(identity = %me, "signed out everywhere");
+    }
+    let mut fresh = Session::load(
+        &SignedCookieJar::new(app.cookie_key.clone()),
+        &app.cookies,
+        now_ms(),
+    );
+    fresh.flash = Some(Flash::SignedOutEverywhere);
     go(&app, jar, &fresh, "/leaderboard")
 }
 

@@ -92,9 +92,24 @@ impl FromRef<AppState> for Key {
 }
 
 impl AppState {
-    /// The browser's session (a fresh anonymous one if it has none).
-    pub fn session(&self, jar: &SignedCookieJar) -> Session {
-        Session::load(jar, &self.cookies, now_ms())
+    /// The browser's session (a fresh anonymous one if it has none). A sign-in that
+    /// "sign out everywhere" ended, or that cannot be checked because the database is
+    /// away, is not one: the session is then anonymous.
+    pub async fn session(&self, jar: &SignedCookieJar) -> Session {
+        let mut session = Session::load(jar, &self.cookies, now_ms());
+        if let Some(who) = session.who.clone() {
+            let revoked = match self.store.sessions_revoked(&who).await {
+                Ok(at) => at.is_some_and(|at| session.at <= at),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot check the session; treated as signed out");
+                    true
+                }
+            };
+            if revoked {
+                session.sign_out();
+            }
+        }
+        session
     }
 
     /// The platform an ingest token publishes for. Every configured token is compared,
@@ -297,6 +312,7 @@ pub fn router(state: AppState, with_ops: bool) -> Router {
         .route("/profile", get(pages::own_profile))
         .route("/login", get(pages::login))
         .route("/logout", post(auth::logout))
+        .route("/logout/everywhere", post(auth::logout_everywhere))
         .merge(sign_in)
         .route("/static/style.css", get(pages::style))
         .route("/healthz", get(ops::healthz))

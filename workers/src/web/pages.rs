@@ -46,6 +46,7 @@ impl FlashView {
         let (kind, text, code) = match flash {
             Flash::SignedIn => ("ok", "Signed in.".to_owned(), None),
             Flash::SignedOut => ("info", "Signed out.".to_owned(), None),
+            Flash::SignedOutEverywhere => ("info", "Signed out in every browser.".to_owned(), None),
             Flash::LinkRecorded => (
                 "info",
                 "Link recorded; your profiles are being merged.".to_owned(),
@@ -411,7 +412,7 @@ fn database_down(
 
 /// Any path the site does not have.
 pub async fn not_found(State(app): State<AppState>, jar: SignedCookieJar) -> Response {
-    let session = app.session(&jar);
+    let session = app.session(&jar).await;
     error_page(
         &app,
         jar,
@@ -442,7 +443,7 @@ pub async fn leaderboard(
     jar: SignedCookieJar,
     query: Result<Query<BoardQuery>, QueryRejection>,
 ) -> Response {
-    let mut session = app.session(&jar);
+    let mut session = app.session(&jar).await;
     let req = match query
         .map_err(|e| e.body_text())
         .and_then(|Query(q)| q.parse())
@@ -511,7 +512,7 @@ pub async fn leaderboard(
 
 /// `GET /ranks`.
 pub async fn ranks(State(app): State<AppState>, jar: SignedCookieJar) -> Response {
-    let mut session = app.session(&jar);
+    let mut session = app.session(&jar).await;
     let rules = &app.store.rules;
     let page = RanksPage {
         layout: layout(&mut session),
@@ -547,7 +548,7 @@ pub async fn user(
     jar: SignedCookieJar,
     Path(uid): Path<String>,
 ) -> Response {
-    let mut session = app.session(&jar);
+    let mut session = app.session(&jar).await;
     let Ok(uid) = uid.parse::<i64>() else {
         return error_page(
             &app,
@@ -587,7 +588,7 @@ pub async fn user(
 
 /// `GET /profile`: one's own merged profile, with account linking.
 pub async fn own_profile(State(app): State<AppState>, jar: SignedCookieJar) -> Response {
-    let mut session = app.session(&jar);
+    let mut session = app.session(&jar).await;
     let Some(me) = session.identity() else {
         return Redirect::to("/login").into_response();
     };
@@ -654,7 +655,7 @@ pub async fn own_profile(State(app): State<AppState>, jar: SignedCookieJar) -> R
 
 /// `GET /login`.
 pub async fn login(State(app): State<AppState>, jar: SignedCookieJar) -> Response {
-    let mut session = app.session(&jar);
+    let mut session = app.session(&jar).await;
     let page = LoginPage {
         telegram: app.telegram_widget(&format!("/auth/telegram/{}", session.csrf)),
         discord: app.discord.is_some(),

@@ -18,6 +18,27 @@ use ttfd_shared::Identity;
 
 pub const SESSION_COOKIE: &str = "ttfd_session";
 pub const OAUTH_COOKIE: &str = "ttfd_oauth";
+/// The names over https: `__Host-` binds the session cookie to this host, path `/` and
+/// https (no subdomain can set or shadow it); `__Secure-` the OAuth one, whose path is
+/// narrower.
+pub const SECURE_SESSION_COOKIE: &str = "__Host-ttfd_session";
+pub const SECURE_OAUTH_COOKIE: &str = "__Secure-ttfd_oauth";
+
+fn session_cookie(secure: bool) -> &'static str {
+    if secure {
+        SECURE_SESSION_COOKIE
+    } else {
+        SESSION_COOKIE
+    }
+}
+
+fn oauth_cookie(secure: bool) -> &'static str {
+    if secure {
+        SECURE_OAUTH_COOKIE
+    } else {
+        OAUTH_COOKIE
+    }
+}
 /// How long a Discord sign-in may take between leaving and coming back, in ms.
 pub const OAUTH_MAX_AGE_MS: i64 = 10 * 60 * 1000;
 
@@ -32,6 +53,7 @@ pub fn random_token() -> String {
 pub enum Flash {
     SignedIn,
     SignedOut,
+    SignedOutEverywhere,
     /// Shown while the link is applied.
     LinkRecorded,
     Linked,
@@ -77,7 +99,7 @@ impl Session {
     /// The browser's session, or a fresh anonymous one when it has none, a forged one or
     /// an expired one.
     pub fn load(jar: &SignedCookieJar, policy: &CookiePolicy, now_ms: i64) -> Self {
-        jar.get(SESSION_COOKIE)
+        jar.get(session_cookie(policy.secure))
             .and_then(|c| decode::<Session>(c.value()))
             .filter(|s| now_ms - s.at < policy.max_age_ms && !s.csrf.is_empty())
             .unwrap_or_else(|| Session {
@@ -109,6 +131,14 @@ impl Session {
         };
     }
 
+    /// Forgets who was signed in, with a new CSRF token.
+    pub fn sign_out(&mut self) {
+        self.csrf = random_token();
+        self.who = None;
+        self.name = None;
+        self.pending = None;
+    }
+
     pub fn take_flash(&mut self) -> Option<Flash> {
         self.flash.take()
     }
@@ -116,7 +146,7 @@ impl Session {
     /// The jar with this session stored in it.
     pub fn store(&self, jar: SignedCookieJar, policy: &CookiePolicy) -> SignedCookieJar {
         jar.add(cookie(
-            SESSION_COOKIE,
+            session_cookie(policy.secure),
             encode(self),
             "/",
             policy.secure,
@@ -167,7 +197,7 @@ pub struct OAuthState {
 impl OAuthState {
     pub fn store(&self, jar: SignedCookieJar, secure: bool) -> SignedCookieJar {
         jar.add(cookie(
-            OAUTH_COOKIE,
+            oauth_cookie(secure),
             encode(self),
             "/auth/discord",
             secure,
@@ -177,11 +207,10 @@ impl OAuthState {
 
     /// The pending sign-in of this browser, removed from the jar: a state is checked
     /// once.
-    pub fn take(jar: SignedCookieJar) -> (SignedCookieJar, Option<OAuthState>) {
-        let state = jar
-            .get(OAUTH_COOKIE)
-            .and_then(|c| decode::<OAuthState>(c.value()));
-        let jar = jar.remove(Cookie::build(OAUTH_COOKIE).path("/auth/discord"));
+    pub fn take(jar: SignedCookieJar, secure: bool) -> (SignedCookieJar, Option<OAuthState>) {
+        let name = oauth_cookie(secure);
+        let state = jar.get(name).and_then(|c| decode::<OAuthState>(c.value()));
+        let jar = jar.remove(Cookie::build(name).path("/auth/discord"));
         (jar, state)
     }
 }
@@ -212,6 +241,32 @@ mod tests {
         let expired = Session::load(&jar, &policy(), 11_000);
         assert!(expired.who.is_none());
         assert_ne!(expired.csrf, s.csrf);
+    }
+
+    #[test]
+    fn over_https_the_session_cookie_is_bound_to_the_host() {
+        use axum::response::IntoResponse;
+        let key = Key::generate();
+        let https = CookiePolicy {
+            secure: true,
+            max_age_ms: 1000,
+        };
+        let mut s = Session::load(&SignedCookieJar::new(key.clone()), &https, 0);
+        s.sign_in(&Identity::parse("discord:1").expect("id"), None, 0);
+        let jar = s.store(SignedCookieJar::new(key.clone()), &https);
+        let response = jar.clone().into_response();
+        let set = response.headers()[axum::http::header::SET_COOKIE]
+            .to_str()
+            .expect("ascii");
+        assert!(set.starts_with("__Host-ttfd_session="), "{set}");
+        assert!(set.contains("Secure") && set.contains("Path=/") && !set.contains("Domain"));
+        assert_eq!(
+            Session::load(&jar, &https, 1).who.as_deref(),
+            Some("discord:1")
+        );
+        // A plain-named cookie (as a subdomain could set) is not read over https.
+        let plain = s.store(SignedCookieJar::new(key), &policy());
+        assert!(Session::load(&plain, &https, 1).who.is_none());
     }
 
     /// The `Cookie` header a browser would send back after receiving `jar`'s cookies.

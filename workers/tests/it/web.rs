@@ -230,6 +230,41 @@ async fn sign_in_with_discord(site: &Site, client: &reqwest::Client) -> String {
     html
 }
 
+/// "Sign out everywhere" ends the member's sessions in every browser (cookies are signed
+/// and held by the browsers, so this is the one server-side fact that can end them);
+/// signing in again afterwards works.
+#[tokio::test]
+async fn signing_out_everywhere_ends_the_members_sessions_in_every_browser() {
+    let site = Site::start().await;
+    let (phone, laptop) = (browser(), browser());
+    let profile = sign_in_with_discord(&site, &phone).await;
+    assert!(profile.contains("/logout/everywhere"), "{profile}");
+    sign_in_with_discord(&site, &laptop).await;
+    let at_profile = |client: &reqwest::Client| {
+        let request = client.get(site.url("/profile"));
+        async move { request.send().await.expect("get") }
+    };
+    assert_eq!(at_profile(&laptop).await.status(), StatusCode::OK);
+
+    let csrf = csrf_of(&profile);
+    let done = phone
+        .post(site.url("/logout/everywhere"))
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .expect("post");
+    assert!(done.status().is_redirection(), "{}", done.status());
+    for client in [&laptop, &phone] {
+        let r = at_profile(client).await;
+        assert!(r.status().is_redirection(), "{}", r.status());
+        assert_eq!(r.headers()[LOCATION], "/login");
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    sign_in_with_discord(&site, &laptop).await;
+    assert_eq!(at_profile(&laptop).await.status(), StatusCode::OK);
+    site.stop().await;
+}
+
 // ---------------------------------------------------------------------------------
 // Discord OAuth
 
