@@ -2,9 +2,8 @@
 # Runs the real `ttfd` roles against a nats-server with the users of nats/accounts.conf,
 # each role as its own user, and checks that each does its work, answers its probes
 # (/healthz, /readyz, /metrics, as in the pods), and that the server logged no
-# permission violation but the one provoked on purpose. ttfd cannot send NATS
-# credentials yet (docs/operations.md, "NATS users"), so each role connects without any
-# and the server maps it to the role's user with `no_auth_user`, restarted per role.
+# permission violation but the one provoked on purpose. Each role connects as its own
+# user (nats.user, nats.password); the server restarts between roles.
 #
 #   nats/test-permissions-ttfd.sh [path/to/ttfd]
 #
@@ -60,14 +59,18 @@ export TTFD__LOG__FORMAT=pretty
 metrics_port=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export TTFD__METRICS__LISTEN="127.0.0.1:$metrics_port"
 
-# The server, with unauthenticated connections taken as user $1.
+# The server, and the ttfd processes started next connecting as user $1 (nats.user,
+# nats.password; their replies come under `_INBOX.$1`).
 as_user() {
   stop_server
+  local role; role=$(echo "${1#ttfd-}" | tr "[:lower:]" "[:upper:]")
+  export TTFD__NATS__USER="$1"
+  TTFD__NATS__PASSWORD=$(printenv "TTFD_NATS_${role}_PASSWORD")
+  export TTFD__NATS__PASSWORD
   cat >"$work/server.conf" <<EOF
 listen: 127.0.0.1:$port
 jetstream { store_dir: "$work/js" }
 include accounts.conf
-no_auth_user: $1
 EOF
   "$server" -c "$work/server.conf" >>"$work/server.log" 2>&1 &
   server_pid=$!
@@ -82,7 +85,8 @@ client() {
   USER_NAME="$user" PASSWORD="$(printenv "TTFD_NATS_${role}_PASSWORD")" URL="$TTFD__NATS__URL" "$py" -c "
 import asyncio, json, os, sys, msgpack, nats
 async def main():
-    nc = await nats.connect(os.environ['URL'], user=os.environ['USER_NAME'], password=os.environ['PASSWORD'])
+    nc = await nats.connect(os.environ['URL'], user=os.environ['USER_NAME'], password=os.environ['PASSWORD'],
+                            inbox_prefix='_INBOX.' + os.environ['USER_NAME'])
     try:
 $(printf '%s\n' "$code" | sed 's/^/        /')
     finally:
@@ -121,14 +125,14 @@ check "ops: ttfd migrate" quiet "$ttfd" migrate
 
 as_user ttfd-web
 check "web: publishes a website event" \
-  quiet "$ttfd" publish '{"id":"website:natsperm:1","platform":"website","user":"alice","kind":"xp","name":"Alice","data":{"amount":600,"reason":"test"}}'
+  quiet "$ttfd" publish '{"id":"website:natsperm:1","platform":"website","user":"alice","kind":"game","name":"Alice","data":{"game":"chess","won":true,"xp":600}}'
 check "web: a discord event is refused" refused \
   quiet "$ttfd" publish '{"id":"discord:natsperm:1","platform":"discord","user":"1","kind":"message","data":{}}'
 web_port=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 TTFD__WEB__LISTEN="127.0.0.1:$web_port" TTFD__WEB__INGEST_TOKENS__WEBSITE=natsperm-ingest-token \
   "$ttfd" web >"$work/web.log" 2>&1 &
 web_pid=$!
-check "web: probes and metrics on its own port" probes "$web_port"
+check "web: probes and metrics on its private port" probes "$metrics_port"
 check "web: ingest publishes a website event" eventually \
   "curl -sf -H 'Authorization: Bearer natsperm-ingest-token' -H 'Content-Type: application/json' \
      -d '{\"id\":\"website:natsperm:2\",\"platform\":\"website\",\"user\":\"bob\",\"kind\":\"message\",\"data\":{}}' \
@@ -139,7 +143,7 @@ check "web: stops cleanly" wait "$web_pid"
 as_user ttfd-sync
 "$ttfd" sync >"$work/sync.log" 2>&1 &
 sync_pid=$!
-check "sync: consumes, applies and acks" eventually "'$ttfd' user website:alice | grep -q 'xp 600'"
+check "sync: consumes, applies and acks" eventually "'$ttfd' user website:alice --json | grep -Eq '\"xp\": ?600'"
 check "sync: probes and metrics" probes "$metrics_port"
 kill -TERM "$sync_pid"
 check "sync: stops cleanly" wait "$sync_pid"

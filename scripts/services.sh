@@ -61,3 +61,8 @@ ensure_nats() {
 
 ensure_postgres
 ensure_nats
+# The tests that start their own nats-server with nats/accounts.conf use this binary.
+if [ -z "${TTFD_TEST_NATS_SERVER:-}" ]; then
+  TTFD_TEST_NATS_SERVER=$(nats_binary)
+  export TTFD_TEST_NATS_SERVER
+fi

@@ -310,3 +310,159 @@ async fn an_id_claimed_by_another_platforms_publisher_does_not_block_the_real_ev
     worker.await.expect("worker");
     env.cleanup().await;
 }
+
+/// The roles' NATS users of `nats/accounts.conf`, on a nats-server of this test's own
+/// (the binary `scripts/services.sh` found: `TTFD_TEST_NATS_SERVER`), each role's
+/// password made up here.
+struct SecuredNats {
+    _server: tokio::process::Child,
+    url: String,
+    password: String,
+    _dir: tempdir::Dir,
+}
+
+mod tempdir {
+    /// A directory removed when dropped.
+    pub struct Dir(pub std::path::PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl SecuredNats {
+    async fn start() -> Self {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let dir = std::env::temp_dir().join(format!(
+            "ttfd-secured-nats-{}-{}",
+            std::process::id(),
+            ttfd::now_ms()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let accounts =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../nats/accounts.conf");
+        std::fs::copy(&accounts, dir.join("accounts.conf")).expect("copy accounts.conf");
+        std::fs::write(
+            dir.join("server.conf"),
+            format!(
+                "listen: 127.0.0.1:-1\njetstream {{ store_dir: {:?} }}\ninclude accounts.conf\n",
+                dir.join("js")
+            ),
+        )
+        .expect("server.conf");
+        let password = format!("pw-{}", ttfd::now_ms());
+        let binary =
+            std::env::var("TTFD_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+        let mut cmd = tokio::process::Command::new(&binary);
+        cmd.arg("-c").arg(dir.join("server.conf"));
+        for role in ["OPS", "SYNC", "QUERY", "WEB", "DISCORD", "TELEGRAM"] {
+            cmd.env(format!("TTFD_NATS_{role}_PASSWORD"), &password);
+        }
+        let mut server = cmd
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {binary} (scripts/services.sh finds one): {e}"));
+        let mut log = BufReader::new(server.stderr.take().expect("piped")).lines();
+        let port: u16 = crate::common::announced(&mut log, "the NATS client port", |line| {
+            let (_, at) = line.split_once("Listening for client connections on ")?;
+            at.rsplit(':').next()?.trim().parse().ok()
+        })
+        .await;
+        tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+        Self {
+            _server: server,
+            url: format!("nats://127.0.0.1:{port}"),
+            password,
+            _dir: tempdir::Dir(dir),
+        }
+    }
+
+    async fn connect_as(&self, user: &str) -> ttfd::broker::Broker {
+        let settings = ttfd::settings::NatsSettings {
+            url: self.url.clone(),
+            prefix: "ttfd".into(),
+            user: Some(user.into()),
+            password: Some(SecretString::from(self.password.clone())),
+            stream_replicas: 1,
+        };
+        ttfd::broker::Broker::connect(&settings, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("connect as {user}: {e}"))
+    }
+}
+
+/// The real client with the real `nats/accounts.conf`: the Discord bot's credentials
+/// publish its activity (the ack comes back to its own inbox prefix) and ask the query
+/// service for its own members; an `xp` event, a link and a query for a Telegram member
+/// are refused by NATS itself.
+#[tokio::test]
+async fn with_accounts_conf_a_bots_credentials_publish_activity_and_nothing_more() {
+    let nats = SecuredNats::start().await;
+    let ops = nats.connect_as("ttfd-ops").await;
+    ops.setup().await.expect("ttfd nats setup as ttfd-ops");
+    let discord = nats.connect_as("ttfd-discord").await;
+    let stored = |e: Event| {
+        let discord = discord.clone();
+        async move {
+            let ack = discord.publish_event(&e).await.ok()?;
+            tokio::time::timeout(Duration::from_secs(3), ack)
+                .await
+                .ok()?
+                .ok()
+        }
+    };
+    assert!(
+        stored(say("discord:msg:1", "discord:1")).await.is_some(),
+        "the bot's own activity is stored"
+    );
+    assert!(
+        stored(grant("discord:xp:1", "discord:1", 1_000_000))
+            .await
+            .is_none(),
+        "an xp event is refused by NATS"
+    );
+    let takeover = link("discord:link:1", "discord:1", "telegram:9", Proof::Code);
+    assert!(
+        stored(takeover).await.is_none(),
+        "a link is refused by NATS"
+    );
+
+    // The query service as its own user answers the bot for its own platform only.
+    let query = nats.connect_as("ttfd-query").await;
+    let mut requests = query
+        .client
+        .queue_subscribe("ttfd.query.>", "ttfd-query".into())
+        .await
+        .expect("subscribe");
+    query.client.flush().await.expect("flush");
+    tokio::spawn(async move {
+        use futures::StreamExt;
+        while let Some(r) = requests.next().await {
+            if let Some(reply) = r.reply {
+                let _ = query.client.publish(reply, "pong".into()).await;
+            }
+        }
+    });
+    let ask = |subject: &'static str| {
+        let client = discord.client.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(3), client.request(subject, "q".into()))
+                .await
+                .ok()?
+                .ok()
+        }
+    };
+    let own = ask("ttfd.query.as.discord.link.issue")
+        .await
+        .expect("answered");
+    assert_eq!(own.payload.as_ref(), b"pong");
+    assert!(
+        ask("ttfd.query.as.telegram.link.issue").await.is_none(),
+        "asking for Telegram's members is refused"
+    );
+    let mut events = ops.js.get_stream("TTFD_EVENTS").await.expect("stream");
+    assert_eq!(events.info().await.expect("info").state.messages, 1);
+}
