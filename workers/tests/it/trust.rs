@@ -466,3 +466,140 @@ async fn with_accounts_conf_a_bots_credentials_publish_activity_and_nothing_more
     let mut events = ops.js.get_stream("TTFD_EVENTS").await.expect("stream");
     assert_eq!(events.info().await.expect("info").state.messages, 1);
 }
+
+/// `k8s/postgres-roles.sql`: each process kind's database role can do that kind's work
+/// (the sync consumers apply and relay, the query service and the web role read and
+/// handle link codes, the web role its sign-in state) and nothing it does not need.
+#[tokio::test]
+async fn each_process_kinds_database_role_does_its_work_and_no_more() {
+    let env = TestEnv::new().await;
+    let script = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s/postgres-roles.sql"),
+    )
+    .expect("the roles script");
+    sqlx::raw_sql(&script)
+        .execute(&env.store.pool)
+        .await
+        .expect("the script runs as the owner");
+    let suffix = format!("{:x}", ttfd::now_ms());
+    let mut logins = Vec::new();
+    let mut store_as = async |kind: &str| {
+        let login = format!("ttfd_{kind}_test_{suffix}");
+        sqlx::query(&format!("CREATE ROLE {login} LOGIN IN ROLE ttfd_{kind}"))
+            .execute(&env.store.pool)
+            .await
+            .expect("login role");
+        logins.push(login.clone());
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(env.db.options.clone().username(&login))
+            .await
+            .expect("connect as the login");
+        ttfd::store::Store::from_pool(pool, env.settings.rules.clone())
+    };
+    let (sync, query, web) = (
+        store_as("sync").await,
+        store_as("query").await,
+        store_as("web").await,
+    );
+
+    // The sync consumers apply everything, links and rank changes included, and relay.
+    let mut events = crate::common::community(400, 30, 77);
+    events.push(link("l:1", "telegram:1", "discord:2", Proof::Code));
+    env.publish(&events).await;
+    let stop = CancellationToken::new();
+    let (worker, _) = env
+        .spawn_counted_worker_on(sync.clone(), stop.clone())
+        .await;
+    env.wait_for_model(&events).await;
+    let relay = tokio::spawn(ttfd::sync::relay::relay_outbox(
+        sync.clone(),
+        env.broker.clone(),
+        Default::default(),
+        Duration::from_millis(50),
+        stop.clone(),
+    ));
+    let outbox = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox")
+            .fetch_one(&env.store.pool)
+            .await
+            .expect("count")
+    };
+    eventually("the relay emptied the outbox", || async {
+        (outbox().await == 0).then_some(())
+    })
+    .await;
+
+    // The query service and the web role read and handle link codes.
+    let now = ttfd::now_ms();
+    let ann = Identity::parse("discord:2").expect("id");
+    for (store, redeemer) in [(&query, "website:9001"), (&web, "website:9002")] {
+        let bob = Identity::parse(redeemer).expect("id");
+        assert!(store.profile(&ann).await.expect("profile").is_some());
+        let today = time::OffsetDateTime::now_utc().date();
+        assert!(
+            !store
+                .top(ttfd::shared::view::Period::All, today, 10, 0)
+                .await
+                .expect("top")
+                .is_empty()
+        );
+        let code = store.issue_link_code(&ann, now).await.expect("issue");
+        store
+            .redeem_link_code(&bob, "WRONGG", now)
+            .await
+            .expect("a wrong code");
+        let redeemed = store
+            .redeem_link_code(&bob, &code.code, now)
+            .await
+            .expect("redeem");
+        assert!(
+            matches!(redeemed, ttfd::store::codes::Redemption::Linked { .. }),
+            "{redeemed:?}"
+        );
+    }
+    // The web role keeps its sign-in state.
+    assert!(
+        web.spend_once("telegram_login", "h", now + 60_000, now)
+            .await
+            .expect("spend")
+    );
+    web.revoke_sessions(&ann, now).await.expect("revoke");
+    assert_eq!(
+        web.sessions_revoked("discord:2").await.expect("read"),
+        Some(now)
+    );
+
+    // And none of them can do another kind's work.
+    let denied = |store: &ttfd::store::Store, sql: &'static str| {
+        let pool = store.pool.clone();
+        async move {
+            let err = sqlx::query(sql)
+                .execute(&pool)
+                .await
+                .expect_err(sql)
+                .to_string();
+            assert!(err.contains("permission denied"), "{sql}: {err}");
+        }
+    };
+    denied(&query, "UPDATE users SET xp = xp + 1000000").await;
+    denied(&query, "DELETE FROM processed_events").await;
+    denied(&query, "INSERT INTO spent_tokens VALUES ('k', 't', 0)").await;
+    denied(&web, "UPDATE xp_ledger SET xp = 0").await;
+    denied(&web, "DELETE FROM outbox").await;
+    denied(&sync, "DELETE FROM session_revocations").await;
+    denied(&sync, "SELECT * FROM link_codes").await;
+
+    stop.cancel();
+    worker.await.expect("worker");
+    relay.await.expect("relay");
+    for store in [sync, query, web] {
+        store.pool.close().await;
+    }
+    for login in logins {
+        let _ = sqlx::query(&format!("DROP ROLE IF EXISTS {login}"))
+            .execute(&env.store.pool)
+            .await;
+    }
+    env.cleanup().await;
+}
