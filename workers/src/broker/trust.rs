@@ -37,7 +37,7 @@ impl Trust {
         settings: &TrustSettings,
         sign_as: Option<Publisher>,
     ) -> Result<Self, SettingsError> {
-        let keyring = Keyring::new(settings.keys()?);
+        let keyring = Keyring::new(settings.keys()?).with_retired(settings.retired_keys()?);
         Ok(Self {
             sign_as: sign_as.filter(|p| keyring.holds(*p)),
             keyring,
@@ -77,15 +77,25 @@ impl Trust {
     }
 }
 
-/// The keys a process holds, by principal.
+/// The keys a process holds, by principal: the current one, which signs, and retired
+/// ones, which are only believed.
 #[derive(Clone, Default)]
 pub struct Keyring {
     keys: BTreeMap<Publisher, SecretString>,
+    retired: BTreeMap<Publisher, Vec<SecretString>>,
 }
 
 impl Keyring {
     pub fn new(keys: BTreeMap<Publisher, SecretString>) -> Self {
-        Self { keys }
+        Self {
+            keys,
+            retired: BTreeMap::new(),
+        }
+    }
+
+    /// The same, also believing `retired` keys.
+    pub fn with_retired(self, retired: BTreeMap<Publisher, Vec<SecretString>>) -> Self {
+        Self { retired, ..self }
     }
 
     pub fn holds(&self, publisher: Publisher) -> bool {
@@ -117,12 +127,18 @@ impl Keyring {
         let verified = || {
             let (name, tag) = header?.split_once(' ')?;
             let publisher: Publisher = name.parse().ok()?;
-            let key = self.keys.get(&publisher)?;
             let tag = hex::decode(tag.trim()).ok()?;
-            mac(key, publisher, subject, msg_id, payload)
-                .verify_slice(&tag)
-                .ok()
-                .map(|()| publisher)
+            let retired = self.retired.get(&publisher).into_iter().flatten();
+            self.keys
+                .get(&publisher)
+                .into_iter()
+                .chain(retired)
+                .any(|key| {
+                    mac(key, publisher, subject, msg_id, payload)
+                        .verify_slice(&tag)
+                        .is_ok()
+                })
+                .then_some(publisher)
         };
         verified().unwrap_or(Publisher::Platform)
     }
@@ -190,6 +206,43 @@ mod tests {
             None,
             "no admin key"
         );
+    }
+
+    #[test]
+    fn after_a_rotation_the_retired_key_is_believed_and_never_signs() {
+        let old_relay = ring(&[(Publisher::Relay, RELAY_KEY)]);
+        let signed_before = old_relay
+            .sign(Publisher::Relay, "ttfd.events.telegram.link", "l:1", b"p")
+            .expect("signed");
+        let new_key = "relay-key-after-the-rotation-0123";
+        let sync = ring(&[(Publisher::Relay, new_key)])
+            .with_retired([(Publisher::Relay, vec![SecretString::from(RELAY_KEY)])].into());
+        let judged = sync.publisher(
+            Some(&signed_before),
+            "ttfd.events.telegram.link",
+            "l:1",
+            b"p",
+        );
+        assert_eq!(judged, Publisher::Relay);
+        let signed_now = sync
+            .sign(Publisher::Relay, "ttfd.events.telegram.link", "l:2", b"p")
+            .expect("signed");
+        assert_eq!(
+            signed_now,
+            ring(&[(Publisher::Relay, new_key)])
+                .sign(Publisher::Relay, "ttfd.events.telegram.link", "l:2", b"p")
+                .expect("signed"),
+            "signing uses the current key"
+        );
+        // Without the retired key, the old signature is a platform's claim.
+        let forgetful = ring(&[(Publisher::Relay, new_key)]);
+        let judged = forgetful.publisher(
+            Some(&signed_before),
+            "ttfd.events.telegram.link",
+            "l:1",
+            b"p",
+        );
+        assert_eq!(judged, Publisher::Platform);
     }
 
     #[test]

@@ -167,6 +167,27 @@ mod tests {
     }
 
     #[test]
+    fn retired_trust_keys_come_from_the_environment_too() {
+        let key = "retired-key-retired-key-retired-key";
+        let s = Settings::load_from(
+            None,
+            env(&[("TTFD__TRUST__RETIRED_KEYS__RELAY__2026A", key)]),
+        )
+        .expect("loads");
+        let retired = s.trust.retired_keys().expect("valid");
+        let relay = &retired[&ttfd_shared::trust::Publisher::Relay];
+        assert_eq!(relay.len(), 1);
+        assert_eq!(relay[0].expose_secret(), key);
+        let err = Settings::load_from(
+            None,
+            env(&[("TTFD__TRUST__RETIRED_KEYS__RELAY__OLD", "short")]),
+        )
+        .expect_err("refused")
+        .to_string();
+        assert!(err.contains("trust.retired_keys.relay.old"), "{err}");
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let cases = [
             ("TTFD__NATS__PREFIX", "bad.prefix", "nats.prefix"),

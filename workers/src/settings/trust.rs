@@ -35,6 +35,11 @@ pub struct TrustSettings {
     /// (`TTFD__TRUST__KEYS__RELAY`, ...). The sync role needs every key it verifies; a
     /// process that signs needs its own; nobody else holds one.
     pub keys: BTreeMap<String, SecretString>,
+    /// Keys a principal signed with before its current one, by principal and a name of
+    /// your choice (`TTFD__TRUST__RETIRED_KEYS__RELAY__2026A`): still believed, never
+    /// used to sign, so that after a rotation the events signed earlier are judged as
+    /// they were, in replays and rebuilds too.
+    pub retired_keys: BTreeMap<String, BTreeMap<String, SecretString>>,
     /// In `signed` mode, the stream sequence from which messages are judged by their
     /// publisher: those stored earlier, before signing was switched on, count as they
     /// did. 0 (the default): every message.
@@ -42,29 +47,36 @@ pub struct TrustSettings {
 }
 
 impl TrustSettings {
-    /// The keys by principal.
+    /// The current key of each principal.
     pub fn keys(&self) -> Result<BTreeMap<Publisher, SecretString>, SettingsError> {
         self.keys
             .iter()
             .map(|(name, key)| {
                 let at = format!("trust.keys.{name}");
-                let publisher: Publisher = name.parse().map_err(|e| invalid(&at, e))?;
-                if publisher == Publisher::Platform {
-                    return Err(invalid(&at, "platform publishers do not sign"));
-                }
-                if key.expose_secret().len() < MIN_KEY_LEN {
-                    return Err(invalid(
-                        &at,
-                        format!("a key needs at least {MIN_KEY_LEN} bytes (openssl rand -hex 32)"),
-                    ));
-                }
-                Ok((publisher, key.clone()))
+                Ok((principal(name, &at)?, checked(key, &at)?))
+            })
+            .collect()
+    }
+
+    /// The retired keys of each principal (believed, never used to sign).
+    pub fn retired_keys(&self) -> Result<BTreeMap<Publisher, Vec<SecretString>>, SettingsError> {
+        self.retired_keys
+            .iter()
+            .map(|(name, keys)| {
+                let at = format!("trust.retired_keys.{name}");
+                let publisher = principal(name, &at)?;
+                let keys = keys
+                    .iter()
+                    .map(|(label, key)| checked(key, &format!("{at}.{label}")))
+                    .collect::<Result<_, _>>()?;
+                Ok((publisher, keys))
             })
             .collect()
     }
 
     pub(super) fn validate(&self) -> Result<(), SettingsError> {
         let keys = self.keys()?;
+        self.retired_keys()?;
         if self.mode == TrustMode::Signed && !keys.contains_key(&Publisher::Relay) {
             return Err(invalid(
                 "trust.mode",
@@ -74,4 +86,22 @@ impl TrustSettings {
         }
         Ok(())
     }
+}
+
+fn principal(name: &str, at: &str) -> Result<Publisher, SettingsError> {
+    let publisher: Publisher = name.parse().map_err(|e| invalid(at, e))?;
+    if publisher == Publisher::Platform {
+        return Err(invalid(at, "platform publishers do not sign"));
+    }
+    Ok(publisher)
+}
+
+fn checked(key: &SecretString, at: &str) -> Result<SecretString, SettingsError> {
+    if key.expose_secret().len() < MIN_KEY_LEN {
+        return Err(invalid(
+            at,
+            format!("a key needs at least {MIN_KEY_LEN} bytes (openssl rand -hex 32)"),
+        ));
+    }
+    Ok(key.clone())
 }
