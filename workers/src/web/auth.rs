@@ -532,13 +532,7 @@ pub async fn logout(
     if !session.csrf_ok(&form.csrf) {
         return stale_form(&app, jar, session);
     }
-    let mut fresh = Session::load(
-        &SignedCookieJar::new(app.cookie_key.clone()),
-        &app.cookies,
-        now_ms(),
-    );
-    fresh.flash = Some(Flash::SignedOut);
-    go(&app, jar, &fresh, "/leaderboard")
+    signed_out(&app, jar, Flash::SignedOut)
 }
 
 /// `POST /logout/everywhere`: ends every session of the signed-in member, in every
@@ -565,13 +559,18 @@ pub async fn logout_everywhere(
         }
         tracing::info!(identity = %me, "signed out everywhere");
     }
+    signed_out(&app, jar, Flash::SignedOutEverywhere)
+}
+
+/// To the leaderboard with a fresh anonymous session that says `flash`.
+fn signed_out(app: &AppState, jar: SignedCookieJar, flash: Flash) -> Response {
     let mut fresh = Session::load(
         &SignedCookieJar::new(app.cookie_key.clone()),
         &app.cookies,
         now_ms(),
     );
-    fresh.flash = Some(Flash::SignedOutEverywhere);
-    go(&app, jar, &fresh, "/leaderboard")
+    fresh.flash = Some(flash);
+    go(app, jar, &fresh, "/leaderboard")
 }
 
 #[cfg(test)]

@@ -173,15 +173,6 @@ async fn events_published_to_nats_come_out_as_ttfd_user_profiles() {
 #[tokio::test]
 async fn duplicates_apply_once_even_after_the_dedupe_window() {
     let env = TestEnv::new().await;
-    // A short duplicate window, so the second copy really is stored twice by JetStream.
-    let mut stream = env
-        .broker
-        .js
-        .get_stream(env.broker.subjects.events_stream())
-        .await
-        .expect("stream");
-    let config = stream.info().await.expect("info").config.clone();
-
     let now = ttfd::now_ms();
     let grant = ev(
         "dup:1",
@@ -205,21 +196,9 @@ async fn duplicates_apply_once_even_after_the_dedupe_window() {
         again.duplicate,
         "inside the window JetStream drops the copy"
     );
-    // Then the window shrinks and passes: a copy is stored again (each try before that
-    // is dropped as a duplicate, so exactly two copies end up in the stream).
-    env.broker
-        .js
-        .update_stream(async_nats::jetstream::stream::Config {
-            duplicate_window: Duration::from_millis(100),
-            ..config
-        })
-        .await
-        .expect("update");
-    eventually("a copy stored again after the window", || async {
-        let ack = env.broker.publish_event(&grant).await.ok()?.await.ok()?;
-        (!ack.duplicate).then_some(())
-    })
-    .await;
+    // Then the window shrinks and passes: a copy is stored again, so exactly two
+    // copies end up in the stream.
+    env.publish_after_the_duplicate_window(&grant).await;
 
     let stop = CancellationToken::new();
     let worker = env.spawn_worker(stop.clone()).await;

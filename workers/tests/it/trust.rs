@@ -278,28 +278,9 @@ async fn an_id_claimed_by_another_platforms_publisher_does_not_block_the_real_ev
         },
     );
     publish_with(&env.broker, std::slice::from_ref(&forged)).await;
-    // JetStream's duplicate window passes (shrunk, as the pipeline test does).
-    let mut stream = env
-        .broker
-        .js
-        .get_stream(env.broker.subjects.events_stream())
-        .await
-        .expect("stream");
-    let config = stream.info().await.expect("info").config.clone();
-    env.broker
-        .js
-        .update_stream(async_nats::jetstream::stream::Config {
-            duplicate_window: Duration::from_millis(100),
-            ..config
-        })
-        .await
-        .expect("update");
+    // JetStream's duplicate window passes, then the real event is stored.
     let real = say(stolen, "telegram:7");
-    eventually("the real event stored", || async {
-        let ack = env.broker.publish_event(&real).await.ok()?.await.ok()?;
-        (!ack.duplicate).then_some(())
-    })
-    .await;
+    env.publish_after_the_duplicate_window(&real).await;
     let stop = CancellationToken::new();
     let worker = env.spawn_worker(stop.clone()).await;
     env.wait_for_model(std::slice::from_ref(&real)).await;

@@ -128,6 +128,32 @@ impl TestEnv {
             .with_trust(trust)
     }
 
+    /// Shrinks the events stream's duplicate window and publishes `event` until
+    /// JetStream stores it again (each try before the window passed is dropped as a
+    /// duplicate, so exactly one more copy is stored).
+    pub async fn publish_after_the_duplicate_window(&self, event: &Event) {
+        let mut stream = self
+            .broker
+            .js
+            .get_stream(self.broker.subjects.events_stream())
+            .await
+            .expect("stream");
+        let config = stream.info().await.expect("info").config.clone();
+        self.broker
+            .js
+            .update_stream(async_nats::jetstream::stream::Config {
+                duplicate_window: Duration::from_millis(100),
+                ..config
+            })
+            .await
+            .expect("update");
+        eventually("a copy stored after the duplicate window", || async {
+            let ack = self.broker.publish_event(event).await.ok()?.await.ok()?;
+            (!ack.duplicate).then_some(())
+        })
+        .await;
+    }
+
     /// The reasons (`Ttfd-Error`) of the first `n` messages on the dead-letter stream.
     pub async fn dead_letters(&self, n: usize) -> Vec<String> {
         use async_nats::jetstream::consumer::{DeliverPolicy, pull};
