@@ -57,15 +57,16 @@ impl Trust {
     }
 
     /// Who vouches for a stored message, when it is to be judged: `None` in open mode
-    /// and for messages stored before `trust.signed_from_sequence`.
+    /// (which looks at nothing) and for messages stored before
+    /// `trust.signed_from_sequence`.
     pub fn judge(
         &self,
         headers: Option<&HeaderMap>,
         subject: &str,
         payload: &[u8],
-        stream_sequence: u64,
+        stream_sequence: impl FnOnce() -> u64,
     ) -> Option<Publisher> {
-        if self.mode == TrustMode::Open || stream_sequence < self.from_sequence {
+        if self.mode == TrustMode::Open || stream_sequence() < self.from_sequence {
             return None;
         }
         let header = |name: &str| headers?.get(name).map(|v| v.as_str());

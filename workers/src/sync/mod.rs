@@ -245,7 +245,7 @@ impl SyncWorker {
     /// The event if its publisher may make its claim (`trust.mode = signed`: judged by
     /// its signature, docs/security.md), else why not.
     fn admit(&self, m: &jetstream::Message, event: Event) -> Result<Event, Rejection> {
-        let sequence = m.info().map_or(u64::MAX, |i| i.stream_sequence);
+        let sequence = || m.info().map_or(u64::MAX, |i| i.stream_sequence);
         let judged =
             self.broker
                 .trust
