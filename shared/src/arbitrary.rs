@@ -43,7 +43,13 @@ pub fn event(n: usize, pool: usize, allow_negative: bool) -> impl Strategy<Value
         payload(pool, allow_negative),
         // Four days, minute-dense: buckets collide and days repeat.
         0i64..4 * 86_400,
-        proptest::option::of(prop_oneof![Just("Ann"), Just("Bo"), Just("Cy")]),
+        proptest::option::of(prop_oneof![
+            Just("Ann"),
+            Just("Bo"),
+            Just("Cy"),
+            Just("\u{202E}Cy\u{200B}"),
+            Just("\u{200B}")
+        ]),
     )
         .prop_map(move |(identity, payload, secs, name)| {
             let payload = match payload {

@@ -135,7 +135,7 @@ impl Store {
     /// identity order, so concurrent writers cannot deadlock.
     async fn write_names(
         &self,
-        names: &BTreeMap<i64, (i64, &str, &str)>,
+        names: &BTreeMap<i64, (i64, &str, String)>,
     ) -> Result<(), StoreError> {
         if names.is_empty() {
             return Ok(());
@@ -143,7 +143,7 @@ impl Store {
         let n_ids: Vec<i64> = names.keys().copied().collect();
         let n_ts: Vec<i64> = names.values().map(|n| n.0).collect();
         let n_events: Vec<&str> = names.values().map(|n| n.1).collect();
-        let n_names: Vec<&str> = names.values().map(|n| n.2).collect();
+        let n_names: Vec<&str> = names.values().map(|n| n.2.as_str()).collect();
         sqlx::query(
             "INSERT INTO identity_names AS n (identity_id, name_ms, name_event, name)
              SELECT * FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[]) ORDER BY 1
@@ -775,15 +775,17 @@ impl Store {
     }
 }
 
-/// The newest named event of each identity in `events`, by `(ts, id)`.
+/// The newest named event of each identity in `events`, by `(ts, id)`, its name as
+/// the wire gate leaves it (`wire::clean_name`: events applied without passing the gate,
+/// as in tests, get the same names).
 fn newest_names<'e>(
     events: &'e [Event],
     identity: &HashMap<(&str, &str), i64>,
-) -> BTreeMap<i64, (i64, &'e str, &'e str)> {
-    let mut names: BTreeMap<i64, (i64, &str, &str)> = BTreeMap::new();
+) -> BTreeMap<i64, (i64, &'e str, String)> {
+    let mut names: BTreeMap<i64, (i64, &str, String)> = BTreeMap::new();
     for e in events {
         let (Some(name), Some(&iid)) = (
-            &e.name,
+            e.name.as_deref().and_then(ttfd_shared::wire::clean_name),
             identity.get(&(e.identity.platform.as_str(), e.identity.user.as_str())),
         ) else {
             continue;
