@@ -32,15 +32,17 @@ $$;
 
 GRANT USAGE ON SCHEMA public TO ttfd_sync, ttfd_query, ttfd_web;
 
--- The sync consumers: the whole apply path, the outbox relay, dead letters, pruning.
+-- The sync consumers: the whole apply path, the outbox relay, dead letters, pruning,
+-- the standings refresher.
 GRANT SELECT, INSERT, UPDATE, DELETE ON
     users, identities, identity_names, xp_ledger, links, processed_events, outbox,
-    dead_letters, dead_lettered_messages
+    dead_letters, dead_lettered_messages, standings, standing_blocks, standing_work
   TO ttfd_sync;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO ttfd_sync;
 
 -- What everyone may read: profiles and leaderboards.
-GRANT SELECT ON users, identities, identity_names, xp_ledger, links TO ttfd_query, ttfd_web;
+GRANT SELECT ON users, identities, identity_names, xp_ledger, links, standings, standing_blocks
+  TO ttfd_query, ttfd_web;
 
 -- Link codes (the query service for the bots, the web role for the site): issuing,
 -- redeeming, the attempt limits, and the redeemed link's event into the outbox.

@@ -171,6 +171,43 @@ pub fn fold<'a>(rules: &Rules, events: impl IntoIterator<Item = &'a Event>) -> V
     profiles
 }
 
+/// The leaderboard of the period with standings key `key` (`view::Period::key`): each
+/// ranked user with their XP in it, most XP first. All time ranks every user; any other
+/// period the users whose XP in it is not zero. Ties are the database's to break (by
+/// uid, an id this model does not have); here they come by smallest identity.
+pub fn standings<'p>(profiles: &'p [Profile], key: &str) -> Vec<(&'p Profile, i64)> {
+    let mut rows: Vec<(&Profile, i64)> = profiles
+        .iter()
+        .filter_map(|p| {
+            if key == "all" {
+                return Some((p, p.xp));
+            }
+            let xp: i64 = p
+                .ledger
+                .iter()
+                .filter(|(day, _)| period_keys(**day).iter().any(|k| k == key))
+                .map(|(_, xp)| xp)
+                .sum();
+            (xp != 0).then_some((p, xp))
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        b.1.cmp(&a.1)
+            .then_with(|| a.0.identities.first().cmp(&b.0.identities.first()))
+    });
+    rows
+}
+
+/// The standings keys, besides `all`, that XP of UTC day `day` counts in: its ISO week
+/// and its month.
+pub fn period_keys(day: i32) -> [String; 2] {
+    let date = rules::date_of_day(day);
+    [
+        crate::view::Period::Week.key(date),
+        crate::view::Period::Month.key(date),
+    ]
+}
+
 fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     match (a, b) {
         (Some(x), Some(y)) => Some(x.min(y)),

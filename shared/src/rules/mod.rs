@@ -143,9 +143,34 @@ pub fn day_of(ts_ms: i64) -> i32 {
     i32::try_from(ts_ms.div_euclid(DAY_MS)).unwrap_or(i32::MAX)
 }
 
+/// The date of a ledger day (days since the Unix epoch); days beyond what a date can
+/// hold are clamped to its range.
+pub fn date_of_day(day: i32) -> time::Date {
+    const EPOCH_JULIAN: i32 = 2_440_588;
+    time::Date::from_julian_day(EPOCH_JULIAN.saturating_add(day)).unwrap_or(if day < 0 {
+        time::Date::MIN
+    } else {
+        time::Date::MAX
+    })
+}
+
+/// The ledger day of a date (days since the Unix epoch).
+pub fn day_of_date(date: time::Date) -> i32 {
+    date.to_julian_day() - 2_440_588
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ledger_days_and_dates_convert_both_ways() {
+        assert_eq!(date_of_day(0), time::macros::date!(1970 - 01 - 01));
+        assert_eq!(date_of_day(day_of(1_796_169_600_000)), time::macros::date!(2026 - 12 - 02));
+        for d in [-1, 0, 1, 20_000, 20_790] {
+            assert_eq!(day_of_date(date_of_day(d)), d);
+        }
+    }
 
     #[test]
     fn rank_is_the_highest_rank_whose_requirement_is_met() {

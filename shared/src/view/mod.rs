@@ -31,6 +31,24 @@ pub struct Profile {
     /// Event time of the user's first and newest event, RFC 3339.
     pub created_at: Option<String>,
     pub last_active: Option<String>,
+    /// Where the user stands in each current period (all time, this week, this month),
+    /// in that order. Added in v1.1: absent from older services' answers.
+    #[serde(default)]
+    pub standings: Vec<PeriodStanding>,
+}
+
+/// A user's place in one period's leaderboard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeriodStanding {
+    pub period: Period,
+    /// The period's standings key (`all`, `week:2026-W49`, `month:2026-12`).
+    pub key: String,
+    /// 1-based; `None` when the user is not ranked in it (no XP in the period).
+    pub position: Option<u64>,
+    /// XP in the period (all time: the user's XP).
+    pub xp: i64,
+    /// How many members the period ranks.
+    pub ranked: u64,
 }
 
 /// The leaderboard period: all time, the current ISO week or the current month (UTC).
@@ -59,6 +77,20 @@ impl Period {
                 let to = from + Duration::days(i64::from(from.month().length(from.year())));
                 Some((from, to))
             }
+        }
+    }
+
+    /// The key of this period's standings containing `day`: `all`, `week:2026-W49` (ISO
+    /// week, UTC), `month:2026-12`. A new period simply has a new key: nothing rolls
+    /// over at midnight, and past periods keep theirs.
+    pub fn key(self, day: Date) -> String {
+        match self {
+            Period::All => "all".to_owned(),
+            Period::Week => {
+                let (year, week, _) = day.to_iso_week_date();
+                format!("week:{year:04}-W{week:02}")
+            }
+            Period::Month => format!("month:{:04}-{:02}", day.year(), u8::from(day.month())),
         }
     }
 
@@ -136,6 +168,24 @@ mod tests {
             Some((date!(2028 - 02 - 01), date!(2028 - 03 - 01)))
         );
         assert_eq!(Period::All.range(wed), None);
+    }
+
+    #[test]
+    fn a_period_key_names_the_iso_week_or_calendar_month_of_the_day() {
+        // 2027-01-01 is a Friday of ISO week 2026-W53.
+        let day = date!(2027 - 01 - 01);
+        assert_eq!(Period::Week.key(day), "week:2026-W53");
+        assert_eq!(Period::Month.key(day), "month:2027-01");
+        assert_eq!(Period::All.key(day), "all");
+        assert_eq!(Period::Week.key(date!(2026 - 12 - 07)), "week:2026-W50");
+        // Every day of a week has its key; the next Monday starts a new one.
+        let (from, to) = Period::Week.range(date!(2026 - 12 - 03)).unwrap();
+        let mut d = from;
+        while d < to {
+            assert_eq!(Period::Week.key(d), "week:2026-W49");
+            d = d.next_day().unwrap();
+        }
+        assert_eq!(Period::Week.key(to), "week:2026-W50");
     }
 
     #[test]

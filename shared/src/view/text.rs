@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Period, Profile, Standing};
+use super::{Period, PeriodStanding, Profile, Standing};
 use crate::rules::Rules;
 
 /// How the text is marked up.
@@ -95,6 +95,7 @@ pub fn fallback_name(uid: i64) -> String {
 /// ▰▰▱▱▱▱▱▱▱▱ 21% to C III (650 / 3,000)
 /// Peak C II · 4,500 coins
 /// 1,204 messages · 3 h 5 min in voice · 4 games (1 won)
+/// #12 of 3,456 all time · #3 of 80 this week · #5 of 140 this month
 /// Linked: Discord, Telegram
 /// ```
 pub fn profile(name: &str, p: &Profile, rules: &Rules, markup: Markup) -> String {
@@ -139,6 +140,10 @@ pub fn profile(name: &str, p: &Profile, rules: &Rules, markup: Markup) -> String
         thousands(p.games_played),
         thousands(p.games_won)
     );
+    if !p.standings.is_empty() {
+        let places: Vec<String> = p.standings.iter().map(standing).collect();
+        let _ = writeln!(out, "{}", places.join(" · "));
+    }
     let mut platforms: Vec<String> = p
         .identities
         .iter()
@@ -147,6 +152,19 @@ pub fn profile(name: &str, p: &Profile, rules: &Rules, markup: Markup) -> String
     platforms.dedup();
     let _ = write!(out, "Linked: {}", platforms.join(", "));
     out
+}
+
+/// A place in one period: "#12 of 3,456 this week", "not ranked this week".
+pub fn standing(s: &PeriodStanding) -> String {
+    match s.position {
+        Some(n) => format!(
+            "#{} of {} {}",
+            thousands(i64::try_from(n).unwrap_or(i64::MAX)),
+            thousands(i64::try_from(s.ranked).unwrap_or(i64::MAX)),
+            s.period.words()
+        ),
+        None => format!("not ranked {}", s.period.words()),
+    }
 }
 
 /// A leaderboard page:
@@ -204,6 +222,22 @@ mod tests {
                 .collect(),
             created_at: None,
             last_active: None,
+            standings: vec![
+                PeriodStanding {
+                    period: Period::All,
+                    key: "all".into(),
+                    position: Some(12),
+                    xp,
+                    ranked: 3456,
+                },
+                PeriodStanding {
+                    period: Period::Week,
+                    key: "week:2026-W49".into(),
+                    position: None,
+                    xp: 0,
+                    ranked: 80,
+                },
+            ],
         }
     }
 
@@ -216,7 +250,7 @@ mod tests {
             plain,
             "Ada\nRank C II ★★ · 16,900 XP\n▰▰▱▱▱▱▱▱▱▱ 21% to C III (650 / 3,000)\n\
              Peak C II · 4,500 coins\n1,204 messages · 3 h 5 min in voice · 4 games (1 won)\n\
-             Linked: Discord, Telegram"
+             #12 of 3,456 all time · not ranked this week\nLinked: Discord, Telegram"
         );
         let md = profile("Ada_", &p, &rules, Markup::Markdown);
         assert!(

@@ -258,6 +258,7 @@ pub fn unavailable_text(e: &QueryError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ttfd_shared::view::PeriodStanding;
     use serde_json::json;
     use ttfd_shared::wire::WireIdentity;
 
@@ -286,6 +287,13 @@ mod tests {
             ],
             created_at: None,
             last_active: None,
+            standings: vec![PeriodStanding {
+                period: Period::Month,
+                key: "month:2026-12".into(),
+                position: Some(3),
+                xp: 900,
+                ranked: 140,
+            }],
         }
     }
 
@@ -299,6 +307,7 @@ mod tests {
              ▰▰▱▱▱▱▱▱▱▱ 25% to C III (750 / 3,000)\n\
              Peak C II · 4,500 coins\n\
              1,234 messages · 12 h 5 min in voice · 3 games (1 won)\n\
+             #3 of 140 this month\n\
              Linked: Discord, Telegram"
         );
     }

@@ -34,8 +34,10 @@ use super::{Delivery, Finish, Progress, deliver};
 use crate::broker::Broker;
 use crate::settings::Settings;
 use crate::store::rebuild::{
-    AppliedSpan, Comparison, FRESH_PREFIX, REPLACED_PREFIX, SNAPSHOT_PREFIX, release, swap_in,
+    AppliedSpan, Comparison, FRESH_PREFIX, REPLACED_PREFIX, SNAPSHOT_PREFIX, compare_standings,
+    release, swap_in,
 };
+use crate::store::standings::refresh_all_in;
 use crate::store::{MIGRATOR, Store};
 use crate::sync::{Counters, Rejects, SyncWorker};
 
@@ -111,14 +113,19 @@ impl fmt::Display for RebuildOutcome {
                 if c.is_same() {
                     return write!(
                         f,
-                        "no difference: {} users live, {} rebuilt; ledgers equal",
+                        "no difference: {} users live, {} rebuilt; ledgers equal; standings equal",
                         c.live_users, c.rebuilt_users
                     );
                 }
                 writeln!(
                     f,
-                    "DIFFERENCES: {} users differ ({} users live, {} rebuilt), {} ledger rows differ",
-                    c.user_differences, c.live_users, c.rebuilt_users, c.ledger_differences
+                    "DIFFERENCES: {} users differ ({} users live, {} rebuilt), {} ledger rows differ, \
+                     {} standings differ",
+                    c.user_differences,
+                    c.live_users,
+                    c.rebuilt_users,
+                    c.ledger_differences,
+                    c.standing_differences
                 )?;
                 for d in &c.users {
                     writeln!(f, "  {d}")?;
@@ -126,8 +133,11 @@ impl fmt::Display for RebuildOutcome {
                 for d in &c.ledger {
                     writeln!(f, "  {d}")?;
                 }
-                let listed = (c.users.len() + c.ledger.len()) as i64;
-                let total = c.user_differences + c.ledger_differences;
+                for d in &c.standings {
+                    writeln!(f, "  {d}")?;
+                }
+                let listed = (c.users.len() + c.ledger.len() + c.standings.len()) as i64;
+                let total = c.user_differences + c.ledger_differences + c.standing_differences;
                 if listed < total {
                     writeln!(f, "  ... and {} more", total - listed)?;
                 }
@@ -196,7 +206,8 @@ pub async fn rebuild_with(
             settings.database.max_connections,
         )
         .await
-        .context("cannot create the fresh tables")?;
+        .context("cannot create the fresh tables")?
+        .without_standings();
     info!(schema = %fresh_schema, end = state.last_sequence, "rebuilding from the events stream");
     let build = Build {
         live: &live,
@@ -316,11 +327,21 @@ impl Build<'_> {
                 duplicates: get(&self.counters.duplicates),
                 skipped: get(&self.counters.skipped),
             };
+            // The fresh standings, from the fresh users and ledger: the comparison checks
+            // the live ones, kept incrementally, against them.
+            self.fresh.recompute_standings().await?;
             if args.check {
-                let comparison = self
+                let mut comparison = self
                     .live
                     .compare_schemas(live_schema, fresh_schema, args.show)
                     .await?;
+                // The live standings as of the locked tables: their refresher waits on
+                // the lock, so this transaction finishes its work.
+                refresh_all_in(&mut tx).await?;
+                let (n, standings) =
+                    compare_standings(&mut tx, live_schema, fresh_schema, args.show).await?;
+                comparison.standing_differences = n;
+                comparison.standings = standings;
                 tx.rollback().await?;
                 return Ok(Some(RebuildOutcome::Checked { comparison, stats }));
             }

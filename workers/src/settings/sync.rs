@@ -21,6 +21,10 @@ pub struct SyncSettings {
     pub relay_poll_ms: u64,
     /// How often applied event ids past the stream's retention are pruned, in seconds.
     pub prune_interval_secs: u64,
+    /// How often the standings refresher looks for committed work, in ms: a committed
+    /// change is on the leaderboards within about this long (docs/architecture.md,
+    /// "Standings").
+    pub standings_refresh_ms: u64,
 }
 
 impl Default for SyncSettings {
@@ -32,6 +36,7 @@ impl Default for SyncSettings {
             shutdown_grace_secs: 20,
             relay_poll_ms: 1000,
             prune_interval_secs: 3600,
+            standings_refresh_ms: 500,
         }
     }
 }
@@ -40,6 +45,12 @@ impl SyncSettings {
     pub(super) fn validate(&self) -> Result<(), SettingsError> {
         if !(1..=10_000).contains(&self.batch_size) {
             return Err(invalid("sync.batch_size", "must be 1..=10000"));
+        }
+        if !(10..=2000).contains(&self.standings_refresh_ms) {
+            return Err(invalid(
+                "sync.standings_refresh_ms",
+                "must be 10..=2000 (changes must reach the leaderboards within 2 s)",
+            ));
         }
         if self.max_retry_delay_secs == 0 || self.relay_poll_ms == 0 {
             return Err(invalid("sync", "delays must be positive"));

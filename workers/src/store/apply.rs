@@ -37,7 +37,8 @@ use ttfd_shared::{Event, Payload};
 
 use super::minutes::DayMinutes;
 use super::settle::{
-    Facts, LedgerDay, LedgerRows, LinkRows, Settlement, UserRow, ledger_rows, link_rows,
+    Facts, LedgerDay, LedgerRows, LinkRows, Settlement, StandingWork, UserRow, ledger_rows,
+    link_rows,
 };
 use super::{Generation, Store, StoreError};
 use crate::now_ms;
@@ -63,7 +64,7 @@ pub struct Applied {
 
 /// Advisory lock class of the settle lock ("TTFD"); the key is the schema's name hash,
 /// so that `ttfd rebuild`, applying into a schema of its own, does not wait for it.
-const SETTLE_LOCK_CLASS: i32 = 0x5454_4644;
+pub(super) const SETTLE_LOCK_CLASS: i32 = 0x5454_4644;
 
 impl Store {
     /// Applies a batch of valid events in one transaction. Events already applied (by
@@ -405,8 +406,12 @@ impl Store {
             settlement.set_peaks(self.event_time_peaks(tx, &slow).await?);
         }
 
-        // 7. Write the users back.
+        // 7. Write the users back, and what the standings refresher needs of them.
         self.write_users(tx, &settlement.users).await?;
+        if self.standings.load(Ordering::Relaxed) {
+            self.write_standing_work(tx, &settlement.standing_work())
+                .await?;
+        }
 
         // 8. Notifications, committed with the change (transactional outbox).
         let ranked = settlement.rank_changes(rules);
@@ -631,6 +636,27 @@ impl Store {
         .bind(cols(|u| u.games_won))
         .bind(users.values().map(|u| u.first_ms).collect::<Vec<_>>())
         .bind(users.values().map(|u| u.last_ms).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Step 7: the batch's row of work for the standings refresher (`store::standings`).
+    async fn write_standing_work(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        work: &StandingWork,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO standing_work (users, days, xp, touched, losers, survivors)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&work.users)
+        .bind(&work.days)
+        .bind(&work.xp)
+        .bind(&work.touched)
+        .bind(&work.losers)
+        .bind(&work.survivors)
         .execute(&mut **tx)
         .await?;
         Ok(())

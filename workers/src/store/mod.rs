@@ -1,7 +1,7 @@
 //! PostgreSQL: the pool, migrations, the batch apply path ([`apply`], with the pure
 //! steps of its settle phase in `settle`), reads for people and bots ([`query`]), the
-//! notification outbox ([`outbox`]), link codes ([`codes`]) and the fresh tables of
-//! `ttfd rebuild` ([`rebuild`]).
+//! notification outbox ([`outbox`]), link codes ([`codes`]), the leaderboards
+//! ([`standings`]) and the fresh tables of `ttfd rebuild` ([`rebuild`]).
 //!
 //! Reads `database.url` and `database.max_connections`.
 
@@ -13,6 +13,7 @@ pub mod query;
 pub mod rebuild;
 pub mod scratch;
 mod settle;
+pub mod standings;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
@@ -104,6 +105,10 @@ pub struct Store {
     /// Claim event ids with `ON CONFLICT DO NOTHING` (the last claim found one taken)
     /// rather than optimistically ([`Store::apply`]).
     careful_claims: Arc<AtomicBool>,
+    /// Whether batches queue work for the standings refresher (`standings`); off only
+    /// where standings are recomputed at the end instead (`ttfd rebuild`) or measured
+    /// without (`ttfd bench`).
+    standings: Arc<AtomicBool>,
 }
 
 /// What the apply path remembers of the identities, shared by the workers of a process:
@@ -234,7 +239,20 @@ impl Store {
             rules: Arc::new(rules),
             identities: IdentityCache::default(),
             careful_claims: Arc::new(AtomicBool::new(false)),
+            standings: Arc::new(AtomicBool::new(true)),
         }
+    }
+
+    /// This store's batches queue no standings work (see the field).
+    pub fn without_standings(self) -> Self {
+        self.standings
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self
+    }
+
+    /// Whether this store's batches keep the standings.
+    pub fn keeps_standings(&self) -> bool {
+        self.standings.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

@@ -1,5 +1,7 @@
 //! Reads for people, bots and tests: a unified user's profile and the leaderboards.
 
+use std::collections::HashMap;
+
 use sqlx::Row;
 use time::{Date, OffsetDateTime, format_description::well_known::Rfc3339};
 use ttfd_shared::Identity;
@@ -81,11 +83,15 @@ impl Store {
             identities,
             created_at: rfc3339(row.get("first_event_ms")),
             last_active: rfc3339(row.get("last_event_ms")),
+            standings: self
+                .standings_of(uid, OffsetDateTime::now_utc().date())
+                .await?,
         }))
     }
 
-    /// The leaderboard for `period` around `today`, highest XP first, `limit` rows
-    /// after skipping `offset`.
+    /// The leaderboard for `period` around `today`, highest XP first (ties: the smaller
+    /// uid first), `limit` rows after skipping `offset`; from the standings, so any page
+    /// costs about what the first does.
     pub async fn top(
         &self,
         period: Period,
@@ -93,58 +99,36 @@ impl Store {
         limit: i64,
         offset: i64,
     ) -> Result<Vec<Standing>, StoreError> {
-        let rows: Vec<(i64, i64, i64)> = match period.range(today) {
-            None => {
-                sqlx::query_as(
-                    "SELECT id, xp, xp FROM users
-                     WHERE merged_into IS NULL AND first_event_ms IS NOT NULL
-                     ORDER BY xp DESC, id LIMIT $1 OFFSET $2",
-                )
-                .bind(limit)
-                .bind(offset)
-                .fetch_all(&self.pool)
-                .await?
-            }
-            Some((from, to)) => {
-                sqlx::query_as(
-                    "SELECT i.user_id, sum(l.xp)::int8 AS earned, min(u.xp)
-                     FROM xp_ledger l
-                     JOIN identities i ON i.id = l.identity_id
-                     JOIN users u ON u.id = i.user_id
-                     WHERE l.day >= $1 AND l.day < $2
-                     GROUP BY i.user_id
-                     ORDER BY earned DESC, i.user_id LIMIT $3 OFFSET $4",
-                )
-                .bind(from)
-                .bind(to)
-                .bind(limit)
-                .bind(offset)
-                .fetch_all(&self.pool)
-                .await?
-            }
-        };
+        let rows = self
+            .standings_page(&period.key(today), limit, offset)
+            .await?;
         let uids: Vec<i64> = rows.iter().map(|r| r.0).collect();
-        let names: std::collections::HashMap<i64, String> = sqlx::query_as(
-            "SELECT DISTINCT ON (i.user_id) i.user_id, n.name
-             FROM identities i JOIN identity_names n ON n.identity_id = i.id
-             WHERE i.user_id = ANY($1)
-             ORDER BY i.user_id, n.name_ms DESC, n.name_event DESC",
+        let about: HashMap<i64, (Option<String>, i64)> = sqlx::query_as(
+            "SELECT u.id, (SELECT n.name FROM identities i
+                           JOIN identity_names n ON n.identity_id = i.id
+                           WHERE i.user_id = u.id
+                           ORDER BY n.name_ms DESC, n.name_event DESC LIMIT 1), u.xp
+             FROM users u WHERE u.id = ANY($1)",
         )
         .bind(&uids)
         .fetch_all(&self.pool)
         .await?
         .into_iter()
+        .map(|(uid, name, xp): (i64, Option<String>, i64)| (uid, (name, xp)))
         .collect();
         let start = usize::try_from(offset).unwrap_or(0);
         Ok(rows
             .into_iter()
             .enumerate()
-            .map(|(i, (uid, xp, total))| Standing {
-                position: start + i + 1,
-                uid,
-                display_name: names.get(&uid).cloned(),
-                xp,
-                rank: self.rules.rank(self.rules.rank_index(total)).name,
+            .map(|(i, (uid, xp))| {
+                let (name, total) = about.get(&uid).cloned().unwrap_or((None, xp));
+                Standing {
+                    position: start + i + 1,
+                    uid,
+                    display_name: name,
+                    xp,
+                    rank: self.rules.rank(self.rules.rank_index(total)).name,
+                }
             })
             .collect())
     }
@@ -179,21 +163,10 @@ impl Store {
         .await?)
     }
 
-    /// How many users a leaderboard of `period` around `today` has: for all time every
-    /// live user, for a period the users who earned XP in it (the rows of [`Store::top`]).
+    /// How many users the leaderboard of `period` around `today` ranks: all time every
+    /// live user, a period the users whose XP in it is not zero.
     pub async fn leaderboard_size(&self, period: Period, today: Date) -> Result<i64, StoreError> {
-        match period.range(today) {
-            None => self.user_count().await,
-            Some((from, to)) => Ok(sqlx::query_scalar(
-                "SELECT count(DISTINCT i.user_id) FROM xp_ledger l
-                 JOIN identities i ON i.id = l.identity_id
-                 WHERE l.day >= $1 AND l.day < $2",
-            )
-            .bind(from)
-            .bind(to)
-            .fetch_one(&self.pool)
-            .await?),
-        }
+        self.ranked(&period.key(today)).await
     }
 
     /// Dead-letter counts per platform, kind and reason code.

@@ -38,6 +38,16 @@ pub const PROJECTIONS: [&str; 6] = [
     "identity_names",
 ];
 
+/// Tables derived from the projections (the standings, `store::standings`): locked and
+/// swapped with them, never copied into a snapshot or from one; a rebuild recomputes
+/// them from its users and ledger.
+pub const DERIVED: [&str; 3] = ["standings", "standing_blocks", "standing_work"];
+
+/// Every table a swap moves, in lock order.
+fn swapped() -> impl Iterator<Item = &'static str> {
+    PROJECTIONS.into_iter().chain(DERIVED)
+}
+
 /// Schemas a rebuild builds into; left over only by an interrupted rebuild.
 pub const FRESH_PREFIX: &str = "ttfd_rebuild_";
 /// Schemas holding the tables a rebuild replaced, kept for inspection or to swap back.
@@ -164,11 +174,38 @@ pub struct Comparison {
     /// How many (identity, day) ledger rows differ, and the first of them.
     pub ledger_differences: i64,
     pub ledger: Vec<LedgerDifference>,
+    /// How many standings (period, user) and block counts differ, and the first of them.
+    pub standing_differences: i64,
+    pub standings: Vec<StandingDifference>,
 }
 
 impl Comparison {
     pub fn is_same(&self) -> bool {
-        self.user_differences == 0 && self.ledger_differences == 0
+        self.user_differences == 0 && self.ledger_differences == 0 && self.standing_differences == 0
+    }
+}
+
+/// A standing on which two sets of tables disagree, or a block whose count is not the
+/// number of members it holds (`who` then names the block, `rebuilt` is the true count).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StandingDifference {
+    pub period: String,
+    pub who: String,
+    pub live: Option<i64>,
+    pub rebuilt: Option<i64>,
+}
+
+impl fmt::Display for StandingDifference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let xp = |x: Option<i64>| x.map_or_else(|| "not ranked".to_owned(), |x| x.to_string());
+        write!(
+            f,
+            "standing {} of {}: live {}, rebuilt {}",
+            self.period,
+            self.who,
+            xp(self.live),
+            xp(self.rebuilt)
+        )
     }
 }
 
@@ -459,9 +496,8 @@ impl Store {
     /// same tables (and their id sequences) in `from`, so that a swap changes no access.
     pub async fn copy_grants(&self, from: &str, to: &str) -> Result<(), StoreError> {
         let (from, to) = (checked(from)?, checked(to)?);
-        let names: Vec<String> = PROJECTIONS
-            .iter()
-            .flat_map(|t| [(*t).to_owned(), format!("{t}_id_seq")])
+        let names: Vec<String> = swapped()
+            .flat_map(|t| [t.to_owned(), format!("{t}_id_seq")])
             .collect();
         let grants: Vec<(String, String, Option<String>, bool)> = sqlx::query_as(
             "SELECT c.relname::text, a.privilege_type, r.rolname::text, a.is_grantable
@@ -504,8 +540,14 @@ impl Store {
     ) -> Result<Transaction<'static, Postgres>, StoreError> {
         let schema = checked(schema)?;
         let mut tx = self.pool.begin().await?;
-        let tables: Vec<String> = PROJECTIONS
-            .iter()
+        // The standings refresher's lock first, as the refresher takes it before the
+        // tables: the transaction can then finish the refresher's work itself.
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(super::standings::REFRESH_LOCK_CLASS)
+            .bind(schema)
+            .execute(&mut *tx)
+            .await?;
+        let tables: Vec<String> = swapped()
             .map(|t| format!("{schema}.{t}"))
             .collect();
         sqlx::query(&format!(
@@ -656,6 +698,62 @@ impl Store {
     }
 }
 
+/// Compares the standings of two schemas (by period and identity set), and checks that
+/// every block of `live` counts the members it holds; on `conn`, which may hold the
+/// refresh of the live standings uncommitted. Lists at most `limit` differences.
+pub async fn compare_standings(
+    conn: &mut sqlx::PgConnection,
+    live: &str,
+    rebuilt: &str,
+    limit: i64,
+) -> Result<(i64, Vec<StandingDifference>), StoreError> {
+    let (live, rebuilt) = (checked(live)?, checked(rebuilt)?);
+    let side = |s: &str| {
+        format!(
+            "SELECT st.period::text AS period, st.xp,
+                    (SELECT string_agg(i.platform || ':' || i.external_id, ' '
+                                       ORDER BY i.platform, i.external_id)
+                     FROM {s}.identities i WHERE i.user_id = st.user_id) AS who
+             FROM {s}.standings st"
+        )
+    };
+    let sql = format!(
+        "WITH l AS ({}), r AS ({}),
+              d AS (SELECT coalesce(l.period, r.period) AS period, coalesce(l.who, r.who) AS who,
+                           l.xp AS live, r.xp AS rebuilt
+                    FROM l FULL JOIN r ON l.period = r.period AND l.who = r.who
+                    WHERE l.xp IS DISTINCT FROM r.xp),
+              b AS (SELECT period::text AS period, start_neg, start_uid, members,
+                           lead(start_neg) OVER w AS next_neg, lead(start_uid) OVER w AS next_uid
+                    FROM {live}.standing_blocks WINDOW w AS (PARTITION BY period ORDER BY start_neg, start_uid)),
+              bd AS (SELECT b.period, 'block (' || b.start_neg || ', ' || b.start_uid || ')' AS who,
+                            b.members AS live,
+                            (SELECT count(*) FROM {live}.standings s
+                             WHERE s.period = b.period AND (-s.xp, s.user_id) >= (b.start_neg, b.start_uid)
+                               AND (b.next_neg IS NULL OR (-s.xp, s.user_id) < (b.next_neg, b.next_uid))) AS rebuilt
+                     FROM b),
+              all_d AS (SELECT * FROM d UNION ALL SELECT * FROM bd WHERE live <> rebuilt)
+         SELECT period, coalesce(who, '?'), live, rebuilt, count(*) OVER () FROM all_d
+         ORDER BY period, 2 LIMIT $1",
+        side(live),
+        side(rebuilt)
+    );
+    let rows: Vec<(String, String, Option<i64>, Option<i64>, i64)> =
+        sqlx::query_as(&sql).bind(limit).fetch_all(conn).await?;
+    let total = rows.first().map_or(0, |r| r.4);
+    Ok((
+        total,
+        rows.into_iter()
+            .map(|(period, who, live, rebuilt, _)| StandingDifference {
+                period,
+                who,
+                live,
+                rebuilt,
+            })
+            .collect(),
+    ))
+}
+
 /// In the transaction of [`Store::lock_projections`] on `live`: moves the live
 /// projection tables to a new schema `replaced` and those of `fresh` into `live`. Owned
 /// id sequences, indexes and constraints move with their tables.
@@ -669,12 +767,12 @@ pub async fn swap_in(
     sqlx::query(&format!("CREATE SCHEMA {replaced}"))
         .execute(&mut **tx)
         .await?;
-    for t in PROJECTIONS {
+    for t in swapped() {
         sqlx::query(&format!("ALTER TABLE {live}.{t} SET SCHEMA {replaced}"))
             .execute(&mut **tx)
             .await?;
     }
-    for t in PROJECTIONS {
+    for t in swapped() {
         sqlx::query(&format!("ALTER TABLE {fresh}.{t} SET SCHEMA {live}"))
             .execute(&mut **tx)
             .await?;

@@ -150,6 +150,17 @@ pub(super) fn ledger_rows(
     rows
 }
 
+/// A batch's row of `standing_work` (`store::standings`).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct StandingWork {
+    pub users: Vec<i64>,
+    pub days: Vec<i32>,
+    pub xp: Vec<i64>,
+    pub touched: Vec<i64>,
+    pub losers: Vec<i64>,
+    pub survivors: Vec<i64>,
+}
+
 /// The `links` insert's columns, one entry per link event.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct LinkRows<'e> {
@@ -290,6 +301,30 @@ impl<'e> Settlement<'e> {
             self.merges.push(Merge { loser, event: e });
         }
         Ok(())
+    }
+
+    /// The batch as the standings refresher needs it: XP added per final user and day,
+    /// the users written, the merges.
+    pub fn standing_work(&self) -> StandingWork {
+        let mut added: BTreeMap<(i64, i32), i64> = BTreeMap::new();
+        for (&(iid, day), &xp) in &self.added {
+            if xp != 0 {
+                let uid = follow(&self.redirect, self.owner[&iid]);
+                *added.entry((uid, day)).or_default() += xp;
+            }
+        }
+        let ((users, days), xp) = added
+            .into_iter()
+            .map(|((u, d), x)| ((u, d), x))
+            .unzip();
+        StandingWork {
+            users,
+            days,
+            xp,
+            touched: self.users.keys().copied().collect(),
+            losers: self.losers(),
+            survivors: self.survivors_of_losers(),
+        }
     }
 
     /// The users merged away in this batch, in merge order.

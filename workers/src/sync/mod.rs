@@ -154,8 +154,25 @@ impl SyncWorker {
     }
 
     /// Runs until `shutdown` is cancelled: the batch in flight then gets the grace period
-    /// to commit and ack; messages fetched but not started are handed back (nak).
+    /// to commit and ack; messages fetched but not started are handed back (nak). Beside
+    /// it runs the standings refresher, when the store keeps standings.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let refresher = self.store.keeps_standings().then(|| {
+            tokio::spawn(refresh_standings(
+                self.store.clone(),
+                Duration::from_millis(self.settings.standings_refresh_ms),
+                shutdown.child_token(),
+            ))
+        });
+        let result = self.consume(&shutdown).await;
+        if let Some(r) = refresher {
+            r.abort();
+            let _ = r.await;
+        }
+        result
+    }
+
+    async fn consume(self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let batch = self.settings.batch_size;
         while !shutdown.is_cancelled() {
             let messages = self
@@ -222,7 +239,7 @@ impl SyncWorker {
                 if msgs.is_empty() {
                     continue;
                 }
-                if self.handle(msgs, &shutdown).await.is_err() {
+                if self.handle(msgs, shutdown).await.is_err() {
                     info!("batch abandoned at shutdown; it will be redelivered");
                     return Ok(());
                 }
@@ -674,6 +691,38 @@ pub async fn run(
     shutdown.cancel();
     tasks.wait().await;
     result
+}
+
+/// The standings refresher (`store::standings`): a round every `every` while work is
+/// committed; rounds follow each other at once while a backlog lasts. Replicas take
+/// turns: a round another one holds the lock for is skipped.
+async fn refresh_standings(store: Store, every: Duration, shutdown: CancellationToken) {
+    let mut failing = false;
+    loop {
+        let more = match store.refresh_standings().await {
+            Ok(done) => {
+                if failing {
+                    info!("standings refresh works again");
+                    failing = false;
+                }
+                done.is_some_and(|d| d.more)
+            }
+            Err(e) => {
+                if !failing {
+                    warn!(error = %e, "standings refresh failed; retrying");
+                    failing = true;
+                }
+                false
+            }
+        };
+        if more {
+            continue;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 /// Forgets applied event ids once the events stream can no longer redeliver them.

@@ -177,6 +177,7 @@ pub fn telegram_user(identities: &[WireIdentity]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ttfd_shared::view::PeriodStanding;
 
     fn rules() -> Rules {
         Rules::default()
@@ -207,6 +208,22 @@ mod tests {
             ],
             created_at: None,
             last_active: None,
+            standings: vec![
+                PeriodStanding {
+                    period: Period::All,
+                    key: "all".into(),
+                    position: Some(1204),
+                    xp: 14_000,
+                    ranked: 56_789,
+                },
+                PeriodStanding {
+                    period: Period::Week,
+                    key: "week:2026-W49".into(),
+                    position: Some(12),
+                    xp: 350,
+                    ranked: 2_001,
+                },
+            ],
         }
     }
 
@@ -219,6 +236,7 @@ mod tests {
              ▰▱▱▱▱▱▱▱▱▱ 18% to C II (500 / 2,750)\n\
              Peak C I · 2,850 coins\n\
              320 messages · 1 h 35 min in voice · 4 games (1 won)\n\
+             #1,204 of 56,789 all time · #12 of 2,001 this week\n\
              Linked: Discord, Telegram"
         );
     }

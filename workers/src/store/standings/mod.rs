@@ -1,0 +1,463 @@
+//! Standings: every leaderboard kept as a projection, so that a page or a position
+//! costs the same at any size (docs/architecture.md, "Standings").
+//!
+//! A batch writes one `standing_work` row under the settle lock (what it added per user
+//! and day, the users it wrote, its merges). A refresher ([`Store::refresh_standings`],
+//! run by every sync replica, one at a time) folds the rows committed since its last
+//! round into one change per (period, user) ([`round`]), writes the standings and keeps
+//! each period's block counts ([`blocks`]) exact, and removes the rows, all in one
+//! transaction. Coalescing many batches into one write per member is what keeps the
+//! write path's cost low: the most active members are in nearly every batch.
+//!
+//! [`Store::recompute_standings`] builds everything from the users and the ledger
+//! instead: after the migration that added standings, and for `ttfd rebuild`, whose
+//! comparison then checks the incremental path against it.
+
+pub mod blocks;
+pub mod round;
+
+use std::collections::HashMap;
+
+use sqlx::PgConnection;
+use time::Date;
+use ttfd_shared::model::period_keys;
+use ttfd_shared::rules::day_of_date;
+use ttfd_shared::view::{Period, PeriodStanding};
+
+use self::blocks::{Blocks, FIRST, Key, TARGET};
+use self::round::{ALL, Round, WorkRow};
+use super::{Store, StoreError};
+
+/// Advisory lock class of the refresher ("TTST"); the key is the schema's name hash,
+/// so a rebuild's fresh schema has a refresher of its own.
+pub(crate) const REFRESH_LOCK_CLASS: i32 = 0x5454_5354;
+
+/// Most batches' work a round takes.
+const ROUND_ROWS: i64 = 512;
+
+/// What a refresh round did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Refreshed {
+    /// Batches whose work it applied.
+    pub batches: usize,
+    /// Standings rows written or removed.
+    pub rows: usize,
+    /// Whether it rebuilt every standing from the ledger.
+    pub recomputed: bool,
+    /// Whether more work was waiting when it took its rows.
+    pub more: bool,
+}
+
+/// The work rows as read, columns by position.
+type WorkColumns = (
+    i64,
+    Vec<i64>,
+    Vec<i32>,
+    Vec<i64>,
+    Vec<i64>,
+    Vec<i64>,
+    Vec<i64>,
+    bool,
+);
+
+impl Store {
+    /// One refresh round. `None` when another replica is refreshing this schema.
+    pub async fn refresh_standings(&self) -> Result<Option<Refreshed>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mine: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, hashtext(current_schema()))")
+                .bind(REFRESH_LOCK_CLASS)
+                .fetch_one(&mut *tx)
+                .await?;
+        if !mine {
+            return Ok(None);
+        }
+        let done = refresh_in(&mut tx).await?;
+        tx.commit().await?;
+        Ok(Some(done))
+    }
+
+    /// Refreshes until no committed work is left, waiting for a refresher of another
+    /// replica if one is running.
+    pub async fn drain_standings(&self) -> Result<(), StoreError> {
+        loop {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))")
+                .bind(REFRESH_LOCK_CLASS)
+                .execute(&mut *tx)
+                .await?;
+            let done = refresh_in(&mut tx).await?;
+            tx.commit().await?;
+            if !done.more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Rebuilds every standing from the users and the ledger, dropping the work queued:
+    /// under the settle lock, so that no batch commits meanwhile.
+    pub async fn recompute_standings(&self) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))")
+            .bind(REFRESH_LOCK_CLASS)
+            .execute(&mut *tx)
+            .await?;
+        recompute_in(&mut tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A page of the standings `key`: `limit` rows `(uid, xp)` after the first `offset`.
+    /// It starts in the block holding position `offset + 1`, so every page costs about
+    /// the same.
+    pub async fn standings_page(
+        &self,
+        key: &str,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "WITH b AS (
+                 SELECT start_neg, start_uid, before FROM (
+                     SELECT start_neg, start_uid,
+                            sum(members) OVER (ORDER BY start_neg, start_uid) - members AS before
+                     FROM standing_blocks WHERE period = $1) w
+                 WHERE before <= $3 ORDER BY start_neg DESC, start_uid DESC LIMIT 1)
+             SELECT s.user_id, s.xp FROM b CROSS JOIN LATERAL (
+                 SELECT user_id, xp FROM standings s
+                 WHERE s.period = $1 AND (-s.xp, s.user_id) >= (b.start_neg, b.start_uid)
+                 ORDER BY -s.xp, s.user_id OFFSET $3 - b.before LIMIT $2) s",
+        )
+        .bind(key)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// How many members the standings `key` rank.
+    pub async fn ranked(&self, key: &str) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT coalesce(sum(members), 0)::int8 FROM standing_blocks WHERE period = $1",
+        )
+        .bind(key)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Where `uid` stands in each current period around `today`: position, XP, members
+    /// ranked; in one statement, so all of it is one committed state.
+    pub async fn standings_of(
+        &self,
+        uid: i64,
+        today: Date,
+    ) -> Result<Vec<PeriodStanding>, StoreError> {
+        let keys: Vec<String> = Period::ALL.iter().map(|p| p.key(today)).collect();
+        let rows: Vec<(String, Option<i64>, Option<i64>, i64)> = sqlx::query_as(
+            "SELECT p.period, me.xp, me.position, coalesce((
+                        SELECT sum(members) FROM standing_blocks b WHERE b.period = p.period), 0)::int8
+             FROM unnest($1::text[]) AS p(period)
+             LEFT JOIN LATERAL (
+                 SELECT s.xp, 1 + coalesce((
+                            SELECT sum(b.members) FROM standing_blocks b
+                            WHERE b.period = p.period
+                              AND (b.start_neg, b.start_uid) < (blk.start_neg, blk.start_uid)), 0)
+                          + (SELECT count(*) FROM standings o
+                             WHERE o.period = p.period
+                               AND (-o.xp, o.user_id) >= (blk.start_neg, blk.start_uid)
+                               AND (-o.xp, o.user_id) < (-s.xp, s.user_id)) AS position
+                 FROM standings s CROSS JOIN LATERAL (
+                     SELECT start_neg, start_uid FROM standing_blocks b
+                     WHERE b.period = p.period AND (b.start_neg, b.start_uid) <= (-s.xp, s.user_id)
+                     ORDER BY start_neg DESC, start_uid DESC LIMIT 1) blk
+                 WHERE s.period = p.period AND s.user_id = $2) me ON true",
+        )
+        .bind(&keys)
+        .bind(uid)
+        .fetch_all(&self.pool)
+        .await?;
+        let by_key: HashMap<String, (Option<i64>, Option<i64>, i64)> = rows
+            .into_iter()
+            .map(|(k, xp, pos, n)| (k, (xp, pos, n)))
+            .collect();
+        Ok(Period::ALL
+            .iter()
+            .zip(keys)
+            .map(|(period, key)| {
+                let (xp, position, ranked) = by_key.get(&key).copied().unwrap_or((None, None, 0));
+                PeriodStanding {
+                    period: *period,
+                    position: position.and_then(|p| u64::try_from(p).ok()),
+                    xp: xp.unwrap_or(0),
+                    ranked: u64::try_from(ranked).unwrap_or(0),
+                    key,
+                }
+            })
+            .collect())
+    }
+}
+
+/// Every round committed work needs, in the caller's transaction, which holds the
+/// refresh lock.
+pub(crate) async fn refresh_all_in(conn: &mut PgConnection) -> Result<(), StoreError> {
+    while refresh_in(conn).await?.more {}
+    Ok(())
+}
+
+/// One round in the caller's transaction, which holds the refresh lock.
+pub(crate) async fn refresh_in(conn: &mut PgConnection) -> Result<Refreshed, StoreError> {
+    let rows: Vec<WorkColumns> = sqlx::query_as(
+        "SELECT id, users, days, xp, touched, losers, survivors, recompute
+         FROM standing_work ORDER BY id LIMIT $1",
+    )
+    .bind(ROUND_ROWS + 1)
+    .fetch_all(&mut *conn)
+    .await?;
+    let more = rows.len() > ROUND_ROWS as usize;
+    let rows: Vec<WorkRow> = rows
+        .into_iter()
+        .take(ROUND_ROWS as usize)
+        .map(
+            |(id, users, days, xp, touched, losers, survivors, recompute)| WorkRow {
+                id,
+                users,
+                days,
+                xp,
+                touched,
+                losers,
+                survivors,
+                recompute,
+            },
+        )
+        .collect();
+    if rows.is_empty() {
+        return Ok(Refreshed::default());
+    }
+    if rows.iter().any(|r| r.recompute) {
+        // Under the settle lock: the users and ledger then hold every committed batch,
+        // and all their work goes.
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))")
+            .bind(super::apply::SETTLE_LOCK_CLASS)
+            .execute(&mut *conn)
+            .await?;
+        recompute_in(conn).await?;
+        return Ok(Refreshed {
+            batches: rows.len(),
+            recomputed: true,
+            ..Refreshed::default()
+        });
+    }
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let mut round = Round::fold(&rows);
+
+    // Losers' rows move to their survivors, in every period they had one.
+    let losers = round.losers();
+    let mut removed = Vec::new();
+    if !losers.is_empty() {
+        let gone: Vec<(String, i64, i64)> = sqlx::query_as(
+            "DELETE FROM standings
+             WHERE period = ANY(ARRAY(SELECT DISTINCT period FROM standing_blocks))
+               AND user_id = ANY($1)
+             RETURNING period, user_id, xp",
+        )
+        .bind(&losers)
+        .fetch_all(&mut *conn)
+        .await?;
+        removed = round.take_losers(&gone);
+    }
+
+    let (periods, users) = round.pairs();
+    let stored: HashMap<(String, i64), i64> = sqlx::query_as::<_, (String, i64, i64)>(
+        "SELECT s.period, s.user_id, s.xp FROM standings s
+         JOIN unnest($1::text[], $2::int8[]) AS t(p, u) ON s.period = t.p AND s.user_id = t.u",
+    )
+    .bind(&periods)
+    .bind(&users)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|(p, u, x)| ((p, u), x))
+    .collect();
+    let settled = round.settle(&stored, removed);
+
+    if !settled.upserts.is_empty() {
+        let (p, (u, x)): (Vec<&str>, (Vec<i64>, Vec<i64>)) = settled
+            .upserts
+            .iter()
+            .map(|(p, u, x)| (p.as_str(), (*u, *x)))
+            .unzip();
+        sqlx::query(
+            "INSERT INTO standings (period, user_id, xp)
+             SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[])
+             ON CONFLICT (period, user_id) DO UPDATE SET xp = excluded.xp",
+        )
+        .bind(&p)
+        .bind(&u)
+        .bind(&x)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !settled.deletes.is_empty() {
+        let (p, u): (Vec<&str>, Vec<i64>) = settled
+            .deletes
+            .iter()
+            .map(|(p, u)| (p.as_str(), *u))
+            .unzip();
+        sqlx::query(
+            "DELETE FROM standings s USING unnest($1::text[], $2::int8[]) AS t(p, u)
+             WHERE s.period = t.p AND s.user_id = t.u",
+        )
+        .bind(&p)
+        .bind(&u)
+        .execute(&mut *conn)
+        .await?;
+    }
+    for (period, moves) in &settled.moves {
+        keep_blocks(conn, period, moves).await?;
+    }
+    sqlx::query("DELETE FROM standing_work WHERE id = ANY($1)")
+        .bind(&ids)
+        .execute(&mut *conn)
+        .await?;
+    Ok(Refreshed {
+        batches: rows.len(),
+        rows: settled.upserts.len() + settled.deletes.len(),
+        recomputed: false,
+        more,
+    })
+}
+
+/// Counts the members that moved in `period`'s blocks, cuts the blocks that grew too
+/// large (at keys read from the standings just written), folds the small ones.
+async fn keep_blocks(
+    conn: &mut PgConnection,
+    period: &str,
+    moves: &[(Option<Key>, Option<Key>)],
+) -> Result<(), StoreError> {
+    let read: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT start_neg, start_uid, members FROM standing_blocks WHERE period = $1",
+    )
+    .bind(period)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut blocks = Blocks::new(read.into_iter().map(|(n, u, m)| ((n, u), m)).collect());
+    for (old, new) in moves {
+        blocks.moved(*old, *new);
+    }
+    for (start, end) in blocks.oversized() {
+        let (end_neg, end_uid) = end.unwrap_or((i64::MAX, i64::MAX));
+        let (members, negs, uids): (i64, Vec<i64>, Vec<i64>) = sqlx::query_as(
+            "WITH m AS (
+                 SELECT -xp AS neg, user_id AS uid,
+                        row_number() OVER (ORDER BY -xp, user_id) - 1 AS i
+                 FROM standings
+                 WHERE period = $1 AND (-xp, user_id) >= ($2, $3)
+                   AND ($6 OR (-xp, user_id) < ($4, $5)))
+             SELECT (SELECT count(*) FROM m),
+                    ARRAY(SELECT neg FROM m WHERE i > 0 AND i % $7 = 0 ORDER BY i),
+                    ARRAY(SELECT uid FROM m WHERE i > 0 AND i % $7 = 0 ORDER BY i)",
+        )
+        .bind(period)
+        .bind(start.0)
+        .bind(start.1)
+        .bind(end_neg)
+        .bind(end_uid)
+        .bind(end.is_none())
+        .bind(TARGET)
+        .fetch_one(&mut *conn)
+        .await?;
+        let cuts: Vec<Key> = negs.into_iter().zip(uids).collect();
+        blocks.cut(start, &cuts, members);
+    }
+    blocks.fold_small();
+    let changes = blocks.changes();
+    if !changes.deleted.is_empty() {
+        let (n, u): (Vec<i64>, Vec<i64>) = changes.deleted.iter().copied().unzip();
+        sqlx::query(
+            "DELETE FROM standing_blocks b USING unnest($2::int8[], $3::int8[]) AS t(n, u)
+             WHERE b.period = $1 AND b.start_neg = t.n AND b.start_uid = t.u",
+        )
+        .bind(period)
+        .bind(&n)
+        .bind(&u)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !changes.written.is_empty() {
+        let (keys, m): (Vec<Key>, Vec<i64>) = changes.written.iter().copied().unzip();
+        let (n, u): (Vec<i64>, Vec<i64>) = keys.into_iter().unzip();
+        sqlx::query(
+            "INSERT INTO standing_blocks (period, start_neg, start_uid, members)
+             SELECT $1, * FROM unnest($2::int8[], $3::int8[], $4::int8[])
+             ON CONFLICT (period, start_neg, start_uid) DO UPDATE SET members = excluded.members",
+        )
+        .bind(period)
+        .bind(&n)
+        .bind(&u)
+        .bind(&m)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Every standing from the users (all time) and the ledger (every week and month it
+/// has days of), every block cut anew; the queued work goes. The caller holds the
+/// settle lock.
+async fn recompute_in(conn: &mut PgConnection) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM standing_work")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM standing_blocks")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM standings")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO standings (period, user_id, xp)
+         SELECT $1, id, xp FROM users WHERE merged_into IS NULL AND first_event_ms IS NOT NULL",
+    )
+    .bind(ALL)
+    .execute(&mut *conn)
+    .await?;
+    let span: (Option<Date>, Option<Date>) =
+        sqlx::query_as("SELECT min(day), max(day) FROM xp_ledger")
+            .fetch_one(&mut *conn)
+            .await?;
+    if let (Some(first), Some(last)) = span {
+        let (days, keys): (Vec<i32>, Vec<String>) = (day_of_date(first)..=day_of_date(last))
+            .flat_map(|d| period_keys(d).into_iter().map(move |k| (d, k)))
+            .unzip();
+        sqlx::query(
+            "INSERT INTO standings (period, user_id, xp)
+             SELECT k.period, i.user_id, sum(l.xp)
+             FROM xp_ledger l
+             JOIN identities i ON i.id = l.identity_id
+             JOIN unnest($1::int4[], $2::text[]) AS k(day, period)
+               ON l.day = DATE '1970-01-01' + k.day
+             GROUP BY 1, 2 HAVING sum(l.xp) <> 0",
+        )
+        .bind(&days)
+        .bind(&keys)
+        .execute(&mut *conn)
+        .await?;
+    }
+    sqlx::query(
+        "INSERT INTO standing_blocks (period, start_neg, start_uid, members)
+         SELECT period,
+                CASE WHEN i = 0 THEN $1 ELSE neg END, CASE WHEN i = 0 THEN $2 ELSE uid END,
+                least($3, n - i)
+         FROM (SELECT period, -xp AS neg, user_id AS uid,
+                      row_number() OVER (PARTITION BY period ORDER BY -xp, user_id) - 1 AS i,
+                      count(*) OVER (PARTITION BY period) AS n
+               FROM standings) t
+         WHERE i % $3 = 0",
+    )
+    .bind(FIRST.0)
+    .bind(FIRST.1)
+    .bind(TARGET)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! One refresh round's decisions, apart from the SQL around them: the work of many
+//! batches folded into one change per (period, user), then the rows and block moves
+//! that change makes.
+
+use std::collections::{BTreeMap, HashMap};
+
+use ttfd_shared::model::period_keys;
+
+use super::blocks::{Key, key};
+
+/// The all-time standings key.
+pub const ALL: &str = "all";
+
+/// One batch's `standing_work` row.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkRow {
+    pub id: i64,
+    /// XP added to user `users[i]` on ledger day `days[i]`: `xp[i]`.
+    pub users: Vec<i64>,
+    pub days: Vec<i32>,
+    pub xp: Vec<i64>,
+    /// Users the batch wrote: ranked all time, XP or not.
+    pub touched: Vec<i64>,
+    /// Users merged away, and the user each ended in.
+    pub losers: Vec<i64>,
+    pub survivors: Vec<i64>,
+    pub recompute: bool,
+}
+
+/// The work of a round, folded.
+#[derive(Debug, Default)]
+pub struct Round {
+    /// XP to add per (period, user): every user as the round leaves it (merges followed).
+    pub deltas: BTreeMap<(String, i64), i64>,
+    /// Each user merged away in the round's batches, and where it ended.
+    survivor: HashMap<i64, i64>,
+}
+
+/// What a round writes: standings rows set or removed, and per period the members that
+/// moved, `(old key, new key)`, `None` for not ranked.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Settled {
+    pub upserts: Vec<(String, i64, i64)>,
+    pub deletes: Vec<(String, i64)>,
+    pub moves: BTreeMap<String, Vec<(Option<Key>, Option<Key>)>>,
+}
+
+impl Round {
+    /// Folds the rows, in commit order. A merge moves what its loser has, before or
+    /// after in the round, to its survivor: a user merged away gets no later work.
+    pub fn fold(rows: &[WorkRow]) -> Self {
+        let mut survivor = HashMap::new();
+        for r in rows {
+            for (l, s) in r.losers.iter().zip(&r.survivors) {
+                survivor.insert(*l, *s);
+            }
+        }
+        let mut round = Round {
+            deltas: BTreeMap::new(),
+            survivor,
+        };
+        for r in rows {
+            for ((u, d), x) in r.users.iter().zip(&r.days).zip(&r.xp) {
+                let u = round.follow(*u);
+                for k in period_keys(*d) {
+                    *round.deltas.entry((k, u)).or_default() += x;
+                }
+                *round.deltas.entry((ALL.to_owned(), u)).or_default() += x;
+            }
+            for t in &r.touched {
+                let u = round.follow(*t);
+                round.deltas.entry((ALL.to_owned(), u)).or_default();
+            }
+        }
+        round
+    }
+
+    fn follow(&self, mut uid: i64) -> i64 {
+        for _ in 0..64 {
+            match self.survivor.get(&uid) {
+                Some(s) if *s != uid => uid = *s,
+                _ => break,
+            }
+        }
+        uid
+    }
+
+    /// The users merged away in the round, whose standings move to their survivors.
+    pub fn losers(&self) -> Vec<i64> {
+        let mut l: Vec<i64> = self.survivor.keys().copied().collect();
+        l.sort_unstable();
+        l
+    }
+
+    /// Takes the standings rows the losers had, `(period, loser, xp)`, now removed: each
+    /// is added to its survivor's.
+    pub fn take_losers(&mut self, removed: &[(String, i64, i64)]) -> Vec<(String, Key)> {
+        removed
+            .iter()
+            .map(|(p, loser, xp)| {
+                let s = self.follow(*loser);
+                *self.deltas.entry((p.clone(), s)).or_default() += xp;
+                (p.clone(), key(*xp, *loser))
+            })
+            .collect()
+    }
+
+    /// The (period, user) pairs whose stored XP the round needs.
+    pub fn pairs(&self) -> (Vec<&str>, Vec<i64>) {
+        self.deltas.keys().map(|(p, u)| (p.as_str(), *u)).unzip()
+    }
+
+    /// The rows and moves, given the stored XP of [`Round::pairs`] (absent: not ranked)
+    /// and the losers' rows taken out ([`Round::take_losers`]).
+    pub fn settle(&self, stored: &HashMap<(String, i64), i64>, removed: Vec<(String, Key)>) -> Settled {
+        let mut out = Settled::default();
+        for (p, k) in removed {
+            out.moves.entry(p).or_default().push((Some(k), None));
+        }
+        for ((p, u), delta) in &self.deltas {
+            let old = stored.get(&(p.clone(), *u)).copied();
+            let xp = old.unwrap_or(0) + delta;
+            // All time ranks every user; a period, those with XP in it.
+            let ranked = p == ALL || xp != 0;
+            let new = ranked.then_some(xp);
+            if old == new {
+                continue;
+            }
+            match new {
+                Some(xp) => out.upserts.push((p.clone(), *u, xp)),
+                None => out.deletes.push((p.clone(), *u)),
+            }
+            out.moves
+                .entry(p.clone())
+                .or_default()
+                .push((old.map(|x| key(x, *u)), new.map(|x| key(x, *u))));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ttfd_shared::rules::day_of_date;
+    use time::macros::date;
+
+    fn row(id: i64) -> WorkRow {
+        WorkRow {
+            id,
+            ..WorkRow::default()
+        }
+    }
+
+    const W: &str = "week:2026-W49";
+    const M: &str = "month:2026-12";
+
+    #[test]
+    fn xp_of_a_day_counts_all_time_in_its_week_and_in_its_month() {
+        let thu = day_of_date(date!(2026 - 12 - 03));
+        let r = Round::fold(&[WorkRow {
+            users: vec![7, 7, 8],
+            days: vec![thu, thu - 4, thu],
+            xp: vec![10, 5, 3],
+            touched: vec![7, 8, 9],
+            ..row(1)
+        }]);
+        let d = |p: &str, u: i64| r.deltas.get(&(p.to_owned(), u)).copied();
+        assert_eq!(d(ALL, 7), Some(15));
+        assert_eq!(d(W, 7), Some(10), "Sunday 2026-11-29 is the week before");
+        assert_eq!(d("week:2026-W48", 7), Some(5));
+        assert_eq!(d(M, 7), Some(10));
+        assert_eq!(d("month:2026-11", 7), Some(5));
+        assert_eq!(d(ALL, 9), Some(0), "a user without XP is ranked all time");
+        assert_eq!(d(W, 9), None);
+    }
+
+    #[test]
+    fn a_merge_moves_the_losers_work_and_rows_to_its_survivor() {
+        let day = day_of_date(date!(2026 - 12 - 03));
+        let mut r = Round::fold(&[
+            WorkRow {
+                users: vec![5],
+                days: vec![day],
+                xp: vec![40],
+                touched: vec![5],
+                ..row(1)
+            },
+            WorkRow {
+                users: vec![2],
+                days: vec![day],
+                xp: vec![1],
+                touched: vec![2],
+                losers: vec![5],
+                survivors: vec![2],
+                ..row(2)
+            },
+            WorkRow {
+                losers: vec![2],
+                survivors: vec![1],
+                touched: vec![1],
+                ..row(3)
+            },
+        ]);
+        assert_eq!(r.losers(), vec![2, 5]);
+        let removed = r.take_losers(&[(ALL.to_owned(), 2, 100), (W.to_owned(), 5, 7)]);
+        assert_eq!(r.deltas.get(&(ALL.to_owned(), 1)), Some(&141));
+        assert_eq!(r.deltas.get(&(W.to_owned(), 1)), Some(&48));
+        assert!(r.deltas.keys().all(|(_, u)| *u == 1));
+        let stored = HashMap::from([((ALL.to_owned(), 1), 10), ((W.to_owned(), 1), -48)]);
+        let s = r.settle(&stored, removed);
+        assert!(s.upserts.contains(&(ALL.to_owned(), 1, 151)));
+        assert!(s.upserts.contains(&(M.to_owned(), 1, 41)));
+        assert_eq!(s.deletes, vec![(W.to_owned(), 1)], "0 XP this week: not ranked");
+        assert_eq!(
+            s.moves[W],
+            vec![(Some(key(7, 5)), None), (Some(key(-48, 1)), None)]
+        );
+        assert_eq!(s.moves[ALL], vec![(Some(key(100, 2)), None), (Some(key(10, 1)), Some(key(151, 1)))]);
+    }
+
+    #[test]
+    fn nothing_is_written_for_a_user_whose_standing_did_not_change() {
+        let r = Round::fold(&[WorkRow {
+            touched: vec![3],
+            ..row(1)
+        }]);
+        let s = r.settle(&HashMap::from([((ALL.to_owned(), 3), 0)]), Vec::new());
+        assert_eq!(s, Settled::default());
+        let s = r.settle(&HashMap::new(), Vec::new());
+        assert_eq!(s.upserts, vec![(ALL.to_owned(), 3, 0)]);
+    }
+}
