@@ -7,8 +7,10 @@ use proptest::prelude::*;
 use crate::Identity;
 use crate::wire::{Event, EventId, Payload, Proof};
 
-/// 2026-01-01T00:00:00Z: the start of generated event times.
-pub const EPOCH_MS: i64 = 1_767_225_600_000;
+/// 2026-02-27T00:00:00Z, a Friday: the start of generated event times. Their four days
+/// end one month and one ISO week and start the next (March 1st is a Sunday, the 2nd a
+/// Monday), so the leaderboards of both roll over.
+pub const EPOCH_MS: i64 = 1_772_150_400_000;
 
 fn identity(pool: usize) -> impl Strategy<Value = Identity> {
     (0..pool).prop_map(|i| {

@@ -13,6 +13,7 @@ use ttfd_shared::{Identity, wire};
 
 use crate::app::{self, Role, connect_broker, connect_store, demo};
 use crate::settings::Settings;
+use crate::store::Store;
 use crate::{bench, now_ms, replay, shutdown, telemetry};
 
 /// TTFD Unified: one profile per person across Discord, Telegram, the website and any
@@ -68,6 +69,13 @@ pub enum Command {
         period: Period,
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..=1000))]
         limit: i64,
+        /// Rows to skip: `--offset 50000` is page 2,001 of 25 rows, as fast as the first.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
+        offset: i64,
+        /// A day (YYYY-MM-DD, UTC) in the week or month to show instead of the current
+        /// one: `--period week --at 2026-11-25` is that week's final leaderboard.
+        #[arg(long, value_parser = parse_day)]
+        at: Option<time::Date>,
         #[arg(long)]
         json: bool,
     },
@@ -97,6 +105,21 @@ pub enum NatsCommand {
 }
 
 /// Runs the command; errors come back as one line for `main` to print.
+/// A day as `YYYY-MM-DD`.
+fn parse_day(s: &str) -> Result<time::Date, String> {
+    time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"))
+        .map_err(|e| format!("expected a day as YYYY-MM-DD: {e}"))
+}
+
+/// Finishes the standings refresher's committed work, so that the operator's reads
+/// include every committed batch; a database role that may not write the standings
+/// reads them as the refresher left them.
+async fn drain_standings(store: &Store) {
+    if let Err(e) = store.drain_standings().await {
+        tracing::warn!(error = %e, "cannot bring the standings up to date; reading them as they are");
+    }
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(cli.config.as_deref())?;
     telemetry::init(&settings.log);
@@ -123,6 +146,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::User { identity, json } => {
             let identity = Identity::parse(&identity)?;
             let store = connect_store(&settings).await?;
+            drain_standings(&store).await;
             let Some(p) = store.profile(&identity).await? else {
                 bail!("no user has the identity {identity}");
             };
@@ -145,11 +169,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Top {
             period,
             limit,
+            offset,
+            at,
             json,
         } => {
             let store = connect_store(&settings).await?;
-            let today = time::OffsetDateTime::now_utc().date();
-            let rows = store.top(period, today, limit, 0).await?;
+            // The operator's reads include every committed batch: the CLI finishes the
+            // refresher's work itself.
+            drain_standings(&store).await;
+            let today = at.unwrap_or_else(|| time::OffsetDateTime::now_utc().date());
+            let rows = store.top(period, today, limit, offset).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {

@@ -199,3 +199,49 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn generated_event_times_span_two_weeks_and_two_months() {
+    use crate::view::Period;
+    let first = crate::rules::date_of_day(crate::rules::day_of(EPOCH_MS));
+    let last = crate::rules::date_of_day(crate::rules::day_of(EPOCH_MS + 4 * DAY - 1));
+    assert_eq!(first, time::macros::date!(2026 - 02 - 27));
+    assert_ne!(Period::Week.key(first), Period::Week.key(last));
+    assert_ne!(Period::Month.key(first), Period::Month.key(last));
+}
+
+#[test]
+fn standings_rank_every_user_all_time_and_those_with_xp_in_a_period() {
+    let rules = Rules::default();
+    // Ann earns in February and loses it again in March; Bo earns only in March.
+    let events = [
+        ev("a1", 0, "discord:ann", grant(500)),
+        ev("a2", 2 * DAY, "discord:ann", grant(-500)),
+        ev("b1", 3 * DAY, "telegram:bo", grant(70)),
+    ];
+    let profiles = fold(&rules, &events);
+    let keys = |key: &str| -> Vec<(String, i64)> {
+        standings(&profiles, key)
+            .into_iter()
+            .map(|(p, xp)| (p.identities.first().unwrap().to_string(), xp))
+            .collect()
+    };
+    assert_eq!(
+        keys("all"),
+        vec![
+            ("telegram:bo".to_owned(), 70),
+            ("discord:ann".to_owned(), 0)
+        ]
+    );
+    assert_eq!(keys("month:2026-02"), vec![("discord:ann".to_owned(), 500)]);
+    assert_eq!(
+        keys("month:2026-03"),
+        vec![
+            ("telegram:bo".to_owned(), 70),
+            ("discord:ann".to_owned(), -500)
+        ]
+    );
+    // Ann's week (Feb 23 - Mar 1) sums to zero: she is not ranked in it.
+    assert_eq!(keys("week:2026-W09"), Vec::<(String, i64)>::new());
+    assert_eq!(keys("week:2026-W10"), vec![("telegram:bo".to_owned(), 70)]);
+}

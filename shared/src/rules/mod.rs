@@ -166,7 +166,10 @@ mod tests {
     #[test]
     fn ledger_days_and_dates_convert_both_ways() {
         assert_eq!(date_of_day(0), time::macros::date!(1970 - 01 - 01));
-        assert_eq!(date_of_day(day_of(1_796_169_600_000)), time::macros::date!(2026 - 12 - 02));
+        assert_eq!(
+            date_of_day(day_of(1_796_169_600_000)),
+            time::macros::date!(2026 - 12 - 02)
+        );
         for d in [-1, 0, 1, 20_000, 20_790] {
             assert_eq!(day_of_date(date_of_day(d)), d);
         }

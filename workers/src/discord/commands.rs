@@ -258,8 +258,8 @@ pub fn unavailable_text(e: &QueryError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ttfd_shared::view::PeriodStanding;
     use serde_json::json;
+    use ttfd_shared::view::PeriodStanding;
     use ttfd_shared::wire::WireIdentity;
 
     fn profile(xp: i64, rank: u8) -> Profile {

@@ -379,7 +379,7 @@ pub async fn replay_with(
     info!(consumer = %name, resumed, from, end, "replaying the events stream");
     let counters = Arc::new(Counters::default());
     let worker = SyncWorker::new(
-        store,
+        store.clone(),
         broker.clone(),
         consumer.clone(),
         settings.sync.clone(),
@@ -399,6 +399,11 @@ pub async fn replay_with(
     .await;
     progress.finish();
     let Delivery { finish, messages } = delivery?;
+    // What was applied reaches the leaderboards now, sync replicas running or not.
+    store
+        .drain_standings()
+        .await
+        .context("cannot bring the standings up to date")?;
     if finish == Finish::Reached
         && let Err(e) = stream.delete_consumer(&name).await
     {

@@ -37,7 +37,7 @@ use crate::store::rebuild::{
     AppliedSpan, Comparison, FRESH_PREFIX, REPLACED_PREFIX, SNAPSHOT_PREFIX, compare_standings,
     release, swap_in,
 };
-use crate::store::standings::refresh_all_in;
+use crate::store::standings::{self, refresh_all_in};
 use crate::store::{MIGRATOR, Store};
 use crate::sync::{Counters, Rejects, SyncWorker};
 
@@ -337,7 +337,7 @@ impl Build<'_> {
                     .await?;
                 // The live standings as of the locked tables: their refresher waits on
                 // the lock, so this transaction finishes its work.
-                refresh_all_in(&mut tx).await?;
+                refresh_all_in(&mut tx, standings::blocks::TARGET).await?;
                 let (n, standings) =
                     compare_standings(&mut tx, live_schema, fresh_schema, args.show).await?;
                 comparison.standing_differences = n;

@@ -109,6 +109,8 @@ pub struct Store {
     /// where standings are recomputed at the end instead (`ttfd rebuild`) or measured
     /// without (`ttfd bench`).
     standings: Arc<AtomicBool>,
+    /// Members per standings block after a cut (`standings::blocks`).
+    block_target: i64,
 }
 
 /// What the apply path remembers of the identities, shared by the workers of a process:
@@ -240,7 +242,15 @@ impl Store {
             identities: IdentityCache::default(),
             careful_claims: Arc::new(AtomicBool::new(false)),
             standings: Arc::new(AtomicBool::new(true)),
+            block_target: standings::blocks::TARGET,
         }
+    }
+
+    /// Standings blocks cut at every `target`-th member instead: tests exercise cuts and
+    /// folds with a handful of members.
+    pub fn with_block_target(mut self, target: i64) -> Self {
+        self.block_target = target.max(1);
+        self
     }
 
     /// This store's batches queue no standings work (see the field).

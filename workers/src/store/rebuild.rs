@@ -547,9 +547,7 @@ impl Store {
             .bind(schema)
             .execute(&mut *tx)
             .await?;
-        let tables: Vec<String> = swapped()
-            .map(|t| format!("{schema}.{t}"))
-            .collect();
+        let tables: Vec<String> = swapped().map(|t| format!("{schema}.{t}")).collect();
         sqlx::query(&format!(
             "LOCK TABLE {} IN EXCLUSIVE MODE",
             tables.join(", ")

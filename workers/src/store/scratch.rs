@@ -70,7 +70,8 @@ impl ScratchDb {
     pub async fn truncate(&self, pool: &PgPool) -> Result<(), StoreError> {
         sqlx::query(
             "TRUNCATE users, identities, identity_names, xp_ledger, links, processed_events,
-                      outbox, dead_letters RESTART IDENTITY",
+                      outbox, dead_letters, standings, standing_blocks, standing_work
+             RESTART IDENTITY",
         )
         .execute(pool)
         .await?;

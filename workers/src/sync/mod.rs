@@ -102,6 +102,8 @@ pub struct SyncWorker {
     /// The same facts as `counters`, as Prometheus metrics (`ttfd_sync_*`).
     metrics: SyncMetrics,
     relay_wake: Arc<Notify>,
+    /// Woken when a batch applied something: the standings refresher's cue.
+    standings_wake: Arc<Notify>,
     rejects: Rejects,
     /// Receives, per committed message, the time from its storage in the stream to its
     /// ack (used by `ttfd bench`).
@@ -123,6 +125,7 @@ impl SyncWorker {
             counters: Arc::default(),
             metrics: SyncMetrics::default(),
             relay_wake: Arc::default(),
+            standings_wake: Arc::default(),
             rejects: Rejects::default(),
             latency: None,
         }
@@ -160,6 +163,7 @@ impl SyncWorker {
         let refresher = self.store.keeps_standings().then(|| {
             tokio::spawn(refresh_standings(
                 self.store.clone(),
+                self.standings_wake.clone(),
                 Duration::from_millis(self.settings.standings_refresh_ms),
                 shutdown.child_token(),
             ))
@@ -394,6 +398,9 @@ impl SyncWorker {
                     c.merges.fetch_add(a.merges as u64, Ordering::Relaxed);
                     if a.rank_changes + a.merges > 0 {
                         self.relay_wake.notify_one();
+                    }
+                    if a.applied > 0 {
+                        self.standings_wake.notify_one();
                     }
                     Ok(Vec::new())
                 }
@@ -693,30 +700,43 @@ pub async fn run(
     result
 }
 
-/// The standings refresher (`store::standings`): a round every `every` while work is
-/// committed; rounds follow each other at once while a backlog lasts. Replicas take
-/// turns: a round another one holds the lock for is skipped.
-async fn refresh_standings(store: Store, every: Duration, shutdown: CancellationToken) {
+/// The standings refresher (`store::standings`): a round as soon as this replica
+/// applied something (or every `every`, for other replicas' work), then at least
+/// `every` before the next, so that under load a round takes many batches' work at
+/// once; rounds follow each other at once while a backlog lasts. Replicas take turns: a
+/// round another one holds the lock for is skipped.
+async fn refresh_standings(
+    store: Store,
+    wake: Arc<Notify>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
     let mut failing = false;
     loop {
-        let more = match store.refresh_standings().await {
-            Ok(done) => {
-                if failing {
-                    info!("standings refresh works again");
-                    failing = false;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(every) => {}
+        }
+        loop {
+            match store.refresh_standings().await {
+                Ok(done) => {
+                    if failing {
+                        info!("standings refresh works again");
+                        failing = false;
+                    }
+                    if done.is_some_and(|d| d.more) {
+                        continue;
+                    }
                 }
-                done.is_some_and(|d| d.more)
-            }
-            Err(e) => {
-                if !failing {
-                    warn!(error = %e, "standings refresh failed; retrying");
-                    failing = true;
+                Err(e) => {
+                    if !failing {
+                        warn!(error = %e, "standings refresh failed; retrying");
+                        failing = true;
+                    }
                 }
-                false
             }
-        };
-        if more {
-            continue;
+            break;
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -30,7 +30,7 @@ pub const MAX_INGEST_BYTES: usize = 4 * 1024 * 1024;
 pub const DEFAULT_PER_PAGE: i64 = 25;
 pub const MAX_PER_PAGE: i64 = 100;
 /// Pages beyond this are refused (deep OFFSETs are slow and nobody reads them).
-pub const MAX_PAGE: i64 = 10_000;
+pub const MAX_PAGE: i64 = 1_000_000;
 
 /// A refusal: a status and a message for the caller.
 #[derive(Debug)]
@@ -158,6 +158,8 @@ pub struct PublicProfile {
 #[derive(Debug, Default, Deserialize)]
 pub struct BoardQuery {
     pub period: Option<String>,
+    /// A day (YYYY-MM-DD) in the week or month wanted: a past period's leaderboard.
+    pub at: Option<String>,
     pub page: Option<String>,
     pub per_page: Option<String>,
 }
@@ -166,6 +168,8 @@ pub struct BoardQuery {
 #[derive(Debug, Clone, Copy)]
 pub struct BoardRequest {
     pub period: Period,
+    /// A day in the period; `None`: today.
+    pub at: Option<time::Date>,
     pub page: i64,
     pub per_page: i64,
 }
@@ -186,8 +190,16 @@ impl BoardQuery {
                 .filter(|n| (1..=max).contains(n))
                 .ok_or_else(|| format!("{name} must be a whole number from 1 to {max}")),
         };
+        let at = match self.at.as_deref() {
+            None | Some("") => None,
+            Some(d) => Some(
+                time::Date::parse(d, time::macros::format_description!("[year]-[month]-[day]"))
+                    .map_err(|_| format!("at {d:?} must be a day as YYYY-MM-DD"))?,
+            ),
+        };
         Ok(BoardRequest {
             period,
+            at,
             page: number("page", &self.page, 1, MAX_PAGE)?,
             per_page: number("per_page", &self.per_page, DEFAULT_PER_PAGE, MAX_PER_PAGE)?,
         })
@@ -198,6 +210,8 @@ impl BoardQuery {
 #[derive(Debug, Clone, Serialize)]
 pub struct Board {
     pub period: &'static str,
+    /// The standings key of the period shown (`week:2026-W49`...).
+    pub key: String,
     pub page: i64,
     pub per_page: i64,
     /// Users on this leaderboard (for a period: users who earned XP in it).
@@ -210,7 +224,9 @@ pub async fn load_board(
     app: &AppState,
     req: BoardRequest,
 ) -> Result<Board, crate::store::StoreError> {
-    let today = time::OffsetDateTime::now_utc().date();
+    let today = req
+        .at
+        .unwrap_or_else(|| time::OffsetDateTime::now_utc().date());
     let offset = (req.page - 1) * req.per_page;
     let entries = app
         .store
@@ -219,6 +235,7 @@ pub async fn load_board(
     let total = app.store.leaderboard_size(req.period, today).await?;
     Ok(Board {
         period: req.period.as_str(),
+        key: req.period.key(today),
         page: req.page,
         per_page: req.per_page,
         total,

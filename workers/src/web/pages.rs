@@ -175,8 +175,18 @@ pub struct IdentityView {
     pub user: Option<String>,
 }
 
+/// A place in one period's leaderboard, linking to the page that shows it.
+pub struct PlaceView {
+    pub words: &'static str,
+    /// "#12", or "—" when not ranked.
+    pub place: String,
+    pub ranked: String,
+    pub href: String,
+}
+
 pub struct ProfileView {
     pub name: String,
+    pub places: Vec<PlaceView>,
     pub badge: RankBadge,
     pub xp: String,
     pub next: Option<NextRank>,
@@ -219,6 +229,30 @@ impl ProfileView {
                 .clone()
                 .unwrap_or_else(|| format!("Member #{}", p.uid)),
             badge: badge(rules, p.rank.index),
+            places: p
+                .standings
+                .iter()
+                .map(|s| {
+                    let period = s.period.as_str();
+                    let (place, href) = match s.position {
+                        Some(n) => {
+                            let n = i64::try_from(n).unwrap_or(i64::MAX);
+                            let page = (n - 1) / crate::web::api::DEFAULT_PER_PAGE + 1;
+                            (
+                                format!("#{}", thousands(n)),
+                                format!("/leaderboard?period={period}&page={page}"),
+                            )
+                        }
+                        None => ("—".to_owned(), format!("/leaderboard?period={period}")),
+                    };
+                    PlaceView {
+                        words: s.period.words(),
+                        place,
+                        ranked: thousands(i64::try_from(s.ranked).unwrap_or(i64::MAX)),
+                        href,
+                    }
+                })
+                .collect(),
             xp: thousands(p.xp),
             next,
             messages: thousands(p.messages),

@@ -709,10 +709,17 @@ fn apply_order_batching_and_duplicates_do_not_change_the_state() {
             env.db.truncate(&env.store.pool).await.expect("truncate");
             // A new store: the truncated tables restart their ids.
             let store =
-                ttfd::store::Store::from_pool(env.store.pool.clone(), env.settings.rules.clone());
-            for chunk in delivered.chunks(batch) {
+                ttfd::store::Store::from_pool(env.store.pool.clone(), env.settings.rules.clone())
+                    .with_block_target(2);
+            for (i, chunk) in delivered.chunks(batch).enumerate() {
                 store.apply(chunk).await.expect("apply");
+                // Refresh rounds between some batches, not others: a round takes
+                // whatever work is committed.
+                if i % 3 == 1 {
+                    store.refresh_standings().await.expect("refresh");
+                }
             }
+            store.drain_standings().await.expect("drain");
             let expected = ttfd::shared::model::fold(&env.settings.rules, &events);
             crate::common::compare(&store, &expected).await
         })

@@ -558,12 +558,63 @@ async fn the_check_finds_nothing_after_a_clean_run_and_finds_a_tampered_user() {
             && stdout.contains(&format!("{platform}:{user}")),
         "{stdout}"
     );
+    sqlx::query(
+        "UPDATE users SET xp = xp - 1000
+         WHERE id = (SELECT user_id FROM identities WHERE platform = $1 AND external_id = $2)",
+    )
+    .bind(&platform)
+    .bind(&user)
+    .execute(&env.store.pool)
+    .await
+    .expect("undo");
+
+    // A standing changed behind the refresher's back, and a block miscounted.
+    sqlx::query(
+        "UPDATE standings SET xp = xp + 7 WHERE period = 'all' AND user_id =
+             (SELECT user_id FROM identities WHERE platform = $1 AND external_id = $2)",
+    )
+    .bind(&platform)
+    .bind(&user)
+    .execute(&env.store.pool)
+    .await
+    .expect("tamper with a standing");
+    let (code, stdout, stderr) = ttfd(&env, &["rebuild", "--check"]).await;
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("0 users differ")
+            && stdout.contains("1 standings differ")
+            && stdout.contains(&format!("standing all of {platform}:{user}")),
+        "{stdout}"
+    );
+    sqlx::query("UPDATE standing_blocks SET members = members + 1 WHERE period = 'all'")
+        .execute(&env.store.pool)
+        .await
+        .expect("tamper with the blocks");
+    let (code, stdout, _) = ttfd(&env, &["rebuild", "--check"]).await;
+    assert_eq!(code, 1);
+    assert!(stdout.contains("standing all of block ("), "{stdout}");
     assert!(
         env.store
-            .schemas_named("ttfd_re")
+            .schemas_named("ttfd_rebuild_")
             .await
             .expect("schemas")
             .is_empty()
+    );
+
+    // A rebuild swaps in standings recomputed from the ledger: the check is clean again.
+    let (code, stdout, stderr) = ttfd(&env, &["rebuild"]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let (code, stdout, stderr) = ttfd(&env, &["rebuild", "--check"]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("standings equal"), "{stdout}");
+    assert_eq!(
+        env.store
+            .schemas_named("ttfd_replaced_")
+            .await
+            .expect("schemas")
+            .len(),
+        1,
+        "the replaced tables are kept"
     );
     stop.cancel();
     worker.await.expect("worker stops");

@@ -4,10 +4,11 @@
 //! The order is by [`Key`] `(-xp, uid)` ascending: more XP first, ties by the smaller
 //! uid. A block holds the members from its start key (inclusive) to the next block's
 //! start; the first block starts at [`FIRST`]. A position is the members of the blocks
-//! before one's own plus a count inside it (at most [`MAX`] index entries); a page
-//! starts in the block holding its first position. The refresher keeps the counts
-//! exact as members move, cuts blocks that grew past [`MAX`] at every [`TARGET`]-th
-//! member, and folds blocks that shrank below [`MIN`] into the one before.
+//! before one's own plus a count inside it (at most twice [`TARGET`] index entries); a
+//! page starts in the block holding its first position. The refresher keeps the counts
+//! exact as members move, cuts blocks that grew past twice the target at every
+//! target-th member, and folds blocks that shrank below a quarter of it into the one
+//! before.
 
 use std::collections::BTreeMap;
 
@@ -17,12 +18,10 @@ pub type Key = (i64, i64);
 /// The start of every period's first block: before every key.
 pub const FIRST: Key = (i64::MIN, i64::MIN);
 
-/// Members per block after a cut.
+/// Members per block after a cut, unless a store says otherwise (tests use tiny blocks
+/// to exercise cuts and folds). A block with more than twice as many is cut; one with
+/// less than a quarter is folded into the one before, if they fit together.
 pub const TARGET: i64 = 1024;
-/// A block with more members is cut.
-pub const MAX: i64 = 2 * TARGET;
-/// A block with fewer members is folded into the one before, if they fit together.
-pub const MIN: i64 = TARGET / 4;
 
 /// The key of a member with `xp` and `uid`.
 pub fn key(xp: i64, uid: i64) -> Key {
@@ -35,6 +34,7 @@ pub struct Blocks {
     /// Sorted by start; the first starts at [`FIRST`].
     blocks: Vec<(Key, i64)>,
     read: BTreeMap<Key, i64>,
+    target: i64,
 }
 
 /// What to write back: blocks gone, and blocks new or with a new count.
@@ -45,14 +45,19 @@ pub struct BlockChanges {
 }
 
 impl Blocks {
-    /// The blocks of a period as stored (any order; none for a new period).
-    pub fn new(rows: Vec<(Key, i64)>) -> Self {
+    /// The blocks of a period as stored (any order; none for a new period), to be cut
+    /// at every `target`-th member.
+    pub fn new(rows: Vec<(Key, i64)>, target: i64) -> Self {
         let read: BTreeMap<Key, i64> = rows.into_iter().collect();
         let mut blocks: Vec<(Key, i64)> = read.iter().map(|(k, n)| (*k, *n)).collect();
         if blocks.first().is_none_or(|b| b.0 != FIRST) {
             blocks.insert(0, (FIRST, 0));
         }
-        Self { blocks, read }
+        Self {
+            blocks,
+            read,
+            target: target.max(1),
+        }
     }
 
     /// The index of the block holding `k`.
@@ -75,13 +80,13 @@ impl Blocks {
     /// The blocks to cut: `(start, next block's start)`.
     pub fn oversized(&self) -> Vec<(Key, Option<Key>)> {
         (0..self.blocks.len())
-            .filter(|&i| self.blocks[i].1 > MAX)
+            .filter(|&i| self.blocks[i].1 > 2 * self.target)
             .map(|i| (self.blocks[i].0, self.blocks.get(i + 1).map(|b| b.0)))
             .collect()
     }
 
     /// Cuts the block starting at `start`, which holds `members` (as counted in the
-    /// standings), at `cuts`: the keys of its members at ranks `TARGET`, `2 * TARGET`,
+    /// standings), at `cuts`: the keys of its members at ranks `target`, `2 * target`,
     /// ... within it, ascending.
     pub fn cut(&mut self, start: Key, cuts: &[Key], members: i64) {
         let Ok(i) = self.blocks.binary_search_by(|b| b.0.cmp(&start)) else {
@@ -89,24 +94,27 @@ impl Blocks {
         };
         let cuts: Vec<Key> = cuts.iter().copied().filter(|c| *c > start).collect();
         let pieces = i64::try_from(cuts.len()).unwrap_or(0);
-        self.blocks[i].1 = if pieces == 0 { members } else { TARGET };
+        let target = self.target;
+        self.blocks[i].1 = if pieces == 0 { members } else { target };
         for (n, c) in cuts.iter().enumerate() {
             let last = n + 1 == cuts.len();
             let count = if last {
-                members - pieces * TARGET
+                members - pieces * target
             } else {
-                TARGET
+                target
             };
             self.blocks.insert(i + 1 + n, (*c, count));
         }
     }
 
-    /// Folds each block below [`MIN`] into the one before it when both fit in [`MAX`].
+    /// Folds each block below a quarter of the target into the one before it when both
+    /// fit in twice the target.
     pub fn fold_small(&mut self) {
+        let (min, max) = (self.target / 4, 2 * self.target);
         let mut i = 1;
         while i < self.blocks.len() {
             let (prev, this) = (self.blocks[i - 1].1, self.blocks[i].1);
-            if this < MIN && prev + this <= MAX {
+            if this < min && prev + this <= max {
                 self.blocks[i - 1].1 += this;
                 self.blocks.remove(i);
             } else {
@@ -143,9 +151,12 @@ impl Blocks {
 mod tests {
     use super::*;
 
+    const MAX: i64 = 2 * TARGET;
+    const MIN: i64 = TARGET / 4;
+
     #[test]
     fn a_new_period_starts_with_one_block_before_every_key() {
-        let mut b = Blocks::new(Vec::new());
+        let mut b = Blocks::new(Vec::new(), TARGET);
         b.moved(None, Some(key(10, 7)));
         b.moved(None, Some(key(i64::MAX, 1)));
         assert_eq!(b.members(), 2);
@@ -160,7 +171,7 @@ mod tests {
 
     #[test]
     fn members_are_counted_in_the_block_holding_their_key() {
-        let mut b = Blocks::new(vec![(FIRST, 5), (key(100, 3), 5), (key(50, 1), 5)]);
+        let mut b = Blocks::new(vec![(FIRST, 5), (key(100, 3), 5), (key(50, 1), 5)], TARGET);
         // From 80 XP (second block) to 120 XP (first block).
         b.moved(Some(key(80, 9)), Some(key(120, 9)));
         // Exactly at a block's start belongs to that block; just before it, to the one before.
@@ -173,7 +184,7 @@ mod tests {
 
     #[test]
     fn an_oversized_block_is_cut_at_every_target_th_member() {
-        let mut b = Blocks::new(vec![(FIRST, 10), (key(500, 1), MAX + 1)]);
+        let mut b = Blocks::new(vec![(FIRST, 10), (key(500, 1), MAX + 1)], TARGET);
         assert_eq!(b.oversized(), vec![(key(500, 1), None)]);
         let members = 2 * TARGET + 500;
         b.cut(key(500, 1), &[key(400, 1), key(300, 1)], members);
@@ -194,12 +205,15 @@ mod tests {
 
     #[test]
     fn small_blocks_fold_into_the_one_before_and_their_rows_go() {
-        let mut b = Blocks::new(vec![
-            (FIRST, 3),
-            (key(90, 1), MIN - 1),
-            (key(80, 1), MAX),
-            (key(70, 1), 0),
-        ]);
+        let mut b = Blocks::new(
+            vec![
+                (FIRST, 3),
+                (key(90, 1), MIN - 1),
+                (key(80, 1), MAX),
+                (key(70, 1), 0),
+            ],
+            TARGET,
+        );
         b.fold_small();
         assert_eq!(b.blocks, vec![(FIRST, 3 + MIN - 1), (key(80, 1), MAX)]);
         let changes = b.changes();
@@ -209,7 +223,7 @@ mod tests {
 
     #[test]
     fn a_block_too_full_to_take_its_small_neighbour_keeps_it() {
-        let mut b = Blocks::new(vec![(FIRST, MAX), (key(5, 1), 1)]);
+        let mut b = Blocks::new(vec![(FIRST, MAX), (key(5, 1), 1)], TARGET);
         b.fold_small();
         assert_eq!(b.blocks, vec![(FIRST, MAX), (key(5, 1), 1)]);
     }

@@ -24,7 +24,7 @@ use ttfd_shared::model::period_keys;
 use ttfd_shared::rules::day_of_date;
 use ttfd_shared::view::{Period, PeriodStanding};
 
-use self::blocks::{Blocks, FIRST, Key, TARGET};
+use self::blocks::{Blocks, FIRST, Key};
 use self::round::{ALL, Round, WorkRow};
 use super::{Store, StoreError};
 
@@ -72,7 +72,7 @@ impl Store {
         if !mine {
             return Ok(None);
         }
-        let done = refresh_in(&mut tx).await?;
+        let done = refresh_in(&mut tx, self.block_target).await?;
         tx.commit().await?;
         Ok(Some(done))
     }
@@ -86,7 +86,7 @@ impl Store {
                 .bind(REFRESH_LOCK_CLASS)
                 .execute(&mut *tx)
                 .await?;
-            let done = refresh_in(&mut tx).await?;
+            let done = refresh_in(&mut tx, self.block_target).await?;
             tx.commit().await?;
             if !done.more {
                 return Ok(());
@@ -102,7 +102,7 @@ impl Store {
             .bind(REFRESH_LOCK_CLASS)
             .execute(&mut *tx)
             .await?;
-        recompute_in(&mut tx).await?;
+        recompute_in(&mut tx, self.block_target).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -158,14 +158,14 @@ impl Store {
                         SELECT sum(members) FROM standing_blocks b WHERE b.period = p.period), 0)::int8
              FROM unnest($1::text[]) AS p(period)
              LEFT JOIN LATERAL (
-                 SELECT s.xp, 1 + coalesce((
+                 SELECT s.xp, (1 + coalesce((
                             SELECT sum(b.members) FROM standing_blocks b
                             WHERE b.period = p.period
                               AND (b.start_neg, b.start_uid) < (blk.start_neg, blk.start_uid)), 0)
                           + (SELECT count(*) FROM standings o
                              WHERE o.period = p.period
                                AND (-o.xp, o.user_id) >= (blk.start_neg, blk.start_uid)
-                               AND (-o.xp, o.user_id) < (-s.xp, s.user_id)) AS position
+                               AND (-o.xp, o.user_id) < (-s.xp, s.user_id)))::int8 AS position
                  FROM standings s CROSS JOIN LATERAL (
                      SELECT start_neg, start_uid FROM standing_blocks b
                      WHERE b.period = p.period AND (b.start_neg, b.start_uid) <= (-s.xp, s.user_id)
@@ -199,13 +199,17 @@ impl Store {
 
 /// Every round committed work needs, in the caller's transaction, which holds the
 /// refresh lock.
-pub(crate) async fn refresh_all_in(conn: &mut PgConnection) -> Result<(), StoreError> {
-    while refresh_in(conn).await?.more {}
+pub(crate) async fn refresh_all_in(conn: &mut PgConnection, target: i64) -> Result<(), StoreError> {
+    while refresh_in(conn, target).await?.more {}
     Ok(())
 }
 
 /// One round in the caller's transaction, which holds the refresh lock.
-pub(crate) async fn refresh_in(conn: &mut PgConnection) -> Result<Refreshed, StoreError> {
+/// Blocks are cut at every `target`-th member.
+pub(crate) async fn refresh_in(
+    conn: &mut PgConnection,
+    target: i64,
+) -> Result<Refreshed, StoreError> {
     let rows: Vec<WorkColumns> = sqlx::query_as(
         "SELECT id, users, days, xp, touched, losers, survivors, recompute
          FROM standing_work ORDER BY id LIMIT $1",
@@ -240,7 +244,7 @@ pub(crate) async fn refresh_in(conn: &mut PgConnection) -> Result<Refreshed, Sto
             .bind(super::apply::SETTLE_LOCK_CLASS)
             .execute(&mut *conn)
             .await?;
-        recompute_in(conn).await?;
+        recompute_in(conn, target).await?;
         return Ok(Refreshed {
             batches: rows.len(),
             recomputed: true,
@@ -313,7 +317,7 @@ pub(crate) async fn refresh_in(conn: &mut PgConnection) -> Result<Refreshed, Sto
         .await?;
     }
     for (period, moves) in &settled.moves {
-        keep_blocks(conn, period, moves).await?;
+        keep_blocks(conn, period, moves, target).await?;
     }
     sqlx::query("DELETE FROM standing_work WHERE id = ANY($1)")
         .bind(&ids)
@@ -333,6 +337,7 @@ async fn keep_blocks(
     conn: &mut PgConnection,
     period: &str,
     moves: &[(Option<Key>, Option<Key>)],
+    target: i64,
 ) -> Result<(), StoreError> {
     let read: Vec<(i64, i64, i64)> = sqlx::query_as(
         "SELECT start_neg, start_uid, members FROM standing_blocks WHERE period = $1",
@@ -340,7 +345,10 @@ async fn keep_blocks(
     .bind(period)
     .fetch_all(&mut *conn)
     .await?;
-    let mut blocks = Blocks::new(read.into_iter().map(|(n, u, m)| ((n, u), m)).collect());
+    let mut blocks = Blocks::new(
+        read.into_iter().map(|(n, u, m)| ((n, u), m)).collect(),
+        target,
+    );
     for (old, new) in moves {
         blocks.moved(*old, *new);
     }
@@ -363,7 +371,7 @@ async fn keep_blocks(
         .bind(end_neg)
         .bind(end_uid)
         .bind(end.is_none())
-        .bind(TARGET)
+        .bind(target)
         .fetch_one(&mut *conn)
         .await?;
         let cuts: Vec<Key> = negs.into_iter().zip(uids).collect();
@@ -404,7 +412,7 @@ async fn keep_blocks(
 /// Every standing from the users (all time) and the ledger (every week and month it
 /// has days of), every block cut anew; the queued work goes. The caller holds the
 /// settle lock.
-async fn recompute_in(conn: &mut PgConnection) -> Result<(), StoreError> {
+async fn recompute_in(conn: &mut PgConnection, target: i64) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM standing_work")
         .execute(&mut *conn)
         .await?;
@@ -456,7 +464,7 @@ async fn recompute_in(conn: &mut PgConnection) -> Result<(), StoreError> {
     )
     .bind(FIRST.0)
     .bind(FIRST.1)
-    .bind(TARGET)
+    .bind(target)
     .execute(&mut *conn)
     .await?;
     Ok(())

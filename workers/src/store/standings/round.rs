@@ -112,7 +112,11 @@ impl Round {
 
     /// The rows and moves, given the stored XP of [`Round::pairs`] (absent: not ranked)
     /// and the losers' rows taken out ([`Round::take_losers`]).
-    pub fn settle(&self, stored: &HashMap<(String, i64), i64>, removed: Vec<(String, Key)>) -> Settled {
+    pub fn settle(
+        &self,
+        stored: &HashMap<(String, i64), i64>,
+        removed: Vec<(String, Key)>,
+    ) -> Settled {
         let mut out = Settled::default();
         for (p, k) in removed {
             out.moves.entry(p).or_default().push((Some(k), None));
@@ -142,8 +146,8 @@ impl Round {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ttfd_shared::rules::day_of_date;
     use time::macros::date;
+    use ttfd_shared::rules::day_of_date;
 
     fn row(id: i64) -> WorkRow {
         WorkRow {
@@ -211,12 +215,22 @@ mod tests {
         let s = r.settle(&stored, removed);
         assert!(s.upserts.contains(&(ALL.to_owned(), 1, 151)));
         assert!(s.upserts.contains(&(M.to_owned(), 1, 41)));
-        assert_eq!(s.deletes, vec![(W.to_owned(), 1)], "0 XP this week: not ranked");
+        assert_eq!(
+            s.deletes,
+            vec![(W.to_owned(), 1)],
+            "0 XP this week: not ranked"
+        );
         assert_eq!(
             s.moves[W],
             vec![(Some(key(7, 5)), None), (Some(key(-48, 1)), None)]
         );
-        assert_eq!(s.moves[ALL], vec![(Some(key(100, 2)), None), (Some(key(10, 1)), Some(key(151, 1)))]);
+        assert_eq!(
+            s.moves[ALL],
+            vec![
+                (Some(key(100, 2)), None),
+                (Some(key(10, 1)), Some(key(151, 1)))
+            ]
+        );
     }
 
     #[test]

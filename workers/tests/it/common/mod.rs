@@ -78,7 +78,9 @@ impl TestEnv {
             .await
             .expect("connect to NATS (is it running? scripts/services.sh)");
         broker.setup().await.expect("provision streams");
-        let store = Store::from_pool(db.pool(8).await.expect("pool"), settings.rules.clone());
+        // Standings blocks of 3 members: the tests' handfuls of users cut and fold them.
+        let store = Store::from_pool(db.pool(8).await.expect("pool"), settings.rules.clone())
+            .with_block_target(3);
         Self {
             settings,
             db,
@@ -312,6 +314,7 @@ impl Drop for TestEnv {
 
 /// `Ok` when the store holds exactly the users of `expected`.
 pub async fn compare(store: &Store, expected: &[ModelProfile]) -> Result<(), String> {
+    let mut owners = std::collections::HashMap::new();
     let live = store.user_count().await.map_err(|e| e.to_string())?;
     if live != expected.len() as i64 {
         return Err(format!(
@@ -393,6 +396,96 @@ pub async fn compare(store: &Store, expected: &[ModelProfile]) -> Result<(), Str
             return Err(format!(
                 "ledger of {first}: got {got_ledger:?}, want {want_ledger:?}"
             ));
+        }
+        owners.insert(got.uid, want.identities.clone());
+    }
+    compare_standings(store, expected, &owners).await
+}
+
+/// `Ok` when every leaderboard the model's events make (all time, every week and month
+/// with XP) is the store's: the same members with the same XP in the same order, ties
+/// by the smaller uid; read whole, page by page and as each member's positions.
+async fn compare_standings(
+    store: &Store,
+    expected: &[ModelProfile],
+    owners: &std::collections::HashMap<i64, BTreeSet<Identity>>,
+) -> Result<(), String> {
+    let mut keys: BTreeSet<String> = BTreeSet::from(["all".to_owned()]);
+    for p in expected {
+        for day in p.ledger.keys() {
+            keys.extend(model::period_keys(*day));
+        }
+    }
+    let err = |e: ttfd::store::StoreError| e.to_string();
+    for key in &keys {
+        let want: Vec<(BTreeSet<Identity>, i64)> = model::standings(expected, key)
+            .into_iter()
+            .map(|(p, xp)| (p.identities.clone(), xp))
+            .collect();
+        let rows = store.standings_page(key, 10_000, 0).await.map_err(err)?;
+        let got: Vec<(i64, BTreeSet<Identity>, i64)> = rows
+            .iter()
+            .map(|(uid, xp)| (*uid, owners.get(uid).cloned().unwrap_or_default(), *xp))
+            .collect();
+        // The model breaks no ties: compare the XP in order and the members per XP.
+        let tie_groups = |rows: &mut dyn Iterator<Item = (BTreeSet<Identity>, i64)>| {
+            let mut groups: Vec<(i64, BTreeSet<BTreeSet<Identity>>)> = Vec::new();
+            for (ids, xp) in rows {
+                match groups.last_mut() {
+                    Some((x, g)) if *x == xp => {
+                        g.insert(ids);
+                    }
+                    _ => groups.push((xp, BTreeSet::from([ids]))),
+                }
+            }
+            groups
+        };
+        let got_groups = tie_groups(&mut got.iter().map(|(_, ids, xp)| (ids.clone(), *xp)));
+        let want_groups = tie_groups(&mut want.iter().cloned());
+        if got_groups != want_groups {
+            return Err(format!(
+                "standings {key}:\n got  {got_groups:?}\n want {want_groups:?}"
+            ));
+        }
+        if let Some(w) = got.windows(2).find(|w| w[0].2 == w[1].2 && w[0].0 > w[1].0) {
+            return Err(format!("standings {key}: a tie not by uid: {w:?}"));
+        }
+        let ranked = store.ranked(key).await.map_err(err)?;
+        if ranked != got.len() as i64 {
+            return Err(format!(
+                "standings {key}: blocks count {ranked}, {} rows",
+                got.len()
+            ));
+        }
+        // Pages of 2 start where the whole list says, block boundaries or not.
+        for offset in (0..got.len()).step_by(2) {
+            let page = store
+                .standings_page(key, 2, offset as i64)
+                .await
+                .map_err(err)?;
+            if page[..] != rows[offset..(offset + 2).min(rows.len())] {
+                return Err(format!("standings {key}: page at {offset} is {page:?}"));
+            }
+        }
+    }
+    // Each member's positions in the current periods.
+    let today = time::OffsetDateTime::now_utc().date();
+    for (uid, _) in owners {
+        for s in store.standings_of(*uid, today).await.map_err(err)? {
+            let rows = store.standings_page(&s.key, 10_000, 0).await.map_err(err)?;
+            let at = rows
+                .iter()
+                .position(|(u, _)| u == uid)
+                .map(|i| i as u64 + 1);
+            if s.position != at || s.ranked != rows.len() as u64 {
+                return Err(format!(
+                    "position of user {uid} in {}: {:?} of {}, the list says {at:?} of {}",
+                    s.key,
+                    s.position,
+                    s.ranked,
+                    rows.len()
+                ));
+            }
         }
     }
     Ok(())

@@ -1,5 +1,6 @@
 //! `ttfd bench`: throughput and latency of the sync pipeline, side by side with a raw
-//! baseline measured in the same run on the same machine.
+//! baseline measured in the same run on the same machine; `ttfd bench reads`
+//! ([`reads`]): leaderboards and positions at community scale.
 //!
 //! In a scratch database and under a scratch NATS prefix (both removed at the end) it
 //! publishes `--events` events of the synthetic community mix over about
@@ -28,8 +29,13 @@ use crate::store::scratch::ScratchDb;
 use crate::sync::{Counters, SyncWorker};
 use crate::traffic::Traffic;
 
+pub mod reads;
+
 #[derive(Debug, Clone, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
     /// Events to publish and consume.
     #[arg(long, default_value_t = 1_000_000)]
     pub events: u64,
@@ -54,7 +60,17 @@ pub struct BenchArgs {
     pub latency_seconds: u64,
 }
 
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Leaderboard pages and members' positions at community scale, from the standings
+    /// and by aggregation (the baseline).
+    Reads(reads::ReadsArgs),
+}
+
 pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(BenchCommand::Reads(r)) = args.command {
+        return reads::run(settings, r).await;
+    }
     let db = ScratchDb::create(&settings.database, "ttfd_bench")
         .await
         .context("cannot create the benchmark database (database.url)")?;
