@@ -223,7 +223,7 @@ fn standings_rank_every_user_all_time_and_those_with_xp_in_a_period() {
     let keys = |key: &str| -> Vec<(String, i64)> {
         standings(&profiles, key)
             .into_iter()
-            .map(|(p, xp)| (p.identities.first().unwrap().to_string(), xp))
+            .map(|(p, xp)| (p.identities.first().expect("an identity").to_string(), xp))
             .collect()
     };
     assert_eq!(

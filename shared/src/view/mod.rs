@@ -179,11 +179,11 @@ mod tests {
         assert_eq!(Period::All.key(day), "all");
         assert_eq!(Period::Week.key(date!(2026 - 12 - 07)), "week:2026-W50");
         // Every day of a week has its key; the next Monday starts a new one.
-        let (from, to) = Period::Week.range(date!(2026 - 12 - 03)).unwrap();
+        let (from, to) = Period::Week.range(date!(2026 - 12 - 03)).expect("a week");
         let mut d = from;
         while d < to {
             assert_eq!(Period::Week.key(d), "week:2026-W49");
-            d = d.next_day().unwrap();
+            d = d.next_day().expect("a next day");
         }
         assert_eq!(Period::Week.key(to), "week:2026-W50");
     }

@@ -736,8 +736,8 @@ pub async fn compare_standings(
         side(live),
         side(rebuilt)
     );
-    let rows: Vec<(String, String, Option<i64>, Option<i64>, i64)> =
-        sqlx::query_as(&sql).bind(limit).fetch_all(conn).await?;
+    type Row = (String, String, Option<i64>, Option<i64>, i64);
+    let rows: Vec<Row> = sqlx::query_as(&sql).bind(limit).fetch_all(conn).await?;
     let total = rows.first().map_or(0, |r| r.4);
     Ok((
         total,

@@ -313,7 +313,7 @@ impl<'e> Settlement<'e> {
                 *added.entry((uid, day)).or_default() += xp;
             }
         }
-        let ((users, days), xp) = added.into_iter().map(|((u, d), x)| ((u, d), x)).unzip();
+        let ((users, days), xp) = added.into_iter().unzip();
         StandingWork {
             users,
             days,

@@ -336,7 +336,7 @@ pub(crate) async fn refresh_in(
 async fn keep_blocks(
     conn: &mut PgConnection,
     period: &str,
-    moves: &[(Option<Key>, Option<Key>)],
+    moves: &[round::Move],
     target: i64,
 ) -> Result<(), StoreError> {
     let read: Vec<(i64, i64, i64)> = sqlx::query_as(

@@ -36,13 +36,16 @@ pub struct Round {
     survivor: HashMap<i64, i64>,
 }
 
+/// A member's move in a period's order: `(old key, new key)`, `None` for not ranked.
+pub type Move = (Option<Key>, Option<Key>);
+
 /// What a round writes: standings rows set or removed, and per period the members that
-/// moved, `(old key, new key)`, `None` for not ranked.
+/// moved.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Settled {
     pub upserts: Vec<(String, i64, i64)>,
     pub deletes: Vec<(String, i64)>,
-    pub moves: BTreeMap<String, Vec<(Option<Key>, Option<Key>)>>,
+    pub moves: BTreeMap<String, Vec<Move>>,
 }
 
 impl Round {

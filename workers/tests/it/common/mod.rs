@@ -470,7 +470,7 @@ async fn compare_standings(
     }
     // Each member's positions in the current periods.
     let today = time::OffsetDateTime::now_utc().date();
-    for (uid, _) in owners {
+    for uid in owners.keys() {
         for s in store.standings_of(*uid, today).await.map_err(err)? {
             let rows = store.standings_page(&s.key, 10_000, 0).await.map_err(err)?;
             let at = rows
