@@ -170,34 +170,84 @@ async fn measure(
         "(a) baseline: consume + ack, no database", baseline
     );
 
-    // (b) The full pipeline.
+    // (b) The full pipeline, standings included (until their work is done too); with 2
+    // replicas also without standings, the pipeline before them.
     let pool = db.pool(2).await?;
     let mut figures = Vec::new();
-    for &replicas in &args.replicas {
+    let mut runs: Vec<(usize, bool)> = args.replicas.iter().map(|r| (*r, true)).collect();
+    if args.replicas.contains(&2) {
+        runs.push((2, false));
+    }
+    let mut without = None;
+    for (replicas, standings) in runs {
         db.truncate(&pool).await?;
-        let name = format!("sync-r{replicas}");
+        let name = format!("sync-r{replicas}-{standings}");
         consumer_named(broker, &name, DeliverPolicy::All).await?;
         let (elapsed, retries) = run_replicas(
             settings,
             nats,
             db,
             &name,
-            replicas,
-            None,
+            Replicas {
+                count: replicas,
+                standings,
+                latency: None,
+            },
             async |c: &Counters| {
                 wait_for(c, n).await;
             },
         )
         .await?;
         let r = rate(n, elapsed);
-        figures.push((replicas, r));
+        let label = if standings {
+            format!("(b) pipeline, {replicas} replica(s)")
+        } else {
+            without = Some(r);
+            format!("(b) pipeline, {replicas} replica(s), no standings")
+        };
+        if standings {
+            figures.push((replicas, r));
+        }
         println!(
-            "{:<40} {:>10.0} events/s   ratio to baseline {:.2}   ({retries} retried batches)",
-            format!("(b) pipeline, {replicas} replica(s)"),
-            r,
+            "{label:<40} {r:>10.0} events/s   ratio to baseline {:.2}   ({retries} retried batches)",
             r / baseline
         );
     }
+    let with = figures.iter().find(|(r, _)| *r == 2).map(|f| f.1);
+    if let (Some(with), Some(without)) = (with, without) {
+        println!(
+            "{:<40} {:>10.1} %   (target: at most 10 % lower)",
+            "standings cost, 2 replicas",
+            (1.0 - with / without) * 100.0
+        );
+    }
+
+    // (d) 2 replicas while the web API serves 200 leaderboard reads a second.
+    db.truncate(&pool).await?;
+    consumer_named(broker, "sync-reads", DeliverPolicy::All).await?;
+    let web = reads_under_load(settings, broker, db).await?;
+    let (elapsed, _) = run_replicas(
+        settings,
+        nats,
+        db,
+        "sync-reads",
+        Replicas {
+            count: 2,
+            standings: true,
+            latency: None,
+        },
+        async |c: &Counters| {
+            wait_for(c, n).await;
+        },
+    )
+    .await?;
+    let (served, p50, p99) = web.stop().await;
+    let r = rate(n, elapsed);
+    println!(
+        "{:<40} {r:>10.0} events/s   {:.1} % below (b) with 2   ({served} reads, p50 {p50:.1} ms, p99 {p99:.1} ms)",
+        "(d) 2 replicas + 200 API reads/s",
+        with.map_or(0.0, |w| (1.0 - r / w) * 100.0),
+    );
 
     // (c) Latency at a steady rate, 2 replicas.
     db.truncate(&pool).await?;
@@ -211,8 +261,11 @@ async fn measure(
         nats,
         db,
         "sync-latency",
-        2,
-        Some(tx),
+        Replicas {
+            count: 2,
+            standings: true,
+            latency: Some(tx),
+        },
         async move |c: &Counters| {
             let mut traffic = Traffic::new(5_000, 11, "latency");
             let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -262,6 +315,73 @@ async fn measure(
     Ok(())
 }
 
+/// The web role on the benchmark's database, read at 200 leaderboard pages a second
+/// (any period, any page) until stopped.
+struct WebLoad {
+    stop: CancellationToken,
+    reader: tokio::task::JoinHandle<Vec<Duration>>,
+}
+
+impl WebLoad {
+    /// Stops reading: how many reads were served, their p50 and p99 in ms.
+    async fn stop(self) -> (usize, f64, f64) {
+        self.stop.cancel();
+        let mut times = self.reader.await.unwrap_or_default();
+        times.sort();
+        let at = |p: f64| {
+            times
+                .get(((times.len() as f64 * p) as usize).min(times.len().saturating_sub(1)))
+                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        };
+        (times.len(), at(0.5), at(0.99))
+    }
+}
+
+async fn reads_under_load(
+    settings: &Settings,
+    broker: &Broker,
+    db: &ScratchDb,
+) -> anyhow::Result<WebLoad> {
+    let mut web_settings = settings.clone();
+    web_settings.web.listen = "127.0.0.1:0".parse()?;
+    web_settings.web.cookie_key = format!("bench-{:032x}", rand::rng().random::<u128>()).into();
+    let store = Store::from_pool(db.pool(4).await?, settings.rules.clone());
+    let app = crate::web::WebApp::build(
+        &web_settings,
+        store,
+        broker.clone(),
+        crate::metrics::Metrics::new(),
+        Duration::from_secs(1),
+    )
+    .await?;
+    let base = app.base_url().to_owned();
+    let stop = CancellationToken::new();
+    tokio::spawn(app.run(stop.clone()));
+    let client = reqwest::Client::new();
+    let until = stop.clone();
+    let reader = tokio::spawn(async move {
+        let mut times = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        let mut n = 0u64;
+        while !until.is_cancelled() {
+            tick.tick().await;
+            n += 1;
+            let period = ["all", "week", "month"][(n % 3) as usize];
+            let page = 1 + (n * 7919) % 40;
+            let url = format!("{base}/api/v1/leaderboard?period={period}&page={page}");
+            let t = Instant::now();
+            if let Ok(r) = client.get(&url).send().await
+                && r.status().is_success()
+                && r.bytes().await.is_ok()
+            {
+                times.push(t.elapsed());
+            }
+        }
+        times
+    });
+    Ok(WebLoad { stop, reader })
+}
+
 fn rate(n: u64, elapsed: Duration) -> f64 {
     n as f64 / elapsed.as_secs_f64().max(1e-9)
 }
@@ -291,17 +411,29 @@ async fn wait_for(c: &Counters, n: u64) {
     }
 }
 
-/// Runs `replicas` sync workers on consumer `name` while `drive` runs; returns how long
-/// `drive` took.
+/// The sync replicas of a measurement.
+struct Replicas {
+    count: usize,
+    /// Whether batches keep the standings (and replicas refresh them).
+    standings: bool,
+    latency: Option<mpsc::UnboundedSender<Duration>>,
+}
+
+/// Runs the sync workers on consumer `name` while `drive` runs; returns how long `drive`
+/// took, and with standings the refresher's last work after it.
 async fn run_replicas(
     settings: &Settings,
     nats: &NatsSettings,
     db: &ScratchDb,
     name: &str,
-    replicas: usize,
-    latency: Option<mpsc::UnboundedSender<Duration>>,
+    replicas: Replicas,
     drive: impl AsyncFnOnce(&Counters),
 ) -> anyhow::Result<(Duration, u64)> {
+    let Replicas {
+        count: replicas,
+        standings,
+        latency,
+    } = replicas;
     let counters = Arc::new(Counters::default());
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -311,7 +443,10 @@ async fn run_replicas(
             .js
             .get_consumer_from_stream(name, broker.subjects.events_stream())
             .await?;
-        let store = Store::from_pool(db.pool(4).await?, settings.rules.clone());
+        let mut store = Store::from_pool(db.pool(4).await?, settings.rules.clone());
+        if !standings {
+            store = store.without_standings();
+        }
         let mut worker = SyncWorker::new(store, broker, consumer, settings.sync.clone())
             .with_counters(counters.clone());
         if let Some(tx) = &latency {
@@ -322,6 +457,11 @@ async fn run_replicas(
     }
     let started = Instant::now();
     drive(&counters).await;
+    if standings {
+        Store::from_pool(db.pool(1).await?, settings.rules.clone())
+            .drain_standings()
+            .await?;
+    }
     let elapsed = started.elapsed();
     stop.cancel();
     tasks.close();

@@ -64,7 +64,7 @@ pub struct Applied {
 
 /// Advisory lock class of the settle lock ("TTFD"); the key is the schema's name hash,
 /// so that `ttfd rebuild`, applying into a schema of its own, does not wait for it.
-pub(super) const SETTLE_LOCK_CLASS: i32 = 0x5454_4644;
+const SETTLE_LOCK_CLASS: i32 = 0x5454_4644;
 
 impl Store {
     /// Applies a batch of valid events in one transaction. Events already applied (by

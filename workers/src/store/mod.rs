@@ -220,6 +220,9 @@ pub fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, 
         .expose_secret()
         .parse::<PgConnectOptions>()?
         .log_statements(tracing::log::LevelFilter::Trace)
+        // Short statements, whose row estimates (row comparisons) can look large: JIT
+        // compilation would cost tens of ms and save nothing.
+        .options([("jit", "off")])
         .application_name("ttfd"))
 }
 

@@ -29,7 +29,10 @@ pub struct ScratchDb {
 impl ScratchDb {
     pub async fn create(settings: &DatabaseSettings, tag: &str) -> Result<Self, StoreError> {
         let base: PgConnectOptions = settings.url.expose_secret().parse()?;
-        let base = base.log_statements(tracing::log::LevelFilter::Trace);
+        let base = base
+            .log_statements(tracing::log::LevelFilter::Trace)
+            .log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(1))
+            .options([("jit", "off")]);
         let name = format!("{tag}_{:016x}", rand::rng().random::<u64>());
         let admin = base.clone().database("postgres");
         let template = migrated_template(&base, &admin).await?;

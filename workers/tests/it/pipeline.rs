@@ -1209,3 +1209,40 @@ async fn a_first_start_with_an_old_notify_stream_announces_nothing_old() {
     );
     env.cleanup().await;
 }
+
+/// A `recompute` work row (the one migration 9 leaves on a database with users) builds
+/// every standing from the users and the ledger, while batches go on: what they commit
+/// meanwhile is applied on top, and the state is the model's.
+#[tokio::test]
+async fn a_recompute_rebuilds_the_standings_while_batches_go_on() {
+    let env = TestEnv::new().await;
+    let events = community(400, 20, 21);
+    let (before, after) = events.split_at(250);
+    for chunk in before.chunks(40) {
+        env.store.apply(chunk).await.expect("apply");
+    }
+    env.store.drain_standings().await.expect("drain");
+    // Standings lost (or never built): only the recompute can bring them back.
+    sqlx::query("DELETE FROM standings")
+        .execute(&env.store.pool)
+        .await
+        .expect("lose the standings");
+    sqlx::query("INSERT INTO standing_work (recompute) VALUES (true)")
+        .execute(&env.store.pool)
+        .await
+        .expect("ask for a recompute");
+    let (a, b) = after.split_at(60);
+    env.store.apply(a).await.expect("apply");
+    let recompute = {
+        let store = env.store.clone();
+        tokio::spawn(async move { store.drain_standings().await })
+    };
+    env.store.apply(b).await.expect("apply while recomputing");
+    recompute.await.expect("join").expect("recompute");
+    env.store.drain_standings().await.expect("drain");
+    let expected = ttfd::shared::model::fold(&env.settings.rules, &events);
+    crate::common::compare(&env.store, &expected)
+        .await
+        .expect("the recomputed standings are the model's");
+    env.cleanup().await;
+}

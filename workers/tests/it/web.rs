@@ -15,6 +15,7 @@ use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use ttfd::metrics::Metrics;
+use ttfd::shared::view::Period;
 use ttfd::shared::wire::{EventId, Payload};
 use ttfd::shared::{Event, Identity};
 use ttfd::web::WebApp;
@@ -1081,6 +1082,16 @@ async fn the_api_serves_users_leaderboard_pages_and_the_ladder() {
     ] {
         assert!(user.get(key).is_some(), "{key} in {user}");
     }
+    // Third of five, all time and this week (the grants are today's).
+    let today = time::OffsetDateTime::now_utc().date();
+    assert_eq!(
+        user["standings"],
+        json!([
+            {"period": "all", "key": "all", "position": 3, "xp": 300, "ranked": 5},
+            {"period": "week", "key": Period::Week.key(today), "position": 3, "xp": 300, "ranked": 5},
+            {"period": "month", "key": Period::Month.key(today), "position": 3, "xp": 300, "ranked": 5}
+        ])
+    );
     let (status, body) = json_of(
         http.get(site.url("/api/v1/users/website/404"))
             .send()
@@ -1110,6 +1121,27 @@ async fn the_api_serves_users_leaderboard_pages_and_the_ladder() {
         let http = http.clone();
         async move { json_of(http.get(url).send().await.expect("get")).await }
     };
+    // A past week has its own, empty, leaderboard; a day that is not one is refused.
+    let last_week = today - time::Duration::days(7);
+    let (status, past) = page(&format!("period=week&at={last_week}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(past["key"], Period::Week.key(last_week));
+    assert_eq!(
+        (
+            past["total"].as_i64(),
+            past["entries"].as_array().map(Vec::len)
+        ),
+        (Some(0), Some(0))
+    );
+    let (status, bad) = page("period=week&at=yesterday").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        bad["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("YYYY-MM-DD")),
+        "{bad}"
+    );
+
     let (status, first) = page("period=all&per_page=2").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(

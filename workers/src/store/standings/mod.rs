@@ -42,7 +42,8 @@ pub struct Refreshed {
     pub batches: usize,
     /// Standings rows written or removed.
     pub rows: usize,
-    /// Whether it rebuilt every standing from the ledger.
+    /// Whether it found a recompute asked for: done in the round (in a transaction that
+    /// locks writers out) or to be done by the caller.
     pub recomputed: bool,
     /// Whether more work was waiting when it took its rows.
     pub more: bool,
@@ -72,8 +73,11 @@ impl Store {
         if !mine {
             return Ok(None);
         }
-        let done = refresh_in(&mut tx, self.block_target).await?;
+        let done = refresh_in(&mut tx, self.block_target, Recompute::Apart).await?;
         tx.commit().await?;
+        if done.recomputed {
+            self.recompute_standings().await?;
+        }
         Ok(Some(done))
     }
 
@@ -86,18 +90,30 @@ impl Store {
                 .bind(REFRESH_LOCK_CLASS)
                 .execute(&mut *tx)
                 .await?;
-            let done = refresh_in(&mut tx, self.block_target).await?;
+            let done = refresh_in(&mut tx, self.block_target, Recompute::Apart).await?;
             tx.commit().await?;
-            if !done.more {
+            if done.recomputed {
+                self.recompute_standings().await?;
+            } else if !done.more {
                 return Ok(());
             }
         }
     }
 
-    /// Rebuilds every standing from the users and the ledger, dropping the work queued:
-    /// under the settle lock, so that no batch commits meanwhile.
+    /// Rebuilds every standing from the users and the ledger, in one snapshot
+    /// (repeatable read): the work of the batches in it goes, and the work of batches
+    /// committed meanwhile stays for the next rounds. Batches go on meanwhile.
     pub async fn recompute_standings(&self) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("SET LOCAL work_mem = '256MB'")
+            .execute(&mut *tx)
+            .await?;
+        // A refresh that commits while this waits for the lock conflicts with the
+        // snapshot: a serialization failure, transient, and the caller's retry waits no
+        // more.
         sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))")
             .bind(REFRESH_LOCK_CLASS)
             .execute(&mut *tx)
@@ -198,17 +214,28 @@ impl Store {
 }
 
 /// Every round committed work needs, in the caller's transaction, which holds the
-/// refresh lock.
+/// refresh lock and the projections locked against writers.
 pub(crate) async fn refresh_all_in(conn: &mut PgConnection, target: i64) -> Result<(), StoreError> {
-    while refresh_in(conn, target).await?.more {}
+    while refresh_in(conn, target, Recompute::Here).await?.more {}
     Ok(())
 }
 
-/// One round in the caller's transaction, which holds the refresh lock.
-/// Blocks are cut at every `target`-th member.
-pub(crate) async fn refresh_in(
+/// Where a round that finds a `recompute` row does it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recompute {
+    /// In the round's transaction: writers are locked out, so its state is final.
+    Here,
+    /// Not in the round: it reports `recomputed`, and the caller runs
+    /// [`Store::recompute_standings`], which lets batches go on meanwhile.
+    Apart,
+}
+
+/// One round in the caller's transaction, which holds the refresh lock. Blocks are cut
+/// at every `target`-th member.
+async fn refresh_in(
     conn: &mut PgConnection,
     target: i64,
+    recompute: Recompute,
 ) -> Result<Refreshed, StoreError> {
     let rows: Vec<WorkColumns> = sqlx::query_as(
         "SELECT id, users, days, xp, touched, losers, survivors, recompute
@@ -238,13 +265,9 @@ pub(crate) async fn refresh_in(
         return Ok(Refreshed::default());
     }
     if rows.iter().any(|r| r.recompute) {
-        // Under the settle lock: the users and ledger then hold every committed batch,
-        // and all their work goes.
-        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))")
-            .bind(super::apply::SETTLE_LOCK_CLASS)
-            .execute(&mut *conn)
-            .await?;
-        recompute_in(conn, target).await?;
+        if recompute == Recompute::Here {
+            recompute_in(conn, target).await?;
+        }
         return Ok(Refreshed {
             batches: rows.len(),
             recomputed: true,
@@ -410,8 +433,8 @@ async fn keep_blocks(
 }
 
 /// Every standing from the users (all time) and the ledger (every week and month it
-/// has days of), every block cut anew; the queued work goes. The caller holds the
-/// settle lock.
+/// has days of), every block cut anew; the queued work it can see goes. The caller
+/// holds the refresh lock, in one snapshot with the tables it reads.
 async fn recompute_in(conn: &mut PgConnection, target: i64) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM standing_work")
         .execute(&mut *conn)
