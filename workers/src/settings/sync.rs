@@ -36,7 +36,7 @@ impl Default for SyncSettings {
             shutdown_grace_secs: 20,
             relay_poll_ms: 1000,
             prune_interval_secs: 3600,
-            standings_refresh_ms: 500,
+            standings_refresh_ms: 1000,
         }
     }
 }
