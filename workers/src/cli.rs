@@ -132,6 +132,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate => {
             let store = connect_store(&settings).await?;
             store.migrate().await?;
+            // What a migration queued for the standings (a recompute, after the one
+            // that added them) is done before the new version serves a leaderboard.
+            store
+                .drain_standings()
+                .await
+                .context("cannot bring the standings up to date")?;
             println!("database migrated");
         }
         Command::Nats {
