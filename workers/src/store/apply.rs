@@ -37,8 +37,7 @@ use ttfd_shared::{Event, Payload};
 
 use super::minutes::DayMinutes;
 use super::settle::{
-    Facts, LedgerDay, LedgerRows, LinkRows, Settlement, StandingWork, UserRow, ledger_rows,
-    link_rows,
+    Facts, LedgerDay, LedgerRows, LinkRows, Settlement, UserRow, ledger_rows, link_rows,
 };
 use super::{Generation, Store, StoreError};
 use crate::now_ms;
@@ -645,7 +644,7 @@ impl Store {
     async fn write_standing_work(
         &self,
         tx: &mut Transaction<'static, Postgres>,
-        work: &StandingWork,
+        work: &super::standings::round::WorkRow,
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO standing_work (users, days, xp, touched, losers, survivors)

@@ -11,6 +11,7 @@
 //! 7. the users to write back ([`Settlement::users`]);
 //! 8. notifications ([`Settlement::rank_changes`], [`Settlement::notices`]).
 
+use super::standings::round::WorkRow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use ttfd_shared::rules;
@@ -148,17 +149,6 @@ pub(super) fn ledger_rows(
         rows.minutes.push(minutes);
     }
     rows
-}
-
-/// A batch's row of `standing_work` (`store::standings`).
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct StandingWork {
-    pub users: Vec<i64>,
-    pub days: Vec<i32>,
-    pub xp: Vec<i64>,
-    pub touched: Vec<i64>,
-    pub losers: Vec<i64>,
-    pub survivors: Vec<i64>,
 }
 
 /// The `links` insert's columns, one entry per link event.
@@ -305,7 +295,8 @@ impl<'e> Settlement<'e> {
 
     /// The batch as the standings refresher needs it: XP added per final user and day,
     /// the users written, the merges.
-    pub fn standing_work(&self) -> StandingWork {
+    /// (Its `id` is the table's to give.)
+    pub fn standing_work(&self) -> WorkRow {
         let mut added: BTreeMap<(i64, i32), i64> = BTreeMap::new();
         for (&(iid, day), &xp) in &self.added {
             if xp != 0 {
@@ -314,13 +305,14 @@ impl<'e> Settlement<'e> {
             }
         }
         let ((users, days), xp) = added.into_iter().unzip();
-        StandingWork {
+        WorkRow {
             users,
             days,
             xp,
             touched: self.users.keys().copied().collect(),
             losers: self.losers(),
             survivors: self.survivors_of_losers(),
+            ..WorkRow::default()
         }
     }
 
