@@ -69,7 +69,10 @@ pub async fn run(
     settings: &Settings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let broker = connect_broker(settings, role.signs_as()).await?;
+    // A role runs long enough to send a duplicate once more after the window.
+    let broker = connect_broker(settings, role.signs_as())
+        .await?
+        .sending_second_copies();
     let grace = role.grace(settings);
     // The bots hold no database credentials: they ask the query service.
     let result = match role {
@@ -92,6 +95,11 @@ pub async fn run(
     };
     // The last acks and publishes leave before the process does.
     broker.flush_within(EXIT_FLUSH).await;
+    if let Some(waiting) = broker.second_copies().map(|c| c.waiting_bytes())
+        && waiting > 0
+    {
+        tracing::warn!(waiting, "stopping with second copies not sent (bytes)");
+    }
     result
 }
 

@@ -4,6 +4,7 @@
 //! Reads `nats.url` and `nats.prefix`.
 
 pub mod notices;
+pub mod publish;
 pub mod trust;
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, consumer::PullConsumer, context::PublishAckFuture};
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
+use publish::{Pending, SecondCopies, SecondCopy};
 use secrecy::ExposeSecret;
 use ttfd_shared::wire::{self, Event, Subjects};
 
@@ -76,6 +78,9 @@ pub struct Broker {
     pub stream_replicas: usize,
     /// What this process signs and how the sync consumer judges (`trust.*`).
     pub trust: Arc<Trust>,
+    /// Set when an event JetStream called a duplicate is sent once more after the
+    /// window ([`publish`]).
+    second_copies: Option<Arc<SecondCopies>>,
 }
 
 impl Broker {
@@ -118,7 +123,23 @@ impl Broker {
             subjects: Subjects::new(prefix),
             stream_replicas: 1,
             trust: Arc::default(),
+            second_copies: None,
         }
+    }
+
+    /// The same connection, sending an event that JetStream called a duplicate once
+    /// more after the duplicate window, so that another publisher's claim of its id
+    /// cannot keep it out ([`publish`]). For the long-running roles.
+    pub fn sending_second_copies(self) -> Self {
+        Self {
+            second_copies: Some(Arc::default()),
+            ..self
+        }
+    }
+
+    /// The second copies waiting in this process, when it sends them.
+    pub fn second_copies(&self) -> Option<&SecondCopies> {
+        self.second_copies.as_deref()
     }
 
     /// The same connection, signing and judging by `trust`.
@@ -222,7 +243,7 @@ impl Broker {
 
     /// Sends an event to `<prefix>.events.<platform>.<kind>` with `Nats-Msg-Id` = its id.
     /// The returned future resolves when JetStream has stored it.
-    pub async fn publish_event(&self, event: &Event) -> Result<PublishAckFuture, BrokerError> {
+    pub async fn publish_event(&self, event: &Event) -> Result<Pending, BrokerError> {
         let subject = self
             .subjects
             .event(event.identity.platform.as_str(), event.kind());
@@ -262,8 +283,31 @@ impl Broker {
     }
 
     /// Sends bytes as they are (for outside publishers' shapes and for tests of bad input),
-    /// signed when this process signs.
+    /// signed when this process signs. A duplicate on the events stream is sent once
+    /// more after the window when this broker sends second copies.
     pub async fn publish_raw(
+        &self,
+        subject: String,
+        msg_id: &str,
+        payload: Bytes,
+    ) -> Result<Pending, BrokerError> {
+        let again = self
+            .second_copies
+            .as_ref()
+            .filter(|_| self.subjects.parse_event(&subject).is_some())
+            .map(|copies| SecondCopy {
+                broker: self.clone(),
+                copies: Arc::clone(copies),
+                subject: subject.clone(),
+                msg_id: msg_id.to_owned(),
+                payload: payload.clone(),
+            });
+        let ack = self.send(subject, msg_id, payload).await?;
+        Ok(Pending::new(ack, again))
+    }
+
+    /// One publish, signed when this process signs.
+    async fn send(
         &self,
         subject: String,
         msg_id: &str,

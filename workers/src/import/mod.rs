@@ -25,13 +25,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use async_nats::jetstream::context::PublishAckFuture;
 use backon::{ExponentialBuilder, Retryable};
 use indicatif::{ProgressBar, ProgressStyle};
 use secrecy::SecretString;
 use ttfd_shared::{Event, Identity, wire};
 
-use crate::broker::Broker;
+use crate::broker::{Broker, publish::Pending};
 use crate::now_ms;
 use legacy::{Layout, Person};
 use sources::{Columns, Location, Source};
@@ -420,7 +419,7 @@ pub async fn publish(
         window.clear();
         window.extend(events.by_ref().take(WINDOW));
         let send = || async {
-            let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(window.len());
+            let mut acks: Vec<Pending> = Vec::with_capacity(window.len());
             for e in &window {
                 acks.push(broker.publish_event(e).await?);
             }

@@ -264,10 +264,13 @@ async fn a_code_redeemed_in_signed_mode_merges_through_the_sync_roles_relay() {
 
 /// A publisher that claims the id another platform's next event will have (a Telegram
 /// message id is predictable) gets its claim dead-lettered, and its id is not
-/// remembered: the real event, published after JetStream's duplicate window, applies.
+/// remembered. JetStream drops the real event as a duplicate of the claim, so the real
+/// publisher sends it once more after the window: it applies.
 #[tokio::test]
 async fn an_id_claimed_by_another_platforms_publisher_does_not_block_the_real_event() {
     let env = TestEnv::with(signed).await;
+    env.shrink_the_duplicate_window(Duration::from_millis(500))
+        .await;
     let stolen = "telegram:msg:-1001234567890:77";
     let forged = ev(
         stolen,
@@ -278,12 +281,24 @@ async fn an_id_claimed_by_another_platforms_publisher_does_not_block_the_real_ev
         },
     );
     publish_with(&env.broker, std::slice::from_ref(&forged)).await;
-    // JetStream's duplicate window passes, then the real event is stored.
     let real = say(stolen, "telegram:7");
-    env.publish_after_the_duplicate_window(&real).await;
+    let bot = env.broker.clone().sending_second_copies();
+    let ack = bot
+        .publish_event(&real)
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    assert!(ack.duplicate, "JetStream holds the claim's copy");
+    let copies = bot.second_copies().expect("sends second copies");
+    assert!(copies.waiting_bytes() > 0, "a second copy waits");
     let stop = CancellationToken::new();
     let worker = env.spawn_worker(stop.clone()).await;
     env.wait_for_model(std::slice::from_ref(&real)).await;
+    eventually("the second copy sent", || async {
+        (copies.waiting_bytes() == 0).then_some(())
+    })
+    .await;
     let reasons = env.dead_letters(5).await;
     assert_eq!(reasons.len(), 1, "{reasons:?}");
     assert!(reasons[0].contains("namespace"), "{reasons:?}");

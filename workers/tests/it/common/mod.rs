@@ -134,6 +134,17 @@ impl TestEnv {
     /// JetStream stores it again (each try before the window passed is dropped as a
     /// duplicate, so exactly one more copy is stored).
     pub async fn publish_after_the_duplicate_window(&self, event: &Event) {
+        self.shrink_the_duplicate_window(Duration::from_millis(100))
+            .await;
+        eventually("a copy stored after the duplicate window", || async {
+            let ack = self.broker.publish_event(event).await.ok()?.await.ok()?;
+            (!ack.duplicate).then_some(())
+        })
+        .await;
+    }
+
+    /// Makes the events stream's duplicate window `window` long.
+    pub async fn shrink_the_duplicate_window(&self, window: Duration) {
         let mut stream = self
             .broker
             .js
@@ -144,16 +155,11 @@ impl TestEnv {
         self.broker
             .js
             .update_stream(async_nats::jetstream::stream::Config {
-                duplicate_window: Duration::from_millis(100),
+                duplicate_window: window,
                 ..config
             })
             .await
             .expect("update");
-        eventually("a copy stored after the duplicate window", || async {
-            let ack = self.broker.publish_event(event).await.ok()?.await.ok()?;
-            (!ack.duplicate).then_some(())
-        })
-        .await;
     }
 
     /// The reasons (`Ttfd-Error`) of the first `n` messages on the dead-letter stream.
