@@ -1,7 +1,8 @@
 //! `[web]`: where the site listens, how it is reached, its cookie key,
 //! Discord OAuth, the Telegram Login Widget and the ingest tokens.
 //!
-//! Keys: `web.listen`, `web.public_url`, `web.cookie_key`, `web.session_days`,
+//! Keys: `web.listen`, `web.public_url`, `web.cookie_key`,
+//! `web.retired_cookie_keys.<label>`, `web.session_days`,
 //! `web.discord.{client_id, client_secret, authorize_url, token_url, api_url}`,
 //! `web.telegram.{bot_token, bot_token_sha256, bot_username, max_auth_age_secs}`,
 //! `web.ingest_tokens.<platform>`,
@@ -35,6 +36,10 @@ pub struct WebSettings {
     /// -base64 48`). May be left empty only while the site is local (a loopback public
     /// URL): a random key is then made at start-up and sessions end with the process.
     pub cookie_key: SecretString,
+    /// Keys that signed the cookies before the last rotations, by a label of the
+    /// operator's (`2026a`): cookies they signed are still believed, and are signed
+    /// again with `cookie_key` when the site next sets them. Never used to sign.
+    pub retired_cookie_keys: BTreeMap<String, SecretString>,
     /// How long a sign-in lasts.
     pub session_days: u32,
     pub discord: DiscordOAuthSettings,
@@ -108,6 +113,7 @@ impl Default for WebSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_url: String::new(),
             cookie_key: SecretString::default(),
+            retired_cookie_keys: BTreeMap::new(),
             session_days: 30,
             discord: DiscordOAuthSettings::default(),
             telegram: TelegramLoginSettings::default(),
@@ -253,6 +259,24 @@ impl WebSettings {
         } else {
             public.to_owned()
         }
+    }
+
+    /// The keys of `web.retired_cookie_keys`, each at least 32 bytes (refused naming the
+    /// key otherwise).
+    pub fn retired_cookie_keys(&self) -> Result<Vec<Key>, SettingsError> {
+        self.retired_cookie_keys
+            .iter()
+            .map(|(label, key)| {
+                let key = key.expose_secret().as_bytes();
+                if key.len() < MIN_COOKIE_KEY_BYTES {
+                    return Err(invalid(
+                        &format!("web.retired_cookie_keys.{label}"),
+                        format!("must be at least {MIN_COOKIE_KEY_BYTES} bytes"),
+                    ));
+                }
+                Ok(Key::derive_from(key))
+            })
+            .collect()
     }
 
     /// The key signing the cookies. Outside a local site a missing or short

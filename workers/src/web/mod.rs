@@ -75,6 +75,8 @@ pub struct AppState {
     pub metrics: WebMetrics,
     pub registry: Metrics,
     pub cookie_key: Key,
+    /// `web.retired_cookie_keys`: believed, never used to sign.
+    pub retired_cookie_keys: Arc<[Key]>,
     pub cookies: CookiePolicy,
     pub base_url: Arc<str>,
     pub discord: Option<DiscordOAuth>,
@@ -172,6 +174,7 @@ impl WebApp {
         })?;
         let base_url = web.base_url(addr);
         let cookie_key = web.cookie_key(&base_url)?;
+        let retired_cookie_keys = web.retired_cookie_keys()?.into();
         let discord = match DiscordOAuth::new(&web.discord, &base_url) {
             None => None,
             Some(Ok(d)) => Some(d),
@@ -198,6 +201,7 @@ impl WebApp {
             metrics: WebMetrics::register(&registry),
             registry,
             cookie_key,
+            retired_cookie_keys,
             cookies: CookiePolicy {
                 secure: base_url.starts_with("https://"),
                 max_age_ms: i64::from(web.session_days) * 86_400_000,
@@ -330,6 +334,10 @@ pub fn router(state: AppState, with_ops: bool) -> Router {
         ));
     }
     router
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            session::believe_retired_keys,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             ops::track,

@@ -9,8 +9,12 @@
 //! form posts) and `Secure` when the site is served over https. Every form also carries
 //! the session's CSRF token.
 
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::Response;
 use axum_extra::extract::SignedCookieJar;
-use axum_extra::extract::cookie::{Cookie, SameSite};
+use axum_extra::extract::cookie::{Cookie, Key, SameSite};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -215,6 +219,69 @@ impl OAuthState {
     }
 }
 
+/// Believes cookies signed with a retired key (`web.retired_cookie_keys`): before the
+/// handlers read them, they are signed again with the current key in the request, so
+/// that a key rotation signs nobody out. A handler that sets the cookie then sends it
+/// signed with the current key; the browser's copy moves over on its next page.
+pub async fn believe_retired_keys(
+    State(app): State<super::AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    resign(
+        request.headers_mut(),
+        &app.cookie_key,
+        &app.retired_cookie_keys,
+    );
+    next.run(request).await
+}
+
+/// Rewrites the `Cookie` headers: a cookie that only a retired key verifies gets its
+/// value signed with `current`; every other cookie stays as it came.
+pub fn resign(headers: &mut HeaderMap, current: &Key, retired: &[Key]) {
+    if retired.is_empty() {
+        return;
+    }
+    let cookies: Vec<Cookie<'static>> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| Cookie::parse_encoded(c.trim().to_owned()).ok())
+        .collect();
+    let mut changed = false;
+    let mut sent = Vec::with_capacity(cookies.len());
+    for came in cookies {
+        let mut jar = cookie::CookieJar::new();
+        jar.add_original(came.clone());
+        let name = came.name().to_owned();
+        let believed = (jar.signed(current).get(&name).is_none())
+            .then(|| retired.iter().find_map(|key| jar.signed(key).get(&name)))
+            .flatten();
+        match believed {
+            Some(plain) => {
+                let mut fresh = cookie::CookieJar::new();
+                fresh.signed_mut(current).add(plain);
+                sent.push(fresh.get(&name).cloned().unwrap_or(came));
+                changed = true;
+            }
+            None => sent.push(came),
+        }
+    }
+    if !changed {
+        return;
+    }
+    let line = sent
+        .iter()
+        .map(|c| c.encoded().to_string())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if let Ok(value) = HeaderValue::from_str(&line) {
+        headers.remove(header::COOKIE);
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use axum_extra::extract::cookie::Key;
@@ -303,5 +370,49 @@ mod tests {
         );
         let forged = SignedCookieJar::from_headers(&forged, Key::generate());
         assert!(Session::load(&forged, &policy(), 0).who.is_none());
+    }
+
+    #[test]
+    fn a_cookie_signed_with_a_retired_key_is_believed_and_signed_again() {
+        let (old, current, foreign) = (Key::generate(), Key::generate(), Key::generate());
+        let mut s = Session::load(&SignedCookieJar::new(old.clone()), &policy(), 0);
+        s.sign_in(&Identity::parse("discord:1").expect("id"), None, 0);
+        let mut headers = sent_back(s.store(SignedCookieJar::new(old.clone()), &policy()));
+        let mut forged = Session::load(&SignedCookieJar::new(foreign.clone()), &policy(), 0);
+        forged.sign_in(&Identity::parse("discord:2").expect("id"), None, 0);
+        let mut other = sent_back(forged.store(SignedCookieJar::new(foreign), &policy()));
+        let as_is = headers.clone();
+        resign(&mut headers, &current, &[]);
+        assert_eq!(headers, as_is, "no retired keys: nothing changes");
+        let before = Session::load(
+            &SignedCookieJar::from_headers(&headers, current.clone()),
+            &policy(),
+            1,
+        );
+        assert_eq!(
+            before.who, None,
+            "the current key alone does not believe it"
+        );
+
+        resign(&mut headers, &current, std::slice::from_ref(&old));
+        let after = Session::load(
+            &SignedCookieJar::from_headers(&headers, current.clone()),
+            &policy(),
+            1,
+        );
+        assert_eq!(after.who.as_deref(), Some("discord:1"));
+        // Signed with the current key now: no retired key is needed any more.
+        let again = headers.clone();
+        resign(&mut headers, &current, std::slice::from_ref(&old));
+        assert_eq!(headers, again);
+
+        // A key that was never ours stays unbelieved.
+        resign(&mut other, &current, std::slice::from_ref(&old));
+        let forged = Session::load(
+            &SignedCookieJar::from_headers(&other, current),
+            &policy(),
+            1,
+        );
+        assert_eq!(forged.who, None);
     }
 }

@@ -1287,6 +1287,55 @@ async fn ingest_publishes_valid_events_of_the_tokens_platform() {
     site.stop().await;
 }
 
+/// Rotating `web.cookie_key` with the old key in `web.retired_cookie_keys` signs
+/// nobody out: the old cookie is believed, and the page sets it again signed with the
+/// new key, so a site that no longer knows the old key still knows the member. Without
+/// the retired key, an old cookie is a stranger's.
+#[tokio::test]
+async fn a_rotated_cookie_key_signs_nobody_out_while_the_old_one_is_retired() {
+    let site = Site::start().await;
+    let (moved, left) = (browser(), browser());
+    sign_in_with_discord(&site, &moved).await;
+    sign_in_with_discord(&site, &left).await;
+    let new_key = "the-next-cookie-key-of-at-least-32-bytes";
+    let rotated = |retire: bool| {
+        let mut settings = site.env.settings.clone();
+        settings.web.cookie_key = new_key.into();
+        if retire {
+            settings.web.retired_cookie_keys.insert(
+                "2026a".into(),
+                "a-test-cookie-key-of-at-least-32-bytes".into(),
+            );
+        }
+        let (store, broker) = (site.env.store.clone(), site.env.broker.clone());
+        let stop = site.stop.clone();
+        async move {
+            let app = WebApp::build(&settings, store, broker, Metrics::new(), GRACE)
+                .await
+                .expect("the web role starts");
+            let base = app.base_url().to_owned();
+            tokio::spawn(app.run(stop));
+            base
+        }
+    };
+    let (during, after) = (rotated(true).await, rotated(false).await);
+    let profile = |client: &reqwest::Client, base: &str| {
+        let request = client.get(format!("{base}/profile"));
+        async move { request.send().await.expect("get") }
+    };
+    let page = profile(&moved, &during).await;
+    assert_eq!(page.status(), StatusCode::OK, "the retired key is believed");
+    assert!(page.text().await.expect("body").contains("Ann"));
+    assert_eq!(
+        profile(&moved, &after).await.status(),
+        StatusCode::OK,
+        "the cookie was signed again with the new key"
+    );
+    let stranger = profile(&left, &after).await;
+    assert!(stranger.status().is_redirection(), "{}", stranger.status());
+    site.stop().await;
+}
+
 /// With `metrics.listen` set (as in Kubernetes), `/metrics` and `/readyz` (which says
 /// what failed, in words meant for operators) are served there, not on the public port.
 #[tokio::test]
