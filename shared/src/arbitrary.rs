@@ -19,21 +19,39 @@ fn identity(pool: usize) -> impl Strategy<Value = Identity> {
     })
 }
 
+/// `data.mult` (SPEC 7.2): mostly absent, else a value that raises, lowers or voids a
+/// minute, 100 (the same as absent) and the largest.
+fn mult() -> impl Strategy<Value = Option<u16>> {
+    prop_oneof![
+        3 => Just(None),
+        1 => prop::sample::select(vec![0u16, 50, 100, 150, 200, 1000]).prop_map(Some),
+    ]
+}
+
 fn payload(pool: usize, allow_negative: bool) -> impl Strategy<Value = Payload> {
     let min_amount = if allow_negative { -3_000 } else { 0 };
     prop_oneof![
-        6 => proptest::option::of(0u64..12).prop_map(|len| Payload::Message { len, chat: None }),
-        2 => (1u32..=3600).prop_map(|seconds| Payload::Voice { seconds, channel: None }),
+        6 => (proptest::option::of(0u64..12), mult())
+            .prop_map(|(len, mult)| Payload::Message { len, chat: None, mult }),
+        2 => (1u32..=3600, mult())
+            .prop_map(|(seconds, mult)| Payload::Voice { seconds, channel: None, mult }),
         1 => (0u32..600, any::<bool>()).prop_map(|(xp, won)| Payload::Game {
             game: "quiz".into(),
             won,
             xp
         }),
-        1 => (min_amount..3_000i32).prop_map(|amount| Payload::Xp {
-            amount,
-            reason: "test".into()
+        1 => (min_amount..3_000i32, proptest::option::of(identity(pool))).prop_map(
+            |(amount, by)| Payload::Xp {
+                amount,
+                reason: "test".into(),
+                by,
+            }
+        ),
+        1 => identity(pool).prop_map(|other| Payload::Link {
+            other,
+            proof: Proof::Code,
+            by: None
         }),
-        1 => identity(pool).prop_map(|other| Payload::Link { other, proof: Proof::Code }),
     ]
 }
 
@@ -58,6 +76,7 @@ pub fn event(n: usize, pool: usize, allow_negative: bool) -> impl Strategy<Value
                 Payload::Link { other, .. } if other == identity => Payload::Message {
                     len: None,
                     chat: None,
+                    mult: None,
                 },
                 p => p,
             };

@@ -61,9 +61,10 @@ impl FromStr for Publisher {
 }
 
 /// The id namespaces of the trusted principals' events (`link:code:..` of redeemed
-/// codes, `web:link:oauth:..` of sign-in links, `import:..`): no platform of that name
-/// publishes, so nobody can claim their ids first.
-pub const RESERVED_PLATFORMS: [&str; 3] = ["link", "web", "import"];
+/// codes, `web:link:oauth:..` of sign-in links, `import:..`, `mod:xp:..` of the
+/// moderators' tools): no platform of that name publishes, so nobody can claim their
+/// ids first.
+pub const RESERVED_PLATFORMS: [&str; 4] = ["link", "web", "import", "mod"];
 
 /// `Ok` when `publisher` may make the claim of `event`; else the reason, for the
 /// dead-letter stream.
@@ -119,7 +120,7 @@ fn claim(publisher: Publisher, event: &Event) -> Result<(), Rejection> {
                 refuse("an xp event comes only from a moderator or an admin".into())
             }
         },
-        Payload::Link { other, proof } => {
+        Payload::Link { other, proof, .. } => {
             let across = other.platform != event.identity.platform;
             match (publisher, proof) {
                 (Admin, _) => Ok(()),
@@ -162,6 +163,7 @@ mod tests {
             Payload::Link {
                 other: Identity::parse(to).expect("identity"),
                 proof,
+                by: None,
             },
         )
     }
@@ -177,6 +179,7 @@ mod tests {
             Payload::Message {
                 len: None,
                 chat: None,
+                mult: None,
             },
         );
         let play = event(
@@ -204,6 +207,7 @@ mod tests {
             Payload::Xp {
                 amount: 1_000_000,
                 reason: "gift".into(),
+                by: None,
             },
         );
         assert!(!allowed(Publisher::Platform, &grant));
@@ -266,6 +270,7 @@ mod tests {
                 Payload::Message {
                     len: None,
                     chat: None,
+                    mult: None,
                 },
             )
         };

@@ -12,8 +12,10 @@ use ttfd_shared::view::text::{self, Markup};
 use ttfd_shared::{Identity, wire};
 
 use crate::app::{self, Role, connect_broker, connect_store, demo};
+use crate::moderation::{self, Request, Verb};
 use crate::settings::Settings;
 use crate::store::Store;
+use crate::store::audit::AuditQuery;
 use crate::{bench, now_ms, replay, shutdown, telemetry};
 
 /// TTFD Unified: one profile per person across Discord, Telegram, the website and any
@@ -96,6 +98,79 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Measure throughput and latency against a raw-consumer baseline.
     Bench(bench::BenchArgs),
+    /// Give or take a member's XP by hand, with a reason; recorded in the audit log as
+    /// done by `cli:<your user name>` (docs/moderation.md). Waits until it is applied
+    /// and prints the new total.
+    Xp {
+        #[command(subcommand)]
+        command: XpCommand,
+    },
+    /// Read the audit log: who changed whose XP, or linked whom, and why; newest first.
+    Audit {
+        /// Only entries about this member (any identity of their unified user).
+        #[arg(long)]
+        member: Option<String>,
+        /// Only entries made by this moderator, e.g. `discord:123` or `cli:ops`.
+        #[arg(long)]
+        by: Option<String>,
+        /// Only entries from this day on (YYYY-MM-DD, UTC).
+        #[arg(long, value_parser = parse_day)]
+        since: Option<time::Date>,
+        /// Only entries before this day (YYYY-MM-DD, UTC).
+        #[arg(long, value_parser = parse_day)]
+        until: Option<time::Date>,
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=1000))]
+        limit: i64,
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
+        offset: i64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `ttfd xp <verb>`.
+#[derive(Debug, Subcommand)]
+pub enum XpCommand {
+    /// Add XP: `ttfd xp add discord:123 500 --reason "event winner"`.
+    Add {
+        #[command(flatten)]
+        who: XpTarget,
+        amount: u32,
+    },
+    /// Take XP away.
+    Remove {
+        #[command(flatten)]
+        who: XpTarget,
+        amount: u32,
+    },
+    /// Bring the member's XP to exactly this (publishes the difference).
+    Set {
+        #[command(flatten)]
+        who: XpTarget,
+        #[arg(allow_negative_numbers = true)]
+        xp: i64,
+    },
+    /// Bring the member's XP to 0.
+    Reset {
+        #[command(flatten)]
+        who: XpTarget,
+    },
+}
+
+/// Whose XP, why, and the request's own id.
+#[derive(Debug, clap::Args)]
+pub struct XpTarget {
+    /// `platform:user`, e.g. `discord:80351110224678912`.
+    member: String,
+    /// Why: it goes into the audit log (1 to 64 characters).
+    #[arg(long)]
+    reason: String,
+    /// An id of this request of your own: running the command again with the same id
+    /// counts once. Without it, a repeat counts once until the first has been applied.
+    #[arg(long)]
+    request_id: Option<String>,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,7 +179,6 @@ pub enum NatsCommand {
     Setup,
 }
 
-/// Runs the command; errors come back as one line for `main` to print.
 /// A day as `YYYY-MM-DD`.
 fn parse_day(s: &str) -> Result<time::Date, String> {
     time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"))
@@ -120,6 +194,7 @@ async fn drain_standings(store: &Store) {
     }
 }
 
+/// Runs the command; errors come back as one line for `main` to print.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(cli.config.as_deref())?;
     telemetry::init(&settings.log);
@@ -244,8 +319,79 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Demo(args) => demo::run(&settings, args, shutdown::on_signals()).await?,
         Command::Bench(args) => bench::run(&settings, args).await?,
+        Command::Xp { command } => adjust_xp(&settings, command).await?,
+        Command::Audit {
+            member,
+            by,
+            since,
+            until,
+            limit,
+            offset,
+            json,
+        } => {
+            let start_ms = |d: time::Date| d.midnight().assume_utc().unix_timestamp() * 1000;
+            let query = AuditQuery {
+                member: member.as_deref().map(Identity::parse).transpose()?,
+                by: by.as_deref().map(Identity::parse).transpose()?,
+                since_ms: since.map(start_ms),
+                until_ms: until.map(start_ms),
+                offset,
+                limit,
+            };
+            let store = connect_store(&settings).await?;
+            let (entries, total) = store.audit(&query).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else if entries.is_empty() {
+                println!("no audit entries");
+            } else {
+                for e in &entries {
+                    println!("{}", text::audit_entry(e));
+                }
+                println!("{} of {total} entries", entries.len());
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ttfd xp`: one adjustment by `cli:<os user>`.
+async fn adjust_xp(settings: &Settings, command: XpCommand) -> anyhow::Result<()> {
+    let (who, verb) = match command {
+        XpCommand::Add { who, amount } => (who, Verb::Add(amount)),
+        XpCommand::Remove { who, amount } => (who, Verb::Remove(amount)),
+        XpCommand::Set { who, xp } => (who, Verb::Set(xp)),
+        XpCommand::Reset { who } => (who, Verb::Reset),
+    };
+    let os_user = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "operator".into());
+    let request = Request {
+        target: Identity::parse(&who.member)?,
+        verb,
+        reason: who.reason,
+        by: Identity::new("cli", &os_user)?,
+        request_id: who.request_id,
+    };
+    let (store, broker) = (
+        connect_store(settings).await?,
+        connect_broker(settings, app::OPERATOR).await?,
+    );
+    let done =
+        moderation::adjust(&store, &broker, &settings.moderation, &request, now_ms()).await?;
+    if who.json {
+        let out = serde_json::json!({
+            "event_id": done.event.id.as_str(),
+            "amount": done.amount,
+            "xp": done.xp,
+            "duplicate": done.duplicate,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("{done}");
+    }
+    Ok(())
 }
 
 async fn publish(settings: &Settings, json: Option<String>) -> anyhow::Result<()> {

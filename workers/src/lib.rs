@@ -23,6 +23,7 @@ pub mod cli;
 pub mod discord;
 pub mod import;
 pub mod metrics;
+pub mod moderation;
 pub mod observe;
 pub mod query;
 pub mod replay;

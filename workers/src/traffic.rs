@@ -63,6 +63,7 @@ impl Traffic {
             0..760 => Payload::Message {
                 len: Some(self.rng.random_range(1..240)),
                 chat: None,
+                mult: None,
             },
             760..880 => Payload::Voice {
                 seconds: if self.rng.random_bool(0.8) {
@@ -71,6 +72,7 @@ impl Traffic {
                     self.rng.random_range(1..600)
                 },
                 channel: None,
+                mult: None,
             },
             880..950 => Payload::Game {
                 game: GAMES[self.rng.random_range(0..GAMES.len())].into(),
@@ -84,6 +86,7 @@ impl Traffic {
                     self.rng.random_range(50..500)
                 },
                 reason: "event reward".into(),
+                by: None,
             },
             _ => {
                 let other = if platform == "telegram" {
@@ -98,6 +101,7 @@ impl Traffic {
                     } else {
                         Proof::Code
                     },
+                    by: None,
                 }
             }
         };

@@ -14,11 +14,12 @@
 //! at any close, the current one included. Without negative XP this is simply the
 //! current rank.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::Identity;
 use crate::rules::{self, Rules};
-use crate::wire::{Event, Payload};
+use crate::view::AuditEntry;
+use crate::wire::{Event, Payload, Proof, WireIdentity};
 
 /// One unified user, as the model sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +58,8 @@ struct IdentityAcc {
 /// describe, sorted by their smallest identity.
 pub fn fold<'a>(rules: &Rules, events: impl IntoIterator<Item = &'a Event>) -> Vec<Profile> {
     let mut seen = HashSet::new();
-    let mut buckets = HashSet::new();
+    // (identity, UTC minute) of eligible messages -> the largest mult among them.
+    let mut buckets: HashMap<(Identity, i64), i64> = HashMap::new();
     let mut acc: BTreeMap<Identity, IdentityAcc> = BTreeMap::new();
     let mut links = Vec::new();
     for ev in events {
@@ -67,9 +69,13 @@ pub fn fold<'a>(rules: &Rules, events: impl IntoIterator<Item = &'a Event>) -> V
         let day = rules::day_of(ev.ts);
         let xp = match &ev.payload {
             Payload::Message { len, .. } => {
-                let fresh = rules.message_is_eligible(*len)
-                    && buckets.insert((ev.identity.clone(), rules::minute_of(ev.ts)));
-                if fresh { rules.message_xp } else { 0 }
+                if rules.message_is_eligible(*len) {
+                    let top = buckets
+                        .entry((ev.identity.clone(), rules::minute_of(ev.ts)))
+                        .or_insert(0);
+                    *top = (*top).max(ev.payload.mult());
+                }
+                0
             }
             Payload::Link { other, .. } => {
                 acc.entry(other.clone()).or_default();
@@ -102,6 +108,18 @@ pub fn fold<'a>(rules: &Rules, events: impl IntoIterator<Item = &'a Event>) -> V
         }
         if xp != 0 {
             *a.ledger.entry(day).or_default() += xp;
+        }
+    }
+
+    for ((identity, minute), mult) in buckets {
+        let xp = rules.minute_xp(mult);
+        if xp != 0 {
+            let day = rules::day_of(minute * rules::MINUTE_MS);
+            *acc.entry(identity)
+                .or_default()
+                .ledger
+                .entry(day)
+                .or_default() += xp;
         }
     }
 
@@ -169,6 +187,42 @@ pub fn fold<'a>(rules: &Rules, events: impl IntoIterator<Item = &'a Event>) -> V
         .collect();
     profiles.sort_by(|a, b| a.identities.first().cmp(&b.identities.first()));
     profiles
+}
+
+/// The audit log of a set of events (SPEC 7.1): every `xp` event and every link an
+/// operator made (proof `admin`), each once, newest first (by event time, then by the
+/// larger id).
+pub fn audit<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<AuditEntry> {
+    let mut seen = HashSet::new();
+    let mut entries: Vec<AuditEntry> = events
+        .into_iter()
+        .filter(|ev| match &ev.payload {
+            Payload::Xp { .. } => true,
+            Payload::Link { proof, .. } => *proof == Proof::Admin,
+            _ => false,
+        })
+        .filter(|ev| seen.insert(ev.id.clone()))
+        .map(|ev| {
+            let (amount, reason, other) = match &ev.payload {
+                Payload::Xp { amount, reason, .. } => (Some(*amount), Some(reason.clone()), None),
+                Payload::Link { other, .. } => (None, None, Some(WireIdentity::from(other))),
+                _ => (None, None, None),
+            };
+            AuditEntry {
+                event_id: ev.id.as_str().to_owned(),
+                ts: ev.ts,
+                at: crate::view::rfc3339(ev.ts).unwrap_or_default(),
+                kind: ev.kind().to_owned(),
+                member: WireIdentity::from(&ev.identity),
+                other,
+                amount,
+                reason,
+                by: ev.payload.by().map(WireIdentity::from),
+            }
+        })
+        .collect();
+    entries.sort_by(|a, b| (b.ts, &b.event_id).cmp(&(a.ts, &a.event_id)));
+    entries
 }
 
 /// The leaderboard of the period with standings key `key` (`view::Period::key`): each

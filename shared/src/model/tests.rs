@@ -17,13 +17,18 @@ fn ev(id: &str, ts: i64, who: &str, payload: Payload) -> Event {
 }
 
 fn msg(len: Option<u64>) -> Payload {
-    Payload::Message { len, chat: None }
+    Payload::Message {
+        len,
+        chat: None,
+        mult: None,
+    }
 }
 
 fn grant(amount: i32) -> Payload {
     Payload::Xp {
         amount,
         reason: "t".into(),
+        by: None,
     }
 }
 
@@ -31,6 +36,7 @@ fn link(other: &str) -> Payload {
     Payload::Link {
         other: Identity::parse(other).expect("identity"),
         proof: Proof::Code,
+        by: None,
     }
 }
 
@@ -51,6 +57,61 @@ fn first_eligible_message_of_a_minute_earns_xp_and_the_rest_only_count() {
     let p = fold(&r, &events);
     let p = only(&p);
     assert_eq!((p.xp, p.messages), (20, 4));
+}
+
+fn boosted(len: Option<u64>, mult: u16) -> Payload {
+    Payload::Message {
+        len,
+        chat: None,
+        mult: Some(mult),
+    }
+}
+
+/// SPEC 7.2: a minute pays at the largest `mult` of its eligible messages, whichever
+/// arrives first; counters count every message.
+#[test]
+fn a_minute_pays_at_the_largest_mult_of_its_eligible_messages() {
+    let r = Rules::default();
+    let minute = [
+        ev("plain", 1_000, "discord:1", msg(None)),
+        ev("double", 2_000, "discord:1", boosted(None, 200)),
+        ev("half", 3_000, "discord:1", boosted(None, 50)),
+        ev("short", 4_000, "discord:1", boosted(Some(1), 1000)),
+    ];
+    for order in [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]] {
+        let events: Vec<Event> = order.iter().map(|i| minute[*i].clone()).collect();
+        let p = fold(&r, &events);
+        assert_eq!((only(&p).xp, only(&p).messages), (20, 4), "{order:?}");
+    }
+    let quiet = [
+        ev("a", 1_000, "discord:1", boosted(None, 0)),
+        ev("b", 61_000, "discord:1", boosted(None, 150)),
+        ev("c", 121_000, "discord:1", boosted(None, 33)),
+    ];
+    let p = fold(&r, &quiet);
+    assert_eq!((only(&p).xp, only(&p).messages), (15 + 3, 3));
+}
+
+#[test]
+fn voice_pays_its_mult_in_percent_rounded_down() {
+    let r = Rules::default();
+    let voice = |id: &str, seconds: u32, mult: Option<u16>| {
+        ev(
+            id,
+            0,
+            "discord:1",
+            Payload::Voice {
+                seconds,
+                channel: None,
+                mult,
+            },
+        )
+    };
+    let p = fold(&r, &[voice("a", 3600, Some(150)), voice("b", 59, None)]);
+    // 3600 s * 4 XP/min * 150 % = 360; 59 s * 4 / 60 = 3.
+    assert_eq!(only(&p).xp, 360 + 3);
+    let p = fold(&r, &[voice("c", 3600, Some(0)), voice("d", 100, Some(7))]);
+    assert_eq!((only(&p).xp, only(&p).voice_seconds), (0, 3700));
 }
 
 #[test]
@@ -76,6 +137,7 @@ fn merging_sums_xp_counters_and_ledgers_and_recomputes_rank() {
             Payload::Voice {
                 seconds: 3600,
                 channel: None,
+                mult: None,
             },
         ),
         ev(

@@ -121,12 +121,20 @@ impl Rules {
         len.is_none_or(|l| l >= self.min_message_len)
     }
 
+    /// What a UTC minute of an identity's eligible messages pays (SPEC 7.2): message XP
+    /// at `mult`, the largest `data.mult` among them, in percent.
+    pub fn minute_xp(&self, mult: i64) -> i64 {
+        self.message_xp * mult / 100
+    }
+
     /// XP of an event that does not depend on other events: everything but `message`,
     /// whose XP is decided per identity and minute (see [`Rules::message_is_eligible`]).
     pub fn standalone_xp(&self, payload: &Payload) -> i64 {
         match payload {
             Payload::Message { .. } | Payload::Link { .. } => 0,
-            Payload::Voice { seconds, .. } => i64::from(*seconds) * self.voice_xp_per_minute / 60,
+            Payload::Voice { seconds, .. } => {
+                i64::from(*seconds) * self.voice_xp_per_minute * payload.mult() / 6000
+            }
             Payload::Game { xp, .. } => i64::from(*xp),
             Payload::Xp { amount, .. } => i64::from(*amount),
         }
@@ -224,6 +232,7 @@ mod tests {
         let voice = |seconds| Payload::Voice {
             seconds,
             channel: None,
+            mult: None,
         };
         assert_eq!(r.standalone_xp(&voice(60)), 4);
         assert_eq!(r.standalone_xp(&voice(14)), 0);
@@ -242,6 +251,7 @@ mod tests {
         let grant = Payload::Xp {
             amount: -300,
             reason: "admin".into(),
+            by: None,
         };
         assert_eq!(r.standalone_xp(&game), 120);
         assert_eq!(r.standalone_xp(&grant), -300);

@@ -135,6 +135,34 @@ impl FromStr for Period {
     }
 }
 
+/// One entry of the audit log (SPEC 7.1): an `xp` event, or a link an operator made,
+/// as `ttfd audit --json` prints it and `GET /api/v1/audit` serves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub event_id: String,
+    /// Event time, Unix ms, and the same as RFC 3339.
+    pub ts: i64,
+    pub at: String,
+    /// `xp` or `link`.
+    pub kind: String,
+    /// The identity the change was about.
+    pub member: WireIdentity,
+    /// A link's other identity.
+    pub other: Option<WireIdentity>,
+    /// An `xp` event's amount and reason.
+    pub amount: Option<i32>,
+    pub reason: Option<String>,
+    /// Who made the change, when the event said (`data.by`).
+    pub by: Option<WireIdentity>,
+}
+
+/// Event time `ms` (Unix ms) as RFC 3339, UTC; `None` outside what a date can hold.
+pub fn rfc3339(ms: i64) -> Option<String> {
+    use time::format_description::well_known::Rfc3339;
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;
+    t.format(&Rfc3339).ok()
+}
+
 /// One row of a leaderboard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Standing {

@@ -5,8 +5,9 @@
 
 use std::fmt::Write as _;
 
-use super::{Period, PeriodStanding, Profile, Standing};
+use super::{AuditEntry, Period, PeriodStanding, Profile, Standing};
 use crate::rules::Rules;
+use crate::wire::WireIdentity;
 
 /// How the text is marked up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,6 +194,29 @@ pub fn top(period: Period, rows: &[Standing], markup: Markup) -> String {
         );
     }
     out
+}
+
+/// One audit entry on one line: when, what, about whom, by whom, why, and its event id.
+pub fn audit_entry(e: &AuditEntry) -> String {
+    let who = |i: &WireIdentity| format!("{}:{}", i.platform, i.user);
+    let what = match (e.kind.as_str(), e.amount, &e.other) {
+        ("xp", Some(a), _) => {
+            let sign = if a > 0 { "+" } else { "" };
+            format!("{sign}{} XP to {}", thousands(i64::from(a)), who(&e.member))
+        }
+        (_, _, Some(o)) => format!("linked {} with {}", who(&e.member), who(o)),
+        _ => format!("{} about {}", e.kind, who(&e.member)),
+    };
+    let by = e.by.as_ref().map_or_else(
+        || "by an unnamed operator".to_owned(),
+        |b| format!("by {}", who(b)),
+    );
+    let reason = e
+        .reason
+        .as_deref()
+        .map(|r| format!(": \"{r}\""))
+        .unwrap_or_default();
+    format!("{} {what} {by}{reason} ({})", e.at, e.event_id)
 }
 
 #[cfg(test)]

@@ -77,10 +77,15 @@ pub enum Payload {
     Message {
         len: Option<u64>,
         chat: Option<String>,
+        /// SPEC 7.2: the percentage of XP this message's minute pays at most; `None`
+        /// (a v1 publisher) means 100.
+        mult: Option<u16>,
     },
     Voice {
         seconds: u32,
         channel: Option<String>,
+        /// SPEC 7.2: the percentage of XP these seconds pay; `None` means 100.
+        mult: Option<u16>,
     },
     Game {
         game: String,
@@ -90,14 +95,39 @@ pub enum Payload {
     Xp {
         amount: i32,
         reason: String,
+        /// SPEC 7.1: the moderator or operator who made the change.
+        by: Option<Identity>,
     },
     Link {
         other: Identity,
         proof: Proof,
+        /// SPEC 7.1: the operator who linked by hand (proof `admin`).
+        by: Option<Identity>,
     },
 }
 
+/// The largest `data.mult` (SPEC 7.2): ten times the XP.
+pub const MAX_MULT: u16 = 1000;
+
 impl Payload {
+    /// The percentage of its XP an activity pays (SPEC 7.2): `data.mult`, 100 when absent.
+    pub fn mult(&self) -> i64 {
+        match self {
+            Payload::Message { mult, .. } | Payload::Voice { mult, .. } => {
+                mult.map_or(100, i64::from)
+            }
+            _ => 100,
+        }
+    }
+
+    /// Who made the change, when the event says (SPEC 7.1).
+    pub fn by(&self) -> Option<&Identity> {
+        match self {
+            Payload::Xp { by, .. } | Payload::Link { by, .. } => by.as_ref(),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Payload::Message { .. } => "message",
@@ -178,6 +208,8 @@ struct MessageData {
     len: Option<u64>,
     #[serde(default)]
     chat: Option<String>,
+    #[serde(default)]
+    mult: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -185,6 +217,15 @@ struct VoiceData {
     seconds: u64,
     #[serde(default)]
     channel: Option<String>,
+    #[serde(default)]
+    mult: Option<u64>,
+}
+
+/// `data.by` (SPEC 7.1).
+#[derive(Deserialize)]
+struct ByData {
+    platform: String,
+    user: String,
 }
 
 #[derive(Deserialize)]
@@ -198,6 +239,8 @@ struct GameData {
 struct XpData {
     amount: i64,
     reason: String,
+    #[serde(default)]
+    by: Option<ByData>,
 }
 
 #[derive(Deserialize)]
@@ -205,6 +248,27 @@ struct LinkData {
     platform: String,
     user: String,
     proof: String,
+    #[serde(default)]
+    by: Option<ByData>,
+}
+
+/// `data.mult`: 0..=[`MAX_MULT`] when present.
+fn mult_in(mult: Option<u64>) -> Result<Option<u16>, Rejection> {
+    mult.map(|m| {
+        u16::try_from(m)
+            .ok()
+            .filter(|m| *m <= MAX_MULT)
+            .ok_or_else(|| out_of_range(format!("data.mult {m} must be 0..={MAX_MULT}")))
+    })
+    .transpose()
+}
+
+/// `data.by`: an identity when present.
+fn by_in(by: Option<ByData>) -> Result<Option<Identity>, Rejection> {
+    by.map(|b| {
+        Identity::new(&b.platform, &b.user).map_err(|e| out_of_range(format!("data.by: {e}")))
+    })
+    .transpose()
 }
 
 /// Decodes one whole MessagePack value from `bytes`, refusing trailing bytes.
@@ -327,6 +391,7 @@ pub fn decode(
             Payload::Message {
                 len: d.len,
                 chat: d.chat,
+                mult: mult_in(d.mult)?,
             }
         }
         "voice" => {
@@ -340,6 +405,7 @@ pub fn decode(
             Payload::Voice {
                 seconds,
                 channel: d.channel,
+                mult: mult_in(d.mult)?,
             }
         }
         "game" => {
@@ -370,6 +436,7 @@ pub fn decode(
             Payload::Xp {
                 amount,
                 reason: d.reason,
+                by: by_in(d.by)?,
             }
         }
         "link" => {
@@ -382,6 +449,7 @@ pub fn decode(
             Payload::Link {
                 other,
                 proof: Proof::parse(&d.proof)?,
+                by: by_in(d.by)?,
             }
         }
         other => {
@@ -421,11 +489,15 @@ enum DataOut<'a> {
         len: Option<u64>,
         #[serde(skip_serializing_if = "Option::is_none")]
         chat: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mult: Option<u16>,
     },
     Voice {
         seconds: u32,
         #[serde(skip_serializing_if = "Option::is_none")]
         channel: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mult: Option<u16>,
     },
     Game {
         game: &'a str,
@@ -435,38 +507,65 @@ enum DataOut<'a> {
     Xp {
         amount: i32,
         reason: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        by: Option<ByOut<'a>>,
     },
     Link {
         platform: &'a str,
         user: &'a str,
         proof: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        by: Option<ByOut<'a>>,
     },
+}
+
+#[derive(Serialize)]
+struct ByOut<'a> {
+    platform: &'a str,
+    user: &'a str,
+}
+
+impl<'a> ByOut<'a> {
+    fn of(by: &'a Option<Identity>) -> Option<Self> {
+        by.as_ref().map(|b| ByOut {
+            platform: b.platform.as_str(),
+            user: b.user.as_str(),
+        })
+    }
 }
 
 /// Encodes an event as the envelope (`to_vec_named`: a map with string keys).
 pub fn encode(event: &Event) -> Vec<u8> {
     let data = match &event.payload {
-        Payload::Message { len, chat } => DataOut::Message {
+        Payload::Message { len, chat, mult } => DataOut::Message {
             len: *len,
             chat: chat.as_deref(),
+            mult: *mult,
         },
-        Payload::Voice { seconds, channel } => DataOut::Voice {
+        Payload::Voice {
+            seconds,
+            channel,
+            mult,
+        } => DataOut::Voice {
             seconds: *seconds,
             channel: channel.as_deref(),
+            mult: *mult,
         },
         Payload::Game { game, won, xp } => DataOut::Game {
             game,
             won: *won,
             xp: *xp,
         },
-        Payload::Xp { amount, reason } => DataOut::Xp {
+        Payload::Xp { amount, reason, by } => DataOut::Xp {
             amount: *amount,
             reason,
+            by: ByOut::of(by),
         },
-        Payload::Link { other, proof } => DataOut::Link {
+        Payload::Link { other, proof, by } => DataOut::Link {
             platform: other.platform.as_str(),
             user: other.user.as_str(),
             proof: proof.as_str(),
+            by: ByOut::of(by),
         },
     };
     let out = Out {
@@ -516,6 +615,17 @@ mod tests {
             base(
                 "link",
                 json!({"platform": "telegram", "user": "7", "proof": "code"}),
+            ),
+            base("message", json!({"len": 12, "mult": 0})),
+            base("voice", json!({"seconds": 60, "mult": 1000})),
+            base(
+                "xp",
+                json!({"amount": 5, "reason": "quiz", "by": {"platform": "cli", "user": "ops"}}),
+            ),
+            base(
+                "link",
+                json!({"platform": "telegram", "user": "7", "proof": "admin",
+                       "by": {"platform": "discord", "user": "9"}}),
             ),
         ];
         for v in samples {
@@ -600,6 +710,17 @@ mod tests {
             json!({"platform": "discord", "user": "42", "proof": "code"}),
         );
         assert_eq!(code_of(&v, ("discord", "link")), "out_of_range");
+        let v = base("message", json!({"mult": 1001}));
+        assert_eq!(code_of(&v, s), "out_of_range");
+        let v = base("voice", json!({"seconds": 5, "mult": -1}));
+        assert_eq!(code_of(&v, ("discord", "voice")), "wrong_type");
+        let v = base("xp", json!({"amount": 5, "reason": "x", "by": "ops"}));
+        assert_eq!(code_of(&v, ("discord", "xp")), "wrong_type");
+        let v = base(
+            "xp",
+            json!({"amount": 5, "reason": "x", "by": {"platform": "CLI", "user": "ops"}}),
+        );
+        assert_eq!(code_of(&v, ("discord", "xp")), "out_of_range");
         let mut v = base("message", json!({}));
         v["platform"] = json!("Discord");
         assert_eq!(code_of(&v, ("Discord", "message")), "out_of_range");

@@ -82,6 +82,7 @@ pub fn message_event(msg: &Message, rules: &MessageRules<'_>) -> Option<Event> {
         payload: Payload::Message {
             len,
             chat: Some(msg.channel_id.get().to_string()),
+            mult: None,
         },
     })
 }
@@ -161,6 +162,7 @@ pub fn voice_event(guild: GuildId, segment: &Segment, name: Option<String>) -> E
         payload: Payload::Voice {
             seconds: segment.seconds,
             channel: Some(segment.channel.to_string()),
+            mult: None,
         },
     }
 }
@@ -238,7 +240,8 @@ mod tests {
             e.payload,
             Payload::Message {
                 len: Some(16),
-                chat: Some("1100000000000000001".into())
+                chat: Some("1100000000000000001".into()),
+                mult: None,
             }
         );
         // The envelope accepts it.
@@ -442,7 +445,8 @@ mod tests {
             e.payload,
             Payload::Voice {
                 seconds: 55,
-                channel: Some("9".into())
+                channel: Some("9".into()),
+                mult: None,
             }
         );
         assert_eq!(voice_event(GuildId::new(GUILD), &seg, None).id, e.id);

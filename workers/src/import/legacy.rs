@@ -317,6 +317,7 @@ impl Person {
                 Payload::Xp {
                     amount: i32::try_from(amount).expect("at most 1,000,000"),
                     reason: XP_REASON.into(),
+                    by: None,
                 },
             ));
             part += 1;
@@ -337,6 +338,7 @@ impl Person {
                 Payload::Link {
                     other: other.clone(),
                     proof: Proof::Import,
+                    by: None,
                 },
             ));
         }

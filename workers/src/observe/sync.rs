@@ -259,10 +259,12 @@ mod tests {
         let voice = Payload::Voice {
             seconds: 60,
             channel: None,
+            mult: None,
         };
         let msg = Payload::Message {
             len: None,
             chat: None,
+            mult: None,
         };
         let events = vec![
             event("a", "discord", voice.clone()),

@@ -113,19 +113,21 @@ impl fmt::Display for RebuildOutcome {
                 if c.is_same() {
                     return write!(
                         f,
-                        "no difference: {} users live, {} rebuilt; ledgers equal; standings equal",
+                        "no difference: {} users live, {} rebuilt; ledgers equal; standings equal; \
+                         audit equal",
                         c.live_users, c.rebuilt_users
                     );
                 }
                 writeln!(
                     f,
                     "DIFFERENCES: {} users differ ({} users live, {} rebuilt), {} ledger rows differ, \
-                     {} standings differ",
+                     {} standings differ, {} audit entries differ",
                     c.user_differences,
                     c.live_users,
                     c.rebuilt_users,
                     c.ledger_differences,
-                    c.standing_differences
+                    c.standing_differences,
+                    c.audit_differences
                 )?;
                 for d in &c.users {
                     writeln!(f, "  {d}")?;
@@ -136,8 +138,15 @@ impl fmt::Display for RebuildOutcome {
                 for d in &c.standings {
                     writeln!(f, "  {d}")?;
                 }
-                let listed = (c.users.len() + c.ledger.len() + c.standings.len()) as i64;
-                let total = c.user_differences + c.ledger_differences + c.standing_differences;
+                for d in &c.audit {
+                    writeln!(f, "  {d}")?;
+                }
+                let listed =
+                    (c.users.len() + c.ledger.len() + c.standings.len() + c.audit.len()) as i64;
+                let total = c.user_differences
+                    + c.ledger_differences
+                    + c.standing_differences
+                    + c.audit_differences;
                 if listed < total {
                     writeln!(f, "  ... and {} more", total - listed)?;
                 }

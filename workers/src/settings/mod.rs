@@ -3,7 +3,8 @@
 //!
 //! One file per section: [`database`] (`database.*`), [`nats`] (`nats.*`), [`sync`]
 //! (`sync.*`), [`log`] (`log.*`), [`metrics`] (`metrics.listen`), [`discord`]
-//! (`discord.*`), [`telegram`] (`telegram.*`), [`trust`] (`trust.*`), [`web`] (`web.*`);
+//! (`discord.*`), [`telegram`] (`telegram.*`), [`trust`] (`trust.*`), [`web`] (`web.*`),
+//! [`moderation`] (`moderation.*`);
 //! `rules.*` is [`ttfd_shared::Rules`]. See `config/ttfd.example.toml` for every key. Unknown keys
 //! and bad values stop start-up with a [`SettingsError`] naming the key.
 //!
@@ -13,6 +14,7 @@ pub mod database;
 pub mod discord;
 pub mod log;
 pub mod metrics;
+pub mod moderation;
 pub mod nats;
 pub mod sync;
 pub mod telegram;
@@ -28,6 +30,7 @@ pub use database::DatabaseSettings;
 pub use discord::DiscordSettings;
 pub use log::{LogFormat, LogSettings};
 pub use metrics::MetricsSettings;
+pub use moderation::ModerationSettings;
 pub use nats::NatsSettings;
 pub use sync::SyncSettings;
 pub use telegram::{TelegramMode, TelegramSettings};
@@ -47,6 +50,7 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub telegram: TelegramSettings,
     pub trust: TrustSettings,
+    pub moderation: ModerationSettings,
 }
 
 /// Settings that cannot be used, naming the key.
@@ -106,6 +110,7 @@ impl Settings {
         self.metrics.addr()?;
         self.telegram.validate()?;
         self.trust.validate()?;
+        self.moderation.validate()?;
         self.rules
             .validate()
             .map_err(|e| invalid(&format!("rules.{}", e.key), e.message))?;

@@ -32,10 +32,11 @@ use sqlx::{Postgres, Transaction};
 use tracing::instrument;
 use ttfd_shared::model::peak_ranks;
 use ttfd_shared::rules;
+use ttfd_shared::wire::Proof;
 use ttfd_shared::wire::WireIdentity;
 use ttfd_shared::{Event, Payload};
 
-use super::minutes::DayMinutes;
+use super::minutes::{self, DayMinutes, MinuteMults};
 use super::settle::{
     Facts, LedgerDay, LedgerRows, LinkRows, Settlement, UserRow, ledger_rows, link_rows,
 };
@@ -295,6 +296,7 @@ impl Store {
         let mut deltas: BTreeMap<i64, UserRow> = BTreeMap::new();
         let mut ledger: BTreeMap<(i64, i32), LedgerDay> = BTreeMap::new();
         let mut links: Vec<(&Event, i64, i64)> = Vec::new();
+        let mut audit: Vec<(&Event, i64, Option<i64>)> = Vec::new();
         for e in &events {
             let iid = iid_of(&e.identity)?;
             let user = deltas.entry(iid).or_default();
@@ -314,30 +316,45 @@ impl Store {
                     user.games_won += i64::from(*won);
                     false
                 }
-                Payload::Xp { .. } => false,
-                Payload::Link { other, .. } => {
-                    links.push((e, iid, iid_of(other)?));
+                Payload::Xp { .. } => {
+                    audit.push((e, iid, None));
+                    false
+                }
+                Payload::Link { other, proof, .. } => {
+                    let other = iid_of(other)?;
+                    links.push((e, iid, other));
+                    if *proof == Proof::Admin {
+                        audit.push((e, iid, Some(other)));
+                    }
                     false
                 }
             };
             if xp != 0 || eligible {
                 let day = ledger.entry((iid, rules::day_of(e.ts))).or_default();
                 day.xp += xp;
-                if eligible {
-                    day.minutes
+                match u16::try_from(e.payload.mult()) {
+                    _ if !eligible => {}
+                    Ok(100) => day
+                        .minutes
                         .get_or_insert_with(DayMinutes::default)
-                        .insert_time(e.ts);
+                        .insert_time(e.ts),
+                    Ok(mult) => day
+                        .mults
+                        .get_or_insert_with(MinuteMults::default)
+                        .raise(minutes::minute_of_day(e.ts), mult),
+                    Err(_) => {}
                 }
             }
         }
 
-        ledger.retain(|_, day| day.xp != 0 || day.minutes.is_some());
+        ledger.retain(|_, day| day.xp != 0 || day.minutes.is_some() || day.mults.is_some());
         links.sort_by_key(|(e, _, _)| (e.ts, &e.id));
         let facts = Facts {
             iids,
             deltas,
             ledger,
             links,
+            audit,
         };
         let generation: Generation = sqlx::query_as(
             "SELECT pg_relation_filenode('identities')::int8, pg_relation_filenode('users')::int8
@@ -381,13 +398,31 @@ impl Store {
         // for the slow peak path.
         if !facts.ledger.is_empty() {
             let rows = ledger_rows(&facts.ledger, rules.message_xp);
-            settlement.credit_ledger(self.write_ledger(tx, &rows).await?);
+            let mut written = Vec::with_capacity(facts.ledger.len());
+            if !rows.ids.is_empty() {
+                written = self.write_ledger(tx, &rows).await?;
+            }
+            // The rows the bitmap statement left: multiplied minutes in the batch or on
+            // the row.
+            if written.len() < facts.ledger.len() {
+                let done: HashSet<(i64, i32)> = written.iter().map(|w| (w.0, w.1)).collect();
+                let left: Vec<_> = facts
+                    .ledger
+                    .iter()
+                    .filter(|(key, _)| !done.contains(key))
+                    .collect();
+                written.extend(self.write_multiplied_ledger(tx, &left).await?);
+            }
+            settlement.credit_ledger(written);
         }
 
         // 5. Links: record each, merge users that differ (the smaller uid survives).
         settlement.merge_links(&facts.links)?;
         if !facts.links.is_empty() {
             self.write_links(tx, &link_rows(&facts.links)).await?;
+        }
+        if !facts.audit.is_empty() {
+            self.write_audit(tx, &facts.audit).await?;
         }
         let losers = settlement.losers();
         if !losers.is_empty() {
@@ -544,6 +579,7 @@ impl Store {
                      xp = l.xp + excluded.xp
                           - $5 * coalesce(bit_count(excluded.minutes & l.minutes), 0),
                      minutes = coalesce(l.minutes | excluded.minutes, l.minutes, excluded.minutes)
+                 WHERE l.mults IS NULL
                  RETURNING identity_id, day, added, xp)
              SELECT identity_id, day - DATE '1970-01-01', added, xp < 0 FROM written",
         )
@@ -554,6 +590,116 @@ impl Store {
         .bind(self.rules.message_xp)
         .fetch_all(&mut **tx)
         .await?)
+    }
+
+    /// Step 4, for the rows with multiplied minutes (SPEC 7.2) in the batch or stored:
+    /// reads them (under the settle lock nobody else writes them), settles each
+    /// ([`MinuteMults::settle`]) and writes it back. Returns what
+    /// [`Store::write_ledger`] does.
+    async fn write_multiplied_ledger(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        left: &[(&(i64, i32), &LedgerDay)],
+    ) -> Result<Vec<(i64, i32, i64, bool)>, StoreError> {
+        let (ids, days): (Vec<i64>, Vec<i32>) = left.iter().map(|(k, _)| **k).unzip();
+        let stored: Vec<StoredMinutes> = sqlx::query_as(
+            "SELECT l.identity_id, l.day - DATE '1970-01-01', l.minutes, l.mults
+             FROM unnest($1::int8[], $2::int4[]) AS t(i, d)
+             JOIN xp_ledger l ON l.identity_id = t.i AND l.day = DATE '1970-01-01' + t.d",
+        )
+        .bind(&ids)
+        .bind(&days)
+        .fetch_all(&mut **tx)
+        .await?;
+        let stored: HashMap<(i64, i32), (Option<DayMinutes>, Option<MinuteMults>)> = stored
+            .into_iter()
+            .map(|(i, d, bits, mults)| {
+                (
+                    (i, d),
+                    (bits, mults.as_deref().map(MinuteMults::from_bytes)),
+                )
+            })
+            .collect();
+        let mut xp = Vec::with_capacity(left.len());
+        let mut bits = Vec::with_capacity(left.len());
+        let mut mults = Vec::with_capacity(left.len());
+        for (key, batch) in left {
+            let (row_bits, row_mults) = stored
+                .get(key)
+                .map_or((None, None), |(b, m)| (b.as_ref(), m.as_ref()));
+            let (gain, b, m) = MinuteMults::settle(
+                self.rules.message_xp,
+                (row_bits, row_mults),
+                (batch.minutes.as_ref(), batch.mults.as_ref()),
+            );
+            xp.push(batch.xp + gain);
+            bits.push(b);
+            mults.push(m.to_bytes());
+        }
+        Ok(sqlx::query_as(
+            "WITH written AS (
+                 INSERT INTO xp_ledger AS l (identity_id, day, xp, minutes, mults, added)
+                 SELECT i, DATE '1970-01-01' + d, x, b, nullif(m, ''), x
+                 FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::bit(1440)[], $5::bytea[])
+                   AS t(i, d, x, b, m)
+                 ORDER BY i, d
+                 ON CONFLICT (identity_id, day) DO UPDATE
+                 SET xp = l.xp + excluded.xp, added = excluded.xp,
+                     minutes = excluded.minutes, mults = excluded.mults
+                 RETURNING identity_id, day, added, xp)
+             SELECT identity_id, day - DATE '1970-01-01', added, xp < 0 FROM written",
+        )
+        .bind(&ids)
+        .bind(&days)
+        .bind(&xp)
+        .bind(&bits)
+        .bind(&mults)
+        .fetch_all(&mut **tx)
+        .await?)
+    }
+
+    /// Step 5: the audit log (SPEC 7.1), each entry once, by event id.
+    async fn write_audit(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        entries: &[(&Event, i64, Option<i64>)],
+    ) -> Result<(), StoreError> {
+        let mut rows = AuditRows::default();
+        for (e, iid, other) in entries {
+            rows.events.push(e.id.as_str());
+            rows.ts.push(e.ts);
+            rows.kinds.push(e.kind());
+            rows.ids.push(*iid);
+            rows.others.push(*other);
+            let (amount, reason) = match &e.payload {
+                Payload::Xp { amount, reason, .. } => (Some(*amount), Some(reason.as_str())),
+                _ => (None, None),
+            };
+            rows.amounts.push(amount);
+            rows.reasons.push(reason);
+            let by = e.payload.by();
+            rows.by_platforms.push(by.map(|b| b.platform.as_str()));
+            rows.by_users.push(by.map(|b| b.user.as_str()));
+        }
+        sqlx::query(
+            "INSERT INTO audit (event_id, ts_ms, kind, identity_id, other_id, amount, reason,
+                                by_platform, by_user)
+             SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::int8[],
+                                  $6::int4[], $7::text[], $8::text[], $9::text[])
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&rows.events)
+        .bind(&rows.ts)
+        .bind(&rows.kinds)
+        .bind(&rows.ids)
+        .bind(&rows.others)
+        .bind(&rows.amounts)
+        .bind(&rows.reasons)
+        .bind(&rows.by_platforms)
+        .bind(&rows.by_users)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
 
     /// Step 5: records the links (each once, by event id).
@@ -823,4 +969,21 @@ fn newest_names<'e>(
         }
     }
     names
+}
+
+/// A ledger row's minutes as step 4 reads them: identity, day, bitmap, mults.
+type StoredMinutes = (i64, i32, Option<DayMinutes>, Option<Vec<u8>>);
+
+/// The `audit` insert's columns, one entry per audited event.
+#[derive(Default)]
+struct AuditRows<'e> {
+    events: Vec<&'e str>,
+    ts: Vec<i64>,
+    kinds: Vec<&'static str>,
+    ids: Vec<i64>,
+    others: Vec<Option<i64>>,
+    amounts: Vec<Option<i32>>,
+    reasons: Vec<Option<&'e str>>,
+    by_platforms: Vec<Option<&'e str>>,
+    by_users: Vec<Option<&'e str>>,
 }

@@ -215,6 +215,7 @@ impl Store {
             payload: Payload::Link {
                 other: issuer.clone(),
                 proof: Proof::Code,
+                by: None,
             },
         };
         enqueue(&mut tx, &event).await?;

@@ -6,6 +6,7 @@
 //! Reads `database.url` and `database.max_connections`.
 
 pub mod apply;
+pub mod audit;
 pub mod codes;
 pub mod minutes;
 pub mod outbox;

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use sqlx::Row;
-use time::{Date, OffsetDateTime, format_description::well_known::Rfc3339};
+use time::{Date, OffsetDateTime};
 use ttfd_shared::Identity;
 use ttfd_shared::view::{Period, Profile, Standing};
 use ttfd_shared::wire::WireIdentity;
@@ -11,8 +11,7 @@ use ttfd_shared::wire::WireIdentity;
 use super::{Store, StoreError};
 
 fn rfc3339(ms: Option<i64>) -> Option<String> {
-    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms?) * 1_000_000).ok()?;
-    t.format(&Rfc3339).ok()
+    ttfd_shared::view::rfc3339(ms?)
 }
 
 impl Store {

@@ -29,13 +29,14 @@ use crate::settings::DatabaseSettings;
 /// table (the outbox, dead-letter tallies, link codes) stays as it is. In lock order:
 /// `processed_events` first, as the apply path writes it first, so a batch in flight
 /// is let finish and the next one waits before holding anything.
-pub const PROJECTIONS: [&str; 6] = [
+pub const PROJECTIONS: [&str; 7] = [
     "processed_events",
     "users",
     "identities",
     "xp_ledger",
     "links",
     "identity_names",
+    "audit",
 ];
 
 /// Tables derived from the projections (the standings, `store::standings`): locked and
@@ -177,11 +178,39 @@ pub struct Comparison {
     /// How many standings (period, user) and block counts differ, and the first of them.
     pub standing_differences: i64,
     pub standings: Vec<StandingDifference>,
+    /// How many audit entries (by event id) differ, and the first of them.
+    pub audit_differences: i64,
+    pub audit: Vec<AuditDifference>,
 }
 
 impl Comparison {
     pub fn is_same(&self) -> bool {
-        self.user_differences == 0 && self.ledger_differences == 0 && self.standing_differences == 0
+        self.user_differences == 0
+            && self.ledger_differences == 0
+            && self.standing_differences == 0
+            && self.audit_differences == 0
+    }
+}
+
+/// An audit entry on which two sets of tables disagree: each side's entry in words,
+/// `None` where it is missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditDifference {
+    pub event_id: String,
+    pub live: Option<String>,
+    pub rebuilt: Option<String>,
+}
+
+impl fmt::Display for AuditDifference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let side = |e: &Option<String>| e.clone().unwrap_or_else(|| "no such entry".into());
+        write!(
+            f,
+            "audit {}: live {}, rebuilt {}",
+            self.event_id,
+            side(&self.live),
+            side(&self.rebuilt)
+        )
     }
 }
 
@@ -436,6 +465,12 @@ impl Store {
             .bind(t)
             .fetch_all(&mut *tx)
             .await?;
+            if columns.is_empty() && t == "audit" {
+                // A snapshot from before migration 10 has no audit log: the entries of
+                // the events it covers are not known (docs/replay.md).
+                tracing::warn!(%snapshot, "the snapshot has no audit log; it starts after it");
+                continue;
+            }
             if columns.is_empty() && t == "identity_names" {
                 // A snapshot from before migration 5 keeps names on its identities.
                 sqlx::query(&format!(
@@ -688,6 +723,39 @@ impl Store {
             comparison.ledger.push(LedgerDifference {
                 identity: r.try_get("who")?,
                 day: r.try_get("day")?,
+                live: r.try_get("live")?,
+                rebuilt: r.try_get("rebuilt")?,
+            });
+        }
+
+        let audit = |s: &str| {
+            format!(
+                "SELECT a.event_id,
+                        concat_ws(' ', a.kind, a.ts_ms, i.platform || ':' || i.external_id,
+                                  o.platform || ':' || o.external_id, a.amount, a.reason,
+                                  'by ' || a.by_platform || ':' || a.by_user) AS entry
+                 FROM {s}.audit a JOIN {s}.identities i ON i.id = a.identity_id
+                 LEFT JOIN {s}.identities o ON o.id = a.other_id"
+            )
+        };
+        let diff_audit = format!(
+            "WITH l AS ({}), r AS ({}),
+                  d AS (SELECT coalesce(l.event_id, r.event_id) AS event_id, l.entry AS live,
+                               r.entry AS rebuilt
+                        FROM l FULL JOIN r ON l.event_id = r.event_id
+                        WHERE l.entry IS DISTINCT FROM r.entry)
+             SELECT *, count(*) OVER () AS total FROM d ORDER BY event_id LIMIT $1",
+            audit(live),
+            audit(rebuilt)
+        );
+        for r in sqlx::query(&diff_audit)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+        {
+            comparison.audit_differences = r.try_get("total")?;
+            comparison.audit.push(AuditDifference {
+                event_id: r.try_get("event_id")?,
                 live: r.try_get("live")?,
                 rebuilt: r.try_get("rebuilt")?,
             });

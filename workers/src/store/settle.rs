@@ -19,7 +19,7 @@ use ttfd_shared::wire::{LinkNotice, RankNotice, WireIdentity};
 use ttfd_shared::{Event, Payload, Rules};
 
 use super::StoreError;
-use super::minutes::DayMinutes;
+use super::minutes::{DayMinutes, MinuteMults};
 
 /// A user's totals: as read, as a batch's delta for one identity, or as written back.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -65,11 +65,12 @@ fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
 
 /// What a batch brings to one identity's ledger row for one day: XP other than message
 /// XP, and the minutes of eligible messages (message XP, once the settle phase knows
-/// which minutes are new).
+/// which minutes are new): at 100 in `minutes`, at any other `data.mult` in `mults`.
 #[derive(Debug, Default)]
 pub(super) struct LedgerDay {
     pub xp: i64,
     pub minutes: Option<DayMinutes>,
+    pub mults: Option<MinuteMults>,
 }
 
 /// What a batch established before the settle lock: its identities, per-identity
@@ -79,6 +80,8 @@ pub(super) struct Facts<'e> {
     pub deltas: BTreeMap<i64, UserRow>,
     pub ledger: BTreeMap<(i64, i32), LedgerDay>,
     pub links: Vec<(&'e Event, i64, i64)>,
+    /// Audited events (SPEC 7.1), with their identity and a link's other identity.
+    pub audit: Vec<(&'e Event, i64, Option<i64>)>,
 }
 
 /// A merge decided in this batch: `loser` now redirects to `survivor`.
@@ -129,7 +132,9 @@ pub(super) struct LedgerRows<'f> {
     pub minutes: Vec<Option<&'f DayMinutes>>,
 }
 
-/// Step 4's rows: each `(identity, day)` of the batch's ledger.
+/// Step 4's rows for the bitmap statement: each `(identity, day)` of the batch's ledger
+/// that brings no multiplied minutes (those are settled one by one, see
+/// [`MinuteMults::settle`]).
 pub(super) fn ledger_rows(
     ledger: &BTreeMap<(i64, i32), LedgerDay>,
     message_xp: i64,
@@ -140,7 +145,7 @@ pub(super) fn ledger_rows(
         xp: Vec::with_capacity(ledger.len()),
         minutes: Vec::with_capacity(ledger.len()),
     };
-    for (&(iid, day), facts) in ledger {
+    for (&(iid, day), facts) in ledger.iter().filter(|(_, f)| f.mults.is_none()) {
         let minutes = facts.minutes.as_ref();
         rows.ids.push(iid);
         rows.days.push(day);
@@ -483,6 +488,7 @@ mod tests {
             payload: Payload::Link {
                 other: Identity::new("telegram", "2").expect("a valid identity"),
                 proof,
+                by: None,
             },
         }
     }
@@ -586,6 +592,7 @@ mod tests {
                 LedgerDay {
                     xp: -20,
                     minutes: None,
+                    mults: None,
                 },
             ),
             (
@@ -593,6 +600,7 @@ mod tests {
                 LedgerDay {
                     xp: 5,
                     minutes: Some(minutes.clone()),
+                    mults: None,
                 },
             ),
         ]);

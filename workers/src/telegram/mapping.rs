@@ -149,6 +149,7 @@ fn message_event(msg: &Message, from: &User) -> Option<Event> {
         payload: Payload::Message {
             len: Some(len),
             chat: Some(msg.chat.id.0.to_string()),
+            mult: None,
         },
     })
 }
@@ -222,7 +223,8 @@ mod tests {
             e.payload,
             Payload::Message {
                 len: Some(21),
-                chat: Some("-1001234567890".into())
+                chat: Some("-1001234567890".into()),
+                mult: None,
             }
         );
     }

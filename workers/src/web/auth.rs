@@ -46,6 +46,7 @@ pub fn oauth_link_event(me: &Identity, other: &Identity, now_ms: i64) -> Event {
         payload: Payload::Link {
             other: other.clone(),
             proof: Proof::Oauth,
+            by: None,
         },
     }
 }
@@ -590,7 +591,8 @@ mod tests {
             ab.payload,
             Payload::Link {
                 other: b,
-                proof: Proof::Oauth
+                proof: Proof::Oauth,
+                by: None,
             }
         );
         // It passes the wire gate like any event.

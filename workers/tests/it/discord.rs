@@ -246,6 +246,7 @@ fn xp_event(id: &str, who: &str, amount: i32) -> Event {
         payload: Payload::Xp {
             amount,
             reason: "test".into(),
+            by: None,
         },
     }
 }

@@ -29,6 +29,7 @@ fn message(id: &str, identity: &str, name: &str, ts: i64) -> Event {
         payload: Payload::Message {
             len: Some(40),
             chat: None,
+            mult: None,
         },
     }
 }

@@ -8,6 +8,7 @@ mod browser;
 mod discord;
 mod import;
 mod links;
+mod moderation;
 mod observe;
 mod pipeline;
 mod replay;

@@ -40,6 +40,7 @@ fn message(n: i64, who: &str) -> Event {
             Payload::Message {
                 len: Some(12),
                 chat: None,
+                mult: None,
             },
         )
     }
@@ -104,6 +105,7 @@ async fn a_sync_run_shows_on_metrics_with_the_right_values() {
             Payload::Voice {
                 seconds: 60,
                 channel: None,
+                mult: None,
             },
         ),
         ev(
@@ -112,6 +114,7 @@ async fn a_sync_run_shows_on_metrics_with_the_right_values() {
             Payload::Xp {
                 amount: 600,
                 reason: "prize".into(),
+                by: None,
             },
         ),
         ev(
@@ -129,6 +132,7 @@ async fn a_sync_run_shows_on_metrics_with_the_right_values() {
             Payload::Link {
                 other: Identity::parse("telegram:7").expect("identity"),
                 proof: Proof::Code,
+                by: None,
             },
         ),
     ];

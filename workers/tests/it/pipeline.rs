@@ -35,6 +35,7 @@ fn grant(id: &str, ts: i64, who: &str, amount: i32) -> Event {
         Payload::Xp {
             amount,
             reason: "r".into(),
+            by: None,
         },
     )
 }
@@ -43,6 +44,7 @@ fn link(other: &str) -> Payload {
     Payload::Link {
         other: Identity::parse(other).expect("identity"),
         proof: Proof::Code,
+        by: None,
     }
 }
 
@@ -50,6 +52,7 @@ fn message(len: u64) -> Payload {
     Payload::Message {
         len: Some(len),
         chat: None,
+        mult: None,
     }
 }
 
@@ -81,6 +84,7 @@ async fn events_published_to_nats_come_out_as_ttfd_user_profiles() {
             Payload::Voice {
                 seconds: 1800,
                 channel: None,
+                mult: None,
             },
         ),
         ev(
@@ -182,6 +186,7 @@ async fn duplicates_apply_once_even_after_the_dedupe_window() {
         Payload::Xp {
             amount: 100,
             reason: "gift".into(),
+            by: None,
         },
     );
     env.publish(std::slice::from_ref(&grant)).await;
@@ -327,6 +332,7 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_the_good_events_around_it_
         Payload::Xp {
             amount: 7,
             reason: "ok".into(),
+            by: None,
         },
     );
     let envelope = |v: serde_json::Value| Bytes::from(rmp_serde::to_vec_named(&v).expect("encode"));
@@ -489,6 +495,7 @@ async fn linking_users_with_activity_merges_them_conserving_totals_and_notifies(
             Payload::Xp {
                 amount: 400,
                 reason: "r".into(),
+                by: None,
             },
         ),
         ev(
@@ -532,6 +539,7 @@ async fn linking_users_with_activity_merges_them_conserving_totals_and_notifies(
             Payload::Link {
                 other: Identity::parse("telegram:20").expect("id"),
                 proof: Proof::Oauth,
+                by: None,
             },
         ),
     ];
@@ -604,6 +612,7 @@ async fn links_racing_on_two_replicas_merge_into_one_user_each() {
                 Payload::Xp {
                     amount: 100 + k as i32,
                     reason: "r".into(),
+                    by: None,
                 },
             ));
         }
@@ -650,6 +659,7 @@ async fn a_crash_between_commit_and_publish_neither_loses_nor_duplicates_notific
             Payload::Xp {
                 amount: 600,
                 reason: "r".into(),
+                by: None,
             },
         )])
         .await
@@ -721,7 +731,17 @@ fn apply_order_batching_and_duplicates_do_not_change_the_state() {
             }
             store.drain_standings().await.expect("drain");
             let expected = ttfd::shared::model::fold(&env.settings.rules, &events);
-            crate::common::compare(&store, &expected).await
+            crate::common::compare(&store, &expected).await?;
+            let all = ttfd::store::audit::AuditQuery {
+                limit: 1000,
+                ..Default::default()
+            };
+            let (audit, total) = store.audit(&all).await.map_err(|e| e.to_string())?;
+            let want = ttfd::shared::model::audit(&events);
+            if audit != want || total != want.len() as i64 {
+                return Err(format!("audit: {audit:#?}\nthe model's: {want:#?}"));
+            }
+            Ok(())
         })
         .map_err(proptest::test_runner::TestCaseError::fail)
     });
@@ -848,6 +868,7 @@ async fn the_peak_rank_after_a_negative_day_follows_in_order_and_late_events() {
             Payload::Xp {
                 amount,
                 reason: "test".into(),
+                by: None,
             },
         )
     };
@@ -928,6 +949,90 @@ async fn a_nats_server_requiring_a_user_accepts_the_configured_credentials() {
         .expect("connects with the credentials");
     broker.client.flush().await.expect("a round trip");
     server.kill().await.expect("stop the server");
+}
+
+/// SPEC 7.2 end to end: a minute pays at the largest `data.mult` of its messages in
+/// whichever order and batches they arrive (a boosted channel, a plain one, a no-XP
+/// one), and voice pays its mult.
+#[tokio::test]
+async fn multipliers_pay_the_largest_mult_of_a_minute_in_any_order() {
+    let env = TestEnv::new().await;
+    let d0 = (ttfd::now_ms() / 86_400_000 - 2) * 86_400_000;
+    let say = |id: &str, who: &str, ts: i64, mult: Option<u16>| {
+        let payload = Payload::Message {
+            len: Some(20),
+            chat: None,
+            mult,
+        };
+        ev(id, ts, who, None, payload)
+    };
+    let minute = [None, Some(200), Some(0)];
+    let mut applied = Vec::new();
+    let mut apply = |batch: Vec<Event>| {
+        applied.extend(batch.clone());
+        let store = env.store.clone();
+        async move { store.apply(&batch).await.expect("apply") }
+    };
+    for (who, order) in [
+        ("discord:1", [0, 1, 2]),
+        ("discord:2", [1, 0, 2]),
+        ("discord:3", [2, 0, 1]),
+    ] {
+        for (n, i) in order.into_iter().enumerate() {
+            apply(vec![say(
+                &format!("{who}:m:{n}"),
+                who,
+                d0 + 1_000 * n as i64,
+                minute[i],
+            )])
+            .await;
+        }
+    }
+    // Minute 1: only a no-XP message, then one at 50 %.
+    apply(vec![say(
+        "discord:1:q:1",
+        "discord:1",
+        d0 + 60_000,
+        Some(0),
+    )])
+    .await;
+    apply(vec![say(
+        "discord:1:q:2",
+        "discord:1",
+        d0 + 61_000,
+        Some(50),
+    )])
+    .await;
+    let voice = Payload::Voice {
+        seconds: 600,
+        channel: None,
+        mult: Some(150),
+    };
+    apply(vec![ev("discord:2:v", d0, "discord:2", None, voice)]).await;
+    let xp = |who: &str| {
+        let store = env.store.clone();
+        let who = Identity::parse(who).expect("identity");
+        async move { store.profile(&who).await.expect("profile").expect("user") }
+    };
+    let one = xp("discord:1").await;
+    assert_eq!(
+        (one.xp, one.messages),
+        (20 + 5, 5),
+        "200 % in minute 0, 50 % in minute 1"
+    );
+    assert_eq!(xp("discord:2").await.xp, 20 + 600 * 4 * 150 / 6000);
+    assert_eq!(xp("discord:3").await.xp, 20);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM xp_ledger WHERE mults IS NOT NULL")
+        .fetch_one(&env.store.pool)
+        .await
+        .expect("ledger");
+    assert_eq!(rows, 3, "each identity's day keeps its multiplied minutes");
+    env.store.drain_standings().await.expect("standings");
+    let expected = ttfd::shared::model::fold(&env.settings.rules, &applied);
+    crate::common::compare(&env.store, &expected)
+        .await
+        .expect("the model's state");
+    env.cleanup().await;
 }
 
 /// Message XP is paid once per identity and minute across batches: the minutes live as

@@ -635,6 +635,7 @@ async fn a_batch_waiting_on_the_swap_lands_in_the_new_tables() {
         payload: ttfd::shared::Payload::Xp {
             amount,
             reason: "r".into(),
+            by: None,
         },
     };
     env.store

@@ -229,7 +229,8 @@ async fn group_messages_by_humans_become_events_and_commands_are_answered() {
         e.payload,
         Payload::Message {
             len: Some(28),
-            chat: Some(GROUP.to_string())
+            chat: Some(GROUP.to_string()),
+            mult: None,
         }
     );
     // The updates are handled in order, so the three before it were seen and skipped.
@@ -439,6 +440,7 @@ fn xp(id: &str, identity: &str, amount: i32) -> Event {
         payload: Payload::Xp {
             amount,
             reason: "test".into(),
+            by: None,
         },
     }
 }

@@ -41,6 +41,7 @@ fn say(id: &str, who: &str) -> Event {
         Payload::Message {
             len: Some(20),
             chat: None,
+            mult: None,
         },
     )
 }
@@ -52,6 +53,7 @@ fn grant(id: &str, who: &str, amount: i32) -> Event {
         Payload::Xp {
             amount,
             reason: "by hand".into(),
+            by: None,
         },
     )
 }
@@ -63,6 +65,7 @@ fn link(id: &str, who: &str, other: &str, proof: Proof) -> Event {
         Payload::Link {
             other: Identity::parse(other).expect("identity"),
             proof,
+            by: None,
         },
     )
 }
@@ -278,6 +281,7 @@ async fn an_id_claimed_by_another_platforms_publisher_does_not_block_the_real_ev
         Payload::Message {
             len: Some(5),
             chat: None,
+            mult: None,
         },
     );
     publish_with(&env.broker, std::slice::from_ref(&forged)).await;

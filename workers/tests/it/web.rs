@@ -180,6 +180,7 @@ fn message(id: &str, who: &str, name: &str, ts: i64) -> Event {
         payload: Payload::Message {
             len: None,
             chat: None,
+            mult: None,
         },
     }
 }
@@ -193,6 +194,7 @@ fn xp(id: &str, who: &str, name: &str, amount: i32, ts: i64) -> Event {
         payload: Payload::Xp {
             amount,
             reason: "test".into(),
+            by: None,
         },
     }
 }
