@@ -54,11 +54,15 @@ impl Role {
 
     /// The principal the role signs what it publishes as (docs/security.md): the sync
     /// role's outbox relay publishes the links the web role and redeemed codes proved.
+    /// The query service signs the moderators' adjustments it publishes for the bots.
     /// The bots and the web role's ingest sign nothing: they speak for their platform.
     pub fn signs_as(self) -> Option<Publisher> {
         match self {
             Role::Sync => Some(Publisher::Relay),
-            Role::Query | Role::Web | Role::Discord | Role::Telegram => None,
+            // The moderators' XP tools of the bots (`xp.adjust`), when
+            // `trust.keys.moderator` is set.
+            Role::Query => Some(Publisher::Moderator),
+            Role::Web | Role::Discord | Role::Telegram => None,
         }
     }
 }

@@ -1,4 +1,6 @@
-//! Slash commands: `/rank [member]`, `/top [period]`, `/link` and `/link code:<CODE>`.
+//! Slash commands: `/rank [member]`, `/top [period]`, `/link` and `/link code:<CODE>`;
+//! for moderators `/xp add|remove|set|reset` and `/audit [member] [moderator]`
+//! (docs/moderation.md).
 //!
 //! Parsing an interaction and writing the reply are pure functions; [`answer`] asks the
 //! query service (`ttfd query`) in between and sends the reply. Replies that hold or
@@ -9,19 +11,24 @@ use serenity::builder::{
     CreateInteractionResponseMessage,
 };
 use serenity::http::Http;
-use serenity::model::application::{CommandInteraction, CommandOptionType, ResolvedValue};
-use serenity::model::id::UserId;
+use serenity::model::application::{
+    CommandInteraction, CommandOptionType, ResolvedOption, ResolvedValue,
+};
+use serenity::model::id::{RoleId, UserId};
+use serenity::model::user::User;
 use tracing::warn;
 use ttfd_shared::Rules;
 use ttfd_shared::view::text::{self, Markup, escape_markdown as escape, platform_name};
-use ttfd_shared::view::{Period, Profile, Standing};
+use ttfd_shared::view::{AuditEntry, Period, Profile, Standing};
 
 use super::mapping::{display_name, identity};
-use crate::query::{QueryClient, QueryError};
+use crate::query::{AdjustOutcome, AdjustRequest, AuditRequest, QueryClient, QueryError, XpVerb};
 use crate::store::codes::{IssuedCode, Redemption};
 
 /// Rows shown by `/top`.
 const TOP_ROWS: u32 = 10;
+/// Entries shown by `/audit` (a Discord message holds 2,000 characters).
+const AUDIT_ROWS: u32 = 10;
 
 /// The commands as registered in the guild.
 pub fn definitions() -> Vec<CreateCommand> {
@@ -51,7 +58,55 @@ pub fn definitions() -> Vec<CreateCommand> {
                 )
                 .required(false),
             ),
+        CreateCommand::new("xp")
+            .description("Moderators: give, take, set or reset a member's XP, with a reason")
+            .add_option(xp_verb("add", "Give XP", Some("amount")))
+            .add_option(xp_verb("remove", "Take XP away", Some("amount")))
+            .add_option(xp_verb(
+                "set",
+                "Set a member's XP to exactly this",
+                Some("xp"),
+            ))
+            .add_option(xp_verb("reset", "Set a member's XP to 0", None)),
+        CreateCommand::new("audit")
+            .description("Moderators: who changed whose XP, and why")
+            .add_option(
+                CreateCommandOption::new(CommandOptionType::User, "member", "About this member")
+                    .required(false),
+            )
+            .add_option(
+                CreateCommandOption::new(CommandOptionType::User, "moderator", "By this moderator")
+                    .required(false),
+            ),
     ]
+}
+
+/// One `/xp` subcommand: the member, the number it takes (if any), the reason.
+fn xp_verb(name: &str, description: &str, number: Option<&str>) -> CreateCommandOption {
+    let mut verb = CreateCommandOption::new(CommandOptionType::SubCommand, name, description)
+        .add_sub_option(
+            CreateCommandOption::new(CommandOptionType::User, "member", "Whose XP").required(true),
+        );
+    if let Some(number) = number {
+        let mut option = CreateCommandOption::new(CommandOptionType::Integer, number, "XP")
+            .required(true)
+            .max_int_value(1_000_000);
+        option = if number == "xp" {
+            option.min_int_value(0)
+        } else {
+            option.min_int_value(1)
+        };
+        verb = verb.add_sub_option(option);
+    }
+    verb.add_sub_option(
+        CreateCommandOption::new(
+            CommandOptionType::String,
+            "reason",
+            "Why (the audit log shows it)",
+        )
+        .required(true)
+        .max_length(64),
+    )
 }
 
 /// A command the bot understood.
@@ -68,6 +123,17 @@ pub enum SlashCommand {
     LinkIssue,
     LinkRedeem {
         code: String,
+    },
+    Xp {
+        verb: XpVerb,
+        member: UserId,
+        name: String,
+        bot: bool,
+        reason: String,
+    },
+    Audit {
+        member: Option<UserId>,
+        moderator: Option<UserId>,
     },
 }
 
@@ -112,8 +178,76 @@ pub fn parse(cmd: &CommandInteraction) -> Option<SlashCommand> {
             },
             _ => SlashCommand::LinkIssue,
         }),
+        "xp" => options.iter().find_map(|o| match &o.value {
+            ResolvedValue::SubCommand(sub) => parse_xp(o.name, sub),
+            _ => None,
+        }),
+        "audit" => Some(SlashCommand::Audit {
+            member: user_option(&options, "member").map(|(u, _)| u.id),
+            moderator: user_option(&options, "moderator").map(|(u, _)| u.id),
+        }),
         _ => None,
     }
+}
+
+/// The user of option `name`, with their guild nickname.
+fn user_option<'a>(
+    options: &'a [ResolvedOption<'a>],
+    name: &str,
+) -> Option<(&'a User, Option<&'a str>)> {
+    options.iter().find_map(|o| match o.value {
+        ResolvedValue::User(user, member) if o.name == name => {
+            Some((user, member.and_then(|m| m.nick.as_deref())))
+        }
+        _ => None,
+    })
+}
+
+/// `/xp <verb> member [amount|xp] reason`.
+fn parse_xp(verb: &str, options: &[ResolvedOption<'_>]) -> Option<SlashCommand> {
+    let number = |name: &str| {
+        options.iter().find_map(|o| match o.value {
+            ResolvedValue::Integer(n) if o.name == name => Some(n),
+            _ => None,
+        })
+    };
+    let amount = || number("amount").and_then(|n| u32::try_from(n).ok());
+    let verb = match verb {
+        "add" => XpVerb::Add(amount()?),
+        "remove" => XpVerb::Remove(amount()?),
+        "set" => XpVerb::Set(number("xp")?),
+        "reset" => XpVerb::Reset,
+        _ => return None,
+    };
+    let (user, nick) = user_option(options, "member")?;
+    let reason = options.iter().find_map(|o| match o.value {
+        ResolvedValue::String(s) if o.name == "reason" => Some(s.to_owned()),
+        _ => None,
+    })?;
+    Some(SlashCommand::Xp {
+        verb,
+        member: user.id,
+        name: display_name(user, nick).unwrap_or_else(|| "this member".into()),
+        bot: user.bot,
+        reason,
+    })
+}
+
+/// Whether the caller of an interaction is a moderator: the Manage Server (or
+/// Administrator) permission, or one of `discord.moderator_roles`.
+pub fn is_moderator(cmd: &CommandInteraction, moderator_roles: &[RoleId]) -> bool {
+    cmd.member.as_ref().is_some_and(|m| {
+        m.permissions
+            .is_some_and(|p| p.manage_guild() || p.administrator())
+            || m.roles.iter().any(|r| moderator_roles.contains(r))
+    })
+}
+
+/// What a command is answered with.
+pub struct Asked<'a> {
+    pub query: &'a QueryClient,
+    pub rules: &'a Rules,
+    pub moderator_roles: &'a [RoleId],
 }
 
 /// A reply: its text and whether only the caller sees it.
@@ -139,13 +273,32 @@ impl Reply {
     }
 }
 
+/// Who asks: the caller, whether they are a moderator, and the interaction's id (a
+/// retried interaction is the same request).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub user: UserId,
+    pub moderator: bool,
+    pub interaction: u64,
+}
+
 /// Runs a command against the query service.
 pub async fn reply(
     command: &SlashCommand,
-    caller: UserId,
+    caller: Caller,
     query: &QueryClient,
     rules: &Rules,
 ) -> Reply {
+    let moderators_only = matches!(
+        command,
+        SlashCommand::Xp { .. } | SlashCommand::Audit { .. }
+    );
+    if moderators_only && !caller.moderator {
+        return Reply::private(
+            "Only moderators can do that (the Manage Server permission or a moderator role)."
+                .into(),
+        );
+    }
     let result = match command {
         SlashCommand::Rank {
             bot: true, name, ..
@@ -161,13 +314,43 @@ pub async fn reply(
             .await
             .map(|rows| Reply::public(top_text(*period, &rows))),
         SlashCommand::LinkIssue => query
-            .issue_link_code(&identity(caller))
+            .issue_link_code(&identity(caller.user))
             .await
             .map(|c| Reply::private(issued_text(&c))),
         SlashCommand::LinkRedeem { code } => query
-            .redeem_link_code(&identity(caller), code)
+            .redeem_link_code(&identity(caller.user), code)
             .await
             .map(|r| Reply::private(redemption_text(&r))),
+        SlashCommand::Xp {
+            bot: true, name, ..
+        } => {
+            return Reply::private(format!("{} is a bot: bots have no XP.", escape(name)));
+        }
+        SlashCommand::Xp {
+            verb,
+            member,
+            name,
+            reason,
+            ..
+        } => query
+            .adjust_xp(&AdjustRequest {
+                by: (&identity(caller.user)).into(),
+                target: (&identity(*member)).into(),
+                verb: *verb,
+                reason: reason.clone(),
+                request_id: format!("interaction:{}", caller.interaction),
+            })
+            .await
+            .map(|outcome| adjusted_reply(name, reason, &outcome)),
+        SlashCommand::Audit { member, moderator } => query
+            .audit(&AuditRequest {
+                by: (&identity(caller.user)).into(),
+                member: member.map(|m| (&identity(m)).into()),
+                moderator: moderator.map(|m| (&identity(m)).into()),
+                limit: AUDIT_ROWS,
+            })
+            .await
+            .map(|entries| Reply::private(audit_text(&entries))),
     };
     result.unwrap_or_else(|e| {
         warn!(error = %e, ?command, "slash command: query failed");
@@ -179,11 +362,15 @@ pub async fn reply(
 pub async fn answer(
     http: &Http,
     cmd: &CommandInteraction,
-    query: &QueryClient,
-    rules: &Rules,
+    asked: &Asked<'_>,
 ) -> serenity::Result<()> {
+    let caller = Caller {
+        user: cmd.user.id,
+        moderator: is_moderator(cmd, asked.moderator_roles),
+        interaction: cmd.id.get(),
+    };
     let reply = match parse(cmd) {
-        Some(command) => self::reply(&command, cmd.user.id, query, rules).await,
+        Some(command) => self::reply(&command, caller, asked.query, asked.rules).await,
         None => Reply::private("This command is not known to the TTFD bot.".into()),
     };
     let message = CreateInteractionResponseMessage::new()
@@ -242,6 +429,47 @@ pub fn redemption_text(r: &Redemption) -> String {
             retry_after_secs.div_ceil(60).max(1)
         ),
     }
+}
+
+/// `/xp`: what was done and the new total, or why not (only the moderator sees that).
+pub fn adjusted_reply(name: &str, reason: &str, outcome: &AdjustOutcome) -> Reply {
+    match outcome {
+        AdjustOutcome::Done {
+            amount,
+            xp,
+            duplicate,
+            ..
+        } => {
+            let sign = if *amount > 0 { "+" } else { "" };
+            let mut out = format!(
+                "{sign}{} XP for **{}** ({}).",
+                text::thousands(i64::from(*amount)),
+                escape(name),
+                escape(reason)
+            );
+            match xp {
+                Some(xp) => out.push_str(&format!(" Now {} XP.", text::thousands(*xp))),
+                None => out.push_str(" It shows within moments."),
+            }
+            if *duplicate {
+                out.push_str(" (This request was made before: counted once.)");
+            }
+            Reply::public(out)
+        }
+        AdjustOutcome::Refused(why) => Reply::private(format!("Not done: {why}.")),
+    }
+}
+
+/// `/audit`: the newest entries, one a line.
+pub fn audit_text(entries: &[AuditEntry]) -> String {
+    if entries.is_empty() {
+        return "No audit entries.".into();
+    }
+    let lines: Vec<String> = entries
+        .iter()
+        .map(|e| escape(&text::audit_entry(e)))
+        .collect();
+    format!("Newest first:\n{}", lines.join("\n"))
 }
 
 pub fn unavailable_text(e: &QueryError) -> String {

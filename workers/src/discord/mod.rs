@@ -72,6 +72,7 @@ pub struct DiscordBot {
     pub roles: RoleSync,
     query: QueryClient,
     rules: Arc<Rules>,
+    moderator_roles: Vec<serenity::all::RoleId>,
     shutdown: CancellationToken,
 }
 
@@ -106,6 +107,7 @@ impl DiscordBot {
             },
             query,
             rules,
+            moderator_roles: d.moderator_roles.clone(),
             shutdown,
         }
     }
@@ -235,7 +237,12 @@ impl DiscordBot {
 
     /// A slash command.
     pub async fn on_command(&self, http: &Http, cmd: &CommandInteraction) {
-        if let Err(e) = commands::answer(http, cmd, &self.query, &self.rules).await {
+        let asked = commands::Asked {
+            query: &self.query,
+            rules: &self.rules,
+            moderator_roles: &self.moderator_roles,
+        };
+        if let Err(e) = commands::answer(http, cmd, &asked).await {
             warn!(error = %e, command = %cmd.data.name, "slash command reply failed");
         }
     }

@@ -22,13 +22,15 @@ use ttfd_shared::wire::{Subjects, WireIdentity};
 
 use crate::broker::Broker;
 use crate::metrics::Metrics;
+use crate::moderation::{self, ModerationError, Request, Verb};
 use crate::now_ms;
 use crate::observe::query::QueryMetrics;
 use crate::observe::{self, Readiness};
-use crate::settings::Settings;
+use crate::settings::{ModerationSettings, Settings};
+use crate::store::audit::AuditQuery;
 use crate::store::codes::{IssuedCode, Redemption};
 use crate::store::{Store, StoreError};
-use ttfd_shared::view::{Period, Profile, Standing};
+use ttfd_shared::view::{AuditEntry, Period, Profile, Standing};
 
 /// The queue group every replica of the service joins.
 pub const QUEUE_GROUP: &str = "ttfd-query";
@@ -59,6 +61,63 @@ pub struct IssueRequest {
 pub struct RedeemRequest {
     pub identity: WireIdentity,
     pub code: String,
+}
+
+/// What a moderators' tool asks to do to a member's XP (docs/moderation.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "verb", content = "value")]
+pub enum XpVerb {
+    Add(u32),
+    Remove(u32),
+    Set(i64),
+    Reset,
+}
+
+impl From<XpVerb> for Verb {
+    fn from(v: XpVerb) -> Verb {
+        match v {
+            XpVerb::Add(n) => Verb::Add(n),
+            XpVerb::Remove(n) => Verb::Remove(n),
+            XpVerb::Set(x) => Verb::Set(x),
+            XpVerb::Reset => Verb::Reset,
+        }
+    }
+}
+
+/// `as.<platform>.xp.adjust`: a moderator of the platform (`by`, whom the bot found to
+/// be one) adjusts a member of the same platform.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdjustRequest {
+    pub by: WireIdentity,
+    pub target: WireIdentity,
+    pub verb: XpVerb,
+    pub reason: String,
+    /// The platform's id of the request (an interaction, a message): a retry of it
+    /// counts once.
+    pub request_id: String,
+}
+
+/// The answer to an adjustment: done (with the new total once applied), or refused
+/// with the reason for the moderator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdjustOutcome {
+    Done {
+        event_id: String,
+        amount: i32,
+        xp: Option<i64>,
+        duplicate: bool,
+    },
+    Refused(String),
+}
+
+/// `as.<platform>.audit`: the audit log for a moderator of the platform.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditRequest {
+    pub by: WireIdentity,
+    pub member: Option<WireIdentity>,
+    pub moderator: Option<WireIdentity>,
+    pub limit: u32,
 }
 
 /// Every reply: the answer, or why there is none.
@@ -153,6 +212,18 @@ impl QueryClient {
         .await
     }
 
+    /// Adjusts a member's XP for moderator `request.by` of the bot's platform.
+    pub async fn adjust_xp(&self, request: &AdjustRequest) -> Result<AdjustOutcome, QueryError> {
+        let by = identity(&request.by).map_err(|e| QueryError::Bad(e.to_string()))?;
+        self.ask(&acting_as(&by, "xp.adjust"), request).await
+    }
+
+    /// The audit log's newest entries, for moderator `request.by` of the bot's platform.
+    pub async fn audit(&self, request: &AuditRequest) -> Result<Vec<AuditEntry>, QueryError> {
+        let by = identity(&request.by).map_err(|e| QueryError::Bad(e.to_string()))?;
+        self.ask(&acting_as(&by, "audit"), request).await
+    }
+
     async fn ask<Q: Serialize, A: DeserializeOwned>(
         &self,
         what: &str,
@@ -180,7 +251,7 @@ fn acting_as(identity: &Identity, what: &str) -> String {
 }
 
 /// The queries that act for an identity (as opposed to reading what is public).
-const ACTING: [&str; 2] = ["link.issue", "link.redeem"];
+const ACTING: [&str; 4] = ["link.issue", "link.redeem", "xp.adjust", "audit"];
 
 /// A request's subject after the query prefix: the query, and the platform it speaks
 /// for when it is `as.<platform>.<query>`.
@@ -236,9 +307,56 @@ fn reply<T: Serialize>(result: Result<T, Refusal>) -> (Vec<u8>, &'static str) {
     (bytes, outcome)
 }
 
+/// What the service answers with: the database, and for the moderators' tools the
+/// broker (signing as the moderator principal when `trust.keys.moderator` is set) and
+/// the guard rails.
+#[derive(Clone)]
+pub struct Service {
+    pub store: Store,
+    pub broker: Broker,
+    pub limits: ModerationSettings,
+}
+
+/// `as.<platform>.xp.adjust`: the moderator and the member both of the subject's
+/// platform; the rules are `moderation::adjust`'s, the same as the CLI's.
+async fn adjust(
+    service: &Service,
+    payload: &[u8],
+    on_behalf_of: Option<&str>,
+) -> Result<AdjustOutcome, Refusal> {
+    let q: AdjustRequest = decode(payload)?;
+    let request = Request {
+        by: acting_for(&q.by, on_behalf_of)?,
+        target: acting_for(&q.target, on_behalf_of)?,
+        verb: q.verb.into(),
+        reason: q.reason,
+        request_id: Some(q.request_id),
+    };
+    match moderation::adjust(
+        &service.store,
+        &service.broker,
+        &service.limits,
+        &request,
+        now_ms(),
+    )
+    .await
+    {
+        Ok(done) => Ok(AdjustOutcome::Done {
+            event_id: done.event.id.as_str().to_owned(),
+            amount: done.amount,
+            xp: done.xp,
+            duplicate: done.duplicate,
+        }),
+        Err(ModerationError::Refused(why)) => Ok(AdjustOutcome::Refused(why.to_string())),
+        Err(ModerationError::Store(e)) => Err(Refusal::Store(e)),
+        Err(e @ ModerationError::Publish(_)) => Err(Refusal::Bad(e.to_string())),
+    }
+}
+
 /// Answers one request (`subject`: after the query prefix); the reply bytes and the
 /// outcome.
-async fn answer(store: &Store, subject: &str, payload: &[u8]) -> (Vec<u8>, &'static str) {
+async fn answer(service: &Service, subject: &str, payload: &[u8]) -> (Vec<u8>, &'static str) {
+    let store = &service.store;
     let (on_behalf_of, what) = scope(subject);
     if on_behalf_of.is_some() && !ACTING.contains(&what) {
         return reply::<()>(Err(Refusal::Bad(format!(
@@ -281,6 +399,21 @@ async fn answer(store: &Store, subject: &str, payload: &[u8]) -> (Vec<u8>, &'sta
             }
             .await,
         ),
+        "xp.adjust" => reply(adjust(service, payload, on_behalf_of).await),
+        "audit" => reply(
+            async {
+                let q: AuditRequest = decode(payload)?;
+                acting_for(&q.by, on_behalf_of)?;
+                let query = AuditQuery {
+                    member: q.member.as_ref().map(identity).transpose()?,
+                    by: q.moderator.as_ref().map(identity).transpose()?,
+                    limit: i64::from(q.limit.clamp(1, MAX_LIMIT)),
+                    ..AuditQuery::default()
+                };
+                Ok(store.audit(&query).await?.0)
+            }
+            .await,
+        ),
         other => reply::<()>(Err(Refusal::Bad(format!("unknown query {other:?}")))),
     }
 }
@@ -299,25 +432,36 @@ pub async fn run(
         .database(store.clone())
         .nats(broker.clone());
     observe::serve(&settings.metrics, registry, readiness, shutdown.clone()).await?;
-    serve_with(store, broker, metrics, shutdown).await
+    let service = Service {
+        store,
+        broker,
+        limits: settings.moderation.clone(),
+    };
+    serve_with(service, metrics, shutdown).await
 }
 
-/// Serves queries until `shutdown`; requests in progress then finish and are answered.
+/// Serves queries until `shutdown`, with the default guard rails; requests in progress
+/// then finish and are answered.
 pub async fn serve(
     store: Store,
     broker: Broker,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    serve_with(store, broker, QueryMetrics::default(), shutdown).await
+    let service = Service {
+        store,
+        broker,
+        limits: ModerationSettings::default(),
+    };
+    serve_with(service, QueryMetrics::default(), shutdown).await
 }
 
 /// As [`serve`], recording every request in `metrics` (`ttfd_query_*`).
 pub async fn serve_with(
-    store: Store,
-    broker: Broker,
+    service: Service,
     metrics: QueryMetrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let broker = service.broker.clone();
     let prefix = broker.subjects.query("");
     let mut requests = broker
         .client
@@ -339,7 +483,7 @@ pub async fn serve_with(
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
         };
-        let (store, client, metrics) = (store.clone(), broker.client.clone(), metrics.clone());
+        let (service, client, metrics) = (service.clone(), broker.client.clone(), metrics.clone());
         let what = request
             .subject
             .strip_prefix(prefix.as_str())
@@ -347,7 +491,7 @@ pub async fn serve_with(
             .to_owned();
         tracker.spawn(async move {
             let started = std::time::Instant::now();
-            let (body, outcome) = answer(&store, &what, &request.payload).await;
+            let (body, outcome) = answer(&service, &what, &request.payload).await;
             metrics.record(scope(&what).1, outcome, started.elapsed().as_secs_f64());
             if let Err(e) = client.publish(reply_to, body.into()).await {
                 warn!(error = %e, query = what, "cannot send a query reply");

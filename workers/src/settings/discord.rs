@@ -31,6 +31,9 @@ pub struct DiscordSettings {
     pub rank_roles: Vec<RankRole>,
     /// Rank-ups are announced here when set.
     pub announce_channel: Option<ChannelId>,
+    /// Members with one of these roles are moderators (`/xp`, `/audit`), as are members
+    /// with the Manage Server permission (docs/moderation.md).
+    pub moderator_roles: Vec<RoleId>,
     pub voice: VoiceSettings,
     pub shards: ShardSettings,
     /// Send Discord HTTP API calls to this base URL instead of `https://discord.com`
@@ -88,6 +91,7 @@ impl Default for DiscordSettings {
             message_content: true,
             rank_roles: Vec::new(),
             announce_channel: None,
+            moderator_roles: Vec::new(),
             voice: VoiceSettings::default(),
             shards: ShardSettings::default(),
             api_url: None,

@@ -10,7 +10,7 @@ use crate::common::fake_discord::FakeDiscord;
 use crate::common::{TestEnv, eventually};
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use serenity::all::{CommandInteraction, Guild, GuildId, Member, Message, VoiceState};
+use serenity::all::{CommandInteraction, Guild, GuildId, Member, Message, RoleId, VoiceState};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use ttfd::discord::{DiscordApi, DiscordBot, roles};
@@ -214,18 +214,40 @@ fn guild_create(in_voice: &[(u64, &str)]) -> Guild {
 
 /// An `INTERACTION_CREATE` `d`: a chat input command by `caller`.
 fn interaction(caller: u64, name: &str, options: Value) -> CommandInteraction {
+    let member = json!({"roles": [], "permissions": "0"});
+    interaction_by(caller, member, 1_320_000_000_000_000_001, name, options)
+}
+
+/// As [`interaction`], with the caller's `roles` and `permissions` in `member`, the
+/// interaction's id, and `resolved` data for the users the options name (Discord
+/// sends both).
+fn interaction_by(
+    caller: u64,
+    member: Value,
+    id: u64,
+    name: &str,
+    options: Value,
+) -> CommandInteraction {
+    let resolved = json!({
+        "users": {"555": {"id": "555", "username": "ann", "global_name": "Ann",
+                          "discriminator": "0", "avatar": null}},
+        "members": {"555": {"nick": "Annie", "roles": [],
+                            "joined_at": "2021-01-01T00:00:00.000000+00:00", "deaf": false,
+                            "mute": false, "flags": 0, "permissions": "0"}}
+    });
     parse(json!({
-        "id": "1320000000000000001",
+        "id": id.to_string(),
         "application_id": "1300000000000000009",
         "type": 2,
-        "data": {"id": "1300000000000000077", "name": name, "type": 1, "options": options},
+        "data": {"id": "1300000000000000077", "name": name, "type": 1, "options": options,
+                 "resolved": resolved},
         "guild_id": GUILD.to_string(),
         "channel_id": "1100000000000000001",
         "member": {"user": json!({"id": caller.to_string(), "username": "nelly",
                                   "global_name": "Nelly", "discriminator": "0", "avatar": null}),
-                   "nick": null, "roles": [], "joined_at": "2021-01-01T00:00:00.000000+00:00",
-                   "deaf": false, "mute": false, "flags": 0, "permissions": "0"},
-        "token": format!("token-{caller}-{name}"),
+                   "nick": null, "roles": member["roles"], "joined_at": "2021-01-01T00:00:00.000000+00:00",
+                   "deaf": false, "mute": false, "flags": 0, "permissions": member["permissions"]},
+        "token": format!("token-{caller}-{name}-{id}"),
         "version": 1,
         "app_permissions": "0",
         "locale": "en-US",
@@ -561,6 +583,87 @@ async fn slash_commands_answer_through_the_interaction_callback() {
     })
     .await;
     assert_eq!(merged.xp, 17_000);
+    w.stop().await;
+}
+
+/// `/xp` and `/audit` (docs/moderation.md): a member with Manage Server or a moderator
+/// role adjusts XP and reads the audit; the reply says the new total; the same
+/// interaction again counts once; anyone else is refused, privately.
+#[tokio::test]
+async fn moderators_adjust_xp_with_slash_commands_and_others_are_refused() {
+    let moderator_role: u64 = 1_200_000_000_000_000_007;
+    let w = world(|d| d.moderator_roles = vec![RoleId::new(moderator_role)]).await;
+    let (nelly, ann): (u64, u64) = (80_351_110_224_678_912, 555);
+    w.env
+        .publish(&[xp_event("t:xp:ann", "discord:555", 100)])
+        .await;
+    eventually("ann's profile", || async { w.profile("discord:555").await }).await;
+    let http = w.bot.roles.api.http.clone();
+    let manager = json!({"roles": [], "permissions": "32"});
+    let by_role = json!({"roles": [moderator_role.to_string()], "permissions": "0"});
+    let nobody = json!({"roles": ["1"], "permissions": "0"});
+    let add = json!([{"name": "add", "type": 1, "options": [
+        {"name": "member", "type": 6, "value": ann.to_string()},
+        {"name": "amount", "type": 4, "value": 500},
+        {"name": "reason", "type": 3, "value": "event winner"}]}]);
+    let set = json!([{"name": "set", "type": 1, "options": [
+        {"name": "member", "type": 6, "value": ann.to_string()},
+        {"name": "xp", "type": 4, "value": 1000},
+        {"name": "reason", "type": 3, "value": "fix"}]}]);
+    for (member, id, name, options) in [
+        (manager.clone(), 7001, "xp", add.clone()),
+        (manager.clone(), 7001, "xp", add.clone()),
+        (by_role, 7002, "xp", set),
+        (nobody.clone(), 7003, "xp", add),
+        (nobody, 7004, "audit", json!([])),
+        (
+            manager,
+            7005,
+            "audit",
+            json!([{"name": "member", "type": 6, "value": ann.to_string()}]),
+        ),
+    ] {
+        w.bot
+            .on_command(&http, &interaction_by(nelly, member, id, name, options))
+            .await;
+    }
+    let replies = w.fake.interaction_responses();
+    let said = |i: usize| {
+        replies[i]["data"]["content"]
+            .as_str()
+            .expect("content")
+            .to_owned()
+    };
+    let private = |i: usize| replies[i]["data"]["flags"].as_u64().unwrap_or(0) & 64 == 64;
+    assert_eq!(said(0), "+500 XP for **Annie** (event winner). Now 600 XP.");
+    assert!(!private(0), "a moderator's change is public");
+    assert_eq!(
+        said(1),
+        "+500 XP for **Annie** (event winner). Now 600 XP. (This request was made before: counted once.)"
+    );
+    assert_eq!(said(2), "+400 XP for **Annie** (fix). Now 1,000 XP.");
+    for i in [3, 4] {
+        assert!(
+            said(i).starts_with("Only moderators can do that"),
+            "{}",
+            said(i)
+        );
+        assert!(private(i));
+    }
+    let audit = said(5);
+    assert!(private(5));
+    assert!(audit.starts_with("Newest first:\n"), "{audit}");
+    let lines: Vec<&str> = audit.lines().skip(1).collect();
+    assert_eq!(lines.len(), 3, "the two adjustments and the grant: {audit}");
+    assert!(
+        lines[0].contains("+400 XP to discord:555 by discord:80351110224678912: \"fix\""),
+        "{audit}"
+    );
+    assert!(
+        lines[1].contains("+500 XP to discord:555 by discord:80351110224678912"),
+        "{audit}"
+    );
+    assert_eq!(w.profile("discord:555").await.map(|p| p.xp), Some(1000));
     w.stop().await;
 }
 
