@@ -194,7 +194,12 @@ async def main():
                   await role.refused_subscribe(f"_INBOX.ttfd-{other}.>"))
             check(f"{own} may not read the default inbox",
                   await role.refused_subscribe("_INBOX.>"))
-        check("query may not publish events", await query.refused_publish("ttfd.events.discord.message"))
+        check("query may not publish activity events",
+              await query.refused_publish("ttfd.events.discord.message"))
+        check("query may not publish links", await query.refused_publish("ttfd.events.discord.link"))
+        ack = await query.js_publish("ttfd.events.discord.xp", "mod:xp:perm-1")
+        check("query publishes the moderators' xp events",
+              ack and ack.get("stream") == "TTFD_EVENTS", str(ack))
         check("query may not publish to an arbitrary inbox",
               await query.refused_publish("_INBOX.somebody-else"))
         check("query may not listen to events", await query.refused_subscribe("ttfd.events.>"))

@@ -335,6 +335,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 by: by.as_deref().map(Identity::parse).transpose()?,
                 since_ms: since.map(start_ms),
                 until_ms: until.map(start_ms),
+                event_id: None,
                 offset,
                 limit,
             };

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use ttfd_shared::Identity;
+use ttfd_shared::view::AuditEntry;
 use ttfd_shared::view::text::thousands;
 use ttfd_shared::wire::{Event, EventId, Payload};
 
@@ -119,9 +120,8 @@ pub fn plan(
             request.verb.key()
         ),
     };
-    let digest = hex::encode(&Sha256::digest(key.as_bytes())[..12]);
     Ok(Event {
-        id: EventId::parse(&format!("mod:xp:{digest}")).expect("a hex id is a valid id"),
+        id: event_id(&key),
         ts: now_ms,
         identity: request.target.clone(),
         name: None,
@@ -131,6 +131,27 @@ pub fn plan(
             by: Some(request.by.clone()),
         },
     })
+}
+
+/// The id of the adjustment whose request is `key`: `mod:xp:<hash>`.
+fn event_id(key: &str) -> EventId {
+    let digest = hex::encode(&Sha256::digest(key.as_bytes())[..12]);
+    EventId::parse(&format!("mod:xp:{digest}")).expect("a hex id is a valid id")
+}
+
+/// The event an audit entry records, as far as a reply needs it.
+fn recorded_event(request: &Request, entry: &AuditEntry, now_ms: i64) -> Event {
+    Event {
+        id: EventId::parse(&entry.event_id).unwrap_or_else(|_| event_id(&entry.event_id)),
+        ts: now_ms,
+        identity: request.target.clone(),
+        name: None,
+        payload: Payload::Xp {
+            amount: entry.amount.unwrap_or_default(),
+            reason: entry.reason.clone().unwrap_or_default(),
+            by: Some(request.by.clone()),
+        },
+    }
 }
 
 /// What an adjustment did.
@@ -169,6 +190,27 @@ pub async fn adjust(
         .profile(&request.target)
         .await?
         .ok_or_else(|| Refusal::UnknownMember(request.target.to_string()))?;
+    // A surface's request made before and applied: its entry says what it did (a `set`
+    // planned again now would find nothing to do).
+    if let Some(id) = &request.request_id {
+        let earlier = AuditQuery {
+            event_id: Some(
+                event_id(&format!("{}\n{id}", request.by))
+                    .as_str()
+                    .to_owned(),
+            ),
+            limit: 1,
+            ..AuditQuery::default()
+        };
+        if let Some(entry) = store.audit(&earlier).await?.0.pop() {
+            return Ok(Adjusted {
+                event: recorded_event(request, &entry, now_ms),
+                amount: entry.amount.unwrap_or_default(),
+                xp: Some(profile.xp),
+                duplicate: true,
+            });
+        }
+    }
     let event = plan(request, profile.xp, limits, now_ms)?;
     let recent = AuditQuery {
         by: Some(request.by.clone()),

@@ -19,6 +19,8 @@ pub struct AuditQuery {
     /// Entries with event time at or after / before these (Unix ms).
     pub since_ms: Option<i64>,
     pub until_ms: Option<i64>,
+    /// Only the entry of this event.
+    pub event_id: Option<String>,
     pub offset: i64,
     pub limit: i64,
 }
@@ -43,6 +45,7 @@ impl Store {
                AND ($3::text IS NULL OR (a.by_platform = $3 AND a.by_user = $4))
                AND ($5::int8 IS NULL OR a.ts_ms >= $5)
                AND ($6::int8 IS NULL OR a.ts_ms < $6)
+               AND ($9::text IS NULL OR a.event_id = $9)
              ORDER BY a.ts_ms DESC, a.event_id DESC
              OFFSET $7 LIMIT $8",
         )
@@ -54,6 +57,7 @@ impl Store {
         .bind(query.until_ms)
         .bind(query.offset.max(0))
         .bind(query.limit.clamp(0, 1000))
+        .bind(query.event_id.as_deref())
         .fetch_all(&self.pool)
         .await?;
         let total = rows.first().map_or(0, |r| r.get::<i64, _>("total"));

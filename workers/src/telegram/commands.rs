@@ -2,6 +2,8 @@
 
 use ttfd_shared::view::Period;
 
+use crate::query::XpVerb;
+
 /// The commands, with the one-line descriptions shown by `/help` and in Telegram's
 /// command menu (`setMyCommands`).
 pub const COMMANDS: [(&str, &str); 5] = [
@@ -25,6 +27,9 @@ pub enum Command {
     Top(String),
     /// `/link` (issue a code) or `/link CODE` (redeem one): the argument as typed.
     Link(String),
+    /// `/xp add|remove|set|reset [N] reason`, by a group administrator in reply to the
+    /// member's message (docs/moderation.md): the arguments as typed.
+    Xp(String),
     /// A command of ours the bot does not know (answered with help in private chats).
     Unknown(String),
 }
@@ -58,6 +63,7 @@ pub fn parse(text: &str, bot_username: &str) -> Option<Command> {
         "rank" => Command::Rank,
         "top" => Command::Top(args.to_owned()),
         "link" => Command::Link(args.to_owned()),
+        "xp" => Command::Xp(args.to_owned()),
         _ => Command::Unknown(name),
     })
 }
@@ -70,6 +76,27 @@ pub fn parse_period(arg: &str) -> Result<Period, String> {
         "month" | "m" => Ok(Period::Month),
         other => Err(other.chars().take(32).collect()),
     }
+}
+
+/// The arguments of `/xp`: the verb, its number (not for `reset`) and the reason.
+/// `None` when they do not read that way.
+pub fn parse_xp(args: &str) -> Option<(XpVerb, String)> {
+    let mut words = args.split_whitespace();
+    let verb = words.next().unwrap_or_default().to_ascii_lowercase();
+    let mut number = || {
+        words
+            .next()
+            .and_then(|w| w.replace(',', "").parse::<i64>().ok())
+    };
+    let verb = match verb.as_str() {
+        "add" => XpVerb::Add(number().and_then(|n| u32::try_from(n).ok())?),
+        "remove" => XpVerb::Remove(number().and_then(|n| u32::try_from(n).ok())?),
+        "set" => XpVerb::Set(number()?),
+        "reset" => XpVerb::Reset,
+        _ => return None,
+    };
+    let reason = words.collect::<Vec<_>>().join(" ");
+    Some((verb, reason))
 }
 
 #[cfg(test)]
@@ -123,6 +150,39 @@ mod tests {
     #[test]
     fn unknown_commands_are_kept_for_a_helpful_answer() {
         assert_eq!(parse("/Stats", BOT), Some(Command::Unknown("stats".into())));
+    }
+
+    #[test]
+    fn xp_arguments_are_a_verb_a_number_and_a_reason() {
+        assert_eq!(
+            parse("/xp add 500 event winner", BOT),
+            Some(Command::Xp("add 500 event winner".into()))
+        );
+        assert_eq!(
+            parse_xp("add 1,500 event  winner"),
+            Some((XpVerb::Add(1500), "event winner".into()))
+        );
+        assert_eq!(
+            parse_xp("Remove 50 spam"),
+            Some((XpVerb::Remove(50), "spam".into()))
+        );
+        assert_eq!(
+            parse_xp("set -20 fix"),
+            Some((XpVerb::Set(-20), "fix".into()))
+        );
+        assert_eq!(
+            parse_xp("reset start over"),
+            Some((XpVerb::Reset, "start over".into()))
+        );
+        assert_eq!(
+            parse_xp("add 5"),
+            Some((XpVerb::Add(5), String::new())),
+            "the service asks for a reason"
+        );
+        assert_eq!(parse_xp("add -5 x"), None);
+        assert_eq!(parse_xp("add many x"), None);
+        assert_eq!(parse_xp("give 5 x"), None);
+        assert_eq!(parse_xp(""), None);
     }
 
     #[test]

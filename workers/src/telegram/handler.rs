@@ -22,7 +22,7 @@ use super::started::StartedUsers;
 use super::texts;
 use crate::broker::Broker;
 use crate::now_ms;
-use crate::query::QueryClient;
+use crate::query::{AdjustRequest, QueryClient};
 use crate::store::codes::LinkCode;
 
 /// Commands answered at once; more wait for a slot.
@@ -197,6 +197,7 @@ impl Handler {
                     Err(e) => self.unavailable(e),
                 },
             },
+            Command::Xp(args) => self.adjust(&call, args).await,
             Command::Link(arg) if !call.private => {
                 if !arg.is_empty() {
                     // The code is visible to the group: take it down if the bot may.
@@ -235,6 +236,42 @@ impl Handler {
             },
         };
         self.reply(call.chat, reply_to, text).await;
+    }
+
+    /// `/xp`: in a counted group, by one of its administrators, in reply to the
+    /// member's message. The message's id makes a retried update count once.
+    async fn adjust(&self, call: &CommandCall, args: &str) -> String {
+        if call.private || !self.counted.contains(&call.chat.0) {
+            return texts::xp_in_the_group_only();
+        }
+        let Some((verb, reason)) = commands::parse_xp(args) else {
+            return texts::xp_usage();
+        };
+        let Some(member) = &call.replied_to else {
+            return texts::xp_usage();
+        };
+        if member.bot {
+            return texts::xp_not_for_bots();
+        }
+        match self.bot.get_chat_member(call.chat, call.user).await {
+            Ok(m) if m.is_privileged() => {}
+            Ok(_) => return texts::xp_for_administrators(),
+            Err(e) => {
+                warn!(error = %e, "cannot tell whether the caller is an administrator");
+                return texts::unavailable();
+            }
+        }
+        let request = AdjustRequest {
+            by: (&mapping::identity(call.user)).into(),
+            target: (&mapping::identity(member.user)).into(),
+            verb,
+            reason: reason.clone(),
+            request_id: format!("msg:{}:{}", call.chat.0, call.message.0),
+        };
+        match self.query.adjust_xp(&request).await {
+            Ok(outcome) => texts::xp_adjusted(&member.first_name, &reason, &outcome),
+            Err(e) => self.unavailable(e),
+        }
     }
 
     fn unavailable(&self, e: crate::query::QueryError) -> String {

@@ -53,6 +53,16 @@ pub struct CommandCall {
     pub message: MessageId,
     pub user: UserId,
     pub first_name: String,
+    /// The author of the message this one replies to (whom `/xp` is about).
+    pub replied_to: Option<Author>,
+}
+
+/// Who wrote a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Author {
+    pub user: UserId,
+    pub first_name: String,
+    pub bot: bool,
 }
 
 /// The identity of a Telegram user.
@@ -107,6 +117,14 @@ fn classify_message(msg: &Message, bot_username: &str, counted: &BTreeSet<i64>) 
             message: msg.id,
             user: from.id,
             first_name: from.first_name.clone(),
+            replied_to: msg
+                .reply_to_message()
+                .and_then(|m| m.from.as_ref())
+                .map(|u| Author {
+                    user: u.id,
+                    first_name: u.first_name.clone(),
+                    bot: u.is_bot,
+                }),
         })
     };
     if msg.chat.is_private() {
@@ -410,6 +428,7 @@ mod tests {
                 message: MessageId(4),
                 user: UserId(42),
                 first_name: "Grace".into(),
+                replied_to: None,
             })
         );
     }

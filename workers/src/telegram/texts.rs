@@ -6,6 +6,7 @@ use ttfd_shared::Rules;
 use ttfd_shared::view::text::{self, Markup, platform_name};
 use ttfd_shared::wire::{RankNotice, WireIdentity};
 
+use crate::query::AdjustOutcome;
 use crate::store::codes::{IssuedCode, Redemption};
 use ttfd_shared::view::{Period, Profile, Standing};
 
@@ -130,6 +131,52 @@ pub fn redeemed(outcome: &Redemption) -> String {
             "Too many wrong codes. Try again in {} min.",
             retry_after_secs.div_ceil(60).max(1)
         ),
+    }
+}
+
+/// `/xp` without a verb, number or reply.
+pub fn xp_usage() -> String {
+    "Reply to the member's message with:\n\
+     /xp add 500 reason\n/xp remove 50 reason\n/xp set 1000 reason\n/xp reset reason"
+        .into()
+}
+
+pub fn xp_in_the_group_only() -> String {
+    "Use /xp in the community's group, in reply to the member's message.".into()
+}
+
+pub fn xp_for_administrators() -> String {
+    "Only the group's administrators can change XP.".into()
+}
+
+pub fn xp_not_for_bots() -> String {
+    "Bots have no XP.".into()
+}
+
+/// `/xp`: what was done and the new total, or why not.
+pub fn xp_adjusted(name: &str, reason: &str, outcome: &AdjustOutcome) -> String {
+    match outcome {
+        AdjustOutcome::Done {
+            amount,
+            xp,
+            duplicate,
+            ..
+        } => {
+            let sign = if *amount > 0 { "+" } else { "" };
+            let mut out = format!(
+                "{sign}{} XP for {name} ({reason}).",
+                text::thousands(i64::from(*amount))
+            );
+            match xp {
+                Some(xp) => out.push_str(&format!(" Now {} XP.", text::thousands(*xp))),
+                None => out.push_str(" It shows within moments."),
+            }
+            if *duplicate {
+                out.push_str(" (This request was made before: counted once.)");
+            }
+            out
+        }
+        AdjustOutcome::Refused(why) => format!("Not done: {why}."),
     }
 }
 

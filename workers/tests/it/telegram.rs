@@ -378,6 +378,95 @@ async fn group_messages_by_humans_become_events_and_commands_are_answered() {
     world.cleanup().await;
 }
 
+/// `/xp` in the group (docs/moderation.md): an administrator, in reply to a member's
+/// message, adds and sets XP and is told the new total; a member who is not an
+/// administrator is refused; without a reply the usage is shown; the same update
+/// again counts once.
+#[tokio::test]
+async fn group_administrators_adjust_xp_in_reply_to_a_members_message() {
+    let world = World::new().await;
+    let stop = CancellationToken::new();
+    let (_, bot) = world.spawn_bot(world.settings(), stop.clone()).await;
+    let fake = &world.fake;
+    fake.set_member(GROUP, 7007, "administrator", "Mod");
+    fake.set_member(GROUP, 1001, "member", "Ada");
+    let said = group_message(GROUP, 40, 1001, "Ada", None, "Hello everyone, good morning");
+    fake.push_update(said.clone());
+    eventually("ada's profile", || async {
+        world
+            .query
+            .profile(&who("telegram:1001"))
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    let reply = |id: i64, user: u64, first: &str, text: &str| {
+        let mut update = group_message(GROUP, id, user, first, None, text);
+        update["message"]["reply_to_message"] = said["message"].clone();
+        update
+    };
+    fake.push_update(reply(41, 7007, "Mod", "/xp add 500 event winner"));
+    world
+        .reply_containing(GROUP, "+500 XP for Ada (event winner). Now 510 XP.")
+        .await;
+    fake.push_update(reply(42, 1001, "Ada", "/xp add 100000 me"));
+    world
+        .reply_containing(GROUP, "Only the group's administrators can change XP.")
+        .await;
+    fake.push_update(group_message(
+        GROUP,
+        43,
+        7007,
+        "Mod",
+        None,
+        "/xp add 5 no reply",
+    ));
+    world
+        .reply_containing(GROUP, "Reply to the member's message with:")
+        .await;
+    fake.push_update(reply(44, 7007, "Mod", "/xp set 1000"));
+    world
+        .reply_containing(GROUP, "Not done: give a reason")
+        .await;
+    fake.push_update(reply(45, 7007, "Mod", "/xp set 1,000 fix"));
+    world
+        .reply_containing(GROUP, "+490 XP for Ada (fix). Now 1,000 XP.")
+        .await;
+    fake.push_update(reply(45, 7007, "Mod", "/xp set 1,000 fix"));
+    world
+        .reply_containing(GROUP, "(This request was made before: counted once.)")
+        .await;
+    let ada = world
+        .query
+        .profile(&who("telegram:1001"))
+        .await
+        .expect("profile")
+        .expect("ada");
+    assert_eq!(ada.xp, 1000);
+    let (entries, _) = world
+        .env
+        .store
+        .audit(&ttfd::store::audit::AuditQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("audit");
+    let by: Vec<_> = entries.iter().map(|e| (e.amount, e.by.clone())).collect();
+    let moderator = Some(WireIdentity {
+        platform: "telegram".into(),
+        user: "7007".into(),
+    });
+    assert_eq!(
+        by,
+        vec![(Some(490), moderator.clone()), (Some(500), moderator)]
+    );
+    stop.cancel();
+    bot.await.expect("bot task").expect("bot");
+    world.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_message_is_confirmed_to_telegram_only_once_jetstream_stored_it() {
     let world = World::new().await;

@@ -284,6 +284,17 @@ async fn api(
                 .get(&(chat_id, user))
                 .cloned();
             match member {
+                Some((status, first_name)) if status == "administrator" => ok(json!({
+                    // ChatMemberAdministrator, with its required rights.
+                    "status": status,
+                    "user": {"id": user, "is_bot": false, "first_name": first_name},
+                    "can_be_edited": false, "is_anonymous": false, "can_manage_chat": true,
+                    "can_delete_messages": true, "can_manage_video_chats": true,
+                    "can_restrict_members": true, "can_promote_members": false,
+                    "can_change_info": true, "can_invite_users": true,
+                    "can_post_stories": false, "can_edit_stories": false,
+                    "can_delete_stories": false, "can_pin_messages": true,
+                })),
                 Some((status, first_name)) => ok(json!({
                     "status": status,
                     "user": {"id": user, "is_bot": false, "first_name": first_name},
