@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod moderation;
 pub mod observe;
 pub mod query;
+pub mod rates;
 pub mod replay;
 pub mod settings;
 pub mod shutdown;

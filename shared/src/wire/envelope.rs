@@ -120,6 +120,13 @@ impl Payload {
         }
     }
 
+    /// Sets `data.mult` of a `message` or `voice` (SPEC 7.2); other kinds have none.
+    pub fn set_mult(&mut self, value: Option<u16>) {
+        if let Payload::Message { mult, .. } | Payload::Voice { mult, .. } = self {
+            *mult = value;
+        }
+    }
+
     /// Who made the change, when the event says (SPEC 7.1).
     pub fn by(&self) -> Option<&Identity> {
         match self {

@@ -9,7 +9,9 @@ mod json;
 pub mod notify;
 mod subjects;
 
-pub use envelope::{Event, EventId, MAX_EVENT_BYTES, Payload, Proof, clean_name, decode, encode};
+pub use envelope::{
+    Event, EventId, MAX_EVENT_BYTES, MAX_MULT, Payload, Proof, clean_name, decode, encode,
+};
 pub use json::{JsonEventError, from_json};
 pub use notify::{LinkNotice, RankNotice, WireIdentity};
 pub use subjects::Subjects;

@@ -27,8 +27,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use backon::ExponentialBuilder;
 use serenity::all::{
-    ClientBuilder, Context, EventHandler, GatewayIntents, Guild, GuildId, Interaction, Member,
-    Message, Ready, UnavailableGuild, UserId, VoiceState,
+    ClientBuilder, Context, EventHandler, GatewayIntents, Guild, GuildChannel, GuildId,
+    Interaction, Member, Message, Ready, UnavailableGuild, UserId, VoiceState,
 };
 use serenity::async_trait;
 use serenity::http::Http;
@@ -49,6 +49,7 @@ use crate::now_ms;
 use crate::observe::discord::DiscordMetrics;
 use crate::observe::{self, Readiness};
 use crate::query::QueryClient;
+use crate::rates::{self, Boost, Rates};
 use crate::settings::{DiscordSettings, Settings};
 use mapping::MessageRules;
 use roles::{Outcome, RankRoles, RoleSync};
@@ -73,6 +74,13 @@ pub struct DiscordBot {
     query: QueryClient,
     rules: Arc<Rules>,
     moderator_roles: Vec<serenity::all::RoleId>,
+    /// `discord.xp_rates` and `[[boosts]]`: what `data.mult` an event carries.
+    rates: Rates<u64>,
+    boosts: Vec<Boost>,
+    /// What the rates need to know of the guild: each channel's category, and the
+    /// roles of the members seen in messages, voice states and the member list.
+    categories: Mutex<HashMap<u64, u64>>,
+    member_roles: Mutex<HashMap<u64, Vec<u64>>>,
     shutdown: CancellationToken,
 }
 
@@ -108,6 +116,11 @@ impl DiscordBot {
             query,
             rules,
             moderator_roles: d.moderator_roles.clone(),
+            // Checked when the settings were loaded.
+            rates: d.xp_rates.rates().unwrap_or_default(),
+            boosts: crate::settings::rates::boosts(&settings.boosts).unwrap_or_default(),
+            categories: Mutex::new(HashMap::new()),
+            member_roles: Mutex::new(HashMap::new()),
             shutdown,
         }
     }
@@ -138,9 +151,38 @@ impl DiscordBot {
             ignored_channels: &self.ignored_channels,
             content_visible: self.content_visible,
         };
-        if let Some(event) = mapping::message_event(msg, &rules) {
+        if let Some(mut event) = mapping::message_event(msg, &rules) {
+            if let Some(member) = &msg.member {
+                let roles = member.roles.iter().map(|r| r.get()).collect();
+                lock(&self.member_roles).insert(msg.author.id.get(), roles);
+            }
+            let mult = self.mult(msg.channel_id.get(), msg.author.id.get(), event.ts);
+            event.payload.set_mult(mult);
             self.send(vec![event]).await;
         }
+    }
+
+    /// `data.mult` of an event at `ts` in `channel` by `user` (`crate::rates`).
+    fn mult(&self, channel: u64, user: u64, ts: i64) -> Option<u16> {
+        let category = lock(&self.categories).get(&channel).copied();
+        let roles = lock(&self.member_roles)
+            .get(&user)
+            .cloned()
+            .unwrap_or_default();
+        let boost = rates::boost(&self.boosts, mapping::PLATFORM, ts);
+        self.rates.mult(&channel, category.as_ref(), &roles, boost)
+    }
+
+    /// A channel created or changed: its category, for the category rates.
+    pub fn on_channel(&self, channel: &GuildChannel) {
+        if channel.guild_id != self.guild {
+            return;
+        }
+        let mut categories = lock(&self.categories);
+        match channel.parent_id {
+            Some(parent) => categories.insert(channel.id.get(), parent.get()),
+            None => categories.remove(&channel.id.get()),
+        };
     }
 
     /// A `VOICE_STATE_UPDATE`.
@@ -150,6 +192,10 @@ impl DiscordBot {
         }
         if let Some((user, name)) = mapping::voice_name(state) {
             self.lock_names().insert(user, name);
+        }
+        if let Some(member) = &state.member {
+            let roles = member.roles.iter().map(|r| r.get()).collect();
+            lock(&self.member_roles).insert(state.user_id.get(), roles);
         }
         let segments = self.lock_voice().update(mapping::voice_update(state), now);
         self.send_segments(segments).await;
@@ -163,6 +209,17 @@ impl DiscordBot {
         }
         let voice = mapping::guild_voice(guild);
         self.lock_names().extend(voice.names);
+        *lock(&self.categories) = guild
+            .channels
+            .values()
+            .filter_map(|c| Some((c.id.get(), c.parent_id?.get())))
+            .collect();
+        lock(&self.member_roles).extend(
+            guild
+                .members
+                .values()
+                .map(|m| (m.user.id.get(), m.roles.iter().map(|r| r.get()).collect())),
+        );
         let (segments, in_voice) = {
             let mut sessions = self.lock_voice();
             let segments = sessions.rebuild(voice.states, voice.afk_channel, now);
@@ -200,13 +257,21 @@ impl DiscordBot {
         if segments.is_empty() {
             return;
         }
-        let events = {
+        let events: Vec<Event> = {
             let names = self.lock_names();
             segments
                 .iter()
                 .map(|s| mapping::voice_event(self.guild, s, names.get(&s.user).cloned()))
                 .collect()
         };
+        let events = events
+            .into_iter()
+            .zip(&segments)
+            .map(|(mut e, s)| {
+                e.payload.set_mult(self.mult(s.channel, s.user, e.ts));
+                e
+            })
+            .collect();
         self.send(events).await;
     }
 
@@ -248,17 +313,11 @@ impl DiscordBot {
     }
 
     fn lock_voice(&self) -> std::sync::MutexGuard<'_, VoiceSessions> {
-        // The state machine never panics while held; a poisoned lock still holds
-        // consistent state.
-        self.voice
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.voice)
     }
 
     fn lock_names(&self) -> std::sync::MutexGuard<'_, HashMap<u64, String>> {
-        self.names
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.names)
     }
 }
 
@@ -358,6 +417,14 @@ impl EventHandler for Handler {
 
     async fn message(&self, _ctx: Context, msg: Message) {
         self.bot.on_message(&msg).await;
+    }
+
+    async fn channel_create(&self, _ctx: Context, channel: GuildChannel) {
+        self.bot.on_channel(&channel);
+    }
+
+    async fn channel_update(&self, _ctx: Context, _old: Option<GuildChannel>, new: GuildChannel) {
+        self.bot.on_channel(&new);
     }
 
     async fn voice_state_update(&self, _ctx: Context, _old: Option<VoiceState>, new: VoiceState) {
@@ -485,4 +552,10 @@ fn gateway_error(e: serenity::Error) -> anyhow::Error {
         ),
         other => anyhow::anyhow!("Discord gateway: {other}"),
     }
+}
+
+/// A lock of the bot's small state maps; nothing panics while one is held, so a
+/// poisoned lock still holds consistent state.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

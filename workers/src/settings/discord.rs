@@ -34,6 +34,8 @@ pub struct DiscordSettings {
     /// Members with one of these roles are moderators (`/xp`, `/audit`), as are members
     /// with the Manage Server permission (docs/moderation.md).
     pub moderator_roles: Vec<RoleId>,
+    /// XP rates by channel, category and role (`settings::rates`).
+    pub xp_rates: super::rates::DiscordRates,
     pub voice: VoiceSettings,
     pub shards: ShardSettings,
     /// Send Discord HTTP API calls to this base URL instead of `https://discord.com`
@@ -92,6 +94,7 @@ impl Default for DiscordSettings {
             rank_roles: Vec::new(),
             announce_channel: None,
             moderator_roles: Vec::new(),
+            xp_rates: super::rates::DiscordRates::default(),
             voice: VoiceSettings::default(),
             shards: ShardSettings::default(),
             api_url: None,

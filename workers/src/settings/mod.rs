@@ -4,7 +4,8 @@
 //! One file per section: [`database`] (`database.*`), [`nats`] (`nats.*`), [`sync`]
 //! (`sync.*`), [`log`] (`log.*`), [`metrics`] (`metrics.listen`), [`discord`]
 //! (`discord.*`), [`telegram`] (`telegram.*`), [`trust`] (`trust.*`), [`web`] (`web.*`),
-//! [`moderation`] (`moderation.*`);
+//! [`moderation`] (`moderation.*`), [`rates`] (`boosts`, `discord.xp_rates.*`,
+//! `telegram.chat_rates`);
 //! `rules.*` is [`ttfd_shared::Rules`]. See `config/ttfd.example.toml` for every key. Unknown keys
 //! and bad values stop start-up with a [`SettingsError`] naming the key.
 //!
@@ -16,6 +17,7 @@ pub mod log;
 pub mod metrics;
 pub mod moderation;
 pub mod nats;
+pub mod rates;
 pub mod sync;
 pub mod telegram;
 pub mod trust;
@@ -51,6 +53,8 @@ pub struct Settings {
     pub telegram: TelegramSettings,
     pub trust: TrustSettings,
     pub moderation: ModerationSettings,
+    /// `[[boosts]]`: timed XP boosts (`settings::rates`).
+    pub boosts: Vec<rates::BoostSettings>,
 }
 
 /// Settings that cannot be used, naming the key.
@@ -111,6 +115,9 @@ impl Settings {
         self.telegram.validate()?;
         self.trust.validate()?;
         self.moderation.validate()?;
+        rates::boosts(&self.boosts)?;
+        self.discord.xp_rates.rates()?;
+        rates::id_rates::<i64>("telegram.chat_rates", &self.telegram.chat_rates)?;
         self.rules
             .validate()
             .map_err(|e| invalid(&format!("rules.{}", e.key), e.message))?;
@@ -193,6 +200,42 @@ mod tests {
     }
 
     #[test]
+    fn boosts_are_read_from_a_file_and_bad_ones_name_their_entry() {
+        let dir = std::env::temp_dir().join(format!("ttfd-boosts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let path = dir.join("ttfd.toml");
+        let write = |from: &str, to: &str, mult: u32| {
+            let toml = format!(
+                "[[boosts]]\nname = \"weekend\"\nfrom = \"{from}\"\nto = \"{to}\"\nmult = {mult}\n"
+            );
+            std::fs::write(&path, toml).expect("write");
+            Settings::load_from(Some(&path), env(&[]))
+        };
+        let s = write("2026-12-05T00:00:00Z", "2026-12-07T00:00:00Z", 200).expect("loads");
+        let boosts = rates::boosts(&s.boosts).expect("valid");
+        assert_eq!(boosts[0].to_ms - boosts[0].from_ms, 2 * 86_400_000);
+        assert_eq!(boosts[0].mult, 200);
+        for (from, to, mult, named) in [
+            ("saturday", "2026-12-07T00:00:00Z", 200, "boosts[0].from"),
+            (
+                "2026-12-07T00:00:00Z",
+                "2026-12-05T00:00:00Z",
+                200,
+                "boosts[0].to",
+            ),
+            (
+                "2026-12-05T00:00:00Z",
+                "2026-12-07T00:00:00Z",
+                5000,
+                "boosts[0].mult",
+            ),
+        ] {
+            let err = write(from, to, mult).expect_err("refused").to_string();
+            assert!(err.contains(named), "{err}");
+        }
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let cases = [
             ("TTFD__NATS__PREFIX", "bad.prefix", "nats.prefix"),
@@ -213,6 +256,27 @@ mod tests {
                 "TTFD__TRUST__KEYS__PLATFORM",
                 "kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk",
                 "trust.keys.platform",
+            ),
+            (
+                "TTFD__DISCORD__XP_RATES__CHANNELS__1100",
+                "1001",
+                "discord.xp_rates.channels.1100",
+            ),
+            (
+                "TTFD__DISCORD__XP_RATES__ROLES__MODS",
+                "200",
+                "discord.xp_rates.roles.mods",
+            ),
+            (
+                "TTFD__TELEGRAM__CHAT_RATES__GROUP",
+                "50",
+                "telegram.chat_rates.group",
+            ),
+            ("TTFD__MODERATION__MAX_AMOUNT", "0", "moderation.max_amount"),
+            (
+                "TTFD__MODERATION__ACTIONS_PER_HOUR",
+                "0",
+                "moderation.actions_per_hour",
             ),
         ];
         for (key, value, named) in cases {

@@ -26,6 +26,9 @@ pub struct TelegramSettings {
     /// counts nothing in a group that is in neither (it may have been added anywhere);
     /// it still answers commands there.
     pub chats: Vec<i64>,
+    /// XP rates by counted chat id, in percent (`settings::rates`): 0 counts the
+    /// messages but pays no XP.
+    pub chat_rates: std::collections::BTreeMap<String, u16>,
     /// The Bot API server: Telegram's, a self-hosted one, or a fake in tests.
     pub api_url: String,
     /// `polling` (one replica) or `webhook` (as many replicas as you like).
@@ -69,6 +72,7 @@ impl Default for TelegramSettings {
             token: None,
             group_chat_id: None,
             chats: Vec::new(),
+            chat_rates: std::collections::BTreeMap::new(),
             api_url: "https://api.telegram.org".into(),
             mode: TelegramMode::Polling,
             poll_timeout_secs: 10,

@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, instrument, warn};
-use ttfd_shared::{Event, Rules};
+use ttfd_shared::{Event, Payload, Rules};
 
 use super::commands::{self, Command};
 use super::mapping::{self, CommandCall, Inbound};
@@ -23,6 +23,7 @@ use super::texts;
 use crate::broker::Broker;
 use crate::now_ms;
 use crate::query::{AdjustRequest, QueryClient};
+use crate::rates::{self, Boost, Rates};
 use crate::store::codes::LinkCode;
 
 /// Commands answered at once; more wait for a slot.
@@ -54,6 +55,9 @@ pub struct Handler {
     pub tasks: TaskTracker,
     pub slots: Arc<Semaphore>,
     pub metrics: BotMetrics,
+    /// `telegram.chat_rates` and `[[boosts]]`: what `data.mult` a message carries.
+    pub rates: Rates<i64>,
+    pub boosts: Vec<Boost>,
 }
 
 impl Handler {
@@ -77,7 +81,22 @@ impl Handler {
             tasks: TaskTracker::new(),
             slots: Arc::new(Semaphore::new(COMMAND_SLOTS)),
             metrics: BotMetrics::default(),
+            rates: Rates::default(),
+            boosts: Vec::new(),
         }
+    }
+
+    /// With the XP rates of `telegram.chat_rates` and `[[boosts]]`.
+    pub fn with_rates(mut self, rates: Rates<i64>, boosts: Vec<Boost>) -> Self {
+        self.rates = rates;
+        self.boosts = boosts;
+        self
+    }
+
+    /// `data.mult` of a message at `ts` in `chat` (`crate::rates`).
+    fn mult(&self, chat: i64, ts: i64) -> Option<u16> {
+        let boost = rates::boost(&self.boosts, mapping::PLATFORM, ts);
+        self.rates.mult(&chat, None, [], boost)
     }
 
     /// Handles one update. Activity is published and acknowledged by JetStream before
@@ -91,7 +110,16 @@ impl Handler {
         shutdown: &CancellationToken,
     ) -> Result<(), NotHandled> {
         match mapping::classify(update, &self.username, &self.counted) {
-            Inbound::Activity(event) => self.publish(&event, patience, shutdown).await,
+            Inbound::Activity(mut event) => {
+                if let Payload::Message {
+                    chat: Some(chat), ..
+                } = &event.payload
+                    && let Ok(chat) = chat.parse::<i64>()
+                {
+                    event.payload.set_mult(self.mult(chat, event.ts));
+                }
+                self.publish(&event, patience, shutdown).await
+            }
             Inbound::Command(call) => {
                 self.spawn(async move |h: Arc<Self>| h.answer(call).await);
                 Ok(())

@@ -179,15 +179,26 @@ impl TelegramBot {
                  no message earns XP until one is"
             );
         }
-        let handler = Arc::new(Handler::new(
-            bot,
-            username,
-            counted,
-            broker,
-            query,
-            started,
-            settings.rules.clone(),
-        ));
+        let rates = crate::rates::Rates {
+            places: crate::settings::rates::id_rates(
+                "telegram.chat_rates",
+                &settings.telegram.chat_rates,
+            )?,
+            ..Default::default()
+        };
+        let boosts = crate::settings::rates::boosts(&settings.boosts)?;
+        let handler = Arc::new(
+            Handler::new(
+                bot,
+                username,
+                counted,
+                broker,
+                query,
+                started,
+                settings.rules.clone(),
+            )
+            .with_rates(rates, boosts),
+        );
         Ok(Self {
             handler,
             source,

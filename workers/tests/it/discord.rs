@@ -322,6 +322,56 @@ async fn guild_messages_and_voice_time_become_profile_xp() {
     w.stop().await;
 }
 
+/// `discord.xp_rates` (docs/moderation.md): a double-XP channel pays its messages
+/// double and a no-XP voice channel counts the time but pays nothing; the events carry
+/// the rate as `data.mult`.
+#[tokio::test]
+async fn channel_rates_travel_in_the_events_as_their_mult() {
+    let w = world(|d| {
+        d.xp_rates
+            .channels
+            .insert("1100000000000000001".into(), 200);
+        d.xp_rates.channels.insert(TALK.to_string(), 0);
+    })
+    .await;
+    let now = ttfd::now_ms();
+    let ann = json!({"id": "111", "username": "ann", "global_name": "Ann", "discriminator": "0", "avatar": null});
+    w.bot
+        .on_message(&message(snowflake(now - 5000, 1), ann, "hello everyone"))
+        .await;
+    let t0 = now - 120_000;
+    w.bot
+        .on_guild_create(&guild_create(&[(111, "ann"), (222, "bob")]), t0)
+        .await;
+    w.bot
+        .on_voice_state(&voice_state(222, "bob", None), t0 + 70_000)
+        .await;
+    let ann = eventually("ann's message and voice time", || async {
+        w.profile("discord:111")
+            .await
+            .filter(|p| p.messages == 1 && p.voice_seconds == 70)
+    })
+    .await;
+    assert_eq!(ann.xp, 20, "the message at 200 %, the voice time at 0 %");
+    let mults: Vec<(String, Option<u16>)> = crate::common::stored_events(&w.env, "discord")
+        .await
+        .into_iter()
+        .filter(|e| e.identity.user.as_str() == "111")
+        .map(|e| {
+            let mult = match e.payload {
+                Payload::Message { mult, .. } | Payload::Voice { mult, .. } => mult,
+                _ => None,
+            };
+            (e.kind().to_owned(), mult)
+        })
+        .collect();
+    assert_eq!(
+        mults,
+        vec![("message".into(), Some(200)), ("voice".into(), Some(0))]
+    );
+    w.stop().await;
+}
+
 #[tokio::test]
 async fn a_restarted_bot_counts_members_already_in_voice_and_a_crash_loses_under_a_minute() {
     let w = world(|_| {}).await;

@@ -467,6 +467,90 @@ async fn group_administrators_adjust_xp_in_reply_to_a_members_message() {
     world.cleanup().await;
 }
 
+/// `telegram.chat_rates` and `[[boosts]]` (docs/moderation.md): a chat at 0 % counts
+/// its messages for nothing, a boost running for Telegram triples the others; the
+/// rate travels in the event as `data.mult`.
+#[tokio::test]
+async fn chat_rates_and_a_running_boost_set_the_messages_mult() {
+    let world = World::new().await;
+    let stop = CancellationToken::new();
+    let other: i64 = -1_005_555_555;
+    let mut settings = world.settings();
+    settings.telegram.chats = vec![other];
+    settings.telegram.chat_rates.insert(GROUP.to_string(), 0);
+    let hour = 3_600_000;
+    let at = |ms: i64| ttfd::shared::view::rfc3339(ms).expect("a time");
+    settings.boosts = vec![
+        ttfd::settings::rates::BoostSettings {
+            name: "triple XP".into(),
+            from: at(ttfd::now_ms() - hour),
+            to: at(ttfd::now_ms() + hour),
+            mult: 300,
+            platforms: vec!["telegram".into()],
+        },
+        ttfd::settings::rates::BoostSettings {
+            name: "over".into(),
+            from: at(ttfd::now_ms() - 3 * hour),
+            to: at(ttfd::now_ms() - 2 * hour),
+            mult: 1000,
+            platforms: vec![],
+        },
+    ];
+    settings.validate().expect("valid settings");
+    let (_, bot) = world.spawn_bot(settings, stop.clone()).await;
+    world.fake.push_update(group_message(
+        GROUP,
+        50,
+        1001,
+        "Ada",
+        None,
+        "Hello everyone, good morning",
+    ));
+    world.fake.push_update(group_message(
+        other,
+        51,
+        2002,
+        "Bob",
+        None,
+        "Hello from the other group",
+    ));
+    let events = telegram_events(&world.env, 2).await;
+    let mults: Vec<_> = events
+        .iter()
+        .map(|e| match &e.payload {
+            Payload::Message { mult, .. } => (e.identity.user.as_str().to_owned(), *mult),
+            other => panic!("a message, not {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        mults,
+        vec![("1001".into(), Some(0)), ("2002".into(), Some(300))]
+    );
+    let bob = eventually("bob's xp", || async {
+        world
+            .query
+            .profile(&who("telegram:2002"))
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    assert_eq!(bob.xp, 30);
+    let ada = eventually("ada's message", || async {
+        world
+            .query
+            .profile(&who("telegram:1001"))
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    assert_eq!((ada.xp, ada.messages), (0, 1));
+    stop.cancel();
+    bot.await.expect("bot task").expect("bot");
+    world.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_message_is_confirmed_to_telegram_only_once_jetstream_stored_it() {
     let world = World::new().await;

@@ -608,3 +608,38 @@ impl Outage {
         self.up.store(true, Ordering::SeqCst);
     }
 }
+
+/// Every event of `platform` the events stream holds now, in stream order, decoded.
+pub async fn stored_events(env: &TestEnv, platform: &str) -> Vec<Event> {
+    use futures::StreamExt;
+    let stream = env
+        .broker
+        .js
+        .get_stream(env.broker.subjects.events_stream())
+        .await
+        .expect("events stream");
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            filter_subject: env.broker.subjects.event(platform, ">"),
+            ..Default::default()
+        })
+        .await
+        .expect("ephemeral consumer");
+    let mut messages = consumer
+        .fetch()
+        .max_messages(10_000)
+        .expires(Duration::from_millis(500))
+        .messages()
+        .await
+        .expect("fetch");
+    let mut events = Vec::new();
+    while let Some(m) = messages.next().await {
+        let m = m.expect("a message");
+        let kind = m.subject.rsplit('.').next().unwrap_or_default().to_owned();
+        events.push(
+            ttfd::shared::wire::decode(&m.payload, (platform, &kind), ttfd::now_ms())
+                .expect("a valid event"),
+        );
+    }
+    events
+}
