@@ -153,9 +153,11 @@ async def main():
         info = await web.api("$JS.API.STREAM.INFO.TTFD_EVENTS")
         check("web reads the events stream info (readiness)", info and "config" in info, str(info))
         check("web may not publish discord events", await web.refused_publish("ttfd.events.discord.message"))
-        for kind in ("xp", "link"):
-            check(f"web's ingest may not publish website {kind} events",
-                  await web.refused_publish(f"ttfd.events.website.{kind}"))
+        check("web's ingest may not publish website link events",
+              await web.refused_publish("ttfd.events.website.link"))
+        ack = await web.js_publish("ttfd.events.discord.xp", "mod:xp:perm-web-1")
+        check("web publishes the admin page's xp events",
+              ack and ack.get("stream") == "TTFD_EVENTS", str(ack))
         check("web may not publish notifications", await web.refused_publish("ttfd.notify.rank"))
         check("web may not delete the events stream",
               await web.refused_publish("$JS.API.STREAM.DELETE.TTFD_EVENTS"))

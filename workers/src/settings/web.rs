@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use axum_extra::extract::cookie::Key;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use ttfd_shared::Identity;
 use ttfd_shared::Platform;
 
 use super::{SettingsError, invalid};
@@ -48,6 +49,9 @@ pub struct WebSettings {
     /// own platform's events.
     pub ingest_tokens: BTreeMap<String, SecretString>,
     pub rate_limit: RateLimitSettings,
+    /// Identities (`discord:123`) whose sign-in opens the admin page (`/admin`: XP
+    /// adjustments and the audit log, docs/moderation.md).
+    pub admins: Vec<String>,
 }
 
 /// `web.rate_limit`: how often a client may try to sign in, link or redeem a code, and
@@ -119,6 +123,7 @@ impl Default for WebSettings {
             telegram: TelegramLoginSettings::default(),
             ingest_tokens: BTreeMap::new(),
             rate_limit: RateLimitSettings::default(),
+            admins: Vec::new(),
         }
     }
 }
@@ -187,6 +192,7 @@ impl WebSettings {
         if self.session_days == 0 {
             return Err(invalid("web.session_days", "must be at least 1"));
         }
+        self.admins()?;
         if !self.discord.client_id.is_empty() {
             if self.discord.client_secret.expose_secret().is_empty() {
                 return Err(invalid(
@@ -259,6 +265,18 @@ impl WebSettings {
         } else {
             public.to_owned()
         }
+    }
+
+    /// `web.admins`, parsed (refused naming the entry otherwise).
+    pub fn admins(&self) -> Result<Vec<Identity>, SettingsError> {
+        self.admins
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                Identity::parse(a.trim())
+                    .map_err(|e| invalid(&format!("web.admins[{i}]"), e.to_string()))
+            })
+            .collect()
     }
 
     /// The keys of `web.retired_cookie_keys`, each at least 32 bytes (refused naming the

@@ -9,6 +9,7 @@
 //!
 //! Reads the `web` section ([`crate::settings::web`]) and `rules`.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod chart;
@@ -36,12 +37,15 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::broker::trust::Trust;
 use crate::broker::{Broker, BrokerError};
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::observe::{OpsServer, Readiness};
-use crate::settings::{Settings, SettingsError};
+use crate::settings::{ModerationSettings, Settings, SettingsError};
 use crate::store::{Store, StoreError};
+use ttfd_shared::Identity;
+use ttfd_shared::trust::Publisher;
 
 use crate::settings::web::TelegramLoginSettings;
 use discord::DiscordOAuth;
@@ -85,6 +89,13 @@ pub struct AppState {
     /// Ingest token → platform.
     ingest_tokens: Arc<Vec<(secrecy::SecretString, String)>>,
     pub limits: Arc<limits::Limits>,
+    /// `web.admins`: who may use `/admin` and `GET /api/v1/audit`.
+    pub admins: Arc<[Identity]>,
+    /// The admin page's XP adjustments: published through a handle that signs as the
+    /// moderator principal (`trust.keys.moderator`), with `[moderation]`'s guard rails.
+    /// The ingest API's handle (`broker`) signs nothing.
+    pub moderator: Broker,
+    pub moderation: ModerationSettings,
 }
 
 impl FromRef<AppState> for Key {
@@ -195,6 +206,8 @@ impl WebApp {
             .iter()
             .map(|(platform, token)| (token.clone(), platform.clone()))
             .collect();
+        let trust = Trust::from_settings(&settings.trust, Some(Publisher::Moderator))?;
+        let broker_moderator = broker.clone().with_trust(trust);
         let state = AppState {
             store,
             broker,
@@ -211,6 +224,9 @@ impl WebApp {
             telegram,
             ingest_tokens: Arc::new(ingest_tokens),
             limits: limits::Limits::new(&web.rate_limit),
+            admins: web.admins()?.into(),
+            moderator: broker_moderator,
+            moderation: settings.moderation.clone(),
         };
         let ops = match settings.metrics.addr()? {
             Some(at) => {
@@ -282,6 +298,7 @@ pub fn router(state: AppState, with_ops: bool) -> Router {
         .route("/leaderboard", get(api::leaderboard))
         .route("/ranks", get(api::ranks))
         .route("/events", post(api::ingest))
+        .route("/audit", get(admin::api))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed);
     // Signing in, linking and codes: rate-limited per client (web/limits.rs).
@@ -314,6 +331,8 @@ pub fn router(state: AppState, with_ops: bool) -> Router {
         .route("/ranks", get(pages::ranks))
         .route("/u/{uid}", get(pages::user))
         .route("/profile", get(pages::own_profile))
+        .route("/admin", get(admin::page))
+        .route("/admin/xp", post(admin::adjust))
         .route("/login", get(pages::login))
         .route("/logout", post(auth::logout))
         .route("/logout/everywhere", post(auth::logout_everywhere))

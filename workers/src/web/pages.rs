@@ -70,6 +70,7 @@ impl FlashView {
                 ),
                 Some(code),
             ),
+            Flash::Ok { message } => ("ok", message, None),
             Flash::Error { message } => ("error", message, None),
         };
         Self { kind, text, code }

@@ -66,6 +66,10 @@ pub enum Flash {
         code: String,
         expires_ms: i64,
     },
+    /// Something done, in words (an admin's adjustment).
+    Ok {
+        message: String,
+    },
     Error {
         message: String,
     },

@@ -24,6 +24,8 @@ use ttfd::web::WebApp;
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const BOT_TOKEN: &str = "4242:fake-telegram-bot-token";
+/// The Telegram id of the site's admin (`web.admins`).
+const ADMIN: &str = "990001";
 
 fn installed() -> bool {
     Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists()
@@ -58,6 +60,37 @@ async fn save(client: &Client, name: &str) -> PathBuf {
     path
 }
 
+/// Signs the browser in with the Telegram Login Widget's data for user `id`, signed as
+/// Telegram would.
+async fn sign_in_with_the_widget(client: &Client, base: &str, id: &str) {
+    client
+        .goto(&format!("{base}/login"))
+        .await
+        .expect("open login");
+    let auth_url = client
+        .find(Locator::Css("script[data-auth-url]"))
+        .await
+        .expect("the Telegram widget")
+        .attr("data-auth-url")
+        .await
+        .expect("attr")
+        .expect("auth url");
+    let mut fields = std::collections::BTreeMap::new();
+    fields.insert("id".to_owned(), id.to_owned());
+    fields.insert("first_name".to_owned(), "Admin".to_owned());
+    fields.insert("auth_date".to_owned(), (ttfd::now_ms() / 1000).to_string());
+    let hash = ttfd::web::telegram::sign(&fields, BOT_TOKEN);
+    fields.insert("hash".to_owned(), hash);
+    let mut url = reqwest::Url::parse(&auth_url).expect("url");
+    url.query_pairs_mut().extend_pairs(fields.iter());
+    client.goto(url.as_str()).await.expect("widget redirect");
+    eventually("the signed-in profile", || async {
+        let url = client.current_url().await.ok()?;
+        (url.path() == "/profile").then_some(())
+    })
+    .await;
+}
+
 async fn text_of(client: &Client, css: &str) -> String {
     client
         .wait()
@@ -87,6 +120,7 @@ async fn a_person_sees_the_leaderboard_and_a_profile_in_chromium() {
         s.web.listen = "127.0.0.1:0".parse().expect("addr");
         s.web.telegram.bot_token = BOT_TOKEN.into();
         s.web.telegram.bot_username = "ttfd_test_bot".into();
+        s.web.admins = vec![format!("telegram:{ADMIN}")];
     })
     .await;
     let stop = CancellationToken::new();
@@ -285,33 +319,7 @@ async fn a_person_sees_the_leaderboard_and_a_profile_in_chromium() {
         .find(|i| i.platform == "telegram")
         .map(|i| i.user.clone());
     if let Some(telegram) = telegram {
-        client
-            .goto(&format!("{base}/login"))
-            .await
-            .expect("open login");
-        let widget = client
-            .find(Locator::Css("script[data-auth-url]"))
-            .await
-            .expect("the Telegram widget");
-        let auth_url = widget
-            .attr("data-auth-url")
-            .await
-            .expect("attr")
-            .expect("auth url");
-        let mut fields = std::collections::BTreeMap::new();
-        fields.insert("id".to_owned(), telegram.clone());
-        fields.insert("first_name".to_owned(), "Leader".to_owned());
-        fields.insert("auth_date".to_owned(), (ttfd::now_ms() / 1000).to_string());
-        let hash = ttfd::web::telegram::sign(&fields, BOT_TOKEN);
-        fields.insert("hash".to_owned(), hash);
-        let mut url = reqwest::Url::parse(&auth_url).expect("url");
-        url.query_pairs_mut().extend_pairs(fields.iter());
-        client.goto(url.as_str()).await.expect("widget redirect");
-        eventually("one's own profile", || async {
-            let url = client.current_url().await.ok()?;
-            (url.path() == "/profile").then_some(())
-        })
-        .await;
+        sign_in_with_the_widget(&client, &base, &telegram).await;
         assert_eq!(text_of(&client, ".flash").await, "Signed in.");
         assert_eq!(text_of(&client, "h1").await, leader_name);
         assert_eq!(text_of(&client, "#link h2").await, "Link your accounts");
@@ -327,6 +335,59 @@ async fn a_person_sees_the_leaderboard_and_a_profile_in_chromium() {
     } else {
         eprintln!("the leader has no Telegram account in this data; sign-in step not shown");
     }
+
+    // The admin page, signed in as the admin: the leader found, 250 XP added with a
+    // reason, the result said and the audit log showing it.
+    sign_in_with_the_widget(&client, &base, ADMIN).await;
+    let member = leader_profile.identities.first().expect("an identity");
+    let member = format!("{}:{}", member.platform, member.user);
+    client
+        .goto(&format!("{base}/admin?member={member}"))
+        .await
+        .expect("open the admin page");
+    assert_eq!(text_of(&client, "h1").await, "Admin");
+    let found = text_of(&client, ".found").await;
+    assert!(found.contains(&leader_name), "{found}");
+    let form = client
+        .find(Locator::Css("form.adjust"))
+        .await
+        .expect("the form");
+    form.find(Locator::Css("input[name=amount]"))
+        .await
+        .expect("amount")
+        .clear()
+        .await
+        .expect("clear");
+    form.find(Locator::Css("input[name=amount]"))
+        .await
+        .expect("amount")
+        .send_keys("250")
+        .await
+        .expect("type");
+    form.find(Locator::Css("input[name=reason]"))
+        .await
+        .expect("reason")
+        .send_keys("browser test prize")
+        .await
+        .expect("type");
+    form.find(Locator::Css("button[type=submit]"))
+        .await
+        .expect("apply")
+        .click()
+        .await
+        .expect("click");
+    let flash = text_of(&client, ".flash").await;
+    assert!(
+        flash.starts_with(&format!("+250 XP for {member}: now")),
+        "{flash}"
+    );
+    let audit = text_of(&client, "table.audit tbody tr").await;
+    assert!(
+        audit.contains("+250 XP") && audit.contains("browser test prize"),
+        "{audit}"
+    );
+    assert!(audit.contains(&format!("telegram:{ADMIN}")), "{audit}");
+    save(&client, "admin.png").await;
 
     client.close().await.expect("close the browser");
     let _ = std::fs::remove_dir_all(&profile_dir);

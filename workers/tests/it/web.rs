@@ -158,6 +158,39 @@ async fn text(r: reqwest::Response) -> (StatusCode, String) {
     (status, r.text().await.expect("body"))
 }
 
+/// Posts a form and follows the redirects: the last response and every URL visited.
+async fn follow_post(
+    client: &reqwest::Client,
+    url: &str,
+    fields: &[(String, String)],
+) -> (reqwest::Response, Vec<String>) {
+    let response = client.post(url).form(fields).send().await.expect("post");
+    let Some(next) = response
+        .headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|l| response.url().join(l).ok())
+    else {
+        return (response, vec![url.to_owned()]);
+    };
+    let (last, mut visited) = follow(client, next.as_str()).await;
+    visited.insert(0, url.to_owned());
+    (last, visited)
+}
+
+/// Signs `client` in with the Telegram widget as the Telegram user 777.
+async fn sign_in_with_telegram_as_someone_else(site: &Site, client: &reqwest::Client) {
+    let (_, login) = text(client.get(site.url("/login")).send().await.expect("login")).await;
+    let fields = widget("777", ttfd::now_ms() / 1000, BOT_TOKEN);
+    let url = site.url(&format!(
+        "/auth/telegram/{}?{}",
+        csrf_of(&login),
+        query_string(&fields)
+    ));
+    let (page, visited) = follow(client, &url).await;
+    assert_eq!(page.status(), StatusCode::OK, "{visited:?}");
+}
+
 /// The CSRF token a page carries (in its forms or the Telegram widget's URL).
 fn csrf_of(html: &str) -> String {
     for marker in ["name=\"csrf\" value=\"", "/telegram/"] {
@@ -1335,6 +1368,140 @@ async fn a_rotated_cookie_key_signs_nobody_out_while_the_old_one_is_retired() {
     );
     let stranger = profile(&left, &after).await;
     assert!(stranger.status().is_redirection(), "{}", stranger.status());
+    site.stop().await;
+}
+
+/// The admin page (docs/moderation.md): an identity of `web.admins` finds a member,
+/// adjusts their XP with a reason and sees the result and the audit log; the same form
+/// sent twice counts once; `GET /api/v1/audit` serves the log as JSON to admins only.
+#[tokio::test]
+async fn an_admin_adjusts_xp_on_the_admin_page_and_reads_the_audit() {
+    let site = Site::start_with(|s| s.web.admins = vec![format!("discord:{ANN_DISCORD}")]).await;
+    let grant = Event {
+        id: EventId::parse("website:msg:1").expect("id"),
+        ts: ttfd::now_ms() - 1_000,
+        identity: Identity::parse("website:bo@example.org").expect("identity"),
+        name: Some("Bo".into()),
+        payload: Payload::Message {
+            len: None,
+            chat: None,
+            mult: None,
+        },
+    };
+    site.seed(std::slice::from_ref(&grant)).await;
+    let anonymous = browser();
+    let refused = anonymous
+        .get(site.url("/api/v1/audit"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+
+    let admin = browser();
+    sign_in_with_discord(&site, &admin).await;
+    let (status, html) = text(
+        admin
+            .get(site.url("/admin?member=website:bo@example.org"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("Bo</a> · 10 XP"), "{html}");
+    let request = html
+        .split("name=\"request\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a request id")
+        .to_owned();
+    let form = |verb: &str, amount: &str, reason: &str, request: &str| {
+        vec![
+            ("csrf".to_owned(), csrf_of(&html)),
+            ("request".to_owned(), request.to_owned()),
+            ("member".to_owned(), "website:bo@example.org".to_owned()),
+            ("verb".to_owned(), verb.to_owned()),
+            ("amount".to_owned(), amount.to_owned()),
+            ("reason".to_owned(), reason.to_owned()),
+        ]
+    };
+    for (fields, says) in [
+        (
+            form("add", "500", "event winner", &request),
+            "+500 XP for website:bo@example.org: now 510 XP.",
+        ),
+        (form("add", "500", "event winner", &request), "counted once"),
+        (
+            form("set", "1000", "fix", "another"),
+            "+490 XP for website:bo@example.org: now 1,000 XP.",
+        ),
+        (
+            form("add", "20000", "too much", "third"),
+            "Not done: 20000 XP is more than one adjustment may move",
+        ),
+        (
+            form("add", "many", "x", "fourth"),
+            "XP must be a whole number",
+        ),
+    ] {
+        let (page, _) = follow_post(&admin, &site.url("/admin/xp"), &fields).await;
+        let (status, html) = text(page).await;
+        assert_eq!(status, StatusCode::OK, "{html}");
+        assert!(html.contains(says), "{says}: {html}");
+    }
+    let (_, html) = text(
+        admin
+            .get(site.url("/admin?by=discord:80351110224678912"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert!(html.contains("2 of 2 entries"), "{html}");
+    assert!(
+        html.contains("+490 XP") && html.contains("event winner"),
+        "{html}"
+    );
+
+    let log: serde_json::Value = admin
+        .get(site.url("/api/v1/audit?member=website:bo@example.org"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(log["total"], 2);
+    assert_eq!(log["entries"][0]["amount"], 490);
+    assert_eq!(log["entries"][0]["by"]["user"], ANN_DISCORD);
+    let bad = admin
+        .get(site.url("/api/v1/audit?since=yesterday"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+
+    // Signed in, but not an admin.
+    let member = browser();
+    sign_in_with_telegram_as_someone_else(&site, &member).await;
+    assert_eq!(
+        member
+            .get(site.url("/admin"))
+            .send()
+            .await
+            .expect("get")
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        member
+            .get(site.url("/api/v1/audit"))
+            .send()
+            .await
+            .expect("get")
+            .status(),
+        StatusCode::FORBIDDEN
+    );
     site.stop().await;
 }
 
