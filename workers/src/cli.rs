@@ -39,7 +39,10 @@ pub enum Command {
     Query,
     /// Run the Discord bot: messages and voice time in, rank roles out, slash commands
     /// (needs `discord.token` and `discord.guild_id`; see docs/discord.md).
-    Discord,
+    Discord {
+        #[command(subcommand)]
+        command: Option<DiscordCommand>,
+    },
     /// Serve the website, the HTTP API (with event ingest) and /healthz, /readyz, /metrics.
     Web,
     /// Run the Telegram bot: group messages become events, commands are answered,
@@ -173,6 +176,19 @@ pub struct XpTarget {
     json: bool,
 }
 
+/// `ttfd discord <task>`.
+#[derive(Debug, Subcommand)]
+pub enum DiscordCommand {
+    /// Give every guild member the rank roles of their rank and take the others away
+    /// (run it after changing `discord.rank_roles` or `discord.rank_role_mode`). Waits
+    /// out Discord's rate limits; interrupted, it says how to resume.
+    SyncRoles {
+        /// Resume after this member (user id), as an interrupted run printed.
+        #[arg(long)]
+        after: Option<u64>,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum NatsCommand {
     /// Create or update the streams and the shared sync consumer from `nats/`.
@@ -201,7 +217,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Sync => app::run(Role::Sync, &settings, shutdown::on_signals()).await?,
         Command::Query => app::run(Role::Query, &settings, shutdown::on_signals()).await?,
-        Command::Discord => app::run(Role::Discord, &settings, shutdown::on_signals()).await?,
+        Command::Discord { command: None } => {
+            app::run(Role::Discord, &settings, shutdown::on_signals()).await?
+        }
+        Command::Discord {
+            command: Some(DiscordCommand::SyncRoles { after }),
+        } => return sync_roles(&settings, after).await,
         Command::Web => app::run(Role::Web, &settings, shutdown::on_signals()).await?,
         Command::Telegram => app::run(Role::Telegram, &settings, shutdown::on_signals()).await?,
         Command::Migrate => {
@@ -354,6 +375,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ttfd discord sync-roles`, with a progress bar on a terminal.
+async fn sync_roles(settings: &Settings, after: Option<u64>) -> anyhow::Result<ExitCode> {
+    let store = connect_store(settings).await?;
+    let stop = shutdown::on_signals();
+    let terminal = std::io::stderr().is_terminal();
+    let after = after.filter(|a| *a != 0).map(serenity::all::UserId::new);
+    let last = std::cell::Cell::new(after);
+    let result = crate::discord::sync_roles(settings, store, after, &stop, |p, total| {
+        last.set(p.last);
+        if terminal {
+            eprint!("\r{}", text::progress_bar(p.checked, total, p.changed));
+        }
+    })
+    .await;
+    if terminal {
+        eprintln!();
+    }
+    match (result, last.get()) {
+        (Ok(p), _) => {
+            println!(
+                "rank roles reconciled: {} members checked, {} changed",
+                p.checked, p.changed
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        (Err(e), Some(last)) => bail!(
+            "{e}; resume with `ttfd discord sync-roles --after {}`",
+            last.get()
+        ),
+        (Err(e), None) => Err(e),
+    }
 }
 
 /// `ttfd xp`: one adjustment by `cli:<os user>`.

@@ -54,6 +54,27 @@ struct ErrorBody {
     retry_after: Option<f64>,
 }
 
+/// One member of `GET /guilds/{guild}/members`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ListedMember {
+    pub user: ListedUser,
+    pub roles: Vec<RoleId>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ListedUser {
+    pub id: UserId,
+    #[serde(default)]
+    pub bot: bool,
+}
+
+/// The guild's approximate member count, from `GET /guilds/{guild}?with_counts=true`.
+#[derive(Debug, Deserialize)]
+struct GuildCounts {
+    #[serde(default)]
+    approximate_member_count: Option<u64>,
+}
+
 /// A member's roles, from `GET /guilds/{guild}/members/{user}`.
 #[derive(Debug, Deserialize)]
 struct MemberRoles {
@@ -103,6 +124,46 @@ impl DiscordApi {
             }) if code == UNKNOWN_MEMBER || code == UNKNOWN_USER => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// One page of the guild's members, by user id after `after` (needs the GUILD_MEMBERS
+    /// intent's permission to list).
+    pub async fn list_members(
+        &self,
+        guild_id: GuildId,
+        after: Option<UserId>,
+        limit: u16,
+    ) -> Result<Vec<ListedMember>, ApiError> {
+        let mut params = vec![("limit", limit.to_string())];
+        if let Some(after) = after {
+            params.push(("after", after.get().to_string()));
+        }
+        let req =
+            Request::new(Route::GuildMembers { guild_id }, LightMethod::Get).params(Some(params));
+        let bytes = self
+            .send(req)
+            .await?
+            .bytes()
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::Unavailable(format!("unreadable members: {e}")))
+    }
+
+    /// The guild's approximate member count, for progress.
+    pub async fn member_count(&self, guild_id: GuildId) -> Result<Option<u64>, ApiError> {
+        let req = Request::new(Route::Guild { guild_id }, LightMethod::Get)
+            .params(Some(vec![("with_counts", "true".to_owned())]));
+        let bytes = self
+            .send(req)
+            .await?
+            .bytes()
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let counts: GuildCounts = serde_json::from_slice(&bytes).unwrap_or(GuildCounts {
+            approximate_member_count: None,
+        });
+        Ok(counts.approximate_member_count)
     }
 
     /// Gives a role (idempotent on Discord's side). `reason` goes to the audit log.

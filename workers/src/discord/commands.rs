@@ -68,6 +68,13 @@ pub fn definitions() -> Vec<CreateCommand> {
                 Some("xp"),
             ))
             .add_option(xp_verb("reset", "Set a member's XP to 0", None)),
+        CreateCommand::new("ranks")
+            .description("Moderators: rank roles")
+            .add_option(CreateCommandOption::new(
+                CommandOptionType::SubCommand,
+                "sync",
+                "Give every member the rank roles of their rank (after a mapping change)",
+            )),
         CreateCommand::new("audit")
             .description("Moderators: who changed whose XP, and why")
             .add_option(
@@ -135,6 +142,8 @@ pub enum SlashCommand {
         member: Option<UserId>,
         moderator: Option<UserId>,
     },
+    /// `/ranks sync`: the bot runs it (`DiscordBot::on_command`); the reply says so.
+    RanksSync,
 }
 
 /// Reads a command interaction; `None` for a command this bot does not have.
@@ -182,6 +191,10 @@ pub fn parse(cmd: &CommandInteraction) -> Option<SlashCommand> {
             ResolvedValue::SubCommand(sub) => parse_xp(o.name, sub),
             _ => None,
         }),
+        "ranks" => options
+            .iter()
+            .any(|o| o.name == "sync")
+            .then_some(SlashCommand::RanksSync),
         "audit" => Some(SlashCommand::Audit {
             member: user_option(&options, "member").map(|(u, _)| u.id),
             moderator: user_option(&options, "moderator").map(|(u, _)| u.id),
@@ -291,7 +304,7 @@ pub async fn reply(
 ) -> Reply {
     let moderators_only = matches!(
         command,
-        SlashCommand::Xp { .. } | SlashCommand::Audit { .. }
+        SlashCommand::Xp { .. } | SlashCommand::Audit { .. } | SlashCommand::RanksSync
     );
     if moderators_only && !caller.moderator {
         return Reply::private(
@@ -342,6 +355,12 @@ pub async fn reply(
             })
             .await
             .map(|outcome| adjusted_reply(name, reason, &outcome)),
+        SlashCommand::RanksSync => {
+            return Reply::private(
+                "Reconciling the rank roles of every member; a summary follows in this channel."
+                    .into(),
+            );
+        }
         SlashCommand::Audit { member, moderator } => query
             .audit(&AuditRequest {
                 by: (&identity(caller.user)).into(),

@@ -37,6 +37,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
+use ttfd_shared::view::text;
 use ttfd_shared::voice::{Segment, VoiceSessions};
 use ttfd_shared::{Event, Rules};
 
@@ -81,6 +82,8 @@ pub struct DiscordBot {
     /// roles of the members seen in messages, voice states and the member list.
     categories: Mutex<HashMap<u64, u64>>,
     member_roles: Mutex<HashMap<u64, Vec<u64>>>,
+    /// A `/ranks sync` is running.
+    syncing_roles: Arc<std::sync::atomic::AtomicBool>,
     shutdown: CancellationToken,
 }
 
@@ -106,9 +109,13 @@ impl DiscordBot {
             events,
             roles: RoleSync {
                 api,
-                query: query.clone(),
+                profiles: roles::Profiles::Query(query.clone()),
                 guild,
-                roles: Arc::new(RankRoles::new(&d.rank_roles, &rules)),
+                roles: Arc::new(RankRoles::with_mode(
+                    &d.rank_roles,
+                    &rules,
+                    d.rank_role_mode,
+                )),
                 announce_channel: d.announce_channel,
                 rules: rules.clone(),
                 metrics: DiscordMetrics::default(),
@@ -121,6 +128,7 @@ impl DiscordBot {
             boosts: crate::settings::rates::boosts(&settings.boosts).unwrap_or_default(),
             categories: Mutex::new(HashMap::new()),
             member_roles: Mutex::new(HashMap::new()),
+            syncing_roles: Arc::default(),
             shutdown,
         }
     }
@@ -160,6 +168,39 @@ impl DiscordBot {
             event.payload.set_mult(mult);
             self.send(vec![event]).await;
         }
+    }
+
+    /// `/ranks sync`: reconciles every member's rank roles in the background (one run
+    /// at a time) and posts a summary in `channel`.
+    fn spawn_roles_sync(&self, channel: serenity::all::ChannelId) {
+        if self
+            .syncing_roles
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let (roles, stop, running) = (
+            self.roles.clone(),
+            self.shutdown.clone(),
+            self.syncing_roles.clone(),
+        );
+        tokio::spawn(async move {
+            let text = match roles.sync_all(None, &stop, |_| {}).await {
+                Ok(p) => format!(
+                    "Rank roles reconciled: {} members checked, {} changed.",
+                    text::thousands(i64::try_from(p.checked).unwrap_or(i64::MAX)),
+                    text::thousands(i64::try_from(p.changed).unwrap_or(i64::MAX))
+                ),
+                Err(e) => {
+                    format!("Rank roles not reconciled: {e}. Run /ranks sync again to resume.")
+                }
+            };
+            let nonce = format!("ranks-sync-{}", now_ms() % 1_000_000_000);
+            if let Err(e) = roles.api.post_message(channel, &text, &nonce).await {
+                warn!(error = %e, "cannot post the /ranks sync summary");
+            }
+            running.store(false, std::sync::atomic::Ordering::Release);
+        });
     }
 
     /// `data.mult` of an event at `ts` in `channel` by `user` (`crate::rates`).
@@ -302,6 +343,11 @@ impl DiscordBot {
 
     /// A slash command.
     pub async fn on_command(&self, http: &Http, cmd: &CommandInteraction) {
+        if commands::parse(cmd) == Some(commands::SlashCommand::RanksSync)
+            && commands::is_moderator(cmd, &self.moderator_roles)
+        {
+            self.spawn_roles_sync(cmd.channel_id);
+        }
         let asked = commands::Asked {
             query: &self.query,
             rules: &self.rules,
@@ -558,4 +604,38 @@ fn gateway_error(e: serenity::Error) -> anyhow::Error {
 /// poisoned lock still holds consistent state.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `ttfd discord sync-roles`: reconciles every guild member's rank roles with their
+/// profile, read from the database (no bot or query service needed), from the member
+/// after `after`; `progress` hears how far it got (of about `total` members).
+pub async fn sync_roles(
+    settings: &Settings,
+    store: crate::store::Store,
+    after: Option<UserId>,
+    stop: &CancellationToken,
+    progress: impl FnMut(&roles::SyncProgress, Option<u64>),
+) -> Result<roles::SyncProgress, anyhow::Error> {
+    let d = &settings.discord;
+    let (token, guild) = d.require()?;
+    let rules = Arc::new(settings.rules.clone());
+    let sync = RoleSync {
+        api: DiscordApi::new(token, d.api_url.as_deref()),
+        profiles: roles::Profiles::Store(store),
+        guild,
+        roles: Arc::new(RankRoles::with_mode(
+            &d.rank_roles,
+            &rules,
+            d.rank_role_mode,
+        )),
+        announce_channel: None,
+        rules,
+        metrics: DiscordMetrics::default(),
+    };
+    if sync.roles.is_empty() {
+        anyhow::bail!("discord.rank_roles is empty: there are no rank roles to give");
+    }
+    let total = sync.api.member_count(guild).await.ok().flatten();
+    let mut progress = progress;
+    Ok(sync.sync_all(after, stop, |p| progress(p, total)).await?)
 }

@@ -1,4 +1,6 @@
-//! Rank roles: every member holds the role of their current rank and no other rank role.
+//! Rank roles. In `replace` mode (`discord.rank_role_mode`) every member holds the role
+//! of their current rank and no other rank role; in `stack` mode the roles of every
+//! rank they reached (1 to their peak rank), and no rank role above.
 //!
 //! The shared rank notice consumer ([`crate::broker::notices`], `<prefix>-discord-roles`
 //! with [`POLICY`]) takes each rank change as a trigger: it asks the query service for the member's
@@ -27,33 +29,41 @@ use super::mapping::{PLATFORM, identity};
 use crate::broker::notices::{self, NoticeHandler, NoticePolicy};
 use crate::observe::discord::DiscordMetrics;
 use crate::query::{QueryClient, QueryError};
-use crate::settings::discord::RankRole;
+use crate::settings::discord::{RankRole, RankRoleMode};
 
-/// Which role each rank gives.
+/// Which role each rank gives, and whether members keep the roles of lower ranks.
 #[derive(Debug, Clone, Default)]
 pub struct RankRoles {
     by_rank: HashMap<String, RoleId>,
     by_tier: HashMap<String, RoleId>,
     all: BTreeSet<RoleId>,
+    mode: RankRoleMode,
 }
 
-/// What to change on a member so that they hold exactly their rank's role.
+/// What to change on a member so that they hold exactly their rank roles.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RoleChanges {
-    pub add: Option<RoleId>,
+    pub add: Vec<RoleId>,
     pub remove: Vec<RoleId>,
 }
 
 impl RoleChanges {
     pub fn is_empty(&self) -> bool {
-        self.add.is_none() && self.remove.is_empty()
+        self.add.is_empty() && self.remove.is_empty()
     }
 }
 
 impl RankRoles {
     /// `entries` name ranks (`"C II"`) or tiers (`"C"`); validated by the settings.
     pub fn new(entries: &[RankRole], rules: &Rules) -> Self {
-        let mut r = Self::default();
+        Self::with_mode(entries, rules, RankRoleMode::Replace)
+    }
+
+    pub fn with_mode(entries: &[RankRole], rules: &Rules, mode: RankRoleMode) -> Self {
+        let mut r = Self {
+            mode,
+            ..Self::default()
+        };
         for e in entries {
             if rules.ranks.iter().any(|d| d.name == e.rank) {
                 r.by_rank.insert(e.rank.clone(), e.role);
@@ -77,13 +87,30 @@ impl RankRoles {
             .copied()
     }
 
-    /// From the member's current roles to `target` and no other rank role. Roles that
+    /// The rank roles a member with `rank` and `peak` (rank indexes) holds: the current
+    /// rank's (`replace`), or every rank's from 1 to the peak (`stack`).
+    pub fn targets(&self, rules: &Rules, rank: u8, peak: u8) -> BTreeSet<RoleId> {
+        let of = |index: u8| {
+            let r = rules.rank(index);
+            self.role_for(&r.name, &r.tier)
+        };
+        match self.mode {
+            RankRoleMode::Replace => of(rank).into_iter().collect(),
+            RankRoleMode::Stack => (1..=peak.max(rank)).filter_map(of).collect(),
+        }
+    }
+
+    /// From the member's current roles to `targets` and no other rank role. Roles that
     /// are not rank roles are never touched.
-    pub fn changes(&self, current: &[RoleId], target: Option<RoleId>) -> RoleChanges {
-        let add = target.filter(|t| !current.contains(t));
+    pub fn changes(&self, current: &[RoleId], targets: &BTreeSet<RoleId>) -> RoleChanges {
+        let add = targets
+            .iter()
+            .filter(|t| !current.contains(t))
+            .copied()
+            .collect();
         let mut remove: Vec<RoleId> = current
             .iter()
-            .filter(|r| self.all.contains(r) && Some(**r) != target)
+            .filter(|r| self.all.contains(r) && !targets.contains(r))
             .copied()
             .collect();
         remove.sort();
@@ -118,7 +145,7 @@ pub fn backoff(attempt: u32) -> Duration {
 #[derive(Clone)]
 pub struct RoleSync {
     pub api: DiscordApi,
-    pub query: QueryClient,
+    pub profiles: Profiles,
     pub guild: GuildId,
     pub roles: Arc<RankRoles>,
     pub announce_channel: Option<ChannelId>,
@@ -148,6 +175,10 @@ impl RoleSync {
                 warn!(user = user.get(), error = %e, "rank role: query service unavailable; retrying");
                 Outcome::RetryAfter(backoff(attempt))
             }
+            Err(Failure::Store(e)) => {
+                warn!(user = user.get(), error = %e, "rank role: database unavailable; retrying");
+                Outcome::RetryAfter(backoff(attempt))
+            }
             Err(Failure::Api(ApiError::RateLimited(d))) => {
                 debug!(user = user.get(), delay = ?d, "rank role: rate limited; retrying");
                 Outcome::RetryAfter(d)
@@ -174,39 +205,150 @@ impl RoleSync {
         announce: Option<(&str, String)>,
     ) -> Result<(), Failure> {
         if !self.roles.is_empty() {
-            let profile = self.query.profile(&identity(user)).await?;
-            let (name, tier) = match &profile {
-                Some(p) => (p.rank.name.clone(), p.rank.tier.clone()),
-                None => {
-                    let first = self.rules.rank(1);
-                    (first.name, first.tier)
-                }
-            };
-            let target = self.roles.role_for(&name, &tier);
             let Some(current) = self.api.member_roles(self.guild, user).await? else {
                 debug!(user = user.get(), "rank role: not a member of the guild");
                 return Ok(());
             };
-            let changes = self.roles.changes(&current, target);
-            let reason = format!("TTFD rank {name}");
-            if let Some(role) = changes.add {
-                self.api.add_role(self.guild, user, role, &reason).await?;
-                self.metrics.role_changed("added", 1);
-            }
-            for role in &changes.remove {
-                self.api
-                    .remove_role(self.guild, user, *role, &reason)
-                    .await?;
-                self.metrics.role_changed("removed", 1);
-            }
-            if !changes.is_empty() {
-                info!(user = user.get(), rank = %name, ?changes, "rank role updated");
-            }
+            self.reconcile(user, &current).await?;
         }
         if let (Some(channel), Some((nonce, text))) = (self.announce_channel, announce) {
             self.api.post_message(channel, &text, nonce).await?;
         }
         Ok(())
+    }
+
+    /// Gives `user`, who holds `current`, the rank roles of their profile (rank 1 when
+    /// they have none) and takes the other rank roles away. Whether anything changed.
+    async fn reconcile(&self, user: UserId, current: &[RoleId]) -> Result<bool, Failure> {
+        let profile = self.profiles.profile(&identity(user)).await?;
+        let (rank, peak) = profile
+            .as_ref()
+            .map_or((1, 1), |p| (p.rank.index, p.peak_rank));
+        let name = self.rules.rank(rank).name;
+        let changes = self
+            .roles
+            .changes(current, &self.roles.targets(&self.rules, rank, peak));
+        let reason = format!("TTFD rank {name}");
+        for role in &changes.add {
+            self.api.add_role(self.guild, user, *role, &reason).await?;
+            self.metrics.role_changed("added", 1);
+        }
+        for role in &changes.remove {
+            self.api
+                .remove_role(self.guild, user, *role, &reason)
+                .await?;
+            self.metrics.role_changed("removed", 1);
+        }
+        if !changes.is_empty() {
+            info!(user = user.get(), rank = %name, ?changes, "rank roles updated");
+        }
+        Ok(!changes.is_empty())
+    }
+
+    /// Reconciles every member of the guild with their rank (after a change of
+    /// `discord.rank_roles` or of the mode): pages of members by user id from `after`,
+    /// each member retried after a rate limit for as long as Discord asks, outages with
+    /// backoff. `progress` hears after each member; the last member done is in the
+    /// summary, so an interrupted run resumes from it (`--after`).
+    pub async fn sync_all(
+        &self,
+        after: Option<UserId>,
+        stop: &tokio_util::sync::CancellationToken,
+        mut progress: impl FnMut(&SyncProgress),
+    ) -> Result<SyncProgress, SyncError> {
+        let mut state = SyncProgress {
+            last: after,
+            ..SyncProgress::default()
+        };
+        if self.roles.is_empty() {
+            return Ok(state);
+        }
+        loop {
+            let page = self
+                .patiently(stop, || {
+                    self.api.list_members(self.guild, state.last, MEMBERS_PAGE)
+                })
+                .await?;
+            let Some(end) = page.last().map(|m| m.user.id) else {
+                return Ok(state);
+            };
+            for member in page.iter().filter(|m| !m.user.bot) {
+                let changed = self
+                    .patiently_reconcile(stop, member.user.id, &member.roles)
+                    .await?;
+                state.checked += 1;
+                state.changed += u64::from(changed);
+                state.last = Some(member.user.id);
+                progress(&state);
+            }
+            state.last = Some(end);
+            if page.len() < usize::from(MEMBERS_PAGE) {
+                return Ok(state);
+            }
+        }
+    }
+
+    async fn patiently_reconcile(
+        &self,
+        stop: &tokio_util::sync::CancellationToken,
+        user: UserId,
+        current: &[RoleId],
+    ) -> Result<bool, SyncError> {
+        for attempt in 1.. {
+            let wait = match self.reconcile(user, current).await {
+                Ok(changed) => return Ok(changed),
+                Err(Failure::Api(ApiError::RateLimited(d))) => d,
+                Err(
+                    Failure::Api(ApiError::Unavailable(e))
+                    | Failure::Query(QueryError::Unavailable(e)),
+                ) if attempt < SYNC_ATTEMPTS => {
+                    warn!(user = user.get(), error = %e, "rank roles: retrying");
+                    backoff(attempt)
+                }
+                Err(e) => {
+                    return Err(SyncError::Failed {
+                        user: Some(user),
+                        reason: e.to_string(),
+                    });
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return Err(SyncError::Interrupted),
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        Err(SyncError::Interrupted)
+    }
+
+    async fn patiently<T, F>(
+        &self,
+        stop: &tokio_util::sync::CancellationToken,
+        call: impl Fn() -> F,
+    ) -> Result<T, SyncError>
+    where
+        F: std::future::Future<Output = Result<T, ApiError>>,
+    {
+        for attempt in 1.. {
+            let wait = match call().await {
+                Ok(v) => return Ok(v),
+                Err(ApiError::RateLimited(d)) => d,
+                Err(ApiError::Unavailable(e)) if attempt < SYNC_ATTEMPTS => {
+                    warn!(error = %e, "listing members: retrying");
+                    backoff(attempt)
+                }
+                Err(e) => {
+                    return Err(SyncError::Failed {
+                        user: None,
+                        reason: e.to_string(),
+                    });
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return Err(SyncError::Interrupted),
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        Err(SyncError::Interrupted)
     }
 
     /// Handles one rank notice: every Discord identity of the user.
@@ -239,6 +381,54 @@ enum Failure {
     Query(#[from] QueryError),
     #[error(transparent)]
     Api(#[from] ApiError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Members listed per request (Discord's largest page).
+const MEMBERS_PAGE: u16 = 1000;
+/// Attempts at one call through an outage before the reconciliation stops.
+const SYNC_ATTEMPTS: u32 = 8;
+
+/// How far a reconciliation got.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncProgress {
+    /// Members (not bots) checked, and those whose roles changed.
+    pub checked: u64,
+    pub changed: u64,
+    /// The last member done: resume after it.
+    pub last: Option<UserId>,
+}
+
+/// Why a reconciliation stopped before the end.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("interrupted")]
+    Interrupted,
+    #[error("{}: {reason} (the bot needs Manage Roles, its role above every rank role, and the Server Members intent)", user.map_or_else(|| "listing members".to_owned(), |u| format!("member {u}")))]
+    Failed {
+        user: Option<UserId>,
+        reason: String,
+    },
+}
+
+/// Where profiles come from: the query service (the bot) or the database (the CLI).
+#[derive(Clone)]
+pub enum Profiles {
+    Query(QueryClient),
+    Store(crate::store::Store),
+}
+
+impl Profiles {
+    async fn profile(
+        &self,
+        identity: &ttfd_shared::Identity,
+    ) -> Result<Option<ttfd_shared::view::Profile>, Failure> {
+        match self {
+            Profiles::Query(q) => Ok(q.profile(identity).await?),
+            Profiles::Store(s) => Ok(s.profile(identity).await?),
+        }
+    }
 }
 
 /// Sixteen notices at once per replica, since one member's retry (a rate limit, a
@@ -298,27 +488,59 @@ mod tests {
     fn changes_add_the_rank_role_and_remove_only_other_rank_roles() {
         let r = roles(&[("C", 30), ("B", 40), ("A", 50)]);
         let other = RoleId::new(7);
-        let c = r.changes(
-            &[other, RoleId::new(30), RoleId::new(50)],
-            Some(RoleId::new(40)),
+        let only = |r: u64| BTreeSet::from([RoleId::new(r)]);
+        let c = r.changes(&[other, RoleId::new(30), RoleId::new(50)], &only(40));
+        assert_eq!(
+            c,
+            RoleChanges {
+                add: vec![RoleId::new(40)],
+                remove: vec![RoleId::new(30), RoleId::new(50)]
+            }
+        );
+        assert!(r.changes(&[other, RoleId::new(40)], &only(40)).is_empty());
+        // A rank with no role: every rank role goes, the others stay.
+        assert_eq!(
+            r.changes(&[other, RoleId::new(30)], &BTreeSet::new()),
+            RoleChanges {
+                add: vec![],
+                remove: vec![RoleId::new(30)]
+            }
+        );
+    }
+
+    /// `stack` keeps the role of every rank reached (to the peak, after a deduction
+    /// too); `replace` only the current rank's.
+    #[test]
+    fn stack_mode_holds_every_rank_role_up_to_the_peak() {
+        let entries: Vec<RankRole> = [("F", 10), ("E", 20), ("D I", 31), ("C", 40)]
+            .iter()
+            .map(|(rank, role)| RankRole {
+                rank: (*rank).into(),
+                role: RoleId::new(*role),
+            })
+            .collect();
+        let rules = Rules::default();
+        let stack = RankRoles::with_mode(&entries, &rules, RankRoleMode::Stack);
+        let ids = |s: BTreeSet<RoleId>| s.into_iter().map(RoleId::get).collect::<Vec<_>>();
+        // Rank 8 (D II) now, peak 10 (C I): F, E, D I and C; D II/D III have no role.
+        assert_eq!(ids(stack.targets(&rules, 8, 10)), vec![10, 20, 31, 40]);
+        assert_eq!(ids(stack.targets(&rules, 1, 1)), vec![10]);
+        let replace = RankRoles::with_mode(&entries, &rules, RankRoleMode::Replace);
+        assert_eq!(
+            ids(replace.targets(&rules, 8, 10)),
+            Vec::<u64>::new(),
+            "D II has none"
+        );
+        assert_eq!(ids(replace.targets(&rules, 10, 10)), vec![40]);
+        let c = stack.changes(
+            &[RoleId::new(40), RoleId::new(99)],
+            &stack.targets(&rules, 5, 5),
         );
         assert_eq!(
             c,
             RoleChanges {
-                add: Some(RoleId::new(40)),
-                remove: vec![RoleId::new(30), RoleId::new(50)]
-            }
-        );
-        assert!(
-            r.changes(&[other, RoleId::new(40)], Some(RoleId::new(40)))
-                .is_empty()
-        );
-        // A rank with no role: every rank role goes, the others stay.
-        assert_eq!(
-            r.changes(&[other, RoleId::new(30)], None),
-            RoleChanges {
-                add: None,
-                remove: vec![RoleId::new(30)]
+                add: vec![RoleId::new(10), RoleId::new(20)],
+                remove: vec![RoleId::new(40)]
             }
         );
     }

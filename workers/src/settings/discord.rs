@@ -29,6 +29,9 @@ pub struct DiscordSettings {
     /// Which role each rank gives, by rank name (`"C II"`) or by tier (`"C"`); a rank
     /// name wins over its tier.
     pub rank_roles: Vec<RankRole>,
+    /// `replace`: a member holds the role of their current rank only; `stack`: the
+    /// roles of every rank they reached (up to their peak rank).
+    pub rank_role_mode: RankRoleMode,
     /// Rank-ups are announced here when set.
     pub announce_channel: Option<ChannelId>,
     /// Members with one of these roles are moderators (`/xp`, `/audit`), as are members
@@ -45,6 +48,15 @@ pub struct DiscordSettings {
     /// How long a slash command waits for the query service (Discord wants an answer
     /// within 3 s).
     pub query_timeout_ms: u64,
+}
+
+/// `discord.rank_role_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RankRoleMode {
+    #[default]
+    Replace,
+    Stack,
 }
 
 /// One entry of `discord.rank_roles`: `{ rank = "C", role = "1234..." }`.
@@ -92,6 +104,7 @@ impl Default for DiscordSettings {
             ignored_channels: Vec::new(),
             message_content: true,
             rank_roles: Vec::new(),
+            rank_role_mode: RankRoleMode::Replace,
             announce_channel: None,
             moderator_roles: Vec::new(),
             xp_rates: super::rates::DiscordRates::default(),

@@ -430,6 +430,111 @@ fn rank_roles(s: &mut DiscordSettings) {
     s.announce_channel = Some(serenity::all::ChannelId::new(ANNOUNCE));
 }
 
+/// `stack` mode and the reconciliation (docs/discord.md): `/ranks sync` by a moderator
+/// gives every member the roles of every rank they reached and takes away rank roles
+/// above, waiting out 429s; `ttfd discord sync-roles` does the same from the database,
+/// and resumes after a given member.
+#[tokio::test]
+async fn ranks_sync_reconciles_every_member_in_stack_mode_through_rate_limits() {
+    let w = world(|d| {
+        rank_roles(d);
+        d.announce_channel = None;
+        d.rank_role_mode = ttfd::settings::discord::RankRoleMode::Stack;
+    })
+    .await;
+    // 3,600 XP: rank 5, E II.
+    w.env
+        .publish(&[xp_event("t:xp:s1", "discord:111", 3600)])
+        .await;
+    eventually("the profile", || async { w.profile("discord:111").await }).await;
+    // Members appear once their notices were handled (they were not in the guild).
+    w.fake.add_member(GUILD, 111, &[7]);
+    w.fake.add_member(GUILD, 222, &[7, 1003]);
+    w.fake.rate_limit_role_calls(2, 0.5);
+    let http = w.bot.roles.api.http.clone();
+    let manager = json!({"roles": [], "permissions": "32"});
+    let sync = json!([{"name": "sync", "type": 1, "options": []}]);
+    w.bot
+        .on_command(
+            &http,
+            &interaction_by(80_351_110_224_678_912, manager, 8001, "ranks", sync),
+        )
+        .await;
+    let reply = &w.fake.interaction_responses()[0];
+    assert!(
+        reply["data"]["content"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("Reconciling the rank roles")),
+        "{reply}"
+    );
+    let summary = eventually("the summary", || async {
+        w.fake.messages(1_100_000_000_000_000_001).first().cloned()
+    })
+    .await;
+    assert_eq!(
+        summary["content"],
+        "Rank roles reconciled: 2 members checked, 2 changed."
+    );
+    assert_eq!(
+        w.fake.roles(GUILD, 111),
+        Some(vec![7, 1001, 1002, 1003]),
+        "F, E and E II"
+    );
+    assert_eq!(
+        w.fake.roles(GUILD, 222),
+        Some(vec![7, 1001]),
+        "no profile: rank 1 only"
+    );
+    let limited = w.fake.calls().iter().filter(|c| c.status == 429).count();
+    assert_eq!(limited, 2, "two 429s waited out");
+
+    // The CLI, from the database: nothing to do, then one member changed by hand.
+    let dir = std::env::temp_dir().join(format!("ttfd-sync-roles-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("ttfd.toml");
+    let toml = format!(
+        "[discord]\ntoken = \"test-token\"\nguild_id = \"{GUILD}\"\napi_url = \"{}\"\n\
+         rank_role_mode = \"stack\"\nrank_roles = [{{ rank = \"F\", role = \"1001\" }}, \
+         {{ rank = \"E\", role = \"1002\" }}, {{ rank = \"E II\", role = \"1003\" }}]\n",
+        w.fake.url
+    );
+    std::fs::write(&config, toml).expect("config");
+    let run = |args: Vec<String>| {
+        let mut all = vec![
+            "--config".to_owned(),
+            config.display().to_string(),
+            "discord".into(),
+            "sync-roles".into(),
+        ];
+        all.extend(args);
+        let cmd = w
+            .env
+            .ttfd(&all.iter().map(String::as_str).collect::<Vec<_>>())
+            .output();
+        async move {
+            let out = cmd.await.expect("ttfd runs");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr),
+            )
+        }
+    };
+    let (ok, said) = run(vec![]).await;
+    assert!(
+        ok && said.contains("2 members checked, 0 changed"),
+        "{said}"
+    );
+    w.fake.add_member(GUILD, 222, &[1002]);
+    let (ok, said) = run(vec!["--after".into(), "111".into()]).await;
+    assert!(
+        ok && said.contains("1 members checked, 1 changed"),
+        "{said}"
+    );
+    assert_eq!(w.fake.roles(GUILD, 222), Some(vec![1001]));
+    w.stop().await;
+}
+
 #[tokio::test]
 async fn rank_changes_give_the_rank_role_remove_the_others_and_retry_after_a_429() {
     let w = world(rank_roles).await;

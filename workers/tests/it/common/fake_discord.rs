@@ -57,6 +57,8 @@ impl FakeDiscord {
     pub async fn start() -> Self {
         let world: Shared = Arc::default();
         let app = Router::new()
+            .route("/api/v10/guilds/{guild}", get(guild))
+            .route("/api/v10/guilds/{guild}/members", get(list_members))
             .route("/api/v10/guilds/{guild}/members/{user}", get(member))
             .route(
                 "/api/v10/guilds/{guild}/members/{user}/roles/{role}",
@@ -194,6 +196,69 @@ async fn member(
         "flags": 0
     }))
     .into_response()
+}
+
+/// `GET /guilds/{guild}?with_counts=true`: the approximate member count.
+async fn guild(
+    State(world): State<Shared>,
+    Path(guild): Path<u64>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let count = world
+        .lock()
+        .expect("lock")
+        .members
+        .keys()
+        .filter(|(g, _)| *g == guild)
+        .count();
+    record(&world, "GET", uri.path().into(), b"", &headers, 200);
+    axum::Json(json!({"id": guild.to_string(), "name": "TTFD", "approximate_member_count": count}))
+        .into_response()
+}
+
+/// `GET /guilds/{guild}/members?limit=&after=`: members by user id, as Discord pages.
+async fn list_members(
+    State(world): State<Shared>,
+    Path(guild): Path<u64>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let query: HashMap<String, String> = uri
+        .query()
+        .map(|q| {
+            q.split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let limit: usize = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(1);
+    let after: u64 = query.get("after").and_then(|a| a.parse().ok()).unwrap_or(0);
+    let mut members: Vec<(u64, Vec<u64>)> = world
+        .lock()
+        .expect("lock")
+        .members
+        .iter()
+        .filter(|((g, u), _)| *g == guild && *u > after)
+        .map(|((_, u), roles)| (*u, roles.iter().copied().collect()))
+        .collect();
+    members.sort();
+    members.truncate(limit.clamp(1, 1000));
+    record(&world, "GET", uri.path().into(), b"", &headers, 200);
+    let body: Vec<Value> = members
+        .into_iter()
+        .map(|(user, roles)| {
+            json!({
+                "user": {"id": user.to_string(), "username": format!("user{user}"), "discriminator": "0", "avatar": null},
+                "nick": null,
+                "roles": roles.iter().map(u64::to_string).collect::<Vec<_>>(),
+                "joined_at": "2021-01-01T00:00:00.000000+00:00",
+                "deaf": false, "mute": false, "flags": 0
+            })
+        })
+        .collect();
+    axum::Json(body).into_response()
 }
 
 async fn role(
