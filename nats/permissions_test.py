@@ -216,6 +216,10 @@ async def main():
         for kind in ("xp", "game", "link"):
             check(f"discord may not publish its own {kind} events",
                   await discord.refused_publish(f"ttfd.events.discord.{kind}"))
+        ack = await discord.js_publish("ttfd.events.discord.prefs", "discord:prefs:perm-1")
+        check("discord publishes its members' prefs (/notify)", ack and ack.get("seq"), str(ack))
+        check("discord may not publish telegram prefs",
+              await discord.refused_publish("ttfd.events.telegram.prefs"))
         info = await discord.api("$JS.API.STREAM.INFO.TTFD_NOTIFY")
         check("discord reads the notify stream info", info and "config" in info, str(info))
         created = await discord.api(

@@ -52,6 +52,8 @@ fn payload(pool: usize, allow_negative: bool) -> impl Strategy<Value = Payload> 
             proof: Proof::Code,
             by: None
         }),
+        1 => (proptest::option::of(any::<bool>()), proptest::option::of(any::<bool>()))
+            .prop_map(|(hidden, notify)| Payload::Prefs { hidden, notify }),
     ]
 }
 

@@ -113,7 +113,11 @@ fn claim(publisher: Publisher, event: &Event) -> Result<(), Rejection> {
         ))
     };
     match &event.payload {
-        Payload::Message { .. } | Payload::Voice { .. } | Payload::Game { .. } => Ok(()),
+        // A member's own preferences (SPEC 7.3): whoever speaks for the member.
+        Payload::Message { .. }
+        | Payload::Voice { .. }
+        | Payload::Game { .. }
+        | Payload::Prefs { .. } => Ok(()),
         Payload::Xp { .. } => match publisher {
             Moderator | Admin => Ok(()),
             Platform | Relay => {

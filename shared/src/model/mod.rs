@@ -39,6 +39,22 @@ pub struct Profile {
     pub last_ts: Option<i64>,
     /// XP per UTC day (days since the epoch); days whose XP sums to 0 are left out.
     pub ledger: BTreeMap<i32, i64>,
+    /// SPEC 7.3: hidden when any identity is; notified unless one said `notify: false`.
+    pub hidden: bool,
+    pub notify: bool,
+}
+
+/// A preference and the `(ts, event id)` of the event that set it (newest wins).
+type Pref = Option<(i64, String, bool)>;
+
+fn newer_pref(current: &mut Pref, ts: i64, id: &str, value: Option<bool>) {
+    let Some(value) = value else { return };
+    if current
+        .as_ref()
+        .is_none_or(|(t, i, _)| (*t, i.as_str()) < (ts, id))
+    {
+        *current = Some((ts, id.to_owned(), value));
+    }
 }
 
 #[derive(Default)]
@@ -52,6 +68,8 @@ struct IdentityAcc {
     /// (ts, event id, name) of the newest event that carried a name.
     name: Option<(i64, String, String)>,
     ledger: BTreeMap<i32, i64>,
+    hidden: Pref,
+    notify: Pref,
 }
 
 /// Folds a set of events (duplicates by id count once) into the unified users they
@@ -91,6 +109,10 @@ pub fn fold<'a>(rules: &Rules, events: impl IntoIterator<Item = &'a Event>) -> V
             Payload::Game { won, .. } => {
                 a.games_played += 1;
                 a.games_won += i64::from(*won);
+            }
+            Payload::Prefs { hidden, notify } => {
+                newer_pref(&mut a.hidden, ev.ts, ev.id.as_str(), *hidden);
+                newer_pref(&mut a.notify, ev.ts, ev.id.as_str(), *notify);
             }
             Payload::Xp { .. } | Payload::Link { .. } => {}
         }
@@ -158,6 +180,8 @@ pub fn fold<'a>(rules: &Rules, events: impl IntoIterator<Item = &'a Event>) -> V
                 first_ts: None,
                 last_ts: None,
                 ledger: BTreeMap::new(),
+                hidden: false,
+                notify: true,
             };
             let mut newest_name: Option<&(i64, String, String)> = None;
             for id in &ids {
@@ -171,6 +195,8 @@ pub fn fold<'a>(rules: &Rules, events: impl IntoIterator<Item = &'a Event>) -> V
                 for (d, x) in &a.ledger {
                     *p.ledger.entry(*d).or_default() += x;
                 }
+                p.hidden |= a.hidden.as_ref().is_some_and(|h| h.2);
+                p.notify &= a.notify.as_ref().is_none_or(|n| n.2);
                 if let Some(n) = &a.name
                     && newest_name.is_none_or(|m| (m.0, &m.1) < (n.0, &n.1))
                 {

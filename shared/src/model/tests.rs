@@ -92,6 +92,39 @@ fn a_minute_pays_at_the_largest_mult_of_its_eligible_messages() {
     assert_eq!((only(&p).xp, only(&p).messages), (15 + 3, 3));
 }
 
+/// SPEC 7.3: per field the newest `prefs` event wins, in any order; a user is hidden
+/// when any identity is and notified unless one said no; prefs pay nothing.
+#[test]
+fn preferences_are_the_newest_per_field_and_join_across_identities() {
+    let r = Rules::default();
+    let prefs = |hidden: Option<bool>, notify: Option<bool>| Payload::Prefs { hidden, notify };
+    let events = [
+        ev("p1", 1_000, "discord:1", prefs(Some(true), Some(false))),
+        ev("p2", 2_000, "discord:1", prefs(Some(false), None)),
+        ev("p3", 2_000, "discord:1", prefs(None, Some(true))),
+        ev("p0", 500, "discord:1", prefs(Some(true), Some(false))),
+    ];
+    for order in [[0, 1, 2, 3], [3, 2, 1, 0], [1, 3, 0, 2]] {
+        let shuffled: Vec<Event> = order.iter().map(|i| events[*i].clone()).collect();
+        let p = fold(&r, &shuffled);
+        let p = only(&p);
+        assert_eq!((p.hidden, p.notify, p.xp), (false, true, 0), "{order:?}");
+    }
+    let joined = [
+        ev("a", 1_000, "discord:1", prefs(Some(true), None)),
+        ev("b", 1_000, "telegram:1", prefs(None, Some(false))),
+        ev("l", 5_000, "discord:1", link("telegram:1")),
+    ];
+    let p = fold(&r, &joined);
+    assert_eq!((only(&p).hidden, only(&p).notify), (true, false));
+    let p = fold(&r, &[ev("m", 1_000, "discord:1", msg(None))]);
+    assert_eq!(
+        (only(&p).hidden, only(&p).notify),
+        (false, true),
+        "the defaults"
+    );
+}
+
 #[test]
 fn voice_pays_its_mult_in_percent_rounded_down() {
     let r = Rules::default();

@@ -35,6 +35,16 @@ pub struct Profile {
     /// in that order. Added in v1.1: absent from older services' answers.
     #[serde(default)]
     pub standings: Vec<PeriodStanding>,
+    /// SPEC 7.3 (added in v1.1): off the public leaderboards and profiles; rank-up
+    /// announcements wanted.
+    #[serde(default)]
+    pub hidden: bool,
+    #[serde(default = "yes")]
+    pub notify: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A user's place in one period's leaderboard.

@@ -283,6 +283,8 @@ mod tests {
                     ranked: 80,
                 },
             ],
+            hidden: false,
+            notify: true,
         }
     }
 

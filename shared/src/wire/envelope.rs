@@ -104,6 +104,11 @@ pub enum Payload {
         /// SPEC 7.1: the operator who linked by hand (proof `admin`).
         by: Option<Identity>,
     },
+    /// SPEC 7.3: the identity's preferences; a field left out is not changed.
+    Prefs {
+        hidden: Option<bool>,
+        notify: Option<bool>,
+    },
 }
 
 /// The largest `data.mult` (SPEC 7.2): ten times the XP.
@@ -142,6 +147,7 @@ impl Payload {
             Payload::Game { .. } => "game",
             Payload::Xp { .. } => "xp",
             Payload::Link { .. } => "link",
+            Payload::Prefs { .. } => "prefs",
         }
     }
 }
@@ -248,6 +254,14 @@ struct XpData {
     reason: String,
     #[serde(default)]
     by: Option<ByData>,
+}
+
+#[derive(Deserialize)]
+struct PrefsData {
+    #[serde(default)]
+    hidden: Option<bool>,
+    #[serde(default)]
+    notify: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -459,10 +473,17 @@ pub fn decode(
                 by: by_in(d.by)?,
             }
         }
+        "prefs" => {
+            let d: PrefsData = data(bytes)?;
+            Payload::Prefs {
+                hidden: d.hidden,
+                notify: d.notify,
+            }
+        }
         other => {
             return Err(Rejection::new(
                 "unknown_kind",
-                format!("kind {other:?} is not one of message, voice, game, xp, link"),
+                format!("kind {other:?} is not one of message, voice, game, xp, link, prefs"),
             ));
         }
     };
@@ -524,6 +545,12 @@ enum DataOut<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         by: Option<ByOut<'a>>,
     },
+    Prefs {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        hidden: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        notify: Option<bool>,
+    },
 }
 
 #[derive(Serialize)]
@@ -573,6 +600,10 @@ pub fn encode(event: &Event) -> Vec<u8> {
             user: other.user.as_str(),
             proof: proof.as_str(),
             by: ByOut::of(by),
+        },
+        Payload::Prefs { hidden, notify } => DataOut::Prefs {
+            hidden: *hidden,
+            notify: *notify,
         },
     };
     let out = Out {
@@ -624,6 +655,8 @@ mod tests {
                 json!({"platform": "telegram", "user": "7", "proof": "code"}),
             ),
             base("message", json!({"len": 12, "mult": 0})),
+            base("prefs", json!({"hidden": true})),
+            base("prefs", json!({"notify": false, "hidden": false})),
             base("voice", json!({"seconds": 60, "mult": 1000})),
             base(
                 "xp",
@@ -717,6 +750,8 @@ mod tests {
             json!({"platform": "discord", "user": "42", "proof": "code"}),
         );
         assert_eq!(code_of(&v, ("discord", "link")), "out_of_range");
+        let v = base("prefs", json!({"notify": "no"}));
+        assert_eq!(code_of(&v, ("discord", "prefs")), "wrong_type");
         let v = base("message", json!({"mult": 1001}));
         assert_eq!(code_of(&v, s), "out_of_range");
         let v = base("voice", json!({"seconds": 5, "mult": -1}));

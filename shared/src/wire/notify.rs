@@ -33,6 +33,14 @@ pub struct RankNotice {
     pub new_rank: u8,
     pub xp: i64,
     pub identities: Vec<WireIdentity>,
+    /// Whether the member wants rank-up announcements (SPEC 7.3, as the preferences
+    /// stood when the change was committed). Added in v1.1: absent means yes.
+    #[serde(default = "yes")]
+    pub notify: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `<prefix>.notify.link`: two users were merged; `merged_uid` now redirects to `uid`.

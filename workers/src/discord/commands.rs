@@ -68,6 +68,14 @@ pub fn definitions() -> Vec<CreateCommand> {
                 Some("xp"),
             ))
             .add_option(xp_verb("reset", "Set a member's XP to 0", None)),
+        CreateCommand::new("notify")
+            .description("Rank-up announcements for you, on every platform")
+            .add_option(
+                CreateCommandOption::new(CommandOptionType::String, "announcements", "On or off")
+                    .required(true)
+                    .add_string_choice("on", "on")
+                    .add_string_choice("off", "off"),
+            ),
         CreateCommand::new("ranks")
             .description("Moderators: rank roles")
             .add_option(CreateCommandOption::new(
@@ -144,6 +152,10 @@ pub enum SlashCommand {
     },
     /// `/ranks sync`: the bot runs it (`DiscordBot::on_command`); the reply says so.
     RanksSync,
+    /// `/notify on|off`: the bot publishes the `prefs` event (`DiscordBot::on_command`).
+    Notify {
+        on: bool,
+    },
 }
 
 /// Reads a command interaction; `None` for a command this bot does not have.
@@ -190,6 +202,9 @@ pub fn parse(cmd: &CommandInteraction) -> Option<SlashCommand> {
         "xp" => options.iter().find_map(|o| match &o.value {
             ResolvedValue::SubCommand(sub) => parse_xp(o.name, sub),
             _ => None,
+        }),
+        "notify" => Some(SlashCommand::Notify {
+            on: string("announcements").as_deref() != Some("off"),
         }),
         "ranks" => options
             .iter()
@@ -355,6 +370,18 @@ pub async fn reply(
             })
             .await
             .map(|outcome| adjusted_reply(name, reason, &outcome)),
+        SlashCommand::Notify { on: true } => {
+            return Reply::private(
+                "Rank-up announcements for you are on (everywhere you are linked).".into(),
+            );
+        }
+        SlashCommand::Notify { on: false } => {
+            return Reply::private(
+                "Rank-up announcements for you are off, on every platform. `/notify on` turns \
+                 them back on."
+                    .into(),
+            );
+        }
         SlashCommand::RanksSync => {
             return Reply::private(
                 "Reconciling the rank roles of every member; a summary follows in this channel."
@@ -541,6 +568,8 @@ mod tests {
                 xp: 900,
                 ranked: 140,
             }],
+            hidden: false,
+            notify: true,
         }
     }
 

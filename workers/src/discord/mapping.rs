@@ -167,6 +167,21 @@ pub fn voice_event(guild: GuildId, segment: &Segment, name: Option<String>) -> E
     }
 }
 
+/// The `prefs` event of `/notify on|off` (SPEC 7.3), by the interaction (its id and
+/// time).
+pub fn notify_event(cmd: &serenity::model::application::CommandInteraction, on: bool) -> Event {
+    Event {
+        id: event_id(format!("discord:prefs:{}", cmd.id.get())),
+        ts: snowflake_ms(cmd.id.get()),
+        identity: identity(cmd.user.id),
+        name: None,
+        payload: Payload::Prefs {
+            hidden: None,
+            notify: Some(on),
+        },
+    }
+}
+
 fn event_id(s: String) -> EventId {
     EventId::parse(&s).expect("ids made of a prefix and decimal numbers are printable ASCII")
 }

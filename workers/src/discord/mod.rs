@@ -343,10 +343,16 @@ impl DiscordBot {
 
     /// A slash command.
     pub async fn on_command(&self, http: &Http, cmd: &CommandInteraction) {
-        if commands::parse(cmd) == Some(commands::SlashCommand::RanksSync)
-            && commands::is_moderator(cmd, &self.moderator_roles)
-        {
-            self.spawn_roles_sync(cmd.channel_id);
+        match commands::parse(cmd) {
+            Some(commands::SlashCommand::RanksSync)
+                if commands::is_moderator(cmd, &self.moderator_roles) =>
+            {
+                self.spawn_roles_sync(cmd.channel_id);
+            }
+            Some(commands::SlashCommand::Notify { on }) => {
+                self.send(vec![mapping::notify_event(cmd, on)]).await;
+            }
+            _ => {}
         }
         let asked = commands::Asked {
             query: &self.query,

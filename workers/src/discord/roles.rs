@@ -360,7 +360,7 @@ impl RoleSync {
                 continue;
             };
             let user = UserId::new(user);
-            let announce = (notice.new_rank > notice.old_rank).then(|| {
+            let announce = (notice.new_rank > notice.old_rank && notice.notify).then(|| {
                 let rank = self.rules.rank(notice.new_rank);
                 // Discord nonces are at most 25 characters.
                 let nonce: String = notice.id.chars().take(25).collect();

@@ -297,6 +297,7 @@ impl Store {
         let mut ledger: BTreeMap<(i64, i32), LedgerDay> = BTreeMap::new();
         let mut links: Vec<(&Event, i64, i64)> = Vec::new();
         let mut audit: Vec<(&Event, i64, Option<i64>)> = Vec::new();
+        let mut prefs: BTreeMap<i64, PrefsRow> = BTreeMap::new();
         for e in &events {
             let iid = iid_of(&e.identity)?;
             let user = deltas.entry(iid).or_default();
@@ -318,6 +319,12 @@ impl Store {
                 }
                 Payload::Xp { .. } => {
                     audit.push((e, iid, None));
+                    false
+                }
+                Payload::Prefs { hidden, notify } => {
+                    let row = prefs.entry(iid).or_default();
+                    row.hidden.raise(e, *hidden);
+                    row.notify.raise(e, *notify);
                     false
                 }
                 Payload::Link { other, proof, .. } => {
@@ -355,6 +362,7 @@ impl Store {
             ledger,
             links,
             audit,
+            prefs,
         };
         let generation: Generation = sqlx::query_as(
             "SELECT pg_relation_filenode('identities')::int8, pg_relation_filenode('users')::int8
@@ -424,6 +432,9 @@ impl Store {
         if !facts.audit.is_empty() {
             self.write_audit(tx, &facts.audit).await?;
         }
+        if !facts.prefs.is_empty() {
+            self.write_prefs(tx, &facts.prefs).await?;
+        }
         let losers = settlement.losers();
         if !losers.is_empty() {
             self.write_merges(tx, &losers, &settlement.survivors_of_losers())
@@ -453,8 +464,8 @@ impl Store {
         if ranked.is_empty() && settlement.merges.is_empty() {
             return Ok(outcome);
         }
-        let members = self.read_members(tx, &settlement.notified(&ranked)).await?;
-        let (topics, bodies) = settlement.notices(&ranked, &members, now_ms())?;
+        let (members, quiet) = self.read_members(tx, &settlement.notified(&ranked)).await?;
+        let (topics, bodies) = settlement.notices(&ranked, &members, &quiet, now_ms())?;
         self.write_outbox(tx, &topics, &bodies).await?;
         Ok(outcome)
     }
@@ -658,6 +669,63 @@ impl Store {
         .await?)
     }
 
+    /// Step 5: preferences (SPEC 7.3), per identity and field the newest value by
+    /// `(ts, event id)`: a row's field changes only for a newer event, so the result
+    /// does not depend on the order of the batches.
+    async fn write_prefs(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        prefs: &BTreeMap<i64, PrefsRow<'_>>,
+    ) -> Result<(), StoreError> {
+        let ids: Vec<i64> = prefs.keys().copied().collect();
+        let (mut hidden, mut hidden_ms, mut hidden_event) = (vec![], vec![], vec![]);
+        let (mut notify, mut notify_ms, mut notify_event) = (vec![], vec![], vec![]);
+        for row in prefs.values() {
+            hidden.push(row.hidden.0.map(|p| p.2));
+            hidden_ms.push(row.hidden.0.map(|p| p.0));
+            hidden_event.push(row.hidden.0.map(|p| p.1));
+            notify.push(row.notify.0.map(|p| p.2));
+            notify_ms.push(row.notify.0.map(|p| p.0));
+            notify_event.push(row.notify.0.map(|p| p.1));
+        }
+        // A field takes the batch's value when the batch's event is newer.
+        let newer = |f: &str| {
+            format!(
+                "excluded.{f} IS NOT NULL AND (p.{f}_ms IS NULL
+                 OR (excluded.{f}_ms, excluded.{f}_event) > (p.{f}_ms, p.{f}_event))"
+            )
+        };
+        let set = |f: &str| {
+            let when = newer(f);
+            [f.to_owned(), format!("{f}_ms"), format!("{f}_event")]
+                .iter()
+                .map(|c| format!("{c} = CASE WHEN {when} THEN excluded.{c} ELSE p.{c} END"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let sql = format!(
+            "INSERT INTO identity_prefs AS p (identity_id, hidden, hidden_ms, hidden_event,
+                                              notify, notify_ms, notify_event)
+             SELECT * FROM unnest($1::int8[], $2::bool[], $3::int8[], $4::text[],
+                                  $5::bool[], $6::int8[], $7::text[])
+             ORDER BY 1
+             ON CONFLICT (identity_id) DO UPDATE SET {}, {}",
+            set("hidden"),
+            set("notify")
+        );
+        sqlx::query(&sql)
+            .bind(&ids)
+            .bind(&hidden)
+            .bind(&hidden_ms)
+            .bind(&hidden_event)
+            .bind(&notify)
+            .bind(&notify_ms)
+            .bind(&notify_event)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
     /// Step 5: the audit log (SPEC 7.1), each entry once, by event id.
     async fn write_audit(
         &self,
@@ -812,22 +880,28 @@ impl Store {
         &self,
         tx: &mut Transaction<'static, Postgres>,
         uids: &[i64],
-    ) -> Result<HashMap<i64, Vec<WireIdentity>>, StoreError> {
+    ) -> Result<(HashMap<i64, Vec<WireIdentity>>, HashSet<i64>), StoreError> {
         let mut members: HashMap<i64, Vec<WireIdentity>> = HashMap::new();
-        for (uid, platform, user) in sqlx::query_as::<_, (i64, String, String)>(
-            "SELECT user_id, platform, external_id FROM identities WHERE user_id = ANY($1)
-             ORDER BY platform, external_id",
+        let mut quiet = HashSet::new();
+        for (uid, platform, user, no) in sqlx::query_as::<_, (i64, String, String, bool)>(
+            "SELECT i.user_id, i.platform, i.external_id, coalesce(p.notify = false, false)
+             FROM identities i LEFT JOIN identity_prefs p ON p.identity_id = i.id
+             WHERE i.user_id = ANY($1)
+             ORDER BY i.platform, i.external_id",
         )
         .bind(uids)
         .fetch_all(&mut **tx)
         .await?
         {
+            if no {
+                quiet.insert(uid);
+            }
             members
                 .entry(uid)
                 .or_default()
                 .push(WireIdentity { platform, user });
         }
-        Ok(members)
+        Ok((members, quiet))
     }
 
     /// Step 8: puts the notices in the outbox, in this transaction.
@@ -986,4 +1060,28 @@ struct AuditRows<'e> {
     reasons: Vec<Option<&'e str>>,
     by_platforms: Vec<Option<&'e str>>,
     by_users: Vec<Option<&'e str>>,
+}
+
+/// A preference a batch sets: the value of its newest event, with that event's
+/// `(ts, id)`.
+#[derive(Debug, Default, Clone, Copy)]
+struct Pref<'e>(Option<(i64, &'e str, bool)>);
+
+impl<'e> Pref<'e> {
+    fn raise(&mut self, e: &'e Event, value: Option<bool>) {
+        let Some(value) = value else { return };
+        if self
+            .0
+            .is_none_or(|(ts, id, _)| (ts, id) < (e.ts, e.id.as_str()))
+        {
+            self.0 = Some((e.ts, e.id.as_str(), value));
+        }
+    }
+}
+
+/// An identity's preferences as a batch sets them.
+#[derive(Debug, Default)]
+pub(super) struct PrefsRow<'e> {
+    hidden: Pref<'e>,
+    notify: Pref<'e>,
 }

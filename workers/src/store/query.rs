@@ -47,8 +47,9 @@ impl Store {
         let Some(row) = row else { return Ok(None) };
         let uid: i64 = row.get("id");
         let members = sqlx::query(
-            "SELECT i.platform, i.external_id, n.name
+            "SELECT i.platform, i.external_id, n.name, p.hidden, p.notify
              FROM identities i LEFT JOIN identity_names n ON n.identity_id = i.id
+             LEFT JOIN identity_prefs p ON p.identity_id = i.id
              WHERE i.user_id = $1
              ORDER BY n.name_ms DESC NULLS LAST, n.name_event DESC NULLS LAST",
         )
@@ -85,6 +86,12 @@ impl Store {
             standings: self
                 .standings_of(uid, OffsetDateTime::now_utc().date())
                 .await?,
+            hidden: members
+                .iter()
+                .any(|r| r.get::<Option<bool>, _>("hidden") == Some(true)),
+            notify: members
+                .iter()
+                .all(|r| r.get::<Option<bool>, _>("notify") != Some(false)),
         }))
     }
 

@@ -29,7 +29,7 @@ use crate::settings::DatabaseSettings;
 /// table (the outbox, dead-letter tallies, link codes) stays as it is. In lock order:
 /// `processed_events` first, as the apply path writes it first, so a batch in flight
 /// is let finish and the next one waits before holding anything.
-pub const PROJECTIONS: [&str; 7] = [
+pub const PROJECTIONS: [&str; 8] = [
     "processed_events",
     "users",
     "identities",
@@ -37,6 +37,7 @@ pub const PROJECTIONS: [&str; 7] = [
     "links",
     "identity_names",
     "audit",
+    "identity_prefs",
 ];
 
 /// Tables derived from the projections (the standings, `store::standings`): locked and
@@ -99,13 +100,16 @@ pub struct UserTotals {
     pub last_event_ms: Option<i64>,
     /// Each identity's display name, in identity order.
     pub names: String,
+    /// `hidden notify` (SPEC 7.3), e.g. `false true`.
+    pub prefs: String,
 }
 
 impl fmt::Display for UserTotals {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "xp {} peak {} messages {} voice {}s games {}/{} won, events {:?}..{:?}, names {}",
+            "xp {} peak {} messages {} voice {}s games {}/{} won, events {:?}..{:?}, names {}, \
+             hidden/notify {}",
             self.xp,
             self.peak_rank,
             self.messages,
@@ -114,7 +118,8 @@ impl fmt::Display for UserTotals {
             self.games_won,
             self.first_event_ms,
             self.last_event_ms,
-            self.names
+            self.names,
+            self.prefs
         )
     }
 }
@@ -465,6 +470,10 @@ impl Store {
             .bind(t)
             .fetch_all(&mut *tx)
             .await?;
+            if columns.is_empty() && t == "identity_prefs" {
+                // A snapshot from before migration 11: nobody had set a preference.
+                continue;
+            }
             if columns.is_empty() && t == "audit" {
                 // A snapshot from before migration 10 has no audit log: the entries of
                 // the events it covers are not known (docs/replay.md).
@@ -607,9 +616,12 @@ impl Store {
                                    ORDER BY i.platform, i.external_id) AS who,
                         u.xp, u.peak_rank, u.messages, u.voice_seconds, u.games_played,
                         u.games_won, u.first_event_ms, u.last_event_ms,
-                        jsonb_agg(n.name ORDER BY i.platform, i.external_id)::text AS names
+                        jsonb_agg(n.name ORDER BY i.platform, i.external_id)::text AS names,
+                        coalesce(bool_or(p.hidden), false)
+                          || ' ' || coalesce(bool_and(p.notify), true) AS prefs
                  FROM {s}.users u JOIN {s}.identities i ON i.user_id = u.id
                  LEFT JOIN {s}.identity_names n ON n.identity_id = i.id
+                 LEFT JOIN {s}.identity_prefs p ON p.identity_id = i.id
                  WHERE u.merged_into IS NULL AND u.first_event_ms IS NOT NULL
                  GROUP BY u.id"
             )
@@ -624,6 +636,7 @@ impl Store {
             "first_event_ms",
             "last_event_ms",
             "names",
+            "prefs",
         ];
         let pick = |side: &str| {
             cols.iter()
@@ -670,6 +683,7 @@ impl Store {
                 first_event_ms: r.try_get(col("first_event_ms").as_str())?,
                 last_event_ms: r.try_get(col("last_event_ms").as_str())?,
                 names: r.try_get(col("names").as_str())?,
+                prefs: r.try_get(col("prefs").as_str())?,
             })
         };
         let mut comparison = Comparison::default();

@@ -73,7 +73,7 @@ impl ScratchDb {
     pub async fn truncate(&self, pool: &PgPool) -> Result<(), StoreError> {
         sqlx::query(
             "TRUNCATE users, identities, identity_names, xp_ledger, links, processed_events,
-                      outbox, dead_letters, standings, standing_blocks, standing_work, audit
+                      outbox, dead_letters, standings, standing_blocks, standing_work, audit, identity_prefs
              RESTART IDENTITY",
         )
         .execute(pool)

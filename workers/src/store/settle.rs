@@ -82,6 +82,8 @@ pub(super) struct Facts<'e> {
     pub links: Vec<(&'e Event, i64, i64)>,
     /// Audited events (SPEC 7.1), with their identity and a link's other identity.
     pub audit: Vec<(&'e Event, i64, Option<i64>)>,
+    /// Preferences (SPEC 7.3) per identity.
+    pub prefs: BTreeMap<i64, super::apply::PrefsRow<'e>>,
 }
 
 /// A merge decided in this batch: `loser` now redirects to `survivor`.
@@ -405,6 +407,7 @@ impl<'e> Settlement<'e> {
     }
 
     /// The users a notice is about: those of `ranked`, then the survivors of merges.
+    /// (`quiet` of [`Settlement::notices`]: those of them who said `notify: false`.)
     pub fn notified(&self, ranked: &[(i64, u8, u8)]) -> Vec<i64> {
         ranked
             .iter()
@@ -419,6 +422,7 @@ impl<'e> Settlement<'e> {
         &self,
         ranked: &[(i64, u8, u8)],
         members: &HashMap<i64, Vec<WireIdentity>>,
+        quiet: &std::collections::HashSet<i64>,
         now: i64,
     ) -> Result<(Vec<&'static str>, Vec<serde_json::Value>), serde_json::Error> {
         let mut topics = Vec::new();
@@ -434,6 +438,7 @@ impl<'e> Settlement<'e> {
                 new_rank,
                 xp: self.users[&uid].xp,
                 identities: members.get(&uid).cloned().unwrap_or_default(),
+                notify: !quiet.contains(&uid),
             })?);
         }
         for m in &self.merges {
@@ -754,7 +759,9 @@ mod tests {
             (1, vec![ids("discord", "1"), ids("telegram", "3")]),
             (2, vec![ids("discord", "2")]),
         ]);
-        let (topics, bodies) = s.notices(&ranked, &members, 77).expect("notices encode");
+        let (topics, bodies) = s
+            .notices(&ranked, &members, &Default::default(), 77)
+            .expect("notices encode");
         assert_eq!(topics, vec!["rank", "link"]);
         let rank: RankNotice = serde_json::from_value(bodies[0].clone()).expect("a rank notice");
         assert_eq!(
@@ -768,6 +775,7 @@ mod tests {
                 new_rank: 2,
                 xp: 200,
                 identities: vec![ids("discord", "2")],
+                notify: true,
             }
         );
         let link: LinkNotice = serde_json::from_value(bodies[1].clone()).expect("a link notice");

@@ -6,7 +6,7 @@ use crate::query::XpVerb;
 
 /// The commands, with the one-line descriptions shown by `/help` and in Telegram's
 /// command menu (`setMyCommands`).
-pub const COMMANDS: [(&str, &str); 5] = [
+pub const COMMANDS: [(&str, &str); 6] = [
     ("start", "Start the bot: rank-ups come to you privately"),
     ("help", "What the bot does"),
     ("rank", "Your rank, XP and linked accounts"),
@@ -14,6 +14,10 @@ pub const COMMANDS: [(&str, &str); 5] = [
     (
         "link",
         "Link Discord or the website: /link for a code, /link CODE to enter one",
+    ),
+    (
+        "notify",
+        "Rank-up announcements for you: /notify off, /notify on",
     ),
 ];
 
@@ -27,6 +31,8 @@ pub enum Command {
     Top(String),
     /// `/link` (issue a code) or `/link CODE` (redeem one): the argument as typed.
     Link(String),
+    /// `/notify on|off`: the argument as typed.
+    Notify(String),
     /// `/xp add|remove|set|reset [N] reason`, by a group administrator in reply to the
     /// member's message (docs/moderation.md): the arguments as typed.
     Xp(String),
@@ -64,6 +70,7 @@ pub fn parse(text: &str, bot_username: &str) -> Option<Command> {
         "top" => Command::Top(args.to_owned()),
         "link" => Command::Link(args.to_owned()),
         "xp" => Command::Xp(args.to_owned()),
+        "notify" => Command::Notify(args.to_owned()),
         _ => Command::Unknown(name),
     })
 }
@@ -75,6 +82,15 @@ pub fn parse_period(arg: &str) -> Result<Period, String> {
         "week" | "w" => Ok(Period::Week),
         "month" | "m" => Ok(Period::Month),
         other => Err(other.chars().take(32).collect()),
+    }
+}
+
+/// `/notify on|off`: `Some(true)` for on (also yes), `Some(false)` for off (also no).
+pub fn parse_switch(arg: &str) -> Option<bool> {
+    match arg.trim().to_ascii_lowercase().as_str() {
+        "on" | "yes" => Some(true),
+        "off" | "no" => Some(false),
+        _ => None,
     }
 }
 

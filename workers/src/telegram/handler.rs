@@ -226,6 +226,23 @@ impl Handler {
                 },
             },
             Command::Xp(args) => self.adjust(&call, args).await,
+            Command::Notify(arg) => match commands::parse_switch(arg) {
+                None => texts::notify_usage(),
+                Some(on) => {
+                    let event = mapping::notify_event(&call, on, now_ms());
+                    let deadline = CancellationToken::new();
+                    match self
+                        .publish(&event, Some(Duration::from_secs(10)), &deadline)
+                        .await
+                    {
+                        Ok(()) => texts::notify_set(on),
+                        Err(e) => {
+                            warn!(error = %e, "cannot publish a preference");
+                            texts::unavailable()
+                        }
+                    }
+                }
+            },
             Command::Link(arg) if !call.private => {
                 if !arg.is_empty() {
                     // The code is visible to the group: take it down if the bot may.

@@ -65,6 +65,24 @@ pub struct Author {
     pub bot: bool,
 }
 
+/// The `prefs` event of `/notify on|off` (SPEC 7.3), by the command's message.
+pub fn notify_event(call: &CommandCall, on: bool, now_ms: i64) -> Event {
+    Event {
+        id: EventId::parse(&format!(
+            "telegram:prefs:{}:{}",
+            call.chat.0, call.message.0
+        ))
+        .expect("ids of numbers are valid"),
+        ts: now_ms,
+        identity: identity(call.user),
+        name: None,
+        payload: Payload::Prefs {
+            hidden: None,
+            notify: Some(on),
+        },
+    }
+}
+
 /// The identity of a Telegram user.
 pub fn identity(user: UserId) -> Identity {
     Identity::new(PLATFORM, &user.0.to_string())

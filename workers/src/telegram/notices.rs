@@ -47,6 +47,9 @@ pub fn announced_user(notice: &RankNotice) -> Result<UserId, &'static str> {
     if notice.new_rank <= notice.old_rank {
         return Err("not a rank-up");
     }
+    if !notice.notify {
+        return Err("the member switched announcements off (/notify off)");
+    }
     texts::telegram_user(&notice.identities)
         .map(UserId)
         .ok_or("no Telegram identity")
@@ -274,6 +277,14 @@ impl Announcer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_who_said_notify_false_is_not_announced() {
+        let mut quiet = notice(1, 2, &[("telegram", "5")]);
+        assert_eq!(announced_user(&quiet), Ok(UserId(5)));
+        quiet.notify = false;
+        assert!(announced_user(&quiet).is_err());
+    }
     use ttfd_shared::wire::WireIdentity;
 
     fn notice(old: u8, new: u8, identities: &[(&str, &str)]) -> RankNotice {
@@ -292,6 +303,7 @@ mod tests {
                     user: (*u).into(),
                 })
                 .collect(),
+            notify: true,
         }
     }
 

@@ -134,6 +134,21 @@ pub fn redeemed(outcome: &Redemption) -> String {
     }
 }
 
+pub fn notify_usage() -> String {
+    "Rank-up announcements for you: /notify off, or /notify on.".into()
+}
+
+/// `/notify` done.
+pub fn notify_set(on: bool) -> String {
+    if on {
+        "Rank-up announcements for you are on (everywhere you are linked).".into()
+    } else {
+        "Rank-up announcements for you are off, on every platform. /notify on turns them \
+         back on."
+            .into()
+    }
+}
+
 /// `/xp` without a verb, number or reply.
 pub fn xp_usage() -> String {
     "Reply to the member's message with:\n\
@@ -271,6 +286,8 @@ mod tests {
                     ranked: 2_001,
                 },
             ],
+            hidden: false,
+            notify: true,
         }
     }
 
@@ -393,6 +410,7 @@ mod tests {
             new_rank: 2,
             xp: 520,
             identities: vec![],
+            notify: true,
         };
         assert_eq!(
             rank_up_private(&notice, &rules()),

@@ -523,6 +523,55 @@ pub async fn issue_code(
     go(&app, jar, &session, "/profile#link")
 }
 
+/// The notification toggle.
+#[derive(Debug, Deserialize)]
+pub struct NotifyForm {
+    csrf: String,
+    on: String,
+}
+
+/// `POST /profile/notify`: rank-up announcements on or off for the signed-in member, as a
+/// `prefs` event of their identity (SPEC 7.3) through the outbox (the relay publishes
+/// it, as it publishes the site's links).
+pub async fn set_notify(
+    State(app): State<AppState>,
+    jar: SignedCookieJar,
+    Form(form): Form<NotifyForm>,
+) -> Response {
+    let mut session = app.session(&jar).await;
+    let Some(me) = session.identity().filter(|_| session.csrf_ok(&form.csrf)) else {
+        return stale_form(&app, jar, session);
+    };
+    let on = form.on == "on";
+    let nonce: u128 = rand::Rng::random(&mut rand::rng());
+    let event = Event {
+        id: EventId::parse(&format!("web:prefs:{nonce:032x}")).expect("a hex id is valid"),
+        ts: now_ms(),
+        identity: me,
+        name: None,
+        payload: Payload::Prefs {
+            hidden: None,
+            notify: Some(on),
+        },
+    };
+    session.flash = Some(match app.store.enqueue_event(&event).await {
+        Ok(()) => Flash::Ok {
+            message: if on {
+                "Rank-up announcements for you are on; it shows here within moments.".into()
+            } else {
+                "Rank-up announcements for you are off, on every platform; it shows here within moments.".into()
+            },
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "recording a preference");
+            Flash::Error {
+                message: "The setting could not be saved right now. Try again.".into(),
+            }
+        }
+    });
+    go(&app, jar, &session, "/profile#notify")
+}
+
 /// `POST /logout`.
 pub async fn logout(
     State(app): State<AppState>,

@@ -331,6 +331,7 @@ pub fn router(state: AppState, with_ops: bool) -> Router {
         .route("/ranks", get(pages::ranks))
         .route("/u/{uid}", get(pages::user))
         .route("/profile", get(pages::own_profile))
+        .route("/profile/notify", post(auth::set_notify))
         .route("/admin", get(admin::page))
         .route("/admin/xp", post(admin::adjust))
         .route("/login", get(pages::login))

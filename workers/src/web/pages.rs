@@ -288,6 +288,8 @@ pub struct LinkPanel {
     pub pending: Option<String>,
     pub discord: bool,
     pub telegram: Option<TelegramWidget>,
+    /// Rank-up announcements wanted (SPEC 7.3): the toggle's state.
+    pub notify: bool,
 }
 
 // ---------------------------------------------------------------------------------
@@ -671,6 +673,7 @@ pub async fn own_profile(State(app): State<AppState>, jar: SignedCookieJar) -> R
         telegram: (!has("telegram"))
             .then(|| app.telegram_widget(&format!("/link/telegram/{}", session.csrf)))
             .flatten(),
+        notify: profile.as_ref().is_none_or(|p| p.notify),
     };
     let title = view
         .as_ref()

@@ -535,6 +535,61 @@ async fn ranks_sync_reconciles_every_member_in_stack_mode_through_rate_limits() 
     w.stop().await;
 }
 
+/// `/notify off` (SPEC 7.3): the member's rank-ups are not announced any more, on any
+/// platform; their rank roles still follow. `/notify on` brings the announcements back.
+#[tokio::test]
+async fn a_member_who_switched_announcements_off_gets_roles_but_no_announcement() {
+    let w = world(rank_roles).await;
+    w.fake.add_member(GUILD, 111, &[7]);
+    let http = w.bot.roles.api.http.clone();
+    let switch = |id: u64, value: &str| {
+        let options = json!([{"name": "announcements", "type": 3, "value": value}]);
+        interaction_by(
+            111,
+            json!({"roles": [], "permissions": "0"}),
+            id,
+            "notify",
+            options,
+        )
+    };
+    w.bot.on_command(&http, &switch(9001, "off")).await;
+    let reply = &w.fake.interaction_responses()[0];
+    assert!(
+        reply["data"]["content"]
+            .as_str()
+            .is_some_and(|t| t.contains("are off")),
+        "{reply}"
+    );
+    eventually("the preference", || async {
+        w.profile("discord:111").await.filter(|p| !p.notify)
+    })
+    .await;
+    w.env
+        .publish(&[xp_event("t:xp:quiet", "discord:111", 2300)])
+        .await;
+    eventually("the E role", || async {
+        (w.fake.roles(GUILD, 111) == Some(vec![7, 1002])).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(w.fake.messages(ANNOUNCE).is_empty(), "no announcement");
+
+    w.bot.on_command(&http, &switch(9002, "on")).await;
+    eventually("the preference", || async {
+        w.profile("discord:111").await.filter(|p| p.notify)
+    })
+    .await;
+    w.env
+        .publish(&[xp_event("t:xp:loud", "discord:111", 1300)])
+        .await;
+    let posted = eventually("the announcement", || async {
+        w.fake.messages(ANNOUNCE).first().cloned()
+    })
+    .await;
+    assert_eq!(posted["content"], "🎉 <@111> reached **E II**!");
+    w.stop().await;
+}
+
 #[tokio::test]
 async fn rank_changes_give_the_rank_role_remove_the_others_and_retry_after_a_429() {
     let w = world(rank_roles).await;

@@ -1271,6 +1271,7 @@ async fn a_first_start_with_an_old_notify_stream_announces_nothing_old() {
         new_rank: 2,
         xp: 500,
         identities: Vec::new(),
+        notify: true,
     };
     let publish = |n: RankNotice| {
         let (js, subject) = (env.broker.js.clone(), env.broker.subjects.notify("rank"));

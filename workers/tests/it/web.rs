@@ -1505,6 +1505,50 @@ async fn an_admin_adjusts_xp_on_the_admin_page_and_reads_the_audit() {
     site.stop().await;
 }
 
+/// The profile's announcement toggle (SPEC 7.3): a `prefs` event of the signed-in
+/// identity through the outbox; the page then shows the new state.
+#[tokio::test]
+async fn the_profile_toggle_switches_rank_up_announcements_off_and_on() {
+    let site = Site::start().await;
+    let client = browser();
+    let html = sign_in_with_discord(&site, &client).await;
+    assert!(
+        html.contains("Rank-up announcements for you: <strong>on</strong>"),
+        "{html}"
+    );
+    for (to, shows) in [
+        ("off", "<strong>off</strong>"),
+        ("on", "<strong>on</strong>"),
+    ] {
+        let fields = vec![
+            ("csrf".to_owned(), csrf_of(&html)),
+            ("on".to_owned(), to.to_owned()),
+        ];
+        let (page, _) = follow_post(&client, &site.url("/profile/notify"), &fields).await;
+        let (status, flash) = text(page).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            flash.contains(&format!("Rank-up announcements for you are {to}")),
+            "{flash}"
+        );
+        eventually("the preference applied", || async {
+            let (_, page) = text(client.get(site.url("/profile")).send().await.ok()?).await;
+            page.contains(&format!("Rank-up announcements for you: {shows}"))
+                .then_some(())
+        })
+        .await;
+    }
+    let p = site
+        .env
+        .store
+        .profile(&Identity::parse(&format!("discord:{ANN_DISCORD}")).expect("identity"))
+        .await
+        .expect("read")
+        .expect("ann");
+    assert!(p.notify);
+    site.stop().await;
+}
+
 /// With `metrics.listen` set (as in Kubernetes), `/metrics` and `/readyz` (which says
 /// what failed, in words meant for operators) are served there, not on the public port.
 #[tokio::test]

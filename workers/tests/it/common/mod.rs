@@ -359,7 +359,7 @@ pub async fn compare(store: &Store, expected: &[ModelProfile]) -> Result<(), Str
             got.games_won,
             got.display_name.clone(),
             as_ms(&got.created_at),
-            as_ms(&got.last_active),
+            (as_ms(&got.last_active), got.hidden, got.notify),
         );
         let want_tuple = (
             want.identities.clone(),
@@ -373,7 +373,7 @@ pub async fn compare(store: &Store, expected: &[ModelProfile]) -> Result<(), Str
             want.games_won,
             want.display_name.clone(),
             want.first_ts,
-            want.last_ts,
+            (want.last_ts, want.hidden, want.notify),
         );
         if got_tuple != want_tuple {
             return Err(format!(
