@@ -16,6 +16,7 @@
 //!   (`metrics.listen`), and each role's metric families.
 //! - [`demo`], [`bench`]: synthetic traffic for newcomers and for measurement.
 
+pub mod announce;
 pub mod app;
 pub mod bench;
 pub mod broker;

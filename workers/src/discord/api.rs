@@ -207,6 +207,26 @@ impl DiscordApi {
         self.send(req).await.map(drop)
     }
 
+    /// The direct-message channel with `user` (created by Discord on first use).
+    pub async fn dm_channel(&self, user: UserId) -> Result<ChannelId, ApiError> {
+        #[derive(Deserialize)]
+        struct Channel {
+            id: ChannelId,
+        }
+        let body = serde_json::json!({"recipient_id": user.get().to_string()});
+        let req = Request::new(Route::UserMeDmChannels, LightMethod::Post)
+            .body(Some(body.to_string().into_bytes()));
+        let bytes = self
+            .send(req)
+            .await?
+            .bytes()
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let channel: Channel = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::Unavailable(format!("unreadable channel: {e}")))?;
+        Ok(channel.id)
+    }
+
     /// Posts a message without pinging anyone. `nonce` (at most 25 characters) makes
     /// Discord drop a repeat of the same post for a few minutes, so a retried
     /// announcement appears once.

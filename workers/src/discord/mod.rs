@@ -116,7 +116,14 @@ impl DiscordBot {
                     &rules,
                     d.rank_role_mode,
                 )),
+                announce_to: d.announce.to,
                 announce_channel: d.announce_channel,
+                // Checked when the settings were loaded.
+                templates: Arc::new(d.announce.templates(&rules).unwrap_or_else(|_| {
+                    crate::settings::discord::DiscordAnnounce::default()
+                        .templates(&rules)
+                        .expect("the default templates are valid")
+                })),
                 rules: rules.clone(),
                 metrics: DiscordMetrics::default(),
             },
@@ -634,7 +641,9 @@ pub async fn sync_roles(
             &rules,
             d.rank_role_mode,
         )),
+        announce_to: crate::settings::discord::DiscordAnnounceTo::Off,
         announce_channel: None,
+        templates: Arc::new(d.announce.templates(&rules)?),
         rules,
         metrics: DiscordMetrics::default(),
     };

@@ -26,10 +26,11 @@ use ttfd_shared::wire::RankNotice;
 
 use super::api::{ApiError, DiscordApi};
 use super::mapping::{PLATFORM, identity};
+use crate::announce::Templates;
 use crate::broker::notices::{self, NoticeHandler, NoticePolicy};
 use crate::observe::discord::DiscordMetrics;
 use crate::query::{QueryClient, QueryError};
-use crate::settings::discord::{RankRole, RankRoleMode};
+use crate::settings::discord::{DiscordAnnounceTo, RankRole, RankRoleMode};
 
 /// Which role each rank gives, and whether members keep the roles of lower ranks.
 #[derive(Debug, Clone, Default)]
@@ -119,11 +120,6 @@ impl RankRoles {
     }
 }
 
-/// The rank-up announcement. Names are not pinged (see `DiscordApi::post_message`).
-pub fn announcement(user: UserId, rank_name: &str) -> String {
-    format!("🎉 <@{}> reached **{rank_name}**!", user.get())
-}
-
 /// What became of one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -148,7 +144,11 @@ pub struct RoleSync {
     pub profiles: Profiles,
     pub guild: GuildId,
     pub roles: Arc<RankRoles>,
+    /// Where rank-ups are announced (`discord.announce.to`, `discord.announce_channel`)
+    /// and with which texts.
+    pub announce_to: DiscordAnnounceTo,
     pub announce_channel: Option<ChannelId>,
+    pub templates: Arc<Templates>,
     pub rules: Arc<Rules>,
     pub metrics: DiscordMetrics,
 }
@@ -211,8 +211,15 @@ impl RoleSync {
             };
             self.reconcile(user, &current).await?;
         }
-        if let (Some(channel), Some((nonce, text))) = (self.announce_channel, announce) {
-            self.api.post_message(channel, &text, nonce).await?;
+        if let Some((nonce, text)) = announce {
+            let channel = match self.announce_to {
+                DiscordAnnounceTo::Channel => self.announce_channel,
+                DiscordAnnounceTo::Dm => Some(self.api.dm_channel(user).await?),
+                DiscordAnnounceTo::Off => None,
+            };
+            if let Some(channel) = channel {
+                self.api.post_message(channel, &text, nonce).await?;
+            }
         }
         Ok(())
     }
@@ -361,10 +368,15 @@ impl RoleSync {
             };
             let user = UserId::new(user);
             let announce = (notice.new_rank > notice.old_rank && notice.notify).then(|| {
-                let rank = self.rules.rank(notice.new_rank);
                 // Discord nonces are at most 25 characters.
                 let nonce: String = notice.id.chars().take(25).collect();
-                (nonce, announcement(user, &rank.name))
+                let text = self.templates.render(
+                    notice,
+                    &self.rules,
+                    format!("<@{}>", user.get()),
+                    ttfd_shared::view::text::escape_markdown,
+                );
+                (nonce, text)
             });
             let announce = announce.as_ref().map(|(n, t)| (n.as_str(), t.clone()));
             if let Outcome::RetryAfter(d) = self.sync_member(user, announce, attempt).await {
@@ -550,13 +562,5 @@ mod tests {
         assert_eq!(backoff(1), Duration::from_secs(1));
         assert_eq!(backoff(3), Duration::from_secs(4));
         assert_eq!(backoff(100), Duration::from_secs(60));
-    }
-
-    #[test]
-    fn announcements_mention_the_member_and_the_rank() {
-        assert_eq!(
-            announcement(UserId::new(42), "C II"),
-            "🎉 <@42> reached **C II**!"
-        );
     }
 }

@@ -32,8 +32,10 @@ pub struct DiscordSettings {
     /// `replace`: a member holds the role of their current rank only; `stack`: the
     /// roles of every rank they reached (up to their peak rank).
     pub rank_role_mode: RankRoleMode,
-    /// Rank-ups are announced here when set.
+    /// Rank-ups are announced here when set (`announce.to = "channel"`).
     pub announce_channel: Option<ChannelId>,
+    /// Where and how rank-ups are announced (`crate::announce`).
+    pub announce: DiscordAnnounce,
     /// Members with one of these roles are moderators (`/xp`, `/audit`), as are members
     /// with the Manage Server permission (docs/moderation.md).
     pub moderator_roles: Vec<RoleId>,
@@ -48,6 +50,45 @@ pub struct DiscordSettings {
     /// How long a slash command waits for the query service (Discord wants an answer
     /// within 3 s).
     pub query_timeout_ms: u64,
+}
+
+/// `discord.announce`: `to` = `channel` (`discord.announce_channel`), `dm` (a direct
+/// message to the member) or `off`; `template` and per-rank `ranks` (`crate::announce`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscordAnnounce {
+    pub to: DiscordAnnounceTo,
+    pub template: String,
+    pub ranks: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for DiscordAnnounce {
+    fn default() -> Self {
+        Self {
+            to: DiscordAnnounceTo::Channel,
+            template: "🎉 {member} reached **{rank}**!".into(),
+            ranks: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl DiscordAnnounce {
+    /// The templates, checked against `rules`.
+    pub fn templates(&self, rules: &Rules) -> Result<crate::announce::Templates, SettingsError> {
+        Ok(crate::announce::Templates::new(
+            ("discord.announce.template", &self.template),
+            ("discord.announce.ranks", &self.ranks),
+            rules,
+        )?)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscordAnnounceTo {
+    Channel,
+    Dm,
+    Off,
 }
 
 /// `discord.rank_role_mode`.
@@ -106,6 +147,7 @@ impl Default for DiscordSettings {
             rank_roles: Vec::new(),
             rank_role_mode: RankRoleMode::Replace,
             announce_channel: None,
+            announce: DiscordAnnounce::default(),
             moderator_roles: Vec::new(),
             xp_rates: super::rates::DiscordRates::default(),
             voice: VoiceSettings::default(),
@@ -196,6 +238,7 @@ impl DiscordSettings {
                 ));
             }
         }
+        self.announce.templates(rules)?;
         if !(5..=3600).contains(&self.voice.segment_secs) {
             return Err(bad("discord.voice.segment_secs", "must be 5..=3600"));
         }

@@ -66,6 +66,12 @@ pub enum SettingsError {
     Invalid { key: String, message: String },
 }
 
+impl From<crate::announce::TemplateError> for SettingsError {
+    fn from(e: crate::announce::TemplateError) -> Self {
+        invalid(&e.key, e.message)
+    }
+}
+
 /// The error for a bad `key`; every section builds its errors with it.
 pub fn invalid(key: &str, message: impl Into<String>) -> SettingsError {
     SettingsError::Invalid {
@@ -113,6 +119,7 @@ impl Settings {
         self.web.validate()?;
         self.metrics.addr()?;
         self.telegram.validate()?;
+        self.telegram.announce.templates(&self.rules)?;
         self.trust.validate()?;
         self.moderation.validate()?;
         rates::boosts(&self.boosts)?;

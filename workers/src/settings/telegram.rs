@@ -47,6 +47,67 @@ pub struct TelegramSettings {
     pub query_timeout_ms: u64,
     /// Time given to work in flight after SIGTERM, in seconds.
     pub shutdown_grace_secs: u64,
+    /// Where and how rank-ups are announced (`crate::announce`).
+    pub announce: TelegramAnnounce,
+}
+
+/// `telegram.announce`: `to` = `auto` (privately to members who started the bot, else in
+/// `group_chat_id`), `private`, `group` or `off`; `template` and `ranks` for private
+/// messages (plain text), `group_template` and `group_ranks` for the group (Telegram
+/// HTML).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelegramAnnounce {
+    pub to: TelegramAnnounceTo,
+    pub template: String,
+    pub ranks: std::collections::BTreeMap<String, String>,
+    pub group_template: String,
+    pub group_ranks: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for TelegramAnnounce {
+    fn default() -> Self {
+        Self {
+            to: TelegramAnnounceTo::Auto,
+            template:
+                "🎉 You reached rank {rank} with {xp} XP!\nNext: {next_rank} at {next_xp} XP."
+                    .into(),
+            ranks: std::collections::BTreeMap::new(),
+            group_template: "🎉 {member} reached rank <b>{rank}</b>!".into(),
+            group_ranks: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl TelegramAnnounce {
+    /// The private and the group templates, checked against `rules`.
+    pub fn templates(
+        &self,
+        rules: &ttfd_shared::Rules,
+    ) -> Result<(crate::announce::Templates, crate::announce::Templates), SettingsError> {
+        use crate::announce::Templates;
+        Ok((
+            Templates::new(
+                ("telegram.announce.template", &self.template),
+                ("telegram.announce.ranks", &self.ranks),
+                rules,
+            )?,
+            Templates::new(
+                ("telegram.announce.group_template", &self.group_template),
+                ("telegram.announce.group_ranks", &self.group_ranks),
+                rules,
+            )?,
+        ))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TelegramAnnounceTo {
+    Auto,
+    Private,
+    Group,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -81,6 +142,7 @@ impl Default for TelegramSettings {
             webhook_secret: None,
             query_timeout_ms: 5000,
             shutdown_grace_secs: 10,
+            announce: TelegramAnnounce::default(),
         }
     }
 }

@@ -171,6 +171,8 @@ impl TelegramBot {
             group: Arc::new(AtomicI64::new(tg.group_chat_id.unwrap_or_default())),
             has_group: tg.group_chat_id.is_some(),
             metrics: BotMetrics::default(),
+            to: tg.announce.to,
+            texts: Arc::new(tg.announce.templates(&settings.rules)?),
         };
         let counted = tg.counted_chats();
         if counted.is_empty() {

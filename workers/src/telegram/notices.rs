@@ -25,8 +25,10 @@ use ttfd_shared::wire::RankNotice;
 use super::mapping::display_name;
 use super::started::StartedUsers;
 use super::texts;
+use crate::announce::Templates;
 use crate::broker::notices::{NoticeHandler, NoticePolicy, Outcome};
 use crate::observe::bot::BotMetrics;
+use crate::settings::telegram::TelegramAnnounceTo;
 
 /// The longest a notice waits between attempts after network failures.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
@@ -66,11 +68,16 @@ pub enum Route {
     Nowhere,
 }
 
-pub fn route(started: bool, group: Option<ChatId>) -> Route {
-    match (started, group) {
-        (true, _) => Route::Private,
-        (false, Some(group)) => Route::Group(group),
-        (false, None) => Route::Nowhere,
+/// Where `telegram.announce.to` sends a rank-up of a member who did (`started`) or did
+/// not start the bot.
+pub fn route(to: TelegramAnnounceTo, started: bool, group: Option<ChatId>) -> Route {
+    match (to, started, group) {
+        (TelegramAnnounceTo::Off, ..) => Route::Nowhere,
+        (TelegramAnnounceTo::Auto | TelegramAnnounceTo::Private, true, _) => Route::Private,
+        (TelegramAnnounceTo::Auto | TelegramAnnounceTo::Group, _, Some(group)) => {
+            Route::Group(group)
+        }
+        _ => Route::Nowhere,
     }
 }
 
@@ -146,6 +153,9 @@ pub struct Announcer {
     pub group: Arc<AtomicI64>,
     pub has_group: bool,
     pub metrics: BotMetrics,
+    /// `telegram.announce`: where to, and the private and group texts.
+    pub to: TelegramAnnounceTo,
+    pub texts: Arc<(Templates, Templates)>,
 }
 
 impl NoticeHandler for Announcer {
@@ -183,9 +193,12 @@ impl Announcer {
                 };
             }
         };
-        let mut route = route(started, self.group());
+        let mut route = route(self.to, started, self.group());
         if route == Route::Private {
-            let text = texts::rank_up_private(notice, &self.rules);
+            let text = self
+                .texts
+                .0
+                .render(notice, &self.rules, "you".into(), str::to_owned);
             let Err(e) = self.bot.send_message(ChatId::from(user), text).await else {
                 return Outcome::Done;
             };
@@ -203,7 +216,7 @@ impl Announcer {
                 }
             }
             // Tell the group instead.
-            route = self::route(false, self.group());
+            route = self::route(self.to, false, self.group());
         }
         match route {
             Route::Group(group) => self.announce_in_group(notice, group, user, delivered).await,
@@ -239,7 +252,11 @@ impl Announcer {
             return Outcome::Done;
         }
         let name = display_name(&member.user).unwrap_or_else(|| "A member".into());
-        let text = texts::rank_up_group_html(notice, user.0, &name, &self.rules);
+        let mention = texts::group_mention(user.0, &name);
+        let text = self
+            .texts
+            .1
+            .render(notice, &self.rules, mention, texts::escape_html);
         match self
             .bot
             .send_message(group, text)
@@ -311,10 +328,16 @@ mod tests {
 
     #[test]
     fn a_started_user_hears_privately_others_in_the_group() {
-        assert_eq!(route(true, Some(GROUP)), Route::Private);
-        assert_eq!(route(true, None), Route::Private);
-        assert_eq!(route(false, Some(GROUP)), Route::Group(GROUP));
-        assert_eq!(route(false, None), Route::Nowhere);
+        use TelegramAnnounceTo::*;
+        assert_eq!(route(Auto, true, Some(GROUP)), Route::Private);
+        assert_eq!(route(Auto, true, None), Route::Private);
+        assert_eq!(route(Auto, false, Some(GROUP)), Route::Group(GROUP));
+        assert_eq!(route(Auto, false, None), Route::Nowhere);
+        assert_eq!(route(Private, false, Some(GROUP)), Route::Nowhere);
+        assert_eq!(route(Private, true, Some(GROUP)), Route::Private);
+        assert_eq!(route(Group, true, Some(GROUP)), Route::Group(GROUP));
+        assert_eq!(route(Group, true, None), Route::Nowhere);
+        assert_eq!(route(Off, true, Some(GROUP)), Route::Nowhere);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use ttfd_shared::Rules;
 use ttfd_shared::view::text::{self, Markup, platform_name};
-use ttfd_shared::wire::{RankNotice, WireIdentity};
+use ttfd_shared::wire::WireIdentity;
 
 use crate::query::AdjustOutcome;
 use crate::store::codes::{IssuedCode, Redemption};
@@ -199,25 +199,11 @@ pub fn unavailable() -> String {
     "I cannot reach the ranking service right now. Please try again in a minute.".into()
 }
 
-/// A rank-up, privately to the user.
-pub fn rank_up_private(notice: &RankNotice, rules: &Rules) -> String {
-    let rank = rules.rank(notice.new_rank);
-    let mut text = format!("🎉 You reached rank {} with {} XP!", rank.name, notice.xp);
-    if let Some(next) = rank.next_xp {
-        text.push_str(&format!(
-            "\nNext: {} at {next} XP.",
-            rules.rank(rank.index.saturating_add(1)).name
-        ));
-    }
-    text
-}
-
-/// A rank-up announced in the group (HTML): a mention of the member by name.
-pub fn rank_up_group_html(notice: &RankNotice, user_id: u64, name: &str, rules: &Rules) -> String {
+/// A member named in a group message (HTML): a mention by name.
+pub fn group_mention(user_id: u64, name: &str) -> String {
     format!(
-        "🎉 <a href=\"tg://user?id={user_id}\">{}</a> reached rank <b>{}</b>!",
-        escape_html(name),
-        escape_html(&rules.rank(notice.new_rank).name)
+        "<a href=\"tg://user?id={user_id}\">{}</a>",
+        escape_html(name)
     )
 }
 
@@ -401,7 +387,7 @@ mod tests {
 
     #[test]
     fn rank_ups_name_the_rank_and_the_next_one() {
-        let notice = RankNotice {
+        let notice = ttfd_shared::wire::RankNotice {
             v: 1,
             id: "rank:1".into(),
             ts: 0,
@@ -412,12 +398,20 @@ mod tests {
             identities: vec![],
             notify: true,
         };
+        let (private, group) = crate::settings::telegram::TelegramAnnounce::default()
+            .templates(&rules())
+            .expect("the default templates are valid");
         assert_eq!(
-            rank_up_private(&notice, &rules()),
-            "🎉 You reached rank F II with 520 XP!\nNext: F III at 1250 XP."
+            private.render(&notice, &rules(), "you".into(), str::to_owned),
+            "🎉 You reached rank F II with 520 XP!\nNext: F III at 1,250 XP."
         );
         assert_eq!(
-            rank_up_group_html(&notice, 42, "<Ada & co>", &rules()),
+            group.render(
+                &notice,
+                &rules(),
+                group_mention(42, "<Ada & co>"),
+                escape_html
+            ),
             "🎉 <a href=\"tg://user?id=42\">&lt;Ada &amp; co&gt;</a> reached rank <b>F II</b>!"
         );
     }

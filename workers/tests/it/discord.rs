@@ -590,6 +590,41 @@ async fn a_member_who_switched_announcements_off_gets_roles_but_no_announcement(
     w.stop().await;
 }
 
+/// `discord.announce` (docs/moderation.md): rank-ups by direct message, with the
+/// operator's template and a rank's own text.
+#[tokio::test]
+async fn rank_ups_are_announced_by_direct_message_with_the_configured_templates() {
+    let w = world(|d| {
+        rank_roles(d);
+        d.announce.to = ttfd::settings::discord::DiscordAnnounceTo::Dm;
+        d.announce.template = "{member}: {old_rank} → **{rank}**, next {next_rank}".into();
+        d.announce
+            .ranks
+            .insert("E II".into(), "✨ {member} is E II with {xp} XP".into());
+    })
+    .await;
+    w.fake.add_member(GUILD, 111, &[]);
+    w.env
+        .publish(&[xp_event("t:xp:dm1", "discord:111", 2300)])
+        .await;
+    let dm = crate::common::fake_discord::dm_channel_of(111);
+    let first = eventually("the first DM", || async {
+        w.fake.messages(dm).first().cloned()
+    })
+    .await;
+    assert_eq!(first["content"], "<@111>: F I → **E I**, next E II");
+    w.env
+        .publish(&[xp_event("t:xp:dm2", "discord:111", 1300)])
+        .await;
+    let second = eventually("the second DM", || async {
+        w.fake.messages(dm).get(1).cloned()
+    })
+    .await;
+    assert_eq!(second["content"], "✨ <@111> is E II with 3,600 XP");
+    assert!(w.fake.messages(ANNOUNCE).is_empty(), "not in the channel");
+    w.stop().await;
+}
+
 #[tokio::test]
 async fn rank_changes_give_the_rank_role_remove_the_others_and_retry_after_a_429() {
     let w = world(rank_roles).await;

@@ -65,6 +65,7 @@ impl FakeDiscord {
                 put(role).delete(role),
             )
             .route("/api/v10/channels/{channel}/messages", post(message))
+            .route("/api/v10/users/@me/channels", post(dm_channel))
             .route(
                 "/api/v10/interactions/{id}/{token}/callback",
                 post(interaction_callback),
@@ -195,6 +196,33 @@ async fn member(
         "mute": false,
         "flags": 0
     }))
+    .into_response()
+}
+
+/// The DM channel id the fake gives user `user`.
+pub fn dm_channel_of(user: u64) -> u64 {
+    9_000_000_000_000_000_000 + user
+}
+
+/// `POST /users/@me/channels {recipient_id}`: the DM channel with that user.
+async fn dm_channel(
+    State(world): State<Shared>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let Some(user) = value["recipient_id"]
+        .as_str()
+        .and_then(|u| u.parse::<u64>().ok())
+    else {
+        record(&world, "POST", uri.path().into(), &body, &headers, 400);
+        return discord_error(StatusCode::BAD_REQUEST, 50035, "Invalid Form Body");
+    };
+    record(&world, "POST", uri.path().into(), &body, &headers, 200);
+    axum::Json(json!({"id": dm_channel_of(user).to_string(), "type": 1,
+                      "recipients": [{"id": user.to_string(), "username": format!("user{user}"),
+                                      "discriminator": "0", "avatar": null}]}))
     .into_response()
 }
 
