@@ -31,8 +31,14 @@ impl Store {
     }
 
     /// The user `uid`, following merge redirects to the survivor; `None` for a user
-    /// without any applied event.
+    /// without any applied event. The user and their identities are read in one snapshot
+    /// (a repeatable-read transaction), so a merge committing meanwhile shows either
+    /// before or after, never the identities of one with the XP of the other.
     pub async fn profile_by_uid(&self, uid: i64) -> Result<Option<Profile>, StoreError> {
+        let mut snapshot = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *snapshot)
+            .await?;
         let row = sqlx::query(
             "WITH RECURSIVE chain AS (
                  SELECT u.*, 0 AS depth FROM users u WHERE u.id = $1
@@ -42,7 +48,7 @@ impl Store {
              SELECT * FROM chain WHERE merged_into IS NULL AND first_event_ms IS NOT NULL",
         )
         .bind(uid)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *snapshot)
         .await?;
         let Some(row) = row else { return Ok(None) };
         let uid: i64 = row.get("id");
@@ -54,8 +60,9 @@ impl Store {
              ORDER BY n.name_ms DESC NULLS LAST, n.name_event DESC NULLS LAST",
         )
         .bind(uid)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *snapshot)
         .await?;
+        snapshot.commit().await?;
         let display_name = members
             .first()
             .and_then(|r| r.get::<Option<String>, _>("name"));

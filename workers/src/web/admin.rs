@@ -96,9 +96,13 @@ impl AuditFilters {
     }
 }
 
-/// Whether the session's member is an admin: their identity is in `web.admins`.
+/// Whether the session's member is an admin: their identity is in `web.admins`, or
+/// they signed in with Discord as a moderator (`discord.moderator_roles`) within the
+/// hour.
 fn admin(app: &AppState, session: &Session) -> Option<Identity> {
-    session.identity().filter(|me| app.admins.contains(me))
+    session
+        .identity()
+        .filter(|me| app.admins.contains(me) || session.is_moderator(now_ms()))
 }
 
 #[derive(Template)]
@@ -176,7 +180,7 @@ pub async fn page(
         return Redirect::to("/login").into_response();
     }
     if admin(&app, &session).is_none() {
-        let message = "This page is for the site's admins (web.admins).";
+        let message = "This page is for the site's admins (web.admins) and Discord moderators.";
         return error_page(&app, jar, session, StatusCode::FORBIDDEN, message);
     }
     let query = match filters.query() {

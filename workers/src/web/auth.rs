@@ -319,8 +319,9 @@ pub async fn discord_callback(
         }
         None => {
             app.count_sign_in("discord", "ok");
-            tracing::info!(identity = %user.identity, "signed in with Discord");
+            tracing::info!(identity = %user.identity, moderator = user.moderator, "signed in with Discord");
             session.sign_in(&user.identity, user.name, now);
+            session.moderator = user.moderator;
         }
     }
     go(&app, jar, &session, "/profile")

@@ -29,6 +29,16 @@ pub struct DiscordUser {
     pub identity: Identity,
     /// `global_name` (the display name), else the username.
     pub name: Option<String>,
+    /// The member holds one of `discord.moderator_roles` in `discord.guild_id` (asked
+    /// only when both are set).
+    pub moderator: bool,
+}
+
+/// The guild whose moderators may open the admin page, and their roles.
+#[derive(Debug, Clone)]
+pub struct Moderators {
+    pub guild: u64,
+    pub roles: Vec<u64>,
 }
 
 #[derive(Deserialize)]
@@ -52,11 +62,17 @@ pub struct DiscordOAuth {
     token_url: Url,
     me_url: Url,
     redirect_uri: String,
+    /// When set, sign-in also asks for the member's guild roles (`guilds.members.read`).
+    moderators: Option<(Moderators, Url)>,
 }
 
 impl DiscordOAuth {
     /// `None` when Discord sign-in is not configured (no `web.discord.client_id`).
-    pub fn new(settings: &DiscordOAuthSettings, base_url: &str) -> Option<Result<Self, String>> {
+    pub fn new(
+        settings: &DiscordOAuthSettings,
+        base_url: &str,
+        moderators: Option<Moderators>,
+    ) -> Option<Result<Self, String>> {
         if settings.client_id.is_empty() {
             return None;
         }
@@ -77,6 +93,16 @@ impl DiscordOAuth {
                 token_url: parse("token_url", &settings.token_url)?,
                 me_url: parse("api_url", &me)?,
                 redirect_uri: format!("{base_url}/auth/discord/callback"),
+                moderators: moderators
+                    .map(|m| {
+                        let url = format!(
+                            "{}/users/@me/guilds/{}/member",
+                            settings.api_url.trim_end_matches('/'),
+                            m.guild
+                        );
+                        parse("api_url", &url).map(|u| (m, u))
+                    })
+                    .transpose()?,
             })
         })())
     }
@@ -87,10 +113,19 @@ impl DiscordOAuth {
         url.query_pairs_mut()
             .append_pair("response_type", "code")
             .append_pair("client_id", &self.client_id)
-            .append_pair("scope", "identify")
+            .append_pair("scope", self.scope())
             .append_pair("redirect_uri", &self.redirect_uri)
             .append_pair("state", state);
         url.into()
+    }
+
+    /// `identify`, and `guilds.members.read` when moderators are recognised.
+    fn scope(&self) -> &'static str {
+        if self.moderators.is_some() {
+            "identify guilds.members.read"
+        } else {
+            "identify"
+        }
     }
 
     pub fn redirect_uri(&self) -> &str {
@@ -143,7 +178,41 @@ impl DiscordOAuth {
             .filter(|n| !n.trim().is_empty())
             .or(me.username)
             .map(|n| n.chars().take(100).collect());
-        Ok(DiscordUser { identity, name })
+        let moderator = match &self.moderators {
+            Some((m, url)) => self.holds_a_role(url, &token.access_token, &m.roles).await,
+            None => false,
+        };
+        Ok(DiscordUser {
+            identity,
+            name,
+            moderator,
+        })
+    }
+
+    /// Whether the signed-in member holds one of `roles` in the guild; not a member, or
+    /// an answer that cannot be read, is no.
+    async fn holds_a_role(&self, url: &Url, token: &str, roles: &[u64]) -> bool {
+        #[derive(Deserialize)]
+        struct Member {
+            roles: Vec<String>,
+        }
+        let response = match self.http.get(url.clone()).bearer_auth(token).send().await {
+            Ok(r) if r.status().is_success() => r,
+            Ok(r) => {
+                tracing::debug!(status = %r.status(), "not a member of the guild");
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the member's guild roles");
+                return false;
+            }
+        };
+        response.json::<Member>().await.is_ok_and(|m| {
+            m.roles
+                .iter()
+                .filter_map(|r| r.parse::<u64>().ok())
+                .any(|r| roles.contains(&r))
+        })
     }
 }
 

@@ -186,7 +186,20 @@ impl WebApp {
         let base_url = web.base_url(addr);
         let cookie_key = web.cookie_key(&base_url)?;
         let retired_cookie_keys = web.retired_cookie_keys()?.into();
-        let discord = match DiscordOAuth::new(&web.discord, &base_url) {
+        let moderators = settings
+            .discord
+            .guild_id
+            .filter(|_| !settings.discord.moderator_roles.is_empty())
+            .map(|guild| discord::Moderators {
+                guild: guild.get(),
+                roles: settings
+                    .discord
+                    .moderator_roles
+                    .iter()
+                    .map(|r| r.get())
+                    .collect(),
+            });
+        let discord = match DiscordOAuth::new(&web.discord, &base_url, moderators) {
             None => None,
             Some(Ok(d)) => Some(d),
             Some(Err(message)) => {

@@ -75,6 +75,10 @@ pub enum Flash {
     },
 }
 
+/// How long a Discord moderator's sign-in opens the admin page: roles can be taken
+/// away, and the site does not keep Discord's token to ask again.
+pub const MODERATOR_FOR_MS: i64 = 3_600_000;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Session {
     /// The CSRF token of this browser: every form and the Telegram auth URL carry it.
@@ -89,6 +93,10 @@ pub struct Session {
     /// When the session was created, Unix ms.
     #[serde(rename = "a")]
     pub at: i64,
+    /// A Discord moderator (`discord.moderator_roles`) at sign-in: the admin page opens
+    /// for an hour after it (`MODERATOR_FOR_MS`), then asks to sign in again.
+    #[serde(rename = "m", default, skip_serializing_if = "std::ops::Not::not")]
+    pub moderator: bool,
     /// An identity linked and not yet seen in the profile, with when.
     #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<(String, i64)>,
@@ -134,6 +142,7 @@ impl Session {
             who: Some(identity.to_string()),
             name,
             at: now_ms,
+            moderator: false,
             pending: None,
             flash: Some(Flash::SignedIn),
         };
@@ -145,6 +154,12 @@ impl Session {
         self.who = None;
         self.name = None;
         self.pending = None;
+        self.moderator = false;
+    }
+
+    /// Whether the session is a Discord moderator's, signed in within the last hour.
+    pub fn is_moderator(&self, now_ms: i64) -> bool {
+        self.moderator && self.who.is_some() && now_ms - self.at < MODERATOR_FOR_MS
     }
 
     pub fn take_flash(&mut self) -> Option<Flash> {

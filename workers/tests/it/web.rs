@@ -714,8 +714,8 @@ async fn linking_telegram_with_the_widget_shows_the_merged_profile_once_applied(
             .text()
             .await
             .ok()?;
-        // The profile's user row and identities are two reads, not one snapshot: a page
-        // rendered while the merge commits can show the identities before the sum.
+        // The page reads the profile in one snapshot: the merged identities come with
+        // the summed XP.
         (html.contains("Accounts linked") && html.contains("<strong>700</strong> XP"))
             .then_some(html)
     })
@@ -1546,6 +1546,45 @@ async fn the_profile_toggle_switches_rank_up_announcements_off_and_on() {
         .expect("read")
         .expect("ann");
     assert!(p.notify);
+    site.stop().await;
+}
+
+/// Discord moderators on the website (docs/moderation.md): with `discord.guild_id` and
+/// `discord.moderator_roles` set, sign-in asks for the member's guild roles, and a
+/// moderator opens the admin page without being in `web.admins`; a member without the
+/// role does not.
+#[tokio::test]
+async fn a_discord_moderator_opens_the_admin_page() {
+    let guild: u64 = 1_000_000_000_000_000_001;
+    let site = Site::start_with(|s| {
+        s.discord.guild_id = Some(serenity::all::GuildId::new(guild));
+        s.discord.moderator_roles = vec![serenity::all::RoleId::new(77)];
+    })
+    .await;
+    site.discord.set_guild_roles(guild, &[5]);
+    let member = browser();
+    sign_in_with_discord(&site, &member).await;
+    let scope = site
+        .discord
+        .last_authorize_query()
+        .expect("an authorize request")["scope"]
+        .clone();
+    assert_eq!(scope, "identify guilds.members.read");
+    assert_eq!(
+        member
+            .get(site.url("/admin"))
+            .send()
+            .await
+            .expect("get")
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    site.discord.set_guild_roles(guild, &[5, 77]);
+    let moderator = browser();
+    sign_in_with_discord(&site, &moderator).await;
+    let (status, html) = text(moderator.get(site.url("/admin")).send().await.expect("get")).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("Audit log"), "{html}");
     site.stop().await;
 }
 

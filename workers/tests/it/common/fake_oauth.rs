@@ -45,6 +45,8 @@ struct Inner {
     token_requests: usize,
     /// Every authorize request's query, for assertions.
     authorize_queries: Vec<HashMap<String, String>>,
+    /// The member's roles in guilds, for `/users/@me/guilds/{guild}/member`.
+    guild_roles: HashMap<String, Vec<String>>,
 }
 
 #[derive(Clone)]
@@ -63,11 +65,13 @@ impl FakeDiscord {
             next: 0,
             token_requests: 0,
             authorize_queries: Vec::new(),
+            guild_roles: HashMap::new(),
         }));
         let app = Router::new()
             .route("/oauth2/authorize", get(authorize))
             .route("/api/oauth2/token", post(token))
             .route("/api/users/@me", get(me))
+            .route("/api/users/@me/guilds/{guild}/member", get(guild_member))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -103,6 +107,14 @@ impl FakeDiscord {
             .cloned()
     }
 
+    /// The member is in `guild` with these roles.
+    pub fn set_guild_roles(&self, guild: u64, roles: &[u64]) {
+        self.inner.lock().expect("lock").guild_roles.insert(
+            guild.to_string(),
+            roles.iter().map(u64::to_string).collect(),
+        );
+    }
+
     /// Points a site's `web.discord` settings at this fake.
     pub fn configure(&self, discord: &mut ttfd::settings::web::DiscordOAuthSettings) {
         discord.client_id = CLIENT_ID.into();
@@ -120,7 +132,10 @@ async fn authorize(State(inner): Shared, Query(q): Query<HashMap<String, String>
     inner.authorize_queries.push(q.clone());
     if q.get("client_id").map(String::as_str) != Some(CLIENT_ID)
         || q.get("response_type").map(String::as_str) != Some("code")
-        || q.get("scope").map(String::as_str) != Some("identify")
+        || !matches!(
+            q.get("scope").map(String::as_str),
+            Some("identify" | "identify guilds.members.read")
+        )
     {
         return (StatusCode::BAD_REQUEST, "invalid OAuth2 request").into_response();
     }
@@ -227,4 +242,35 @@ async fn me(State(inner): Shared, headers: HeaderMap) -> Response {
         "avatar": null,
     }))
     .into_response()
+}
+
+/// `GET /users/@me/guilds/{guild}/member` (scope `guilds.members.read`).
+async fn guild_member(
+    State(inner): Shared,
+    axum::extract::Path(guild): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let inner = inner.lock().expect("lock");
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !token.is_some_and(|t| inner.tokens.contains(t)) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"message": "401: Unauthorized", "code": 0})),
+        )
+            .into_response();
+    }
+    match inner.guild_roles.get(&guild) {
+        Some(roles) => Json(json!({"roles": roles, "nick": null,
+                                   "joined_at": "2021-01-01T00:00:00.000000+00:00",
+                                   "deaf": false, "mute": false}))
+        .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"message": "Unknown Guild", "code": 10004})),
+        )
+            .into_response(),
+    }
 }
