@@ -433,8 +433,15 @@ async fn adjust_xp(settings: &Settings, command: XpCommand) -> anyhow::Result<()
         connect_store(settings).await?,
         connect_broker(settings, app::OPERATOR).await?,
     );
-    let done =
-        moderation::adjust(&store, &broker, &settings.moderation, &request, now_ms()).await?;
+    let done = moderation::adjust(
+        &store,
+        &broker,
+        &settings.moderation,
+        &request,
+        now_ms(),
+        moderation::CLI_WAIT,
+    )
+    .await?;
     if who.json {
         let out = serde_json::json!({
             "event_id": done.event.id.as_str(),

@@ -25,8 +25,13 @@ use crate::store::audit::AuditQuery;
 
 /// The longest reason (`data.reason`, SPEC 4).
 const MAX_REASON_CHARS: usize = 64;
-/// How long a tool waits for its event to be applied before it says it is on its way.
-const APPLY_WAIT: Duration = Duration::from_secs(15);
+/// How long a tool waits for its event to be applied before it answers that it is on
+/// its way: the CLI, a person at a terminal; the website's form; the query service,
+/// below the bots' own wait for it (`discord.query_timeout_ms`, 2 s, as Discord wants an
+/// answer within 3 s).
+pub const CLI_WAIT: Duration = Duration::from_secs(15);
+pub const WEB_WAIT: Duration = Duration::from_secs(5);
+pub const QUERY_WAIT: Duration = Duration::from_millis(1500);
 
 /// What to do to a member's XP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +190,7 @@ pub async fn adjust(
     limits: &ModerationSettings,
     request: &Request,
     now_ms: i64,
+    wait: Duration,
 ) -> Result<Adjusted, ModerationError> {
     let profile = store
         .profile(&request.target)
@@ -236,7 +242,7 @@ pub async fn adjust(
         Payload::Xp { amount, .. } => amount,
         _ => 0,
     };
-    let deadline = tokio::time::Instant::now() + APPLY_WAIT;
+    let deadline = tokio::time::Instant::now() + wait;
     let mut xp = None;
     while tokio::time::Instant::now() < deadline {
         if store.audited(event.id.as_str()).await? {

@@ -338,6 +338,7 @@ async fn adjust(
         &service.limits,
         &request,
         now_ms(),
+        moderation::QUERY_WAIT,
     )
     .await
     {

@@ -306,6 +306,7 @@ async fn adjustment(
         &app.moderation,
         &request,
         now_ms(),
+        moderation::WEB_WAIT,
     )
     .await
     .map_err(|e| match e {

@@ -265,6 +265,71 @@ async fn a_code_redeemed_in_signed_mode_merges_through_the_sync_roles_relay() {
     env.cleanup().await;
 }
 
+/// In signed mode, the bots' XP tools count only through the query service signing as
+/// the moderator principal (`Role::Query`); the same query service without the key
+/// publishes an unsigned `xp` event, which the sync consumer refuses; and a platform's
+/// query subject may adjust only its own platform's members.
+#[tokio::test]
+async fn in_signed_mode_a_bots_xp_adjustment_counts_only_signed_by_the_query_service() {
+    let env = TestEnv::with(signed).await;
+    let mut sync = env.spawn_sync_process();
+    publish_with(&env.broker, &[say("discord:d:9", "discord:10")]).await;
+    let client = QueryClient::new(
+        env.broker.client.clone(),
+        &env.settings.nats.prefix,
+        Duration::from_secs(20),
+    );
+    let member = Identity::parse("discord:10").expect("identity");
+    eventually("the member", || async {
+        env.store.profile(&member).await.ok()?
+    })
+    .await;
+    let request = |id: &str, target: &str| ttfd::query::AdjustRequest {
+        by: (&Identity::parse("discord:99").expect("id")).into(),
+        target: (&Identity::parse(target).expect("id")).into(),
+        verb: ttfd::query::XpVerb::Add(500),
+        reason: "event winner".into(),
+        request_id: id.into(),
+    };
+    for (signs, id, counted) in [
+        (None, "i:1", false),
+        (Some(Publisher::Moderator), "i:2", true),
+    ] {
+        let stop = CancellationToken::new();
+        let broker = env.broker_as(signs).await;
+        let service = tokio::spawn(ttfd::query::serve(env.store.clone(), broker, stop.clone()));
+        eventually("the query service", || async {
+            client.profile(&member).await.ok()
+        })
+        .await;
+        let outcome = client
+            .adjust_xp(&request(id, "discord:10"))
+            .await
+            .expect("answered");
+        match (&outcome, counted) {
+            (ttfd::query::AdjustOutcome::Done { xp: Some(xp), .. }, true) => assert_eq!(*xp, 510),
+            (ttfd::query::AdjustOutcome::Done { xp: None, .. }, false) => {}
+            other => panic!("{other:?}"),
+        }
+        if counted {
+            // The subject speaks for Discord: a Telegram member is refused, unpublished.
+            let cross = client.adjust_xp(&request("i:3", "telegram:20")).await;
+            assert!(
+                matches!(&cross, Err(ttfd::query::QueryError::Remote(e)) if e.contains("speaks for platform")),
+                "{cross:?}"
+            );
+        }
+        stop.cancel();
+        service.await.expect("service").expect("served");
+    }
+    let reasons = env.dead_letters(5).await;
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(reasons[0].contains("moderator or an admin"), "{reasons:?}");
+    let _ = sync.start_kill();
+    let _ = sync.wait().await;
+    env.cleanup().await;
+}
+
 /// A publisher that claims the id another platform's next event will have (a Telegram
 /// message id is predictable) gets its claim dead-lettered, and its id is not
 /// remembered. JetStream drops the real event as a duplicate of the claim, so the real
