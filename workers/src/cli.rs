@@ -384,15 +384,15 @@ async fn sync_roles(settings: &Settings, after: Option<u64>) -> anyhow::Result<E
     let terminal = std::io::stderr().is_terminal();
     let after = after.filter(|a| *a != 0).map(serenity::all::UserId::new);
     let last = std::cell::Cell::new(after);
+    let mut bar: Option<replay::Progress> = None;
     let result = crate::discord::sync_roles(settings, store, after, &stop, |p, total| {
         last.set(p.last);
-        if terminal {
-            eprint!("\r{}", text::progress_bar(p.checked, total, p.changed));
-        }
+        bar.get_or_insert_with(|| replay::Progress::new("members", total.unwrap_or(0), terminal))
+            .set(p.checked);
     })
     .await;
-    if terminal {
-        eprintln!();
+    if let Some(bar) = &bar {
+        bar.finish();
     }
     match (result, last.get()) {
         (Ok(p), _) => {

@@ -219,27 +219,6 @@ pub fn audit_entry(e: &AuditEntry) -> String {
     format!("{} {what} {by}{reason} ({})", e.at, e.event_id)
 }
 
-/// A progress line: a bar of 30 cells when the total is known, the counts always.
-pub fn progress_bar(done: u64, total: Option<u64>, changed: u64) -> String {
-    let counts = format!(
-        "{} checked, {} changed",
-        thousands(i64::try_from(done).unwrap_or(i64::MAX)),
-        thousands(i64::try_from(changed).unwrap_or(i64::MAX))
-    );
-    match total.filter(|t| *t > 0) {
-        Some(total) => {
-            let filled = usize::try_from((done.min(total) * 30) / total).unwrap_or(30);
-            format!(
-                "[{}{}] {counts} of about {}",
-                "#".repeat(filled),
-                ".".repeat(30 - filled),
-                thousands(i64::try_from(total).unwrap_or(i64::MAX))
-            )
-        }
-        None => counts,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -202,7 +202,7 @@ impl Progress {
         }
     }
 
-    fn set(&mut self, pos: u64) {
+    pub(crate) fn set(&mut self, pos: u64) {
         self.bar.set_position(pos);
         if self.logged.elapsed() >= Duration::from_secs(10) {
             self.logged = Instant::now();
