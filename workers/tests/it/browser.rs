@@ -60,9 +60,9 @@ async fn save(client: &Client, name: &str) -> PathBuf {
     path
 }
 
-/// Signs the browser in with the Telegram Login Widget's data for user `id`, signed as
-/// Telegram would.
-async fn sign_in_with_the_widget(client: &Client, base: &str, id: &str) {
+/// Signs the browser in with the Telegram Login Widget's data for user `id` named
+/// `first_name`, signed as Telegram would.
+async fn sign_in_with_the_widget(client: &Client, base: &str, id: &str, first_name: &str) {
     client
         .goto(&format!("{base}/login"))
         .await
@@ -77,7 +77,7 @@ async fn sign_in_with_the_widget(client: &Client, base: &str, id: &str) {
         .expect("auth url");
     let mut fields = std::collections::BTreeMap::new();
     fields.insert("id".to_owned(), id.to_owned());
-    fields.insert("first_name".to_owned(), "Admin".to_owned());
+    fields.insert("first_name".to_owned(), first_name.to_owned());
     fields.insert("auth_date".to_owned(), (ttfd::now_ms() / 1000).to_string());
     let hash = ttfd::web::telegram::sign(&fields, BOT_TOKEN);
     fields.insert("hash".to_owned(), hash);
@@ -319,7 +319,7 @@ async fn a_person_sees_the_leaderboard_and_a_profile_in_chromium() {
         .find(|i| i.platform == "telegram")
         .map(|i| i.user.clone());
     if let Some(telegram) = telegram {
-        sign_in_with_the_widget(&client, &base, &telegram).await;
+        sign_in_with_the_widget(&client, &base, &telegram, "Leader").await;
         assert_eq!(text_of(&client, ".flash").await, "Signed in.");
         assert_eq!(text_of(&client, "h1").await, leader_name);
         assert_eq!(text_of(&client, "#link h2").await, "Link your accounts");
@@ -332,13 +332,25 @@ async fn a_person_sees_the_leaderboard_and_a_profile_in_chromium() {
             .expect("the linking panel");
         let png = panel.screenshot().await.expect("panel screenshot");
         std::fs::write(output_dir().join("profile-own-linking.png"), png).expect("write");
+        assert_eq!(text_of(&client, "#settings h2").await, "Settings");
+        let toggle = text_of(&client, "#notify").await;
+        assert!(
+            toggle.contains("Rank-up announcements for you: on"),
+            "{toggle}"
+        );
+        let settings = client
+            .find(Locator::Css("#settings"))
+            .await
+            .expect("settings");
+        let png = settings.screenshot().await.expect("settings screenshot");
+        std::fs::write(output_dir().join("profile-own-settings.png"), png).expect("write");
     } else {
         eprintln!("the leader has no Telegram account in this data; sign-in step not shown");
     }
 
     // The admin page, signed in as the admin: the leader found, 250 XP added with a
     // reason, the result said and the audit log showing it.
-    sign_in_with_the_widget(&client, &base, ADMIN).await;
+    sign_in_with_the_widget(&client, &base, ADMIN, "Mod").await;
     let member = leader_profile.identities.first().expect("an identity");
     let member = format!("{}:{}", member.platform, member.user);
     client
