@@ -16,7 +16,8 @@ use ttfd::shared::{Event, Identity, Payload, Proof};
 
 use crate::common::{TestEnv, eventually};
 
-fn signed(s: &mut Settings) {
+/// `trust.mode = signed` with a key for every principal.
+pub(crate) fn signed(s: &mut Settings) {
     s.trust.mode = TrustMode::Signed;
     for name in ["relay", "admin", "moderator"] {
         let key = format!("{name}-key-for-the-trust-tests-0123456789");

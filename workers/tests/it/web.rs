@@ -1549,6 +1549,56 @@ async fn the_profile_toggle_switches_rank_up_announcements_off_and_on() {
     site.stop().await;
 }
 
+/// In signed mode the admin page's adjustment counts: the web role publishes it
+/// through its moderator-signed handle (its ingest API signs nothing).
+#[tokio::test]
+async fn in_signed_mode_the_admin_pages_adjustment_is_signed_and_counts() {
+    let site = Site::start_with(|s| {
+        crate::trust::signed(s);
+        s.web.admins = vec![format!("discord:{ANN_DISCORD}")];
+    })
+    .await;
+    site.seed(&[message(
+        "website:m:7",
+        "website:cy@example.org",
+        "Cy",
+        ttfd::now_ms() - 1_000,
+    )])
+    .await;
+    let admin = browser();
+    sign_in_with_discord(&site, &admin).await;
+    let (_, html) = text(
+        admin
+            .get(site.url("/admin?member=website:cy@example.org"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    let request = html
+        .split("name=\"request\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a request id")
+        .to_owned();
+    let fields = vec![
+        ("csrf".to_owned(), csrf_of(&html)),
+        ("request".to_owned(), request),
+        ("member".to_owned(), "website:cy@example.org".to_owned()),
+        ("verb".to_owned(), "add".to_owned()),
+        ("amount".to_owned(), "90".to_owned()),
+        ("reason".to_owned(), "signed".to_owned()),
+    ];
+    let (page, _) = follow_post(&admin, &site.url("/admin/xp"), &fields).await;
+    let (_, html) = text(page).await;
+    assert!(
+        html.contains("+90 XP for website:cy@example.org: now 100 XP."),
+        "{html}"
+    );
+    assert!(site.env.dead_letters(5).await.is_empty());
+    site.stop().await;
+}
+
 /// Discord moderators on the website (docs/moderation.md): with `discord.guild_id` and
 /// `discord.moderator_roles` set, sign-in asks for the member's guild roles, and a
 /// moderator opens the admin page without being in `web.admins`; a member without the
