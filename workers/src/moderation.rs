@@ -33,8 +33,10 @@ pub const CLI_WAIT: Duration = Duration::from_secs(15);
 pub const WEB_WAIT: Duration = Duration::from_secs(5);
 pub const QUERY_WAIT: Duration = Duration::from_millis(1500);
 
-/// What to do to a member's XP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What to do to a member's XP; on the query service's wire (`xp.adjust`) as
+/// `{verb: "add", value: N}`, ..., `{verb: "reset"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase", tag = "verb", content = "value")]
 pub enum Verb {
     Add(u32),
     Remove(u32),

@@ -110,15 +110,7 @@ impl DiscordApi {
     ) -> Result<Option<Vec<RoleId>>, ApiError> {
         let req = Request::new(Route::GuildMember { guild_id, user_id }, LightMethod::Get);
         match self.send(req).await {
-            Ok(response) => {
-                let bytes = response
-                    .bytes()
-                    .await
-                    .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-                let member: MemberRoles = serde_json::from_slice(&bytes)
-                    .map_err(|e| ApiError::Unavailable(format!("unreadable member: {e}")))?;
-                Ok(Some(member.roles))
-            }
+            Ok(response) => Ok(Some(read::<MemberRoles>(response, "member").await?.roles)),
             Err(ApiError::Refused {
                 status: 404, code, ..
             }) if code == UNKNOWN_MEMBER || code == UNKNOWN_USER => Ok(None),
@@ -140,29 +132,14 @@ impl DiscordApi {
         }
         let req =
             Request::new(Route::GuildMembers { guild_id }, LightMethod::Get).params(Some(params));
-        let bytes = self
-            .send(req)
-            .await?
-            .bytes()
-            .await
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::Unavailable(format!("unreadable members: {e}")))
+        read(self.send(req).await?, "members").await
     }
 
     /// The guild's approximate member count, for progress.
     pub async fn member_count(&self, guild_id: GuildId) -> Result<Option<u64>, ApiError> {
         let req = Request::new(Route::Guild { guild_id }, LightMethod::Get)
             .params(Some(vec![("with_counts", "true".to_owned())]));
-        let bytes = self
-            .send(req)
-            .await?
-            .bytes()
-            .await
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-        let counts: GuildCounts = serde_json::from_slice(&bytes).unwrap_or(GuildCounts {
-            approximate_member_count: None,
-        });
+        let counts: GuildCounts = read(self.send(req).await?, "guild").await?;
         Ok(counts.approximate_member_count)
     }
 
@@ -216,14 +193,7 @@ impl DiscordApi {
         let body = serde_json::json!({"recipient_id": user.get().to_string()});
         let req = Request::new(Route::UserMeDmChannels, LightMethod::Post)
             .body(Some(body.to_string().into_bytes()));
-        let bytes = self
-            .send(req)
-            .await?
-            .bytes()
-            .await
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-        let channel: Channel = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::Unavailable(format!("unreadable channel: {e}")))?;
+        let channel: Channel = read(self.send(req).await?, "channel").await?;
         Ok(channel.id)
     }
 
@@ -274,6 +244,19 @@ impl DiscordApi {
         let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
         Err(classify(status, header_delay, body))
     }
+}
+
+/// A successful answer's JSON body; one that cannot be read is an outage (retried).
+async fn read<T: serde::de::DeserializeOwned>(
+    response: reqwest::Response,
+    what: &str,
+) -> Result<T, ApiError> {
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::Unavailable(format!("unreadable {what}: {e}")))
 }
 
 /// A serenity `Http` for the token, calling `api_url` instead of Discord when set.

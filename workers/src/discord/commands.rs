@@ -22,7 +22,8 @@ use ttfd_shared::view::text::{self, Markup, escape_markdown as escape, platform_
 use ttfd_shared::view::{AuditEntry, Period, Profile, Standing};
 
 use super::mapping::{display_name, identity};
-use crate::query::{AdjustOutcome, AdjustRequest, AuditRequest, QueryClient, QueryError, XpVerb};
+use crate::moderation::Verb;
+use crate::query::{AdjustOutcome, AdjustRequest, AuditRequest, QueryClient, QueryError};
 use crate::store::codes::{IssuedCode, Redemption};
 
 /// Rows shown by `/top`.
@@ -140,7 +141,7 @@ pub enum SlashCommand {
         code: String,
     },
     Xp {
-        verb: XpVerb,
+        verb: Verb,
         member: UserId,
         name: String,
         bot: bool,
@@ -241,10 +242,10 @@ fn parse_xp(verb: &str, options: &[ResolvedOption<'_>]) -> Option<SlashCommand> 
     };
     let amount = || number("amount").and_then(|n| u32::try_from(n).ok());
     let verb = match verb {
-        "add" => XpVerb::Add(amount()?),
-        "remove" => XpVerb::Remove(amount()?),
-        "set" => XpVerb::Set(number("xp")?),
-        "reset" => XpVerb::Reset,
+        "add" => Verb::Add(amount()?),
+        "remove" => Verb::Remove(amount()?),
+        "set" => Verb::Set(number("xp")?),
+        "reset" => Verb::Reset,
         _ => return None,
     };
     let (user, nick) = user_option(options, "member")?;
@@ -479,30 +480,10 @@ pub fn redemption_text(r: &Redemption) -> String {
 
 /// `/xp`: what was done and the new total, or why not (only the moderator sees that).
 pub fn adjusted_reply(name: &str, reason: &str, outcome: &AdjustOutcome) -> Reply {
+    let text = outcome.text(&format!("**{}**", escape(name)), &escape(reason));
     match outcome {
-        AdjustOutcome::Done {
-            amount,
-            xp,
-            duplicate,
-            ..
-        } => {
-            let sign = if *amount > 0 { "+" } else { "" };
-            let mut out = format!(
-                "{sign}{} XP for **{}** ({}).",
-                text::thousands(i64::from(*amount)),
-                escape(name),
-                escape(reason)
-            );
-            match xp {
-                Some(xp) => out.push_str(&format!(" Now {} XP.", text::thousands(*xp))),
-                None => out.push_str(" It shows within moments."),
-            }
-            if *duplicate {
-                out.push_str(" (This request was made before: counted once.)");
-            }
-            Reply::public(out)
-        }
-        AdjustOutcome::Refused(why) => Reply::private(format!("Not done: {why}.")),
+        AdjustOutcome::Done { .. } => Reply::public(text),
+        AdjustOutcome::Refused(_) => Reply::private(text),
     }
 }
 

@@ -63,34 +63,13 @@ pub struct RedeemRequest {
     pub code: String,
 }
 
-/// What a moderators' tool asks to do to a member's XP (docs/moderation.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", tag = "verb", content = "value")]
-pub enum XpVerb {
-    Add(u32),
-    Remove(u32),
-    Set(i64),
-    Reset,
-}
-
-impl From<XpVerb> for Verb {
-    fn from(v: XpVerb) -> Verb {
-        match v {
-            XpVerb::Add(n) => Verb::Add(n),
-            XpVerb::Remove(n) => Verb::Remove(n),
-            XpVerb::Set(x) => Verb::Set(x),
-            XpVerb::Reset => Verb::Reset,
-        }
-    }
-}
-
 /// `as.<platform>.xp.adjust`: a moderator of the platform (`by`, whom the bot found to
 /// be one) adjusts a member of the same platform.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AdjustRequest {
     pub by: WireIdentity,
     pub target: WireIdentity,
-    pub verb: XpVerb,
+    pub verb: Verb,
     pub reason: String,
     /// The platform's id of the request (an interaction, a message): a retry of it
     /// counts once.
@@ -109,6 +88,37 @@ pub enum AdjustOutcome {
         duplicate: bool,
     },
     Refused(String),
+}
+
+impl AdjustOutcome {
+    /// The reply for the moderator, on both bots: `name` and `reason` as the platform
+    /// shows them (escaped, emphasised).
+    pub fn text(&self, name: &str, reason: &str) -> String {
+        match self {
+            AdjustOutcome::Done {
+                amount,
+                xp,
+                duplicate,
+                ..
+            } => {
+                let sign = if *amount > 0 { "+" } else { "" };
+                let amount = ttfd_shared::view::text::thousands(i64::from(*amount));
+                let mut out = format!("{sign}{amount} XP for {name} ({reason}).");
+                match xp {
+                    Some(xp) => out.push_str(&format!(
+                        " Now {} XP.",
+                        ttfd_shared::view::text::thousands(*xp)
+                    )),
+                    None => out.push_str(" It shows within moments."),
+                }
+                if *duplicate {
+                    out.push_str(" (This request was made before: counted once.)");
+                }
+                out
+            }
+            AdjustOutcome::Refused(why) => format!("Not done: {why}."),
+        }
+    }
 }
 
 /// `as.<platform>.audit`: the audit log for a moderator of the platform.
@@ -328,7 +338,7 @@ async fn adjust(
     let request = Request {
         by: acting_for(&q.by, on_behalf_of)?,
         target: acting_for(&q.target, on_behalf_of)?,
-        verb: q.verb.into(),
+        verb: q.verb,
         reason: q.reason,
         request_id: Some(q.request_id),
     };

@@ -2,7 +2,7 @@
 
 use ttfd_shared::view::Period;
 
-use crate::query::XpVerb;
+use crate::moderation::Verb;
 
 /// The commands, with the one-line descriptions shown by `/help` and in Telegram's
 /// command menu (`setMyCommands`).
@@ -96,7 +96,7 @@ pub fn parse_switch(arg: &str) -> Option<bool> {
 
 /// The arguments of `/xp`: the verb, its number (not for `reset`) and the reason.
 /// `None` when they do not read that way.
-pub fn parse_xp(args: &str) -> Option<(XpVerb, String)> {
+pub fn parse_xp(args: &str) -> Option<(Verb, String)> {
     let mut words = args.split_whitespace();
     let verb = words.next().unwrap_or_default().to_ascii_lowercase();
     let mut number = || {
@@ -105,10 +105,10 @@ pub fn parse_xp(args: &str) -> Option<(XpVerb, String)> {
             .and_then(|w| w.replace(',', "").parse::<i64>().ok())
     };
     let verb = match verb.as_str() {
-        "add" => XpVerb::Add(number().and_then(|n| u32::try_from(n).ok())?),
-        "remove" => XpVerb::Remove(number().and_then(|n| u32::try_from(n).ok())?),
-        "set" => XpVerb::Set(number()?),
-        "reset" => XpVerb::Reset,
+        "add" => Verb::Add(number().and_then(|n| u32::try_from(n).ok())?),
+        "remove" => Verb::Remove(number().and_then(|n| u32::try_from(n).ok())?),
+        "set" => Verb::Set(number()?),
+        "reset" => Verb::Reset,
         _ => return None,
     };
     let reason = words.collect::<Vec<_>>().join(" ");
@@ -176,23 +176,23 @@ mod tests {
         );
         assert_eq!(
             parse_xp("add 1,500 event  winner"),
-            Some((XpVerb::Add(1500), "event winner".into()))
+            Some((Verb::Add(1500), "event winner".into()))
         );
         assert_eq!(
             parse_xp("Remove 50 spam"),
-            Some((XpVerb::Remove(50), "spam".into()))
+            Some((Verb::Remove(50), "spam".into()))
         );
         assert_eq!(
             parse_xp("set -20 fix"),
-            Some((XpVerb::Set(-20), "fix".into()))
+            Some((Verb::Set(-20), "fix".into()))
         );
         assert_eq!(
             parse_xp("reset start over"),
-            Some((XpVerb::Reset, "start over".into()))
+            Some((Verb::Reset, "start over".into()))
         );
         assert_eq!(
             parse_xp("add 5"),
-            Some((XpVerb::Add(5), String::new())),
+            Some((Verb::Add(5), String::new())),
             "the service asks for a reason"
         );
         assert_eq!(parse_xp("add -5 x"), None);

@@ -314,7 +314,7 @@ impl Handler {
             request_id: format!("msg:{}:{}", call.chat.0, call.message.0),
         };
         match self.query.adjust_xp(&request).await {
-            Ok(outcome) => texts::xp_adjusted(&member.first_name, &reason, &outcome),
+            Ok(outcome) => outcome.text(&member.first_name, &reason),
             Err(e) => self.unavailable(e),
         }
     }

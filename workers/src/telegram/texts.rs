@@ -6,7 +6,6 @@ use ttfd_shared::Rules;
 use ttfd_shared::view::text::{self, Markup, platform_name};
 use ttfd_shared::wire::WireIdentity;
 
-use crate::query::AdjustOutcome;
 use crate::store::codes::{IssuedCode, Redemption};
 use ttfd_shared::view::{Period, Profile, Standing};
 
@@ -166,33 +165,6 @@ pub fn xp_for_administrators() -> String {
 
 pub fn xp_not_for_bots() -> String {
     "Bots have no XP.".into()
-}
-
-/// `/xp`: what was done and the new total, or why not.
-pub fn xp_adjusted(name: &str, reason: &str, outcome: &AdjustOutcome) -> String {
-    match outcome {
-        AdjustOutcome::Done {
-            amount,
-            xp,
-            duplicate,
-            ..
-        } => {
-            let sign = if *amount > 0 { "+" } else { "" };
-            let mut out = format!(
-                "{sign}{} XP for {name} ({reason}).",
-                text::thousands(i64::from(*amount))
-            );
-            match xp {
-                Some(xp) => out.push_str(&format!(" Now {} XP.", text::thousands(*xp))),
-                None => out.push_str(" It shows within moments."),
-            }
-            if *duplicate {
-                out.push_str(" (This request was made before: counted once.)");
-            }
-            out
-        }
-        AdjustOutcome::Refused(why) => format!("Not done: {why}."),
-    }
 }
 
 pub fn unavailable() -> String {

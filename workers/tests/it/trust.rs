@@ -288,7 +288,7 @@ async fn in_signed_mode_a_bots_xp_adjustment_counts_only_signed_by_the_query_ser
     let request = |id: &str, target: &str| ttfd::query::AdjustRequest {
         by: (&Identity::parse("discord:99").expect("id")).into(),
         target: (&Identity::parse(target).expect("id")).into(),
-        verb: ttfd::query::XpVerb::Add(500),
+        verb: ttfd::moderation::Verb::Add(500),
         reason: "event winner".into(),
         request_id: id.into(),
     };
