@@ -118,6 +118,10 @@ pub(super) struct Settlement<'e> {
     pub redirect: HashMap<i64, i64>,
     /// The merges of this batch, in link order.
     pub merges: Vec<Merge<'e>>,
+    /// Users a link of this batch joined to themselves: already one user, but the link
+    /// may be older in event time than the one that joined them, which can lower the
+    /// event-time peak (`rank_peaks`).
+    pub relinked: Vec<i64>,
 }
 
 /// A `users` row as read: id, `merged_into`, totals.
@@ -282,6 +286,7 @@ impl<'e> Settlement<'e> {
             let ua = follow(&self.redirect, self.owner[&a]);
             let ub = follow(&self.redirect, self.owner[&b]);
             if ua == ub {
+                self.relinked.push(ua);
                 continue;
             }
             let (survivor, loser) = (ua.min(ub), ua.max(ub));
@@ -363,6 +368,7 @@ impl<'e> Settlement<'e> {
             return Vec::new();
         }
         let mut out_of_order: HashSet<i64> = self.survivors_of_losers().into_iter().collect();
+        out_of_order.extend(self.relinked.iter().map(|u| follow(&self.redirect, *u)));
         for (&(iid, day), &xp) in &self.added {
             let uid = follow(&self.redirect, self.owner[&iid]);
             let last_day = self

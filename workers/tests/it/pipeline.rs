@@ -704,6 +704,38 @@ async fn a_crash_between_commit_and_publish_neither_loses_nor_duplicates_notific
     env.cleanup().await;
 }
 
+/// A link between identities that are one user already can be older in event time
+/// than the link that joined them: then the user was joined earlier, and a peak reached
+/// only while apart was never held (found by the property test). Here: B's -3,000 on
+/// day 1, A's +2,500 on day 3 (rank 4 while apart), the link of day 4 merges them, and
+/// a link of day 2 arrives last: joined since day 2, the user never held rank 4.
+#[tokio::test]
+async fn an_older_link_between_one_users_identities_lowers_the_event_time_peak() {
+    let env = TestEnv::new().await;
+    let day = 86_400_000;
+    let d0 = (ttfd::now_ms() / day - 10) * day;
+    let link_at = |id: &str, ts: i64| ev(id, ts, "discord:a", None, link("telegram:b"));
+    let events = [
+        grant("o:1", d0 + day, "telegram:b", -3_000),
+        grant("o:2", d0 + 3 * day, "discord:a", 2_500),
+        link_at("discord:o:3", d0 + 4 * day),
+        link_at("discord:o:4", d0 + 2 * day),
+    ];
+    for e in &events {
+        env.store
+            .apply(std::slice::from_ref(e))
+            .await
+            .expect("apply");
+    }
+    env.store.drain_standings().await.expect("drain");
+    let expected = ttfd::shared::model::fold(&env.settings.rules, &events);
+    assert_eq!(expected[0].peak_rank, 1, "the model: joined since day 2");
+    crate::common::compare(&env.store, &expected)
+        .await
+        .expect("the model's state");
+    env.cleanup().await;
+}
+
 #[test]
 fn apply_order_batching_and_duplicates_do_not_change_the_state() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
