@@ -253,11 +253,13 @@ pub fn audit<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<AuditEntry>
 
 /// The leaderboard of the period with standings key `key` (`view::Period::key`): each
 /// ranked user with their XP in it, most XP first. All time ranks every user; any other
-/// period the users whose XP in it is not zero. Ties are the database's to break (by
-/// uid, an id this model does not have); here they come by smallest identity.
+/// period the users whose XP in it is not zero; a hidden user (SPEC 7.3) is in none, and
+/// the others close up. Ties are the database's to break (by uid, an id this model does
+/// not have); here they come by smallest identity.
 pub fn standings<'p>(profiles: &'p [Profile], key: &str) -> Vec<(&'p Profile, i64)> {
     let mut rows: Vec<(&Profile, i64)> = profiles
         .iter()
+        .filter(|p| !p.hidden)
         .filter_map(|p| {
             if key == "all" {
                 return Some((p, p.xp));

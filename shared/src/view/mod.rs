@@ -47,6 +47,43 @@ fn yes() -> bool {
     true
 }
 
+/// A preference a member switches from any surface (SPEC 7.3): `/notify`, `/privacy`,
+/// the website's toggles, the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pref {
+    /// Rank-up announcements on (`true`) or off.
+    Notify(bool),
+    /// Off the leaderboards and the public profile (`true`), or shown again.
+    Hidden(bool),
+}
+
+impl Pref {
+    /// The `prefs` event's payload that says it.
+    pub fn payload(self) -> crate::wire::Payload {
+        let (hidden, notify) = match self {
+            Pref::Notify(on) => (None, Some(on)),
+            Pref::Hidden(on) => (Some(on), None),
+        };
+        crate::wire::Payload::Prefs { hidden, notify }
+    }
+}
+
+impl Profile {
+    /// Whether `identity` is one of this user's.
+    pub fn has(&self, identity: &crate::Identity) -> bool {
+        self.identities
+            .iter()
+            .any(|i| i.platform == identity.platform.as_str() && i.user == identity.user.as_str())
+    }
+
+    /// Whether a reader who is `viewer` (signed in or asking as that identity; `None`:
+    /// anyone) may see this profile: a hidden member (SPEC 7.3) is seen only by
+    /// themselves. Moderators' tools and the operator's CLI read past it.
+    pub fn shown_to(&self, viewer: Option<&crate::Identity>) -> bool {
+        !self.hidden || viewer.is_some_and(|v| self.has(v))
+    }
+}
+
 /// A user's place in one period's leaderboard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeriodStanding {

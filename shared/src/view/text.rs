@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::{AuditEntry, Period, PeriodStanding, Profile, Standing};
+use super::{AuditEntry, Period, PeriodStanding, Pref, Profile, Standing};
 use crate::rules::Rules;
 use crate::wire::WireIdentity;
 
@@ -23,6 +23,14 @@ impl Markup {
         match self {
             Markup::Plain => s.to_owned(),
             Markup::Markdown => format!("**{s}**"),
+        }
+    }
+
+    /// A command as the member types it.
+    fn command(self, s: &str) -> String {
+        match self {
+            Markup::Plain => s.to_owned(),
+            Markup::Markdown => format!("`{s}`"),
         }
     }
 
@@ -141,8 +149,19 @@ pub fn profile(name: &str, p: &Profile, rules: &Rules, markup: Markup) -> String
         thousands(p.games_played),
         thousands(p.games_won)
     );
-    if !p.standings.is_empty() {
-        let places: Vec<String> = p.standings.iter().map(standing).collect();
+    let places: Vec<String> = p.standings.iter().map(standing).collect();
+    if p.hidden {
+        // Only the member reads a hidden profile (`Profile::shown_to`).
+        let _ = writeln!(
+            out,
+            "Hidden: on no leaderboard, and only you see this profile.{}",
+            if places.is_empty() {
+                String::new()
+            } else {
+                format!(" Shown, you would be {}.", places.join(" · "))
+            }
+        );
+    } else if !places.is_empty() {
         let _ = writeln!(out, "{}", places.join(" · "));
     }
     let mut platforms: Vec<String> = p
@@ -153,6 +172,27 @@ pub fn profile(name: &str, p: &Profile, rules: &Rules, markup: Markup) -> String
     platforms.dedup();
     let _ = write!(out, "Linked: {}", platforms.join(", "));
     out
+}
+
+/// What a member hears after switching a preference, on any bot.
+pub fn pref_said(pref: Pref, markup: Markup) -> String {
+    match pref {
+        Pref::Notify(true) => {
+            "Rank-up announcements for you are on (everywhere you are linked).".into()
+        }
+        Pref::Notify(false) => format!(
+            "Rank-up announcements for you are off, on every platform. {} turns them back on.",
+            markup.command("/notify on")
+        ),
+        Pref::Hidden(true) => format!(
+            "You are hidden, on every platform: off every leaderboard, and your profile is \
+             yours alone to see. You keep earning XP. {} shows you again.",
+            markup.command("/privacy show")
+        ),
+        Pref::Hidden(false) => {
+            "You are shown again: on the leaderboards, with a public profile.".into()
+        }
+    }
 }
 
 /// A place in one period: "#12 of 3,456 this week", "not ranked this week".

@@ -19,7 +19,7 @@ use serenity::model::user::User;
 use tracing::warn;
 use ttfd_shared::Rules;
 use ttfd_shared::view::text::{self, Markup, escape_markdown as escape, platform_name};
-use ttfd_shared::view::{AuditEntry, Period, Profile, Standing};
+use ttfd_shared::view::{AuditEntry, Period, Pref, Profile, Standing};
 
 use super::mapping::{display_name, identity};
 use crate::moderation::Verb;
@@ -76,6 +76,14 @@ pub fn definitions() -> Vec<CreateCommand> {
                     .required(true)
                     .add_string_choice("on", "on")
                     .add_string_choice("off", "off"),
+            ),
+        CreateCommand::new("privacy")
+            .description("Keep yourself off the leaderboards and your profile private, everywhere")
+            .add_option(
+                CreateCommandOption::new(CommandOptionType::String, "profile", "Hide or show")
+                    .required(true)
+                    .add_string_choice("hide", "hide")
+                    .add_string_choice("show", "show"),
             ),
         CreateCommand::new("ranks")
             .description("Moderators: rank roles")
@@ -153,10 +161,9 @@ pub enum SlashCommand {
     },
     /// `/ranks sync`: the bot runs it (`DiscordBot::on_command`); the reply says so.
     RanksSync,
-    /// `/notify on|off`: the bot publishes the `prefs` event (`DiscordBot::on_command`).
-    Notify {
-        on: bool,
-    },
+    /// `/notify on|off` and `/privacy hide|show`: the bot publishes the `prefs` event
+    /// (`DiscordBot::on_command`).
+    Prefs(Pref),
 }
 
 /// Reads a command interaction; `None` for a command this bot does not have.
@@ -204,9 +211,12 @@ pub fn parse(cmd: &CommandInteraction) -> Option<SlashCommand> {
             ResolvedValue::SubCommand(sub) => parse_xp(o.name, sub),
             _ => None,
         }),
-        "notify" => Some(SlashCommand::Notify {
-            on: string("announcements").as_deref() != Some("off"),
-        }),
+        "notify" => Some(SlashCommand::Prefs(Pref::Notify(
+            string("announcements").as_deref() != Some("off"),
+        ))),
+        "privacy" => Some(SlashCommand::Prefs(Pref::Hidden(
+            string("profile").as_deref() != Some("show"),
+        ))),
         "ranks" => options
             .iter()
             .any(|o| o.name == "sync")
@@ -334,6 +344,17 @@ pub async fn reply(
         } => {
             return Reply::private(format!("{} is a bot: bots have no rank.", escape(name)));
         }
+        // One's own rank is read as oneself (a hidden member sees it, privately).
+        SlashCommand::Rank { user, name, .. } if *user == caller.user => {
+            query.own_profile(&identity(*user)).await.map(|p| {
+                let text = rank_text(name, p.as_ref(), rules);
+                if p.is_some_and(|p| p.hidden) {
+                    Reply::private(text)
+                } else {
+                    Reply::public(text)
+                }
+            })
+        }
         SlashCommand::Rank { user, name, .. } => query
             .profile(&identity(*user))
             .await
@@ -371,17 +392,8 @@ pub async fn reply(
             })
             .await
             .map(|outcome| adjusted_reply(name, reason, &outcome)),
-        SlashCommand::Notify { on: true } => {
-            return Reply::private(
-                "Rank-up announcements for you are on (everywhere you are linked).".into(),
-            );
-        }
-        SlashCommand::Notify { on: false } => {
-            return Reply::private(
-                "Rank-up announcements for you are off, on every platform. `/notify on` turns \
-                 them back on."
-                    .into(),
-            );
+        SlashCommand::Prefs(pref) => {
+            return Reply::private(text::pref_said(*pref, Markup::Markdown));
         }
         SlashCommand::RanksSync => {
             return Reply::private(

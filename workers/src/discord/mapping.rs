@@ -11,6 +11,7 @@ use serenity::model::guild::Guild;
 use serenity::model::id::{ChannelId, GuildId, UserId};
 use serenity::model::user::User;
 use serenity::model::voice::VoiceState;
+use ttfd_shared::view::Pref;
 use ttfd_shared::voice::{Segment, VoiceUpdate};
 use ttfd_shared::{Event, EventId, Identity, Payload};
 
@@ -167,18 +168,15 @@ pub fn voice_event(guild: GuildId, segment: &Segment, name: Option<String>) -> E
     }
 }
 
-/// The `prefs` event of `/notify on|off` (SPEC 7.3), by the interaction (its id and
-/// time).
-pub fn notify_event(cmd: &serenity::model::application::CommandInteraction, on: bool) -> Event {
+/// The `prefs` event of `/notify on|off` or `/privacy hide|show` (SPEC 7.3), by the
+/// interaction (its id and time).
+pub fn prefs_event(cmd: &serenity::model::application::CommandInteraction, pref: Pref) -> Event {
     Event {
         id: event_id(format!("discord:prefs:{}", cmd.id.get())),
         ts: snowflake_ms(cmd.id.get()),
         identity: identity(cmd.user.id),
         name: None,
-        payload: Payload::Prefs {
-            hidden: None,
-            notify: Some(on),
-        },
+        payload: pref.payload(),
     }
 }
 

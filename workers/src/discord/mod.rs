@@ -356,8 +356,8 @@ impl DiscordBot {
             {
                 self.spawn_roles_sync(cmd.channel_id);
             }
-            Some(commands::SlashCommand::Notify { on }) => {
-                self.send(vec![mapping::notify_event(cmd, on)]).await;
+            Some(commands::SlashCommand::Prefs(pref)) => {
+                self.send(vec![mapping::prefs_event(cmd, pref)]).await;
             }
             _ => {}
         }

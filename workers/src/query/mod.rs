@@ -169,10 +169,22 @@ impl QueryClient {
         }
     }
 
-    /// The user owning `identity`; `None` when no event named it yet.
+    /// The user owning `identity` as anyone may see it; `None` when no event named it
+    /// yet, or the member is hidden (SPEC 7.3).
     pub async fn profile(&self, identity: &Identity) -> Result<Option<Profile>, QueryError> {
         self.ask(
             "profile",
+            &ProfileRequest {
+                identity: identity.into(),
+            },
+        )
+        .await
+    }
+
+    /// The member's own profile, read for them (hidden or not): asked as their platform.
+    pub async fn own_profile(&self, identity: &Identity) -> Result<Option<Profile>, QueryError> {
+        self.ask(
+            &acting_as(identity, "profile"),
             &ProfileRequest {
                 identity: identity.into(),
             },
@@ -260,8 +272,10 @@ fn acting_as(identity: &Identity, what: &str) -> String {
     format!("as.{}.{what}", identity.platform.as_str())
 }
 
-/// The queries that act for an identity (as opposed to reading what is public).
-const ACTING: [&str; 4] = ["link.issue", "link.redeem", "xp.adjust", "audit"];
+/// The queries that may act for an identity (as opposed to reading what is public):
+/// asked on `as.<platform>.<query>`. All but `profile` must; `profile` asked so is the
+/// member's own read, which shows a hidden member (SPEC 7.3) to themselves.
+const ACTING: [&str; 5] = ["link.issue", "link.redeem", "xp.adjust", "audit", "profile"];
 
 /// A request's subject after the query prefix: the query, and the platform it speaks
 /// for when it is `as.<platform>.<query>`.
@@ -378,7 +392,12 @@ async fn answer(service: &Service, subject: &str, payload: &[u8]) -> (Vec<u8>, &
         "profile" => reply(
             async {
                 let q: ProfileRequest = decode(payload)?;
-                Ok(store.profile(&identity(&q.identity)?).await?)
+                let (asked, own) = match on_behalf_of {
+                    Some(_) => (acting_for(&q.identity, on_behalf_of)?, true),
+                    None => (identity(&q.identity)?, false),
+                };
+                let profile = store.profile(&asked).await?;
+                Ok(profile.filter(|p| own || p.shown_to(None)))
             }
             .await,
         ),

@@ -6,8 +6,8 @@
 //! `web.discord.{client_id, client_secret, authorize_url, token_url, api_url}`,
 //! `web.telegram.{bot_token, bot_token_sha256, bot_username, max_auth_age_secs}`,
 //! `web.ingest_tokens.<platform>`,
-//! `web.rate_limit.{sign_in_per_minute, ingest_per_second, client_ip_header}`. See
-//! `docs/web.md`.
+//! `web.rate_limit.{sign_in_per_minute, ingest_per_second, client_ip_header}`,
+//! `web.admins`, `web.leaderboard_visibility`. See `docs/web.md`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -52,6 +52,21 @@ pub struct WebSettings {
     /// Identities (`discord:123`) whose sign-in opens the admin page (`/admin`: XP
     /// adjustments and the audit log, docs/moderation.md).
     pub admins: Vec<String>,
+    /// Who may read the leaderboards on the site and the API (docs/privacy.md).
+    pub leaderboard_visibility: LeaderboardVisibility,
+}
+
+/// `web.leaderboard_visibility`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaderboardVisibility {
+    /// Anyone (the default).
+    #[default]
+    Public,
+    /// Signed-in members only.
+    Members,
+    /// Nobody: the site and the API serve no leaderboard.
+    Off,
 }
 
 /// `web.rate_limit`: how often a client may try to sign in, link or redeem a code, and
@@ -124,6 +139,7 @@ impl Default for WebSettings {
             ingest_tokens: BTreeMap::new(),
             rate_limit: RateLimitSettings::default(),
             admins: Vec::new(),
+            leaderboard_visibility: LeaderboardVisibility::Public,
         }
     }
 }
@@ -386,6 +402,22 @@ mod tests {
             s.web.discord.token_url,
             DiscordOAuthSettings::default().token_url
         );
+    }
+
+    #[test]
+    fn leaderboard_visibility_is_read_and_a_bad_value_names_the_key() {
+        let load = |v: &str| {
+            crate::settings::Settings::load_from(
+                None,
+                vec![("TTFD__WEB__LEADERBOARD_VISIBILITY".to_owned(), v.to_owned())],
+            )
+        };
+        assert_eq!(
+            load("members").expect("loads").web.leaderboard_visibility,
+            LeaderboardVisibility::Members
+        );
+        let err = load("friends").expect_err("refused").to_string();
+        assert!(err.contains("leaderboard_visibility"), "{err}");
     }
 
     #[test]

@@ -454,7 +454,8 @@ impl Store {
         // 7. Write the users back, and what the standings refresher needs of them.
         self.write_users(tx, &settlement.users).await?;
         if self.standings.load(Ordering::Relaxed) {
-            self.write_standing_work(tx, &settlement.standing_work())
+            let seen = facts.prefs.iter().filter(|(_, p)| p.says_hidden());
+            self.write_standing_work(tx, &settlement.standing_work(seen.map(|(iid, _)| *iid)))
                 .await?;
         }
 
@@ -861,8 +862,8 @@ impl Store {
         work: &super::standings::round::WorkRow,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO standing_work (users, days, xp, touched, losers, survivors)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO standing_work (users, days, xp, touched, losers, survivors, seen)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&work.users)
         .bind(&work.days)
@@ -870,6 +871,7 @@ impl Store {
         .bind(&work.touched)
         .bind(&work.losers)
         .bind(&work.survivors)
+        .bind(&work.seen)
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -1084,4 +1086,11 @@ impl<'e> Pref<'e> {
 pub(super) struct PrefsRow<'e> {
     hidden: Pref<'e>,
     notify: Pref<'e>,
+}
+
+impl PrefsRow<'_> {
+    /// Whether the batch said anything about being hidden (the standings care).
+    pub(super) fn says_hidden(&self) -> bool {
+        self.hidden.0.is_some()
+    }
 }

@@ -778,8 +778,8 @@ impl Store {
     }
 }
 
-/// Compares the standings of two schemas (by period and identity set), and checks that
-/// every block of `live` counts the members it holds; on `conn`, which may hold the
+/// Compares the standings of two schemas (by period and identity set, hidden or not),
+/// and checks that every block of `live` counts the members it shows; on `conn`, which may hold the
 /// refresh of the live standings uncommitted. Lists at most `limit` differences.
 pub async fn compare_standings(
     conn: &mut sqlx::PgConnection,
@@ -793,7 +793,8 @@ pub async fn compare_standings(
             "SELECT st.period::text AS period, st.xp,
                     (SELECT string_agg(i.platform || ':' || i.external_id, ' '
                                        ORDER BY i.platform, i.external_id)
-                     FROM {s}.identities i WHERE i.user_id = st.user_id) AS who
+                     FROM {s}.identities i WHERE i.user_id = st.user_id)
+                    || CASE WHEN st.hidden THEN ' (hidden)' ELSE '' END AS who
              FROM {s}.standings st"
         )
     };
@@ -809,7 +810,8 @@ pub async fn compare_standings(
               bd AS (SELECT b.period, 'block (' || b.start_neg || ', ' || b.start_uid || ')' AS who,
                             b.members AS live,
                             (SELECT count(*) FROM {live}.standings s
-                             WHERE s.period = b.period AND (-s.xp, s.user_id) >= (b.start_neg, b.start_uid)
+                             WHERE s.period = b.period AND NOT s.hidden
+                               AND (-s.xp, s.user_id) >= (b.start_neg, b.start_uid)
                                AND (b.next_neg IS NULL OR (-s.xp, s.user_id) < (b.next_neg, b.next_uid))) AS rebuilt
                      FROM b),
               all_d AS (SELECT * FROM d UNION ALL SELECT * FROM bd WHERE live <> rebuilt)

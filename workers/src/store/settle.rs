@@ -306,9 +306,9 @@ impl<'e> Settlement<'e> {
     }
 
     /// The batch as the standings refresher needs it: XP added per final user and day,
-    /// the users written, the merges.
-    /// (Its `id` is the table's to give.)
-    pub fn standing_work(&self) -> WorkRow {
+    /// the users written, the merges, the users of `seen` (identities whose `hidden` the
+    /// batch set). (Its `id` is the table's to give.)
+    pub fn standing_work(&self, seen: impl IntoIterator<Item = i64>) -> WorkRow {
         let mut added: BTreeMap<(i64, i32), i64> = BTreeMap::new();
         for (&(iid, day), &xp) in &self.added {
             if xp != 0 {
@@ -324,6 +324,10 @@ impl<'e> Settlement<'e> {
             touched: self.users.keys().copied().collect(),
             losers: self.losers(),
             survivors: self.survivors_of_losers(),
+            seen: seen
+                .into_iter()
+                .map(|iid| follow(&self.redirect, self.owner[&iid]))
+                .collect(),
             ..WorkRow::default()
         }
     }

@@ -6,7 +6,7 @@ use crate::moderation::Verb;
 
 /// The commands, with the one-line descriptions shown by `/help` and in Telegram's
 /// command menu (`setMyCommands`).
-pub const COMMANDS: [(&str, &str); 6] = [
+pub const COMMANDS: [(&str, &str); 7] = [
     ("start", "Start the bot: rank-ups come to you privately"),
     ("help", "What the bot does"),
     ("rank", "Your rank, XP and linked accounts"),
@@ -18,6 +18,10 @@ pub const COMMANDS: [(&str, &str); 6] = [
     (
         "notify",
         "Rank-up announcements for you: /notify off, /notify on",
+    ),
+    (
+        "privacy",
+        "Off the leaderboards, profile private: /privacy hide, /privacy show",
     ),
 ];
 
@@ -33,6 +37,8 @@ pub enum Command {
     Link(String),
     /// `/notify on|off`: the argument as typed.
     Notify(String),
+    /// `/privacy hide|show`: the argument as typed.
+    Privacy(String),
     /// `/xp add|remove|set|reset [N] reason`, by a group administrator in reply to the
     /// member's message (docs/moderation.md): the arguments as typed.
     Xp(String),
@@ -71,6 +77,7 @@ pub fn parse(text: &str, bot_username: &str) -> Option<Command> {
         "link" => Command::Link(args.to_owned()),
         "xp" => Command::Xp(args.to_owned()),
         "notify" => Command::Notify(args.to_owned()),
+        "privacy" => Command::Privacy(args.to_owned()),
         _ => Command::Unknown(name),
     })
 }
@@ -90,6 +97,15 @@ pub fn parse_switch(arg: &str) -> Option<bool> {
     match arg.trim().to_ascii_lowercase().as_str() {
         "on" | "yes" => Some(true),
         "off" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+/// `/privacy hide|show`: `Some(true)` to hide (also off), `Some(false)` to show (also on).
+pub fn parse_privacy(arg: &str) -> Option<bool> {
+    match arg.trim().to_ascii_lowercase().as_str() {
+        "hide" | "off" => Some(true),
+        "show" | "on" => Some(false),
         _ => None,
     }
 }

@@ -14,6 +14,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, instrument, warn};
+use ttfd_shared::view::Pref;
+use ttfd_shared::view::text::{self, Markup};
 use ttfd_shared::{Event, Payload, Rules};
 
 use super::commands::{self, Command};
@@ -197,6 +199,22 @@ impl Handler {
         Ok(())
     }
 
+    /// Publishes the member's `prefs` event; what to tell them.
+    async fn set_pref(&self, call: &CommandCall, pref: Pref) -> String {
+        let event = mapping::prefs_event(call, pref, now_ms());
+        let deadline = CancellationToken::new();
+        match self
+            .publish(&event, Some(Duration::from_secs(10)), &deadline)
+            .await
+        {
+            Ok(()) => text::pref_said(pref, Markup::Plain),
+            Err(e) => {
+                warn!(error = %e, "cannot publish a preference");
+                texts::unavailable()
+            }
+        }
+    }
+
     async fn remember(&self, user: UserId) {
         if let Err(e) = self.started.remember(user, now_ms()).await {
             warn!(error = %e, "cannot remember that a user started the bot");
@@ -214,7 +232,9 @@ impl Handler {
             Command::Start if call.private => texts::start(&call.first_name, &self.rules),
             Command::Start | Command::Help => texts::help(&self.rules),
             Command::Unknown(name) => texts::unknown_command(name, &self.rules),
-            Command::Rank => match self.query.profile(&mapping::identity(call.user)).await {
+            // One's own rank, read as oneself; a hidden member's is not shown to a group.
+            Command::Rank => match self.query.own_profile(&mapping::identity(call.user)).await {
+                Ok(Some(p)) if p.hidden && !call.private => texts::rank_hidden_in_group(),
                 Ok(profile) => texts::rank(profile.as_ref(), &self.rules),
                 Err(e) => self.unavailable(e),
             },
@@ -228,20 +248,11 @@ impl Handler {
             Command::Xp(args) => self.adjust(&call, args).await,
             Command::Notify(arg) => match commands::parse_switch(arg) {
                 None => texts::notify_usage(),
-                Some(on) => {
-                    let event = mapping::notify_event(&call, on, now_ms());
-                    let deadline = CancellationToken::new();
-                    match self
-                        .publish(&event, Some(Duration::from_secs(10)), &deadline)
-                        .await
-                    {
-                        Ok(()) => texts::notify_set(on),
-                        Err(e) => {
-                            warn!(error = %e, "cannot publish a preference");
-                            texts::unavailable()
-                        }
-                    }
-                }
+                Some(on) => self.set_pref(&call, Pref::Notify(on)).await,
+            },
+            Command::Privacy(arg) => match commands::parse_privacy(arg) {
+                None => texts::privacy_usage(),
+                Some(hide) => self.set_pref(&call, Pref::Hidden(hide)).await,
             },
             Command::Link(arg) if !call.private => {
                 if !arg.is_empty() {

@@ -13,6 +13,7 @@
 use std::collections::BTreeSet;
 
 use teloxide::types::{ChatId, Message, MessageId, MessageKind, Update, UpdateKind, User, UserId};
+use ttfd_shared::view::Pref;
 use ttfd_shared::wire::EventId;
 use ttfd_shared::{Event, Identity, Payload};
 
@@ -65,8 +66,9 @@ pub struct Author {
     pub bot: bool,
 }
 
-/// The `prefs` event of `/notify on|off` (SPEC 7.3), by the command's message.
-pub fn notify_event(call: &CommandCall, on: bool, now_ms: i64) -> Event {
+/// The `prefs` event of `/notify on|off` or `/privacy hide|show` (SPEC 7.3), by the
+/// command's message.
+pub fn prefs_event(call: &CommandCall, pref: Pref, now_ms: i64) -> Event {
     Event {
         id: EventId::parse(&format!(
             "telegram:prefs:{}:{}",
@@ -76,10 +78,7 @@ pub fn notify_event(call: &CommandCall, on: bool, now_ms: i64) -> Event {
         ts: now_ms,
         identity: identity(call.user),
         name: None,
-        payload: Payload::Prefs {
-            hidden: None,
-            notify: Some(on),
-        },
+        payload: pref.payload(),
     }
 }
 

@@ -137,15 +137,15 @@ pub fn notify_usage() -> String {
     "Rank-up announcements for you: /notify off, or /notify on.".into()
 }
 
-/// `/notify` done.
-pub fn notify_set(on: bool) -> String {
-    if on {
-        "Rank-up announcements for you are on (everywhere you are linked).".into()
-    } else {
-        "Rank-up announcements for you are off, on every platform. /notify on turns them \
-         back on."
-            .into()
-    }
+pub fn privacy_usage() -> String {
+    "Keep yourself off the leaderboards, with a profile only you see: /privacy hide; \
+     back again: /privacy show."
+        .into()
+}
+
+/// `/rank` in a group by a hidden member: their rank stays private.
+pub fn rank_hidden_in_group() -> String {
+    "You are hidden (/privacy): ask me /rank in a private chat to see your rank.".into()
 }
 
 /// `/xp` without a verb, number or reply.

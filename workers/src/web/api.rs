@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +14,7 @@ use axum_extra::extract::SignedCookieJar;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use ttfd_shared::trust::{self, Publisher};
-use ttfd_shared::{Event, Identity};
+use ttfd_shared::{Event, Identity, Payload};
 
 use super::AppState;
 use super::ops::IngestLabels;
@@ -114,8 +114,10 @@ pub async fn user(
 ) -> Result<Response, ApiError> {
     let identity =
         Identity::new(&platform, &user).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let signed_in = app.session(&jar).await.identity();
     match app.store.profile(&identity).await? {
-        Some(mut profile) => {
+        // A hidden member (SPEC 7.3) is "not found" to everyone but themselves.
+        Some(mut profile) if profile.shown_to(signed_in.as_ref()) => {
             let mut linked_platforms: Vec<String> = profile
                 .identities
                 .iter()
@@ -123,11 +125,7 @@ pub async fn user(
                 .collect();
             linked_platforms.sort();
             linked_platforms.dedup();
-            let signed_in = app.session(&jar).await.who;
-            let own = profile
-                .identities
-                .iter()
-                .any(|i| Some(format!("{}:{}", i.platform, i.user)) == signed_in);
+            let own = signed_in.as_ref().is_some_and(|me| profile.has(me));
             if !own {
                 profile.identities.retain(|i| {
                     i.platform == identity.platform.as_str() && i.user == identity.user.as_str()
@@ -139,11 +137,50 @@ pub async fn user(
             })
             .into_response())
         }
-        None => Err(ApiError::new(
+        _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no user has the identity {identity}"),
         )),
     }
+}
+
+/// `PUT /api/v1/me/prefs`'s body: the preferences to set (SPEC 7.3); a field left out
+/// stays as it is.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefsBody {
+    pub hidden: Option<bool>,
+    pub notify: Option<bool>,
+}
+
+/// `PUT /api/v1/me/prefs`: the signed-in member's preferences, as one `prefs` event of
+/// the identity they signed in with (through the outbox, like the profile's toggles).
+/// 202: recorded; the profile shows it within moments.
+pub async fn set_prefs(
+    State(app): State<AppState>,
+    jar: SignedCookieJar,
+    body: Result<Json<PrefsBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Some(me) = app.session(&jar).await.identity() else {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "sign in first"));
+    };
+    let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if body.hidden.is_none() && body.notify.is_none() {
+        return Err(ApiError::bad_request("set hidden, notify or both"));
+    }
+    let event = super::auth::prefs_event(
+        me,
+        Payload::Prefs {
+            hidden: body.hidden,
+            notify: body.notify,
+        },
+    );
+    app.store.enqueue_event(&event).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"event": event.id.as_str(), "hidden": body.hidden, "notify": body.notify})),
+    )
+        .into_response())
 }
 
 /// A profile as the API shows it: `identities` as the asker may see them, and the
@@ -247,8 +284,12 @@ pub async fn load_board(
 /// `GET /api/v1/leaderboard?period=all|week|month&page=N&per_page=N`.
 pub async fn leaderboard(
     State(app): State<AppState>,
+    jar: SignedCookieJar,
     query: Result<Query<BoardQuery>, QueryRejection>,
 ) -> Result<Json<Board>, ApiError> {
+    let session = app.session(&jar).await;
+    app.leaderboards_for(&session)
+        .map_err(|(status, why)| ApiError::new(status, why))?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let req = query.parse().map_err(ApiError::bad_request)?;
     Ok(Json(load_board(&app, req).await?))

@@ -17,6 +17,8 @@ use axum_extra::extract::SignedCookieJar;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use ttfd_shared::view::Pref;
+use ttfd_shared::view::text::{self, Markup};
 use ttfd_shared::wire::{EventId, Payload, Proof};
 use ttfd_shared::{Event, Identity};
 
@@ -524,44 +526,66 @@ pub async fn issue_code(
     go(&app, jar, &session, "/profile#link")
 }
 
-/// The notification toggle.
+/// A toggle of the profile's Settings card.
 #[derive(Debug, Deserialize)]
-pub struct NotifyForm {
+pub struct ToggleForm {
     csrf: String,
     on: String,
 }
 
-/// `POST /profile/notify`: rank-up announcements on or off for the signed-in member, as a
-/// `prefs` event of their identity (SPEC 7.3) through the outbox (the relay publishes
-/// it, as it publishes the site's links).
+/// A `prefs` event of the signed-in `me` saying `payload` (SPEC 7.3), with an id of its
+/// own.
+pub fn prefs_event(me: Identity, payload: Payload) -> Event {
+    let nonce: u128 = rand::Rng::random(&mut rand::rng());
+    Event {
+        id: EventId::parse(&format!("web:prefs:{nonce:032x}")).expect("a hex id is valid"),
+        ts: now_ms(),
+        identity: me,
+        name: None,
+        payload,
+    }
+}
+
+/// `POST /profile/notify`: rank-up announcements on (`on=on`) or off.
 pub async fn set_notify(
     State(app): State<AppState>,
     jar: SignedCookieJar,
-    Form(form): Form<NotifyForm>,
+    Form(form): Form<ToggleForm>,
+) -> Response {
+    let pref = Pref::Notify(form.on == "on");
+    set_pref(app, jar, form, pref, "/profile#notify").await
+}
+
+/// `POST /profile/privacy`: hidden (`on=on`) or shown.
+pub async fn set_privacy(
+    State(app): State<AppState>,
+    jar: SignedCookieJar,
+    Form(form): Form<ToggleForm>,
+) -> Response {
+    let pref = Pref::Hidden(form.on == "on");
+    set_pref(app, jar, form, pref, "/profile#privacy").await
+}
+
+/// A preference of the signed-in member, as a `prefs` event of their identity through
+/// the outbox (the relay publishes it, as it publishes the site's links).
+async fn set_pref(
+    app: AppState,
+    jar: SignedCookieJar,
+    form: ToggleForm,
+    pref: Pref,
+    back: &str,
 ) -> Response {
     let mut session = app.session(&jar).await;
     let Some(me) = session.identity().filter(|_| session.csrf_ok(&form.csrf)) else {
         return stale_form(&app, jar, session);
     };
-    let on = form.on == "on";
-    let nonce: u128 = rand::Rng::random(&mut rand::rng());
-    let event = Event {
-        id: EventId::parse(&format!("web:prefs:{nonce:032x}")).expect("a hex id is valid"),
-        ts: now_ms(),
-        identity: me,
-        name: None,
-        payload: Payload::Prefs {
-            hidden: None,
-            notify: Some(on),
-        },
-    };
+    let event = prefs_event(me, pref.payload());
     session.flash = Some(match app.store.enqueue_event(&event).await {
         Ok(()) => Flash::Ok {
-            message: if on {
-                "Rank-up announcements for you are on; it shows here within moments.".into()
-            } else {
-                "Rank-up announcements for you are off, on every platform; it shows here within moments.".into()
-            },
+            message: format!(
+                "{} It shows here within moments.",
+                text::pref_said(pref, Markup::Plain)
+            ),
         },
         Err(e) => {
             tracing::error!(error = %e, "recording a preference");
@@ -570,7 +594,7 @@ pub async fn set_notify(
             }
         }
     });
-    go(&app, jar, &session, "/profile#notify")
+    go(&app, jar, &session, back)
 }
 
 /// `POST /logout`.

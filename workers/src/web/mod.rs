@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::FromRef;
-use axum::http::{HeaderName, HeaderValue, header};
-use axum::routing::{get, post};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::routing::{get, post, put};
 use axum_extra::extract::SignedCookieJar;
 use axum_extra::extract::cookie::Key;
 use secrecy::ExposeSecret;
@@ -47,7 +47,7 @@ use crate::store::{Store, StoreError};
 use ttfd_shared::Identity;
 use ttfd_shared::trust::Publisher;
 
-use crate::settings::web::TelegramLoginSettings;
+use crate::settings::web::{LeaderboardVisibility, TelegramLoginSettings};
 use discord::DiscordOAuth;
 use ops::WebMetrics;
 use pages::TelegramWidget;
@@ -96,6 +96,8 @@ pub struct AppState {
     /// The ingest API's handle (`broker`) signs nothing.
     pub moderator: Broker,
     pub moderation: ModerationSettings,
+    /// `web.leaderboard_visibility`: who may read the leaderboards.
+    pub leaderboards: LeaderboardVisibility,
 }
 
 impl FromRef<AppState> for Key {
@@ -123,6 +125,23 @@ impl AppState {
             }
         }
         session
+    }
+
+    /// Whether the leaderboards may be shown to this session
+    /// (`web.leaderboard_visibility`); else the status and what to say instead.
+    pub fn leaderboards_for(&self, session: &Session) -> Result<(), (StatusCode, &'static str)> {
+        match self.leaderboards {
+            LeaderboardVisibility::Public => Ok(()),
+            LeaderboardVisibility::Members if session.who.is_some() => Ok(()),
+            LeaderboardVisibility::Members => Err((
+                StatusCode::UNAUTHORIZED,
+                "The leaderboards are for members: sign in to see them.",
+            )),
+            LeaderboardVisibility::Off => Err((
+                StatusCode::NOT_FOUND,
+                "This community keeps no leaderboards on the site.",
+            )),
+        }
     }
 
     /// The platform an ingest token publishes for. Every configured token is compared,
@@ -240,6 +259,7 @@ impl WebApp {
             admins: web.admins()?.into(),
             moderator: broker_moderator,
             moderation: settings.moderation.clone(),
+            leaderboards: web.leaderboard_visibility,
         };
         let ops = match settings.metrics.addr()? {
             Some(at) => {
@@ -308,6 +328,7 @@ impl WebApp {
 pub fn router(state: AppState, with_ops: bool) -> Router {
     let api = Router::new()
         .route("/users/{platform}/{user}", get(api::user))
+        .route("/me/prefs", put(api::set_prefs))
         .route("/leaderboard", get(api::leaderboard))
         .route("/ranks", get(api::ranks))
         .route("/events", post(api::ingest))
@@ -345,6 +366,7 @@ pub fn router(state: AppState, with_ops: bool) -> Router {
         .route("/u/{uid}", get(pages::user))
         .route("/profile", get(pages::own_profile))
         .route("/profile/notify", post(auth::set_notify))
+        .route("/profile/privacy", post(auth::set_privacy))
         .route("/admin", get(admin::page))
         .route("/admin/xp", post(admin::adjust))
         .route("/login", get(pages::login))

@@ -187,6 +187,9 @@ pub struct PlaceView {
 
 pub struct ProfileView {
     pub name: String,
+    /// Hidden (SPEC 7.3): only its owner sees this page, and its places are where they
+    /// would be.
+    pub hidden: bool,
     pub places: Vec<PlaceView>,
     pub badge: RankBadge,
     pub xp: String,
@@ -230,6 +233,7 @@ impl ProfileView {
                 .clone()
                 .unwrap_or_else(|| format!("Member #{}", p.uid)),
             badge: badge(rules, p.rank.index),
+            hidden: p.hidden,
             places: p
                 .standings
                 .iter()
@@ -290,6 +294,8 @@ pub struct LinkPanel {
     pub telegram: Option<TelegramWidget>,
     /// Rank-up announcements wanted (SPEC 7.3): the toggle's state.
     pub notify: bool,
+    /// Off the leaderboards, profile private (SPEC 7.3): the toggle's state.
+    pub hidden: bool,
 }
 
 // ---------------------------------------------------------------------------------
@@ -488,6 +494,9 @@ pub async fn leaderboard(
         Ok(req) => req,
         Err(message) => return error_page(&app, jar, session, StatusCode::BAD_REQUEST, message),
     };
+    if let Err((status, why)) = app.leaderboards_for(&session) {
+        return error_page(&app, jar, session, status, why);
+    }
     let board = match load_board(&app, req).await {
         Ok(b) => b,
         Err(e) => return database_down(&app, jar, session, e),
@@ -595,9 +604,11 @@ pub async fn user(
             "There is no such member.",
         );
     };
+    let viewer = session.identity();
     let profile = match app.store.profile_by_uid(uid).await {
-        Ok(Some(p)) => p,
-        Ok(None) => {
+        // A hidden member (SPEC 7.3) is no member to anyone but themselves.
+        Ok(Some(p)) if p.shown_to(viewer.as_ref()) => p,
+        Ok(_) => {
             return error_page(
                 &app,
                 jar,
@@ -674,6 +685,7 @@ pub async fn own_profile(State(app): State<AppState>, jar: SignedCookieJar) -> R
             .then(|| app.telegram_widget(&format!("/link/telegram/{}", session.csrf)))
             .flatten(),
         notify: profile.as_ref().is_none_or(|p| p.notify),
+        hidden: profile.as_ref().is_some_and(|p| p.hidden),
     };
     let title = view
         .as_ref()

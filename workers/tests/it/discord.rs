@@ -966,3 +966,101 @@ fn ttfd_discord_refuses_to_start_without_a_token_or_a_guild() {
     let err = run(&[("TTFD__DISCORD__TOKEN", "abc")]);
     assert!(err.contains("discord.guild_id"), "{err}");
 }
+
+/// `/privacy hide|show` (SPEC 7.3): a hidden member's `/rank` comes to them alone
+/// (ephemeral), another member's `/rank` of them finds no one, `/top` closes up; shown
+/// again, all of it is public again.
+#[tokio::test]
+async fn a_member_who_hides_is_off_rank_and_top_for_others_and_sees_their_own_privately() {
+    let w = world(|_| {}).await;
+    let (ann, nelly): (u64, u64) = (555, 80_351_110_224_678_912);
+    w.env
+        .publish(&[
+            xp_event("t:xp:ann", &format!("discord:{ann}"), 900),
+            xp_event("t:xp:nelly", &format!("discord:{nelly}"), 400),
+        ])
+        .await;
+    eventually("both profiles", || async {
+        w.profile(&format!("discord:{nelly}")).await?;
+        w.profile(&format!("discord:{ann}")).await
+    })
+    .await;
+    let http = w.bot.roles.api.http.clone();
+    let member = json!({"roles": [], "permissions": "0"});
+    let privacy = |id: u64, value: &str| {
+        let options = json!([{"name": "profile", "type": 3, "value": value}]);
+        interaction_by(ann, member.clone(), id, "privacy", options)
+    };
+    let rank_of_ann = |id: u64, caller: u64| {
+        let options = json!([{"name": "member", "type": 6, "value": ann.to_string()}]);
+        interaction_by(caller, member.clone(), id, "rank", options)
+    };
+    let top = |id: u64| {
+        let options = json!([{"name": "period", "type": 3, "value": "all"}]);
+        interaction_by(nelly, member.clone(), id, "top", options)
+    };
+
+    w.bot.on_command(&http, &privacy(9101, "hide")).await;
+    let reply = w.fake.interaction_responses()[0].clone();
+    assert_eq!(reply["data"]["flags"], 64, "{reply}");
+    assert!(
+        reply["data"]["content"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("You are hidden")),
+        "{reply}"
+    );
+    let read = || async {
+        let who = Identity::parse(&format!("discord:{ann}")).expect("identity");
+        w.env.store.profile(&who).await.expect("read")
+    };
+    eventually("the preference", || async {
+        read().await.filter(|p| p.hidden)
+    })
+    .await;
+    w.env.store.drain_standings().await.expect("standings");
+
+    w.bot.on_command(&http, &rank_of_ann(9102, ann)).await;
+    w.bot.on_command(&http, &rank_of_ann(9103, nelly)).await;
+    w.bot.on_command(&http, &top(9104)).await;
+    let replies = w.fake.interaction_responses();
+    let own = &replies[1];
+    assert_eq!(
+        own["data"]["flags"], 64,
+        "one's own hidden rank is ephemeral"
+    );
+    let text = own["data"]["content"].as_str().expect("content");
+    assert!(text.contains("900 XP"), "{text}");
+    assert!(
+        text.contains("Hidden: on no leaderboard, and only you see this profile. Shown, you would be #1 of 1 all time"),
+        "{text}"
+    );
+    assert_eq!(
+        replies[2]["data"]["content"],
+        "Annie has no activity recorded yet: messages and voice time earn XP.",
+        "to others a hidden member is no one"
+    );
+    assert_eq!(
+        replies[3]["data"]["content"], "**Leaderboard, all time**\n1. Nelly — 400 XP · F I",
+        "the others close up"
+    );
+
+    w.bot.on_command(&http, &privacy(9105, "show")).await;
+    eventually("shown again", || async {
+        read().await.filter(|p| !p.hidden)
+    })
+    .await;
+    w.env.store.drain_standings().await.expect("standings");
+    w.bot.on_command(&http, &rank_of_ann(9106, nelly)).await;
+    w.bot.on_command(&http, &top(9107)).await;
+    let replies = w.fake.interaction_responses();
+    let text = replies[5]["data"]["content"].as_str().expect("content");
+    assert!(text.starts_with("**Annie**\nRank"), "{text}");
+    assert!(
+        replies[6]["data"]["content"]
+            .as_str()
+            .is_some_and(|t| t.contains("1. Nelly — 900 XP · F II\n2. Nelly — 400 XP")),
+        "{}",
+        replies[6]
+    );
+    w.stop().await;
+}

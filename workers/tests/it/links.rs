@@ -404,8 +404,11 @@ async fn bad_queries_get_an_error_reply_and_no_service_means_unavailable() {
         matches!(&r, Reply::Error(e) if e.contains("query.as.discord.")),
         "{r:?}"
     );
-    let r = ask("as.discord.profile", for_victim).await;
-    assert!(matches!(r, Reply::Error(_)), "{r:?}");
+    let r = ask("as.telegram.profile", for_victim).await;
+    assert!(
+        matches!(&r, Reply::Error(e) if e.contains("speaks for platform \"telegram\"")),
+        "{r:?}"
+    );
     let issued: i64 = sqlx::query_scalar("SELECT count(*) FROM link_codes")
         .fetch_one(&env.store.pool)
         .await

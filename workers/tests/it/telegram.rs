@@ -822,3 +822,87 @@ async fn without_a_token_ttfd_telegram_refuses_to_start() {
         "{stderr}"
     );
 }
+
+/// `/privacy hide|show` (SPEC 7.3): the member's `prefs` event; hidden, their `/rank`
+/// is theirs alone (in private; a group is told to ask privately) and `/top` closes up.
+#[tokio::test]
+async fn privacy_hides_a_member_from_the_group_and_shows_them_again() {
+    let world = World::new().await;
+    let stop = CancellationToken::new();
+    let (_, bot) = world.spawn_bot(world.settings(), stop.clone()).await;
+    let fake = &world.fake;
+    fake.push_update(group_message(
+        GROUP,
+        20,
+        1001,
+        "Ada",
+        None,
+        "Morning, everyone!",
+    ));
+    fake.push_update(group_message(
+        GROUP,
+        21,
+        1002,
+        "Bob",
+        None,
+        "Good morning to you",
+    ));
+    eventually("both profiles", || async {
+        world.query.profile(&who("telegram:1002")).await.ok()??;
+        world.query.profile(&who("telegram:1001")).await.ok()?
+    })
+    .await;
+
+    fake.push_update(private_message(1001, "Ada", 30, "/privacy"));
+    world.reply_containing(1001, "/privacy hide").await;
+    fake.push_update(private_message(1001, "Ada", 31, "/privacy hide"));
+    world
+        .reply_containing(1001, "You are hidden, on every platform")
+        .await;
+    eventually("the preference", || async {
+        world
+            .env
+            .store
+            .profile(&who("telegram:1001"))
+            .await
+            .ok()?
+            .filter(|p| p.hidden)
+    })
+    .await;
+    assert_eq!(
+        world
+            .query
+            .profile(&who("telegram:1001"))
+            .await
+            .expect("ask"),
+        None,
+        "to others a hidden member is no one"
+    );
+    world.env.store.drain_standings().await.expect("standings");
+
+    fake.push_update(group_message(GROUP, 22, 1001, "Ada", None, "/rank"));
+    world
+        .reply_containing(GROUP, "ask me /rank in a private chat")
+        .await;
+    fake.push_update(private_message(1001, "Ada", 32, "/rank"));
+    let own = world
+        .reply_containing(1001, "Hidden: on no leaderboard")
+        .await;
+    assert!(
+        own["text"].as_str().is_some_and(|t| t.contains("10 XP")),
+        "{own}"
+    );
+    fake.push_update(group_message(GROUP, 23, 1002, "Bob", None, "/top"));
+    let top = world.reply_containing(GROUP, "Leaderboard, all time").await;
+    assert_eq!(top["text"], "Leaderboard, all time\n1. Bob — 10 XP · F I");
+
+    fake.push_update(private_message(1001, "Ada", 33, "/privacy show"));
+    world.reply_containing(1001, "You are shown again").await;
+    eventually("shown again", || async {
+        world.query.profile(&who("telegram:1001")).await.ok()?
+    })
+    .await;
+    stop.cancel();
+    bot.await.expect("join").expect("the bot stops cleanly");
+    world.cleanup().await;
+}

@@ -2036,3 +2036,149 @@ async fn a_public_site_without_a_cookie_key_refuses_to_start_naming_the_key() {
     assert!(err.contains("web.cookie_key"), "{err}");
     env.cleanup().await;
 }
+
+/// SPEC 7.3 on the website and the API: a member who hides is "not found" to everyone
+/// else (profile page, API read) and on no leaderboard (the others close up), sees their
+/// own profile with where they would stand, and shows again through the API's
+/// `PUT /api/v1/me/prefs`.
+#[tokio::test]
+async fn a_hidden_member_is_off_every_web_surface_but_their_own_profile() {
+    let site = Site::start().await;
+    let now = ttfd::now_ms();
+    let ann = format!("discord:{ANN_DISCORD}");
+    site.seed(&[
+        xp("x:ann", &ann, "Ann", 500, now),
+        xp("x:bob", "website:bob", "Bob", 300, now),
+    ])
+    .await;
+    let uid = site
+        .env
+        .store
+        .profile(&Identity::parse(&ann).expect("identity"))
+        .await
+        .expect("read")
+        .expect("ann")
+        .uid;
+    let client = browser();
+    let html = sign_in_with_discord(&site, &client).await;
+    assert!(
+        html.contains("leaderboards: <strong>public</strong>"),
+        "{html}"
+    );
+    let fields = vec![
+        ("csrf".to_owned(), csrf_of(&html)),
+        ("on".to_owned(), "on".to_owned()),
+    ];
+    let (page, _) = follow_post(&client, &site.url("/profile/privacy"), &fields).await;
+    let (status, flash) = text(page).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(flash.contains("You are hidden"), "{flash}");
+    let own = eventually("the member hidden", || async {
+        let (_, page) = text(client.get(site.url("/profile")).send().await.ok()?).await;
+        page.contains("leaderboards: <strong>hidden</strong>")
+            .then_some(page)
+    })
+    .await;
+    assert!(own.contains("id=\"hidden-note\""), "{own}");
+    assert!(own.contains("<strong>#1</strong> all time"), "{own}");
+    site.env.store.drain_standings().await.expect("standings");
+
+    // Everyone else: not found, and a leaderboard of one.
+    let anyone = reqwest::Client::new();
+    let get = |c: &reqwest::Client, path: &str| c.get(site.url(path)).send();
+    let (status, body) = json_of(
+        get(&anyone, &format!("/api/v1/users/discord/{ANN_DISCORD}"))
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(
+        body["error"],
+        format!("no user has the identity {ann}"),
+        "the same answer as for nobody"
+    );
+    let (status, _) = text(get(&anyone, &format!("/u/{uid}")).await.expect("get")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, board) = json_of(get(&anyone, "/api/v1/leaderboard").await.expect("get")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(board["total"], 1);
+    assert_eq!(board["entries"][0]["display_name"], "Bob");
+    assert_eq!(board["entries"][0]["position"], 1);
+    let (_, page) = text(get(&anyone, "/leaderboard").await.expect("get")).await;
+    assert!(page.contains("Bob") && !page.contains("Ann"), "{page}");
+
+    // The member: their own profile on every read.
+    let (status, me) = json_of(
+        get(&client, &format!("/api/v1/users/discord/{ANN_DISCORD}"))
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(me["hidden"], true);
+    assert_eq!(me["standings"][0]["position"], 1, "where they would be");
+    assert_eq!(me["standings"][0]["ranked"], 1, "among the others shown");
+    let (status, _) = text(get(&client, &format!("/u/{uid}")).await.expect("get")).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The API's preference field: refused without a sign-in or with nothing to set.
+    let put =
+        |c: &reqwest::Client, body: Value| c.put(site.url("/api/v1/me/prefs")).json(&body).send();
+    let (status, _) = json_of(put(&anyone, json!({"hidden": false})).await.expect("put")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = json_of(put(&client, json!({})).await.expect("put")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = json_of(put(&client, json!({"hidden": "no"})).await.expect("put")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = json_of(put(&client, json!({"hidden": false})).await.expect("put")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    eventually("the member shown again", || async {
+        let (status, _) = json_of(
+            get(&anyone, &format!("/api/v1/users/discord/{ANN_DISCORD}"))
+                .await
+                .ok()?,
+        )
+        .await;
+        (status == StatusCode::OK).then_some(())
+    })
+    .await;
+    site.env.store.drain_standings().await.expect("standings");
+    let (_, board) = json_of(get(&anyone, "/api/v1/leaderboard").await.expect("get")).await;
+    assert_eq!(board["total"], 2);
+    assert_eq!(board["entries"][0]["display_name"], "Ann");
+    site.stop().await;
+}
+
+/// `web.leaderboard_visibility`: `members` shows the leaderboards to signed-in members
+/// only, `off` to nobody; the page and the API alike.
+#[tokio::test]
+async fn leaderboard_visibility_keeps_the_boards_to_members_or_off() {
+    use ttfd::settings::web::LeaderboardVisibility;
+    let site =
+        Site::start_with(|s| s.web.leaderboard_visibility = LeaderboardVisibility::Members).await;
+    let anyone = reqwest::Client::new();
+    for path in ["/leaderboard", "/api/v1/leaderboard"] {
+        let (status, body) = text(anyone.get(site.url(path)).send().await.expect("get")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        assert!(body.contains("sign in"), "{path}: {body}");
+    }
+    let member = browser();
+    sign_in_with_discord(&site, &member).await;
+    for path in ["/leaderboard", "/api/v1/leaderboard"] {
+        let (status, _) = text(member.get(site.url(path)).send().await.expect("get")).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+    site.stop().await;
+
+    let site =
+        Site::start_with(|s| s.web.leaderboard_visibility = LeaderboardVisibility::Off).await;
+    let member = browser();
+    sign_in_with_discord(&site, &member).await;
+    for path in ["/leaderboard", "/api/v1/leaderboard"] {
+        let (status, body) = text(member.get(site.url(path)).send().await.expect("get")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert!(body.contains("no leaderboards"), "{path}: {body}");
+    }
+    site.stop().await;
+}

@@ -16,7 +16,7 @@
 pub mod blocks;
 pub mod round;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::PgConnection;
 use time::Date;
@@ -25,7 +25,7 @@ use ttfd_shared::rules::day_of_date;
 use ttfd_shared::view::{Period, PeriodStanding};
 
 use self::blocks::{Blocks, FIRST, Key};
-use self::round::{ALL, Round, WorkRow};
+use self::round::{ALL, Round, Stored, WorkRow};
 use super::{Store, StoreError};
 
 /// Advisory lock class of the refresher ("TTST"); the key is the schema's name hash,
@@ -54,6 +54,7 @@ type WorkColumns = (
     i64,
     Vec<i64>,
     Vec<i32>,
+    Vec<i64>,
     Vec<i64>,
     Vec<i64>,
     Vec<i64>,
@@ -141,7 +142,8 @@ impl Store {
                  WHERE before <= $3 ORDER BY start_neg DESC, start_uid DESC LIMIT 1)
              SELECT s.user_id, s.xp FROM b CROSS JOIN LATERAL (
                  SELECT user_id, xp FROM standings s
-                 WHERE s.period = $1 AND (-s.xp, s.user_id) >= (b.start_neg, b.start_uid)
+                 WHERE s.period = $1 AND NOT s.hidden
+                   AND (-s.xp, s.user_id) >= (b.start_neg, b.start_uid)
                  ORDER BY -s.xp, s.user_id OFFSET $3 - b.before LIMIT $2) s",
         )
         .bind(key)
@@ -179,7 +181,7 @@ impl Store {
                             WHERE b.period = p.period
                               AND (b.start_neg, b.start_uid) < (blk.start_neg, blk.start_uid)), 0)
                           + (SELECT count(*) FROM standings o
-                             WHERE o.period = p.period
+                             WHERE o.period = p.period AND NOT o.hidden
                                AND (-o.xp, o.user_id) >= (blk.start_neg, blk.start_uid)
                                AND (-o.xp, o.user_id) < (-s.xp, s.user_id)))::int8 AS position
                  FROM standings s CROSS JOIN LATERAL (
@@ -238,7 +240,7 @@ async fn refresh_in(
     recompute: Recompute,
 ) -> Result<Refreshed, StoreError> {
     let rows: Vec<WorkColumns> = sqlx::query_as(
-        "SELECT id, users, days, xp, touched, losers, survivors, recompute
+        "SELECT id, users, days, xp, touched, losers, survivors, seen, recompute
          FROM standing_work ORDER BY id LIMIT $1",
     )
     .bind(ROUND_ROWS + 1)
@@ -249,7 +251,7 @@ async fn refresh_in(
         .into_iter()
         .take(ROUND_ROWS as usize)
         .map(
-            |(id, users, days, xp, touched, losers, survivors, recompute)| WorkRow {
+            |(id, users, days, xp, touched, losers, survivors, seen, recompute)| WorkRow {
                 id,
                 users,
                 days,
@@ -257,6 +259,7 @@ async fn refresh_in(
                 touched,
                 losers,
                 survivors,
+                seen,
                 recompute,
             },
         )
@@ -277,15 +280,16 @@ async fn refresh_in(
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     let mut round = Round::fold(&rows);
 
-    // Losers' rows move to their survivors, in every period they had one.
+    // Losers' rows move to their survivors, in every period they had one (every period
+    // with a row has blocks).
     let losers = round.losers();
     let mut removed = Vec::new();
     if !losers.is_empty() {
-        let gone: Vec<(String, i64, i64)> = sqlx::query_as(
+        let gone: Vec<(String, i64, i64, bool)> = sqlx::query_as(
             "DELETE FROM standings
              WHERE period = ANY(ARRAY(SELECT DISTINCT period FROM standing_blocks))
                AND user_id = ANY($1)
-             RETURNING period, user_id, xp",
+             RETURNING period, user_id, xp, hidden",
         )
         .bind(&losers)
         .fetch_all(&mut *conn)
@@ -294,47 +298,63 @@ async fn refresh_in(
     }
 
     let (periods, users) = round.pairs();
-    let stored: HashMap<(String, i64), i64> = sqlx::query_as::<_, (String, i64, i64)>(
-        "SELECT s.period, s.user_id, s.xp FROM standings s
-         JOIN unnest($1::text[], $2::int8[]) AS t(p, u) ON s.period = t.p AND s.user_id = t.u",
+    let mut stored: HashMap<(String, i64), Stored> = sqlx::query_as::<_, (String, i64, i64, bool)>(
+        "SELECT s.period, s.user_id, s.xp, s.hidden FROM standings s
+             JOIN unnest($1::text[], $2::int8[]) AS t(p, u) ON s.period = t.p AND s.user_id = t.u",
     )
     .bind(&periods)
     .bind(&users)
     .fetch_all(&mut *conn)
     .await?
     .into_iter()
-    .map(|(p, u, x)| ((p, u), x))
+    .map(|(p, u, x, h)| ((p, u), (x, h)))
     .collect();
-    let settled = round.settle(&stored, removed);
+    let checked = round.checked();
+    if !checked.is_empty() {
+        let rows: Vec<(String, i64, i64, bool)> = sqlx::query_as(
+            "SELECT period, user_id, xp, hidden FROM standings
+             WHERE period = ANY(ARRAY(SELECT DISTINCT period FROM standing_blocks))
+               AND user_id = ANY($1)",
+        )
+        .bind(&checked)
+        .fetch_all(&mut *conn)
+        .await?;
+        stored.extend(rows.into_iter().map(|(p, u, x, h)| ((p, u), (x, h))));
+    }
+    let hidden = hidden_users(conn).await?;
+    let settled = round.settle(&stored, removed, &hidden);
 
     // Rows that exist are updated, new ones inserted: an upsert (`ON CONFLICT`)
     // inserts speculatively, which costs more for the many rows that exist.
     let (updates, inserts): (Vec<_>, Vec<_>) = settled
         .upserts
         .iter()
-        .partition(|(p, u, _)| stored.contains_key(&(p.clone(), *u)));
+        .partition(|(p, u, _, _)| stored.contains_key(&(p.clone(), *u)));
     for (rows, sql) in [
         (
             updates,
-            "UPDATE standings s SET xp = t.x
-             FROM unnest($1::text[], $2::int8[], $3::int8[]) AS t(p, u, x)
+            "UPDATE standings s SET xp = t.x, hidden = t.h
+             FROM unnest($1::text[], $2::int8[], $3::int8[], $4::bool[]) AS t(p, u, x, h)
              WHERE s.period = t.p AND s.user_id = t.u",
         ),
         (
             inserts,
-            "INSERT INTO standings (period, user_id, xp)
-             SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[])",
+            "INSERT INTO standings (period, user_id, xp, hidden)
+             SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::bool[])",
         ),
     ] {
         if rows.is_empty() {
             continue;
         }
-        let (p, (u, x)): (Vec<&str>, (Vec<i64>, Vec<i64>)) =
-            rows.iter().map(|(p, u, x)| (p.as_str(), (*u, *x))).unzip();
+        let p: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+        let u: Vec<i64> = rows.iter().map(|r| r.1).collect();
+        let x: Vec<i64> = rows.iter().map(|r| r.2).collect();
+        let h: Vec<bool> = rows.iter().map(|r| r.3).collect();
         sqlx::query(sql)
             .bind(&p)
             .bind(&u)
             .bind(&x)
+            .bind(&h)
             .execute(&mut *conn)
             .await?;
     }
@@ -396,7 +416,7 @@ async fn keep_blocks(
                  SELECT -xp AS neg, user_id AS uid,
                         row_number() OVER (ORDER BY -xp, user_id) - 1 AS i
                  FROM standings
-                 WHERE period = $1 AND (-xp, user_id) >= ($2, $3)
+                 WHERE period = $1 AND NOT hidden AND (-xp, user_id) >= ($2, $3)
                    AND ($6 OR (-xp, user_id) < ($4, $5)))
              SELECT (SELECT count(*) FROM m),
                     ARRAY(SELECT neg FROM m WHERE i > 0 AND i % $7 = 0 ORDER BY i),
@@ -459,11 +479,14 @@ async fn recompute_in(conn: &mut PgConnection, target: i64) -> Result<(), StoreE
     sqlx::query("DELETE FROM standings")
         .execute(&mut *conn)
         .await?;
+    let hidden: Vec<i64> = hidden_users(conn).await?.into_iter().collect();
     sqlx::query(
-        "INSERT INTO standings (period, user_id, xp)
-         SELECT $1, id, xp FROM users WHERE merged_into IS NULL AND first_event_ms IS NOT NULL",
+        "INSERT INTO standings (period, user_id, xp, hidden)
+         SELECT $1, id, xp, id = ANY($2) FROM users
+         WHERE merged_into IS NULL AND first_event_ms IS NOT NULL",
     )
     .bind(ALL)
+    .bind(&hidden)
     .execute(&mut *conn)
     .await?;
     let span: (Option<Date>, Option<Date>) =
@@ -475,8 +498,8 @@ async fn recompute_in(conn: &mut PgConnection, target: i64) -> Result<(), StoreE
             .flat_map(|d| period_keys(d).into_iter().map(move |k| (d, k)))
             .unzip();
         sqlx::query(
-            "INSERT INTO standings (period, user_id, xp)
-             SELECT k.period, i.user_id, sum(l.xp)
+            "INSERT INTO standings (period, user_id, xp, hidden)
+             SELECT k.period, i.user_id, sum(l.xp), i.user_id = ANY($3)
              FROM xp_ledger l
              JOIN identities i ON i.id = l.identity_id
              JOIN unnest($1::int4[], $2::text[]) AS k(day, period)
@@ -485,9 +508,12 @@ async fn recompute_in(conn: &mut PgConnection, target: i64) -> Result<(), StoreE
         )
         .bind(&days)
         .bind(&keys)
+        .bind(&hidden)
         .execute(&mut *conn)
         .await?;
     }
+    // Blocks count the members shown; a period whose every member is hidden has its
+    // first block, empty.
     sqlx::query(
         "INSERT INTO standing_blocks (period, start_neg, start_uid, members)
          SELECT period,
@@ -496,8 +522,12 @@ async fn recompute_in(conn: &mut PgConnection, target: i64) -> Result<(), StoreE
          FROM (SELECT period, -xp AS neg, user_id AS uid,
                       row_number() OVER (PARTITION BY period ORDER BY -xp, user_id) - 1 AS i,
                       count(*) OVER (PARTITION BY period) AS n
-               FROM standings) t
-         WHERE i % $3 = 0",
+               FROM standings WHERE NOT hidden) t
+         WHERE i % $3 = 0
+         UNION ALL
+         SELECT DISTINCT period, $1, $2, 0::int8 FROM standings s
+         WHERE hidden AND NOT EXISTS (
+             SELECT 1 FROM standings v WHERE v.period = s.period AND NOT v.hidden)",
     )
     .bind(FIRST.0)
     .bind(FIRST.1)
@@ -505,4 +535,15 @@ async fn recompute_in(conn: &mut PgConnection, target: i64) -> Result<(), StoreE
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// The users hidden now (SPEC 7.3: any of their identities' newest `hidden` is true).
+async fn hidden_users(conn: &mut PgConnection) -> Result<HashSet<i64>, StoreError> {
+    let uids: Vec<i64> = sqlx::query_scalar(
+        "SELECT DISTINCT i.user_id FROM identity_prefs p JOIN identities i ON i.id = p.identity_id
+         WHERE p.hidden",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(uids.into_iter().collect())
 }

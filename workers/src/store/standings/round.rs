@@ -2,7 +2,7 @@
 //! batches folded into one change per (period, user), then the rows and block moves
 //! that change makes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use ttfd_shared::model::period_keys;
 
@@ -24,6 +24,8 @@ pub struct WorkRow {
     /// Users merged away, and the user each ended in.
     pub losers: Vec<i64>,
     pub survivors: Vec<i64>,
+    /// Users one of whose identities said `hidden` (SPEC 7.3): visibility to check.
+    pub seen: Vec<i64>,
     pub recompute: bool,
 }
 
@@ -34,16 +36,24 @@ pub struct Round {
     pub deltas: BTreeMap<(String, i64), i64>,
     /// Each user merged away in the round's batches, and where it ended.
     survivor: HashMap<i64, i64>,
+    /// Users whose visibility may have changed (a `prefs` event, a merge): their rows
+    /// in every period are read, and their flag set.
+    check: BTreeSet<i64>,
 }
 
-/// A member's move in a period's order: `(old key, new key)`, `None` for not ranked.
+/// A member's move in a period's order: `(old key, new key)`, `None` for not ranked or
+/// hidden.
 pub type Move = (Option<Key>, Option<Key>);
 
-/// What a round writes: standings rows set or removed, and per period the members that
-/// moved.
+/// A standings row as stored: XP, and whether the member is hidden.
+pub type Stored = (i64, bool);
+
+/// What a round writes: standings rows `(period, user, xp, hidden)` set or removed, and
+/// per period the members that moved (every period a row is written in has an entry,
+/// so that it has blocks).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Settled {
-    pub upserts: Vec<(String, i64, i64)>,
+    pub upserts: Vec<(String, i64, i64, bool)>,
     pub deletes: Vec<(String, i64)>,
     pub moves: BTreeMap<String, Vec<Move>>,
 }
@@ -61,6 +71,7 @@ impl Round {
         let mut round = Round {
             deltas: BTreeMap::new(),
             survivor,
+            check: BTreeSet::new(),
         };
         for r in rows {
             for ((u, d), x) in r.users.iter().zip(&r.days).zip(&r.xp) {
@@ -75,7 +86,19 @@ impl Round {
                 round.deltas.entry((ALL.to_owned(), u)).or_default();
             }
         }
+        let check: BTreeSet<i64> = rows
+            .iter()
+            .flat_map(|r| r.seen.iter().chain(&r.survivors))
+            .map(|u| round.follow(*u))
+            .collect();
+        round.check = check;
         round
+    }
+
+    /// The users whose rows in every period the round reads ([`Round::settle`]'s
+    /// `stored` holds them): their visibility may have changed.
+    pub fn checked(&self) -> Vec<i64> {
+        self.check.iter().copied().collect()
     }
 
     fn follow(&self, mut uid: i64) -> i64 {
@@ -95,15 +118,15 @@ impl Round {
         l
     }
 
-    /// Takes the standings rows the losers had, `(period, loser, xp)`, now removed: each
-    /// is added to its survivor's.
-    pub fn take_losers(&mut self, removed: &[(String, i64, i64)]) -> Vec<(String, Key)> {
+    /// Takes the standings rows the losers had, `(period, loser, xp, hidden)`, now
+    /// removed: each is added to its survivor's; the visible ones leave their blocks.
+    pub fn take_losers(&mut self, removed: &[(String, i64, i64, bool)]) -> Vec<(String, Key)> {
         removed
             .iter()
-            .map(|(p, loser, xp)| {
+            .filter_map(|(p, loser, xp, hidden)| {
                 let s = self.follow(*loser);
                 *self.deltas.entry((p.clone(), s)).or_default() += xp;
-                (p.clone(), key(*xp, *loser))
+                (!hidden).then(|| (p.clone(), key(*xp, *loser)))
             })
             .collect()
     }
@@ -113,34 +136,41 @@ impl Round {
         self.deltas.keys().map(|(p, u)| (p.as_str(), *u)).unzip()
     }
 
-    /// The rows and moves, given the stored XP of [`Round::pairs`] (absent: not ranked)
-    /// and the losers' rows taken out ([`Round::take_losers`]).
+    /// The rows and moves, given the stored rows of [`Round::pairs`] and of the
+    /// [`Round::checked`] users (absent: not ranked), the losers' rows taken out
+    /// ([`Round::take_losers`]) and the users hidden now.
     pub fn settle(
         &self,
-        stored: &HashMap<(String, i64), i64>,
+        stored: &HashMap<(String, i64), Stored>,
         removed: Vec<(String, Key)>,
+        hidden: &HashSet<i64>,
     ) -> Settled {
         let mut out = Settled::default();
         for (p, k) in removed {
             out.moves.entry(p).or_default().push((Some(k), None));
         }
-        for ((p, u), delta) in &self.deltas {
+        let checked = stored
+            .keys()
+            .filter(|(p, u)| self.check.contains(u) && !self.deltas.contains_key(&(p.clone(), *u)))
+            .map(|pu| (pu, &0));
+        for ((p, u), delta) in self.deltas.iter().chain(checked) {
             let old = stored.get(&(p.clone(), *u)).copied();
-            let xp = old.unwrap_or(0) + delta;
+            let xp = old.map_or(0, |o| o.0) + delta;
             // All time ranks every user; a period, those with XP in it.
             let ranked = p == ALL || xp != 0;
-            let new = ranked.then_some(xp);
+            let new = ranked.then_some((xp, hidden.contains(u)));
             if old == new {
                 continue;
             }
             match new {
-                Some(xp) => out.upserts.push((p.clone(), *u, xp)),
+                Some((xp, h)) => out.upserts.push((p.clone(), *u, xp, h)),
                 None => out.deletes.push((p.clone(), *u)),
             }
+            let shown = |row: Option<Stored>| row.filter(|r| !r.1).map(|r| key(r.0, *u));
             out.moves
                 .entry(p.clone())
                 .or_default()
-                .push((old.map(|x| key(x, *u)), new.map(|x| key(x, *u))));
+                .push((shown(old), shown(new)));
         }
         out
     }
@@ -210,14 +240,18 @@ mod tests {
             },
         ]);
         assert_eq!(r.losers(), vec![2, 5]);
-        let removed = r.take_losers(&[(ALL.to_owned(), 2, 100), (W.to_owned(), 5, 7)]);
+        let removed =
+            r.take_losers(&[(ALL.to_owned(), 2, 100, false), (W.to_owned(), 5, 7, false)]);
         assert_eq!(r.deltas.get(&(ALL.to_owned(), 1)), Some(&141));
         assert_eq!(r.deltas.get(&(W.to_owned(), 1)), Some(&48));
         assert!(r.deltas.keys().all(|(_, u)| *u == 1));
-        let stored = HashMap::from([((ALL.to_owned(), 1), 10), ((W.to_owned(), 1), -48)]);
-        let s = r.settle(&stored, removed);
-        assert!(s.upserts.contains(&(ALL.to_owned(), 1, 151)));
-        assert!(s.upserts.contains(&(M.to_owned(), 1, 41)));
+        let stored = HashMap::from([
+            ((ALL.to_owned(), 1), (10, false)),
+            ((W.to_owned(), 1), (-48, false)),
+        ]);
+        let s = r.settle(&stored, removed, &HashSet::new());
+        assert!(s.upserts.contains(&(ALL.to_owned(), 1, 151, false)));
+        assert!(s.upserts.contains(&(M.to_owned(), 1, 41, false)));
         assert_eq!(
             s.deletes,
             vec![(W.to_owned(), 1)],
@@ -242,9 +276,74 @@ mod tests {
             touched: vec![3],
             ..row(1)
         }]);
-        let s = r.settle(&HashMap::from([((ALL.to_owned(), 3), 0)]), Vec::new());
+        let none = HashSet::new();
+        let s = r.settle(
+            &HashMap::from([((ALL.to_owned(), 3), (0, false))]),
+            Vec::new(),
+            &none,
+        );
         assert_eq!(s, Settled::default());
-        let s = r.settle(&HashMap::new(), Vec::new());
-        assert_eq!(s.upserts, vec![(ALL.to_owned(), 3, 0)]);
+        let s = r.settle(&HashMap::new(), Vec::new(), &none);
+        assert_eq!(s.upserts, vec![(ALL.to_owned(), 3, 0, false)]);
+    }
+
+    #[test]
+    fn a_member_who_hides_keeps_rows_in_every_period_but_leaves_every_order() {
+        let day = day_of_date(date!(2026 - 12 - 03));
+        // The batch of the `prefs` event added nothing; the member had rows in two
+        // periods, read because they are checked.
+        let r = Round::fold(&[WorkRow {
+            touched: vec![4],
+            seen: vec![4],
+            ..row(1)
+        }]);
+        assert_eq!(r.checked(), vec![4]);
+        let stored = HashMap::from([
+            ((ALL.to_owned(), 4), (30, false)),
+            ((W.to_owned(), 4), (30, false)),
+        ]);
+        let s = r.settle(&stored, Vec::new(), &HashSet::from([4]));
+        assert_eq!(
+            s.upserts,
+            vec![(ALL.to_owned(), 4, 30, true), (W.to_owned(), 4, 30, true)]
+        );
+        assert_eq!(s.moves[ALL], vec![(Some(key(30, 4)), None)]);
+        assert_eq!(s.moves[W], vec![(Some(key(30, 4)), None)]);
+
+        // Hidden, they earn on: the XP stays exact, no block counts them.
+        let r = Round::fold(&[WorkRow {
+            users: vec![4],
+            days: vec![day],
+            xp: vec![5],
+            touched: vec![4],
+            ..row(2)
+        }]);
+        let stored = HashMap::from([((ALL.to_owned(), 4), (30, true))]);
+        let s = r.settle(&stored, Vec::new(), &HashSet::from([4]));
+        assert!(s.upserts.contains(&(ALL.to_owned(), 4, 35, true)));
+        assert!(s.upserts.contains(&(M.to_owned(), 4, 5, true)));
+        assert_eq!(
+            s.moves[M],
+            vec![(None, None)],
+            "a period with a row has blocks"
+        );
+
+        // Shown again, in the period of a merged-away loser's hidden row too.
+        let mut r = Round::fold(&[WorkRow {
+            touched: vec![4],
+            seen: vec![4],
+            losers: vec![9],
+            survivors: vec![4],
+            ..row(3)
+        }]);
+        let removed = r.take_losers(&[(W.to_owned(), 9, 2, true)]);
+        assert!(removed.is_empty(), "a hidden row was in no block");
+        let stored = HashMap::from([
+            ((ALL.to_owned(), 4), (35, true)),
+            ((W.to_owned(), 4), (35, true)),
+        ]);
+        let s = r.settle(&stored, removed, &HashSet::new());
+        assert_eq!(s.moves[W], vec![(None, Some(key(37, 4)))]);
+        assert_eq!(s.moves[ALL], vec![(None, Some(key(35, 4)))]);
     }
 }

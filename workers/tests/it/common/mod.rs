@@ -474,15 +474,28 @@ async fn compare_standings(
             }
         }
     }
-    // Each member's positions in the current periods.
+    // Each member's positions in the current periods; a hidden member's is where they
+    // would be among those shown.
     let today = time::OffsetDateTime::now_utc().date();
-    for uid in owners.keys() {
+    for (uid, ids) in owners {
+        let hidden = expected.iter().any(|p| &p.identities == ids && p.hidden);
         for s in store.standings_of(*uid, today).await.map_err(err)? {
             let rows = store.standings_page(&s.key, 10_000, 0).await.map_err(err)?;
-            let at = rows
-                .iter()
-                .position(|(u, _)| u == uid)
-                .map(|i| i as u64 + 1);
+            let ranked = s.key == "all" || s.xp != 0;
+            let at = match rows.iter().position(|(u, _)| u == uid) {
+                Some(_) if hidden => {
+                    return Err(format!("hidden user {uid} is shown in {}", s.key));
+                }
+                Some(i) => Some(i as u64 + 1),
+                None if hidden && ranked => {
+                    let before = rows
+                        .iter()
+                        .filter(|(u, x)| (-x, *u) < (-s.xp, *uid))
+                        .count();
+                    Some(before as u64 + 1)
+                }
+                None => None,
+            };
             if s.position != at || s.ranked != rows.len() as u64 {
                 return Err(format!(
                     "position of user {uid} in {}: {:?} of {}, the list says {at:?} of {}",
