@@ -158,6 +158,9 @@ async def main():
         ack = await web.js_publish("ttfd.events.discord.xp", "mod:xp:perm-web-1")
         check("web publishes the admin page's xp events",
               ack and ack.get("stream") == "TTFD_EVENTS", str(ack))
+        ack = await web.js_publish("ttfd.events.telegram.unlink", "mod:unlink:perm-web-1")
+        check("web publishes the admin page's unlink events",
+              ack and ack.get("stream") == "TTFD_EVENTS", str(ack))
         check("web may not publish notifications", await web.refused_publish("ttfd.notify.rank"))
         check("web may not delete the events stream",
               await web.refused_publish("$JS.API.STREAM.DELETE.TTFD_EVENTS"))
@@ -201,6 +204,9 @@ async def main():
         check("query may not publish links", await query.refused_publish("ttfd.events.discord.link"))
         ack = await query.js_publish("ttfd.events.discord.xp", "mod:xp:perm-1")
         check("query publishes the moderators' xp events",
+              ack and ack.get("stream") == "TTFD_EVENTS", str(ack))
+        ack = await query.js_publish("ttfd.events.telegram.unlink", "mod:unlink:perm-1")
+        check("query publishes the moderators' unlink events",
               ack and ack.get("stream") == "TTFD_EVENTS", str(ack))
         check("query may not publish to an arbitrary inbox",
               await query.refused_publish("_INBOX.somebody-else"))
@@ -251,7 +257,8 @@ async def main():
         check("sync publishes rank notices", ack and ack.get("stream") == "TTFD_NOTIFY", str(ack))
         ack = await sync.js_publish("ttfd.events.telegram.link", "telegram:link:1")
         check("sync relays outbox links of any platform", ack and ack.get("seq"), str(ack))
-        for subject in ("ttfd.events.discord.xp", "ttfd.events.telegram.message"):
+        for subject in ("ttfd.events.discord.xp", "ttfd.events.telegram.message",
+                        "ttfd.events.discord.unlink"):
             check(f"sync publishes no other event ({subject})", await sync.refused_publish(subject))
         check("sync may not delete streams",
               await sync.refused_publish("$JS.API.STREAM.DELETE.TTFD_EVENTS"))

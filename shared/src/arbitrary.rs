@@ -54,11 +54,18 @@ fn payload(pool: usize, allow_negative: bool) -> impl Strategy<Value = Payload> 
         }),
         1 => (proptest::option::of(any::<bool>()), proptest::option::of(any::<bool>()))
             .prop_map(|(hidden, notify)| Payload::Prefs { hidden, notify }),
+        1 => (identity(pool), proptest::option::of(identity(pool))).prop_map(|(other, by)| {
+            Payload::Unlink {
+                other,
+                reason: "test".into(),
+                by,
+            }
+        }),
     ]
 }
 
-/// One event with a unique id `<tag>:<n>`; links to the sender itself are turned into
-/// messages, since the wire refuses them.
+/// One event with a unique id `<tag>:<n>`; links and unlinks to the sender itself are
+/// turned into messages, since the wire refuses them.
 pub fn event(n: usize, pool: usize, allow_negative: bool) -> impl Strategy<Value = Event> {
     (
         identity(pool),
@@ -75,11 +82,15 @@ pub fn event(n: usize, pool: usize, allow_negative: bool) -> impl Strategy<Value
     )
         .prop_map(move |(identity, payload, secs, name)| {
             let payload = match payload {
-                Payload::Link { other, .. } if other == identity => Payload::Message {
-                    len: None,
-                    chat: None,
-                    mult: None,
-                },
+                Payload::Link { other, .. } | Payload::Unlink { other, .. }
+                    if other == identity =>
+                {
+                    Payload::Message {
+                        len: None,
+                        chat: None,
+                        mult: None,
+                    }
+                }
                 p => p,
             };
             Event {

@@ -124,6 +124,12 @@ fn claim(publisher: Publisher, event: &Event) -> Result<(), Rejection> {
                 refuse("an xp event comes only from a moderator or an admin".into())
             }
         },
+        // Undoing a link (SPEC 7.4) is a moderator's or an operator's decision, never a
+        // platform's: a platform could otherwise split any member off.
+        Payload::Unlink { .. } => match publisher {
+            Moderator | Admin => Ok(()),
+            Platform | Relay => refuse("an unlink comes only from a moderator or an admin".into()),
+        },
         Payload::Link { other, proof, .. } => {
             let across = other.platform != event.identity.platform;
             match (publisher, proof) {
@@ -174,6 +180,22 @@ mod tests {
 
     fn allowed(publisher: Publisher, e: &Event) -> bool {
         admit(publisher, e).is_ok()
+    }
+
+    #[test]
+    fn an_unlink_comes_only_from_a_moderator_or_an_admin() {
+        let unlink = event(
+            "discord:1",
+            Payload::Unlink {
+                other: Identity::parse("telegram:2").expect("identity"),
+                reason: "wrong person".into(),
+                by: None,
+            },
+        );
+        assert!(allowed(Publisher::Moderator, &unlink));
+        assert!(allowed(Publisher::Admin, &unlink));
+        assert!(!allowed(Publisher::Platform, &unlink));
+        assert!(!allowed(Publisher::Relay, &unlink));
     }
 
     #[test]

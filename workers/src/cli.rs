@@ -108,6 +108,28 @@ pub enum Command {
         #[command(subcommand)]
         command: XpCommand,
     },
+    /// Everything held about a member, as one JSON document (docs/privacy.md): the
+    /// profile, every identity, the ledger by day, links, preferences, the audit entries
+    /// about them, and every event of theirs the events stream still holds.
+    Export {
+        /// Any identity of the member, e.g. `discord:123`.
+        identity: String,
+        /// Write the document to this file instead of standard output.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Undo a wrong link (SPEC 7.4): every link joining the two accounts directly, up to
+    /// now, stops counting, and their user splits if nothing else joins them; recorded in
+    /// the audit log as done by `cli:<your user name>`. Waits until it is applied.
+    Unlink {
+        /// One account, e.g. `telegram:123`.
+        account: String,
+        /// The account it is linked to, e.g. `discord:456`.
+        from: String,
+        /// Why (1 to 64 characters; it goes into the audit log).
+        #[arg(long)]
+        reason: String,
+    },
     /// Read the audit log: who changed whose XP, or linked whom, and why; newest first.
     Audit {
         /// Only entries about this member (any identity of their unified user).
@@ -341,6 +363,58 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo::run(&settings, args, shutdown::on_signals()).await?,
         Command::Bench(args) => bench::run(&settings, args).await?,
         Command::Xp { command } => adjust_xp(&settings, command).await?,
+        Command::Export { identity, out } => {
+            let identity = Identity::parse(&identity)?;
+            let (store, broker) = (
+                connect_store(&settings).await?,
+                connect_broker(&settings, app::OPERATOR).await?,
+            );
+            let document =
+                crate::privacy::export(&store, &broker, &identity, time::OffsetDateTime::now_utc())
+                    .await?;
+            let json = serde_json::to_string_pretty(&document)?;
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, json + "\n")
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    eprintln!(
+                        "{} events, {} ledger days, {} audit entries: {}",
+                        document.events.len(),
+                        document.ledger.len(),
+                        document.audit.len(),
+                        path.display()
+                    );
+                }
+                None => println!("{json}"),
+            }
+        }
+        Command::Unlink {
+            account,
+            from,
+            reason,
+        } => {
+            let request = moderation::UnlinkRequest {
+                account: Identity::parse(&account)?,
+                from: Some(Identity::parse(&from)?),
+                reason,
+                by: operator()?,
+                request_id: None,
+            };
+            let (store, broker) = (
+                connect_store(&settings).await?,
+                connect_broker(&settings, app::OPERATOR).await?,
+            );
+            let done = moderation::unlink(
+                &store,
+                &broker,
+                &settings.moderation,
+                &request,
+                now_ms(),
+                moderation::CLI_WAIT,
+            )
+            .await?;
+            println!("{done}");
+        }
         Command::Audit {
             member,
             by,
@@ -418,15 +492,11 @@ async fn adjust_xp(settings: &Settings, command: XpCommand) -> anyhow::Result<()
         XpCommand::Set { who, xp } => (who, Verb::Set(xp)),
         XpCommand::Reset { who } => (who, Verb::Reset),
     };
-    let os_user = ["USER", "LOGNAME"]
-        .iter()
-        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-        .unwrap_or_else(|| "operator".into());
     let request = Request {
         target: Identity::parse(&who.member)?,
         verb,
         reason: who.reason,
-        by: Identity::new("cli", &os_user)?,
+        by: operator()?,
         request_id: who.request_id,
     };
     let (store, broker) = (
@@ -454,6 +524,15 @@ async fn adjust_xp(settings: &Settings, command: XpCommand) -> anyhow::Result<()
         println!("{done}");
     }
     Ok(())
+}
+
+/// The operator at the terminal, as moderation records them: `cli:<os user>`.
+fn operator() -> anyhow::Result<Identity> {
+    let os_user = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "operator".into());
+    Ok(Identity::new("cli", &os_user)?)
 }
 
 async fn publish(settings: &Settings, json: Option<String>) -> anyhow::Result<()> {

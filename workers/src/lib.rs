@@ -26,6 +26,7 @@ pub mod import;
 pub mod metrics;
 pub mod moderation;
 pub mod observe;
+pub mod privacy;
 pub mod query;
 pub mod rates;
 pub mod replay;

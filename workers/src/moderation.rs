@@ -1,7 +1,9 @@
-//! The moderators' XP tools (docs/moderation.md), one mechanism for every surface: a
-//! request (add, remove, set or reset a member's XP, with a reason, by someone) becomes
-//! one `xp` event with `data.by` (SPEC 7.1) and an id derived from the request, so that
-//! a retried command counts once.
+//! The moderators' XP and link tools (docs/moderation.md), one mechanism for every
+//! surface: a request (add, remove, set or reset a member's XP, with a reason, by
+//! someone) becomes one `xp` event with `data.by` (SPEC 7.1) and an id derived from the
+//! request, so that a retried command counts once. Taking an account out of a profile
+//! ([`unlink`]) becomes one `unlink` event (SPEC 7.4) per link that joins it, the same
+//! way.
 //!
 //! `set` and `reset` publish the difference from the XP read at request time: the event
 //! carries a fixed amount and the state stays a function of the event set. The id
@@ -88,6 +90,8 @@ pub enum Refusal {
          try again later"
     )]
     TooMany { by: String, limit: u32 },
+    #[error("{0}")]
+    NotLinked(String),
 }
 
 /// The event a request becomes, given the member's XP read at request time, or why not.
@@ -142,8 +146,166 @@ pub fn plan(
 
 /// The id of the adjustment whose request is `key`: `mod:xp:<hash>`.
 fn event_id(key: &str) -> EventId {
+    hashed_id("xp", key)
+}
+
+/// `mod:<kind>:<hash of key>`: ids of the reserved `mod` namespace.
+fn hashed_id(kind: &str, key: &str) -> EventId {
     let digest = hex::encode(&Sha256::digest(key.as_bytes())[..12]);
-    EventId::parse(&format!("mod:xp:{digest}")).expect("a hex id is a valid id")
+    EventId::parse(&format!("mod:{kind}:{digest}")).expect("a hex id is a valid id")
+}
+
+/// Taking `account` out of a profile (SPEC 7.4), as a surface received it: from the
+/// identities in `from` (the CLI names one; the bots and the website every identity the
+/// account is linked to directly).
+#[derive(Debug, Clone)]
+pub struct UnlinkRequest {
+    pub account: Identity,
+    /// `None`: every identity a link that counts joins `account` to.
+    pub from: Option<Identity>,
+    pub reason: String,
+    pub by: Identity,
+    /// The surface's own id of the request, when it has one.
+    pub request_id: Option<String>,
+}
+
+/// The unlink events a request becomes, given the identities a counting link joins the
+/// account to directly, with those links' event ids; or why not.
+pub fn plan_unlinks(
+    request: &UnlinkRequest,
+    linked: &[(Identity, Vec<String>)],
+    now_ms: i64,
+) -> Result<Vec<Event>, Refusal> {
+    let reason = request.reason.trim();
+    if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS {
+        return Err(Refusal::Reason);
+    }
+    let pairs: Vec<&(Identity, Vec<String>)> = linked
+        .iter()
+        .filter(|(other, _)| request.from.as_ref().is_none_or(|f| f == other))
+        .collect();
+    if pairs.is_empty() {
+        return Err(Refusal::NotLinked(match &request.from {
+            Some(_) if linked.is_empty() => {
+                format!("no link joins {} to any account", request.account)
+            }
+            Some(from) => format!(
+                "no link joins {} and {from} directly; {} is linked to {}: take it off those",
+                request.account,
+                request.account,
+                linked
+                    .iter()
+                    .map(|(o, _)| o.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => format!("no link joins {} to another account", request.account),
+        }));
+    }
+    Ok(pairs
+        .into_iter()
+        .map(|(other, links)| {
+            // The same request over the same links is the same event; once they are
+            // taken back, asking again finds nothing to do.
+            let key = match &request.request_id {
+                Some(id) => format!("{}\n{id}\n{other}", request.by),
+                None => format!(
+                    "{}\n{}\n{other}\n{reason}\n{}",
+                    request.by,
+                    request.account,
+                    links.join(" ")
+                ),
+            };
+            Event {
+                id: hashed_id("unlink", &key),
+                ts: now_ms,
+                identity: request.account.clone(),
+                name: None,
+                payload: Payload::Unlink {
+                    other: other.clone(),
+                    reason: reason.to_owned(),
+                    by: Some(request.by.clone()),
+                },
+            }
+        })
+        .collect())
+}
+
+/// What taking an account out of a profile did.
+#[derive(Debug, Clone)]
+pub struct Unlinked {
+    pub account: Identity,
+    /// The identities it was taken off.
+    pub from: Vec<Identity>,
+    /// Whether every unlink was applied within the wait.
+    pub applied: bool,
+}
+
+impl fmt::Display for Unlinked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let from: Vec<String> = self.from.iter().map(ToString::to_string).collect();
+        write!(f, "{} unlinked from {}", self.account, from.join(", "))?;
+        if self.applied {
+            write!(f, ": the profiles are apart")
+        } else {
+            write!(f, ": stored, not applied yet (is `ttfd sync` running?)")
+        }
+    }
+}
+
+/// Checks, publishes and waits for the unlinks of one request: the account must be
+/// linked, the moderator within `moderation.actions_per_hour`.
+pub async fn unlink(
+    store: &Store,
+    broker: &Broker,
+    limits: &ModerationSettings,
+    request: &UnlinkRequest,
+    now_ms: i64,
+    wait: Duration,
+) -> Result<Unlinked, ModerationError> {
+    let linked = store.linked(&request.account).await?;
+    let events = plan_unlinks(request, &linked, now_ms)?;
+    let recent = AuditQuery {
+        by: Some(request.by.clone()),
+        since_ms: Some(now_ms - 3_600_000),
+        limit: 1,
+        ..AuditQuery::default()
+    };
+    let (_, made) = store.audit(&recent).await?;
+    if made >= i64::from(limits.actions_per_hour) {
+        return Err(Refusal::TooMany {
+            by: request.by.to_string(),
+            limit: limits.actions_per_hour,
+        }
+        .into());
+    }
+    for event in &events {
+        broker
+            .publish_event(event)
+            .await
+            .map_err(|e| ModerationError::Publish(e.to_string()))?
+            .await
+            .map_err(|e| ModerationError::Publish(e.to_string()))?;
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut applied = false;
+    while !applied && tokio::time::Instant::now() < deadline {
+        applied = true;
+        for event in &events {
+            applied &= store.audited(event.id.as_str()).await?;
+        }
+        if !applied {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(Unlinked {
+        account: request.account.clone(),
+        from: events
+            .iter()
+            .filter_map(|e| e.payload.other().cloned())
+            .collect(),
+        applied,
+    })
 }
 
 /// The event an audit entry records, as far as a reply needs it.
@@ -339,6 +501,60 @@ mod tests {
         assert_ne!(
             id(&surface, 10),
             id(&request(Verb::Add(5), "quiz", Some("interaction:78")), 10)
+        );
+    }
+
+    #[test]
+    fn an_unlink_takes_the_account_off_each_identity_it_is_linked_to_once() {
+        let id = |s: &str| Identity::parse(s).expect("identity");
+        let linked = vec![
+            (id("discord:1"), vec!["l:1".to_owned()]),
+            (id("website:w"), vec!["l:2".to_owned(), "l:3".to_owned()]),
+        ];
+        let request = UnlinkRequest {
+            account: id("telegram:2"),
+            from: None,
+            reason: " wrong person ".into(),
+            by: id("cli:ops"),
+            request_id: None,
+        };
+        let all = plan_unlinks(&request, &linked, 7).expect("plan");
+        assert_eq!(all.len(), 2);
+        assert!(all.iter().all(|e| e.id.as_str().starts_with("mod:unlink:")));
+        assert!(matches!(&all[1].payload,
+            Payload::Unlink { other, reason, by: Some(by) }
+                if other == &id("website:w") && reason == "wrong person" && by == &id("cli:ops")));
+        assert_eq!(all[0].identity, id("telegram:2"));
+        assert_eq!(all[0].ts, 7);
+        let again = plan_unlinks(&request, &linked, 9).expect("plan");
+        assert_eq!(all[0].id, again[0].id, "a retry is the same event");
+        let one = UnlinkRequest {
+            from: Some(id("discord:1")),
+            ..request.clone()
+        };
+        assert_eq!(plan_unlinks(&one, &linked, 7).expect("plan").len(), 1);
+        let stranger = UnlinkRequest {
+            from: Some(id("minecraft:x")),
+            ..request.clone()
+        };
+        let refused = plan_unlinks(&stranger, &linked, 7).expect_err("refused");
+        assert!(
+            refused.to_string().contains("discord:1, website:w"),
+            "{refused}"
+        );
+        assert_eq!(
+            plan_unlinks(&request, &[], 7).err(),
+            Some(Refusal::NotLinked(
+                "no link joins telegram:2 to another account".into()
+            ))
+        );
+        let silent = UnlinkRequest {
+            reason: " ".into(),
+            ..request
+        };
+        assert_eq!(
+            plan_unlinks(&silent, &linked, 7).err(),
+            Some(Refusal::Reason)
         );
     }
 

@@ -65,23 +65,85 @@ struct IdentityAcc {
     games_won: i64,
     first_ts: Option<i64>,
     last_ts: Option<i64>,
-    /// (ts, event id, name) of the newest event that carried a name.
-    name: Option<(i64, String, String)>,
     ledger: BTreeMap<i32, i64>,
     hidden: Pref,
     notify: Pref,
 }
 
+/// What the takings-back of a set of events (SPEC 7.4) exclude: every `link` between
+/// two identities up to the newest `unlink` between them.
+#[derive(Debug, Default)]
+pub struct Cuts {
+    /// The newest unlink's time per pair of identities (the smaller first).
+    unlinks: HashMap<(Identity, Identity), i64>,
+}
+
+impl Cuts {
+    /// The cuts the `unlink` events of `events` make.
+    pub fn of<'a>(events: impl IntoIterator<Item = &'a Event>) -> Self {
+        let mut cuts = Cuts::default();
+        for ev in events {
+            if let Payload::Unlink { other, .. } = &ev.payload {
+                let cut = cuts
+                    .unlinks
+                    .entry(pair(&ev.identity, other))
+                    .or_insert(ev.ts);
+                *cut = (*cut).max(ev.ts);
+            }
+        }
+        cuts
+    }
+
+    /// Whether `ev` counts: a link up to an unlink between its two identities does not.
+    /// (An `unlink` counts as what it cuts, not as activity: see [`fold`].)
+    pub fn counts(&self, ev: &Event) -> bool {
+        match &ev.payload {
+            Payload::Link { other, .. } => self
+                .unlinks
+                .get(&pair(&ev.identity, other))
+                .is_none_or(|cut| ev.ts > *cut),
+            _ => true,
+        }
+    }
+}
+
+/// A pair of identities in one order, the smaller first.
+fn pair(a: &Identity, b: &Identity) -> (Identity, Identity) {
+    if a <= b {
+        (a.clone(), b.clone())
+    } else {
+        (b.clone(), a.clone())
+    }
+}
+
 /// Folds a set of events (duplicates by id count once) into the unified users they
-/// describe, sorted by their smallest identity.
+/// describe, sorted by their smallest identity. An excluded event (SPEC 7.4) counts for
+/// nothing; an `unlink` is no activity of its identities (it cuts, see [`Cuts`]).
 pub fn fold<'a>(rules: &Rules, events: impl IntoIterator<Item = &'a Event>) -> Vec<Profile> {
     let mut seen = HashSet::new();
+    let events: Vec<&Event> = events
+        .into_iter()
+        .filter(|ev| seen.insert(ev.id.clone()))
+        .collect();
+    let cuts = Cuts::of(events.iter().copied());
     // (identity, UTC minute) of eligible messages -> the largest mult among them.
     let mut buckets: HashMap<(Identity, i64), i64> = HashMap::new();
     let mut acc: BTreeMap<Identity, IdentityAcc> = BTreeMap::new();
     let mut links = Vec::new();
+    // (ts, event id, name) of the newest event that named each identity: a name is what
+    // the identity is called, from any event, whether it counts or not.
+    let mut names: HashMap<&Identity, (i64, &str, String)> = HashMap::new();
     for ev in events {
-        if !seen.insert(ev.id.clone()) {
+        // Names as the wire gate leaves them (an event built in process was not decoded).
+        if let Some(name) = ev.name.as_deref().and_then(crate::wire::clean_name) {
+            let newest = names
+                .entry(&ev.identity)
+                .or_insert((ev.ts, ev.id.as_str(), name.clone()));
+            if (newest.0, newest.1) < (ev.ts, ev.id.as_str()) {
+                *newest = (ev.ts, ev.id.as_str(), name);
+            }
+        }
+        if !cuts.counts(ev) || matches!(ev.payload, Payload::Unlink { .. }) {
             continue;
         }
         let day = rules::day_of(ev.ts);
@@ -114,20 +176,10 @@ pub fn fold<'a>(rules: &Rules, events: impl IntoIterator<Item = &'a Event>) -> V
                 newer_pref(&mut a.hidden, ev.ts, ev.id.as_str(), *hidden);
                 newer_pref(&mut a.notify, ev.ts, ev.id.as_str(), *notify);
             }
-            Payload::Xp { .. } | Payload::Link { .. } => {}
+            Payload::Xp { .. } | Payload::Link { .. } | Payload::Unlink { .. } => {}
         }
         a.first_ts = Some(a.first_ts.map_or(ev.ts, |t| t.min(ev.ts)));
         a.last_ts = Some(a.last_ts.map_or(ev.ts, |t| t.max(ev.ts)));
-        // Names as the wire gate leaves them (an event built in process was not decoded).
-        if let Some(name) = ev.name.as_deref().and_then(crate::wire::clean_name) {
-            let candidate = (ev.ts, ev.id.as_str().to_owned(), name);
-            if a.name
-                .as_ref()
-                .is_none_or(|n| (n.0, &n.1) < (candidate.0, &candidate.1))
-            {
-                a.name = Some(candidate);
-            }
-        }
         if xp != 0 {
             *a.ledger.entry(day).or_default() += xp;
         }
@@ -183,7 +235,7 @@ pub fn fold<'a>(rules: &Rules, events: impl IntoIterator<Item = &'a Event>) -> V
                 hidden: false,
                 notify: true,
             };
-            let mut newest_name: Option<&(i64, String, String)> = None;
+            let mut newest_name: Option<&(i64, &str, String)> = None;
             for id in &ids {
                 let a = &acc[id];
                 p.messages += a.messages;
@@ -197,8 +249,8 @@ pub fn fold<'a>(rules: &Rules, events: impl IntoIterator<Item = &'a Event>) -> V
                 }
                 p.hidden |= a.hidden.as_ref().is_some_and(|h| h.2);
                 p.notify &= a.notify.as_ref().is_none_or(|n| n.2);
-                if let Some(n) = &a.name
-                    && newest_name.is_none_or(|m| (m.0, &m.1) < (n.0, &n.1))
+                if let Some(n) = names.get(id)
+                    && newest_name.is_none_or(|m| (m.0, m.1) < (n.0, n.1))
                 {
                     newest_name = Some(n);
                 }
@@ -215,15 +267,15 @@ pub fn fold<'a>(rules: &Rules, events: impl IntoIterator<Item = &'a Event>) -> V
     profiles
 }
 
-/// The audit log of a set of events (SPEC 7.1): every `xp` event and every link an
-/// operator made (proof `admin`), each once, newest first (by event time, then by the
-/// larger id).
+/// The audit log of a set of events (SPEC 7.1): every `xp` event, every link an
+/// operator made (proof `admin`) and every `unlink` (SPEC 7.4), each once, newest first
+/// (by event time, then by the larger id).
 pub fn audit<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<AuditEntry> {
     let mut seen = HashSet::new();
     let mut entries: Vec<AuditEntry> = events
         .into_iter()
         .filter(|ev| match &ev.payload {
-            Payload::Xp { .. } => true,
+            Payload::Xp { .. } | Payload::Unlink { .. } => true,
             Payload::Link { proof, .. } => *proof == Proof::Admin,
             _ => false,
         })
@@ -232,6 +284,9 @@ pub fn audit<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<AuditEntry>
             let (amount, reason, other) = match &ev.payload {
                 Payload::Xp { amount, reason, .. } => (Some(*amount), Some(reason.clone()), None),
                 Payload::Link { other, .. } => (None, None, Some(WireIdentity::from(other))),
+                Payload::Unlink { other, reason, .. } => {
+                    (None, Some(reason.clone()), Some(WireIdentity::from(other)))
+                }
                 _ => (None, None, None),
             };
             AuditEntry {

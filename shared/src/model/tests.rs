@@ -40,6 +40,94 @@ fn link(other: &str) -> Payload {
     }
 }
 
+fn unlink(other: &str) -> Payload {
+    Payload::Unlink {
+        other: Identity::parse(other).expect("identity"),
+        reason: "wrong person".into(),
+        by: None,
+    }
+}
+
+/// The profile of `who` among `profiles`.
+fn of<'p>(profiles: &'p [Profile], who: &str) -> &'p Profile {
+    let who = Identity::parse(who).expect("identity");
+    profiles
+        .iter()
+        .find(|p| p.identities.contains(&who))
+        .expect("a profile")
+}
+
+/// SPEC 7.4: an unlink takes back every link between its two identities up to its
+/// time, in any order of arrival; users are the components of the links that count,
+/// each part with what its identities earned. A later link joins them again.
+#[test]
+fn an_unlink_splits_a_user_into_the_components_of_the_links_left() {
+    let r = Rules::default();
+    let events = [
+        ev("m1", 1_000, "discord:1", msg(None)),
+        ev("m2", 61_000, "telegram:2", msg(None)),
+        ev("m3", 121_000, "website:3", msg(None)),
+        ev("l12", 200_000, "discord:1", link("telegram:2")),
+        ev("l23", 210_000, "telegram:2", link("website:3")),
+        ev("u", 300_000, "website:3", unlink("telegram:2")),
+    ];
+    for order in [[0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0], [2, 5, 0, 4, 1, 3]] {
+        let shuffled: Vec<Event> = order.iter().map(|i| events[*i].clone()).collect();
+        let p = fold(&r, &shuffled);
+        assert_eq!(p.len(), 2, "{order:?}: {p:#?}");
+        assert_eq!(of(&p, "discord:1").identities.len(), 2);
+        assert_eq!(
+            (of(&p, "discord:1").xp, of(&p, "discord:1").messages),
+            (20, 2)
+        );
+        assert_eq!(
+            (of(&p, "website:3").xp, of(&p, "website:3").messages),
+            (10, 1)
+        );
+        // The unlink is no activity of the member it names.
+        assert_eq!(of(&p, "website:3").last_ts, Some(EPOCH_MS + 121_000));
+    }
+    // A link after the cut counts; one before it (arriving late) does not.
+    let mut later = events.to_vec();
+    later.push(ev("again", 400_000, "website:3", link("telegram:2")));
+    assert_eq!(fold(&r, &later).len(), 1);
+    let mut earlier = events.to_vec();
+    earlier.push(ev("old", 250_000, "website:3", link("telegram:2")));
+    assert_eq!(fold(&r, &earlier).len(), 2);
+    // The audit log keeps the unlink, with its reason.
+    let log = audit(&events);
+    assert_eq!(log[0].kind, "unlink");
+    assert_eq!(log[0].reason.as_deref(), Some("wrong person"));
+}
+
+/// SPEC 7.4, peaks: a part's peak is in event time over its own history, as if the
+/// link taken back had never been made.
+#[test]
+fn an_unlinked_part_keeps_only_the_peak_its_own_history_reached() {
+    let r = Rules::default();
+    let big = r.rank(3).required_xp;
+    let events = [
+        ev(
+            "g1",
+            0,
+            "discord:1",
+            grant(i32::try_from(big).expect("small")),
+        ),
+        ev("g2", 0, "telegram:2", grant(10)),
+        ev("l", 1_000, "telegram:2", link("discord:1")),
+        ev(
+            "take",
+            2 * DAY,
+            "discord:1",
+            grant(-i32::try_from(big).expect("small")),
+        ),
+        ev("u", 3 * DAY, "discord:1", unlink("telegram:2")),
+    ];
+    let p = fold(&r, &events);
+    assert_eq!(of(&p, "discord:1").peak_rank, 3);
+    assert_eq!(of(&p, "telegram:2").peak_rank, 1, "never held rank 3 alone");
+}
+
 fn only(profiles: &[Profile]) -> &Profile {
     assert_eq!(profiles.len(), 1, "{profiles:#?}");
     &profiles[0]
@@ -272,11 +360,16 @@ proptest! {
         let r = Rules::default();
         let users = fold(&r, &events);
         let identities: usize = users.iter().map(|u| u.identities.len()).sum();
-        let distinct: BTreeSet<_> = events.iter().flat_map(|e| {
-            let mut v = vec![e.identity.clone()];
-            if let Payload::Link { other, .. } = &e.payload { v.push(other.clone()); }
-            v
-        }).collect();
+        // Every identity of an event that counts (SPEC 7.4): an unlink and the links it
+        // takes back bring none.
+        let cuts = Cuts::of(&events);
+        let distinct: BTreeSet<_> = events.iter()
+            .filter(|e| cuts.counts(e) && e.kind() != "unlink")
+            .flat_map(|e| {
+                let mut v = vec![e.identity.clone()];
+                if let Payload::Link { other, .. } = &e.payload { v.push(other.clone()); }
+                v
+            }).collect();
         prop_assert_eq!(identities, distinct.len());
         let messages = events.iter().filter(|e| e.kind() == "message").count() as i64;
         prop_assert_eq!(users.iter().map(|u| u.messages).sum::<i64>(), messages);

@@ -131,7 +131,10 @@ impl Rules {
     /// whose XP is decided per identity and minute (see [`Rules::message_is_eligible`]).
     pub fn standalone_xp(&self, payload: &Payload) -> i64 {
         match payload {
-            Payload::Message { .. } | Payload::Link { .. } | Payload::Prefs { .. } => 0,
+            Payload::Message { .. }
+            | Payload::Link { .. }
+            | Payload::Prefs { .. }
+            | Payload::Unlink { .. } => 0,
             Payload::Voice { seconds, .. } => {
                 i64::from(*seconds) * self.voice_xp_per_minute * payload.mult() / 6000
             }

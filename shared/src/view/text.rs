@@ -244,6 +244,7 @@ pub fn audit_entry(e: &AuditEntry) -> String {
             let sign = if a > 0 { "+" } else { "" };
             format!("{sign}{} XP to {}", thousands(i64::from(a)), who(&e.member))
         }
+        ("unlink", _, Some(o)) => format!("unlinked {} from {}", who(&e.member), who(o)),
         (_, _, Some(o)) => format!("linked {} with {}", who(&e.member), who(o)),
         _ => format!("{} about {}", e.kind, who(&e.member)),
     };

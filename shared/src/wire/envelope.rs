@@ -109,6 +109,13 @@ pub enum Payload {
         hidden: Option<bool>,
         notify: Option<bool>,
     },
+    /// SPEC 7.4: every link between this identity and `other` up to this event's time
+    /// no longer counts.
+    Unlink {
+        other: Identity,
+        reason: String,
+        by: Option<Identity>,
+    },
 }
 
 /// The largest `data.mult` (SPEC 7.2): ten times the XP.
@@ -132,10 +139,20 @@ impl Payload {
         }
     }
 
+    /// The other identity a `link` or an `unlink` names.
+    pub fn other(&self) -> Option<&Identity> {
+        match self {
+            Payload::Link { other, .. } | Payload::Unlink { other, .. } => Some(other),
+            _ => None,
+        }
+    }
+
     /// Who made the change, when the event says (SPEC 7.1).
     pub fn by(&self) -> Option<&Identity> {
         match self {
-            Payload::Xp { by, .. } | Payload::Link { by, .. } => by.as_ref(),
+            Payload::Xp { by, .. } | Payload::Link { by, .. } | Payload::Unlink { by, .. } => {
+                by.as_ref()
+            }
             _ => None,
         }
     }
@@ -148,6 +165,7 @@ impl Payload {
             Payload::Xp { .. } => "xp",
             Payload::Link { .. } => "link",
             Payload::Prefs { .. } => "prefs",
+            Payload::Unlink { .. } => "unlink",
         }
     }
 }
@@ -262,6 +280,15 @@ struct PrefsData {
     hidden: Option<bool>,
     #[serde(default)]
     notify: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct UnlinkData {
+    platform: String,
+    user: String,
+    reason: String,
+    #[serde(default)]
+    by: Option<ByData>,
 }
 
 #[derive(Deserialize)]
@@ -480,10 +507,26 @@ pub fn decode(
                 notify: d.notify,
             }
         }
+        "unlink" => {
+            let d: UnlinkData = data(bytes)?;
+            char_len_in(&d.reason, "data.reason", 64)?;
+            let other = Identity::new(&d.platform, &d.user)
+                .map_err(|e| out_of_range(format!("data: {e}")))?;
+            if other == identity {
+                return Err(out_of_range("an unlink must name another identity"));
+            }
+            Payload::Unlink {
+                other,
+                reason: d.reason,
+                by: by_in(d.by)?,
+            }
+        }
         other => {
             return Err(Rejection::new(
                 "unknown_kind",
-                format!("kind {other:?} is not one of message, voice, game, xp, link, prefs"),
+                format!(
+                    "kind {other:?} is not one of message, voice, game, xp, link, prefs, unlink"
+                ),
             ));
         }
     };
@@ -551,6 +594,13 @@ enum DataOut<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         notify: Option<bool>,
     },
+    Unlink {
+        platform: &'a str,
+        user: &'a str,
+        reason: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        by: Option<ByOut<'a>>,
+    },
 }
 
 #[derive(Serialize)]
@@ -604,6 +654,12 @@ pub fn encode(event: &Event) -> Vec<u8> {
         Payload::Prefs { hidden, notify } => DataOut::Prefs {
             hidden: *hidden,
             notify: *notify,
+        },
+        Payload::Unlink { other, reason, by } => DataOut::Unlink {
+            platform: other.platform.as_str(),
+            user: other.user.as_str(),
+            reason,
+            by: ByOut::of(by),
         },
     };
     let out = Out {
@@ -666,6 +722,15 @@ mod tests {
                 "link",
                 json!({"platform": "telegram", "user": "7", "proof": "admin",
                        "by": {"platform": "discord", "user": "9"}}),
+            ),
+            base(
+                "unlink",
+                json!({"platform": "telegram", "user": "7", "reason": "wrong person",
+                       "by": {"platform": "cli", "user": "ops"}}),
+            ),
+            base(
+                "unlink",
+                json!({"platform": "telegram", "user": "7", "reason": "x"}),
             ),
         ];
         for v in samples {
@@ -752,6 +817,19 @@ mod tests {
         assert_eq!(code_of(&v, ("discord", "link")), "out_of_range");
         let v = base("prefs", json!({"notify": "no"}));
         assert_eq!(code_of(&v, ("discord", "prefs")), "wrong_type");
+        let unlink = ("discord", "unlink");
+        let v = base(
+            "unlink",
+            json!({"platform": "discord", "user": "42", "reason": "x"}),
+        );
+        assert_eq!(code_of(&v, unlink), "out_of_range", "not from itself");
+        let v = base(
+            "unlink",
+            json!({"platform": "telegram", "user": "7", "reason": ""}),
+        );
+        assert_eq!(code_of(&v, unlink), "out_of_range");
+        let v = base("unlink", json!({"platform": "telegram", "user": "7"}));
+        assert_eq!(code_of(&v, unlink), "missing_field");
         let v = base("message", json!({"mult": 1001}));
         assert_eq!(code_of(&v, s), "out_of_range");
         let v = base("voice", json!({"seconds": 5, "mult": -1}));

@@ -3,6 +3,7 @@
 //!
 //! Reads `nats.url` and `nats.prefix`.
 
+pub mod history;
 pub mod notices;
 pub mod publish;
 pub mod trust;

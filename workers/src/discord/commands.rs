@@ -23,7 +23,9 @@ use ttfd_shared::view::{AuditEntry, Period, Pref, Profile, Standing};
 
 use super::mapping::{display_name, identity};
 use crate::moderation::Verb;
-use crate::query::{AdjustOutcome, AdjustRequest, AuditRequest, QueryClient, QueryError};
+use crate::query::{
+    AdjustOutcome, AdjustRequest, AuditRequest, QueryClient, QueryError, UnlinkOutcome, UnlinkQuery,
+};
 use crate::store::codes::{IssuedCode, Redemption};
 
 /// Rows shown by `/top`.
@@ -76,6 +78,25 @@ pub fn definitions() -> Vec<CreateCommand> {
                     .required(true)
                     .add_string_choice("on", "on")
                     .add_string_choice("off", "off"),
+            ),
+        CreateCommand::new("unlink")
+            .description("Moderators: take a wrongly linked account out of a member's profile")
+            .add_option(
+                CreateCommandOption::new(CommandOptionType::User, "member", "Whose profile")
+                    .required(true),
+            )
+            .add_option(
+                CreateCommandOption::new(
+                    CommandOptionType::String,
+                    "account",
+                    "The account to take out: telegram:123, or a platform (telegram)",
+                )
+                .required(true),
+            )
+            .add_option(
+                CreateCommandOption::new(CommandOptionType::String, "reason", "For the audit log")
+                    .required(true)
+                    .max_length(64),
             ),
         CreateCommand::new("privacy")
             .description("Keep yourself off the leaderboards and your profile private, everywhere")
@@ -161,6 +182,12 @@ pub enum SlashCommand {
     },
     /// `/ranks sync`: the bot runs it (`DiscordBot::on_command`); the reply says so.
     RanksSync,
+    /// `/unlink member account reason` (SPEC 7.4).
+    Unlink {
+        member: UserId,
+        account: String,
+        reason: String,
+    },
     /// `/notify on|off` and `/privacy hide|show`: the bot publishes the `prefs` event
     /// (`DiscordBot::on_command`).
     Prefs(Pref),
@@ -214,6 +241,11 @@ pub fn parse(cmd: &CommandInteraction) -> Option<SlashCommand> {
         "notify" => Some(SlashCommand::Prefs(Pref::Notify(
             string("announcements").as_deref() != Some("off"),
         ))),
+        "unlink" => Some(SlashCommand::Unlink {
+            member: user_option(&options, "member")?.0.id,
+            account: string("account")?,
+            reason: string("reason")?,
+        }),
         "privacy" => Some(SlashCommand::Prefs(Pref::Hidden(
             string("profile").as_deref() != Some("show"),
         ))),
@@ -330,7 +362,10 @@ pub async fn reply(
 ) -> Reply {
     let moderators_only = matches!(
         command,
-        SlashCommand::Xp { .. } | SlashCommand::Audit { .. } | SlashCommand::RanksSync
+        SlashCommand::Xp { .. }
+            | SlashCommand::Audit { .. }
+            | SlashCommand::RanksSync
+            | SlashCommand::Unlink { .. }
     );
     if moderators_only && !caller.moderator {
         return Reply::private(
@@ -392,6 +427,26 @@ pub async fn reply(
             })
             .await
             .map(|outcome| adjusted_reply(name, reason, &outcome)),
+        SlashCommand::Unlink {
+            member,
+            account,
+            reason,
+        } => query
+            .unlink(&UnlinkQuery {
+                by: (&identity(caller.user)).into(),
+                member: (&identity(*member)).into(),
+                account: account.clone(),
+                reason: reason.clone(),
+                request_id: format!("interaction:{}", caller.interaction),
+            })
+            .await
+            .map(|outcome| {
+                let text = outcome.text(&escape(reason));
+                match outcome {
+                    UnlinkOutcome::Done { .. } => Reply::public(text),
+                    UnlinkOutcome::Refused(_) => Reply::private(text),
+                }
+            }),
         SlashCommand::Prefs(pref) => {
             return Reply::private(text::pref_said(*pref, Markup::Markdown));
         }

@@ -15,7 +15,15 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use crate::metrics::Metrics;
 
 /// The query subjects served; anything else is labelled `unknown` (bounded labels).
-const SUBJECTS: [&str; 4] = ["profile", "top", "link.issue", "link.redeem"];
+const SUBJECTS: [&str; 7] = [
+    "profile",
+    "top",
+    "link.issue",
+    "link.redeem",
+    "xp.adjust",
+    "audit",
+    "unlink",
+];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {

@@ -121,6 +121,61 @@ impl AdjustOutcome {
     }
 }
 
+/// `as.<platform>.unlink`: a moderator of the platform takes an account out of the
+/// profile of a member of the platform (SPEC 7.4). `account` is `platform:user`, or a
+/// platform's name when the profile has one account there.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnlinkQuery {
+    pub by: WireIdentity,
+    pub member: WireIdentity,
+    pub account: String,
+    pub reason: String,
+    pub request_id: String,
+}
+
+/// The answer to an unlink: done (the accounts it was taken off; whether applied within
+/// the wait), or refused with the reason for the moderator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnlinkOutcome {
+    Done {
+        account: WireIdentity,
+        from: Vec<WireIdentity>,
+        applied: bool,
+    },
+    Refused(String),
+}
+
+impl UnlinkOutcome {
+    /// The reply for the moderator, on every bot.
+    pub fn text(&self, reason: &str) -> String {
+        match self {
+            UnlinkOutcome::Done {
+                account,
+                from,
+                applied,
+            } => {
+                let from: Vec<String> = from
+                    .iter()
+                    .map(|i| format!("{}:{}", i.platform, i.user))
+                    .collect();
+                format!(
+                    "Unlinked {}:{} from {} ({reason}). {}",
+                    account.platform,
+                    account.user,
+                    from.join(", "),
+                    if *applied {
+                        "The profiles are apart."
+                    } else {
+                        "It shows within moments."
+                    }
+                )
+            }
+            UnlinkOutcome::Refused(why) => format!("Not done: {why}."),
+        }
+    }
+}
+
 /// `as.<platform>.audit`: the audit log for a moderator of the platform.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuditRequest {
@@ -240,6 +295,12 @@ impl QueryClient {
         self.ask(&acting_as(&by, "xp.adjust"), request).await
     }
 
+    /// Takes an account out of a member's profile, for a moderator (`as.<platform>.unlink`).
+    pub async fn unlink(&self, request: &UnlinkQuery) -> Result<UnlinkOutcome, QueryError> {
+        let by = identity(&request.by).map_err(|e| QueryError::Bad(e.to_string()))?;
+        self.ask(&acting_as(&by, "unlink"), request).await
+    }
+
     /// The audit log's newest entries, for moderator `request.by` of the bot's platform.
     pub async fn audit(&self, request: &AuditRequest) -> Result<Vec<AuditEntry>, QueryError> {
         let by = identity(&request.by).map_err(|e| QueryError::Bad(e.to_string()))?;
@@ -275,7 +336,14 @@ fn acting_as(identity: &Identity, what: &str) -> String {
 /// The queries that may act for an identity (as opposed to reading what is public):
 /// asked on `as.<platform>.<query>`. All but `profile` must; `profile` asked so is the
 /// member's own read, which shows a hidden member (SPEC 7.3) to themselves.
-const ACTING: [&str; 5] = ["link.issue", "link.redeem", "xp.adjust", "audit", "profile"];
+const ACTING: [&str; 6] = [
+    "link.issue",
+    "link.redeem",
+    "xp.adjust",
+    "audit",
+    "profile",
+    "unlink",
+];
 
 /// A request's subject after the query prefix: the query, and the platform it speaks
 /// for when it is `as.<platform>.<query>`.
@@ -378,6 +446,67 @@ async fn adjust(
     }
 }
 
+/// `as.<platform>.unlink`: the moderator and the member of the subject's platform, the
+/// account one of the member's; the rules are `moderation::unlink`'s, the same as the
+/// CLI's and the website's.
+async fn unlink(
+    service: &Service,
+    payload: &[u8],
+    on_behalf_of: Option<&str>,
+) -> Result<UnlinkOutcome, Refusal> {
+    let q: UnlinkQuery = decode(payload)?;
+    let by = acting_for(&q.by, on_behalf_of)?;
+    let member = acting_for(&q.member, on_behalf_of)?;
+    let refused = |why: String| Ok(UnlinkOutcome::Refused(why));
+    let Some(profile) = service.store.profile(&member).await? else {
+        return refused(format!("no member has the identity {member}"));
+    };
+    let wanted = q.account.trim();
+    let mut matching = profile
+        .identities
+        .iter()
+        .filter(|i| format!("{}:{}", i.platform, i.user) == wanted || i.platform == wanted);
+    let account = match (matching.next(), matching.next()) {
+        (Some(one), None) => identity(one)?,
+        (Some(_), Some(_)) => {
+            return refused(format!(
+                "the member has several {wanted} accounts: name one as {wanted}:<id>"
+            ));
+        }
+        (None, _) => {
+            return refused(format!(
+                "{wanted} is not an account of this member's profile"
+            ));
+        }
+    };
+    let request = moderation::UnlinkRequest {
+        account,
+        from: None,
+        reason: q.reason,
+        by,
+        request_id: Some(q.request_id),
+    };
+    match moderation::unlink(
+        &service.store,
+        &service.broker,
+        &service.limits,
+        &request,
+        now_ms(),
+        moderation::QUERY_WAIT,
+    )
+    .await
+    {
+        Ok(done) => Ok(UnlinkOutcome::Done {
+            account: (&done.account).into(),
+            from: done.from.iter().map(WireIdentity::from).collect(),
+            applied: done.applied,
+        }),
+        Err(ModerationError::Refused(why)) => refused(why.to_string()),
+        Err(ModerationError::Store(e)) => Err(Refusal::Store(e)),
+        Err(e @ ModerationError::Publish(_)) => Err(Refusal::Bad(e.to_string())),
+    }
+}
+
 /// Answers one request (`subject`: after the query prefix); the reply bytes and the
 /// outcome.
 async fn answer(service: &Service, subject: &str, payload: &[u8]) -> (Vec<u8>, &'static str) {
@@ -430,6 +559,7 @@ async fn answer(service: &Service, subject: &str, payload: &[u8]) -> (Vec<u8>, &
             .await,
         ),
         "xp.adjust" => reply(adjust(service, payload, on_behalf_of).await),
+        "unlink" => reply(unlink(service, payload, on_behalf_of).await),
         "audit" => reply(
             async {
                 let q: AuditRequest = decode(payload)?;

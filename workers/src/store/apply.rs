@@ -38,10 +38,15 @@ use ttfd_shared::{Event, Payload};
 
 use super::minutes::{self, DayMinutes, MinuteMults};
 use super::settle::{
-    Facts, LedgerDay, LedgerRows, LinkRows, Settlement, UserRow, ledger_rows, link_rows,
+    Facts, IdentityRow, LedgerDay, LedgerRows, LinkRows, Settlement, UserRow, excluded_links,
+    ledger_rows, link_rows, split,
 };
 use super::{Generation, Store, StoreError};
 use crate::now_ms;
+
+/// The identities a batch's unlinks moved to new users, with those users (`None`: it
+/// moved none).
+type Split = Option<Vec<(i64, i64)>>;
 
 /// A stream message refused by validation, counted once per stream sequence.
 #[derive(Debug, Clone)]
@@ -77,8 +82,13 @@ impl Store {
         events.sort_by(|a, b| a.id.cmp(&b.id));
         events.dedup_by(|a, b| a.id == b.id);
         let (mut tx, fresh) = self.claim(&events).await?;
-        let outcome = self.apply_in(&mut tx, events, fresh, identity).await?;
+        let (outcome, split) = self.apply_in(&mut tx, events, fresh, identity).await?;
         tx.commit().await?;
+        if let Some(moved) = split {
+            // This batch moved the owner epoch, under the settle lock: its cache knows
+            // the owners it moved, and stays valid.
+            self.identities.split(moved);
+        }
         self.write_names(&names).await?;
         Ok(outcome)
     }
@@ -174,7 +184,7 @@ impl Store {
         let mut keys: BTreeSet<(&str, &str)> = BTreeSet::new();
         for e in events {
             keys.insert((e.identity.platform.as_str(), e.identity.user.as_str()));
-            if let Payload::Link { other, .. } = &e.payload {
+            if let Some(other) = e.payload.other() {
                 keys.insert((other.platform.as_str(), other.user.as_str()));
             }
         }
@@ -249,7 +259,7 @@ impl Store {
         mut events: Vec<&Event>,
         fresh: Option<Vec<String>>,
         identity: HashMap<(&str, &str), i64>,
-    ) -> Result<Applied, StoreError> {
+    ) -> Result<(Applied, Split), StoreError> {
         let rules = &*self.rules;
         // (Steps 0 and 1, the identities and the claims, ran before: `identities_of`,
         // `claim`.) Only the events nobody applied before go on.
@@ -264,7 +274,7 @@ impl Store {
             ..Applied::default()
         };
         if events.is_empty() {
-            return Ok(outcome);
+            return Ok((outcome, None));
         }
 
         // Only the identities of fresh events take part (and are locked) from here on.
@@ -272,12 +282,8 @@ impl Store {
         let named: HashSet<(&str, &str)> = events
             .iter()
             .flat_map(|e| {
-                let other = match &e.payload {
-                    Payload::Link { other, .. } => Some(other),
-                    _ => None,
-                };
                 std::iter::once(&e.identity)
-                    .chain(other)
+                    .chain(e.payload.other())
                     .map(|i| (i.platform.as_str(), i.user.as_str()))
             })
             .collect();
@@ -298,10 +304,15 @@ impl Store {
         let mut links: Vec<(&Event, i64, i64)> = Vec::new();
         let mut audit: Vec<(&Event, i64, Option<i64>)> = Vec::new();
         let mut prefs: BTreeMap<i64, PrefsRow> = BTreeMap::new();
+        let mut unlinks: Vec<(&Event, i64, i64)> = Vec::new();
         for e in &events {
             let iid = iid_of(&e.identity)?;
             let user = deltas.entry(iid).or_default();
-            user.saw(e.ts);
+            // A link is activity only while it counts, which the settle phase decides
+            // (`Settlement::merge_links`); an unlink is no activity (SPEC 7.4).
+            if !matches!(e.payload, Payload::Link { .. } | Payload::Unlink { .. }) {
+                user.saw(e.ts);
+            }
             let xp = rules.standalone_xp(&e.payload);
             let eligible = match &e.payload {
                 Payload::Message { len, .. } => {
@@ -335,6 +346,12 @@ impl Store {
                     }
                     false
                 }
+                Payload::Unlink { other, .. } => {
+                    let other = iid_of(other)?;
+                    unlinks.push((e, iid, other));
+                    audit.push((e, iid, Some(other)));
+                    false
+                }
             };
             if xp != 0 || eligible {
                 let day = ledger.entry((iid, rules::day_of(e.ts))).or_default();
@@ -363,14 +380,21 @@ impl Store {
             links,
             audit,
             prefs,
+            unlinks,
         };
-        let generation: Generation = sqlx::query_as(
+        let (identities, users): (i64, i64) = sqlx::query_as(
             "SELECT pg_relation_filenode('identities')::int8, pg_relation_filenode('users')::int8
              FROM (SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))) AS settle",
         )
         .bind(SETTLE_LOCK_CLASS)
         .fetch_one(&mut **tx)
         .await?;
+        // A statement of its own, whose snapshot follows the lock: a split committed while
+        // this batch waited for it is seen.
+        let epoch: i64 = sqlx::query_scalar("SELECT n FROM owner_epoch")
+            .fetch_one(&mut **tx)
+            .await?;
+        let generation: Generation = (identities, users, epoch);
         if !self.identities.same_generation(generation) {
             return Err(StoreError::StaleCache);
         }
@@ -384,7 +408,7 @@ impl Store {
         tx: &mut Transaction<'static, Postgres>,
         facts: &Facts<'_>,
         mut outcome: Applied,
-    ) -> Result<Applied, StoreError> {
+    ) -> Result<(Applied, Split), StoreError> {
         let rules = &*self.rules;
         // 3. The owners of the identities, then those users. Under the settle lock
         // neither changes until commit. An owner cached from an earlier read that has
@@ -423,11 +447,23 @@ impl Store {
             }
             settlement.credit_ledger(written);
         }
+        // Each identity's own counters and activity times (what a split recomputes its
+        // users from).
+        self.write_identity_counters(tx, &facts.deltas).await?;
 
         // 5. Links: record each, merge users that differ (the smaller uid survives).
-        settlement.merge_links(&facts.links)?;
+        // A link up to an unlink between its identities (SPEC 7.4) is recorded as not
+        // counting, and joins nobody.
+        let excluded = if facts.links.is_empty() {
+            HashSet::new()
+        } else {
+            let stored = self.unlink_cuts(tx, &facts.links).await?;
+            excluded_links(&facts.links, &stored, &facts.unlinks)
+        };
+        settlement.merge_links(&facts.links, &excluded)?;
         if !facts.links.is_empty() {
-            self.write_links(tx, &link_rows(&facts.links)).await?;
+            self.write_links(tx, &link_rows(&facts.links, &excluded))
+                .await?;
         }
         if !facts.audit.is_empty() {
             self.write_audit(tx, &facts.audit).await?;
@@ -442,11 +478,22 @@ impl Store {
             outcome.merges = settlement.merges.len();
         }
         settlement.drop_losers();
+        // Unlinks (SPEC 7.4): the links they take back stop counting, and each user
+        // that had one is recomputed from its identities, split if they fell apart.
+        let split = if facts.unlinks.is_empty() {
+            None
+        } else {
+            self.apply_unlinks(tx, &facts.unlinks, &mut settlement)
+                .await?
+        };
 
         // 6. Peak rank, in event time (see `Settlement::rank_peaks`): a user whose
         // cumulative XP may have been higher earlier is recomputed from the ledger and
-        // links.
-        let slow = settlement.rank_peaks(rules);
+        // links, and so is every user an unlink recomputed.
+        let mut slow = settlement.rank_peaks(rules);
+        slow.extend(settlement.split.iter().copied());
+        slow.sort_unstable();
+        slow.dedup();
         if !slow.is_empty() {
             settlement.set_peaks(self.event_time_peaks(tx, &slow).await?);
         }
@@ -463,12 +510,12 @@ impl Store {
         let ranked = settlement.rank_changes(rules);
         outcome.rank_changes = ranked.len();
         if ranked.is_empty() && settlement.merges.is_empty() {
-            return Ok(outcome);
+            return Ok((outcome, split));
         }
         let (members, quiet) = self.read_members(tx, &settlement.notified(&ranked)).await?;
         let (topics, bodies) = settlement.notices(&ranked, &members, &quiet, now_ms())?;
         self.write_outbox(tx, &topics, &bodies).await?;
-        Ok(outcome)
+        Ok((outcome, split))
     }
 
     /// Step 3: the owner of each of `iids`, from the cache or else the table. Every one
@@ -742,6 +789,7 @@ impl Store {
             rows.others.push(*other);
             let (amount, reason) = match &e.payload {
                 Payload::Xp { amount, reason, .. } => (Some(*amount), Some(reason.as_str())),
+                Payload::Unlink { reason, .. } => (None, Some(reason.as_str())),
                 _ => (None, None),
             };
             rows.amounts.push(amount);
@@ -778,10 +826,11 @@ impl Store {
         rows: &LinkRows<'_>,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO links (event_id, identity_a, identity_b, day, proof)
-             SELECT e, a, b, DATE '1970-01-01' + d, p
-             FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int4[], $5::text[])
-               AS t(e, a, b, d, p)
+            "INSERT INTO links (event_id, identity_a, identity_b, day, proof, ts_ms, excluded)
+             SELECT e, a, b, DATE '1970-01-01' + d, p, ts, x
+             FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int4[], $5::text[],
+                         $6::int8[], $7::bool[])
+               AS t(e, a, b, d, p, ts, x)
              ON CONFLICT DO NOTHING",
         )
         .bind(&rows.events)
@@ -789,9 +838,186 @@ impl Store {
         .bind(&rows.b)
         .bind(&rows.days)
         .bind(&rows.proofs)
+        .bind(&rows.ts)
+        .bind(&rows.excluded)
         .execute(&mut **tx)
         .await?;
         Ok(())
+    }
+
+    /// Step 4: adds each identity's counters and activity times of the batch (of its
+    /// events other than links and unlinks) to its row.
+    async fn write_identity_counters(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        deltas: &BTreeMap<i64, UserRow>,
+    ) -> Result<(), StoreError> {
+        let active: Vec<(&i64, &UserRow)> = deltas
+            .iter()
+            .filter(|(_, d)| d.first_ms.is_some())
+            .collect();
+        if active.is_empty() {
+            return Ok(());
+        }
+        let column = |f: fn(&UserRow) -> i64| active.iter().map(|(_, d)| f(d)).collect::<Vec<_>>();
+        sqlx::query(
+            "UPDATE identities i
+             SET messages = i.messages + t.m, voice_seconds = i.voice_seconds + t.v,
+                 games_played = i.games_played + t.gp, games_won = i.games_won + t.gw,
+                 first_ms = least(i.first_ms, t.f), last_ms = greatest(i.last_ms, t.l)
+             FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int8[],
+                         $6::int8[], $7::int8[]) AS t(id, m, v, gp, gw, f, l)
+             WHERE i.id = t.id",
+        )
+        .bind(active.iter().map(|(iid, _)| **iid).collect::<Vec<_>>())
+        .bind(column(|d| d.messages))
+        .bind(column(|d| d.voice_seconds))
+        .bind(column(|d| d.games_played))
+        .bind(column(|d| d.games_won))
+        .bind(column(|d| d.first_ms.unwrap_or_default()))
+        .bind(column(|d| d.last_ms.unwrap_or_default()))
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Step 5: the newest stored unlink cut of each pair of identities the batch's
+    /// `links` join (the smaller id first).
+    async fn unlink_cuts(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        links: &[(&Event, i64, i64)],
+    ) -> Result<HashMap<(i64, i64), i64>, StoreError> {
+        let (a, b): (Vec<i64>, Vec<i64>) = links
+            .iter()
+            .map(|(_, x, y)| ((*x).min(*y), (*x).max(*y)))
+            .unzip();
+        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT u.identity_a, u.identity_b, max(u.cut_ms)
+             FROM unlinks u JOIN unnest($1::int8[], $2::int8[]) AS t(a, b)
+               ON u.identity_a = t.a AND u.identity_b = t.b
+             GROUP BY 1, 2",
+        )
+        .bind(&a)
+        .bind(&b)
+        .fetch_all(&mut **tx)
+        .await?;
+        Ok(rows.into_iter().map(|(a, b, cut)| ((a, b), cut)).collect())
+    }
+
+    /// Step 5, unlinks (SPEC 7.4): records them, marks the links they take back as not
+    /// counting, and recomputes every user that had such a link from its identities
+    /// ([`split`]). A part that fell away becomes a new user; the owner epoch moves, so
+    /// every other replica's owner cache starts over. Returns the identities moved and
+    /// their new users, when any.
+    async fn apply_unlinks(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        unlinks: &[(&Event, i64, i64)],
+        settlement: &mut Settlement<'_>,
+    ) -> Result<Split, StoreError> {
+        let events: Vec<&str> = unlinks.iter().map(|(e, _, _)| e.id.as_str()).collect();
+        let a: Vec<i64> = unlinks.iter().map(|(_, x, y)| (*x).min(*y)).collect();
+        let b: Vec<i64> = unlinks.iter().map(|(_, x, y)| (*x).max(*y)).collect();
+        let cuts: Vec<i64> = unlinks.iter().map(|(e, _, _)| e.ts).collect();
+        sqlx::query(
+            "INSERT INTO unlinks (event_id, identity_a, identity_b, cut_ms)
+             SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[])
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&events)
+        .bind(&a)
+        .bind(&b)
+        .bind(&cuts)
+        .execute(&mut **tx)
+        .await?;
+        let taken: Vec<i64> = sqlx::query_scalar(
+            "UPDATE links l SET excluded = true
+             FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS t(a, b, cut)
+             WHERE NOT l.excluded AND l.ts_ms <= t.cut
+               AND ((l.identity_a = t.a AND l.identity_b = t.b)
+                    OR (l.identity_a = t.b AND l.identity_b = t.a))
+             RETURNING l.identity_a",
+        )
+        .bind(&a)
+        .bind(&b)
+        .bind(&cuts)
+        .fetch_all(&mut **tx)
+        .await?;
+        if taken.is_empty() {
+            return Ok(None);
+        }
+        let users: Vec<i64> =
+            sqlx::query_scalar("SELECT DISTINCT user_id FROM identities WHERE id = ANY($1)")
+                .bind(&taken)
+                .fetch_all(&mut **tx)
+                .await?;
+        type Read = (i64, i64, i64, i64, i64, i64, Option<i64>, Option<i64>);
+        let identities: Vec<Read> = sqlx::query_as(
+            "SELECT id, user_id, messages, voice_seconds, games_played, games_won,
+                        first_ms, last_ms
+                 FROM identities WHERE user_id = ANY($1)",
+        )
+        .bind(&users)
+        .fetch_all(&mut **tx)
+        .await?;
+        let iids: Vec<i64> = identities.iter().map(|r| r.0).collect();
+        let links: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT identity_a, identity_b, ts_ms FROM links
+             WHERE NOT excluded AND identity_a = ANY($1)",
+        )
+        .bind(&iids)
+        .fetch_all(&mut **tx)
+        .await?;
+        let ledger: Vec<(i64, i32, i64)> = sqlx::query_as(
+            "SELECT identity_id, day - DATE '1970-01-01', xp FROM xp_ledger
+             WHERE identity_id = ANY($1)",
+        )
+        .bind(&iids)
+        .fetch_all(&mut **tx)
+        .await?;
+        let rows: Vec<IdentityRow> = identities
+            .into_iter()
+            .map(
+                |(iid, uid, messages, voice_seconds, games_played, games_won, first, last)| {
+                    let counters = UserRow {
+                        messages,
+                        voice_seconds,
+                        games_played,
+                        games_won,
+                        first_ms: first,
+                        last_ms: last,
+                        ..UserRow::default()
+                    };
+                    (iid, uid, counters)
+                },
+            )
+            .collect();
+        let mut moved = Vec::new();
+        for (uid, parts) in split(&rows, &links, &ledger) {
+            let new_parts = parts.len() - 1;
+            let mut new_uids = Vec::with_capacity(new_parts);
+            for part in &parts[1..] {
+                let new: i64 = sqlx::query_scalar("INSERT INTO users DEFAULT VALUES RETURNING id")
+                    .fetch_one(&mut **tx)
+                    .await?;
+                sqlx::query("UPDATE identities SET user_id = $1 WHERE id = ANY($2)")
+                    .bind(new)
+                    .bind(&part.identities)
+                    .execute(&mut **tx)
+                    .await?;
+                new_uids.push(new);
+                moved.extend(part.identities.iter().map(|iid| (*iid, new)));
+            }
+            settlement.take_split(uid, parts, &new_uids);
+        }
+        if moved.is_empty() {
+            return Ok(None);
+        }
+        sqlx::query("UPDATE owner_epoch SET n = n + 1")
+            .execute(&mut **tx)
+            .await?;
+        Ok(Some(moved))
     }
 
     /// Step 5: moves the losers' identities to their survivors and empties the losers,
@@ -949,7 +1175,7 @@ impl Store {
                  SELECT id, user_id FROM identities WHERE user_id = ANY($1))
              SELECT m.user_id, k.identity_a, k.identity_b, k.day - DATE '1970-01-01'
              FROM links k JOIN members m ON m.id = k.identity_a
-             WHERE k.identity_a = ANY(ARRAY(SELECT id FROM members))",
+             WHERE k.identity_a = ANY(ARRAY(SELECT id FROM members)) AND NOT k.excluded",
         )
         .bind(uids)
         .fetch_all(&mut **tx)

@@ -93,6 +93,34 @@ impl Store {
 
 impl Store {
     /// Whether the audit log holds the entry of event `event_id`: the event was applied.
+    /// The identities a link that counts joins `identity` to directly, each with those
+    /// links' event ids (SPEC 7.4: what an unlink can take back).
+    pub async fn linked(
+        &self,
+        identity: &ttfd_shared::Identity,
+    ) -> Result<Vec<(ttfd_shared::Identity, Vec<String>)>, StoreError> {
+        let rows: Vec<(String, String, Vec<String>)> = sqlx::query_as(
+            "SELECT o.platform, o.external_id, array_agg(l.event_id::text ORDER BY l.event_id)
+             FROM identities me
+             JOIN links l ON NOT l.excluded AND (l.identity_a = me.id OR l.identity_b = me.id)
+             JOIN identities o
+               ON o.id = CASE WHEN l.identity_a = me.id THEN l.identity_b ELSE l.identity_a END
+             WHERE me.platform = $1 AND me.external_id = $2
+             GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .bind(identity.platform.as_str())
+        .bind(identity.user.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(p, u, links)| {
+                ttfd_shared::Identity::new(&p, &u)
+                    .map(|i| (i, links))
+                    .map_err(|e| StoreError::Schema(format!("a stored identity: {e}")))
+            })
+            .collect()
+    }
+
     pub async fn audited(&self, event_id: &str) -> Result<bool, StoreError> {
         Ok(
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM audit WHERE event_id = $1)")

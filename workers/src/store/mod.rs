@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod audit;
 pub mod codes;
+pub mod member;
 pub mod minutes;
 pub mod outbox;
 pub mod query;
@@ -133,8 +134,9 @@ struct CacheInner {
     generation: Option<Generation>,
 }
 
-/// The relation files of `identities` and `users` (`pg_relation_filenode`).
-pub(crate) type Generation = (i64, i64);
+/// The relation files of `identities` and `users` (`pg_relation_filenode`), and the
+/// owner epoch (`owner_epoch`, moved by every split of a user).
+pub(crate) type Generation = (i64, i64, i64);
 
 /// Entries kept before the cache starts over (about 100 MB at most).
 const IDENTITY_CACHE_MAX: usize = 1_000_000;
@@ -181,6 +183,17 @@ impl IdentityCache {
 
     fn set_owners(&self, owners: impl IntoIterator<Item = (i64, i64)>) {
         self.inner().owners.extend(owners);
+    }
+
+    /// After a committed batch of this process split users (under the settle lock, so
+    /// nobody moved the owner epoch meanwhile): the epoch it moved and the owners it
+    /// changed, so that the cache stays valid.
+    fn split(&self, moved: Vec<(i64, i64)>) {
+        let mut inner = self.inner();
+        if let Some(g) = inner.generation.as_mut() {
+            g.2 += 1;
+        }
+        inner.owners.extend(moved);
     }
 
     /// Forgets everything after the tables contradicted it (which they should not):

@@ -29,7 +29,7 @@ use crate::settings::DatabaseSettings;
 /// table (the outbox, dead-letter tallies, link codes) stays as it is. In lock order:
 /// `processed_events` first, as the apply path writes it first, so a batch in flight
 /// is let finish and the next one waits before holding anything.
-pub const PROJECTIONS: [&str; 8] = [
+pub const PROJECTIONS: [&str; 9] = [
     "processed_events",
     "users",
     "identities",
@@ -38,6 +38,7 @@ pub const PROJECTIONS: [&str; 8] = [
     "identity_names",
     "audit",
     "identity_prefs",
+    "unlinks",
 ];
 
 /// Tables derived from the projections (the standings, `store::standings`): locked and
@@ -470,8 +471,9 @@ impl Store {
             .bind(t)
             .fetch_all(&mut *tx)
             .await?;
-            if columns.is_empty() && t == "identity_prefs" {
-                // A snapshot from before migration 11: nobody had set a preference.
+            if columns.is_empty() && (t == "identity_prefs" || t == "unlinks") {
+                // A snapshot from before migration 11 (13): nobody had set a preference
+                // (taken a link back).
                 continue;
             }
             if columns.is_empty() && t == "audit" {
@@ -500,8 +502,18 @@ impl Store {
                 .map(|c| quote(c))
                 .collect::<Vec<_>>()
                 .join(", ");
+            // A snapshot from before migration 13 has no link times: as that migration
+            // did, a link is taken at the start of its day.
+            let (into, from) = if t == "links" && !columns.iter().any(|c| c == "ts_ms") {
+                (
+                    format!("{list}, ts_ms"),
+                    format!("{list}, (day - DATE '1970-01-01')::int8 * 86400000"),
+                )
+            } else {
+                (list.clone(), list)
+            };
             sqlx::query(&format!(
-                "INSERT INTO {fresh}.{t} ({list}) SELECT {list} FROM {snapshot}.{t}"
+                "INSERT INTO {fresh}.{t} ({into}) SELECT {from} FROM {snapshot}.{t}"
             ))
             .execute(&mut *tx)
             .await?;
@@ -519,6 +531,29 @@ impl Store {
                                        (minute - 1440 * floor(minute / 1440.0))::int, 1))
                  FROM {snapshot}.message_buckets GROUP BY 1, 2
                  ON CONFLICT (identity_id, day) DO UPDATE SET minutes = excluded.minutes"
+            ))
+            .execute(&mut *tx)
+            .await?;
+        }
+        // A snapshot from before migration 13 kept counters on users only: as that
+        // migration did, each user's go to its identity with the smallest id.
+        let counted: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns
+                            WHERE table_schema = $1 AND table_name = 'identities'
+                              AND column_name = 'messages')",
+        )
+        .bind(snapshot)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !counted {
+            sqlx::query(&format!(
+                "UPDATE {fresh}.identities i
+                 SET messages = u.messages, voice_seconds = u.voice_seconds,
+                     games_played = u.games_played, games_won = u.games_won,
+                     first_ms = u.first_event_ms, last_ms = u.last_event_ms
+                 FROM {fresh}.users u
+                 WHERE u.id = i.user_id
+                   AND i.id = (SELECT min(j.id) FROM {fresh}.identities j WHERE j.user_id = u.id)"
             ))
             .execute(&mut *tx)
             .await?;

@@ -5,8 +5,9 @@
 //! 3. the owners of the identities and their users ([`Settlement::take_users`],
 //!    [`Settlement::follow_moved`], [`Settlement::absorb_deltas`]);
 //! 4. the ledger ([`ledger_rows`], [`Settlement::credit_ledger`]);
-//! 5. links and merges ([`link_rows`], [`Settlement::merge_links`],
-//!    [`Settlement::drop_losers`]);
+//! 5. links and merges ([`excluded_links`], [`link_rows`], [`Settlement::merge_links`],
+//!    [`Settlement::drop_losers`]), then the splits of unlinks ([`split`],
+//!    [`Settlement::take_split`]);
 //! 6. peak ranks ([`Settlement::rank_peaks`], [`Settlement::set_peaks`]);
 //! 7. the users to write back ([`Settlement::users`]);
 //! 8. notifications ([`Settlement::rank_changes`], [`Settlement::notices`]).
@@ -84,6 +85,8 @@ pub(super) struct Facts<'e> {
     pub audit: Vec<(&'e Event, i64, Option<i64>)>,
     /// Preferences (SPEC 7.3) per identity.
     pub prefs: BTreeMap<i64, super::apply::PrefsRow<'e>>,
+    /// Unlinks (SPEC 7.4): the event, its identity and the other one.
+    pub unlinks: Vec<(&'e Event, i64, i64)>,
 }
 
 /// A merge decided in this batch: `loser` now redirects to `survivor`.
@@ -122,6 +125,122 @@ pub(super) struct Settlement<'e> {
     /// may be older in event time than the one that joined them, which can lower the
     /// event-time peak (`rank_peaks`).
     pub relinked: Vec<i64>,
+    /// Users an unlink of this batch recomputed from their identities (SPEC 7.4): the
+    /// one that kept its uid and the new ones split off. Their peaks are recomputed.
+    pub split: Vec<i64>,
+    /// XP per day a split carried from one user to another: `(from, to, day, xp)`.
+    pub carried: Vec<(i64, i64, i32, i64)>,
+}
+
+/// One identity as the split reads it: `(id, user, counters and activity times)`, the
+/// times of its events other than links.
+pub(super) type IdentityRow = (i64, i64, UserRow);
+
+/// One part of a user an unlink recomputes: its identities (the smallest first), its
+/// totals from them, and its XP per day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Part {
+    pub identities: Vec<i64>,
+    pub row: UserRow,
+    pub days: BTreeMap<i32, i64>,
+}
+
+/// The users of `identities` as the components of the links that count among them
+/// (`links`: `(identity, other, ts)`), each user's parts with the one that keeps its uid
+/// first: the part holding its smallest identity id (SPEC 7.4). A part's totals are its
+/// identities' counters and ledger (`ledger`: `(identity, day, xp)`) and the times of
+/// its links; its peak is left for the event-time recomputation.
+pub(super) fn split(
+    identities: &[IdentityRow],
+    links: &[(i64, i64, i64)],
+    ledger: &[(i64, i32, i64)],
+) -> BTreeMap<i64, Vec<Part>> {
+    let mut root: HashMap<i64, i64> = identities.iter().map(|(i, _, _)| (*i, *i)).collect();
+    fn find(root: &mut HashMap<i64, i64>, mut i: i64) -> i64 {
+        while let Some(&r) = root.get(&i) {
+            if r == i {
+                break;
+            }
+            i = r;
+        }
+        i
+    }
+    for &(a, b, _) in links {
+        if !(root.contains_key(&a) && root.contains_key(&b)) {
+            continue;
+        }
+        let (ra, rb) = (find(&mut root, a), find(&mut root, b));
+        root.insert(ra.max(rb), ra.min(rb));
+    }
+    // Per user, per component (keyed by its smallest identity): the part.
+    let mut parts: BTreeMap<i64, BTreeMap<i64, Part>> = BTreeMap::new();
+    let mut part_of: HashMap<i64, (i64, i64)> = HashMap::new();
+    for (iid, uid, counters) in identities {
+        let r = find(&mut root, *iid);
+        part_of.insert(*iid, (*uid, r));
+        let part = parts
+            .entry(*uid)
+            .or_default()
+            .entry(r)
+            .or_insert_with(|| Part {
+                identities: Vec::new(),
+                row: UserRow::default(),
+                days: BTreeMap::new(),
+            });
+        part.identities.push(*iid);
+        part.row.absorb(counters);
+    }
+    for &(a, _, ts) in links {
+        if let Some(&(uid, r)) = part_of.get(&a)
+            && let Some(part) = parts.get_mut(&uid).and_then(|p| p.get_mut(&r))
+        {
+            part.row.saw(ts);
+        }
+    }
+    for &(iid, day, xp) in ledger {
+        if let Some(&(uid, r)) = part_of.get(&iid)
+            && let Some(part) = parts.get_mut(&uid).and_then(|p| p.get_mut(&r))
+        {
+            part.row.xp += xp;
+            part.row.dipped |= xp < 0;
+            *part.days.entry(day).or_default() += xp;
+        }
+    }
+    parts
+        .into_iter()
+        .map(|(uid, by_root)| {
+            let mut list: Vec<Part> = by_root.into_values().collect();
+            for p in &mut list {
+                p.identities.sort_unstable();
+                p.row.peak_rank = 1;
+            }
+            // BTreeMap order by smallest identity: the keeper comes first.
+            (uid, list)
+        })
+        .collect()
+}
+
+/// Which of a batch's links count (SPEC 7.4): a link up to the newest unlink between
+/// its two identities, stored (`stored`: the newest cut per pair, the smaller identity
+/// id first) or in the batch, does not. Returns the ids of those that do not.
+pub(super) fn excluded_links<'e>(
+    links: &[(&'e Event, i64, i64)],
+    stored: &HashMap<(i64, i64), i64>,
+    unlinks: &[(&'e Event, i64, i64)],
+) -> HashSet<&'e str> {
+    let mut cuts = stored.clone();
+    for (e, a, b) in unlinks {
+        let cut = cuts.entry(((*a).min(*b), (*a).max(*b))).or_insert(e.ts);
+        *cut = (*cut).max(e.ts);
+    }
+    links
+        .iter()
+        .filter(|(e, a, b)| {
+            cuts.get(&((*a).min(*b), (*a).max(*b)))
+                .is_some_and(|cut| e.ts <= *cut)
+        })
+        .map(|(e, _, _)| e.id.as_str())
+        .collect()
 }
 
 /// A `users` row as read: id, `merged_into`, totals.
@@ -169,16 +288,27 @@ pub(super) struct LinkRows<'e> {
     pub a: Vec<i64>,
     pub b: Vec<i64>,
     pub days: Vec<i32>,
+    pub ts: Vec<i64>,
+    pub excluded: Vec<bool>,
     pub proofs: Vec<&'static str>,
 }
 
-/// Step 5's rows: every link of the batch, merging or not.
-pub(super) fn link_rows<'e>(links: &[(&'e Event, i64, i64)]) -> LinkRows<'e> {
+/// Step 5's rows: every link of the batch, merging or not, counting or not
+/// (`excluded`, [`excluded_links`]).
+pub(super) fn link_rows<'e>(
+    links: &[(&'e Event, i64, i64)],
+    excluded: &HashSet<&str>,
+) -> LinkRows<'e> {
     LinkRows {
         events: links.iter().map(|(e, _, _)| e.id.as_str()).collect(),
         a: links.iter().map(|l| l.1).collect(),
         b: links.iter().map(|l| l.2).collect(),
         days: links.iter().map(|l| rules::day_of(l.0.ts)).collect(),
+        ts: links.iter().map(|l| l.0.ts).collect(),
+        excluded: links
+            .iter()
+            .map(|(e, _, _)| excluded.contains(e.id.as_str()))
+            .collect(),
         proofs: links
             .iter()
             .map(|(e, _, _)| match &e.payload {
@@ -279,12 +409,24 @@ impl<'e> Settlement<'e> {
         }
     }
 
-    /// Merges the users of each link (in order) that differ: the smaller uid survives
-    /// and absorbs the other's totals.
-    pub fn merge_links(&mut self, links: &[(&'e Event, i64, i64)]) -> Result<(), StoreError> {
+    /// Merges the users of each link that counts (in order; `excluded` do not, see
+    /// [`excluded_links`]) that differ: the smaller uid survives and absorbs the other's
+    /// totals. A link that counts is activity of its user.
+    pub fn merge_links(
+        &mut self,
+        links: &[(&'e Event, i64, i64)],
+        excluded: &HashSet<&str>,
+    ) -> Result<(), StoreError> {
         for &(e, a, b) in links {
+            if excluded.contains(e.id.as_str()) {
+                continue;
+            }
             let ua = follow(&self.redirect, self.owner[&a]);
             let ub = follow(&self.redirect, self.owner[&b]);
+            self.users
+                .get_mut(&ua)
+                .ok_or(StoreError::Contended)?
+                .saw(e.ts);
             if ua == ub {
                 self.relinked.push(ua);
                 continue;
@@ -308,6 +450,11 @@ impl<'e> Settlement<'e> {
     /// The batch as the standings refresher needs it: XP added per final user and day,
     /// the users written, the merges, the users of `seen` (identities whose `hidden` the
     /// batch set). (Its `id` is the table's to give.)
+    ///
+    /// XP added goes to the user that had the identity before any split of the batch;
+    /// a split then carries its parts' XP away from it ([`Settlement::take_split`]).
+    /// Users without any event (an identity only named by a link that does not count)
+    /// are ranked nowhere.
     pub fn standing_work(&self, seen: impl IntoIterator<Item = i64>) -> WorkRow {
         let mut added: BTreeMap<(i64, i32), i64> = BTreeMap::new();
         for (&(iid, day), &xp) in &self.added {
@@ -316,17 +463,28 @@ impl<'e> Settlement<'e> {
                 *added.entry((uid, day)).or_default() += xp;
             }
         }
+        for &(from, to, day, xp) in &self.carried {
+            *added.entry((from, day)).or_default() -= xp;
+            *added.entry((to, day)).or_default() += xp;
+        }
+        added.retain(|_, xp| *xp != 0);
         let ((users, days), xp) = added.into_iter().unzip();
         WorkRow {
             users,
             days,
             xp,
-            touched: self.users.keys().copied().collect(),
+            touched: self
+                .users
+                .iter()
+                .filter(|(_, u)| u.first_ms.is_some())
+                .map(|(uid, _)| *uid)
+                .collect(),
             losers: self.losers(),
             survivors: self.survivors_of_losers(),
             seen: seen
                 .into_iter()
                 .map(|iid| follow(&self.redirect, self.owner[&iid]))
+                .chain(self.split.iter().copied())
                 .collect(),
             ..WorkRow::default()
         }
@@ -343,6 +501,26 @@ impl<'e> Settlement<'e> {
             .iter()
             .map(|m| follow(&self.redirect, m.loser))
             .collect()
+    }
+
+    /// Takes the parts an unlink split user `uid` into ([`split`]): the first keeps the
+    /// uid, the others are the users `new_uids`, and carry their XP per day away from
+    /// it. Each part is compared with what `uid` was before the batch (rank changes).
+    pub fn take_split(&mut self, uid: i64, parts: Vec<Part>, new_uids: &[i64]) {
+        let before = self.before.get(&uid).copied();
+        for (i, part) in parts.into_iter().enumerate() {
+            let to = if i == 0 { uid } else { new_uids[i - 1] };
+            if to != uid {
+                for (day, xp) in &part.days {
+                    self.carried.push((uid, to, *day, *xp));
+                }
+                if let Some(b) = before {
+                    self.before.insert(to, b);
+                }
+            }
+            self.users.insert(to, part.row);
+            self.split.push(to);
+        }
     }
 
     /// Drops the merged-away users: they are written by the merge, not with the others.
@@ -653,7 +831,8 @@ mod tests {
         );
         let links = [(&e1, 30, 20), (&e2, 20, 10), (&e3, 30, 10)];
         let mut s = three_users();
-        s.merge_links(&links).expect("every user was read");
+        s.merge_links(&links, &HashSet::new())
+            .expect("every user was read");
         // e3 links two identities that are one user by then.
         assert_eq!(s.losers(), vec![3, 2]);
         assert_eq!(s.survivors_of_losers(), vec![1, 1]);
@@ -669,7 +848,7 @@ mod tests {
             link("e1", 3 * DAY_MS + 5, Proof::Import),
             link("e2", -1, Proof::Admin),
         );
-        let rows = link_rows(&[(&e1, 10, 20), (&e2, 20, 10)]);
+        let rows = link_rows(&[(&e1, 10, 20), (&e2, 20, 10)], &HashSet::from(["e2"]));
         assert_eq!(
             rows,
             LinkRows {
@@ -677,9 +856,123 @@ mod tests {
                 a: vec![10, 20],
                 b: vec![20, 10],
                 days: vec![3, -1],
+                ts: vec![3 * DAY_MS + 5, -1],
+                excluded: vec![false, true],
                 proofs: vec!["import", "admin"],
             }
         );
+    }
+
+    fn unlink(id: &str, ts: i64) -> Event {
+        Event {
+            payload: Payload::Unlink {
+                other: Identity::new("telegram", "2").expect("a valid identity"),
+                reason: "wrong".into(),
+                by: None,
+            },
+            ..link(id, ts, Proof::Code)
+        }
+    }
+
+    #[test]
+    fn a_link_up_to_an_unlink_of_its_pair_stored_or_in_the_batch_does_not_count() {
+        let (early, late, cut) = (
+            link("early", 5, Proof::Code),
+            link("late", 50, Proof::Code),
+            unlink("u", 10),
+        );
+        let links = [(&early, 20, 10), (&late, 10, 20)];
+        let none = excluded_links(&links, &HashMap::new(), &[]);
+        assert!(none.is_empty());
+        let stored = excluded_links(&links, &HashMap::from([((10, 20), 10)]), &[]);
+        assert_eq!(
+            stored,
+            HashSet::from(["early"]),
+            "either direction, up to the cut"
+        );
+        let batch = excluded_links(&links, &HashMap::new(), &[(&cut, 10, 20)]);
+        assert_eq!(batch, HashSet::from(["early"]));
+        let newest = excluded_links(&links, &HashMap::from([((10, 20), 60)]), &[(&cut, 20, 10)]);
+        assert_eq!(
+            newest,
+            HashSet::from(["early", "late"]),
+            "the newest cut wins"
+        );
+
+        // An excluded link joins nobody and is no activity.
+        let mut s = three_users();
+        s.merge_links(
+            &[(&early, 10, 20), (&late, 10, 30)],
+            &HashSet::from(["early"]),
+        )
+        .expect("every user was read");
+        assert_eq!(s.losers(), vec![3]);
+        assert_eq!(s.users[&1].last_ms, Some(50));
+        assert_eq!(s.users[&2].last_ms, None);
+    }
+
+    /// SPEC 7.4: a user falls apart into the components of the links that count; the
+    /// part with the smallest identity keeps the uid; each part's totals are its
+    /// identities' counters, ledger and link times.
+    #[test]
+    fn a_split_recomputes_each_part_from_its_identities() {
+        let counters = |messages, first| UserRow {
+            messages,
+            first_ms: Some(first),
+            last_ms: Some(first),
+            ..UserRow::default()
+        };
+        let identities = [
+            (30, 7, counters(3, 300)),
+            (10, 7, counters(1, 100)),
+            (20, 7, counters(2, 200)),
+            (40, 8, counters(4, 400)),
+        ];
+        // 10-20 still counts (made at 250), 30 stands alone; user 8 is whole.
+        let links = [(20, 10, 250)];
+        let ledger = [(10, 1, 5), (20, 1, 7), (30, 1, -2), (30, 2, 9), (40, 1, 1)];
+        let parts = split(&identities, &links, &ledger);
+        let of7 = &parts[&7];
+        assert_eq!(of7.len(), 2);
+        assert_eq!(
+            of7[0].identities,
+            vec![10, 20],
+            "the keeper holds the smallest id"
+        );
+        assert_eq!(
+            (
+                of7[0].row.xp,
+                of7[0].row.messages,
+                of7[0].row.first_ms,
+                of7[0].row.last_ms
+            ),
+            (12, 3, Some(100), Some(250))
+        );
+        assert_eq!(of7[1].identities, vec![30]);
+        assert_eq!((of7[1].row.xp, of7[1].row.dipped), (7, true));
+        assert_eq!(of7[1].days, BTreeMap::from([(1, -2), (2, 9)]));
+        assert_eq!(parts[&8].len(), 1);
+
+        let mut s = Settlement::new(HashMap::new());
+        s.before.insert(
+            7,
+            Before {
+                xp: 19,
+                peak_rank: 2,
+                last_ms: None,
+            },
+        );
+        s.take_split(7, of7.clone(), &[9]);
+        assert_eq!(s.split, vec![7, 9]);
+        assert_eq!(s.users[&9].xp, 7);
+        assert_eq!(s.before[&9].xp, 19, "compared with what it was part of");
+        assert_eq!(s.carried, vec![(7, 9, 1, -2), (7, 9, 2, 9)]);
+        s.users.get_mut(&7).expect("kept").first_ms = Some(100);
+        let work = s.standing_work([]);
+        assert_eq!(work.users, vec![7, 7, 9, 9]);
+        assert_eq!(work.xp, vec![2, -9, -2, 9]);
+        assert_eq!(work.touched, vec![7, 9]);
+        assert_eq!(work.seen, vec![7, 9]);
     }
 
     #[test]
@@ -732,7 +1025,7 @@ mod tests {
                 ..user(100)
             },
         );
-        s.merge_links(&[(&e, 10, 20)])
+        s.merge_links(&[(&e, 10, 20)], &HashSet::new())
             .expect("both users were read");
         s.drop_losers();
         assert_eq!(s.rank_peaks(&Rules::default()), vec![1]);
@@ -756,7 +1049,7 @@ mod tests {
     fn notices_name_the_user_and_its_identities() {
         let e = link("e9", 1, Proof::Code);
         let mut s = three_users();
-        s.merge_links(&[(&e, 30, 10)])
+        s.merge_links(&[(&e, 30, 10)], &HashSet::new())
             .expect("both users were read");
         s.drop_losers();
         let ranked = vec![(2, 1, 2)];

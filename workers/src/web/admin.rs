@@ -1,7 +1,8 @@
 //! The admin page (`/admin`) and `GET /api/v1/audit`, for the identities in
 //! `web.admins` (docs/moderation.md): find a member, adjust their XP with a reason
-//! (the same `moderation::adjust` as the CLI and the bots), read the audit log with
-//! filters and pages.
+//! (the same `moderation::adjust` as the CLI and the bots), take a wrongly linked
+//! account out of a profile (`moderation::unlink`), read the audit log with filters and
+//! pages.
 
 use askama::Template;
 use axum::Json;
@@ -130,6 +131,8 @@ struct Found {
     xp: String,
     rank: String,
     identities: String,
+    /// The accounts of a profile of more than one, each of which can be taken out.
+    accounts: Vec<String>,
 }
 
 struct Row {
@@ -151,6 +154,7 @@ fn row(e: &AuditEntry) -> Row {
             if a > 0 { "+" } else { "" },
             thousands(i64::from(a))
         ),
+        (None, Some(o)) if e.kind == "unlink" => format!("unlinked from {}", who(o)),
         (None, Some(o)) => format!("linked with {}", who(o)),
         (None, None) => e.kind.clone(),
     };
@@ -220,6 +224,11 @@ pub async fn page(
             xp: thousands(p.xp),
             rank: p.rank.name.clone(),
             identities: p.identities.iter().map(who).collect::<Vec<_>>().join(", "),
+            accounts: if p.identities.len() > 1 {
+                p.identities.iter().map(who).collect()
+            } else {
+                Vec::new()
+            },
         }),
         shown: entries.len(),
         entries: entries.iter().map(row).collect(),
@@ -316,6 +325,73 @@ async fn adjustment(
             "Not done: the change could not be published. Try again.".into()
         }
     })
+}
+
+/// The form that takes an account out of a profile.
+#[derive(Debug, Deserialize)]
+pub struct UnlinkForm {
+    csrf: String,
+    request: String,
+    member: String,
+    account: String,
+    reason: String,
+}
+
+/// `POST /admin/unlink`: takes one account out of the found member's profile (SPEC 7.4,
+/// the same `moderation::unlink` as the CLI and the bots); the result (or why not) comes
+/// back as the page's message.
+pub async fn unlink(
+    State(app): State<AppState>,
+    jar: SignedCookieJar,
+    Form(form): Form<UnlinkForm>,
+) -> Response {
+    let mut session = app.session(&jar).await;
+    let Some(me) = admin(&app, &session).filter(|_| session.csrf_ok(&form.csrf)) else {
+        let message = "This form is for the site's admins, and must come from the admin page.";
+        return error_page(&app, jar, session, StatusCode::FORBIDDEN, message);
+    };
+    let back = AuditFilters {
+        member: form.member.clone(),
+        ..AuditFilters::default()
+    }
+    .href(1);
+    let result = async {
+        let account = Identity::parse(form.account.trim()).map_err(|e| format!("Account: {e}"))?;
+        let request = moderation::UnlinkRequest {
+            account,
+            from: None,
+            reason: form.reason.clone(),
+            by: me.clone(),
+            request_id: Some(format!(
+                "web:{}",
+                form.request.chars().take(64).collect::<String>()
+            )),
+        };
+        moderation::unlink(
+            &app.store,
+            &app.moderator,
+            &app.moderation,
+            &request,
+            now_ms(),
+            moderation::WEB_WAIT,
+        )
+        .await
+        .map_err(|e| match e {
+            ModerationError::Refused(why) => format!("Not done: {why}."),
+            other => {
+                tracing::error!(error = %other, "admin unlink failed");
+                "Not done: the change could not be published. Try again.".into()
+            }
+        })
+    }
+    .await;
+    session.flash = Some(match result {
+        Ok(done) => Flash::Ok {
+            message: format!("{done}."),
+        },
+        Err(message) => Flash::Error { message },
+    });
+    (session.store(jar, &app.cookies), Redirect::to(&back)).into_response()
 }
 
 /// `GET /api/v1/audit`: the audit log as JSON, for a browser signed in as an admin.

@@ -703,6 +703,55 @@ pub async fn own_profile(State(app): State<AppState>, jar: SignedCookieJar) -> R
     respond(&app, jar, &session, StatusCode::OK, page)
 }
 
+/// `GET /profile/export`: "Download my data", everything held about the signed-in
+/// member as one JSON file (docs/privacy.md; the same document as `ttfd export`).
+pub async fn export(State(app): State<AppState>, jar: SignedCookieJar) -> Response {
+    let session = app.session(&jar).await;
+    let Some(me) = session.identity() else {
+        return Redirect::to("/login").into_response();
+    };
+    match crate::privacy::export(&app.store, &app.broker, &me, OffsetDateTime::now_utc()).await {
+        Ok(document) => match serde_json::to_vec_pretty(&document) {
+            Ok(body) => (
+                [
+                    (header::CONTENT_TYPE, "application/json".to_owned()),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        format!(
+                            "attachment; filename=\"{}\"",
+                            crate::privacy::file_name(&me)
+                        ),
+                    ),
+                    (header::CACHE_CONTROL, "no-store".to_owned()),
+                ],
+                body,
+            )
+                .into_response(),
+            Err(e) => {
+                tracing::error!(error = %e, "encoding an export");
+                StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            }
+        },
+        Err(crate::privacy::ExportError::Unknown(_)) => error_page(
+            &app,
+            jar,
+            session,
+            StatusCode::NOT_FOUND,
+            "Nothing is recorded about you yet.",
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "building an export");
+            error_page(
+                &app,
+                jar,
+                session,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Your data cannot be gathered right now. Try again in a moment.",
+            )
+        }
+    }
+}
+
 /// `GET /login`.
 pub async fn login(State(app): State<AppState>, jar: SignedCookieJar) -> Response {
     let mut session = app.session(&jar).await;

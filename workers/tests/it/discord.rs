@@ -1064,3 +1064,86 @@ async fn a_member_who_hides_is_off_rank_and_top_for_others_and_sees_their_own_pr
     );
     w.stop().await;
 }
+
+/// `/unlink` (SPEC 7.4): a moderator takes a wrongly linked Telegram account out of a
+/// Discord member's profile, naming the platform; the reply is public and the profiles
+/// come apart; a member who is no moderator is refused privately, and an account that
+/// is not the member's is refused with the reason.
+#[tokio::test]
+async fn a_moderator_unlinks_a_wrongly_linked_account_with_a_slash_command() {
+    let w = world(|_| {}).await;
+    let (nelly, ann): (u64, u64) = (80_351_110_224_678_912, 555);
+    let link = Event {
+        id: EventId::parse("telegram:link:1").expect("id"),
+        ts: ttfd::now_ms() - 60_000,
+        identity: Identity::parse("telegram:77").expect("identity"),
+        name: None,
+        payload: Payload::Link {
+            other: Identity::parse("discord:555").expect("identity"),
+            proof: ttfd::shared::Proof::Code,
+            by: None,
+        },
+    };
+    w.env
+        .publish(&[
+            xp_event("t:xp:ann", "discord:555", 100),
+            xp_event("t:xp:tg", "telegram:77", 40),
+        ])
+        .await;
+    w.env.publish(std::slice::from_ref(&link)).await;
+    eventually("one profile", || async {
+        w.profile("discord:555")
+            .await
+            .filter(|p| p.identities.len() == 2)
+    })
+    .await;
+    let http = w.bot.roles.api.http.clone();
+    let manager = json!({"roles": [], "permissions": "32"});
+    let nobody = json!({"roles": [], "permissions": "0"});
+    let unlink = |account: &str| {
+        json!([{"name": "member", "type": 6, "value": ann.to_string()},
+               {"name": "account", "type": 3, "value": account},
+               {"name": "reason", "type": 3, "value": "not hers"}])
+    };
+    for (member, id, account) in [
+        (nobody, 7101, "telegram"),
+        (manager.clone(), 7102, "minecraft"),
+        (manager, 7103, "telegram"),
+    ] {
+        w.bot
+            .on_command(
+                &http,
+                &interaction_by(nelly, member, id, "unlink", unlink(account)),
+            )
+            .await;
+    }
+    let replies = w.fake.interaction_responses();
+    let said = |i: usize| {
+        replies[i]["data"]["content"]
+            .as_str()
+            .expect("content")
+            .to_owned()
+    };
+    let private = |i: usize| replies[i]["data"]["flags"].as_u64().unwrap_or(0) & 64 == 64;
+    assert!(said(0).starts_with("Only moderators"), "{}", said(0));
+    assert!(private(0));
+    assert_eq!(
+        said(1),
+        "Not done: minecraft is not an account of this member's profile."
+    );
+    assert!(private(1));
+    assert!(
+        said(2).starts_with("Unlinked telegram:77 from discord:555 (not hers)."),
+        "{}",
+        said(2)
+    );
+    assert!(!private(2), "a moderator's change is public");
+    let apart = eventually("the profiles apart", || async {
+        w.profile("discord:555")
+            .await
+            .filter(|p| p.identities.len() == 1)
+    })
+    .await;
+    assert_eq!(apart.xp, 100);
+    w.stop().await;
+}

@@ -11,6 +11,7 @@ mod links;
 mod moderation;
 mod observe;
 mod pipeline;
+mod privacy;
 mod replay;
 mod telegram;
 mod trust;

@@ -181,3 +181,86 @@ async fn an_operator_adjusts_xp_from_the_cli_and_the_audit_shows_who_and_why() {
     worker.await.expect("worker stops");
     env.cleanup().await;
 }
+
+/// `ttfd unlink` (SPEC 7.4) through the built binary: the two accounts come apart, each
+/// with what it earned; the audit shows who and why; a second run finds nothing left to
+/// take back, and a pair that no link joins directly is refused, naming the links there
+/// are.
+#[tokio::test]
+async fn an_operator_unlinks_a_wrong_link_from_the_cli() {
+    let env = TestEnv::new().await;
+    let stop = CancellationToken::new();
+    let worker = env.spawn_worker(stop.clone()).await;
+    let now = ttfd::now_ms() - 60_000;
+    let event = |id: &str, who: &str, payload: Payload| Event {
+        id: EventId::parse(id).expect("id"),
+        ts: now,
+        identity: Identity::parse(who).expect("identity"),
+        name: None,
+        payload,
+    };
+    let grant = |amount| Payload::Xp {
+        amount,
+        reason: "quiz".into(),
+        by: None,
+    };
+    let link = |other: &str| Payload::Link {
+        other: Identity::parse(other).expect("identity"),
+        proof: ttfd::shared::Proof::Code,
+        by: None,
+    };
+    let events = [
+        event("g:1", "discord:1", grant(300)),
+        event("g:2", "telegram:2", grant(200)),
+        event("g:3", "website:3", grant(100)),
+        event("l:12", "telegram:2", link("discord:1")),
+        event("l:23", "website:3", link("telegram:2")),
+    ];
+    env.publish(&events).await;
+    env.wait_for_model(&events).await;
+    let none: &[(&str, &str)] = &[];
+    let unlink = [
+        "unlink",
+        "telegram:2",
+        "discord:1",
+        "--reason",
+        "linked by mistake",
+    ];
+    let (code, out, err) = ttfd_as_ops(&env, &unlink, none).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("telegram:2 unlinked from discord:1: the profiles are apart"),
+        "{out}"
+    );
+    let xp = |who: &str| {
+        let store = env.store.clone();
+        let who = Identity::parse(who).expect("identity");
+        async move {
+            store
+                .profile(&who)
+                .await
+                .expect("read")
+                .expect("a profile")
+                .xp
+        }
+    };
+    assert_eq!((xp("discord:1").await, xp("website:3").await), (300, 300));
+
+    let (code, out, err) = ttfd_as_ops(&env, &unlink, none).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("no link joins telegram:2 and discord:1 directly")
+            && err.contains("website:3"),
+        "{err}"
+    );
+    let (code, out, _) = ttfd_as_ops(&env, &["audit", "--json"], none).await;
+    assert_eq!(code, 0);
+    let log: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let entry = &log[0];
+    assert_eq!(entry["kind"], "unlink");
+    assert_eq!(entry["reason"], "linked by mistake");
+    assert_eq!(entry["by"]["user"], "ops");
+    stop.cancel();
+    worker.await.expect("worker");
+    env.cleanup().await;
+}

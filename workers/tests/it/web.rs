@@ -2182,3 +2182,123 @@ async fn leaderboard_visibility_keeps_the_boards_to_members_or_off() {
     }
     site.stop().await;
 }
+
+/// The admin page takes a wrongly linked account out of a profile (SPEC 7.4): the
+/// profile comes apart, each with what it earned; the audit log on the page shows the
+/// unlink; a second try finds nothing left to do.
+#[tokio::test]
+async fn an_admin_unlinks_an_account_on_the_admin_page() {
+    let site = Site::start_with(|s| s.web.admins = vec![format!("discord:{ANN_DISCORD}")]).await;
+    let now = ttfd::now_ms() - 1_000;
+    let link = Event {
+        id: EventId::parse("website:link:1").expect("id"),
+        ts: now,
+        identity: Identity::parse("website:bo@example.org").expect("identity"),
+        name: None,
+        payload: Payload::Link {
+            other: Identity::parse("website:cy@example.org").expect("identity"),
+            proof: ttfd::shared::Proof::Code,
+            by: None,
+        },
+    };
+    site.seed(&[
+        xp("x:bo", "website:bo@example.org", "Bo", 400, now),
+        xp("x:cy", "website:cy@example.org", "Cy", 100, now),
+        link,
+    ])
+    .await;
+    let admin = browser();
+    sign_in_with_discord(&site, &admin).await;
+    let page = |member: &str| {
+        let url = site.url(&format!("/admin?member={member}"));
+        let admin = admin.clone();
+        async move { text(admin.get(url).send().await.expect("get")).await.1 }
+    };
+    let html = page("website:bo@example.org").await;
+    assert!(html.contains("id=\"unlink\""), "{html}");
+    assert!(
+        html.contains("<option value=\"website:cy@example.org\">"),
+        "{html}"
+    );
+    let request = html
+        .split("name=\"request\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a request id")
+        .to_owned();
+    let fields = vec![
+        ("csrf".to_owned(), csrf_of(&html)),
+        ("request".to_owned(), request),
+        ("member".to_owned(), "website:bo@example.org".to_owned()),
+        ("account".to_owned(), "website:cy@example.org".to_owned()),
+        ("reason".to_owned(), "not the same person".to_owned()),
+    ];
+    let (done, _) = follow_post(&admin, &site.url("/admin/unlink"), &fields).await;
+    let (status, html) = text(done).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        html.contains(
+            "website:cy@example.org unlinked from website:bo@example.org: the profiles are apart."
+        ),
+        "{html}"
+    );
+    assert!(
+        html.contains("unlinked from website:bo@example.org"),
+        "the audit row: {html}"
+    );
+    for (who, want) in [("bo", 400), ("cy", 100)] {
+        let p = site
+            .env
+            .store
+            .profile(&Identity::parse(&format!("website:{who}@example.org")).expect("id"))
+            .await
+            .expect("read")
+            .expect("a profile");
+        assert_eq!((p.xp, p.identities.len()), (want, 1), "{who}");
+    }
+    let (again, _) = follow_post(&admin, &site.url("/admin/unlink"), &fields).await;
+    let (_, html) = text(again).await;
+    assert!(html.contains("Not done: no link joins"), "{html}");
+    site.stop().await;
+}
+
+/// "Download my data" on the profile (docs/privacy.md): the signed-in member's export as
+/// a JSON attachment, the same document as `ttfd export`; a visitor is sent to sign in.
+#[tokio::test]
+async fn download_my_data_gives_the_signed_in_member_their_export() {
+    let site = Site::start().await;
+    let ann = format!("discord:{ANN_DISCORD}");
+    site.seed(&[xp(
+        "discord:x:ann",
+        &ann,
+        "Ann",
+        120,
+        ttfd::now_ms() - 1_000,
+    )])
+    .await;
+    let anyone = browser();
+    let r = anyone
+        .get(site.url("/profile/export"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let member = browser();
+    let html = sign_in_with_discord(&site, &member).await;
+    assert!(html.contains("href=\"/profile/export\""), "{html}");
+    let r = member
+        .get(site.url("/profile/export"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["content-disposition"],
+        format!("attachment; filename=\"ttfd-export-discord-{ANN_DISCORD}.json\"")
+    );
+    let doc: Value = r.json().await.expect("JSON");
+    assert_eq!(doc["format"], "ttfd-export/1");
+    assert_eq!(doc["profile"]["xp"], 120);
+    assert_eq!(doc["events"][0]["envelope"]["id"], "discord:x:ann");
+    site.stop().await;
+}
