@@ -24,6 +24,27 @@ TIMEOUT = 2.0
 results = {"passed": 0, "failed": 0}
 
 
+async def scans(role, name):
+    """A member's export: an unnamed ephemeral consumer that acks nothing, read by its
+    server-given name; the shared consumer stays out of reach."""
+    created = await role.api("$JS.API.CONSUMER.CREATE.TTFD_EVENTS", {
+        "stream_name": "TTFD_EVENTS",
+        "config": {"deliver_policy": "all", "ack_policy": "none",
+                   "filter_subject": "ttfd.events.website.*", "inactive_threshold": 10_000_000_000},
+    })
+    consumer = (created or {}).get("name")
+    check(f"{name} creates a scan consumer on the events stream", bool(consumer), str(created))
+    if consumer:
+        info = await role.api(f"$JS.API.CONSUMER.INFO.TTFD_EVENTS.{consumer}")
+        check(f"{name} reads its scan consumer's info", info and "config" in info, str(info))
+        msg = await role.pull_one("TTFD_EVENTS", consumer)
+        check(f"{name} reads the events stream through its scan", msg is not None, "no message")
+    check(f"{name} may not pull from the shared consumer",
+          await role.refused_publish("$JS.API.CONSUMER.MSG.NEXT.TTFD_EVENTS.ttfd-sync"))
+    check(f"{name} may not create a named consumer",
+          await role.refused_publish("$JS.API.CONSUMER.CREATE.TTFD_EVENTS.ttfd-sync"))
+
+
 def check(name, ok, detail=""):
     results["passed" if ok else "failed"] += 1
     print(f"{'ok  ' if ok else 'FAIL'} {name}{'' if ok else ': ' + detail}")
@@ -161,6 +182,7 @@ async def main():
         ack = await web.js_publish("ttfd.events.telegram.unlink", "mod:unlink:perm-web-1")
         check("web publishes the admin page's unlink events",
               ack and ack.get("stream") == "TTFD_EVENTS", str(ack))
+        await scans(web, "web")
         check("web may not publish notifications", await web.refused_publish("ttfd.notify.rank"))
         check("web may not delete the events stream",
               await web.refused_publish("$JS.API.STREAM.DELETE.TTFD_EVENTS"))
@@ -208,6 +230,7 @@ async def main():
         ack = await query.js_publish("ttfd.events.telegram.unlink", "mod:unlink:perm-1")
         check("query publishes the moderators' unlink events",
               ack and ack.get("stream") == "TTFD_EVENTS", str(ack))
+        await scans(query, "query")
         check("query may not publish to an arbitrary inbox",
               await query.refused_publish("_INBOX.somebody-else"))
         check("query may not listen to events", await query.refused_subscribe("ttfd.events.>"))

@@ -98,6 +98,13 @@ pub fn definitions() -> Vec<CreateCommand> {
                     .required(true)
                     .max_length(64),
             ),
+        CreateCommand::new("gdpr")
+            .description("Your data: everything TTFD holds about you")
+            .add_option(CreateCommandOption::new(
+                CommandOptionType::SubCommand,
+                "export",
+                "Everything TTFD holds about you, as a file in a direct message",
+            )),
         CreateCommand::new("privacy")
             .description("Keep yourself off the leaderboards and your profile private, everywhere")
             .add_option(
@@ -182,6 +189,9 @@ pub enum SlashCommand {
     },
     /// `/ranks sync`: the bot runs it (`DiscordBot::on_command`); the reply says so.
     RanksSync,
+    /// `/gdpr export`: the bot sends the file by direct message (`DiscordBot::on_command`);
+    /// the reply says so.
+    GdprExport,
     /// `/unlink member account reason` (SPEC 7.4).
     Unlink {
         member: UserId,
@@ -241,6 +251,10 @@ pub fn parse(cmd: &CommandInteraction) -> Option<SlashCommand> {
         "notify" => Some(SlashCommand::Prefs(Pref::Notify(
             string("announcements").as_deref() != Some("off"),
         ))),
+        "gdpr" => options
+            .iter()
+            .any(|o| o.name == "export")
+            .then_some(SlashCommand::GdprExport),
         "unlink" => Some(SlashCommand::Unlink {
             member: user_option(&options, "member")?.0.id,
             account: string("account")?,
@@ -447,6 +461,14 @@ pub async fn reply(
                     UnlinkOutcome::Refused(_) => Reply::private(text),
                 }
             }),
+        SlashCommand::GdprExport => {
+            return Reply::private(
+                "Gathering everything TTFD holds about you: it comes as a file in a direct \
+                 message from me (if your privacy settings let this server's members send \
+                 you one)."
+                    .into(),
+            );
+        }
         SlashCommand::Prefs(pref) => {
             return Reply::private(text::pref_said(*pref, Markup::Markdown));
         }

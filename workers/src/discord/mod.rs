@@ -27,8 +27,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use backon::ExponentialBuilder;
 use serenity::all::{
-    ClientBuilder, Context, EventHandler, GatewayIntents, Guild, GuildChannel, GuildId,
-    Interaction, Member, Message, Ready, UnavailableGuild, UserId, VoiceState,
+    ClientBuilder, Context, CreateAttachment, CreateMessage, EventHandler, GatewayIntents, Guild,
+    GuildChannel, GuildId, Interaction, Member, Message, Ready, UnavailableGuild, UserId,
+    VoiceState,
 };
 use serenity::async_trait;
 use serenity::http::Http;
@@ -49,6 +50,7 @@ use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::observe::discord::DiscordMetrics;
 use crate::observe::{self, Readiness};
+use crate::query::ExportOutcome;
 use crate::query::QueryClient;
 use crate::rates::{self, Boost, Rates};
 use crate::settings::{DiscordSettings, Settings};
@@ -179,6 +181,39 @@ impl DiscordBot {
 
     /// `/ranks sync`: reconciles every member's rank roles in the background (one run
     /// at a time) and posts a summary in `channel`.
+    /// `/gdpr export`: asks the query service for the member's export and sends it to
+    /// them by direct message (a refusal, too, says why there).
+    fn spawn_export(&self, user: UserId) {
+        let (api, query) = (self.roles.api.clone(), self.query.clone());
+        tokio::spawn(async move {
+            let message = match query.export(&mapping::identity(user)).await {
+                Ok(ExportOutcome::File { name, json }) => CreateMessage::new()
+                    .content("Everything TTFD holds about you, as you asked (`/gdpr export`).")
+                    .add_file(CreateAttachment::bytes(json.into_bytes(), name)),
+                Ok(ExportOutcome::Refused(why)) => {
+                    CreateMessage::new().content(format!("Your data was not sent: {why}."))
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot gather an export");
+                    CreateMessage::new().content(
+                        "Your data cannot be gathered right now; try `/gdpr export` again later.",
+                    )
+                }
+            };
+            let sent = match api.dm_channel(user).await {
+                Ok(channel) => channel
+                    .send_message(&*api.http, message)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = sent {
+                warn!(error = %e, "cannot send an export by direct message");
+            }
+        });
+    }
+
     fn spawn_roles_sync(&self, channel: serenity::all::ChannelId) {
         if self
             .syncing_roles
@@ -356,6 +391,7 @@ impl DiscordBot {
             {
                 self.spawn_roles_sync(cmd.channel_id);
             }
+            Some(commands::SlashCommand::GdprExport) => self.spawn_export(cmd.user.id),
             Some(commands::SlashCommand::Prefs(pref)) => {
                 self.send(vec![mapping::prefs_event(cmd, pref)]).await;
             }

@@ -15,7 +15,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use crate::metrics::Metrics;
 
 /// The query subjects served; anything else is labelled `unknown` (bounded labels).
-const SUBJECTS: [&str; 7] = [
+const SUBJECTS: [&str; 8] = [
     "profile",
     "top",
     "link.issue",
@@ -23,6 +23,7 @@ const SUBJECTS: [&str; 7] = [
     "xp.adjust",
     "audit",
     "unlink",
+    "export",
 ];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

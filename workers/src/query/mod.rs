@@ -176,6 +176,21 @@ impl UnlinkOutcome {
     }
 }
 
+/// The answer to `as.<platform>.export` (the member's own data, docs/privacy.md): the
+/// file to send them, or why not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportOutcome {
+    File { name: String, json: String },
+    Refused(String),
+}
+
+/// How long a bot waits for a member's export (a scan of the events stream).
+pub const EXPORT_WAIT: Duration = Duration::from_secs(60);
+
+/// Room left in a reply for its envelope around an export.
+const REPLY_ROOM: usize = 16 * 1024;
+
 /// `as.<platform>.audit`: the audit log for a moderator of the platform.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuditRequest {
@@ -295,6 +310,18 @@ impl QueryClient {
         self.ask(&acting_as(&by, "xp.adjust"), request).await
     }
 
+    /// The member's own export (`as.<platform>.export`), to send them privately. It
+    /// reads the events stream, so it is waited for up to [`EXPORT_WAIT`], not the
+    /// client's usual timeout (the bots answer the command at once and send the file
+    /// when it comes).
+    pub async fn export(&self, identity: &Identity) -> Result<ExportOutcome, QueryError> {
+        let request = ProfileRequest {
+            identity: identity.into(),
+        };
+        self.ask_within(&acting_as(identity, "export"), &request, EXPORT_WAIT)
+            .await
+    }
+
     /// Takes an account out of a member's profile, for a moderator (`as.<platform>.unlink`).
     pub async fn unlink(&self, request: &UnlinkQuery) -> Result<UnlinkOutcome, QueryError> {
         let by = identity(&request.by).map_err(|e| QueryError::Bad(e.to_string()))?;
@@ -312,11 +339,25 @@ impl QueryClient {
         what: &str,
         request: &Q,
     ) -> Result<A, QueryError> {
+        self.ask_within(what, request, self.timeout).await
+    }
+
+    async fn ask_within<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        what: &str,
+        request: &Q,
+        timeout: Duration,
+    ) -> Result<A, QueryError> {
         let body = rmp_serde::to_vec_named(request).map_err(|e| QueryError::Bad(e.to_string()))?;
-        let asked = self.client.request(self.subjects.query(what), body.into());
-        let reply = tokio::time::timeout(self.timeout, asked)
+        let asked = self.client.send_request(
+            self.subjects.query(what),
+            async_nats::Request::new()
+                .payload(body.into())
+                .timeout(Some(timeout)),
+        );
+        let reply = tokio::time::timeout(timeout, asked)
             .await
-            .map_err(|_| QueryError::Unavailable(format!("no reply within {:?}", self.timeout)))?
+            .map_err(|_| QueryError::Unavailable(format!("no reply within {timeout:?}")))?
             .map_err(|e| QueryError::Unavailable(e.to_string()))?;
         match rmp_serde::from_slice(&reply.payload) {
             Ok(Reply::Ok(answer)) => Ok(answer),
@@ -336,13 +377,14 @@ fn acting_as(identity: &Identity, what: &str) -> String {
 /// The queries that may act for an identity (as opposed to reading what is public):
 /// asked on `as.<platform>.<query>`. All but `profile` must; `profile` asked so is the
 /// member's own read, which shows a hidden member (SPEC 7.3) to themselves.
-const ACTING: [&str; 6] = [
+const ACTING: [&str; 7] = [
     "link.issue",
     "link.redeem",
     "xp.adjust",
     "audit",
     "profile",
     "unlink",
+    "export",
 ];
 
 /// A request's subject after the query prefix: the query, and the platform it speaks
@@ -507,6 +549,48 @@ async fn unlink(
     }
 }
 
+/// `as.<platform>.export`: a member's own export, for the bot to send them privately;
+/// refused when it is larger than a NATS message can carry (the website and `ttfd
+/// export` have no such limit).
+async fn export(
+    service: &Service,
+    payload: &[u8],
+    on_behalf_of: Option<&str>,
+) -> Result<ExportOutcome, Refusal> {
+    let q: ProfileRequest = decode(payload)?;
+    let member = acting_for(&q.identity, on_behalf_of)?;
+    let document = match crate::privacy::export(
+        &service.store,
+        &service.broker,
+        &member,
+        time::OffsetDateTime::now_utc(),
+    )
+    .await
+    {
+        Ok(d) => d,
+        Err(crate::privacy::ExportError::Unknown(_)) => {
+            return Ok(ExportOutcome::Refused(
+                "nothing is recorded about you yet".into(),
+            ));
+        }
+        Err(crate::privacy::ExportError::Store(e)) => return Err(Refusal::Store(e)),
+        Err(e) => return Err(Refusal::Bad(e.to_string())),
+    };
+    let json = serde_json::to_string_pretty(&document).map_err(|e| Refusal::Bad(e.to_string()))?;
+    let limit = service.broker.client.server_info().max_payload;
+    if json.len() + REPLY_ROOM > limit {
+        return Ok(ExportOutcome::Refused(format!(
+            "your data ({} kB) is more than a chat message can carry: download it on the \
+             website (your profile, Download my data), or ask an operator (ttfd export)",
+            json.len() / 1024
+        )));
+    }
+    Ok(ExportOutcome::File {
+        name: crate::privacy::file_name(&member),
+        json,
+    })
+}
+
 /// Answers one request (`subject`: after the query prefix); the reply bytes and the
 /// outcome.
 async fn answer(service: &Service, subject: &str, payload: &[u8]) -> (Vec<u8>, &'static str) {
@@ -560,6 +644,7 @@ async fn answer(service: &Service, subject: &str, payload: &[u8]) -> (Vec<u8>, &
         ),
         "xp.adjust" => reply(adjust(service, payload, on_behalf_of).await),
         "unlink" => reply(unlink(service, payload, on_behalf_of).await),
+        "export" => reply(export(service, payload, on_behalf_of).await),
         "audit" => reply(
             async {
                 let q: AuditRequest = decode(payload)?;

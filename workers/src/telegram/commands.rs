@@ -6,7 +6,7 @@ use crate::moderation::Verb;
 
 /// The commands, with the one-line descriptions shown by `/help` and in Telegram's
 /// command menu (`setMyCommands`).
-pub const COMMANDS: [(&str, &str); 7] = [
+pub const COMMANDS: [(&str, &str); 8] = [
     ("start", "Start the bot: rank-ups come to you privately"),
     ("help", "What the bot does"),
     ("rank", "Your rank, XP and linked accounts"),
@@ -22,6 +22,10 @@ pub const COMMANDS: [(&str, &str); 7] = [
     (
         "privacy",
         "Off the leaderboards, profile private: /privacy hide, /privacy show",
+    ),
+    (
+        "gdpr",
+        "Your data: /gdpr export sends you everything TTFD holds about you",
     ),
 ];
 
@@ -39,6 +43,8 @@ pub enum Command {
     Notify(String),
     /// `/privacy hide|show`: the argument as typed.
     Privacy(String),
+    /// `/gdpr export`: the argument as typed.
+    Gdpr(String),
     /// `/xp add|remove|set|reset [N] reason`, by a group administrator in reply to the
     /// member's message (docs/moderation.md): the arguments as typed.
     Xp(String),
@@ -78,6 +84,7 @@ pub fn parse(text: &str, bot_username: &str) -> Option<Command> {
         "xp" => Command::Xp(args.to_owned()),
         "notify" => Command::Notify(args.to_owned()),
         "privacy" => Command::Privacy(args.to_owned()),
+        "gdpr" => Command::Gdpr(args.to_owned()),
         _ => Command::Unknown(name),
     })
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use backon::ExponentialBuilder;
 use teloxide::RequestError;
 use teloxide::prelude::*;
-use teloxide::types::{ChatId, MessageId, ReplyParameters, Update, UserId};
+use teloxide::types::{ChatId, InputFile, MessageId, ReplyParameters, Update, UserId};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,7 +24,7 @@ use super::started::StartedUsers;
 use super::texts;
 use crate::broker::Broker;
 use crate::now_ms;
-use crate::query::{AdjustRequest, QueryClient};
+use crate::query::{AdjustRequest, ExportOutcome, QueryClient};
 use crate::rates::{self, Boost, Rates};
 use crate::store::codes::LinkCode;
 
@@ -199,6 +199,30 @@ impl Handler {
         Ok(())
     }
 
+    /// `/gdpr export`: the member's export (docs/privacy.md) as a document in their
+    /// private chat with the bot; what to tell them where they asked.
+    async fn send_export(&self, call: &CommandCall) -> String {
+        let (name, json) = match self.query.export(&mapping::identity(call.user)).await {
+            Ok(ExportOutcome::File { name, json }) => (name, json),
+            Ok(ExportOutcome::Refused(why)) => return texts::export_refused(&why),
+            Err(e) => return self.unavailable(e),
+        };
+        let private = ChatId(i64::try_from(call.user.0).unwrap_or(i64::MAX));
+        let document = InputFile::memory(json.into_bytes()).file_name(name);
+        match self.bot.send_document(private, document).await {
+            Ok(_) => texts::export_sent(call.private),
+            // Telegram's refusal: the member never started a chat with the bot.
+            Err(RequestError::Api(e)) => {
+                debug!(error = %e, "cannot send an export privately");
+                texts::export_needs_start(&self.username)
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot send an export");
+                texts::unavailable()
+            }
+        }
+    }
+
     /// Publishes the member's `prefs` event; what to tell them.
     async fn set_pref(&self, call: &CommandCall, pref: Pref) -> String {
         let event = mapping::prefs_event(call, pref, now_ms());
@@ -254,6 +278,10 @@ impl Handler {
                 None => texts::privacy_usage(),
                 Some(hide) => self.set_pref(&call, Pref::Hidden(hide)).await,
             },
+            Command::Gdpr(arg) if arg.trim().eq_ignore_ascii_case("export") => {
+                self.send_export(&call).await
+            }
+            Command::Gdpr(_) => texts::gdpr_usage(),
             Command::Link(arg) if !call.private => {
                 if !arg.is_empty() {
                     // The code is visible to the group: take it down if the bot may.

@@ -143,6 +143,32 @@ pub fn privacy_usage() -> String {
         .into()
 }
 
+pub fn gdpr_usage() -> String {
+    "Everything TTFD holds about you, as a file sent to you privately: /gdpr export.".into()
+}
+
+/// `/gdpr export` sent privately.
+pub fn export_sent(private: bool) -> String {
+    if private {
+        "That file is everything TTFD holds about you.".into()
+    } else {
+        "Sent to you in a private chat with me.".into()
+    }
+}
+
+/// `/gdpr export` when the bot may not write to the member privately.
+pub fn export_needs_start(bot_username: &str) -> String {
+    format!(
+        "I can only send your data privately: open a chat with me (https://t.me/{bot_username}), \
+         press Start, then send /gdpr export there."
+    )
+}
+
+/// `/gdpr export` refused.
+pub fn export_refused(why: &str) -> String {
+    format!("Your data was not sent: {why}.")
+}
+
 /// `/rank` in a group by a hidden member: their rank stays private.
 pub fn rank_hidden_in_group() -> String {
     "You are hidden (/privacy): ask me /rank in a private chat to see your rank.".into()

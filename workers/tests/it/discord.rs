@@ -1147,3 +1147,46 @@ async fn a_moderator_unlinks_a_wrongly_linked_account_with_a_slash_command() {
     assert_eq!(apart.xp, 100);
     w.stop().await;
 }
+
+/// `/gdpr export` (docs/privacy.md): an ephemeral answer at once, then the member's
+/// export as a file in a direct message.
+#[tokio::test]
+async fn gdpr_export_sends_the_member_their_data_by_direct_message() {
+    let w = world(|_| {}).await;
+    w.env
+        .publish(&[xp_event("t:xp:ann", "discord:555", 321)])
+        .await;
+    eventually("ann's profile", || async { w.profile("discord:555").await }).await;
+    let http = w.bot.roles.api.http.clone();
+    let options = json!([{"name": "export", "type": 1, "options": []}]);
+    let member = json!({"roles": [], "permissions": "0"});
+    w.bot
+        .on_command(&http, &interaction_by(555, member, 7201, "gdpr", options))
+        .await;
+    let reply = &w.fake.interaction_responses()[0];
+    assert_eq!(reply["data"]["flags"], 64);
+    assert!(
+        reply["data"]["content"]
+            .as_str()
+            .is_some_and(|t| t.contains("direct message")),
+        "{reply}"
+    );
+    let dm = crate::common::fake_discord::dm_channel_of(555);
+    let sent = eventually("the export by direct message", || async {
+        w.fake.messages(dm).into_iter().next()
+    })
+    .await;
+    assert!(
+        sent["payload_json"]["content"]
+            .as_str()
+            .is_some_and(|t| t.contains("Everything TTFD holds about you")),
+        "{sent}"
+    );
+    assert_eq!(sent["files"][0]["filename"], "ttfd-export-discord-555.json");
+    let doc: Value =
+        serde_json::from_str(sent["files"][0]["content"].as_str().expect("a file")).expect("JSON");
+    assert_eq!(doc["format"], "ttfd-export/1");
+    assert_eq!(doc["profile"]["xp"], 321);
+    assert_eq!(doc["events"][0]["envelope"]["id"], "t:xp:ann");
+    w.stop().await;
+}

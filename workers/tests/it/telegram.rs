@@ -906,3 +906,60 @@ async fn privacy_hides_a_member_from_the_group_and_shows_them_again() {
     bot.await.expect("join").expect("the bot stops cleanly");
     world.cleanup().await;
 }
+
+/// `/gdpr export` (docs/privacy.md): the member's export comes as a document in their
+/// private chat, asked there or in the group; a member who never started the bot is
+/// told how to.
+#[tokio::test]
+async fn gdpr_export_sends_the_member_their_data_privately() {
+    let world = World::new().await;
+    let stop = CancellationToken::new();
+    let (_, bot) = world.spawn_bot(world.settings(), stop.clone()).await;
+    let fake = &world.fake;
+    fake.push_update(group_message(
+        GROUP,
+        40,
+        1001,
+        "Ada",
+        None,
+        "Hello from Ada here",
+    ));
+    eventually("Ada's profile", || async {
+        world.query.profile(&who("telegram:1001")).await.ok()?
+    })
+    .await;
+
+    fake.push_update(private_message(1001, "Ada", 41, "/gdpr"));
+    world.reply_containing(1001, "/gdpr export").await;
+    fake.push_update(private_message(1001, "Ada", 42, "/gdpr export"));
+    world
+        .reply_containing(1001, "That file is everything TTFD holds about you")
+        .await;
+    let sent = fake.calls("sendDocument");
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].body["chat_id"], json!(1001));
+    let doc = &sent[0].body["document"];
+    assert_eq!(doc["format"], "ttfd-export/1");
+    assert_eq!(doc["profile"]["messages"], 1);
+    assert_eq!(
+        doc["events"][0]["envelope"]["id"],
+        format!("telegram:msg:{GROUP}:40")
+    );
+
+    fake.push_update(group_message(GROUP, 43, 1001, "Ada", None, "/gdpr export"));
+    world
+        .reply_containing(GROUP, "Sent to you in a private chat with me")
+        .await;
+    fake.fail_next(
+        "sendDocument",
+        Some(1001),
+        403,
+        json!({"ok": false, "error_code": 403,
+               "description": "Forbidden: bot can't initiate conversation with a user"}),
+    );
+    fake.push_update(group_message(GROUP, 44, 1001, "Ada", None, "/gdpr export"));
+    world.reply_containing(GROUP, "press Start").await;
+    stop.cancel();
+    bot.await.expect("join").expect("the bot stops cleanly");
+    world.cleanup().await;
+}

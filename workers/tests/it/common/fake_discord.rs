@@ -139,6 +139,37 @@ impl FakeDiscord {
     }
 }
 
+/// A call's body as JSON: the JSON body, or for a multipart form (a message with files,
+/// as serenity sends one) `{"payload_json": <the message>, "files": [{filename,
+/// content}]}`.
+fn body_json(body: &[u8], headers: &HeaderMap) -> Value {
+    let boundary = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("multipart/form-data"))
+        .and_then(|v| v.split("boundary=").nth(1))
+        .map(|b| b.trim_matches('"').to_owned());
+    let Some(boundary) = boundary else {
+        return serde_json::from_slice(body).unwrap_or(Value::Null);
+    };
+    let text = String::from_utf8_lossy(body);
+    let mut payload = Value::Null;
+    let mut files = Vec::new();
+    for part in text.split(&format!("--{boundary}")) {
+        let Some((head, content)) = part.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let content = content.strip_suffix("\r\n").unwrap_or(content);
+        if head.contains("name=\"payload_json\"") {
+            payload = serde_json::from_str(content).unwrap_or(Value::Null);
+        } else if let Some(name) = head.split("filename=\"").nth(1) {
+            let filename = name.split('"').next().unwrap_or_default();
+            files.push(json!({"filename": filename, "content": content}));
+        }
+    }
+    json!({"payload_json": payload, "files": files})
+}
+
 fn record(
     world: &Shared,
     method: &str,
@@ -147,7 +178,7 @@ fn record(
     headers: &HeaderMap,
     status: u16,
 ) {
-    let body = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let body = body_json(body, headers);
     let audit_reason = headers
         .get("x-audit-log-reason")
         .and_then(|v| v.to_str().ok())
@@ -375,7 +406,10 @@ async fn message(
     body: Bytes,
 ) -> Response {
     record(&world, "POST", uri.path().into(), &body, &headers, 200);
-    let sent: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let mut sent = body_json(&body, &headers);
+    if sent.get("payload_json").is_some() {
+        sent = sent["payload_json"].take();
+    }
     axum::Json(json!({
         "id": "1399999999999999999",
         "channel_id": channel.to_string(),

@@ -272,6 +272,25 @@ async fn api(
                 "text": body["text"],
             }))
         }
+        "sendDocument" => {
+            let Some(chat_id) = chat_id else {
+                return error(StatusCode::BAD_REQUEST, "Bad Request: chat_id is empty");
+            };
+            let message_id = {
+                let mut inner = shared.inner.lock().expect("lock");
+                inner.next_message_id += 1;
+                inner.next_message_id
+            };
+            ok(json!({
+                "message_id": message_id,
+                "from": bot_user(),
+                "chat": chat(chat_id),
+                "date": now_secs(),
+                "document": {"file_id": "doc-1", "file_unique_id": "doc-u-1",
+                             "file_name": "export.json", "mime_type": "application/json",
+                             "file_size": 1},
+            }))
+        }
         "getChatMember" => {
             let (Some(chat_id), Some(user)) = (chat_id, body["user_id"].as_u64()) else {
                 return error(StatusCode::BAD_REQUEST, "Bad Request: user not found");
@@ -328,6 +347,18 @@ async fn parameters(request: Request) -> Option<Value> {
             let text = field.text().await.ok()?;
             let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
             fields.insert(name, value);
+        }
+        // A file is a part of its own, named by `attach://<part>` in its field.
+        let attached: Vec<(String, String)> = fields
+            .iter()
+            .filter_map(|(k, v)| {
+                Some((k.clone(), v.as_str()?.strip_prefix("attach://")?.to_owned()))
+            })
+            .collect();
+        for (field, part) in attached {
+            if let Some(file) = fields.remove(&part) {
+                fields.insert(field, file);
+            }
         }
         return Some(Value::Object(fields));
     }
