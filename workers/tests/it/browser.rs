@@ -91,6 +91,15 @@ async fn sign_in_with_the_widget(client: &Client, base: &str, id: &str, first_na
     .await;
 }
 
+/// Waits for the page's message to say `words` (after a form, the page it redirects to).
+async fn flash_saying(client: &Client, words: &str) {
+    eventually(&format!("a message saying {words:?}"), || async {
+        let flash = client.find(Locator::Css(".flash")).await.ok()?;
+        flash.text().await.ok().filter(|t| t.contains(words))
+    })
+    .await;
+}
+
 async fn text_of(client: &Client, css: &str) -> String {
     client
         .wait()
@@ -125,6 +134,14 @@ async fn a_person_sees_the_leaderboard_and_a_profile_in_chromium() {
     .await;
     let stop = CancellationToken::new();
     env.spawn_worker(stop.clone()).await;
+    // The outbox relay: the site's toggles publish their `prefs` events through it.
+    tokio::spawn(ttfd::sync::relay::relay_outbox(
+        env.store.clone(),
+        env.broker.clone(),
+        Default::default(),
+        Duration::from_millis(50),
+        stop.clone(),
+    ));
     let events = community(1500, 80, 11);
     env.publish(&events).await;
     env.wait_for_model(&events).await;
@@ -344,6 +361,28 @@ async fn a_person_sees_the_leaderboard_and_a_profile_in_chromium() {
             .expect("settings");
         let png = settings.screenshot().await.expect("settings screenshot");
         std::fs::write(output_dir().join("profile-own-settings.png"), png).expect("write");
+
+        // Hiding (SPEC 7.3): the profile says so and shows where one would stand.
+        client
+            .find(Locator::Css("#privacy button"))
+            .await
+            .expect("the privacy toggle")
+            .click()
+            .await
+            .expect("click");
+        // The form posts, then the site redirects back: read the new page's message.
+        flash_saying(&client, "You are hidden").await;
+        eventually("the hidden profile", || async {
+            client.goto(&format!("{base}/profile")).await.ok()?;
+            client.find(Locator::Css("#hidden-note")).await.ok()
+        })
+        .await;
+        let note = text_of(&client, "#hidden-note").await;
+        assert!(
+            note.starts_with("Hidden: you are on no leaderboard"),
+            "{note}"
+        );
+        save(&client, "profile-own-hidden.png").await;
     } else {
         eprintln!("the leader has no Telegram account in this data; sign-in step not shown");
     }
@@ -400,6 +439,32 @@ async fn a_person_sees_the_leaderboard_and_a_profile_in_chromium() {
     );
     assert!(audit.contains(&format!("telegram:{ADMIN}")), "{audit}");
     save(&client, "admin.png").await;
+
+    // Taking an account out of the leader's profile (SPEC 7.4), when it has two.
+    if leader_profile.identities.len() > 1 {
+        let unlink = client
+            .find(Locator::Css("form#unlink"))
+            .await
+            .expect("the unlink form");
+        unlink
+            .find(Locator::Css("input[name=reason]"))
+            .await
+            .expect("reason")
+            .send_keys("browser test: linked by mistake")
+            .await
+            .expect("type");
+        unlink
+            .find(Locator::Css("button[type=submit]"))
+            .await
+            .expect("unlink")
+            .click()
+            .await
+            .expect("click");
+        flash_saying(&client, "unlinked from").await;
+        let audit = text_of(&client, "table.audit tbody tr").await;
+        assert!(audit.contains("unlinked from"), "{audit}");
+        save(&client, "admin-unlinked.png").await;
+    }
 
     client.close().await.expect("close the browser");
     let _ = std::fs::remove_dir_all(&profile_dir);
