@@ -231,6 +231,24 @@ pub fn plan_unlinks(
         .collect())
 }
 
+/// Whether `by` made `moderation.actions_per_hour` changes in the last hour (counted in
+/// the audit log: the same on every surface and replica).
+async fn spent_the_hour(
+    store: &Store,
+    by: &Identity,
+    limits: &ModerationSettings,
+    now_ms: i64,
+) -> Result<bool, crate::store::StoreError> {
+    let recent = AuditQuery {
+        by: Some(by.clone()),
+        since_ms: Some(now_ms - 3_600_000),
+        limit: 1,
+        ..AuditQuery::default()
+    };
+    let (_, made) = store.audit(&recent).await?;
+    Ok(made >= i64::from(limits.actions_per_hour))
+}
+
 /// What taking an account out of a profile did.
 #[derive(Debug, Clone)]
 pub struct Unlinked {
@@ -265,14 +283,7 @@ pub async fn unlink(
 ) -> Result<Unlinked, ModerationError> {
     let linked = store.linked(&request.account).await?;
     let events = plan_unlinks(request, &linked, now_ms)?;
-    let recent = AuditQuery {
-        by: Some(request.by.clone()),
-        since_ms: Some(now_ms - 3_600_000),
-        limit: 1,
-        ..AuditQuery::default()
-    };
-    let (_, made) = store.audit(&recent).await?;
-    if made >= i64::from(limits.actions_per_hour) {
+    if spent_the_hour(store, &request.by, limits, now_ms).await? {
         return Err(Refusal::TooMany {
             by: request.by.to_string(),
             limit: limits.actions_per_hour,
@@ -382,14 +393,9 @@ pub async fn adjust(
         }
     }
     let event = plan(request, profile.xp, limits, now_ms)?;
-    let recent = AuditQuery {
-        by: Some(request.by.clone()),
-        since_ms: Some(now_ms - 3_600_000),
-        limit: 1,
-        ..AuditQuery::default()
-    };
-    let (_, made) = store.audit(&recent).await?;
-    if made >= i64::from(limits.actions_per_hour) && !store.audited(event.id.as_str()).await? {
+    if spent_the_hour(store, &request.by, limits, now_ms).await?
+        && !store.audited(event.id.as_str()).await?
+    {
         return Err(Refusal::TooMany {
             by: request.by.to_string(),
             limit: limits.actions_per_hour,

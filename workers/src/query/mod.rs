@@ -466,7 +466,7 @@ async fn adjust(
         reason: q.reason,
         request_id: Some(q.request_id),
     };
-    match moderation::adjust(
+    let done = moderation::adjust(
         &service.store,
         &service.broker,
         &service.limits,
@@ -474,15 +474,24 @@ async fn adjust(
         now_ms(),
         moderation::QUERY_WAIT,
     )
-    .await
-    {
-        Ok(done) => Ok(AdjustOutcome::Done {
+    .await;
+    Ok(match judged(done)? {
+        Ok(done) => AdjustOutcome::Done {
             event_id: done.event.id.as_str().to_owned(),
             amount: done.amount,
             xp: done.xp,
             duplicate: done.duplicate,
-        }),
-        Err(ModerationError::Refused(why)) => Ok(AdjustOutcome::Refused(why.to_string())),
+        },
+        Err(why) => AdjustOutcome::Refused(why),
+    })
+}
+
+/// A moderator's tool's result: done, or refused with the words for the moderator
+/// (`Ok(Err(..))`); or the service failed.
+fn judged<T>(result: Result<T, ModerationError>) -> Result<Result<T, String>, Refusal> {
+    match result {
+        Ok(done) => Ok(Ok(done)),
+        Err(ModerationError::Refused(why)) => Ok(Err(why.to_string())),
         Err(ModerationError::Store(e)) => Err(Refusal::Store(e)),
         Err(e @ ModerationError::Publish(_)) => Err(Refusal::Bad(e.to_string())),
     }
@@ -528,7 +537,7 @@ async fn unlink(
         by,
         request_id: Some(q.request_id),
     };
-    match moderation::unlink(
+    let done = moderation::unlink(
         &service.store,
         &service.broker,
         &service.limits,
@@ -536,17 +545,15 @@ async fn unlink(
         now_ms(),
         moderation::QUERY_WAIT,
     )
-    .await
-    {
-        Ok(done) => Ok(UnlinkOutcome::Done {
+    .await;
+    Ok(match judged(done)? {
+        Ok(done) => UnlinkOutcome::Done {
             account: (&done.account).into(),
             from: done.from.iter().map(WireIdentity::from).collect(),
             applied: done.applied,
-        }),
-        Err(ModerationError::Refused(why)) => refused(why.to_string()),
-        Err(ModerationError::Store(e)) => Err(Refusal::Store(e)),
-        Err(e @ ModerationError::Publish(_)) => Err(Refusal::Bad(e.to_string())),
-    }
+        },
+        Err(why) => UnlinkOutcome::Refused(why),
+    })
 }
 
 /// `as.<platform>.export`: a member's own export, for the bot to send them privately;

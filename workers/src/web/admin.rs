@@ -258,23 +258,62 @@ pub async fn adjust(
     jar: SignedCookieJar,
     Form(form): Form<AdjustForm>,
 ) -> Response {
+    let (csrf, member) = (form.csrf.clone(), form.member.clone());
+    moderator_form(app, jar, &csrf, &member, |app, me| async move {
+        adjustment(&app, &me, &form)
+            .await
+            .map(|done| format!("{done}."))
+    })
+    .await
+}
+
+/// The admin page's forms: checks that the signed-in member is an admin and that the
+/// form came from the page, runs `act`, and goes back to the member with what it said.
+async fn moderator_form<F, Fut>(
+    app: AppState,
+    jar: SignedCookieJar,
+    csrf: &str,
+    member: &str,
+    act: F,
+) -> Response
+where
+    F: FnOnce(AppState, Identity) -> Fut,
+    Fut: std::future::Future<Output = Result<String, String>>,
+{
     let mut session = app.session(&jar).await;
-    let Some(me) = admin(&app, &session).filter(|_| session.csrf_ok(&form.csrf)) else {
+    let Some(me) = admin(&app, &session).filter(|_| session.csrf_ok(csrf)) else {
         let message = "This form is for the site's admins, and must come from the admin page.";
         return error_page(&app, jar, session, StatusCode::FORBIDDEN, message);
     };
     let back = AuditFilters {
-        member: form.member.clone(),
+        member: member.to_owned(),
         ..AuditFilters::default()
     }
     .href(1);
-    session.flash = Some(match adjustment(&app, &me, &form).await {
-        Ok(done) => Flash::Ok {
-            message: format!("{done}."),
-        },
+    session.flash = Some(match act(app.clone(), me).await {
+        Ok(message) => Flash::Ok { message },
         Err(message) => Flash::Error { message },
     });
     (session.store(jar, &app.cookies), Redirect::to(&back)).into_response()
+}
+
+/// A moderation tool's error as the admin reads it.
+fn not_done(e: ModerationError) -> String {
+    match e {
+        ModerationError::Refused(why) => format!("Not done: {why}."),
+        other => {
+            tracing::error!(error = %other, "an admin page's change failed");
+            "Not done: the change could not be published. Try again.".into()
+        }
+    }
+}
+
+/// The id a form's request carries, as the moderation tools take it.
+fn request_id(form_request: &str) -> Option<String> {
+    Some(format!(
+        "web:{}",
+        form_request.chars().take(64).collect::<String>()
+    ))
 }
 
 /// What the form asks, checked and applied; the words for the admin either way.
@@ -304,10 +343,7 @@ async fn adjustment(
         verb,
         reason: form.reason.clone(),
         by: me.clone(),
-        request_id: Some(format!(
-            "web:{}",
-            form.request.chars().take(64).collect::<String>()
-        )),
+        request_id: request_id(&form.request),
     };
     moderation::adjust(
         &app.store,
@@ -318,13 +354,7 @@ async fn adjustment(
         moderation::WEB_WAIT,
     )
     .await
-    .map_err(|e| match e {
-        ModerationError::Refused(why) => format!("Not done: {why}."),
-        other => {
-            tracing::error!(error = %other, "admin adjustment failed");
-            "Not done: the change could not be published. Try again.".into()
-        }
-    })
+    .map_err(not_done)
 }
 
 /// The form that takes an account out of a profile.
@@ -345,27 +375,15 @@ pub async fn unlink(
     jar: SignedCookieJar,
     Form(form): Form<UnlinkForm>,
 ) -> Response {
-    let mut session = app.session(&jar).await;
-    let Some(me) = admin(&app, &session).filter(|_| session.csrf_ok(&form.csrf)) else {
-        let message = "This form is for the site's admins, and must come from the admin page.";
-        return error_page(&app, jar, session, StatusCode::FORBIDDEN, message);
-    };
-    let back = AuditFilters {
-        member: form.member.clone(),
-        ..AuditFilters::default()
-    }
-    .href(1);
-    let result = async {
+    let (csrf, member) = (form.csrf.clone(), form.member.clone());
+    moderator_form(app, jar, &csrf, &member, |app, me| async move {
         let account = Identity::parse(form.account.trim()).map_err(|e| format!("Account: {e}"))?;
         let request = moderation::UnlinkRequest {
             account,
             from: None,
-            reason: form.reason.clone(),
-            by: me.clone(),
-            request_id: Some(format!(
-                "web:{}",
-                form.request.chars().take(64).collect::<String>()
-            )),
+            reason: form.reason,
+            by: me,
+            request_id: request_id(&form.request),
         };
         moderation::unlink(
             &app.store,
@@ -376,22 +394,10 @@ pub async fn unlink(
             moderation::WEB_WAIT,
         )
         .await
-        .map_err(|e| match e {
-            ModerationError::Refused(why) => format!("Not done: {why}."),
-            other => {
-                tracing::error!(error = %other, "admin unlink failed");
-                "Not done: the change could not be published. Try again.".into()
-            }
-        })
-    }
-    .await;
-    session.flash = Some(match result {
-        Ok(done) => Flash::Ok {
-            message: format!("{done}."),
-        },
-        Err(message) => Flash::Error { message },
-    });
-    (session.store(jar, &app.cookies), Redirect::to(&back)).into_response()
+        .map(|done| format!("{done}."))
+        .map_err(not_done)
+    })
+    .await
 }
 
 /// `GET /api/v1/audit`: the audit log as JSON, for a browser signed in as an admin.
