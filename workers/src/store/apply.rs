@@ -38,7 +38,7 @@ use ttfd_shared::{Event, Payload};
 
 use super::minutes::{self, DayMinutes, MinuteMults};
 use super::settle::{
-    Facts, IdentityRow, LedgerDay, LedgerRows, LinkRows, Settlement, UserRow, excluded_links,
+    CountedDay, Facts, LedgerDay, LedgerRows, LinkRows, Settlement, UserRow, excluded_links,
     ledger_rows, link_rows, split,
 };
 use super::{Generation, Store, StoreError};
@@ -307,25 +307,28 @@ impl Store {
         let mut unlinks: Vec<(&Event, i64, i64)> = Vec::new();
         for e in &events {
             let iid = iid_of(&e.identity)?;
-            let user = deltas.entry(iid).or_default();
-            // A link is activity only while it counts, which the settle phase decides
-            // (`Settlement::merge_links`); an unlink is no activity (SPEC 7.4).
-            if !matches!(e.payload, Payload::Link { .. } | Payload::Unlink { .. }) {
-                user.saw(e.ts);
+            // What the event counts for its identity, on the user and on the day's
+            // ledger row. A link is activity only while it counts, which the settle
+            // phase decides (`Settlement::merge_links`); an unlink is no activity
+            // (SPEC 7.4).
+            let mut one = UserRow::default();
+            let activity = !matches!(e.payload, Payload::Link { .. } | Payload::Unlink { .. });
+            if activity {
+                one.saw(e.ts);
             }
             let xp = rules.standalone_xp(&e.payload);
             let eligible = match &e.payload {
                 Payload::Message { len, .. } => {
-                    user.messages += 1;
+                    one.messages = 1;
                     rules.message_is_eligible(*len)
                 }
                 Payload::Voice { seconds, .. } => {
-                    user.voice_seconds += i64::from(*seconds);
+                    one.voice_seconds = i64::from(*seconds);
                     false
                 }
                 Payload::Game { won, .. } => {
-                    user.games_played += 1;
-                    user.games_won += i64::from(*won);
+                    one.games_played = 1;
+                    one.games_won = i64::from(*won);
                     false
                 }
                 Payload::Xp { .. } => {
@@ -353,8 +356,10 @@ impl Store {
                     false
                 }
             };
-            if xp != 0 || eligible {
+            deltas.entry(iid).or_default().absorb(&one);
+            if xp != 0 || eligible || activity {
                 let day = ledger.entry((iid, rules::day_of(e.ts))).or_default();
+                day.counts.absorb(&one);
                 day.xp += xp;
                 match u16::try_from(e.payload.mult()) {
                     _ if !eligible => {}
@@ -371,7 +376,7 @@ impl Store {
             }
         }
 
-        ledger.retain(|_, day| day.xp != 0 || day.minutes.is_some() || day.mults.is_some());
+        ledger.retain(|_, day| !day.is_empty());
         links.sort_by_key(|(e, _, _)| (e.ts, &e.id));
         let facts = Facts {
             iids,
@@ -447,9 +452,6 @@ impl Store {
             }
             settlement.credit_ledger(written);
         }
-        // Each identity's own counters and activity times (what a split recomputes its
-        // users from).
-        self.write_identity_counters(tx, &facts.deltas).await?;
 
         // 5. Links: record each, merge users that differ (the smaller uid survives).
         // A link up to an unlink between its identities (SPEC 7.4) is recorded as not
@@ -629,15 +631,25 @@ impl Store {
     ) -> Result<Vec<(i64, i32, i64, bool)>, StoreError> {
         Ok(sqlx::query_as(
             "WITH written AS (
-                 INSERT INTO xp_ledger AS l (identity_id, day, xp, minutes, added)
-                 SELECT i, DATE '1970-01-01' + d, x, m, x
-                 FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::bit(1440)[]) AS t(i, d, x, m)
+                 INSERT INTO xp_ledger AS l (identity_id, day, xp, minutes, added, messages,
+                                             voice_seconds, games_played, games_won,
+                                             first_ms, last_ms)
+                 SELECT i, DATE '1970-01-01' + d, x, m, x, c1, c2, c3, c4, c5, c6
+                 FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::bit(1440)[], $6::int8[],
+                             $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[])
+                   AS t(i, d, x, m, c1, c2, c3, c4, c5, c6)
                  ORDER BY i, d
                  ON CONFLICT (identity_id, day) DO UPDATE
                  SET added = excluded.xp - $5 * coalesce(bit_count(excluded.minutes & l.minutes), 0),
                      xp = l.xp + excluded.xp
                           - $5 * coalesce(bit_count(excluded.minutes & l.minutes), 0),
-                     minutes = coalesce(l.minutes | excluded.minutes, l.minutes, excluded.minutes)
+                     minutes = coalesce(l.minutes | excluded.minutes, l.minutes, excluded.minutes),
+                     messages = l.messages + excluded.messages,
+                     voice_seconds = l.voice_seconds + excluded.voice_seconds,
+                     games_played = l.games_played + excluded.games_played,
+                     games_won = l.games_won + excluded.games_won,
+                     first_ms = least(l.first_ms, excluded.first_ms),
+                     last_ms = greatest(l.last_ms, excluded.last_ms)
                  WHERE l.mults IS NULL
                  RETURNING identity_id, day, added, xp)
              SELECT identity_id, day - DATE '1970-01-01', added, xp < 0 FROM written",
@@ -647,6 +659,12 @@ impl Store {
         .bind(&rows.xp)
         .bind(&rows.minutes)
         .bind(self.rules.message_xp)
+        .bind(&rows.counts.messages)
+        .bind(&rows.counts.voice_seconds)
+        .bind(&rows.counts.games_played)
+        .bind(&rows.counts.games_won)
+        .bind(&rows.counts.first_ms)
+        .bind(&rows.counts.last_ms)
         .fetch_all(&mut **tx)
         .await?)
     }
@@ -682,7 +700,9 @@ impl Store {
         let mut xp = Vec::with_capacity(left.len());
         let mut bits = Vec::with_capacity(left.len());
         let mut mults = Vec::with_capacity(left.len());
+        let mut counts = super::settle::LedgerCounts::default();
         for (key, batch) in left {
+            counts.push(&batch.counts);
             let (row_bits, row_mults) = stored
                 .get(key)
                 .map_or((None, None), |(b, m)| (b.as_ref(), m.as_ref()));
@@ -697,14 +717,24 @@ impl Store {
         }
         Ok(sqlx::query_as(
             "WITH written AS (
-                 INSERT INTO xp_ledger AS l (identity_id, day, xp, minutes, mults, added)
-                 SELECT i, DATE '1970-01-01' + d, x, b, nullif(m, ''), x
-                 FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::bit(1440)[], $5::bytea[])
-                   AS t(i, d, x, b, m)
+                 INSERT INTO xp_ledger AS l (identity_id, day, xp, minutes, mults, added,
+                                             messages, voice_seconds, games_played,
+                                             games_won, first_ms, last_ms)
+                 SELECT i, DATE '1970-01-01' + d, x, b, nullif(m, ''), x, c1, c2, c3, c4, c5, c6
+                 FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::bit(1440)[], $5::bytea[],
+                             $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[],
+                             $11::int8[])
+                   AS t(i, d, x, b, m, c1, c2, c3, c4, c5, c6)
                  ORDER BY i, d
                  ON CONFLICT (identity_id, day) DO UPDATE
                  SET xp = l.xp + excluded.xp, added = excluded.xp,
-                     minutes = excluded.minutes, mults = excluded.mults
+                     minutes = excluded.minutes, mults = excluded.mults,
+                     messages = l.messages + excluded.messages,
+                     voice_seconds = l.voice_seconds + excluded.voice_seconds,
+                     games_played = l.games_played + excluded.games_played,
+                     games_won = l.games_won + excluded.games_won,
+                     first_ms = least(l.first_ms, excluded.first_ms),
+                     last_ms = greatest(l.last_ms, excluded.last_ms)
                  RETURNING identity_id, day, added, xp)
              SELECT identity_id, day - DATE '1970-01-01', added, xp < 0 FROM written",
         )
@@ -713,6 +743,12 @@ impl Store {
         .bind(&xp)
         .bind(&bits)
         .bind(&mults)
+        .bind(&counts.messages)
+        .bind(&counts.voice_seconds)
+        .bind(&counts.games_played)
+        .bind(&counts.games_won)
+        .bind(&counts.first_ms)
+        .bind(&counts.last_ms)
         .fetch_all(&mut **tx)
         .await?)
     }
@@ -845,42 +881,6 @@ impl Store {
         Ok(())
     }
 
-    /// Step 4: adds each identity's counters and activity times of the batch (of its
-    /// events other than links and unlinks) to its row.
-    async fn write_identity_counters(
-        &self,
-        tx: &mut Transaction<'static, Postgres>,
-        deltas: &BTreeMap<i64, UserRow>,
-    ) -> Result<(), StoreError> {
-        let active: Vec<(&i64, &UserRow)> = deltas
-            .iter()
-            .filter(|(_, d)| d.first_ms.is_some())
-            .collect();
-        if active.is_empty() {
-            return Ok(());
-        }
-        let column = |f: fn(&UserRow) -> i64| active.iter().map(|(_, d)| f(d)).collect::<Vec<_>>();
-        sqlx::query(
-            "UPDATE identities i
-             SET messages = i.messages + t.m, voice_seconds = i.voice_seconds + t.v,
-                 games_played = i.games_played + t.gp, games_won = i.games_won + t.gw,
-                 first_ms = least(i.first_ms, t.f), last_ms = greatest(i.last_ms, t.l)
-             FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int8[],
-                         $6::int8[], $7::int8[]) AS t(id, m, v, gp, gw, f, l)
-             WHERE i.id = t.id",
-        )
-        .bind(active.iter().map(|(iid, _)| **iid).collect::<Vec<_>>())
-        .bind(column(|d| d.messages))
-        .bind(column(|d| d.voice_seconds))
-        .bind(column(|d| d.games_played))
-        .bind(column(|d| d.games_won))
-        .bind(column(|d| d.first_ms.unwrap_or_default()))
-        .bind(column(|d| d.last_ms.unwrap_or_default()))
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
-
     /// Step 5: the newest stored unlink cut of each pair of identities the batch's
     /// `links` join (the smaller id first).
     async fn unlink_cuts(
@@ -952,15 +952,11 @@ impl Store {
                 .bind(&taken)
                 .fetch_all(&mut **tx)
                 .await?;
-        type Read = (i64, i64, i64, i64, i64, i64, Option<i64>, Option<i64>);
-        let identities: Vec<Read> = sqlx::query_as(
-            "SELECT id, user_id, messages, voice_seconds, games_played, games_won,
-                        first_ms, last_ms
-                 FROM identities WHERE user_id = ANY($1)",
-        )
-        .bind(&users)
-        .fetch_all(&mut **tx)
-        .await?;
+        let identities: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT id, user_id FROM identities WHERE user_id = ANY($1)")
+                .bind(&users)
+                .fetch_all(&mut **tx)
+                .await?;
         let iids: Vec<i64> = identities.iter().map(|r| r.0).collect();
         let links: Vec<(i64, i64, i64)> = sqlx::query_as(
             "SELECT identity_a, identity_b, ts_ms FROM links
@@ -969,32 +965,43 @@ impl Store {
         .bind(&iids)
         .fetch_all(&mut **tx)
         .await?;
-        let ledger: Vec<(i64, i32, i64)> = sqlx::query_as(
-            "SELECT identity_id, day - DATE '1970-01-01', xp FROM xp_ledger
-             WHERE identity_id = ANY($1)",
+        #[derive(sqlx::FromRow)]
+        struct Day {
+            identity_id: i64,
+            day: i32,
+            xp: i64,
+            messages: i64,
+            voice_seconds: i64,
+            games_played: i64,
+            games_won: i64,
+            first_ms: Option<i64>,
+            last_ms: Option<i64>,
+        }
+        let days: Vec<Day> = sqlx::query_as(
+            "SELECT identity_id, day - DATE '1970-01-01' AS day, xp, messages, voice_seconds,
+                    games_played, games_won, first_ms, last_ms
+             FROM xp_ledger WHERE identity_id = ANY($1)",
         )
         .bind(&iids)
         .fetch_all(&mut **tx)
         .await?;
-        let rows: Vec<IdentityRow> = identities
+        let ledger: Vec<CountedDay> = days
             .into_iter()
-            .map(
-                |(iid, uid, messages, voice_seconds, games_played, games_won, first, last)| {
-                    let counters = UserRow {
-                        messages,
-                        voice_seconds,
-                        games_played,
-                        games_won,
-                        first_ms: first,
-                        last_ms: last,
-                        ..UserRow::default()
-                    };
-                    (iid, uid, counters)
-                },
-            )
+            .map(|d| {
+                let counts = UserRow {
+                    messages: d.messages,
+                    voice_seconds: d.voice_seconds,
+                    games_played: d.games_played,
+                    games_won: d.games_won,
+                    first_ms: d.first_ms,
+                    last_ms: d.last_ms,
+                    ..UserRow::default()
+                };
+                (d.identity_id, d.day, d.xp, counts)
+            })
             .collect();
         let mut moved = Vec::new();
-        for (uid, parts) in split(&rows, &links, &ledger) {
+        for (uid, parts) in split(&identities, &links, &ledger) {
             let new_parts = parts.len() - 1;
             let mut new_uids = Vec::with_capacity(new_parts);
             for part in &parts[1..] {

@@ -89,10 +89,17 @@ impl Store {
             .execute(&mut *snapshot)
             .await?;
         let identities: Vec<IdentityRow> = sqlx::query_as(
-            "SELECT i.platform, i.external_id, n.name, i.messages, i.voice_seconds,
-                    i.games_played, i.games_won, i.first_ms, i.last_ms, p.hidden, p.notify
+            "SELECT i.platform, i.external_id, n.name, c.messages, c.voice_seconds,
+                    c.games_played, c.games_won, c.first_ms, c.last_ms, p.hidden, p.notify
              FROM identities i LEFT JOIN identity_names n ON n.identity_id = i.id
              LEFT JOIN identity_prefs p ON p.identity_id = i.id
+             CROSS JOIN LATERAL (
+                 SELECT coalesce(sum(messages), 0)::int8 AS messages,
+                        coalesce(sum(voice_seconds), 0)::int8 AS voice_seconds,
+                        coalesce(sum(games_played), 0)::int8 AS games_played,
+                        coalesce(sum(games_won), 0)::int8 AS games_won,
+                        min(first_ms) AS first_ms, max(last_ms) AS last_ms
+                 FROM xp_ledger WHERE identity_id = i.id) c
              WHERE i.user_id = $1 ORDER BY i.platform, i.external_id",
         )
         .bind(uid)
@@ -101,7 +108,7 @@ impl Store {
         let ledger: Vec<(time::Date, String, String, i64)> = sqlx::query_as(
             "SELECT l.day, i.platform, i.external_id, l.xp
              FROM identities i JOIN xp_ledger l ON l.identity_id = i.id
-             WHERE i.user_id = $1 ORDER BY l.day, i.platform, i.external_id",
+             WHERE i.user_id = $1 AND l.xp <> 0 ORDER BY l.day, i.platform, i.external_id",
         )
         .bind(uid)
         .fetch_all(&mut *snapshot)

@@ -536,10 +536,11 @@ impl Store {
             .await?;
         }
         // A snapshot from before migration 13 kept counters on users only: as that
-        // migration did, each user's go to its identity with the smallest id.
+        // migration did, each user's go to its identity with the smallest id, on the day
+        // of its newest event.
         let counted: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM information_schema.columns
-                            WHERE table_schema = $1 AND table_name = 'identities'
+                            WHERE table_schema = $1 AND table_name = 'xp_ledger'
                               AND column_name = 'messages')",
         )
         .bind(snapshot)
@@ -547,13 +548,18 @@ impl Store {
         .await?;
         if !counted {
             sqlx::query(&format!(
-                "UPDATE {fresh}.identities i
-                 SET messages = u.messages, voice_seconds = u.voice_seconds,
-                     games_played = u.games_played, games_won = u.games_won,
-                     first_ms = u.first_event_ms, last_ms = u.last_event_ms
-                 FROM {fresh}.users u
-                 WHERE u.id = i.user_id
-                   AND i.id = (SELECT min(j.id) FROM {fresh}.identities j WHERE j.user_id = u.id)"
+                "INSERT INTO {fresh}.xp_ledger AS l (identity_id, day, xp, messages, voice_seconds,
+                                                    games_played, games_won, first_ms, last_ms)
+                 SELECT i.id, (TIMESTAMP 'epoch' + u.last_event_ms * INTERVAL '1 millisecond')::date,
+                        0, u.messages, u.voice_seconds, u.games_played, u.games_won,
+                        u.first_event_ms, u.last_event_ms
+                 FROM {fresh}.users u JOIN {fresh}.identities i ON i.user_id = u.id
+                 WHERE u.merged_into IS NULL AND u.last_event_ms IS NOT NULL
+                   AND i.id = (SELECT min(j.id) FROM {fresh}.identities j WHERE j.user_id = u.id)
+                 ON CONFLICT (identity_id, day) DO UPDATE
+                 SET messages = excluded.messages, voice_seconds = excluded.voice_seconds,
+                     games_played = excluded.games_played, games_won = excluded.games_won,
+                     first_ms = excluded.first_ms, last_ms = excluded.last_ms"
             ))
             .execute(&mut *tx)
             .await?;

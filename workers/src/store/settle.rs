@@ -72,6 +72,19 @@ pub(super) struct LedgerDay {
     pub xp: i64,
     pub minutes: Option<DayMinutes>,
     pub mults: Option<MinuteMults>,
+    /// The identity's counters and activity times of the day, of its events other than
+    /// links and unlinks (what a split recomputes users from).
+    pub counts: UserRow,
+}
+
+impl LedgerDay {
+    /// Whether the batch brings the row anything.
+    pub fn is_empty(&self) -> bool {
+        self.xp == 0
+            && self.minutes.is_none()
+            && self.mults.is_none()
+            && self.counts.first_ms.is_none()
+    }
 }
 
 /// What a batch established before the settle lock: its identities, per-identity
@@ -132,9 +145,9 @@ pub(super) struct Settlement<'e> {
     pub carried: Vec<(i64, i64, i32, i64)>,
 }
 
-/// One identity as the split reads it: `(id, user, counters and activity times)`, the
-/// times of its events other than links.
-pub(super) type IdentityRow = (i64, i64, UserRow);
+/// One ledger row as the split reads it: `(identity, day, xp, counters and activity
+/// times)`.
+pub(super) type CountedDay = (i64, i32, i64, UserRow);
 
 /// One part of a user an unlink recomputes: its identities (the smallest first), its
 /// totals from them, and its XP per day.
@@ -145,17 +158,17 @@ pub(super) struct Part {
     pub days: BTreeMap<i32, i64>,
 }
 
-/// The users of `identities` as the components of the links that count among them
-/// (`links`: `(identity, other, ts)`), each user's parts with the one that keeps its uid
-/// first: the part holding its smallest identity id (SPEC 7.4). A part's totals are its
-/// identities' counters and ledger (`ledger`: `(identity, day, xp)`) and the times of
-/// its links; its peak is left for the event-time recomputation.
+/// The users of `identities` (`(identity, user)`) as the components of the links that
+/// count among them (`links`: `(identity, other, ts)`), each user's parts with the one
+/// that keeps its uid first: the part holding its smallest identity id (SPEC 7.4). A
+/// part's totals are its identities' ledger rows (XP, counters, activity times) and the
+/// times of its links; its peak is left for the event-time recomputation.
 pub(super) fn split(
-    identities: &[IdentityRow],
+    identities: &[(i64, i64)],
     links: &[(i64, i64, i64)],
-    ledger: &[(i64, i32, i64)],
+    ledger: &[CountedDay],
 ) -> BTreeMap<i64, Vec<Part>> {
-    let mut root: HashMap<i64, i64> = identities.iter().map(|(i, _, _)| (*i, *i)).collect();
+    let mut root: HashMap<i64, i64> = identities.iter().map(|(i, _)| (*i, *i)).collect();
     fn find(root: &mut HashMap<i64, i64>, mut i: i64) -> i64 {
         while let Some(&r) = root.get(&i) {
             if r == i {
@@ -175,7 +188,7 @@ pub(super) fn split(
     // Per user, per component (keyed by its smallest identity): the part.
     let mut parts: BTreeMap<i64, BTreeMap<i64, Part>> = BTreeMap::new();
     let mut part_of: HashMap<i64, (i64, i64)> = HashMap::new();
-    for (iid, uid, counters) in identities {
+    for (iid, uid) in identities {
         let r = find(&mut root, *iid);
         part_of.insert(*iid, (*uid, r));
         let part = parts
@@ -188,7 +201,6 @@ pub(super) fn split(
                 days: BTreeMap::new(),
             });
         part.identities.push(*iid);
-        part.row.absorb(counters);
     }
     for &(a, _, ts) in links {
         if let Some(&(uid, r)) = part_of.get(&a)
@@ -197,13 +209,16 @@ pub(super) fn split(
             part.row.saw(ts);
         }
     }
-    for &(iid, day, xp) in ledger {
-        if let Some(&(uid, r)) = part_of.get(&iid)
+    for (iid, day, xp, counts) in ledger {
+        if let Some(&(uid, r)) = part_of.get(iid)
             && let Some(part) = parts.get_mut(&uid).and_then(|p| p.get_mut(&r))
         {
+            part.row.absorb(counts);
             part.row.xp += xp;
-            part.row.dipped |= xp < 0;
-            *part.days.entry(day).or_default() += xp;
+            part.row.dipped |= *xp < 0;
+            if *xp != 0 {
+                *part.days.entry(*day).or_default() += xp;
+            }
         }
     }
     parts
@@ -255,6 +270,29 @@ pub(super) struct LedgerRows<'f> {
     /// the minutes already on the row).
     pub xp: Vec<i64>,
     pub minutes: Vec<Option<&'f DayMinutes>>,
+    pub counts: LedgerCounts,
+}
+
+/// The counters and activity times of ledger rows, a column each.
+#[derive(Debug, Default)]
+pub(super) struct LedgerCounts {
+    pub messages: Vec<i64>,
+    pub voice_seconds: Vec<i64>,
+    pub games_played: Vec<i64>,
+    pub games_won: Vec<i64>,
+    pub first_ms: Vec<Option<i64>>,
+    pub last_ms: Vec<Option<i64>>,
+}
+
+impl LedgerCounts {
+    pub fn push(&mut self, c: &UserRow) {
+        self.messages.push(c.messages);
+        self.voice_seconds.push(c.voice_seconds);
+        self.games_played.push(c.games_played);
+        self.games_won.push(c.games_won);
+        self.first_ms.push(c.first_ms);
+        self.last_ms.push(c.last_ms);
+    }
 }
 
 /// Step 4's rows for the bitmap statement: each `(identity, day)` of the batch's ledger
@@ -269,6 +307,7 @@ pub(super) fn ledger_rows(
         days: Vec::with_capacity(ledger.len()),
         xp: Vec::with_capacity(ledger.len()),
         minutes: Vec::with_capacity(ledger.len()),
+        counts: LedgerCounts::default(),
     };
     for (&(iid, day), facts) in ledger.iter().filter(|(_, f)| f.mults.is_none()) {
         let minutes = facts.minutes.as_ref();
@@ -277,6 +316,7 @@ pub(super) fn ledger_rows(
         rows.xp
             .push(facts.xp + message_xp * minutes.map_or(0, DayMinutes::len));
         rows.minutes.push(minutes);
+        rows.counts.push(&facts.counts);
     }
     rows
 }
@@ -786,6 +826,7 @@ mod tests {
                     xp: -20,
                     minutes: None,
                     mults: None,
+                    counts: UserRow::default(),
                 },
             ),
             (
@@ -794,6 +835,12 @@ mod tests {
                     xp: 5,
                     minutes: Some(minutes.clone()),
                     mults: None,
+                    counts: UserRow {
+                        messages: 3,
+                        first_ms: Some(0),
+                        last_ms: Some(3 * 60_000),
+                        ..UserRow::default()
+                    },
                 },
             ),
         ]);
@@ -802,6 +849,8 @@ mod tests {
         assert_eq!(rows.days, vec![101, 100]);
         assert_eq!(rows.xp, vec![5 + 2 * 10, -20]);
         assert_eq!(rows.minutes, vec![Some(&minutes), None]);
+        assert_eq!(rows.counts.messages, vec![3, 0]);
+        assert_eq!(rows.counts.last_ms, vec![Some(3 * 60_000), None]);
     }
 
     #[test]
@@ -922,15 +971,17 @@ mod tests {
             last_ms: Some(first),
             ..UserRow::default()
         };
-        let identities = [
-            (30, 7, counters(3, 300)),
-            (10, 7, counters(1, 100)),
-            (20, 7, counters(2, 200)),
-            (40, 8, counters(4, 400)),
-        ];
+        let identities = [(30, 7), (10, 7), (20, 7), (40, 8)];
         // 10-20 still counts (made at 250), 30 stands alone; user 8 is whole.
         let links = [(20, 10, 250)];
-        let ledger = [(10, 1, 5), (20, 1, 7), (30, 1, -2), (30, 2, 9), (40, 1, 1)];
+        let ledger = [
+            (10, 1, 5, counters(1, 100)),
+            (20, 1, 7, counters(2, 200)),
+            (30, 1, -2, counters(3, 300)),
+            (30, 2, 9, UserRow::default()),
+            (30, 3, 0, counters(0, 360)),
+            (40, 1, 1, counters(4, 400)),
+        ];
         let parts = split(&identities, &links, &ledger);
         let of7 = &parts[&7];
         assert_eq!(of7.len(), 2);
@@ -950,6 +1001,11 @@ mod tests {
         );
         assert_eq!(of7[1].identities, vec![30]);
         assert_eq!((of7[1].row.xp, of7[1].row.dipped), (7, true));
+        assert_eq!(
+            (of7[1].row.messages, of7[1].row.first_ms, of7[1].row.last_ms),
+            (3, Some(300), Some(360)),
+            "a day without XP still counts its activity"
+        );
         assert_eq!(of7[1].days, BTreeMap::from([(1, -2), (2, 9)]));
         assert_eq!(parts[&8].len(), 1);
 
