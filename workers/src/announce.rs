@@ -200,6 +200,7 @@ mod tests {
             xp,
             identities: vec![],
             notify: true,
+            hidden: false,
         }
     }
 

@@ -37,6 +37,10 @@ pub struct RankNotice {
     /// stood when the change was committed). Added in v1.1: absent means yes.
     #[serde(default = "yes")]
     pub notify: bool,
+    /// Whether the member is hidden (SPEC 7.3): then no public announcement, a private
+    /// one at most. Added in v1.1: absent means no.
+    #[serde(default)]
+    pub hidden: bool,
 }
 
 fn yes() -> bool {

@@ -367,7 +367,10 @@ impl RoleSync {
                 continue;
             };
             let user = UserId::new(user);
-            let announce = (notice.new_rank > notice.old_rank && notice.notify).then(|| {
+            // A hidden member (SPEC 7.3) is announced privately or not at all.
+            let public = self.announce_to == DiscordAnnounceTo::Channel;
+            let wanted = notice.notify && !(notice.hidden && public);
+            let announce = (notice.new_rank > notice.old_rank && wanted).then(|| {
                 // Discord nonces are at most 25 characters.
                 let nonce: String = notice.id.chars().take(25).collect();
                 let text = self.templates.render(
@@ -424,7 +427,9 @@ pub enum SyncError {
     },
 }
 
-/// Where profiles come from: the query service (the bot) or the database (the CLI).
+/// Where profiles come from: the query service (the bot, asking as Discord for its
+/// members' own profiles: a hidden member keeps the rank roles of their rank) or the
+/// database (the CLI).
 #[derive(Clone)]
 pub enum Profiles {
     Query(QueryClient),
@@ -437,7 +442,7 @@ impl Profiles {
         identity: &ttfd_shared::Identity,
     ) -> Result<Option<ttfd_shared::view::Profile>, Failure> {
         match self {
-            Profiles::Query(q) => Ok(q.profile(identity).await?),
+            Profiles::Query(q) => Ok(q.own_profile(identity).await?),
             Profiles::Store(s) => Ok(s.profile(identity).await?),
         }
     }

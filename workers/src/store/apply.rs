@@ -38,8 +38,8 @@ use ttfd_shared::{Event, Payload};
 
 use super::minutes::{self, DayMinutes, MinuteMults};
 use super::settle::{
-    CountedDay, Facts, LedgerDay, LedgerRows, LinkRows, Settlement, UserRow, excluded_links,
-    ledger_rows, link_rows, split,
+    CountedDay, Facts, LedgerDay, LedgerRows, LinkRows, NoticePrefs, Settlement, UserRow,
+    excluded_links, ledger_rows, link_rows, split,
 };
 use super::{Generation, Store, StoreError};
 use crate::now_ms;
@@ -514,8 +514,8 @@ impl Store {
         if ranked.is_empty() && settlement.merges.is_empty() {
             return Ok((outcome, split));
         }
-        let (members, quiet) = self.read_members(tx, &settlement.notified(&ranked)).await?;
-        let (topics, bodies) = settlement.notices(&ranked, &members, &quiet, now_ms())?;
+        let (members, prefs) = self.read_members(tx, &settlement.notified(&ranked)).await?;
+        let (topics, bodies) = settlement.notices(&ranked, &members, &prefs, now_ms())?;
         self.write_outbox(tx, &topics, &bodies).await?;
         Ok((outcome, split))
     }
@@ -1115,28 +1115,33 @@ impl Store {
         &self,
         tx: &mut Transaction<'static, Postgres>,
         uids: &[i64],
-    ) -> Result<(HashMap<i64, Vec<WireIdentity>>, HashSet<i64>), StoreError> {
+    ) -> Result<(HashMap<i64, Vec<WireIdentity>>, NoticePrefs), StoreError> {
         let mut members: HashMap<i64, Vec<WireIdentity>> = HashMap::new();
-        let mut quiet = HashSet::new();
-        for (uid, platform, user, no) in sqlx::query_as::<_, (i64, String, String, bool)>(
-            "SELECT i.user_id, i.platform, i.external_id, coalesce(p.notify = false, false)
-             FROM identities i LEFT JOIN identity_prefs p ON p.identity_id = i.id
-             WHERE i.user_id = ANY($1)
-             ORDER BY i.platform, i.external_id",
-        )
-        .bind(uids)
-        .fetch_all(&mut **tx)
-        .await?
+        let mut prefs = NoticePrefs::default();
+        for (uid, platform, user, no, hidden) in
+            sqlx::query_as::<_, (i64, String, String, bool, bool)>(
+                "SELECT i.user_id, i.platform, i.external_id, coalesce(p.notify = false, false),
+                        coalesce(p.hidden, false)
+                 FROM identities i LEFT JOIN identity_prefs p ON p.identity_id = i.id
+                 WHERE i.user_id = ANY($1)
+                 ORDER BY i.platform, i.external_id",
+            )
+            .bind(uids)
+            .fetch_all(&mut **tx)
+            .await?
         {
             if no {
-                quiet.insert(uid);
+                prefs.quiet.insert(uid);
+            }
+            if hidden {
+                prefs.hidden.insert(uid);
             }
             members
                 .entry(uid)
                 .or_default()
                 .push(WireIdentity { platform, user });
         }
-        Ok((members, quiet))
+        Ok((members, prefs))
     }
 
     /// Step 8: puts the notices in the outbox, in this transaction.

@@ -102,6 +102,14 @@ pub(super) struct Facts<'e> {
     pub unlinks: Vec<(&'e Event, i64, i64)>,
 }
 
+/// The users of a batch's notices who said `notify: false` (`quiet`) and who are hidden
+/// (SPEC 7.3).
+#[derive(Debug, Default)]
+pub(super) struct NoticePrefs {
+    pub quiet: HashSet<i64>,
+    pub hidden: HashSet<i64>,
+}
+
 /// A merge decided in this batch: `loser` now redirects to `survivor`.
 pub(super) struct Merge<'e> {
     pub loser: i64,
@@ -635,7 +643,7 @@ impl<'e> Settlement<'e> {
     }
 
     /// The users a notice is about: those of `ranked`, then the survivors of merges.
-    /// (`quiet` of [`Settlement::notices`]: those of them who said `notify: false`.)
+    /// ([`NoticePrefs`] of [`Settlement::notices`]: their preferences.)
     pub fn notified(&self, ranked: &[(i64, u8, u8)]) -> Vec<i64> {
         ranked
             .iter()
@@ -645,12 +653,13 @@ impl<'e> Settlement<'e> {
     }
 
     /// The outbox rows, `(topic, body)`: a rank notice per change in `ranked`, then a
-    /// link notice per merge, each with the identities of its user (`members`).
+    /// link notice per merge, each with the identities of its user (`members`) and the
+    /// preferences that decide how it is announced (`prefs`).
     pub fn notices(
         &self,
         ranked: &[(i64, u8, u8)],
         members: &HashMap<i64, Vec<WireIdentity>>,
-        quiet: &std::collections::HashSet<i64>,
+        prefs: &NoticePrefs,
         now: i64,
     ) -> Result<(Vec<&'static str>, Vec<serde_json::Value>), serde_json::Error> {
         let mut topics = Vec::new();
@@ -666,7 +675,8 @@ impl<'e> Settlement<'e> {
                 new_rank,
                 xp: self.users[&uid].xp,
                 identities: members.get(&uid).cloned().unwrap_or_default(),
-                notify: !quiet.contains(&uid),
+                notify: !prefs.quiet.contains(&uid),
+                hidden: prefs.hidden.contains(&uid),
             })?);
         }
         for m in &self.merges {
@@ -1135,6 +1145,7 @@ mod tests {
                 xp: 200,
                 identities: vec![ids("discord", "2")],
                 notify: true,
+                hidden: false,
             }
         );
         let link: LinkNotice = serde_json::from_value(bodies[1].clone()).expect("a link notice");

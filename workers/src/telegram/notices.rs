@@ -69,8 +69,9 @@ pub enum Route {
 }
 
 /// Where `telegram.announce.to` sends a rank-up of a member who did (`started`) or did
-/// not start the bot.
-pub fn route(to: TelegramAnnounceTo, started: bool, group: Option<ChatId>) -> Route {
+/// not start the bot; a hidden member's (SPEC 7.3) never to the group.
+pub fn route(to: TelegramAnnounceTo, started: bool, group: Option<ChatId>, hidden: bool) -> Route {
+    let group = group.filter(|_| !hidden);
     match (to, started, group) {
         (TelegramAnnounceTo::Off, ..) => Route::Nowhere,
         (TelegramAnnounceTo::Auto | TelegramAnnounceTo::Private, true, _) => Route::Private,
@@ -193,7 +194,7 @@ impl Announcer {
                 };
             }
         };
-        let mut route = route(self.to, started, self.group());
+        let mut route = route(self.to, started, self.group(), notice.hidden);
         if route == Route::Private {
             let text = self
                 .texts
@@ -216,7 +217,7 @@ impl Announcer {
                 }
             }
             // Tell the group instead.
-            route = self::route(self.to, false, self.group());
+            route = self::route(self.to, false, self.group(), notice.hidden);
         }
         match route {
             Route::Group(group) => self.announce_in_group(notice, group, user, delivered).await,
@@ -321,6 +322,7 @@ mod tests {
                 })
                 .collect(),
             notify: true,
+            hidden: false,
         }
     }
 
@@ -329,15 +331,19 @@ mod tests {
     #[test]
     fn a_started_user_hears_privately_others_in_the_group() {
         use TelegramAnnounceTo::*;
-        assert_eq!(route(Auto, true, Some(GROUP)), Route::Private);
-        assert_eq!(route(Auto, true, None), Route::Private);
-        assert_eq!(route(Auto, false, Some(GROUP)), Route::Group(GROUP));
-        assert_eq!(route(Auto, false, None), Route::Nowhere);
-        assert_eq!(route(Private, false, Some(GROUP)), Route::Nowhere);
-        assert_eq!(route(Private, true, Some(GROUP)), Route::Private);
-        assert_eq!(route(Group, true, Some(GROUP)), Route::Group(GROUP));
-        assert_eq!(route(Group, true, None), Route::Nowhere);
-        assert_eq!(route(Off, true, Some(GROUP)), Route::Nowhere);
+        assert_eq!(route(Auto, true, Some(GROUP), false), Route::Private);
+        assert_eq!(route(Auto, true, None, false), Route::Private);
+        assert_eq!(route(Auto, false, Some(GROUP), false), Route::Group(GROUP));
+        assert_eq!(route(Auto, false, None, false), Route::Nowhere);
+        assert_eq!(route(Private, false, Some(GROUP), false), Route::Nowhere);
+        assert_eq!(route(Private, true, Some(GROUP), false), Route::Private);
+        assert_eq!(route(Group, true, Some(GROUP), false), Route::Group(GROUP));
+        // A hidden member: privately, or not at all.
+        assert_eq!(route(Auto, true, Some(GROUP), true), Route::Private);
+        assert_eq!(route(Auto, false, Some(GROUP), true), Route::Nowhere);
+        assert_eq!(route(Group, true, Some(GROUP), true), Route::Nowhere);
+        assert_eq!(route(Group, true, None, false), Route::Nowhere);
+        assert_eq!(route(Off, true, Some(GROUP), false), Route::Nowhere);
     }
 
     #[test]

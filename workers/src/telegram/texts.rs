@@ -395,6 +395,7 @@ mod tests {
             xp: 520,
             identities: vec![],
             notify: true,
+            hidden: false,
         };
         let (private, group) = crate::settings::telegram::TelegramAnnounce::default()
             .templates(&rules())

@@ -1190,3 +1190,43 @@ async fn gdpr_export_sends_the_member_their_data_by_direct_message() {
     assert_eq!(doc["events"][0]["envelope"]["id"], "t:xp:ann");
     w.stop().await;
 }
+
+/// A hidden member (SPEC 7.3) keeps the rank roles of their rank (the bot reads their
+/// own profile, as Discord), and their rank-ups are not announced in the channel.
+#[tokio::test]
+async fn a_hidden_member_keeps_rank_roles_and_is_not_announced_in_the_channel() {
+    let w = world(rank_roles).await;
+    w.fake.add_member(GUILD, 111, &[7]);
+    let http = w.bot.roles.api.http.clone();
+    let options = json!([{"name": "profile", "type": 3, "value": "hide"}]);
+    let member = json!({"roles": [], "permissions": "0"});
+    w.bot
+        .on_command(
+            &http,
+            &interaction_by(111, member, 9301, "privacy", options),
+        )
+        .await;
+    eventually("hidden", || async {
+        let who = Identity::parse("discord:111").expect("identity");
+        w.env
+            .store
+            .profile(&who)
+            .await
+            .expect("read")
+            .filter(|p| p.hidden)
+    })
+    .await;
+    w.env
+        .publish(&[xp_event("t:xp:hidden", "discord:111", 2300)])
+        .await;
+    eventually("the E role", || async {
+        (w.fake.roles(GUILD, 111) == Some(vec![7, 1002])).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        w.fake.messages(ANNOUNCE).is_empty(),
+        "not announced publicly"
+    );
+    w.stop().await;
+}

@@ -1304,6 +1304,7 @@ async fn a_first_start_with_an_old_notify_stream_announces_nothing_old() {
         xp: 500,
         identities: Vec::new(),
         notify: true,
+        hidden: false,
     };
     let publish = |n: RankNotice| {
         let (js, subject) = (env.broker.js.clone(), env.broker.subjects.notify("rank"));
