@@ -437,3 +437,101 @@ async fn the_export_holds_everything_about_the_member_and_nothing_else() {
     worker.await.expect("worker");
     env.cleanup().await;
 }
+
+/// Migration 13 on a database with users: each user's counters go to its identity with
+/// the smallest id, on the day of its newest event, so an unlink after the upgrade
+/// splits what is known, and `ttfd rebuild` can make it exact.
+#[tokio::test]
+async fn migration_13_gives_each_users_counters_to_its_first_identity() {
+    use std::borrow::Cow;
+
+    use sqlx::ConnectOptions as _;
+    use sqlx::migrate::Migrator;
+    use ttfd::store::MIGRATOR;
+
+    let env = TestEnv::new().await;
+    sqlx::query("CREATE SCHEMA before13")
+        .execute(&env.store.pool)
+        .await
+        .expect("schema");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(
+            env.db
+                .options
+                .clone()
+                .options([("search_path", "before13")])
+                .disable_statement_logging(),
+        )
+        .await
+        .expect("pool");
+    let up_to_12 = Migrator {
+        migrations: Cow::Owned(
+            MIGRATOR
+                .migrations
+                .iter()
+                .filter(|m| m.version < 20261207000013)
+                .cloned()
+                .collect(),
+        ),
+        ..Migrator::DEFAULT
+    };
+    up_to_12.run(&pool).await.expect("migrations 1 to 12");
+    let day = 86_400_000_i64;
+    for statement in [
+        format!(
+            "INSERT INTO users (id, xp, messages, voice_seconds, games_played, games_won,
+                                first_event_ms, last_event_ms)
+             VALUES (1, 30, 3, 60, 2, 1, {}, {})",
+            20_000 * day + 5,
+            20_002 * day + 7
+        ),
+        "INSERT INTO identities (id, platform, external_id, user_id)
+         VALUES (1, 'discord', '1', 1), (2, 'telegram', '2', 1)"
+            .into(),
+        "INSERT INTO xp_ledger (identity_id, day, xp) VALUES (1, DATE '1970-01-01' + 20000, 10),
+                                                             (2, DATE '1970-01-01' + 20002, 20)"
+            .into(),
+        "INSERT INTO links (event_id, identity_a, identity_b, day, proof)
+         VALUES ('l:1', 2, 1, DATE '1970-01-01' + 20001, 'code')"
+            .into(),
+    ] {
+        sqlx::query(&statement)
+            .execute(&pool)
+            .await
+            .expect("state before migration 13");
+    }
+    MIGRATOR.run(&pool).await.expect("migration 13");
+    let rows: Vec<(i64, i32, i64, i64, i64, i64, i64, Option<i64>, Option<i64>)> = sqlx::query_as(
+        "SELECT identity_id, day - DATE '1970-01-01', xp, messages, voice_seconds, games_played,
+                games_won, first_ms, last_ms
+         FROM xp_ledger ORDER BY identity_id, day",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("ledger");
+    assert_eq!(
+        rows,
+        vec![
+            (1, 20_000, 10, 0, 0, 0, 0, None, None),
+            (
+                1,
+                20_002,
+                0,
+                3,
+                60,
+                2,
+                1,
+                Some(20_000 * day + 5),
+                Some(20_002 * day + 7)
+            ),
+            (2, 20_002, 20, 0, 0, 0, 0, None, None),
+        ]
+    );
+    let link: (i64, bool) = sqlx::query_as("SELECT ts_ms, excluded FROM links")
+        .fetch_one(&pool)
+        .await
+        .expect("link");
+    assert_eq!(link, (20_001 * day, false), "taken at the start of its day");
+    env.cleanup().await;
+}
