@@ -502,7 +502,9 @@ async fn migration_13_gives_each_users_counters_to_its_first_identity() {
             .expect("state before migration 13");
     }
     MIGRATOR.run(&pool).await.expect("migration 13");
-    let rows: Vec<(i64, i32, i64, i64, i64, i64, i64, Option<i64>, Option<i64>)> = sqlx::query_as(
+    // identity, day, xp, messages, voice, games, won, first, last
+    type Row = (i64, i32, i64, i64, i64, i64, i64, Option<i64>, Option<i64>);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT identity_id, day - DATE '1970-01-01', xp, messages, voice_seconds, games_played,
                 games_won, first_ms, last_ms
          FROM xp_ledger ORDER BY identity_id, day",
