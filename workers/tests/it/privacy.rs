@@ -537,3 +537,64 @@ async fn migration_13_gives_each_users_counters_to_its_first_identity() {
     assert_eq!(link, (20_001 * day, false), "taken at the start of its day");
     env.cleanup().await;
 }
+
+/// The operator's CLI and a hidden member (SPEC 7.3): `ttfd top` ranks the members shown
+/// (the others close up), `ttfd user` shows the member with `hidden: true` and where
+/// they would stand.
+#[tokio::test]
+async fn the_cli_leaves_a_hidden_member_off_top_and_shows_them_to_the_operator() {
+    let env = TestEnv::new().await;
+    let stop = CancellationToken::new();
+    let worker = env.spawn_worker(stop.clone()).await;
+    let now = ttfd::now_ms() - 60_000;
+    let at = |id: &str, who: &str, payload: Payload| Event {
+        ts: now,
+        ..ev(id, 0, who, payload)
+    };
+    let events = [
+        at("g:1", "discord:1", grant(900)),
+        at("g:2", "discord:2", grant(500)),
+        at("g:3", "discord:3", grant(100)),
+        at(
+            "p:1",
+            "discord:1",
+            Payload::Prefs {
+                hidden: Some(true),
+                notify: None,
+            },
+        ),
+    ];
+    env.publish(&events).await;
+    env.wait_for_model(&events).await;
+    let run = |args: &'static [&'static str]| {
+        let mut cmd = env.ttfd(args);
+        async move {
+            let out = cmd.output().await.expect("ttfd runs");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON")
+        }
+    };
+    let top = run(&["top", "--json"]).await;
+    let xp: Vec<i64> = top
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["xp"].as_i64().expect("xp"))
+        .collect();
+    assert_eq!(xp, [500, 100], "the hidden member is on no board: {top}");
+    assert_eq!(top[0]["position"], 1);
+    let user = run(&["user", "discord:1", "--json"]).await;
+    assert_eq!(user["hidden"], true);
+    assert_eq!(
+        user["standings"][0]["position"], 1,
+        "where they would stand"
+    );
+    assert_eq!(user["standings"][0]["ranked"], 2, "among the members shown");
+    stop.cancel();
+    worker.await.expect("worker");
+    env.cleanup().await;
+}
