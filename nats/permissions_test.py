@@ -230,6 +230,9 @@ async def main():
         ack = await query.js_publish("ttfd.events.telegram.unlink", "mod:unlink:perm-1")
         check("query publishes the moderators' unlink events",
               ack and ack.get("stream") == "TTFD_EVENTS", str(ack))
+        ack = await query.js_publish("ttfd.events.telegram.forget", "mod:forget:perm-1")
+        check("query publishes the members' erasures (/gdpr delete)",
+              ack and ack.get("stream") == "TTFD_EVENTS", str(ack))
         await scans(query, "query")
         check("query may not publish to an arbitrary inbox",
               await query.refused_publish("_INBOX.somebody-else"))
@@ -242,7 +245,7 @@ async def main():
               await discord.refused_publish("ttfd.events.telegram.message"))
         check("discord may not publish website events",
               await discord.refused_publish("ttfd.events.website.message"))
-        for kind in ("xp", "game", "link"):
+        for kind in ("xp", "game", "link", "forget"):
             check(f"discord may not publish its own {kind} events",
                   await discord.refused_publish(f"ttfd.events.discord.{kind}"))
         ack = await discord.js_publish("ttfd.events.discord.prefs", "discord:prefs:perm-1")
@@ -280,6 +283,8 @@ async def main():
         check("sync publishes rank notices", ack and ack.get("stream") == "TTFD_NOTIFY", str(ack))
         ack = await sync.js_publish("ttfd.events.telegram.link", "telegram:link:1")
         check("sync relays outbox links of any platform", ack and ack.get("seq"), str(ack))
+        ack = await sync.js_publish("ttfd.events.discord.forget", "web:forget:1")
+        check("sync relays the website's erasures", ack and ack.get("seq"), str(ack))
         for subject in ("ttfd.events.discord.xp", "ttfd.events.telegram.message",
                         "ttfd.events.discord.unlink"):
             check(f"sync publishes no other event ({subject})", await sync.refused_publish(subject))

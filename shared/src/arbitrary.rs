@@ -61,6 +61,10 @@ fn payload(pool: usize, allow_negative: bool) -> impl Strategy<Value = Payload> 
                 by,
             }
         }),
+        1 => proptest::option::of(identity(pool)).prop_map(|by| Payload::Forget {
+            reason: "test".into(),
+            by,
+        }),
     ]
 }
 

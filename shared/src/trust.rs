@@ -117,7 +117,9 @@ fn claim(publisher: Publisher, event: &Event) -> Result<(), Rejection> {
         Payload::Message { .. }
         | Payload::Voice { .. }
         | Payload::Game { .. }
-        | Payload::Prefs { .. } => Ok(()),
+        | Payload::Prefs { .. }
+        // A member's own erasure (SPEC 7.4): whoever speaks for the member.
+        | Payload::Forget { .. } => Ok(()),
         Payload::Xp { .. } => match publisher {
             Moderator | Admin => Ok(()),
             Platform | Relay => {

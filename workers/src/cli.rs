@@ -118,6 +118,16 @@ pub enum Command {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
+    /// Erase a member's account (SPEC 7.4, `forget`): everything of it up to now goes
+    /// from every projection and from the streams; what it does later starts over.
+    /// Recorded as done by `cli:<your user name>`; waits until the erasure is finished.
+    Forget {
+        /// The account, e.g. `discord:123`.
+        identity: String,
+        /// Why (1 to 64 characters).
+        #[arg(long)]
+        reason: String,
+    },
     /// Undo a wrong link (SPEC 7.4): every link joining the two accounts directly, up to
     /// now, stops counting, and their user splits if nothing else joins them; recorded in
     /// the audit log as done by `cli:<your user name>`. Waits until it is applied.
@@ -386,6 +396,48 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                 }
                 None => println!("{json}"),
+            }
+        }
+        Command::Forget { identity, reason } => {
+            let identity = Identity::parse(&identity)?;
+            if reason.trim().is_empty() || reason.trim().chars().count() > 64 {
+                bail!("give a reason of 1 to 64 characters");
+            }
+            let (store, broker) = (
+                connect_store(&settings).await?,
+                connect_broker(&settings, app::OPERATOR).await?,
+            );
+            let events = crate::privacy::forget_member(
+                &store,
+                &broker,
+                &identity,
+                &reason,
+                &operator()?,
+                now_ms(),
+            )
+            .await?;
+            let deadline = tokio::time::Instant::now() + moderation::CLI_WAIT;
+            for event in &events {
+                let mut done = false;
+                while !done && tokio::time::Instant::now() < deadline {
+                    done = crate::privacy::erased(&store, event).await?;
+                    if !done {
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                }
+                if done {
+                    println!(
+                        "{} erased up to now ({})",
+                        event.identity,
+                        event.id.as_str()
+                    );
+                } else {
+                    println!(
+                        "{}: the erasure is stored, not finished yet (is `ttfd sync` running?) ({})",
+                        event.identity,
+                        event.id.as_str()
+                    );
+                }
             }
         }
         Command::Unlink {

@@ -100,6 +100,163 @@ pub async fn export(
     })
 }
 
+/// A `forget` of `identity` (SPEC 7.4) asked for by `by` now, with `reason`: its id is
+/// `mod:forget:<hash>` of who, whom and when.
+pub fn forget_event(
+    identity: &Identity,
+    reason: &str,
+    by: &Identity,
+    now_ms: i64,
+) -> ttfd_shared::Event {
+    use sha2::{Digest, Sha256};
+    let key = format!("{by}\n{identity}\n{now_ms}");
+    let digest = hex::encode(&Sha256::digest(key.as_bytes())[..12]);
+    ttfd_shared::Event {
+        id: ttfd_shared::EventId::parse(&format!("mod:forget:{digest}"))
+            .expect("a hex id is a valid id"),
+        ts: now_ms,
+        identity: identity.clone(),
+        name: None,
+        payload: ttfd_shared::Payload::Forget {
+            reason: reason.trim().chars().take(64).collect(),
+            by: Some(by.clone()),
+        },
+    }
+}
+
+/// Erases a member (SPEC 7.4, the issue's "one forget per identity"): publishes a
+/// `forget` of every identity of the unified user of `identity` (or of that identity
+/// alone when no event named it yet). Returns the events, to wait for with [`erased`].
+pub async fn forget_member(
+    store: &Store,
+    broker: &Broker,
+    identity: &Identity,
+    reason: &str,
+    by: &Identity,
+    now_ms: i64,
+) -> Result<Vec<ttfd_shared::Event>, ExportError> {
+    let identities: Vec<Identity> = match store.profile(identity).await? {
+        Some(p) => p
+            .identities
+            .iter()
+            .filter_map(|i| Identity::new(&i.platform, &i.user).ok())
+            .collect(),
+        None => vec![identity.clone()],
+    };
+    let mut events = Vec::with_capacity(identities.len());
+    for i in &identities {
+        let event = forget_event(i, reason, by, now_ms);
+        broker
+            .publish_event(&event)
+            .await?
+            .await
+            .map_err(|e| BrokerError::JetStream(e.to_string()))?;
+        events.push(event);
+    }
+    Ok(events)
+}
+
+/// Whether the erasure of `event` is done: applied (its cut recorded) and finished (the
+/// streams cleaned, later events applied again).
+pub async fn erased(store: &Store, event: &ttfd_shared::Event) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM forgotten WHERE identity_hash = $1 AND cut_ms >= $2)
+            AND NOT EXISTS (SELECT 1 FROM erasure_work WHERE event_id = $3)",
+    )
+    .bind(crate::store::forgotten::hash(&event.identity).as_slice())
+    .bind(event.ts)
+    .bind(event.id.as_str())
+    .fetch_one(&store.pool)
+    .await?)
+}
+
+/// SPEC 7.4: finishes the erasures the apply path queued (`erasure_work`). For each,
+/// the events stream loses every message of the identity up to the cut (the `forget`
+/// itself included) and every link or unlink naming it up to the cut, the dead-letter
+/// stream every message naming it; then its later events (and links naming it), as the
+/// sync consumer would admit them, are applied again with the forget, in one
+/// transaction that removes the work (`Store::apply_again`): the identity starts over,
+/// and a crash repeats nothing. Returns how many erasures it finished.
+pub async fn erase_pending(store: &Store, broker: &Broker) -> Result<usize, ExportError> {
+    let work: Vec<(String, String, String, i64)> = sqlx::query_as(
+        "SELECT event_id, platform, external_id, cut_ms FROM erasure_work
+         ORDER BY event_id LIMIT 16",
+    )
+    .fetch_all(&store.pool)
+    .await
+    .map_err(StoreError::from)?;
+    let mut done = 0;
+    for (id, platform, user, cut) in work {
+        let Ok(identity) = Identity::new(&platform, &user) else {
+            continue;
+        };
+        let names =
+            |e: &ttfd_shared::Event| e.identity == identity || e.payload.other() == Some(&identity);
+        let events = broker.subjects.events_stream();
+        let mut later = Vec::new();
+        for m in broker.events_of(std::slice::from_ref(&identity)).await? {
+            let Some(event) = admitted(broker, &m) else {
+                continue;
+            };
+            if !names(&event) {
+                continue;
+            }
+            if event.ts <= cut {
+                broker.delete_message(&events, m.stream_seq).await?;
+                sqlx::query(
+                    "INSERT INTO erased_sequences (seq) VALUES ($1) ON CONFLICT DO NOTHING",
+                )
+                .bind(i64::try_from(m.stream_seq).unwrap_or(i64::MAX))
+                .execute(&store.pool)
+                .await
+                .map_err(StoreError::from)?;
+            } else {
+                later.push(event);
+            }
+        }
+        let dead = broker.subjects.dlq_stream();
+        for m in broker
+            .dead_letters_of(std::slice::from_ref(&identity))
+            .await?
+        {
+            broker.delete_message(&dead, m.stream_seq).await?;
+        }
+        let forget = ttfd_shared::Event {
+            id: ttfd_shared::EventId::parse(&id)
+                .map_err(|e| StoreError::Schema(format!("an erasure's event id {id:?}: {e}")))?,
+            ts: cut,
+            identity: identity.clone(),
+            name: None,
+            payload: ttfd_shared::Payload::Forget {
+                reason: "erasure".into(),
+                by: None,
+            },
+        };
+        let mut batch = vec![forget];
+        batch.extend(later);
+        if store.apply_again(&batch, &id, &identity).await? {
+            done += 1;
+        }
+    }
+    Ok(done)
+}
+
+/// A stored message as the sync consumer would apply it: a valid event its publisher
+/// may claim (docs/security.md); `None` otherwise.
+fn admitted(broker: &Broker, m: &StoredEvent) -> Option<ttfd_shared::Event> {
+    let (platform, kind) = broker.subjects.parse_event(&m.subject)?;
+    let event = ttfd_shared::wire::decode(&m.payload, (platform, kind), crate::now_ms()).ok()?;
+    match broker
+        .trust
+        .judge(m.headers.as_ref(), &m.subject, &m.payload, || m.stream_seq)
+    {
+        Some(publisher) => ttfd_shared::trust::admit(publisher, &event)
+            .ok()
+            .map(|()| event),
+        None => Some(event),
+    }
+}
+
 /// The export's file name: `ttfd-export-<platform>-<user>.json`, with nothing but
 /// letters, digits, `-` and `_` from the identity.
 pub fn file_name(identity: &Identity) -> String {

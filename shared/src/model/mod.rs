@@ -70,20 +70,33 @@ struct IdentityAcc {
     notify: Pref,
 }
 
-/// What the takings-back of a set of events (SPEC 7.4) exclude: every `link` between
-/// two identities up to the newest `unlink` between them.
+/// What the takings-back of a set of events (SPEC 7.4) exclude: every event of a
+/// forgotten identity, and every link or unlink naming it, up to the newest `forget` of
+/// it; every `link` between two identities up to the newest `unlink` between them (an
+/// unlink that is itself forgotten cuts nothing).
 #[derive(Debug, Default)]
 pub struct Cuts {
+    /// The newest forget's time per identity.
+    forgets: HashMap<Identity, i64>,
     /// The newest unlink's time per pair of identities (the smaller first).
     unlinks: HashMap<(Identity, Identity), i64>,
 }
 
 impl Cuts {
-    /// The cuts the `unlink` events of `events` make.
+    /// The cuts the `forget` and `unlink` events of `events` make.
     pub fn of<'a>(events: impl IntoIterator<Item = &'a Event>) -> Self {
+        let events: Vec<&Event> = events.into_iter().collect();
         let mut cuts = Cuts::default();
-        for ev in events {
-            if let Payload::Unlink { other, .. } = &ev.payload {
+        for ev in &events {
+            if let Payload::Forget { .. } = &ev.payload {
+                let cut = cuts.forgets.entry(ev.identity.clone()).or_insert(ev.ts);
+                *cut = (*cut).max(ev.ts);
+            }
+        }
+        for ev in &events {
+            if let Payload::Unlink { other, .. } = &ev.payload
+                && !cuts.forgot(ev)
+            {
                 let cut = cuts
                     .unlinks
                     .entry(pair(&ev.identity, other))
@@ -94,9 +107,32 @@ impl Cuts {
         cuts
     }
 
-    /// Whether `ev` counts: a link up to an unlink between its two identities does not.
-    /// (An `unlink` counts as what it cuts, not as activity: see [`fold`].)
+    /// Whether `ev` is erased: an event of a forgotten identity, or a link or unlink
+    /// naming one, up to its cut (a `forget` itself included).
+    pub fn forgot(&self, ev: &Event) -> bool {
+        self.forgot_own(ev)
+            || ev
+                .payload
+                .other()
+                .is_some_and(|i| self.cut_covers(i, ev.ts))
+    }
+
+    /// Whether `ev` is an event of a forgotten identity up to its cut: its name is
+    /// erased too (a link's name is its sender's, who was not forgotten).
+    pub fn forgot_own(&self, ev: &Event) -> bool {
+        self.cut_covers(&ev.identity, ev.ts)
+    }
+
+    fn cut_covers(&self, identity: &Identity, ts: i64) -> bool {
+        self.forgets.get(identity).is_some_and(|cut| ts <= *cut)
+    }
+
+    /// Whether `ev` counts: not erased, and not a link up to an unlink between its two
+    /// identities. (An `unlink` counts as what it cuts, not as activity: see [`fold`].)
     pub fn counts(&self, ev: &Event) -> bool {
+        if self.forgot(ev) {
+            return false;
+        }
         match &ev.payload {
             Payload::Link { other, .. } => self
                 .unlinks
@@ -134,6 +170,9 @@ pub fn fold<'a>(rules: &Rules, events: impl IntoIterator<Item = &'a Event>) -> V
     // the identity is called, from any event, whether it counts or not.
     let mut names: HashMap<&Identity, (i64, &str, String)> = HashMap::new();
     for ev in events {
+        if cuts.forgot_own(ev) {
+            continue;
+        }
         // Names as the wire gate leaves them (an event built in process was not decoded).
         if let Some(name) = ev.name.as_deref().and_then(crate::wire::clean_name) {
             let newest = names
@@ -143,7 +182,8 @@ pub fn fold<'a>(rules: &Rules, events: impl IntoIterator<Item = &'a Event>) -> V
                 *newest = (ev.ts, ev.id.as_str(), name);
             }
         }
-        if !cuts.counts(ev) || matches!(ev.payload, Payload::Unlink { .. }) {
+        if !cuts.counts(ev) || matches!(ev.payload, Payload::Unlink { .. } | Payload::Forget { .. })
+        {
             continue;
         }
         let day = rules::day_of(ev.ts);
@@ -176,7 +216,10 @@ pub fn fold<'a>(rules: &Rules, events: impl IntoIterator<Item = &'a Event>) -> V
                 newer_pref(&mut a.hidden, ev.ts, ev.id.as_str(), *hidden);
                 newer_pref(&mut a.notify, ev.ts, ev.id.as_str(), *notify);
             }
-            Payload::Xp { .. } | Payload::Link { .. } | Payload::Unlink { .. } => {}
+            Payload::Xp { .. }
+            | Payload::Link { .. }
+            | Payload::Unlink { .. }
+            | Payload::Forget { .. } => {}
         }
         a.first_ts = Some(a.first_ts.map_or(ev.ts, |t| t.min(ev.ts)));
         a.last_ts = Some(a.last_ts.map_or(ev.ts, |t| t.max(ev.ts)));
@@ -272,8 +315,11 @@ pub fn fold<'a>(rules: &Rules, events: impl IntoIterator<Item = &'a Event>) -> V
 /// (by event time, then by the larger id).
 pub fn audit<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<AuditEntry> {
     let mut seen = HashSet::new();
+    let events: Vec<&Event> = events.into_iter().collect();
+    let cuts = Cuts::of(events.iter().copied());
     let mut entries: Vec<AuditEntry> = events
         .into_iter()
+        .filter(|ev| !cuts.forgot(ev))
         .filter(|ev| match &ev.payload {
             Payload::Xp { .. } | Payload::Unlink { .. } => true,
             Payload::Link { proof, .. } => *proof == Proof::Admin,

@@ -128,6 +128,52 @@ fn an_unlinked_part_keeps_only_the_peak_its_own_history_reached() {
     assert_eq!(of(&p, "telegram:2").peak_rank, 1, "never held rank 3 alone");
 }
 
+fn forget() -> Payload {
+    Payload::Forget {
+        reason: "the member asked".into(),
+        by: None,
+    }
+}
+
+/// SPEC 7.4, erasure: every event of the identity up to the cut, its name and the links
+/// naming it count for nothing, in any order; its later events start over; the audit
+/// keeps nothing of it.
+#[test]
+fn a_forget_erases_everything_up_to_its_cut_and_later_events_start_over() {
+    let r = Rules::default();
+    let named = |id: &str, ts: i64, who: &str, name: &str, payload: Payload| Event {
+        name: Some(name.into()),
+        ..ev(id, ts, who, payload)
+    };
+    let events = [
+        named("m1", 1_000, "telegram:2", "Tess", msg(None)),
+        ev("g1", 2_000, "telegram:2", grant(500)),
+        ev("m0", 3_000, "discord:1", msg(None)),
+        ev("l", 4_000, "discord:1", link("telegram:2")),
+        ev("f", 10_000, "telegram:2", forget()),
+        named("m2", 70_000, "telegram:2", "T", msg(None)),
+    ];
+    for order in [[0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0], [4, 0, 5, 2, 3, 1]] {
+        let shuffled: Vec<Event> = order.iter().map(|i| events[*i].clone()).collect();
+        let p = fold(&r, &shuffled);
+        assert_eq!(p.len(), 2, "{order:?}: {p:#?}");
+        let d = of(&p, "discord:1");
+        assert_eq!((d.xp, d.identities.len()), (10, 1), "the link is gone");
+        let t = of(&p, "telegram:2");
+        assert_eq!(
+            (t.xp, t.messages),
+            (10, 1),
+            "only the message after the cut"
+        );
+        assert_eq!(t.display_name.as_deref(), Some("T"));
+        assert_eq!(t.first_ts, Some(EPOCH_MS + 70_000));
+    }
+    assert!(audit(&events).is_empty(), "the grant's entry is erased");
+    // Nothing after the cut: no trace at all.
+    let p = fold(&r, &events[..5]);
+    assert_eq!(p.len(), 1);
+}
+
 fn only(profiles: &[Profile]) -> &Profile {
     assert_eq!(profiles.len(), 1, "{profiles:#?}");
     &profiles[0]
@@ -364,14 +410,14 @@ proptest! {
         // takes back bring none.
         let cuts = Cuts::of(&events);
         let distinct: BTreeSet<_> = events.iter()
-            .filter(|e| cuts.counts(e) && e.kind() != "unlink")
+            .filter(|e| cuts.counts(e) && !["unlink", "forget"].contains(&e.kind()))
             .flat_map(|e| {
                 let mut v = vec![e.identity.clone()];
                 if let Payload::Link { other, .. } = &e.payload { v.push(other.clone()); }
                 v
             }).collect();
         prop_assert_eq!(identities, distinct.len());
-        let messages = events.iter().filter(|e| e.kind() == "message").count() as i64;
+        let messages = events.iter().filter(|e| e.kind() == "message" && cuts.counts(e)).count() as i64;
         prop_assert_eq!(users.iter().map(|u| u.messages).sum::<i64>(), messages);
         for u in &users {
             prop_assert!(u.peak_rank >= u.rank);

@@ -134,7 +134,8 @@ impl Rules {
             Payload::Message { .. }
             | Payload::Link { .. }
             | Payload::Prefs { .. }
-            | Payload::Unlink { .. } => 0,
+            | Payload::Unlink { .. }
+            | Payload::Forget { .. } => 0,
             Payload::Voice { seconds, .. } => {
                 i64::from(*seconds) * self.voice_xp_per_minute * payload.mult() / 6000
             }

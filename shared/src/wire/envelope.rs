@@ -116,6 +116,12 @@ pub enum Payload {
         reason: String,
         by: Option<Identity>,
     },
+    /// SPEC 7.4, erasure: every event of this identity, and every link naming it, up to
+    /// this event's time no longer counts; later events start over.
+    Forget {
+        reason: String,
+        by: Option<Identity>,
+    },
 }
 
 /// The largest `data.mult` (SPEC 7.2): ten times the XP.
@@ -150,9 +156,10 @@ impl Payload {
     /// Who made the change, when the event says (SPEC 7.1).
     pub fn by(&self) -> Option<&Identity> {
         match self {
-            Payload::Xp { by, .. } | Payload::Link { by, .. } | Payload::Unlink { by, .. } => {
-                by.as_ref()
-            }
+            Payload::Xp { by, .. }
+            | Payload::Link { by, .. }
+            | Payload::Unlink { by, .. }
+            | Payload::Forget { by, .. } => by.as_ref(),
             _ => None,
         }
     }
@@ -166,6 +173,7 @@ impl Payload {
             Payload::Link { .. } => "link",
             Payload::Prefs { .. } => "prefs",
             Payload::Unlink { .. } => "unlink",
+            Payload::Forget { .. } => "forget",
         }
     }
 }
@@ -280,6 +288,13 @@ struct PrefsData {
     hidden: Option<bool>,
     #[serde(default)]
     notify: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct ForgetData {
+    reason: String,
+    #[serde(default)]
+    by: Option<ByData>,
 }
 
 #[derive(Deserialize)]
@@ -521,11 +536,20 @@ pub fn decode(
                 by: by_in(d.by)?,
             }
         }
+        "forget" => {
+            let d: ForgetData = data(bytes)?;
+            char_len_in(&d.reason, "data.reason", 64)?;
+            Payload::Forget {
+                reason: d.reason,
+                by: by_in(d.by)?,
+            }
+        }
         other => {
             return Err(Rejection::new(
                 "unknown_kind",
                 format!(
-                    "kind {other:?} is not one of message, voice, game, xp, link, prefs, unlink"
+                    "kind {other:?} is not one of message, voice, game, xp, link, prefs, \
+                     unlink, forget"
                 ),
             ));
         }
@@ -601,6 +625,11 @@ enum DataOut<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         by: Option<ByOut<'a>>,
     },
+    Forget {
+        reason: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        by: Option<ByOut<'a>>,
+    },
 }
 
 #[derive(Serialize)]
@@ -658,6 +687,10 @@ pub fn encode(event: &Event) -> Vec<u8> {
         Payload::Unlink { other, reason, by } => DataOut::Unlink {
             platform: other.platform.as_str(),
             user: other.user.as_str(),
+            reason,
+            by: ByOut::of(by),
+        },
+        Payload::Forget { reason, by } => DataOut::Forget {
             reason,
             by: ByOut::of(by),
         },
@@ -731,6 +764,11 @@ mod tests {
             base(
                 "unlink",
                 json!({"platform": "telegram", "user": "7", "reason": "x"}),
+            ),
+            base("forget", json!({"reason": "the member asked"})),
+            base(
+                "forget",
+                json!({"reason": "gdpr", "by": {"platform": "cli", "user": "ops"}}),
             ),
         ];
         for v in samples {

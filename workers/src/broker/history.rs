@@ -16,15 +16,22 @@ use ttfd_shared::Identity;
 
 use super::{Broker, BrokerError, js_err};
 
-/// One message of the events stream.
+/// One message of the events stream (or of the dead-letter stream).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StoredEvent {
-    /// Its sequence in the events stream.
+    /// Its sequence in the stream.
     pub stream_seq: u64,
     /// When the stream stored it, RFC 3339.
     pub stored_at: String,
     /// The envelope as published (SPEC 4), as JSON.
     pub envelope: serde_json::Value,
+    /// Its subject and bytes, as stored.
+    #[serde(skip)]
+    pub subject: String,
+    #[serde(skip)]
+    pub payload: bytes::Bytes,
+    #[serde(skip)]
+    pub headers: Option<async_nats::HeaderMap>,
 }
 
 /// How long an idle scan consumer lives on the server after a scan that stopped early.
@@ -37,22 +44,47 @@ impl Broker {
         &self,
         identities: &[Identity],
     ) -> Result<Vec<StoredEvent>, BrokerError> {
+        let subject = |p: &str, k: &str| self.subjects.event(p, k);
+        self.messages_naming(&self.subjects.events_stream(), subject, identities)
+            .await
+    }
+
+    /// The same of the dead-letter stream (whose messages need not decode).
+    pub async fn dead_letters_of(
+        &self,
+        identities: &[Identity],
+    ) -> Result<Vec<StoredEvent>, BrokerError> {
+        let subject = |p: &str, k: &str| self.subjects.dlq(p, k);
+        self.messages_naming(&self.subjects.dlq_stream(), subject, identities)
+            .await
+    }
+
+    /// Removes message `seq` from `stream` (an erasure, SPEC 7.4); one already gone is
+    /// fine.
+    pub async fn delete_message(&self, stream: &str, seq: u64) -> Result<(), BrokerError> {
+        let stream = self.js.get_stream(stream).await.map_err(js_err)?;
+        match stream.delete_message(seq).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains("no message found") => Ok(()),
+            Err(e) => Err(js_err(e)),
+        }
+    }
+
+    async fn messages_naming(
+        &self,
+        stream: &str,
+        subject: impl Fn(&str, &str) -> String,
+        identities: &[Identity],
+    ) -> Result<Vec<StoredEvent>, BrokerError> {
         let platforms: BTreeSet<&str> = identities.iter().map(|i| i.platform.as_str()).collect();
-        let mut filters: Vec<String> = platforms
-            .iter()
-            .map(|p| self.subjects.event(p, "*"))
-            .collect();
-        filters.push(self.subjects.event("*", "link"));
-        filters.push(self.subjects.event("*", "unlink"));
+        let mut filters: Vec<String> = platforms.iter().map(|p| subject(p, "*")).collect();
+        filters.push(subject("*", "link"));
+        filters.push(subject("*", "unlink"));
         let wanted: BTreeSet<(&str, &str)> = identities
             .iter()
             .map(|i| (i.platform.as_str(), i.user.as_str()))
             .collect();
-        let stream = self
-            .js
-            .get_stream(self.subjects.events_stream())
-            .await
-            .map_err(js_err)?;
+        let stream = self.js.get_stream(stream).await.map_err(js_err)?;
         let mut found: BTreeMap<u64, StoredEvent> = BTreeMap::new();
         for filter in filters {
             let mut consumer = stream
@@ -89,6 +121,9 @@ impl Broker {
                                 .format(&time::format_description::well_known::Rfc3339)
                                 .unwrap_or_default(),
                             envelope,
+                            subject: message.subject.to_string(),
+                            payload: message.payload.clone(),
+                            headers: message.headers.clone(),
                         },
                     );
                 }

@@ -104,7 +104,22 @@ pub fn definitions() -> Vec<CreateCommand> {
                 CommandOptionType::SubCommand,
                 "export",
                 "Everything TTFD holds about you, as a file in a direct message",
-            )),
+            ))
+            .add_option(
+                CreateCommandOption::new(
+                    CommandOptionType::SubCommand,
+                    "delete",
+                    "Erase everything TTFD holds about this Discord account, for good",
+                )
+                .add_sub_option(
+                    CreateCommandOption::new(
+                        CommandOptionType::Boolean,
+                        "confirm",
+                        "True: erase it now. Nothing erased can be brought back",
+                    )
+                    .required(true),
+                ),
+            ),
         CreateCommand::new("privacy")
             .description("Keep yourself off the leaderboards and your profile private, everywhere")
             .add_option(
@@ -192,6 +207,11 @@ pub enum SlashCommand {
     /// `/gdpr export`: the bot sends the file by direct message (`DiscordBot::on_command`);
     /// the reply says so.
     GdprExport,
+    /// `/gdpr delete confirm`: with `confirm`, the query service erases every account of
+    /// the member's profile (SPEC 7.4).
+    GdprDelete {
+        confirm: bool,
+    },
     /// `/unlink member account reason` (SPEC 7.4).
     Unlink {
         member: UserId,
@@ -251,10 +271,15 @@ pub fn parse(cmd: &CommandInteraction) -> Option<SlashCommand> {
         "notify" => Some(SlashCommand::Prefs(Pref::Notify(
             string("announcements").as_deref() != Some("off"),
         ))),
-        "gdpr" => options
-            .iter()
-            .any(|o| o.name == "export")
-            .then_some(SlashCommand::GdprExport),
+        "gdpr" => options.iter().find_map(|o| match (o.name, &o.value) {
+            ("export", _) => Some(SlashCommand::GdprExport),
+            ("delete", ResolvedValue::SubCommand(sub)) => Some(SlashCommand::GdprDelete {
+                confirm: sub.iter().any(|s| {
+                    s.name == "confirm" && matches!(s.value, ResolvedValue::Boolean(true))
+                }),
+            }),
+            _ => None,
+        }),
         "unlink" => Some(SlashCommand::Unlink {
             member: user_option(&options, "member")?.0.id,
             account: string("account")?,
@@ -461,6 +486,24 @@ pub async fn reply(
                     UnlinkOutcome::Refused(_) => Reply::private(text),
                 }
             }),
+        SlashCommand::GdprDelete { confirm: false } => {
+            return Reply::private(
+                "Nothing was erased. `/gdpr delete confirm:True` erases everything TTFD holds \
+                 about this Discord account, for good: XP, rank, history, links to your other \
+                 accounts (which keep what they earned). What you do afterwards starts a new \
+                 profile."
+                    .into(),
+            );
+        }
+        SlashCommand::GdprDelete { confirm: true } => {
+            query.forget(&identity(caller.user)).await.map(|n| {
+                Reply::private(format!(
+                    "Erasing: everything TTFD held about you ({n} linked account{}) is being \
+                     deleted, within moments. From now on you start over.",
+                    if n == 1 { "" } else { "s" }
+                ))
+            })
+        }
         SlashCommand::GdprExport => {
             return Reply::private(
                 "Gathering everything TTFD holds about you: it comes as a file in a direct \

@@ -15,7 +15,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use crate::metrics::Metrics;
 
 /// The query subjects served; anything else is labelled `unknown` (bounded labels).
-const SUBJECTS: [&str; 8] = [
+const SUBJECTS: [&str; 9] = [
     "profile",
     "top",
     "link.issue",
@@ -24,6 +24,7 @@ const SUBJECTS: [&str; 8] = [
     "audit",
     "unlink",
     "export",
+    "forget",
 ];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

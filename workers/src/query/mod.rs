@@ -322,6 +322,18 @@ impl QueryClient {
             .await
     }
 
+    /// Erases the member (SPEC 7.4): a `forget` of every identity of their profile
+    /// (`as.<platform>.forget`); how many.
+    pub async fn forget(&self, identity: &Identity) -> Result<usize, QueryError> {
+        self.ask(
+            &acting_as(identity, "forget"),
+            &ProfileRequest {
+                identity: identity.into(),
+            },
+        )
+        .await
+    }
+
     /// Takes an account out of a member's profile, for a moderator (`as.<platform>.unlink`).
     pub async fn unlink(&self, request: &UnlinkQuery) -> Result<UnlinkOutcome, QueryError> {
         let by = identity(&request.by).map_err(|e| QueryError::Bad(e.to_string()))?;
@@ -377,7 +389,7 @@ fn acting_as(identity: &Identity, what: &str) -> String {
 /// The queries that may act for an identity (as opposed to reading what is public):
 /// asked on `as.<platform>.<query>`. All but `profile` must; `profile` asked so is the
 /// member's own read, which shows a hidden member (SPEC 7.3) to themselves.
-const ACTING: [&str; 7] = [
+const ACTING: [&str; 8] = [
     "link.issue",
     "link.redeem",
     "xp.adjust",
@@ -385,6 +397,7 @@ const ACTING: [&str; 7] = [
     "profile",
     "unlink",
     "export",
+    "forget",
 ];
 
 /// A request's subject after the query prefix: the query, and the platform it speaks
@@ -652,6 +665,28 @@ async fn answer(service: &Service, subject: &str, payload: &[u8]) -> (Vec<u8>, &
         "xp.adjust" => reply(adjust(service, payload, on_behalf_of).await),
         "unlink" => reply(unlink(service, payload, on_behalf_of).await),
         "export" => reply(export(service, payload, on_behalf_of).await),
+        "forget" => reply(
+            async {
+                let q: ProfileRequest = decode(payload)?;
+                let member = acting_for(&q.identity, on_behalf_of)?;
+                let reason = format!(
+                    "the member asked ({} /gdpr delete)",
+                    member.platform.as_str()
+                );
+                let events = crate::privacy::forget_member(
+                    &service.store,
+                    &service.broker,
+                    &member,
+                    &reason,
+                    &member,
+                    now_ms(),
+                )
+                .await
+                .map_err(|e| Refusal::Bad(e.to_string()))?;
+                Ok(events.len())
+            }
+            .await,
+        ),
         "audit" => reply(
             async {
                 let q: AuditRequest = decode(payload)?;

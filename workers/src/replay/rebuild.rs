@@ -293,6 +293,11 @@ impl Build<'_> {
                 .await
                 .context("cannot seed the fresh tables with the live ids")?;
             info!(seeded, "live identity and user ids seeded");
+            let erased = self
+                .live
+                .seed_forgotten(live_schema, fresh_schema)
+                .await
+                .context("cannot carry the erasures into the fresh tables")?;
             // 1. The whole stream as of now.
             if end > 0 {
                 match self.phase(1, end, &mut progress).await? {
@@ -319,6 +324,16 @@ impl Build<'_> {
                     d => messages += d.messages,
                 }
                 end = last;
+            }
+            // Erasures the fresh tables still hold (SPEC 7.4): from the snapshot, or from
+            // forget events the stream still had.
+            while crate::privacy::erase_pending(self.fresh, self.broker)
+                .await
+                .context("cannot finish the erasures in the fresh tables")?
+                > 0
+            {}
+            if erased > 0 {
+                info!(erased, "erasures carried into the fresh tables");
             }
             if !args.check {
                 self.live.copy_grants(live_schema, fresh_schema).await?;
@@ -473,33 +488,40 @@ async fn check_migrations(live: &Store) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Refuses a rebuild when the stream no longer holds every event the database applied.
+/// Refuses a rebuild when the stream no longer holds every event the database applied,
+/// but for the messages erasures deleted (SPEC 7.4).
 fn check_retained(stream: &str, state: &State, applied: &AppliedSpan) -> anyhow::Result<()> {
     let first_ts = state.first_timestamp.format(&Rfc3339).unwrap_or_default();
-    let lost = if state.first_sequence > 1 {
-        Some(format!(
-            "it starts at sequence {} (stored {first_ts}): sequences 1 to {} were removed by \
+    let held = i64::try_from(state.messages).unwrap_or(i64::MAX);
+    let lost =
+        if i64::try_from(state.first_sequence).unwrap_or(i64::MAX) > applied.erased_prefix + 1 {
+            Some(format!(
+                "it starts at sequence {} (stored {first_ts}): sequences 1 to {} were removed by \
              its retention (max_age, max_msgs) or a purge",
-            state.first_sequence,
-            state.first_sequence - 1
-        ))
-    } else if applied.count > i64::try_from(state.messages).unwrap_or(i64::MAX) {
-        Some(format!(
-            "the database applied {} events, the stream holds {} messages",
-            applied.count, state.messages
-        ))
-    } else {
-        applied
-            .oldest
-            .filter(|oldest| state.messages > 0 && *oldest < state.first_timestamp - CLOCK_MARGIN)
-            .map(|oldest| {
-                format!(
-                    "the database applied events at {}, before the stream's first message \
+                state.first_sequence,
+                state.first_sequence - 1
+            ))
+        } else if applied.count > held.saturating_add(applied.erased) {
+            Some(format!(
+                "the database applied {} events, the stream holds {} messages",
+                applied.count, state.messages
+            ))
+        } else {
+            applied
+                .oldest
+                .filter(|oldest| {
+                    state.messages > 0
+                        && applied.erased_prefix == 0
+                        && *oldest < state.first_timestamp - CLOCK_MARGIN
+                })
+                .map(|oldest| {
+                    format!(
+                        "the database applied events at {}, before the stream's first message \
                      was stored ({first_ts}): the stream was recreated or lost messages",
-                    oldest.format(&Rfc3339).unwrap_or_default()
-                )
-            })
-    };
+                        oldest.format(&Rfc3339).unwrap_or_default()
+                    )
+                })
+        };
     match lost {
         None => Ok(()),
         Some(why) => bail!(
@@ -529,7 +551,12 @@ mod tests {
     #[test]
     fn the_retention_check_refuses_a_stream_that_lost_its_first_events() {
         let t = time::macros::datetime!(2026-11-26 08:00:00 UTC);
-        let span = |count, oldest| AppliedSpan { count, oldest };
+        let span = |count, oldest| AppliedSpan {
+            count,
+            oldest,
+            erased: 0,
+            erased_prefix: 0,
+        };
         assert!(check_retained("S", &state(1, 10, t), &span(10, Some(t))).is_ok());
         assert!(check_retained("S", &state(0, 0, t), &span(0, None)).is_ok());
         let trimmed = check_retained("S", &state(4, 10, t), &span(3, Some(t)))

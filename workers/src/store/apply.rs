@@ -36,10 +36,11 @@ use ttfd_shared::wire::Proof;
 use ttfd_shared::wire::WireIdentity;
 use ttfd_shared::{Event, Payload};
 
+use super::forgotten::{BatchCuts, Forgotten};
 use super::minutes::{self, DayMinutes, MinuteMults};
 use super::settle::{
     CountedDay, Facts, LedgerDay, LedgerRows, LinkRows, NoticePrefs, Settlement, UserRow,
-    excluded_links, ledger_rows, link_rows, split,
+    excluded_links, follow, ledger_rows, link_rows, split,
 };
 use super::{Generation, Store, StoreError};
 use crate::now_ms;
@@ -76,21 +77,135 @@ impl Store {
     /// id) are skipped and counted as duplicates.
     #[instrument(skip_all, fields(events = events.len()))]
     pub async fn apply(&self, events: &[Event]) -> Result<Applied, StoreError> {
+        self.apply_batch(events, None).await.map(|(a, _)| a)
+    }
+
+    /// Applies an erasure's events again (SPEC 7.4, `privacy::erase_pending`): `events`
+    /// are the `forget` itself and the identity's later events (and links naming it),
+    /// applied whether or not they were before, in one transaction that also removes the
+    /// erasure's work row `work`: the forget wipes the identity, the later events start
+    /// it over, and a crash repeats nothing. An identity left with nothing goes. `false`
+    /// when another replica did it first.
+    pub async fn apply_again(
+        &self,
+        events: &[Event],
+        work: &str,
+        identity: &ttfd_shared::Identity,
+    ) -> Result<bool, StoreError> {
+        let (_, done) = self.apply_batch(events, Some((work, identity))).await?;
+        Ok(done)
+    }
+
+    async fn apply_batch(
+        &self,
+        events: &[Event],
+        again: Option<(&str, &ttfd_shared::Identity)>,
+    ) -> Result<(Applied, bool), StoreError> {
+        let forgotten = self.forgotten().await?;
         let identity = self.identities_of(events).await?;
-        let names = newest_names(events, &identity);
         let mut events: Vec<&Event> = events.iter().collect();
         events.sort_by(|a, b| a.id.cmp(&b.id));
         events.dedup_by(|a, b| a.id == b.id);
-        let (mut tx, fresh) = self.claim(&events).await?;
-        let (outcome, split) = self.apply_in(&mut tx, events, fresh, identity).await?;
+        // SPEC 7.4: an erased event is claimed like any other and counts for nothing,
+        // its name included.
+        let cuts = BatchCuts::new(&forgotten, &events);
+        let names = newest_names(
+            events.iter().copied().filter(|e| !cuts.erases_own(e)),
+            &identity,
+        );
+        let (mut tx, fresh) = match again {
+            None => self.claim(&events).await?,
+            Some(_) => {
+                // Claimed anew: whatever applied them before is wiped by the forget.
+                let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("DELETE FROM processed_events WHERE id = ANY($1)")
+                    .bind(&ids)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("INSERT INTO processed_events (id) SELECT unnest($1::text[])")
+                    .bind(&ids)
+                    .execute(&mut *tx)
+                    .await?;
+                (tx, None)
+            }
+        };
+        let (outcome, split) = self
+            .apply_in(&mut tx, events, fresh, identity, &cuts, forgotten.epoch)
+            .await?;
+        if let Some((work, erased)) = again {
+            let done = sqlx::query("DELETE FROM erasure_work WHERE event_id = $1")
+                .bind(work)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if done == 0 {
+                tx.rollback().await?;
+                return Ok((outcome, false));
+            }
+            // Nothing after the cut: not even the identity's row stays.
+            let gone: Option<i64> = sqlx::query_scalar(
+                "DELETE FROM identities i
+                 WHERE i.platform = $1 AND i.external_id = $2
+                   AND NOT EXISTS (SELECT 1 FROM xp_ledger l WHERE l.identity_id = i.id)
+                   AND NOT EXISTS (SELECT 1 FROM links k
+                                   WHERE k.identity_a = i.id OR k.identity_b = i.id)
+                   AND NOT EXISTS (SELECT 1 FROM unlinks k
+                                   WHERE k.identity_a = i.id OR k.identity_b = i.id)
+                   AND NOT EXISTS (SELECT 1 FROM audit a
+                                   WHERE a.identity_id = i.id OR a.other_id = i.id)
+                   AND NOT EXISTS (SELECT 1 FROM identity_prefs p WHERE p.identity_id = i.id)
+                   AND EXISTS (SELECT 1 FROM users u
+                               WHERE u.id = i.user_id AND u.first_event_ms IS NULL)
+                 RETURNING user_id",
+            )
+            .bind(erased.platform.as_str())
+            .bind(erased.user.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(user) = gone {
+                sqlx::query(
+                    "DELETE FROM users u WHERE u.id = $1
+                       AND NOT EXISTS (SELECT 1 FROM identities WHERE user_id = u.id)
+                       AND NOT EXISTS (SELECT 1 FROM users m WHERE m.merged_into = u.id)",
+                )
+                .bind(user)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
         tx.commit().await?;
         if let Some(moved) = split {
             // This batch moved the owner epoch, under the settle lock: its cache knows
             // the owners it moved, and stays valid.
             self.identities.split(moved);
         }
+        if again.is_some() {
+            // An identity row may have gone: read identities afresh.
+            let _ = self.identities.stale();
+        }
         self.write_names(&names).await?;
-        Ok(outcome)
+        Ok((outcome, true))
+    }
+
+    /// The forgotten identities (SPEC 7.4) as cached, read with the owner epoch when the
+    /// cache has none (every forget moves the epoch, which the settle phase checks).
+    async fn forgotten(&self) -> Result<Forgotten, StoreError> {
+        if let Some(f) = self.identities.forgotten() {
+            return Ok(f);
+        }
+        let rows: Vec<(i64, Option<Vec<u8>>, Option<i64>)> = sqlx::query_as(
+            "SELECT e.n, f.identity_hash, f.cut_ms FROM owner_epoch e LEFT JOIN forgotten f ON true",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let epoch = rows.first().map_or(0, |r| r.0);
+        let f = Forgotten::new(
+            epoch,
+            rows.into_iter().filter_map(|(_, h, cut)| Some((h?, cut?))),
+        );
+        self.identities.set_forgotten(f.clone());
+        Ok(f)
     }
 
     /// Step 1: opens the batch transaction and claims the events' ids (sorted, distinct)
@@ -259,6 +374,8 @@ impl Store {
         mut events: Vec<&Event>,
         fresh: Option<Vec<String>>,
         identity: HashMap<(&str, &str), i64>,
+        cuts: &BatchCuts<'_>,
+        forgotten_epoch: i64,
     ) -> Result<(Applied, Split), StoreError> {
         let rules = &*self.rules;
         // (Steps 0 and 1, the identities and the claims, ran before: `identities_of`,
@@ -273,7 +390,15 @@ impl Store {
             duplicates: total - events.len(),
             ..Applied::default()
         };
-        if events.is_empty() {
+        // SPEC 7.4: the batch's forgets wipe their identities; erased events count for
+        // nothing (they stay claimed).
+        let forgets: Vec<&Event> = events
+            .iter()
+            .copied()
+            .filter(|e| matches!(e.payload, Payload::Forget { .. }))
+            .collect();
+        events.retain(|e| !cuts.erases(e));
+        if events.is_empty() && forgets.is_empty() {
             return Ok((outcome, None));
         }
 
@@ -281,6 +406,7 @@ impl Store {
         let mut identity = identity;
         let named: HashSet<(&str, &str)> = events
             .iter()
+            .chain(&forgets)
             .flat_map(|e| {
                 std::iter::once(&e.identity)
                     .chain(e.payload.other())
@@ -305,6 +431,10 @@ impl Store {
         let mut audit: Vec<(&Event, i64, Option<i64>)> = Vec::new();
         let mut prefs: BTreeMap<i64, PrefsRow> = BTreeMap::new();
         let mut unlinks: Vec<(&Event, i64, i64)> = Vec::new();
+        let forgets: Vec<(&Event, i64)> = forgets
+            .into_iter()
+            .map(|e| iid_of(&e.identity).map(|iid| (e, iid)))
+            .collect::<Result<_, _>>()?;
         for e in &events {
             let iid = iid_of(&e.identity)?;
             // What the event counts for its identity, on the user and on the day's
@@ -355,6 +485,8 @@ impl Store {
                     audit.push((e, iid, Some(other)));
                     false
                 }
+                // Erased, hence filtered out above; taken from `forgets`.
+                Payload::Forget { .. } => false,
             };
             deltas.entry(iid).or_default().absorb(&one);
             if xp != 0 || eligible || activity {
@@ -386,6 +518,7 @@ impl Store {
             audit,
             prefs,
             unlinks,
+            forgets,
         };
         let (identities, users): (i64, i64) = sqlx::query_as(
             "SELECT pg_relation_filenode('identities')::int8, pg_relation_filenode('users')::int8
@@ -402,6 +535,10 @@ impl Store {
         let generation: Generation = (identities, users, epoch);
         if !self.identities.same_generation(generation) {
             return Err(StoreError::StaleCache);
+        }
+        if epoch != forgotten_epoch {
+            // A forget committed since the forgotten identities were read: read again.
+            return Err(self.identities.stale());
         }
         self.settle_users(tx, &facts, outcome).await
     }
@@ -426,6 +563,10 @@ impl Store {
             .ok_or_else(|| self.identities.stale())?;
         if !settlement.moved.is_empty() {
             self.identities.set_owners(changed);
+        }
+        let mut moved = Vec::new();
+        if !facts.forgets.is_empty() {
+            moved = self.wipe(tx, &facts.forgets, &mut settlement).await?;
         }
         settlement.absorb_deltas(&facts.deltas)?;
 
@@ -482,11 +623,31 @@ impl Store {
         settlement.drop_losers();
         // Unlinks (SPEC 7.4): the links they take back stop counting, and each user
         // that had one is recomputed from its identities, split if they fell apart.
-        let split = if facts.unlinks.is_empty() {
+        let mut recompute: Vec<i64> = settlement.recompute.iter().copied().collect();
+        if !facts.unlinks.is_empty() {
+            recompute.extend(self.apply_unlinks(tx, &facts.unlinks).await?);
+        }
+        if !recompute.is_empty() {
+            recompute.sort_unstable();
+            recompute.dedup();
+            let recompute: Vec<i64> = recompute
+                .into_iter()
+                .map(|u| follow(&settlement.redirect, u))
+                .collect();
+            moved.extend(
+                self.recompute_users(tx, &recompute, &mut settlement)
+                    .await?,
+            );
+        }
+        // Identities moved to other live users (a split, a forget): every replica's
+        // owner cache starts over, but this one's after commit (`Store::apply`).
+        let split = if moved.is_empty() && facts.forgets.is_empty() {
             None
         } else {
-            self.apply_unlinks(tx, &facts.unlinks, &mut settlement)
-                .await?
+            sqlx::query("UPDATE owner_epoch SET n = n + 1")
+                .execute(&mut **tx)
+                .await?;
+            Some(moved)
         };
 
         // 6. Peak rank, in event time (see `Settlement::rank_peaks`): a user whose
@@ -905,17 +1066,13 @@ impl Store {
         Ok(rows.into_iter().map(|(a, b, cut)| ((a, b), cut)).collect())
     }
 
-    /// Step 5, unlinks (SPEC 7.4): records them, marks the links they take back as not
-    /// counting, and recomputes every user that had such a link from its identities
-    /// ([`split`]). A part that fell away becomes a new user; the owner epoch moves, so
-    /// every other replica's owner cache starts over. Returns the identities moved and
-    /// their new users, when any.
+    /// Step 5, unlinks (SPEC 7.4): records them and marks the links they take back as
+    /// not counting. Returns the users that had such a link, to recompute.
     async fn apply_unlinks(
         &self,
         tx: &mut Transaction<'static, Postgres>,
         unlinks: &[(&Event, i64, i64)],
-        settlement: &mut Settlement<'_>,
-    ) -> Result<Split, StoreError> {
+    ) -> Result<Vec<i64>, StoreError> {
         let events: Vec<&str> = unlinks.iter().map(|(e, _, _)| e.id.as_str()).collect();
         let a: Vec<i64> = unlinks.iter().map(|(_, x, y)| (*x).min(*y)).collect();
         let b: Vec<i64> = unlinks.iter().map(|(_, x, y)| (*x).max(*y)).collect();
@@ -945,16 +1102,28 @@ impl Store {
         .fetch_all(&mut **tx)
         .await?;
         if taken.is_empty() {
-            return Ok(None);
+            return Ok(Vec::new());
         }
-        let users: Vec<i64> =
+        Ok(
             sqlx::query_scalar("SELECT DISTINCT user_id FROM identities WHERE id = ANY($1)")
                 .bind(&taken)
                 .fetch_all(&mut **tx)
-                .await?;
+                .await?,
+        )
+    }
+
+    /// Step 5: recomputes `users` from their identities ([`split`]) after unlinks or a
+    /// forget changed their links: a part that fell away becomes a new user, a user
+    /// left without identities is gone. Returns the identities moved and their new users.
+    async fn recompute_users(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        users: &[i64],
+        settlement: &mut Settlement<'_>,
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
         let identities: Vec<(i64, i64)> =
             sqlx::query_as("SELECT id, user_id FROM identities WHERE user_id = ANY($1)")
-                .bind(&users)
+                .bind(users)
                 .fetch_all(&mut **tx)
                 .await?;
         let iids: Vec<i64> = identities.iter().map(|r| r.0).collect();
@@ -1001,7 +1170,13 @@ impl Store {
             })
             .collect();
         let mut moved = Vec::new();
-        for (uid, parts) in split(&identities, &links, &ledger) {
+        let parts_of = split(&identities, &links, &ledger);
+        for uid in users.iter().filter(|u| !parts_of.contains_key(u)) {
+            // No identity left (a forget took its last): an empty user, ranked nowhere.
+            settlement.users.insert(*uid, UserRow::default());
+            settlement.gone.push(*uid);
+        }
+        for (uid, parts) in parts_of {
             let new_parts = parts.len() - 1;
             let mut new_uids = Vec::with_capacity(new_parts);
             for part in &parts[1..] {
@@ -1017,14 +1192,102 @@ impl Store {
                 moved.extend(part.identities.iter().map(|iid| (*iid, new)));
             }
             settlement.take_split(uid, parts, &new_uids);
+            if settlement
+                .users
+                .get(&uid)
+                .is_some_and(|u| u.first_ms.is_none())
+            {
+                // Nothing of it counts any more: ranked nowhere until it has events.
+                settlement.gone.push(uid);
+            }
         }
-        if moved.is_empty() {
-            return Ok(None);
-        }
-        sqlx::query("UPDATE owner_epoch SET n = n + 1")
+        Ok(moved)
+    }
+
+    /// SPEC 7.4, before step 4: each forget records its cut (`forgotten`, by the hash of
+    /// the identity) and its work (`erasure_work`: cleaning the streams, applying the
+    /// later events again), and wipes its identity: its ledger, name, preferences, links,
+    /// unlinks and audit entries go, and it moves to a new empty user, where the batch's
+    /// later events of it land. The user it left is recomputed at step 5. Returns the
+    /// identities moved and their new users.
+    async fn wipe(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        forgets: &[(&Event, i64)],
+        settlement: &mut Settlement<'_>,
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        for (e, _) in forgets {
+            sqlx::query(
+                "INSERT INTO forgotten (identity_hash, cut_ms) VALUES ($1, $2)
+                 ON CONFLICT (identity_hash) DO UPDATE
+                 SET cut_ms = greatest(forgotten.cut_ms, excluded.cut_ms)",
+            )
+            .bind(super::forgotten::hash(&e.identity).as_slice())
+            .bind(e.ts)
             .execute(&mut **tx)
             .await?;
-        Ok(Some(moved))
+            sqlx::query(
+                "INSERT INTO erasure_work (event_id, platform, external_id, cut_ms)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING",
+            )
+            .bind(e.id.as_str())
+            .bind(e.identity.platform.as_str())
+            .bind(e.identity.user.as_str())
+            .bind(e.ts)
+            .execute(&mut **tx)
+            .await?;
+        }
+        let mut iids: Vec<i64> = forgets.iter().map(|(_, iid)| *iid).collect();
+        iids.sort_unstable();
+        iids.dedup();
+        let others: Vec<i64> = sqlx::query_scalar(
+            "DELETE FROM links WHERE identity_a = ANY($1) OR identity_b = ANY($1)
+             RETURNING CASE WHEN identity_a = ANY($1) THEN identity_b ELSE identity_a END",
+        )
+        .bind(&iids)
+        .fetch_all(&mut **tx)
+        .await?;
+        let days: Vec<(i64, i32, i64)> = sqlx::query_as(
+            "DELETE FROM xp_ledger WHERE identity_id = ANY($1)
+             RETURNING identity_id, day - DATE '1970-01-01', xp",
+        )
+        .bind(&iids)
+        .fetch_all(&mut **tx)
+        .await?;
+        for sql in [
+            "DELETE FROM unlinks WHERE identity_a = ANY($1) OR identity_b = ANY($1)",
+            "DELETE FROM identity_names WHERE identity_id = ANY($1)",
+            "DELETE FROM identity_prefs WHERE identity_id = ANY($1)",
+            "DELETE FROM audit WHERE identity_id = ANY($1) OR other_id = ANY($1)",
+        ] {
+            sqlx::query(sql).bind(&iids).execute(&mut **tx).await?;
+        }
+        let touched: Vec<i64> =
+            sqlx::query_scalar("SELECT DISTINCT user_id FROM identities WHERE id = ANY($1)")
+                .bind(&others)
+                .fetch_all(&mut **tx)
+                .await?;
+        settlement.recompute.extend(touched);
+        let mut moved = Vec::new();
+        for iid in iids {
+            let from = follow(&settlement.redirect, settlement.owner[&iid]);
+            let to: i64 = sqlx::query_scalar("INSERT INTO users DEFAULT VALUES RETURNING id")
+                .fetch_one(&mut **tx)
+                .await?;
+            sqlx::query("UPDATE identities SET user_id = $1 WHERE id = $2")
+                .bind(to)
+                .bind(iid)
+                .execute(&mut **tx)
+                .await?;
+            for (_, day, xp) in days.iter().filter(|d| d.0 == iid && d.2 != 0) {
+                settlement.carried.push((from, None, *day, *xp));
+            }
+            settlement.owner.insert(iid, to);
+            settlement.users.insert(to, UserRow::default());
+            settlement.recompute.insert(from);
+            moved.push((iid, to));
+        }
+        Ok(moved)
     }
 
     /// Step 5: moves the losers' identities to their survivors and empties the losers,
@@ -1095,8 +1358,8 @@ impl Store {
         work: &super::standings::round::WorkRow,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO standing_work (users, days, xp, touched, losers, survivors, seen)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO standing_work (users, days, xp, touched, losers, survivors, seen, gone)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&work.users)
         .bind(&work.days)
@@ -1105,6 +1368,7 @@ impl Store {
         .bind(&work.losers)
         .bind(&work.survivors)
         .bind(&work.seen)
+        .bind(&work.gone)
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -1264,7 +1528,7 @@ impl Store {
 /// the wire gate leaves it (`wire::clean_name`: events applied without passing the gate,
 /// as in tests, get the same names).
 fn newest_names<'e>(
-    events: &'e [Event],
+    events: impl IntoIterator<Item = &'e Event>,
     identity: &HashMap<(&str, &str), i64>,
 ) -> BTreeMap<i64, (i64, &'e str, String)> {
     let mut names: BTreeMap<i64, (i64, &str, String)> = BTreeMap::new();

@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod audit;
 pub mod codes;
+pub mod forgotten;
 pub mod member;
 pub mod minutes;
 pub mod outbox;
@@ -132,6 +133,8 @@ struct CacheInner {
     ids: HashMap<String, HashMap<String, i64>>,
     owners: HashMap<i64, i64>,
     generation: Option<Generation>,
+    /// The forgotten identities (SPEC 7.4), read at an owner epoch.
+    forgotten: Option<forgotten::Forgotten>,
 }
 
 /// The relation files of `identities` and `users` (`pg_relation_filenode`), and the
@@ -185,6 +188,14 @@ impl IdentityCache {
         self.inner().owners.extend(owners);
     }
 
+    fn forgotten(&self) -> Option<forgotten::Forgotten> {
+        self.inner().forgotten.clone()
+    }
+
+    fn set_forgotten(&self, f: forgotten::Forgotten) {
+        self.inner().forgotten = Some(f);
+    }
+
     /// After a committed batch of this process split users (under the settle lock, so
     /// nobody moved the owner epoch meanwhile): the epoch it moved and the owners it
     /// changed, so that the cache stays valid.
@@ -194,6 +205,8 @@ impl IdentityCache {
             g.2 += 1;
         }
         inner.owners.extend(moved);
+        // A forget may be among them: the forgotten identities are read again.
+        inner.forgotten = None;
     }
 
     /// Forgets everything after the tables contradicted it (which they should not):

@@ -29,7 +29,7 @@ use crate::settings::DatabaseSettings;
 /// table (the outbox, dead-letter tallies, link codes) stays as it is. In lock order:
 /// `processed_events` first, as the apply path writes it first, so a batch in flight
 /// is let finish and the next one waits before holding anything.
-pub const PROJECTIONS: [&str; 9] = [
+pub const PROJECTIONS: [&str; 10] = [
     "processed_events",
     "users",
     "identities",
@@ -39,6 +39,7 @@ pub const PROJECTIONS: [&str; 9] = [
     "audit",
     "identity_prefs",
     "unlinks",
+    "forgotten",
 ];
 
 /// Tables derived from the projections (the standings, `store::standings`): locked and
@@ -249,6 +250,10 @@ impl fmt::Display for StandingDifference {
 pub struct AppliedSpan {
     pub count: i64,
     pub oldest: Option<time::OffsetDateTime>,
+    /// Messages of the events stream erasures deleted (SPEC 7.4), and how many of the
+    /// first sequences (1, 2, ...) are among them.
+    pub erased: i64,
+    pub erased_prefix: i64,
 }
 
 impl Store {
@@ -280,13 +285,23 @@ impl Store {
 
     /// How many event ids the idempotency record holds, and when the oldest was applied.
     pub async fn applied_span(&self) -> Result<AppliedSpan, StoreError> {
-        let row =
-            sqlx::query("SELECT count(*) AS n, min(applied_at) AS oldest FROM processed_events")
-                .fetch_one(&self.pool)
-                .await?;
+        let row = sqlx::query(
+            "SELECT (SELECT count(*) FROM processed_events) AS n,
+                    (SELECT min(applied_at) FROM processed_events) AS oldest,
+                    (SELECT count(*) FROM erased_sequences) AS erased,
+                    CASE WHEN EXISTS (SELECT 1 FROM erased_sequences WHERE seq = 1)
+                         THEN (SELECT min(s.seq) FROM erased_sequences s
+                               WHERE NOT EXISTS (SELECT 1 FROM erased_sequences t
+                                                 WHERE t.seq = s.seq + 1))
+                         ELSE 0 END AS prefix",
+        )
+        .fetch_one(&self.pool)
+        .await?;
         Ok(AppliedSpan {
             count: row.get("n"),
             oldest: row.get("oldest"),
+            erased: row.get("erased"),
+            erased_prefix: row.get("prefix"),
         })
     }
 
@@ -338,6 +353,36 @@ impl Store {
     /// ends with its live user id: profile addresses (`/u/<uid>`) and the replicas'
     /// identity caches stay valid. Identities and users `fresh` already holds (from a
     /// snapshot) are left as they are. Returns how many identities were seeded.
+    /// SPEC 7.4: the fresh tables honour every erasure the live ones know (the `forget`
+    /// events themselves are gone from the stream), and an identity they hold (from a
+    /// snapshot taken before its erasure) is erased again: queued for
+    /// `privacy::erase_pending` on the fresh store. Returns how many were queued.
+    pub async fn seed_forgotten(&self, live: &str, fresh: &str) -> Result<u64, StoreError> {
+        let (live, fresh) = (checked(live)?, checked(fresh)?);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(&format!(
+            "INSERT INTO {fresh}.forgotten (identity_hash, cut_ms)
+             SELECT identity_hash, cut_ms FROM {live}.forgotten
+             ON CONFLICT (identity_hash) DO UPDATE
+             SET cut_ms = greatest({fresh}.forgotten.cut_ms, excluded.cut_ms)"
+        ))
+        .execute(&mut *tx)
+        .await?;
+        let queued = sqlx::query(&format!(
+            "INSERT INTO {fresh}.erasure_work (event_id, platform, external_id, cut_ms)
+             SELECT 'rebuild:' || encode(f.identity_hash, 'hex'), i.platform, i.external_id,
+                    f.cut_ms
+             FROM {fresh}.identities i JOIN {fresh}.forgotten f
+               ON f.identity_hash = sha256(convert_to(i.platform || ':' || i.external_id, 'UTF8'))
+             ON CONFLICT (event_id) DO NOTHING"
+        ))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(queued)
+    }
+
     pub async fn seed_ids(&self, live: &str, fresh: &str) -> Result<u64, StoreError> {
         let (live, fresh) = (checked(live)?, checked(fresh)?);
         let mut tx = self.pool.begin().await?;
@@ -471,9 +516,9 @@ impl Store {
             .bind(t)
             .fetch_all(&mut *tx)
             .await?;
-            if columns.is_empty() && (t == "identity_prefs" || t == "unlinks") {
-                // A snapshot from before migration 11 (13): nobody had set a preference
-                // (taken a link back).
+            if columns.is_empty() && ["identity_prefs", "unlinks", "forgotten"].contains(&t) {
+                // A snapshot from before migration 11 (13, 14): nobody had set a
+                // preference (taken a link back, been forgotten).
                 continue;
             }
             if columns.is_empty() && t == "audit" {

@@ -100,6 +100,8 @@ pub(super) struct Facts<'e> {
     pub prefs: BTreeMap<i64, super::apply::PrefsRow<'e>>,
     /// Unlinks (SPEC 7.4): the event, its identity and the other one.
     pub unlinks: Vec<(&'e Event, i64, i64)>,
+    /// Forgets (SPEC 7.4): the event and its identity.
+    pub forgets: Vec<(&'e Event, i64)>,
 }
 
 /// The users of a batch's notices who said `notify: false` (`quiet`) and who are hidden
@@ -149,8 +151,13 @@ pub(super) struct Settlement<'e> {
     /// Users an unlink of this batch recomputed from their identities (SPEC 7.4): the
     /// one that kept its uid and the new ones split off. Their peaks are recomputed.
     pub split: Vec<i64>,
-    /// XP per day a split carried from one user to another: `(from, to, day, xp)`.
-    pub carried: Vec<(i64, i64, i32, i64)>,
+    /// XP per day a split carried from one user to another, or a forget took away
+    /// (`to` is `None`): `(from, to, day, xp)`.
+    pub carried: Vec<(i64, Option<i64>, i32, i64)>,
+    /// Users to recompute from their identities at step 5: a forget took one of theirs.
+    pub recompute: BTreeSet<i64>,
+    /// Users left without any identity (a forget took their last): off the standings.
+    pub gone: Vec<i64>,
 }
 
 /// One ledger row as the split reads it: `(identity, day, xp, counters and activity
@@ -513,7 +520,9 @@ impl<'e> Settlement<'e> {
         }
         for &(from, to, day, xp) in &self.carried {
             *added.entry((from, day)).or_default() -= xp;
-            *added.entry((to, day)).or_default() += xp;
+            if let Some(to) = to {
+                *added.entry((to, day)).or_default() += xp;
+            }
         }
         added.retain(|_, xp| *xp != 0);
         let ((users, days), xp) = added.into_iter().unzip();
@@ -529,6 +538,7 @@ impl<'e> Settlement<'e> {
                 .collect(),
             losers: self.losers(),
             survivors: self.survivors_of_losers(),
+            gone: self.gone.clone(),
             seen: seen
                 .into_iter()
                 .map(|iid| follow(&self.redirect, self.owner[&iid]))
@@ -560,7 +570,7 @@ impl<'e> Settlement<'e> {
             let to = if i == 0 { uid } else { new_uids[i - 1] };
             if to != uid {
                 for (day, xp) in &part.days {
-                    self.carried.push((uid, to, *day, *xp));
+                    self.carried.push((uid, Some(to), *day, *xp));
                 }
                 if let Some(b) = before {
                     self.before.insert(to, b);
@@ -634,6 +644,7 @@ impl<'e> Settlement<'e> {
     pub fn rank_changes(&self, rules: &Rules) -> Vec<(i64, u8, u8)> {
         self.users
             .iter()
+            .filter(|(uid, _)| !self.gone.contains(uid))
             .filter_map(|(uid, u)| {
                 let old = rules.rank_index(self.before.get(uid)?.xp);
                 let new = rules.rank_index(u.xp);
@@ -1032,7 +1043,7 @@ mod tests {
         assert_eq!(s.split, vec![7, 9]);
         assert_eq!(s.users[&9].xp, 7);
         assert_eq!(s.before[&9].xp, 19, "compared with what it was part of");
-        assert_eq!(s.carried, vec![(7, 9, 1, -2), (7, 9, 2, 9)]);
+        assert_eq!(s.carried, vec![(7, Some(9), 1, -2), (7, Some(9), 2, 9)]);
         s.users.get_mut(&7).expect("kept").first_ms = Some(100);
         let work = s.standing_work([]);
         assert_eq!(work.users, vec![7, 7, 9, 9]);

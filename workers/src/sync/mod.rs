@@ -168,10 +168,16 @@ impl SyncWorker {
                 shutdown.child_token(),
             ))
         });
+        let eraser = tokio::spawn(erase(
+            self.store.clone(),
+            self.broker.clone(),
+            ERASE_EVERY,
+            shutdown.child_token(),
+        ));
         let result = self.consume(&shutdown).await;
-        if let Some(r) = refresher {
-            r.abort();
-            let _ = r.await;
+        for task in refresher.into_iter().chain([eraser]) {
+            task.abort();
+            let _ = task.await;
         }
         result
     }
@@ -741,6 +747,36 @@ async fn refresh_standings(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// How often a replica looks for erasures to finish.
+const ERASE_EVERY: Duration = Duration::from_secs(2);
+
+/// Finishes the erasures the apply path queued (SPEC 7.4, `privacy::erase_pending`):
+/// cleaning the streams, applying the identity's later events again. Any replica may;
+/// one that finds the work done by another moves on.
+async fn erase(store: Store, broker: Broker, every: Duration, shutdown: CancellationToken) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match crate::privacy::erase_pending(&store, &broker).await {
+            Ok(n) => {
+                if n > 0 {
+                    info!(erasures = n, "erasures finished");
+                }
+                failing = false;
+            }
+            Err(e) => {
+                if !failing {
+                    warn!(error = %e, "finishing erasures failed; retrying");
+                    failing = true;
+                }
+            }
         }
     }
 }

@@ -25,7 +25,7 @@ pub const COMMANDS: [(&str, &str); 8] = [
     ),
     (
         "gdpr",
-        "Your data: /gdpr export sends you everything TTFD holds about you",
+        "Your data: /gdpr export (a file, privately), /gdpr delete (erase it)",
     ),
 ];
 

@@ -281,6 +281,15 @@ impl Handler {
             Command::Gdpr(arg) if arg.trim().eq_ignore_ascii_case("export") => {
                 self.send_export(&call).await
             }
+            Command::Gdpr(arg) if arg.trim().eq_ignore_ascii_case("delete") => {
+                texts::erase_confirm()
+            }
+            Command::Gdpr(arg) if arg.trim().eq_ignore_ascii_case("delete confirm") => {
+                match self.query.forget(&mapping::identity(call.user)).await {
+                    Ok(_) => texts::erased(),
+                    Err(e) => self.unavailable(e),
+                }
+            }
             Command::Gdpr(_) => texts::gdpr_usage(),
             Command::Link(arg) if !call.private => {
                 if !arg.is_empty() {

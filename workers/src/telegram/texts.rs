@@ -144,7 +144,24 @@ pub fn privacy_usage() -> String {
 }
 
 pub fn gdpr_usage() -> String {
-    "Everything TTFD holds about you, as a file sent to you privately: /gdpr export.".into()
+    "Your data: /gdpr export sends you everything TTFD holds about you (a file, \
+     privately); /gdpr delete erases it."
+        .into()
+}
+
+/// `/gdpr delete` before it is confirmed.
+pub fn erase_confirm() -> String {
+    "This erases everything TTFD holds about you, for good: every account linked to this \
+     one, XP, rank, history. What you do from now on starts a new profile. To go ahead, \
+     send: /gdpr delete confirm"
+        .into()
+}
+
+/// `/gdpr delete confirm` done.
+pub fn erased() -> String {
+    "Erasing: everything TTFD held about you is being deleted, within moments. From now \
+     on you start over."
+        .into()
 }
 
 /// `/gdpr export` sent privately.

@@ -533,16 +533,83 @@ pub struct ToggleForm {
     on: String,
 }
 
-/// A `prefs` event of the signed-in `me` saying `payload` (SPEC 7.3), with an id of its
-/// own.
+/// An event of the signed-in `me` saying `payload` (a `prefs`, SPEC 7.3, or a
+/// `forget`, 7.4), with an id of its own.
 pub fn prefs_event(me: Identity, payload: Payload) -> Event {
     let nonce: u128 = rand::Rng::random(&mut rand::rng());
     Event {
-        id: EventId::parse(&format!("web:prefs:{nonce:032x}")).expect("a hex id is valid"),
+        id: EventId::parse(&format!("web:{}:{nonce:032x}", payload.kind()))
+            .expect("a hex id is valid"),
         ts: now_ms(),
         identity: me,
         name: None,
         payload,
+    }
+}
+
+/// "Delete my data": the typed confirmation.
+#[derive(Debug, Deserialize)]
+pub struct EraseForm {
+    csrf: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+/// `POST /profile/delete`: erases the identity the member signed in with (SPEC 7.4), as
+/// a `forget` event through the outbox, once they typed `delete`; then signs them out.
+pub async fn erase_me(
+    State(app): State<AppState>,
+    jar: SignedCookieJar,
+    Form(form): Form<EraseForm>,
+) -> Response {
+    let mut session = app.session(&jar).await;
+    let Some(me) = session.identity().filter(|_| session.csrf_ok(&form.csrf)) else {
+        return stale_form(&app, jar, session);
+    };
+    if !form.confirm.trim().eq_ignore_ascii_case("delete") {
+        session.flash = Some(Flash::Error {
+            message: "Nothing was erased: type delete to confirm.".into(),
+        });
+        return go(&app, jar, &session, "/profile#delete");
+    }
+    // Every identity of the member's profile (SPEC 7.4, one forget each), through the
+    // outbox: the relay may speak for every platform.
+    let identities: Vec<Identity> = match app.store.profile(&me).await {
+        Ok(Some(p)) => p
+            .identities
+            .iter()
+            .filter_map(|i| Identity::new(&i.platform, &i.user).ok())
+            .collect(),
+        _ => vec![me.clone()],
+    };
+    let mut recorded = Ok(());
+    for identity in identities {
+        let event = prefs_event(
+            identity,
+            Payload::Forget {
+                reason: "the member asked (website)".into(),
+                by: None,
+            },
+        );
+        recorded = recorded.and(app.store.enqueue_event(&event).await);
+    }
+    match recorded {
+        Ok(()) => {
+            session.sign_out();
+            session.flash = Some(Flash::Ok {
+                message: "Erasing: everything held about you is being deleted, within \
+                          moments. You are signed out."
+                    .into(),
+            });
+            go(&app, jar, &session, "/leaderboard")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "recording an erasure");
+            session.flash = Some(Flash::Error {
+                message: "Nothing was erased right now. Try again.".into(),
+            });
+            go(&app, jar, &session, "/profile#delete")
+        }
     }
 }
 

@@ -368,6 +368,7 @@ pub fn router(state: AppState, with_ops: bool) -> Router {
         .route("/profile/notify", post(auth::set_notify))
         .route("/profile/privacy", post(auth::set_privacy))
         .route("/profile/export", get(pages::export))
+        .route("/profile/delete", post(auth::erase_me))
         .route("/admin", get(admin::page))
         .route("/admin/xp", post(admin::adjust))
         .route("/admin/unlink", post(admin::unlink))

@@ -1230,3 +1230,54 @@ async fn a_hidden_member_keeps_rank_roles_and_is_not_announced_in_the_channel() 
     );
     w.stop().await;
 }
+
+/// `/gdpr delete` (SPEC 7.4): nothing without `confirm:True`; with it, the member's
+/// profile is erased.
+#[tokio::test]
+async fn gdpr_delete_erases_the_member_once_confirmed() {
+    let w = world(|_| {}).await;
+    w.env
+        .publish(&[xp_event("t:xp:ann", "discord:555", 321)])
+        .await;
+    eventually("ann's profile", || async { w.profile("discord:555").await }).await;
+    let http = w.bot.roles.api.http.clone();
+    let member = json!({"roles": [], "permissions": "0"});
+    let delete = |confirm: bool| {
+        json!([{"name": "delete", "type": 1,
+                "options": [{"name": "confirm", "type": 5, "value": confirm}]}])
+    };
+    w.bot
+        .on_command(
+            &http,
+            &interaction_by(555, member.clone(), 7301, "gdpr", delete(false)),
+        )
+        .await;
+    w.bot
+        .on_command(
+            &http,
+            &interaction_by(555, member, 7302, "gdpr", delete(true)),
+        )
+        .await;
+    let replies = w.fake.interaction_responses();
+    let said = |i: usize| {
+        replies[i]["data"]["content"]
+            .as_str()
+            .expect("content")
+            .to_owned()
+    };
+    assert!(said(0).starts_with("Nothing was erased"), "{}", said(0));
+    assert!(said(1).starts_with("Erasing"), "{}", said(1));
+    assert_eq!(replies[1]["data"]["flags"], 64);
+    eventually("the erasure", || async {
+        let who = Identity::parse("discord:555").expect("identity");
+        w.env
+            .store
+            .profile(&who)
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    w.stop().await;
+}

@@ -756,11 +756,16 @@ fn apply_order_batching_and_duplicates_do_not_change_the_state() {
             for (i, chunk) in delivered.chunks(batch).enumerate() {
                 store.apply(chunk).await.expect("apply");
                 // Refresh rounds between some batches, not others: a round takes
-                // whatever work is committed.
+                // whatever work is committed. Erasures are finished now and then too,
+                // as the worker beside the consumers does (SPEC 7.4).
                 if i % 3 == 1 {
                     store.refresh_standings().await.expect("refresh");
                 }
+                if i % 4 == 2 {
+                    crate::common::finish_erasures(&store, &events).await;
+                }
             }
+            crate::common::finish_erasures(&store, &events).await;
             store.drain_standings().await.expect("drain");
             let expected = ttfd::shared::model::fold(&env.settings.rules, &events);
             crate::common::compare(&store, &expected).await?;

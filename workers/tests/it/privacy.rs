@@ -598,3 +598,270 @@ async fn the_cli_leaves_a_hidden_member_off_top_and_shows_them_to_the_operator()
     worker.await.expect("worker");
     env.cleanup().await;
 }
+
+/// SPEC 7.4, erasure through the whole pipeline: `ttfd forget` while the member's events
+/// are still arriving. Everything up to the cut leaves every projection and the events
+/// stream (the forget itself included); what came after starts over as a new member,
+/// also the event applied before the forget was; a redelivered old event counts for
+/// nothing; `ttfd rebuild --check` agrees; only a hash is kept.
+#[tokio::test]
+async fn forget_erases_an_identity_through_the_pipeline_and_nothing_comes_back() {
+    let env = TestEnv::new().await;
+    let stop = CancellationToken::new();
+    let worker = env.spawn_worker(stop.clone()).await;
+    let now = ttfd::now_ms();
+    let at = |id: &str, ms: i64, who: &str, name: Option<&str>, payload: Payload| Event {
+        id: EventId::parse(id).expect("id"),
+        ts: now + ms,
+        identity: Identity::parse(who).expect("identity"),
+        name: name.map(str::to_owned),
+        payload,
+    };
+    let say = Payload::Message {
+        len: None,
+        chat: None,
+        mult: None,
+    };
+    let before = vec![
+        at(
+            "telegram:m:1",
+            -600_000,
+            "telegram:2",
+            Some("Tess"),
+            say.clone(),
+        ),
+        at("telegram:g:1", -500_000, "telegram:2", None, grant(700)),
+        at(
+            "discord:m:1",
+            -400_000,
+            "discord:1",
+            Some("Dan"),
+            say.clone(),
+        ),
+        at(
+            "link:1",
+            -300_000,
+            "discord:1",
+            None,
+            link("telegram:2", Proof::Code),
+        ),
+    ];
+    // Published before the erasure, dated after it: it starts the member over.
+    let after = at(
+        "telegram:m:2",
+        60_000,
+        "telegram:2",
+        Some("T2"),
+        say.clone(),
+    );
+    let mut events = before.clone();
+    events.push(after.clone());
+    env.publish(&events).await;
+    env.wait_for_model(&events).await;
+
+    let out = env
+        .ttfd(&["forget", "telegram:2", "--reason", "the member asked"])
+        .env("USER", "ops")
+        .output()
+        .await
+        .expect("ttfd runs");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("telegram:2 erased up to now"), "{said}");
+
+    // The model of every event, the forgets included: one for each account of the
+    // profile (its cut, the CLI's time, read back).
+    let cut: i64 = sqlx::query_scalar("SELECT max(cut_ms) FROM forgotten")
+        .fetch_one(&env.store.pool)
+        .await
+        .expect("the cut");
+    for (n, who) in ["telegram:2", "discord:1"].into_iter().enumerate() {
+        events.push(Event {
+            ts: cut,
+            ..at(
+                &format!("mod:forget:{n}"),
+                0,
+                who,
+                None,
+                Payload::Forget {
+                    reason: "the member asked".into(),
+                    by: None,
+                },
+            )
+        });
+    }
+    env.store.drain_standings().await.expect("standings");
+    let expected = model::fold(&env.settings.rules, &events);
+    compare(&env.store, &expected)
+        .await
+        .expect("the model's state");
+    let t = env
+        .store
+        .profile(&Identity::parse("telegram:2").expect("identity"))
+        .await
+        .expect("read")
+        .expect("started over");
+    assert_eq!((t.xp, t.messages, t.identities.len()), (10, 1, 1));
+    assert_eq!(t.display_name.as_deref(), Some("T2"));
+    let d = env
+        .store
+        .profile(&Identity::parse("discord:1").expect("identity"))
+        .await
+        .expect("read");
+    assert!(
+        d.is_none(),
+        "the linked account is erased with the member: {d:?}"
+    );
+
+    // The events stream keeps nothing of the member up to the cut.
+    let held: Vec<String> = env
+        .broker
+        .events_of(&[Identity::parse("telegram:2").expect("identity")])
+        .await
+        .expect("scan")
+        .into_iter()
+        .map(|m| m.envelope["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(held, ["telegram:m:2"], "only what came after the cut");
+    let plain: i64 = sqlx::query_scalar("SELECT count(*) FROM erasure_work")
+        .fetch_one(&env.store.pool)
+        .await
+        .expect("count");
+    assert_eq!(plain, 0, "the work, the one row with the identity, is gone");
+
+    // An old event arriving late counts for nothing (and the replay below skips it).
+    env.publish(&[at("telegram:m:0", -700_000, "telegram:2", Some("Old"), say)])
+        .await;
+    crate::common::eventually("the late event claimed", || async {
+        let claimed: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM processed_events WHERE id = 'telegram:m:0')",
+        )
+        .fetch_one(&env.store.pool)
+        .await
+        .ok()?;
+        claimed.then_some(())
+    })
+    .await;
+    let t2 = env
+        .store
+        .profile(&Identity::parse("telegram:2").expect("identity"))
+        .await
+        .expect("read")
+        .expect("member");
+    assert_eq!((t2.xp, t2.display_name.as_deref()), (10, Some("T2")));
+
+    let outcome = rebuild_with(
+        env.store.clone(),
+        env.broker.clone(),
+        &env.settings,
+        &RebuildArgs {
+            check: true,
+            show: 20,
+            from_snapshot: None,
+        },
+        false,
+        CancellationToken::new(),
+    )
+    .await
+    .expect("check runs");
+    let RebuildOutcome::Checked { comparison, .. } = &outcome else {
+        panic!("checked: {outcome}");
+    };
+    assert!(comparison.is_same(), "{outcome}");
+    stop.cancel();
+    worker.await.expect("worker");
+    env.cleanup().await;
+}
+
+/// A rebuild from a snapshot taken before an erasure (SPEC 7.4) brings nothing of the
+/// erased member back: the snapshot's rows of them are erased again, and what they did
+/// after the cut stays.
+#[tokio::test]
+async fn a_rebuild_from_a_snapshot_taken_before_a_forget_brings_nothing_back() {
+    let env = TestEnv::new().await;
+    let stop = CancellationToken::new();
+    let worker = env.spawn_worker(stop.clone()).await;
+    let now = ttfd::now_ms();
+    let at = |id: &str, ms: i64, who: &str, payload: Payload| Event {
+        ts: now + ms,
+        ..ev(id, 0, who, payload)
+    };
+    let mut events = vec![
+        at("telegram:g:1", -500_000, "telegram:2", grant(700)),
+        at("discord:g:1", -400_000, "discord:1", grant(30)),
+        at(
+            "link:1",
+            -300_000,
+            "discord:1",
+            link("telegram:2", Proof::Code),
+        ),
+        at("telegram:g:2", 120_000, "telegram:2", grant(5)),
+    ];
+    env.publish(&events).await;
+    env.wait_for_model(&events).await;
+    let (snapshot, _) = ttfd::replay::rebuild::snapshot_with(&env.store, &env.broker)
+        .await
+        .expect("snapshot");
+    let out = env
+        .ttfd(&["forget", "telegram:2", "--reason", "asked"])
+        .output()
+        .await
+        .expect("ttfd runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cut: i64 = sqlx::query_scalar("SELECT max(cut_ms) FROM forgotten")
+        .fetch_one(&env.store.pool)
+        .await
+        .expect("forgotten");
+    for (n, who) in ["telegram:2", "discord:1"].into_iter().enumerate() {
+        events.push(at(
+            &format!("mod:forget:{n}"),
+            cut - now,
+            who,
+            Payload::Forget {
+                reason: "asked".into(),
+                by: None,
+            },
+        ));
+    }
+    let outcome = rebuild_with(
+        env.store.clone(),
+        env.broker.clone(),
+        &env.settings,
+        &RebuildArgs {
+            check: false,
+            show: 20,
+            from_snapshot: Some(snapshot),
+        },
+        false,
+        CancellationToken::new(),
+    )
+    .await
+    .expect("the rebuild runs");
+    assert!(
+        matches!(outcome, RebuildOutcome::Swapped { .. }),
+        "{outcome}"
+    );
+    env.store.drain_standings().await.expect("standings");
+    let expected = model::fold(&env.settings.rules, &events);
+    compare(&env.store, &expected)
+        .await
+        .expect("the model's state");
+    let t = env
+        .store
+        .profile(&Identity::parse("telegram:2").expect("identity"))
+        .await
+        .expect("read")
+        .expect("started over");
+    assert_eq!((t.xp, t.identities.len()), (5, 1));
+    stop.cancel();
+    worker.await.expect("worker");
+    env.cleanup().await;
+}

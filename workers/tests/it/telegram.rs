@@ -963,3 +963,55 @@ async fn gdpr_export_sends_the_member_their_data_privately() {
     bot.await.expect("join").expect("the bot stops cleanly");
     world.cleanup().await;
 }
+
+/// `/gdpr delete` (SPEC 7.4): asks for a confirmation first; confirmed, every account of
+/// the member's profile is erased and they are no one any more.
+#[tokio::test]
+async fn gdpr_delete_erases_the_member_once_confirmed() {
+    let world = World::new().await;
+    let stop = CancellationToken::new();
+    let (_, bot) = world.spawn_bot(world.settings(), stop.clone()).await;
+    let fake = &world.fake;
+    fake.push_update(group_message(
+        GROUP,
+        50,
+        1001,
+        "Ada",
+        None,
+        "Hello from Ada here",
+    ));
+    eventually("Ada's profile", || async {
+        world.query.profile(&who("telegram:1001")).await.ok()?
+    })
+    .await;
+    fake.push_update(private_message(1001, "Ada", 51, "/gdpr delete"));
+    world.reply_containing(1001, "/gdpr delete confirm").await;
+    assert!(
+        world
+            .query
+            .profile(&who("telegram:1001"))
+            .await
+            .expect("ask")
+            .is_some()
+    );
+    fake.push_update(private_message(1001, "Ada", 52, "/gdpr delete confirm"));
+    world.reply_containing(1001, "Erasing").await;
+    eventually("the erasure", || async {
+        let gone = world
+            .env
+            .store
+            .profile(&who("telegram:1001"))
+            .await
+            .ok()?
+            .is_none();
+        let finished: bool = sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM erasure_work)")
+            .fetch_one(&world.env.store.pool)
+            .await
+            .ok()?;
+        (gone && finished).then_some(())
+    })
+    .await;
+    stop.cancel();
+    bot.await.expect("join").expect("the bot stops cleanly");
+    world.cleanup().await;
+}

@@ -2302,3 +2302,48 @@ async fn download_my_data_gives_the_signed_in_member_their_export() {
     assert_eq!(doc["events"][0]["envelope"]["id"], "discord:x:ann");
     site.stop().await;
 }
+
+/// "Delete my data" (SPEC 7.4): refused without the typed confirmation; with it, every
+/// account of the member's profile is erased and the member is signed out.
+#[tokio::test]
+async fn delete_my_data_erases_the_member_and_signs_them_out() {
+    let site = Site::start().await;
+    let ann = format!("discord:{ANN_DISCORD}");
+    site.seed(&[xp(
+        "discord:x:ann",
+        &ann,
+        "Ann",
+        120,
+        ttfd::now_ms() - 1_000,
+    )])
+    .await;
+    let member = browser();
+    let html = sign_in_with_discord(&site, &member).await;
+    assert!(html.contains("action=\"/profile/delete\""), "{html}");
+    let form = |confirm: &str| {
+        vec![
+            ("csrf".to_owned(), csrf_of(&html)),
+            ("confirm".to_owned(), confirm.to_owned()),
+        ]
+    };
+    let (page, _) = follow_post(&member, &site.url("/profile/delete"), &form("no")).await;
+    let (_, text_) = text(page).await;
+    assert!(text_.contains("Nothing was erased"), "{text_}");
+    let (page, _) = follow_post(&member, &site.url("/profile/delete"), &form("delete")).await;
+    let (status, text_) = text(page).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(text_.contains("Erasing"), "{text_}");
+    let r = member.get(site.url("/profile")).send().await.expect("get");
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "signed out");
+    eventually("the erasure", || async {
+        site.env
+            .store
+            .profile(&Identity::parse(&ann).expect("identity"))
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    site.stop().await;
+}

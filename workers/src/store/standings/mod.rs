@@ -59,6 +59,7 @@ type WorkColumns = (
     Vec<i64>,
     Vec<i64>,
     Vec<i64>,
+    Vec<i64>,
     bool,
 );
 
@@ -240,7 +241,7 @@ async fn refresh_in(
     recompute: Recompute,
 ) -> Result<Refreshed, StoreError> {
     let rows: Vec<WorkColumns> = sqlx::query_as(
-        "SELECT id, users, days, xp, touched, losers, survivors, seen, recompute
+        "SELECT id, users, days, xp, touched, losers, survivors, seen, gone, recompute
          FROM standing_work ORDER BY id LIMIT $1",
     )
     .bind(ROUND_ROWS + 1)
@@ -251,7 +252,7 @@ async fn refresh_in(
         .into_iter()
         .take(ROUND_ROWS as usize)
         .map(
-            |(id, users, days, xp, touched, losers, survivors, seen, recompute)| WorkRow {
+            |(id, users, days, xp, touched, losers, survivors, seen, gone, recompute)| WorkRow {
                 id,
                 users,
                 days,
@@ -260,6 +261,7 @@ async fn refresh_in(
                 losers,
                 survivors,
                 seen,
+                gone,
                 recompute,
             },
         )
@@ -282,7 +284,9 @@ async fn refresh_in(
 
     // Losers' rows move to their survivors, in every period they had one (every period
     // with a row has blocks).
-    let losers = round.losers();
+    // Users gone (a forget took their last identity) only leave.
+    let mut losers = round.losers();
+    losers.extend(round.gone());
     let mut removed = Vec::new();
     if !losers.is_empty() {
         let gone: Vec<(String, i64, i64, bool)> = sqlx::query_as(

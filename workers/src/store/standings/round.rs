@@ -26,6 +26,8 @@ pub struct WorkRow {
     pub survivors: Vec<i64>,
     /// Users one of whose identities said `hidden` (SPEC 7.3): visibility to check.
     pub seen: Vec<i64>,
+    /// Users left without any identity (SPEC 7.4, a forget): off every period.
+    pub gone: Vec<i64>,
     pub recompute: bool,
 }
 
@@ -39,6 +41,8 @@ pub struct Round {
     /// Users whose visibility may have changed (a `prefs` event, a merge): their rows
     /// in every period are read, and their flag set.
     check: BTreeSet<i64>,
+    /// Users gone (no identity left): their rows go, their work is dropped.
+    gone: BTreeSet<i64>,
 }
 
 /// A member's move in a period's order: `(old key, new key)`, `None` for not ranked or
@@ -72,6 +76,7 @@ impl Round {
             deltas: BTreeMap::new(),
             survivor,
             check: BTreeSet::new(),
+            gone: rows.iter().flat_map(|r| r.gone.iter().copied()).collect(),
         };
         for r in rows {
             for ((u, d), x) in r.users.iter().zip(&r.days).zip(&r.xp) {
@@ -85,6 +90,11 @@ impl Round {
                 let u = round.follow(*t);
                 round.deltas.entry((ALL.to_owned(), u)).or_default();
             }
+            // A user gone at the end of this batch loses what came before (its rows go
+            // too); later work counts again.
+            if !r.gone.is_empty() {
+                round.deltas.retain(|(_, u), _| !r.gone.contains(u));
+            }
         }
         let check: BTreeSet<i64> = rows
             .iter()
@@ -93,6 +103,11 @@ impl Round {
             .collect();
         round.check = check;
         round
+    }
+
+    /// The users gone in the round, whose rows are removed in every period.
+    pub fn gone(&self) -> Vec<i64> {
+        self.gone.iter().copied().collect()
     }
 
     /// The users whose rows in every period the round reads ([`Round::settle`]'s
@@ -118,14 +133,17 @@ impl Round {
         l
     }
 
-    /// Takes the standings rows the losers had, `(period, loser, xp, hidden)`, now
-    /// removed: each is added to its survivor's; the visible ones leave their blocks.
+    /// Takes the standings rows the losers (and the users gone) had, `(period, user, xp,
+    /// hidden)`, now removed: a loser's is added to its survivor's; the visible ones leave
+    /// their blocks.
     pub fn take_losers(&mut self, removed: &[(String, i64, i64, bool)]) -> Vec<(String, Key)> {
         removed
             .iter()
             .filter_map(|(p, loser, xp, hidden)| {
-                let s = self.follow(*loser);
-                *self.deltas.entry((p.clone(), s)).or_default() += xp;
+                if !self.gone.contains(loser) {
+                    let s = self.follow(*loser);
+                    *self.deltas.entry((p.clone(), s)).or_default() += xp;
+                }
                 (!hidden).then(|| (p.clone(), key(*xp, *loser)))
             })
             .collect()

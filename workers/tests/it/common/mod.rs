@@ -408,6 +408,38 @@ pub async fn compare(store: &Store, expected: &[ModelProfile]) -> Result<(), Str
     compare_standings(store, expected, &owners).await
 }
 
+/// Finishes the erasures `store` queued as `privacy::erase_pending` does, with `events`
+/// standing for what the events stream holds: the forget and the identity's later
+/// events (and links naming it) are applied again in one transaction.
+pub async fn finish_erasures(store: &Store, events: &[ttfd::shared::Event]) {
+    let work: Vec<(String, String, String, i64)> = sqlx::query_as(
+        "SELECT event_id, platform, external_id, cut_ms FROM erasure_work ORDER BY event_id",
+    )
+    .fetch_all(&store.pool)
+    .await
+    .expect("erasure work");
+    for (id, platform, user, cut) in work {
+        let identity = Identity::new(&platform, &user).expect("identity");
+        let mut batch: Vec<ttfd::shared::Event> = events
+            .iter()
+            .filter(|e| e.ts > cut)
+            .filter(|e| e.identity == identity || e.payload.other() == Some(&identity))
+            .cloned()
+            .collect();
+        batch.push(
+            events
+                .iter()
+                .find(|e| e.id.as_str() == id)
+                .cloned()
+                .expect("the forget"),
+        );
+        store
+            .apply_again(&batch, &id, &identity)
+            .await
+            .expect("apply again");
+    }
+}
+
 /// `Ok` when every leaderboard the model's events make (all time, every week and month
 /// with XP) is the store's: the same members with the same XP in the same order, ties
 /// by the smaller uid; read whole, page by page and as each member's positions.
