@@ -109,7 +109,7 @@ pub fn definitions() -> Vec<CreateCommand> {
                 CreateCommandOption::new(
                     CommandOptionType::SubCommand,
                     "delete",
-                    "Erase everything TTFD holds about this Discord account, for good",
+                    "Erase everything TTFD holds about you, every linked account, for good",
                 )
                 .add_sub_option(
                     CreateCommandOption::new(
@@ -489,9 +489,8 @@ pub async fn reply(
         SlashCommand::GdprDelete { confirm: false } => {
             return Reply::private(
                 "Nothing was erased. `/gdpr delete confirm:True` erases everything TTFD holds \
-                 about this Discord account, for good: XP, rank, history, links to your other \
-                 accounts (which keep what they earned). What you do afterwards starts a new \
-                 profile."
+                 about you, for good: every account linked to this one, XP, rank, history. \
+                 What you do afterwards starts a new profile."
                     .into(),
             );
         }

@@ -183,6 +183,68 @@ pub async fn set_prefs(
         .into_response())
 }
 
+/// `GET /api/v1/me/export`: everything held about the signed-in member, the same
+/// document as the website's "Download my data" (docs/privacy.md).
+pub async fn export_me(
+    State(app): State<AppState>,
+    jar: SignedCookieJar,
+) -> Result<Response, ApiError> {
+    let Some(me) = app.session(&jar).await.identity() else {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "sign in first"));
+    };
+    let now = time::OffsetDateTime::now_utc();
+    match crate::privacy::export(&app.store, &app.broker, &me, now).await {
+        Ok(document) => Ok(([(header::CACHE_CONTROL, "no-store")], Json(document)).into_response()),
+        Err(crate::privacy::ExportError::Unknown(_)) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "nothing is recorded about you yet",
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, "building an export");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the export cannot be built right now; try again",
+            ))
+        }
+    }
+}
+
+/// `DELETE /api/v1/me`'s body: the typed confirmation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EraseBody {
+    pub confirm: String,
+}
+
+/// `DELETE /api/v1/me` with `{"confirm": "delete"}`: erases the signed-in member, every
+/// identity of their profile (SPEC 7.4), and ends the session; 202 with the `forget`
+/// events recorded.
+pub async fn erase_me(
+    State(app): State<AppState>,
+    jar: SignedCookieJar,
+    body: Result<Json<EraseBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let mut session = app.session(&jar).await;
+    let Some(me) = session.identity() else {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "sign in first"));
+    };
+    let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if !body.confirm.trim().eq_ignore_ascii_case("delete") {
+        return Err(ApiError::bad_request(
+            "nothing was erased: send {\"confirm\": \"delete\"}",
+        ));
+    }
+    let events = super::auth::erase_profile(&app, &me, "the member asked (API)").await?;
+    session.sign_out();
+    let events: Vec<&str> = events.iter().map(|e| e.as_str()).collect();
+    Ok((
+        StatusCode::ACCEPTED,
+        session.store(jar, &app.cookies),
+        Json(json!({ "events": events })),
+    )
+        .into_response())
+}
+
 /// A profile as the API shows it: `identities` as the asker may see them, and the
 /// platforms linked.
 #[derive(Debug, Serialize)]

@@ -572,29 +572,9 @@ pub async fn erase_me(
         });
         return go(&app, jar, &session, "/profile#delete");
     }
-    // Every identity of the member's profile (SPEC 7.4, one forget each), through the
-    // outbox: the relay may speak for every platform.
-    let identities: Vec<Identity> = match app.store.profile(&me).await {
-        Ok(Some(p)) => p
-            .identities
-            .iter()
-            .filter_map(|i| Identity::new(&i.platform, &i.user).ok())
-            .collect(),
-        _ => vec![me.clone()],
-    };
-    let mut recorded = Ok(());
-    for identity in identities {
-        let event = prefs_event(
-            identity,
-            Payload::Forget {
-                reason: "the member asked (website)".into(),
-                by: None,
-            },
-        );
-        recorded = recorded.and(app.store.enqueue_event(&event).await);
-    }
+    let recorded = erase_profile(&app, &me, "the member asked (website)").await;
     match recorded {
-        Ok(()) => {
+        Ok(_) => {
             session.sign_out();
             session.flash = Some(Flash::Ok {
                 message: "Erasing: everything held about you is being deleted, within \
@@ -611,6 +591,36 @@ pub async fn erase_me(
             go(&app, jar, &session, "/profile#delete")
         }
     }
+}
+
+/// Records a `forget` (SPEC 7.4) of every identity of `me`'s profile, one each, through
+/// the outbox (the relay may speak for every platform); their ids.
+pub async fn erase_profile(
+    app: &AppState,
+    me: &Identity,
+    reason: &str,
+) -> Result<Vec<EventId>, crate::store::StoreError> {
+    let identities: Vec<Identity> = match app.store.profile(me).await? {
+        Some(p) => p
+            .identities
+            .iter()
+            .filter_map(|i| Identity::new(&i.platform, &i.user).ok())
+            .collect(),
+        None => vec![me.clone()],
+    };
+    let mut ids = Vec::with_capacity(identities.len());
+    for identity in identities {
+        let event = prefs_event(
+            identity,
+            Payload::Forget {
+                reason: reason.into(),
+                by: None,
+            },
+        );
+        app.store.enqueue_event(&event).await?;
+        ids.push(event.id);
+    }
+    Ok(ids)
 }
 
 /// `POST /profile/notify`: rank-up announcements on (`on=on`) or off.

@@ -27,7 +27,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::FromRef;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum_extra::extract::SignedCookieJar;
 use axum_extra::extract::cookie::Key;
 use secrecy::ExposeSecret;
@@ -328,7 +328,9 @@ impl WebApp {
 pub fn router(state: AppState, with_ops: bool) -> Router {
     let api = Router::new()
         .route("/users/{platform}/{user}", get(api::user))
+        .route("/me", delete(api::erase_me))
         .route("/me/prefs", put(api::set_prefs))
+        .route("/me/export", get(api::export_me))
         .route("/leaderboard", get(api::leaderboard))
         .route("/ranks", get(api::ranks))
         .route("/events", post(api::ingest))

@@ -2347,3 +2347,85 @@ async fn delete_my_data_erases_the_member_and_signs_them_out() {
     .await;
     site.stop().await;
 }
+
+/// The same rights through the API: `GET /api/v1/me/export` and `DELETE /api/v1/me`,
+/// each 401 without a sign-in; the erasure wants `{"confirm": "delete"}` and ends the
+/// session.
+#[tokio::test]
+async fn the_api_exports_and_erases_the_signed_in_member() {
+    let site = Site::start().await;
+    let ann = format!("discord:{ANN_DISCORD}");
+    site.seed(&[xp(
+        "discord:x:ann",
+        &ann,
+        "Ann",
+        120,
+        ttfd::now_ms() - 1_000,
+    )])
+    .await;
+    let stranger = browser();
+    let r = stranger
+        .get(site.url("/api/v1/me/export"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = stranger
+        .delete(site.url("/api/v1/me"))
+        .json(&json!({"confirm": "delete"}))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    let member = browser();
+    sign_in_with_discord(&site, &member).await;
+    let r = member
+        .get(site.url("/api/v1/me/export"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+    let doc: Value = r.json().await.expect("JSON");
+    assert_eq!(doc["format"], "ttfd-export/1");
+    assert_eq!(doc["profile"]["xp"], 120);
+
+    for bad in [
+        json!({"confirm": "no"}),
+        json!({"confirm": "delete", "x": 1}),
+    ] {
+        let r = member
+            .delete(site.url("/api/v1/me"))
+            .json(&bad)
+            .send()
+            .await
+            .expect("delete");
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let r = member
+        .delete(site.url("/api/v1/me"))
+        .json(&json!({"confirm": "delete"}))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let body: Value = r.json().await.expect("JSON");
+    assert_eq!(body["events"].as_array().map(Vec::len), Some(1), "{body}");
+    let r = member
+        .get(site.url("/api/v1/me/export"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "signed out");
+    eventually("the erasure", || async {
+        site.env
+            .store
+            .profile(&Identity::parse(&ann).expect("identity"))
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    site.stop().await;
+}
