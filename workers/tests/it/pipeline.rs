@@ -1147,40 +1147,10 @@ async fn message_minutes_pay_once_across_batches_and_are_stored_as_the_day_s_bit
 /// a new minute pays, also on a day that had minutes but no ledger row.
 #[tokio::test]
 async fn migration_6_moves_paid_minutes_onto_the_ledger_rows() {
-    use std::borrow::Cow;
-
-    use sqlx::ConnectOptions as _;
-    use sqlx::migrate::Migrator;
     use ttfd::store::{MIGRATOR, Store};
 
     let env = TestEnv::new().await;
-    sqlx::query("CREATE SCHEMA before6")
-        .execute(&env.store.pool)
-        .await
-        .expect("schema");
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect_with(
-            env.db
-                .options
-                .clone()
-                .options([("search_path", "before6")])
-                .disable_statement_logging(),
-        )
-        .await
-        .expect("pool");
-    let up_to_5 = Migrator {
-        migrations: Cow::Owned(
-            MIGRATOR
-                .migrations
-                .iter()
-                .filter(|m| m.version < 20261125000006)
-                .cloned()
-                .collect(),
-        ),
-        ..Migrator::DEFAULT
-    };
-    up_to_5.run(&pool).await.expect("migrations 1 to 5");
+    let pool = env.schema_before("before6", 20261125000006).await;
     let day = 86_400_000;
     let minute = 60_000;
     let d = ttfd::now_ms() / day - 3;

@@ -443,40 +443,10 @@ async fn the_export_holds_everything_about_the_member_and_nothing_else() {
 /// splits what is known, and `ttfd rebuild` can make it exact.
 #[tokio::test]
 async fn migration_13_gives_each_users_counters_to_its_first_identity() {
-    use std::borrow::Cow;
-
-    use sqlx::ConnectOptions as _;
-    use sqlx::migrate::Migrator;
     use ttfd::store::MIGRATOR;
 
     let env = TestEnv::new().await;
-    sqlx::query("CREATE SCHEMA before13")
-        .execute(&env.store.pool)
-        .await
-        .expect("schema");
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect_with(
-            env.db
-                .options
-                .clone()
-                .options([("search_path", "before13")])
-                .disable_statement_logging(),
-        )
-        .await
-        .expect("pool");
-    let up_to_12 = Migrator {
-        migrations: Cow::Owned(
-            MIGRATOR
-                .migrations
-                .iter()
-                .filter(|m| m.version < 20261207000013)
-                .cloned()
-                .collect(),
-        ),
-        ..Migrator::DEFAULT
-    };
-    up_to_12.run(&pool).await.expect("migrations 1 to 12");
+    let pool = env.schema_before("before13", 20261207000013).await;
     let day = 86_400_000_i64;
     for statement in [
         format!(

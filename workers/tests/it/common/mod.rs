@@ -52,6 +52,44 @@ fn test_nats_url() -> String {
 }
 
 impl TestEnv {
+    /// A pool on a new schema `name` of this test's database, migrated up to (not
+    /// including) migration `version`: data written as it was before that migration,
+    /// to test the migration on it (`MIGRATOR.run` on the pool applies the rest).
+    pub async fn schema_before(&self, name: &str, version: i64) -> sqlx::PgPool {
+        use sqlx::ConnectOptions as _;
+        use sqlx::migrate::Migrator;
+        use ttfd::store::MIGRATOR;
+
+        sqlx::query(&format!("CREATE SCHEMA {name}"))
+            .execute(&self.store.pool)
+            .await
+            .expect("schema");
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(
+                self.db
+                    .options
+                    .clone()
+                    .options([("search_path", name)])
+                    .disable_statement_logging(),
+            )
+            .await
+            .expect("pool");
+        let before = Migrator {
+            migrations: std::borrow::Cow::Owned(
+                MIGRATOR
+                    .migrations
+                    .iter()
+                    .filter(|m| m.version < version)
+                    .cloned()
+                    .collect(),
+            ),
+            ..Migrator::DEFAULT
+        };
+        before.run(&pool).await.expect("the migrations before");
+        pool
+    }
+
     pub async fn new() -> Self {
         Self::with(|_| {}).await
     }
