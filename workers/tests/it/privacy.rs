@@ -227,6 +227,29 @@ async fn a_split_notifies_the_new_rank_of_the_part_that_fell_away() {
     env.cleanup().await;
 }
 
+/// Asserts that `ttfd rebuild --check` finds the live state to be the one a rebuild
+/// computes from the stream.
+async fn assert_rebuild_agrees(env: &TestEnv) {
+    let outcome = rebuild_with(
+        env.store.clone(),
+        env.broker.clone(),
+        &env.settings,
+        &RebuildArgs {
+            check: true,
+            show: 20,
+            from_snapshot: None,
+        },
+        false,
+        CancellationToken::new(),
+    )
+    .await
+    .expect("check runs");
+    let RebuildOutcome::Checked { comparison, .. } = &outcome else {
+        panic!("checked: {outcome}");
+    };
+    assert!(comparison.is_same(), "{outcome}");
+}
+
 /// `ttfd rebuild --check` after links and unlinks published through the pipeline: the
 /// live state, built incrementally, is the one a rebuild computes from the stream.
 #[tokio::test]
@@ -254,24 +277,7 @@ async fn rebuild_check_agrees_after_unlinks() {
     ));
     env.publish(&events).await;
     env.wait_for_model(&events).await;
-    let outcome = rebuild_with(
-        env.store.clone(),
-        env.broker.clone(),
-        &env.settings,
-        &RebuildArgs {
-            check: true,
-            show: 20,
-            from_snapshot: None,
-        },
-        false,
-        CancellationToken::new(),
-    )
-    .await
-    .expect("check runs");
-    let RebuildOutcome::Checked { comparison, .. } = &outcome else {
-        panic!("checked: {outcome}");
-    };
-    assert!(comparison.is_same(), "{outcome}");
+    assert_rebuild_agrees(&env).await;
     stop.cancel();
     worker.await.expect("worker");
     env.cleanup().await;
@@ -724,24 +730,7 @@ async fn forget_erases_an_identity_through_the_pipeline_and_nothing_comes_back()
         .expect("member");
     assert_eq!((t2.xp, t2.display_name.as_deref()), (10, Some("T2")));
 
-    let outcome = rebuild_with(
-        env.store.clone(),
-        env.broker.clone(),
-        &env.settings,
-        &RebuildArgs {
-            check: true,
-            show: 20,
-            from_snapshot: None,
-        },
-        false,
-        CancellationToken::new(),
-    )
-    .await
-    .expect("check runs");
-    let RebuildOutcome::Checked { comparison, .. } = &outcome else {
-        panic!("checked: {outcome}");
-    };
-    assert!(comparison.is_same(), "{outcome}");
+    assert_rebuild_agrees(&env).await;
     stop.cancel();
     worker.await.expect("worker");
     env.cleanup().await;
