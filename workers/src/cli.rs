@@ -118,8 +118,8 @@ pub enum Command {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
-    /// Erase a member's account (SPEC 7.4, `forget`): everything of it up to now goes
-    /// from every projection and from the streams; what it does later starts over.
+    /// Erase a member (SPEC 7.4, `forget`): every account of their profile, up to now,
+    /// goes from every projection and from the streams; what they do later starts over.
     /// Recorded as done by `cli:<your user name>`; waits until the erasure is finished.
     Forget {
         /// The account, e.g. `discord:123`.
