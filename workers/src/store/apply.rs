@@ -1236,6 +1236,28 @@ impl Store {
             .bind(e.ts)
             .execute(&mut **tx)
             .await?;
+            // The identity's link codes (issued or redeemed up to the cut) and failed
+            // redemptions: not projections of events, but about the member all the same.
+            sqlx::query(
+                "DELETE FROM link_codes
+                 WHERE (platform = $1 AND external_id = $2 AND issued_ms <= $4)
+                    OR (redeemed_by = $3 AND redeemed_ms <= $4)",
+            )
+            .bind(e.identity.platform.as_str())
+            .bind(e.identity.user.as_str())
+            .bind(e.identity.to_string())
+            .bind(e.ts)
+            .execute(&mut **tx)
+            .await?;
+            sqlx::query(
+                "DELETE FROM link_code_failures
+                 WHERE platform = $1 AND external_id = $2 AND window_start_ms <= $3",
+            )
+            .bind(e.identity.platform.as_str())
+            .bind(e.identity.user.as_str())
+            .bind(e.ts)
+            .execute(&mut **tx)
+            .await?;
         }
         let mut iids: Vec<i64> = forgets.iter().map(|(_, iid)| *iid).collect();
         iids.sort_unstable();

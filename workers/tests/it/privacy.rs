@@ -634,6 +634,26 @@ async fn forget_erases_an_identity_through_the_pipeline_and_nothing_comes_back()
     events.push(after.clone());
     env.publish(&events).await;
     env.wait_for_model(&events).await;
+    // A link code of the member's and a failed redemption of theirs.
+    let tess = Identity::parse("telegram:2").expect("identity");
+    env.store
+        .issue_link_code(&tess, now - 1_000)
+        .await
+        .expect("a code");
+    env.store
+        .redeem_link_code(&tess, "no-such-code", now - 1_000)
+        .await
+        .expect("a failed redemption");
+    let codes_of_tess = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT (SELECT count(*) FROM link_codes WHERE external_id = '2')
+                  + (SELECT count(*) FROM link_code_failures WHERE external_id = '2')",
+        )
+        .fetch_one(&env.store.pool)
+        .await
+        .expect("count")
+    };
+    assert_eq!(codes_of_tess().await, 2, "a code and a failure recorded");
 
     let out = env
         .ttfd(&["forget", "telegram:2", "--reason", "the member asked"])
@@ -683,6 +703,7 @@ async fn forget_erases_an_identity_through_the_pipeline_and_nothing_comes_back()
         .expect("started over");
     assert_eq!((t.xp, t.messages, t.identities.len()), (10, 1, 1));
     assert_eq!(t.display_name.as_deref(), Some("T2"));
+    assert_eq!(codes_of_tess().await, 0, "link codes and failures erased");
     let d = env
         .store
         .profile(&Identity::parse("discord:1").expect("identity"))
