@@ -36,7 +36,8 @@ GRANT USAGE ON SCHEMA public TO ttfd_sync, ttfd_query, ttfd_web;
 -- the standings refresher.
 GRANT SELECT, INSERT, UPDATE, DELETE ON
     users, identities, identity_names, xp_ledger, links, processed_events, outbox,
-    dead_letters, dead_lettered_messages, standings, standing_blocks, standing_work, audit, identity_prefs,
+    dead_letters, dead_lettered_messages, standings, standing_blocks, standing_work, standings_clock,
+    audit, identity_prefs,
     unlinks, owner_epoch, forgotten, erasure_work, erased_sequences
   TO ttfd_sync;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO ttfd_sync;

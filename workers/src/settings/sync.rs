@@ -21,9 +21,9 @@ pub struct SyncSettings {
     pub relay_poll_ms: u64,
     /// How often applied event ids past the stream's retention are pruned, in seconds.
     pub prune_interval_secs: u64,
-    /// How often the standings refresher looks for committed work, in ms: a committed
-    /// change is on the leaderboards within about this long (docs/architecture.md,
-    /// "Standings").
+    /// The standings refreshers of all replicas together begin at most one round with
+    /// work per this many ms: a committed change is on the leaderboards within this plus
+    /// one round (docs/architecture.md, "Standings").
     pub standings_refresh_ms: u64,
 }
 

@@ -74,7 +74,7 @@ impl ScratchDb {
         sqlx::query(
             "TRUNCATE users, identities, identity_names, xp_ledger, links, processed_events,
                       outbox, dead_letters, standings, standing_blocks, standing_work, audit, identity_prefs,
-                      unlinks, forgotten, erasure_work, erased_sequences
+                      unlinks, forgotten, erasure_work, erased_sequences, standings_clock
              RESTART IDENTITY",
         )
         .execute(pool)

@@ -45,6 +45,7 @@ use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::observe::{self, Readiness, sync::SyncMetrics};
 use crate::settings::{Settings, SyncSettings};
+use crate::store::standings::Turn;
 use crate::store::{DeadLetter, Store, StoreError};
 
 /// Counters of what the consumers did, shared by every worker of a process.
@@ -59,6 +60,8 @@ pub struct Counters {
     pub retries: AtomicU64,
     /// Rejected messages left out without dead-lettering ([`Rejects::Skip`]).
     pub skipped: AtomicU64,
+    /// Standings refresh rounds that found work, by this worker's refresher.
+    pub standings_rounds: AtomicU64,
 }
 
 impl Counters {
@@ -165,6 +168,7 @@ impl SyncWorker {
                 self.store.clone(),
                 self.standings_wake.clone(),
                 Duration::from_millis(self.settings.standings_refresh_ms),
+                self.counters.clone(),
                 shutdown.child_token(),
             ))
         });
@@ -707,32 +711,47 @@ pub async fn run(
 }
 
 /// The standings refresher (`store::standings`): a round as soon as this replica
-/// applied something (or every `every`, for other replicas' work), then at least
-/// `every` before the next, so that under load a round takes many batches' work at
-/// once; rounds follow each other at once while a backlog lasts. Replicas take turns: a
-/// round another one holds the lock for is skipped.
+/// applied something (or after `every`, for other replicas' work), but the replicas
+/// together begin at most one round with work per `every` (the store's clock says how
+/// long to wait), so that under load a round takes many batches' work at once; rounds
+/// follow each other at once while a backlog lasts. A round another replica holds the
+/// lock for is left to it.
 async fn refresh_standings(
     store: Store,
     wake: Arc<Notify>,
     every: Duration,
+    counters: Arc<Counters>,
     shutdown: CancellationToken,
 ) {
     let mut failing = false;
+    let mut pause = Duration::ZERO;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(every) => {}
+            _ = wake.notified(), if pause.is_zero() => {}
+            _ = tokio::time::sleep(if pause.is_zero() { every } else { pause }) => {}
         }
+        pause = Duration::ZERO;
+        let mut gap = every;
         loop {
-            match store.refresh_standings().await {
-                Ok(done) => {
+            match store.refresh_standings(gap).await {
+                Ok(turn) => {
                     if failing {
                         info!("standings refresh works again");
                         failing = false;
                     }
-                    if done.is_some_and(|d| d.more) {
-                        continue;
+                    match turn {
+                        Turn::Done(done) => {
+                            if done.batches > 0 {
+                                counters.standings_rounds.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if done.more {
+                                gap = Duration::ZERO;
+                                continue;
+                            }
+                        }
+                        Turn::Early(wait) => pause = wait,
+                        Turn::Busy => pause = every,
                     }
                 }
                 Err(e) => {
@@ -740,13 +759,10 @@ async fn refresh_standings(
                         warn!(error = %e, "standings refresh failed; retrying");
                         failing = true;
                     }
+                    pause = every;
                 }
             }
             break;
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
         }
     }
 }

@@ -749,8 +749,11 @@ async fn slash_commands_answer_through_the_interaction_callback() {
     w.env
         .publish(&[xp_event("t:xp:1", &format!("discord:{nelly}"), 17_000)])
         .await;
-    eventually("nelly's profile", || async {
-        w.profile(&format!("discord:{nelly}")).await
+    // The standings follow the profile within a refresh round.
+    eventually("nelly on the leaderboard", || async {
+        w.profile(&format!("discord:{nelly}"))
+            .await
+            .filter(|p| p.standings.first().is_some_and(|s| s.position.is_some()))
     })
     .await;
     let http = w.bot.roles.api.http.clone();

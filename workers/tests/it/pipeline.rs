@@ -759,7 +759,10 @@ fn apply_order_batching_and_duplicates_do_not_change_the_state() {
                 // whatever work is committed. Erasures are finished now and then too,
                 // as the worker beside the consumers does (SPEC 7.4).
                 if i % 3 == 1 {
-                    store.refresh_standings().await.expect("refresh");
+                    store
+                        .refresh_standings(std::time::Duration::ZERO)
+                        .await
+                        .expect("refresh");
                 }
                 if i % 4 == 2 {
                     crate::common::finish_erasures(&store, &events).await;

@@ -17,6 +17,7 @@ pub mod blocks;
 pub mod round;
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use sqlx::PgConnection;
 use time::Date;
@@ -63,9 +64,23 @@ type WorkColumns = (
     bool,
 );
 
+/// What a refresher's turn came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// Another replica holds the refresh lock of this schema.
+    Busy,
+    /// The last round that found work began less than the gap ago, on the database's
+    /// clock: the next may begin after this.
+    Early(Duration),
+    /// A round ran (it may have found nothing to do).
+    Done(Refreshed),
+}
+
 impl Store {
-    /// One refresh round. `None` when another replica is refreshing this schema.
-    pub async fn refresh_standings(&self) -> Result<Option<Refreshed>, StoreError> {
+    /// One refresh round, unless another replica is refreshing this schema or a round
+    /// with work began less than `gap` ago (the clock is the database's and shared by
+    /// every replica: together they run at most one such round per `gap`).
+    pub async fn refresh_standings(&self, gap: Duration) -> Result<Turn, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mine: bool =
             sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, hashtext(current_schema()))")
@@ -73,14 +88,33 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await?;
         if !mine {
-            return Ok(None);
+            return Ok(Turn::Busy);
+        }
+        let since: Option<f64> = sqlx::query_scalar(
+            "SELECT extract(epoch FROM now() - at)::float8 FROM standings_clock",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(early) = since
+            .and_then(|s| gap.checked_sub(Duration::try_from_secs_f64(s.max(0.0)).ok()?))
+            .filter(|d| !d.is_zero())
+        {
+            return Ok(Turn::Early(early));
         }
         let done = refresh_in(&mut tx, self.block_target, Recompute::Apart).await?;
+        if done.batches > 0 {
+            sqlx::query(
+                "INSERT INTO standings_clock (at) VALUES (now())
+                 ON CONFLICT (one) DO UPDATE SET at = excluded.at",
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         if done.recomputed {
             self.recompute_standings().await?;
         }
-        Ok(Some(done))
+        Ok(Turn::Done(done))
     }
 
     /// Refreshes until no committed work is left, waiting for a refresher of another
@@ -301,7 +335,9 @@ async fn refresh_in(
         removed = round.take_losers(&gone);
     }
 
-    let (periods, users) = round.pairs();
+    // Before anything is written, the stored rows of the pairs the round adds no XP to
+    // and of the checked users.
+    let (periods, users) = round.unmoved();
     let mut stored: HashMap<(String, i64), Stored> = sqlx::query_as::<_, (String, i64, i64, bool)>(
         "SELECT s.period, s.user_id, s.xp, s.hidden FROM standings s
              JOIN unnest($1::text[], $2::int8[]) AS t(p, u) ON s.period = t.p AND s.user_id = t.u",
@@ -325,14 +361,37 @@ async fn refresh_in(
         .await?;
         stored.extend(rows.into_iter().map(|(p, u, x, h)| ((p, u), (x, h))));
     }
+    // The rows the round adds XP to, where they exist, take it in place, and say what
+    // they held: one statement finds and writes each (most of a round's rows).
+    let (periods, users, added) = round.moving();
+    let updated: Vec<(String, i64, i64, bool)> = sqlx::query_as(
+        "UPDATE standings s SET xp = s.xp + t.d
+         FROM unnest($1::text[], $2::int8[], $3::int8[]) AS t(p, u, d)
+         WHERE s.period = t.p AND s.user_id = t.u
+         RETURNING s.period, s.user_id, s.xp - t.d, s.hidden",
+    )
+    .bind(&periods)
+    .bind(&users)
+    .bind(&added)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut written = HashSet::with_capacity(updated.len());
+    for (p, u, x, h) in updated {
+        written.insert((p.clone(), u));
+        stored.insert((p, u), (x, h));
+    }
     let hidden = hidden_users(conn).await?;
     let settled = round.settle(&stored, removed, &hidden);
 
-    // Rows that exist are updated, new ones inserted: an upsert (`ON CONFLICT`)
-    // inserts speculatively, which costs more for the many rows that exist.
+    // The rest: rows whose flag changes, rows new to the period (an upsert, `ON
+    // CONFLICT`, would insert speculatively, which costs more for the many that exist).
     let (updates, inserts): (Vec<_>, Vec<_>) = settled
         .upserts
         .iter()
+        .filter(|(p, u, _, h)| {
+            let pu = (p.clone(), *u);
+            !(written.contains(&pu) && stored.get(&pu).is_some_and(|s| s.1 == *h))
+        })
         .partition(|(p, u, _, _)| stored.contains_key(&(p.clone(), *u)));
     for (rows, sql) in [
         (

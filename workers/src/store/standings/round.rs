@@ -19,7 +19,7 @@ pub struct WorkRow {
     pub users: Vec<i64>,
     pub days: Vec<i32>,
     pub xp: Vec<i64>,
-    /// Users the batch wrote: ranked all time, XP or not.
+    /// Users the batch wrote besides those of `users`: ranked all time, XP or not.
     pub touched: Vec<i64>,
     /// Users merged away, and the user each ended in.
     pub losers: Vec<i64>,
@@ -149,12 +149,29 @@ impl Round {
             .collect()
     }
 
-    /// The (period, user) pairs whose stored XP the round needs.
-    pub fn pairs(&self) -> (Vec<&str>, Vec<i64>) {
-        self.deltas.keys().map(|(p, u)| (p.as_str(), *u)).unzip()
+    /// The (period, user) pairs the round adds no XP to (users it touched: ranked all
+    /// time even without XP), whose stored rows it reads.
+    pub fn unmoved(&self) -> (Vec<&str>, Vec<i64>) {
+        self.deltas
+            .iter()
+            .filter(|(_, d)| **d == 0)
+            .map(|((p, u), _)| (p.as_str(), *u))
+            .unzip()
     }
 
-    /// The rows and moves, given the stored rows of [`Round::pairs`] and of the
+    /// The (period, user, XP added) the round adds XP to: their stored rows are updated
+    /// in place, and the update returns what they held.
+    pub fn moving(&self) -> (Vec<&str>, Vec<i64>, Vec<i64>) {
+        let mut out = (Vec::new(), Vec::new(), Vec::new());
+        for ((p, u), d) in self.deltas.iter().filter(|(_, d)| **d != 0) {
+            out.0.push(p.as_str());
+            out.1.push(*u);
+            out.2.push(*d);
+        }
+        out
+    }
+
+    /// The rows and moves, given the stored rows of every pair of the round and of the
     /// [`Round::checked`] users (absent: not ranked), the losers' rows taken out
     /// ([`Round::take_losers`]) and the users hidden now.
     pub fn settle(
