@@ -38,14 +38,15 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON
     users, identities, identity_names, xp_ledger, links, processed_events, outbox,
     dead_letters, dead_lettered_messages, standings, standing_blocks, standing_work, standings_clock,
     audit, identity_prefs,
-    unlinks, owner_epoch, forgotten, erasure_work, erased_sequences
+    unlinks, owner_epoch, forgotten, erasure_work, erased_sequences,
+    seasons, season_closings, season_champions
   TO ttfd_sync;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO ttfd_sync;
 
 -- What everyone may read: profiles and leaderboards; the audit log (the web role
 -- shows it to admins only, the query service to moderators' tools).
 GRANT SELECT ON users, identities, identity_names, xp_ledger, links, standings, standing_blocks,
-    audit, identity_prefs
+    audit, identity_prefs, seasons, season_closings, season_champions
   TO ttfd_query, ttfd_web;
 
 -- Link codes (the query service for the bots, the web role for the site): issuing,

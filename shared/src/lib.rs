@@ -11,6 +11,7 @@ pub mod arbitrary;
 pub mod identity;
 pub mod model;
 pub mod rules;
+pub mod seasons;
 pub mod trust;
 pub mod view;
 pub mod voice;

@@ -69,9 +69,12 @@ pub enum Command {
     },
     /// Show a leaderboard.
     Top {
-        /// `all`, `week` or `month`.
+        /// `all`, `week`, `month` or `season` (the season on now).
         #[arg(long, default_value = "all")]
         period: Period,
+        /// A season by name, past, current or to come (`ttfd seasons` lists them).
+        #[arg(long, conflicts_with = "period")]
+        season: Option<String>,
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..=1000))]
         limit: i64,
         /// Rows to skip: `--offset 50000` is page 2,001 of 25 rows, as fast as the first.
@@ -139,6 +142,12 @@ pub enum Command {
         /// Why (1 to 64 characters; it goes into the audit log).
         #[arg(long)]
         reason: String,
+    },
+    /// The seasons, newest first: their days, status, and a closed season's champions
+    /// (docs/seasons.md).
+    Seasons {
+        #[arg(long)]
+        json: bool,
     },
     /// Read the audit log: who changed whose XP, or linked whom, and why; newest first.
     Audit {
@@ -302,6 +311,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Top {
             period,
+            season,
             limit,
             offset,
             at,
@@ -312,11 +322,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // refresher's work itself.
             drain_standings(&store).await;
             let today = at.unwrap_or_else(|| time::OffsetDateTime::now_utc().date());
-            let rows = store.top(period, today, limit, offset).await?;
+            let Some(board) = store.board(period, season.as_deref(), today).await? else {
+                anyhow::bail!(match season {
+                    Some(name) => format!("no season named {name:?} (`ttfd seasons` lists them)"),
+                    None => format!("no season is on {today} (`ttfd seasons` lists them)"),
+                });
+            };
+            let rows = store.top(&board.key, limit, offset).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                println!("{}", text::top(period, &rows, Markup::Plain));
+                println!("{}", text::top(&board.words(), &rows, Markup::Plain));
             }
         }
         Command::Import(args) => {
@@ -466,6 +482,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await?;
             println!("{done}");
+        }
+        Command::Seasons { json } => {
+            let store = connect_store(&settings).await?;
+            drain_standings(&store).await;
+            let seasons = store
+                .season_views(time::OffsetDateTime::now_utc().date())
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&seasons)?);
+            } else if seasons.is_empty() {
+                println!("No seasons: add [[seasons]] to the settings (docs/seasons.md).");
+            } else {
+                for s in &seasons {
+                    println!("{}", text::season(s, Markup::Plain));
+                }
+            }
         }
         Command::Audit {
             member,

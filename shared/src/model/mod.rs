@@ -18,7 +18,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::Identity;
 use crate::rules::{self, Rules};
-use crate::view::AuditEntry;
+use crate::seasons::Seasons;
+use crate::view::{AuditEntry, Period};
 use crate::wire::{Event, Payload, Proof, WireIdentity};
 
 /// One unified user, as the model sees it.
@@ -354,10 +355,15 @@ pub fn audit<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<AuditEntry>
 
 /// The leaderboard of the period with standings key `key` (`view::Period::key`): each
 /// ranked user with their XP in it, most XP first. All time ranks every user; any other
-/// period the users whose XP in it is not zero; a hidden user (SPEC 7.3) is in none, and
-/// the others close up. Ties are the database's to break (by uid, an id this model does
-/// not have); here they come by smallest identity.
-pub fn standings<'p>(profiles: &'p [Profile], key: &str) -> Vec<(&'p Profile, i64)> {
+/// period (a week, a month, a season of `seasons`) the users whose XP in it is not zero;
+/// a hidden user (SPEC 7.3) is in none, and the others close up. Ties are the
+/// database's to break (by uid, an id this model does not have); here they come by
+/// smallest identity.
+pub fn standings<'p>(
+    profiles: &'p [Profile],
+    key: &str,
+    seasons: &Seasons,
+) -> Vec<(&'p Profile, i64)> {
     let mut rows: Vec<(&Profile, i64)> = profiles
         .iter()
         .filter(|p| !p.hidden)
@@ -368,7 +374,7 @@ pub fn standings<'p>(profiles: &'p [Profile], key: &str) -> Vec<(&'p Profile, i6
             let xp: i64 = p
                 .ledger
                 .iter()
-                .filter(|(day, _)| period_keys(**day).iter().any(|k| k == key))
+                .filter(|(day, _)| period_keys(**day, seasons).iter().any(|k| k == key))
                 .map(|(_, xp)| xp)
                 .sum();
             (xp != 0).then_some((p, xp))
@@ -381,14 +387,14 @@ pub fn standings<'p>(profiles: &'p [Profile], key: &str) -> Vec<(&'p Profile, i6
     rows
 }
 
-/// The standings keys, besides `all`, that XP of UTC day `day` counts in: its ISO week
-/// and its month.
-pub fn period_keys(day: i32) -> [String; 2] {
+/// The standings keys, besides `all`, that XP of UTC day `day` counts in: its ISO week,
+/// its month and its season if `seasons` has one that day.
+pub fn period_keys(day: i32, seasons: &Seasons) -> Vec<String> {
     let date = rules::date_of_day(day);
-    [
-        crate::view::Period::Week.key(date),
-        crate::view::Period::Month.key(date),
-    ]
+    [Period::Week, Period::Month, Period::Season]
+        .into_iter()
+        .filter_map(|p| p.key(date, seasons))
+        .collect()
 }
 
 fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {

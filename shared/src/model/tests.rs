@@ -440,8 +440,15 @@ fn generated_event_times_span_two_weeks_and_two_months() {
     let first = crate::rules::date_of_day(crate::rules::day_of(EPOCH_MS));
     let last = crate::rules::date_of_day(crate::rules::day_of(EPOCH_MS + 4 * DAY - 1));
     assert_eq!(first, time::macros::date!(2026 - 02 - 27));
-    assert_ne!(Period::Week.key(first), Period::Week.key(last));
-    assert_ne!(Period::Month.key(first), Period::Month.key(last));
+    let none = crate::seasons::Seasons::default();
+    assert_ne!(
+        Period::Week.key(first, &none),
+        Period::Week.key(last, &none)
+    );
+    assert_ne!(
+        Period::Month.key(first, &none),
+        Period::Month.key(last, &none)
+    );
 }
 
 #[test]
@@ -454,8 +461,13 @@ fn standings_rank_every_user_all_time_and_those_with_xp_in_a_period() {
         ev("b1", 3 * DAY, "telegram:bo", grant(70)),
     ];
     let profiles = fold(&rules, &events);
+    // A season from March 1: Ann's minus and Bo's plus.
+    let seasons = crate::seasons::Seasons::new(vec![
+        crate::seasons::Season::parse("s1", "2026-03-01", "2026-03-31").expect("a season"),
+    ])
+    .expect("valid");
     let keys = |key: &str| -> Vec<(String, i64)> {
-        standings(&profiles, key)
+        standings(&profiles, key, &seasons)
             .into_iter()
             .map(|(p, xp)| (p.identities.first().expect("an identity").to_string(), xp))
             .collect()
@@ -478,4 +490,6 @@ fn standings_rank_every_user_all_time_and_those_with_xp_in_a_period() {
     // Ann's week (Feb 23 - Mar 1) sums to zero: she is not ranked in it.
     assert_eq!(keys("week:2026-W09"), Vec::<(String, i64)>::new());
     assert_eq!(keys("week:2026-W10"), vec![("telegram:bo".to_owned(), 70)]);
+    assert_eq!(keys("season:s1"), keys("month:2026-03"));
+    assert_eq!(keys("season:s0"), Vec::<(String, i64)>::new());
 }

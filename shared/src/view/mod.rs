@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use time::{Date, Duration};
 
 use crate::rules::Rank;
+use crate::seasons::Seasons;
 use crate::wire::WireIdentity;
 
 /// A unified user as `ttfd user --json` prints it (SPEC 5).
@@ -35,6 +36,10 @@ pub struct Profile {
     /// in that order. Added in v1.1: absent from older services' answers.
     #[serde(default)]
     pub standings: Vec<PeriodStanding>,
+    /// Where the user stands, or stood, in every season begun, the newest first (`key`
+    /// is `season:<name>`). Added with seasons: absent from older services' answers.
+    #[serde(default)]
+    pub seasons: Vec<PeriodStanding>,
     /// SPEC 7.3 (added in v1.1): off the public leaderboards and profiles; rank-up
     /// announcements wanted.
     #[serde(default)]
@@ -98,20 +103,26 @@ pub struct PeriodStanding {
     pub ranked: u64,
 }
 
-/// The leaderboard period: all time, the current ISO week or the current month (UTC).
+/// The leaderboard period: all time, the current ISO week, the current month (UTC) or
+/// the current season (`crate::seasons`; there may be none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Period {
     All,
     Week,
     Month,
+    Season,
 }
 
 impl Period {
+    /// The periods every day is in, whatever the seasons.
     pub const ALL: [Period; 3] = [Period::All, Period::Week, Period::Month];
+    /// Every period, as the surfaces offer them.
+    pub const EVERY: [Period; 4] = [Period::All, Period::Week, Period::Month, Period::Season];
 
-    /// The days `[from, to)` of the period containing `today`; `None` for all time.
-    pub fn range(self, today: Date) -> Option<(Date, Date)> {
+    /// The days `[from, to)` of the period containing `today`; `None` for all time and
+    /// for a day in no season.
+    pub fn range(self, today: Date, seasons: &Seasons) -> Option<(Date, Date)> {
         match self {
             Period::All => None,
             Period::Week => {
@@ -124,38 +135,45 @@ impl Period {
                 let to = from + Duration::days(i64::from(from.month().length(from.year())));
                 Some((from, to))
             }
+            Period::Season => seasons
+                .at(today)
+                .map(|s| (s.first, s.last + Duration::days(1))),
         }
     }
 
     /// The key of this period's standings containing `day`: `all`, `week:2026-W49` (ISO
-    /// week, UTC), `month:2026-12`. A new period simply has a new key: nothing rolls
-    /// over at midnight, and past periods keep theirs.
-    pub fn key(self, day: Date) -> String {
-        match self {
+    /// week, UTC), `month:2026-12`, `season:<name>`; `None` for a day in no season. A
+    /// new period simply has a new key: nothing rolls over at midnight, and past periods
+    /// keep theirs.
+    pub fn key(self, day: Date, seasons: &Seasons) -> Option<String> {
+        Some(match self {
             Period::All => "all".to_owned(),
             Period::Week => {
                 let (year, week, _) = day.to_iso_week_date();
                 format!("week:{year:04}-W{week:02}")
             }
             Period::Month => format!("month:{:04}-{:02}", day.year(), u8::from(day.month())),
-        }
+            Period::Season => seasons.at(day)?.key(),
+        })
     }
 
-    /// The name on the wire and the command line: `all`, `week`, `month`.
+    /// The name on the wire and the command line: `all`, `week`, `month`, `season`.
     pub fn as_str(self) -> &'static str {
         match self {
             Period::All => "all",
             Period::Week => "week",
             Period::Month => "month",
+            Period::Season => "season",
         }
     }
 
-    /// The period in words: "all time", "this week", "this month".
+    /// The period in words: "all time", "this week", "this month", "this season".
     pub fn words(self) -> &'static str {
         match self {
             Period::All => "all time",
             Period::Week => "this week",
             Period::Month => "this month",
+            Period::Season => "this season",
         }
     }
 }
@@ -166,20 +184,41 @@ impl fmt::Display for Period {
     }
 }
 
-/// A period name that is not `all`, `week` or `month`.
+/// A period name that is not `all`, `week`, `month` or `season`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown period {0:?}: use all, week or month")]
+#[error("unknown period {0:?}: use all, week, month or season")]
 pub struct UnknownPeriod(pub String);
 
 impl FromStr for Period {
     type Err = UnknownPeriod;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Period::ALL
+        Period::EVERY
             .into_iter()
             .find(|p| p.as_str().eq_ignore_ascii_case(s.trim()))
             .ok_or_else(|| UnknownPeriod(s.to_owned()))
     }
+}
+
+/// A season as `ttfd seasons --json` prints it, `GET /api/v1/seasons` serves it and the
+/// website's hall of champions shows it (docs/seasons.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeasonView {
+    pub name: String,
+    /// First and last day, `YYYY-MM-DD` (UTC, both included).
+    pub from: String,
+    pub to: String,
+    /// `upcoming`, `on`, `over` (its last day is past, its closing not yet made) or
+    /// `closed`.
+    pub status: String,
+    /// Its standings key, `season:<name>`.
+    pub key: String,
+    /// Members it ranks (closed: when it closed).
+    pub ranked: i64,
+    /// When it closed, RFC 3339.
+    pub closed_at: Option<String>,
+    /// A closed season's champions, position 1 first (members hidden now are left out).
+    pub champions: Vec<Standing>,
 }
 
 /// One entry of the audit log (SPEC 7.1): an `xp` event, or a link an operator made,
@@ -229,38 +268,67 @@ mod tests {
 
     #[test]
     fn weeks_are_iso_weeks_and_months_are_calendar_months() {
+        let none = Seasons::default();
         let wed = date!(2026 - 11 - 25);
         assert_eq!(
-            Period::Week.range(wed),
+            Period::Week.range(wed, &none),
             Some((date!(2026 - 11 - 23), date!(2026 - 11 - 30)))
         );
         assert_eq!(
-            Period::Month.range(wed),
+            Period::Month.range(wed, &none),
             Some((date!(2026 - 11 - 01), date!(2026 - 12 - 01)))
         );
         assert_eq!(
-            Period::Month.range(date!(2028 - 02 - 10)),
+            Period::Month.range(date!(2028 - 02 - 10), &none),
             Some((date!(2028 - 02 - 01), date!(2028 - 03 - 01)))
         );
-        assert_eq!(Period::All.range(wed), None);
+        assert_eq!(Period::All.range(wed, &none), None);
     }
 
     #[test]
     fn a_period_key_names_the_iso_week_or_calendar_month_of_the_day() {
+        let none = Seasons::default();
         // 2027-01-01 is a Friday of ISO week 2026-W53.
         let day = date!(2027 - 01 - 01);
-        assert_eq!(Period::Week.key(day), "week:2026-W53");
-        assert_eq!(Period::Month.key(day), "month:2027-01");
-        assert_eq!(Period::All.key(day), "all");
-        assert_eq!(Period::Week.key(date!(2026 - 12 - 07)), "week:2026-W50");
+        assert_eq!(
+            Period::Week.key(day, &none).expect("a key"),
+            "week:2026-W53"
+        );
+        assert_eq!(
+            Period::Month.key(day, &none).expect("a key"),
+            "month:2027-01"
+        );
+        assert_eq!(Period::All.key(day, &none).expect("a key"), "all");
+        assert_eq!(
+            Period::Week
+                .key(date!(2026 - 12 - 07), &none)
+                .expect("a key"),
+            "week:2026-W50"
+        );
         // Every day of a week has its key; the next Monday starts a new one.
-        let (from, to) = Period::Week.range(date!(2026 - 12 - 03)).expect("a week");
+        let (from, to) = Period::Week
+            .range(date!(2026 - 12 - 03), &none)
+            .expect("a week");
         let mut d = from;
         while d < to {
-            assert_eq!(Period::Week.key(d), "week:2026-W49");
+            assert_eq!(Period::Week.key(d, &none).expect("a key"), "week:2026-W49");
             d = d.next_day().expect("a next day");
         }
-        assert_eq!(Period::Week.key(to), "week:2026-W50");
+        assert_eq!(Period::Week.key(to, &none).expect("a key"), "week:2026-W50");
+        // A season's key is its name's; a day in none has no season key.
+        let seasons = Seasons::new(vec![
+            crate::seasons::Season::parse("winter", "2026-12-01", "2027-02-28").expect("a season"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            Period::Season.key(day, &seasons),
+            Some("season:winter".into())
+        );
+        assert_eq!(Period::Season.key(date!(2027 - 03 - 01), &seasons), None);
+        assert_eq!(
+            Period::Season.range(day, &seasons),
+            Some((date!(2026 - 12 - 01), date!(2027 - 03 - 01)))
+        );
     }
 
     #[test]
@@ -268,7 +336,8 @@ mod tests {
         assert_eq!("week".parse(), Ok(Period::Week));
         assert_eq!("Month".parse(), Ok(Period::Month));
         assert_eq!("year".parse::<Period>(), Err(UnknownPeriod("year".into())));
-        for p in Period::ALL {
+        assert_eq!(" season".parse(), Ok(Period::Season));
+        for p in Period::EVERY {
             assert_eq!(p.as_str().parse(), Ok(p));
         }
     }

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::{AuditEntry, Period, PeriodStanding, Pref, Profile, Standing};
+use super::{AuditEntry, Period, PeriodStanding, Pref, Profile, SeasonView, Standing};
 use crate::rules::Rules;
 use crate::wire::WireIdentity;
 
@@ -215,11 +215,11 @@ pub fn standing(s: &PeriodStanding) -> String {
 /// 1. Ada — 1,250 XP · F III
 /// 2. user #7 — 980 XP · F II
 /// ```
-pub fn top(period: Period, rows: &[Standing], markup: Markup) -> String {
+pub fn top(words: &str, rows: &[Standing], markup: Markup) -> String {
     if rows.is_empty() {
-        return format!("Nobody has earned XP {} yet.", period.words());
+        return format!("Nobody has earned XP {words} yet.");
     }
-    let mut out = markup.strong(&format!("Leaderboard, {}", period.words()));
+    let mut out = markup.strong(&format!("Leaderboard, {words}"));
     for s in rows {
         let name = s
             .display_name
@@ -232,6 +232,40 @@ pub fn top(period: Period, rows: &[Standing], markup: Markup) -> String {
             thousands(s.xp),
             s.rank
         );
+    }
+    out
+}
+
+/// The leaderboard of the current `period`, as the bots' `/top` shows it: the current
+/// season's is empty when no season is on too.
+pub fn period_top(period: Period, rows: &[Standing], markup: Markup) -> String {
+    if rows.is_empty() && period == Period::Season {
+        return "No season is on, or nobody has earned XP in it yet.".into();
+    }
+    top(period.words(), rows, markup)
+}
+
+/// A season in a few lines: name, days, status, members ranked, and its champions.
+///
+/// ```text
+/// winter-2026 · 2026-12-01 to 2027-02-28 · closed · 1,204 ranked
+///   1. Ada — 12,500 XP
+/// ```
+pub fn season(s: &SeasonView, markup: Markup) -> String {
+    let mut out = format!(
+        "{} · {} to {} · {} · {} ranked",
+        markup.strong(&s.name),
+        s.from,
+        s.to,
+        s.status,
+        thousands(s.ranked)
+    );
+    for c in &s.champions {
+        let name = c
+            .display_name
+            .as_deref()
+            .map_or_else(|| fallback_name(c.uid), |n| markup.name(n));
+        let _ = write!(out, "\n  {}. {name} — {} XP", c.position, thousands(c.xp));
     }
     out
 }
@@ -303,6 +337,7 @@ mod tests {
                     ranked: 80,
                 },
             ],
+            seasons: Vec::new(),
             hidden: false,
             notify: true,
         }
@@ -357,15 +392,15 @@ mod tests {
             },
         ];
         assert_eq!(
-            top(Period::Week, &rows, Markup::Plain),
+            top(Period::Week.words(), &rows, Markup::Plain),
             "Leaderboard, this week\n1. *Ada* — 1,250 XP · F III\n2. user #7 — 980 XP · F II"
         );
         assert!(
-            top(Period::All, &rows, Markup::Markdown)
+            top(Period::All.words(), &rows, Markup::Markdown)
                 .starts_with("**Leaderboard, all time**\n1. \\*Ada\\* — 1,250 XP")
         );
         assert_eq!(
-            top(Period::Month, &[], Markup::Plain),
+            top(Period::Month.words(), &[], Markup::Plain),
             "Nobody has earned XP this month yet."
         );
     }

@@ -13,7 +13,7 @@ pub use envelope::{
     Event, EventId, MAX_EVENT_BYTES, MAX_MULT, Payload, Proof, clean_name, decode, encode,
 };
 pub use json::{JsonEventError, from_json};
-pub use notify::{LinkNotice, RankNotice, WireIdentity};
+pub use notify::{LinkNotice, RankNotice, SeasonChampion, SeasonNotice, WireIdentity};
 pub use subjects::Subjects;
 
 /// Why an event was refused. `code` is a short stable category (counted per platform and

@@ -60,3 +60,33 @@ pub struct LinkNotice {
     pub event: String,
     pub identities: Vec<WireIdentity>,
 }
+
+/// `<prefix>.notify.season` (added with seasons; docs/seasons.md): a season closed, with
+/// its champions. Published once per season: the id is `season:<name>`, so a second
+/// closing would be JetStream's duplicate too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeasonNotice {
+    pub v: u8,
+    /// Also the `Nats-Msg-Id`: `season:<name>`.
+    pub id: String,
+    /// When it closed, Unix milliseconds.
+    pub ts: i64,
+    pub season: String,
+    /// Its first and last day, `YYYY-MM-DD`.
+    pub from: String,
+    pub to: String,
+    /// How many members it ranked.
+    pub ranked: i64,
+    /// Position 1 first; hidden members (SPEC 7.3) are not champions.
+    pub champions: Vec<SeasonChampion>,
+}
+
+/// One champion of a [`SeasonNotice`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeasonChampion {
+    pub position: u32,
+    pub uid: i64,
+    pub xp: i64,
+    pub display_name: Option<String>,
+    pub identities: Vec<WireIdentity>,
+}

@@ -127,14 +127,14 @@ pub async fn run(
             result = &mut publisher => { result?; break; }
             _ = report.tick() => {
                 let today = time::OffsetDateTime::now_utc().date();
-                let top = store.top(Period::Week, today, 5, 0).await?;
+                let top = store.top(&week_key(today), 5, 0).await?;
                 println!(
                     "\napplied {}  duplicates {}  rank changes {}  merges {}  dead-lettered {}",
                     Counters::get(&counters.applied), Counters::get(&counters.duplicates),
                     Counters::get(&counters.rank_changes), Counters::get(&counters.merges),
                     Counters::get(&counters.dead_lettered),
                 );
-                println!("{}", text::top(Period::Week, &top, Markup::Plain));
+                println!("{}", text::top(Period::Week.words(), &top, Markup::Plain));
             }
         }
     }
@@ -143,9 +143,8 @@ pub async fn run(
     workers.cancel();
     tasks.close();
     tasks.wait().await;
-    let today = time::OffsetDateTime::now_utc().date();
-    let top = store.top(Period::All, today, 10, 0).await?;
-    println!("\n{}", text::top(Period::All, &top, Markup::Plain));
+    let top = store.top("all", 10, 0).await?;
+    println!("\n{}", text::top(Period::All.words(), &top, Markup::Plain));
     Ok(())
 }
 
@@ -215,4 +214,11 @@ async fn announce_rank_ups(broker: Broker, stop: CancellationToken) {
             }
         }
     }
+}
+
+/// This week's standings key.
+fn week_key(today: time::Date) -> String {
+    Period::Week
+        .key(today, &Default::default())
+        .unwrap_or_default()
 }

@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use rand::Rng;
 use time::{Date, OffsetDateTime};
 use ttfd_shared::rules::day_of_date;
+use ttfd_shared::seasons::Seasons;
 use ttfd_shared::view::Period;
 
 use crate::settings::Settings;
@@ -80,11 +81,13 @@ async fn measure(store: &Store, args: &ReadsArgs) -> anyhow::Result<()> {
         "standings built from the ledger",
         started.elapsed().as_secs_f64()
     );
+    let none = Seasons::default();
+    let key = |p: Period| p.key(today, &none).unwrap_or_default();
     for p in Period::ALL {
         println!(
             "  {:<42} {:>8} ranked",
-            p.key(today),
-            store.ranked(&p.key(today)).await?
+            key(p),
+            store.ranked(&key(p)).await?
         );
     }
     println!(
@@ -96,7 +99,7 @@ async fn measure(store: &Store, args: &ReadsArgs) -> anyhow::Result<()> {
         for page in [1, args.far_page] {
             let offset = (page - 1) * PAGE;
             let new = sample(args.samples, async || {
-                store.top(period, today, PAGE, offset).await.map(|_| ())
+                store.top(&key(period), PAGE, offset).await.map(|_| ())
             })
             .await?;
             let old = sample(args.baseline_samples, async || {
@@ -226,7 +229,7 @@ async fn aggregate_top(
     today: Date,
     offset: i64,
 ) -> Result<(), crate::store::StoreError> {
-    let _: Vec<(i64, i64)> = match period.range(today) {
+    let _: Vec<(i64, i64)> = match period.range(today, &Seasons::default()) {
         None => {
             sqlx::query_as(
                 "SELECT id, xp FROM users
@@ -263,7 +266,7 @@ async fn aggregate_positions(
     today: Date,
 ) -> Result<(), crate::store::StoreError> {
     for period in Period::ALL {
-        let _: Option<i64> = match period.range(today) {
+        let _: Option<i64> = match period.range(today, &Seasons::default()) {
             None => {
                 sqlx::query_scalar(
                     "SELECT 1 + (SELECT count(*) FROM users o

@@ -49,7 +49,8 @@ pub fn definitions() -> Vec<CreateCommand> {
                     .required(false)
                     .add_string_choice("all time", "all")
                     .add_string_choice("this week", "week")
-                    .add_string_choice("this month", "month"),
+                    .add_string_choice("this month", "month")
+                    .add_string_choice("this season", "season"),
             ),
         CreateCommand::new("link")
             .description("Link this account with Telegram or the website (get or enter a code)")
@@ -255,6 +256,7 @@ pub fn parse(cmd: &CommandInteraction) -> Option<SlashCommand> {
             period: match string("period").as_deref() {
                 Some("week") => Period::Week,
                 Some("month") => Period::Month,
+                Some("season") => Period::Season,
                 _ => Period::All,
             },
         }),
@@ -572,7 +574,7 @@ pub fn rank_text(name: &str, profile: Option<&Profile>, rules: &Rules) -> String
 
 /// `/top`.
 pub fn top_text(period: Period, rows: &[Standing]) -> String {
-    text::top(period, rows, Markup::Markdown)
+    text::period_top(period, rows, Markup::Markdown)
 }
 
 /// `/link`: the code and how to use it. `<t:…:R>` shows as "in 10 minutes".
@@ -680,6 +682,7 @@ mod tests {
                 xp: 900,
                 ranked: 140,
             }],
+            seasons: Vec::new(),
             hidden: false,
             notify: true,
         }

@@ -50,6 +50,9 @@ pub struct TopRequest {
     pub limit: u32,
     #[serde(default)]
     pub offset: u32,
+    /// A season by name instead of `period` (added with seasons).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub season: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -274,6 +277,7 @@ impl QueryClient {
                 period,
                 limit,
                 offset,
+                season: None,
             },
         )
         .await
@@ -639,9 +643,11 @@ async fn answer(service: &Service, subject: &str, payload: &[u8]) -> (Vec<u8>, &
                 let q: TopRequest = decode(payload)?;
                 let today = time::OffsetDateTime::now_utc().date();
                 let limit = i64::from(q.limit.clamp(1, MAX_LIMIT));
-                Ok(store
-                    .top(q.period, today, limit, i64::from(q.offset))
-                    .await?)
+                // No season on now (or none of that name): nobody on it.
+                match store.board(q.period, q.season.as_deref(), today).await? {
+                    Some(board) => Ok(store.top(&board.key, limit, i64::from(q.offset)).await?),
+                    None => Ok(Vec::new()),
+                }
             }
             .await,
         ),

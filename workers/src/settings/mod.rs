@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod moderation;
 pub mod nats;
 pub mod rates;
+pub mod seasons;
 pub mod sync;
 pub mod telegram;
 pub mod trust;
@@ -55,6 +56,10 @@ pub struct Settings {
     pub moderation: ModerationSettings,
     /// `[[boosts]]`: timed XP boosts (`settings::rates`).
     pub boosts: Vec<rates::BoostSettings>,
+    /// `[[seasons]]`: named seasons (`settings::seasons`; docs/seasons.md).
+    pub seasons: Vec<seasons::SeasonSettings>,
+    /// `[champions]`: a season's closing.
+    pub champions: seasons::ChampionSettings,
 }
 
 /// Settings that cannot be used, naming the key.
@@ -123,6 +128,8 @@ impl Settings {
         self.trust.validate()?;
         self.moderation.validate()?;
         rates::boosts(&self.boosts)?;
+        seasons::seasons(&self.seasons)?;
+        self.champions.validate()?;
         self.discord.xp_rates.rates()?;
         rates::id_rates::<i64>("telegram.chat_rates", &self.telegram.chat_rates)?;
         self.rules

@@ -15,6 +15,7 @@ pub mod outbox;
 pub mod query;
 pub mod rebuild;
 pub mod scratch;
+pub mod seasons;
 mod settle;
 pub mod standings;
 

@@ -8,7 +8,7 @@
 
 use sqlx::Row;
 use ttfd_shared::Event;
-use ttfd_shared::wire::{self, LinkNotice, RankNotice, Subjects};
+use ttfd_shared::wire::{self, LinkNotice, RankNotice, SeasonNotice, Subjects};
 
 use super::{Store, StoreError};
 
@@ -18,6 +18,7 @@ use super::{Store, StoreError};
 pub enum Notice {
     Rank(RankNotice),
     Link(LinkNotice),
+    Season(SeasonNotice),
     Event(Event),
 }
 
@@ -26,6 +27,7 @@ impl Notice {
         match self {
             Notice::Rank(_) => subjects.notify("rank"),
             Notice::Link(_) => subjects.notify("link"),
+            Notice::Season(_) => subjects.notify("season"),
             Notice::Event(e) => subjects.event(e.identity.platform.as_str(), e.kind()),
         }
     }
@@ -35,6 +37,7 @@ impl Notice {
         match self {
             Notice::Rank(n) => &n.id,
             Notice::Link(n) => &n.id,
+            Notice::Season(n) => &n.id,
             Notice::Event(e) => e.id.as_str(),
         }
     }
@@ -44,6 +47,7 @@ impl Notice {
         let bytes = match self {
             Notice::Rank(n) => rmp_serde::to_vec_named(n),
             Notice::Link(n) => rmp_serde::to_vec_named(n),
+            Notice::Season(n) => rmp_serde::to_vec_named(n),
             Notice::Event(e) => return wire::encode(e),
         };
         // Plain structs of integers and strings always serialise.
@@ -103,6 +107,9 @@ impl Store {
                         n.id = format!("link:{id}.{created_us}");
                         Notice::Link(n)
                     })
+                    .map_err(StoreError::from)?,
+                "season" => serde_json::from_value(body)
+                    .map(Notice::Season)
                     .map_err(StoreError::from)?,
                 _ => Notice::Event(event_from_outbox(&body)?),
             };

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use sqlx::Row;
 use time::{Date, OffsetDateTime};
 use ttfd_shared::Identity;
-use ttfd_shared::view::{Period, Profile, Standing};
+use ttfd_shared::view::{Profile, Standing};
 use ttfd_shared::wire::WireIdentity;
 
 use super::{Store, StoreError};
@@ -76,6 +76,7 @@ impl Store {
         identities.sort_by(|a, b| (&a.platform, &a.user).cmp(&(&b.platform, &b.user)));
         let xp: i64 = row.get("xp");
         let peak_rank = u8::try_from(row.get::<i16, _>("peak_rank")).unwrap_or(1);
+        let today = OffsetDateTime::now_utc().date();
         Ok(Some(Profile {
             uid,
             display_name,
@@ -90,9 +91,8 @@ impl Store {
             identities,
             created_at: rfc3339(row.get("first_event_ms")),
             last_active: rfc3339(row.get("last_event_ms")),
-            standings: self
-                .standings_of(uid, OffsetDateTime::now_utc().date())
-                .await?,
+            standings: self.standings_of(uid, today).await?,
+            seasons: self.season_history(uid, today).await?,
             hidden: members
                 .iter()
                 .any(|r| r.get::<Option<bool>, _>("hidden") == Some(true)),
@@ -102,19 +102,27 @@ impl Store {
         }))
     }
 
-    /// The leaderboard for `period` around `today`, highest XP first (ties: the smaller
-    /// uid first), `limit` rows after skipping `offset`; from the standings, so any page
-    /// costs about what the first does.
+    /// The leaderboard of the standings `key` (a [`Board`](super::seasons::Board)'s),
+    /// highest XP first (ties: the smaller uid first), `limit` rows after skipping
+    /// `offset`; from the standings, so any page costs about what the first does.
     pub async fn top(
         &self,
-        period: Period,
-        today: Date,
+        key: &str,
         limit: i64,
         offset: i64,
     ) -> Result<Vec<Standing>, StoreError> {
-        let rows = self
-            .standings_page(&period.key(today), limit, offset)
-            .await?;
+        let rows = self.standings_page(key, limit, offset).await?;
+        self.standing_rows(rows, usize::try_from(offset).unwrap_or(0))
+            .await
+    }
+
+    /// Leaderboard rows of `(uid, xp)` in order, the first at position `start + 1`,
+    /// with each user's name and rank now.
+    pub async fn standing_rows(
+        &self,
+        rows: Vec<(i64, i64)>,
+        start: usize,
+    ) -> Result<Vec<Standing>, StoreError> {
         let uids: Vec<i64> = rows.iter().map(|r| r.0).collect();
         let about: HashMap<i64, (Option<String>, i64)> = sqlx::query_as(
             "SELECT u.id, (SELECT n.name FROM identities i
@@ -129,7 +137,6 @@ impl Store {
         .into_iter()
         .map(|(uid, name, xp): (i64, Option<String>, i64)| (uid, (name, xp)))
         .collect();
-        let start = usize::try_from(offset).unwrap_or(0);
         Ok(rows
             .into_iter()
             .enumerate()
@@ -174,12 +181,6 @@ impl Store {
         )
         .fetch_one(&self.pool)
         .await?)
-    }
-
-    /// How many users the leaderboard of `period` around `today` ranks: all time every
-    /// live user, a period the users whose XP in it is not zero.
-    pub async fn leaderboard_size(&self, period: Period, today: Date) -> Result<i64, StoreError> {
-        self.ranked(&period.key(today)).await
     }
 
     /// Dead-letter counts per platform, kind and reason code.

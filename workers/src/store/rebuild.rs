@@ -353,6 +353,8 @@ impl Store {
     /// ends with its live user id: profile addresses (`/u/<uid>`) and the replicas'
     /// identity caches stay valid. Identities and users `fresh` already holds (from a
     /// snapshot) are left as they are. Returns how many identities were seeded.
+    /// The live seasons too (not a projection: settings), so the fresh standings have
+    /// the seasons' keys the live ones have.
     /// SPEC 7.4: the fresh tables honour every erasure the live ones know (the `forget`
     /// events themselves are gone from the stream), and an identity they hold (from a
     /// snapshot taken before its erasure) is erased again: queued for
@@ -360,6 +362,11 @@ impl Store {
     pub async fn seed_forgotten(&self, live: &str, fresh: &str) -> Result<u64, StoreError> {
         let (live, fresh) = (checked(live)?, checked(fresh)?);
         let mut tx = self.pool.begin().await?;
+        sqlx::query(&format!(
+            "INSERT INTO {fresh}.seasons SELECT * FROM {live}.seasons ON CONFLICT DO NOTHING"
+        ))
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(&format!(
             "INSERT INTO {fresh}.forgotten (identity_hash, cut_ms)
              SELECT identity_hash, cut_ms FROM {live}.forgotten

@@ -695,6 +695,21 @@ pub async fn run(
         Duration::from_secs(settings.sync.prune_interval_secs),
         shutdown.clone(),
     ));
+    // This replica's seasons are the ones in force (docs/seasons.md); a change queues
+    // the standings' recomputation.
+    let seasons = crate::settings::seasons::seasons(&settings.seasons)?;
+    if store.configure_seasons(&seasons).await? {
+        info!(
+            seasons = seasons.iter().count(),
+            "seasons changed: standings recomputed"
+        );
+    }
+    tasks.spawn(close_seasons(
+        store.clone(),
+        settings.champions.clone(),
+        wake.clone(),
+        shutdown.clone(),
+    ));
     tasks.close();
     info!(
         stream = broker.subjects.events_stream(),
@@ -708,6 +723,42 @@ pub async fn run(
     shutdown.cancel();
     tasks.wait().await;
     result
+}
+
+/// How often a replica looks for seasons to close.
+const CLOSE_EVERY: Duration = Duration::from_secs(60);
+
+/// Closes every season that is over (`Store::close_seasons`; docs/seasons.md): at
+/// start-up, which catches up after downtime, then every [`CLOSE_EVERY`]. Each replica
+/// runs it; the database lets one close each season. The closing's notice goes out by
+/// the outbox relay, woken here.
+async fn close_seasons(
+    store: Store,
+    champions: crate::settings::seasons::ChampionSettings,
+    relay: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let now = time::OffsetDateTime::now_utc();
+        match store
+            .close_seasons(now, champions.grace(), champions.top)
+            .await
+        {
+            Ok(closed) => {
+                for c in &closed {
+                    info!(season = %c.season.name, champions = c.champions.len(), ranked = c.ranked, "season closed");
+                }
+                if !closed.is_empty() {
+                    relay.notify_one();
+                }
+            }
+            Err(e) => warn!(error = %e, "closing seasons failed; trying again"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(CLOSE_EVERY) => {}
+        }
+    }
 }
 
 /// The standings refresher (`store::standings`): a round as soon as this replica

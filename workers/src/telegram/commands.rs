@@ -95,6 +95,7 @@ pub fn parse_period(arg: &str) -> Result<Period, String> {
         "" | "all" | "alltime" | "all-time" => Ok(Period::All),
         "week" | "w" => Ok(Period::Week),
         "month" | "m" => Ok(Period::Month),
+        "season" | "s" => Ok(Period::Season),
         other => Err(other.chars().take(32).collect()),
     }
 }

@@ -70,11 +70,11 @@ pub fn rank(profile: Option<&Profile>, rules: &Rules) -> String {
 
 /// `/top [period]`.
 pub fn top(period: Period, rows: &[Standing]) -> String {
-    text::top(period, rows, Markup::Plain)
+    text::period_top(period, rows, Markup::Plain)
 }
 
 pub fn top_usage(word: &str) -> String {
-    format!("I don't know the period \"{word}\". Use /top, /top week or /top month.")
+    format!("I don't know the period \"{word}\". Use /top, /top week, /top month or /top season.")
 }
 
 /// `/link` in a private chat: the code to enter elsewhere.
@@ -287,6 +287,7 @@ mod tests {
                     ranked: 2_001,
                 },
             ],
+            seasons: Vec::new(),
             hidden: false,
             notify: true,
         }

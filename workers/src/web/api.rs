@@ -257,6 +257,8 @@ pub struct PublicProfile {
 #[derive(Debug, Default, Deserialize)]
 pub struct BoardQuery {
     pub period: Option<String>,
+    /// A season by name instead of the period.
+    pub season: Option<String>,
     /// A day (YYYY-MM-DD) in the week or month wanted: a past period's leaderboard.
     pub at: Option<String>,
     pub page: Option<String>,
@@ -264,9 +266,10 @@ pub struct BoardQuery {
 }
 
 /// A parsed leaderboard request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BoardRequest {
     pub period: Period,
+    pub season: Option<String>,
     /// A day in the period; `None`: today.
     pub at: Option<time::Date>,
     pub page: i64,
@@ -279,7 +282,12 @@ impl BoardQuery {
             None | Some("") => Period::All,
             Some(p) => p
                 .parse::<Period>()
-                .map_err(|_| format!("period {p:?} must be all, week or month"))?,
+                .map_err(|_| format!("period {p:?} must be all, week, month or season"))?,
+        };
+        let season = match self.season.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(s) if ttfd_shared::seasons::valid_name(s) => Some(s.to_owned()),
+            Some(s) => return Err(format!("season {s:?} is not a season name")),
         };
         let number = |name: &str, v: &Option<String>, default: i64, max: i64| match v.as_deref() {
             None | Some("") => Ok(default),
@@ -298,6 +306,7 @@ impl BoardQuery {
         };
         Ok(BoardRequest {
             period,
+            season,
             at,
             page: number("page", &self.page, 1, MAX_PAGE)?,
             per_page: number("per_page", &self.per_page, DEFAULT_PER_PAGE, MAX_PER_PAGE)?,
@@ -309,8 +318,11 @@ impl BoardQuery {
 #[derive(Debug, Clone, Serialize)]
 pub struct Board {
     pub period: &'static str,
-    /// The standings key of the period shown (`week:2026-W49`...).
+    /// The standings key of the period shown (`week:2026-W49`, `season:winter`...).
     pub key: String,
+    /// For a season's board: its name and days (added with seasons).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub season: Option<SeasonDays>,
     pub page: i64,
     pub per_page: i64,
     /// Users on this leaderboard (for a period: users who earned XP in it).
@@ -319,22 +331,44 @@ pub struct Board {
     pub entries: Vec<Standing>,
 }
 
-pub async fn load_board(
-    app: &AppState,
-    req: BoardRequest,
-) -> Result<Board, crate::store::StoreError> {
+/// A season's name and days, as a board shows them.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeasonDays {
+    pub name: String,
+    pub from: String,
+    pub to: String,
+}
+
+/// The page `req` asks for; `Err` with a 404 when it names a season there is not (or
+/// asks for the current season when none is on).
+pub async fn load_board(app: &AppState, req: &BoardRequest) -> Result<Board, ApiError> {
     let today = req
         .at
         .unwrap_or_else(|| time::OffsetDateTime::now_utc().date());
-    let offset = (req.page - 1) * req.per_page;
-    let entries = app
+    let Some(board) = app
         .store
-        .top(req.period, today, req.per_page, offset)
-        .await?;
-    let total = app.store.leaderboard_size(req.period, today).await?;
+        .board(req.period, req.season.as_deref(), today)
+        .await?
+    else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            match &req.season {
+                Some(name) => format!("there is no season named {name:?}"),
+                None => format!("no season is on {today}"),
+            },
+        ));
+    };
+    let offset = (req.page - 1) * req.per_page;
+    let entries = app.store.top(&board.key, req.per_page, offset).await?;
+    let total = app.store.ranked(&board.key).await?;
     Ok(Board {
-        period: req.period.as_str(),
-        key: req.period.key(today),
+        period: board.period.as_str(),
+        season: board.season.as_ref().map(|s| SeasonDays {
+            name: s.name.clone(),
+            from: s.first.to_string(),
+            to: s.last.to_string(),
+        }),
+        key: board.key,
         page: req.page,
         per_page: req.per_page,
         total,
@@ -354,7 +388,7 @@ pub async fn leaderboard(
         .map_err(|(status, why)| ApiError::new(status, why))?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let req = query.parse().map_err(ApiError::bad_request)?;
-    Ok(Json(load_board(&app, req).await?))
+    Ok(Json(load_board(&app, &req).await?))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -387,6 +421,21 @@ pub fn ladder(rules: &ttfd_shared::Rules) -> Vec<RankRung> {
             }
         })
         .collect()
+}
+
+/// `GET /api/v1/seasons`: every season, the newest first, with a closed season's
+/// champions (docs/seasons.md); as public as the leaderboards.
+pub async fn seasons(
+    State(app): State<AppState>,
+    jar: SignedCookieJar,
+) -> Result<Json<Value>, ApiError> {
+    let session = app.session(&jar).await;
+    app.leaderboards_for(&session)
+        .map_err(|(status, why)| ApiError::new(status, why))?;
+    let today = time::OffsetDateTime::now_utc().date();
+    Ok(Json(
+        json!({"seasons": app.store.season_views(today).await?}),
+    ))
 }
 
 /// `GET /api/v1/ranks`: the rank ladder, lowest first.

@@ -12,11 +12,11 @@ use time::{Duration, OffsetDateTime};
 use ttfd_shared::Rules;
 
 use super::AppState;
-use super::api::{BoardQuery, BoardRequest, ladder, load_board};
+use super::api::{BoardQuery, ladder, load_board};
 use super::chart::{Chart, xp_chart};
 use super::session::{Flash, Session};
 use crate::now_ms;
-use ttfd_shared::view::{Period, Profile};
+use ttfd_shared::view::{Period, PeriodStanding, Profile};
 
 /// Days shown in the profile chart.
 pub const CHART_DAYS: u16 = 30;
@@ -178,11 +178,39 @@ pub struct IdentityView {
 
 /// A place in one period's leaderboard, linking to the page that shows it.
 pub struct PlaceView {
-    pub words: &'static str,
+    pub words: String,
     /// "#12", or "—" when not ranked.
     pub place: String,
     pub ranked: String,
     pub href: String,
+}
+
+impl PlaceView {
+    /// A place on a current period's board, or on a season's named (`named`).
+    fn of(s: &PeriodStanding, named: bool) -> Self {
+        let season = s.key.strip_prefix(ttfd_shared::seasons::KEY_PREFIX);
+        let board = match season {
+            Some(name) => format!("/leaderboard?season={name}"),
+            None => format!("/leaderboard?period={}", s.period.as_str()),
+        };
+        let (place, href) = match s.position {
+            Some(n) => {
+                let n = i64::try_from(n).unwrap_or(i64::MAX);
+                let page = (n - 1) / crate::web::api::DEFAULT_PER_PAGE + 1;
+                (format!("#{}", thousands(n)), format!("{board}&page={page}"))
+            }
+            None => ("—".to_owned(), board),
+        };
+        PlaceView {
+            words: match season {
+                Some(name) if named => format!("in {name}"),
+                _ => s.period.words().to_owned(),
+            },
+            place,
+            ranked: thousands(i64::try_from(s.ranked).unwrap_or(i64::MAX)),
+            href,
+        }
+    }
 }
 
 pub struct ProfileView {
@@ -191,6 +219,8 @@ pub struct ProfileView {
     /// would be.
     pub hidden: bool,
     pub places: Vec<PlaceView>,
+    /// Every season begun but the current one, the newest first.
+    pub seasons: Vec<PlaceView>,
     pub badge: RankBadge,
     pub xp: String,
     pub next: Option<NextRank>,
@@ -237,26 +267,14 @@ impl ProfileView {
             places: p
                 .standings
                 .iter()
-                .map(|s| {
-                    let period = s.period.as_str();
-                    let (place, href) = match s.position {
-                        Some(n) => {
-                            let n = i64::try_from(n).unwrap_or(i64::MAX);
-                            let page = (n - 1) / crate::web::api::DEFAULT_PER_PAGE + 1;
-                            (
-                                format!("#{}", thousands(n)),
-                                format!("/leaderboard?period={period}&page={page}"),
-                            )
-                        }
-                        None => ("—".to_owned(), format!("/leaderboard?period={period}")),
-                    };
-                    PlaceView {
-                        words: s.period.words(),
-                        place,
-                        ranked: thousands(i64::try_from(s.ranked).unwrap_or(i64::MAX)),
-                        href,
-                    }
-                })
+                .map(|s| PlaceView::of(s, false))
+                .collect(),
+            // The season on now is among the places already.
+            seasons: p
+                .seasons
+                .iter()
+                .filter(|s| !p.standings.iter().any(|c| c.key == s.key))
+                .map(|s| PlaceView::of(s, true))
                 .collect(),
             xp: thousands(p.xp),
             next,
@@ -306,7 +324,9 @@ pub struct LinkPanel {
 struct LeaderboardPage {
     layout: Layout,
     tabs: Vec<Tab>,
-    period_phrase: &'static str,
+    period_phrase: String,
+    /// A season's board: its name and days.
+    season: Option<String>,
     rows: Vec<Row>,
     page: i64,
     pages: i64,
@@ -327,6 +347,21 @@ struct Row {
     name: String,
     badge: RankBadge,
     xp: String,
+}
+
+#[derive(Template)]
+#[template(path = "seasons.html")]
+struct SeasonsPage {
+    layout: Layout,
+    seasons: Vec<SeasonCard>,
+}
+
+struct SeasonCard {
+    name: String,
+    days: String,
+    status: &'static str,
+    ranked: String,
+    champions: Vec<Row>,
 }
 
 #[derive(Template)]
@@ -497,12 +532,20 @@ pub async fn leaderboard(
     if let Err((status, why)) = app.leaderboards_for(&session) {
         return error_page(&app, jar, session, status, why);
     }
-    let board = match load_board(&app, req).await {
+    let board = match load_board(&app, &req).await {
         Ok(b) => b,
+        Err(e) => return error_page(&app, jar, session, e.status, e.message),
+    };
+    let season_on = match app.store.seasons().await {
+        Ok(seasons) => seasons.at(time::OffsetDateTime::now_utc().date()).is_some(),
         Err(e) => return database_down(&app, jar, session, e),
     };
+    let named = req.season.clone();
     let href = |period: Period, page: i64| {
-        let mut s = format!("/leaderboard?period={}", period.as_str());
+        let mut s = match &named {
+            Some(name) if period == Period::Season => format!("/leaderboard?season={name}"),
+            _ => format!("/leaderboard?period={}", period.as_str()),
+        };
         if page > 1 {
             s.push_str(&format!("&page={page}"));
         }
@@ -511,28 +554,43 @@ pub async fn leaderboard(
         }
         s
     };
-    let BoardRequest { period, page, .. } = req;
-    let tabs = [
+    let page = req.page;
+    let period = if board.season.is_some() {
+        Period::Season
+    } else {
+        req.period
+    };
+    let mut tabs: Vec<Tab> = [
         (Period::All, "All time"),
         (Period::Month, "This month"),
         (Period::Week, "This week"),
+        (Period::Season, "This season"),
     ]
     .into_iter()
+    .filter(|(p, _)| *p != Period::Season || season_on)
     .map(|(p, label)| Tab {
         label,
-        href: href(p, 1),
-        active: p == period,
+        href: format!("/leaderboard?period={}", p.as_str()),
+        active: p == period && (p != Period::Season || named.is_none()),
     })
     .collect();
+    tabs.push(Tab {
+        label: "Seasons",
+        href: "/seasons".into(),
+        active: false,
+    });
     let rules = &app.store.rules;
     let page_view = LeaderboardPage {
         layout: layout(&mut session),
         tabs,
-        period_phrase: match period {
-            Period::All => "all time",
-            Period::Month => "this month",
-            Period::Week => "this week",
+        period_phrase: match (&board.season, named.is_some()) {
+            (Some(s), true) => format!("in season {}", s.name),
+            _ => period.words().to_owned(),
         },
+        season: board
+            .season
+            .as_ref()
+            .map(|s| format!("Season {}: {} to {}", s.name, s.from, s.to)),
         rows: board
             .entries
             .iter()
@@ -554,6 +612,52 @@ pub async fn leaderboard(
         next_href: (page < board.pages).then(|| href(period, page + 1)),
     };
     respond(&app, jar, &session, StatusCode::OK, page_view)
+}
+
+/// `GET /seasons`: the hall of champions, the newest season first.
+pub async fn seasons(State(app): State<AppState>, jar: SignedCookieJar) -> Response {
+    let mut session = app.session(&jar).await;
+    if let Err((status, why)) = app.leaderboards_for(&session) {
+        return error_page(&app, jar, session, status, why);
+    }
+    let today = time::OffsetDateTime::now_utc().date();
+    let views = match app.store.season_views(today).await {
+        Ok(v) => v,
+        Err(e) => return database_down(&app, jar, session, e),
+    };
+    let rules = &app.store.rules;
+    let page = SeasonsPage {
+        layout: layout(&mut session),
+        seasons: views
+            .into_iter()
+            .map(|s| SeasonCard {
+                days: format!("{} to {}", s.from, s.to),
+                status: match s.status.as_str() {
+                    "upcoming" => "Upcoming",
+                    "on" => "On now",
+                    "over" => "Over, closing soon",
+                    _ => "Closed",
+                },
+                ranked: thousands(s.ranked),
+                champions: s
+                    .champions
+                    .iter()
+                    .map(|c| Row {
+                        position: c.position,
+                        uid: c.uid,
+                        name: c
+                            .display_name
+                            .clone()
+                            .unwrap_or_else(|| format!("Member #{}", c.uid)),
+                        badge: badge_by_name(rules, &c.rank),
+                        xp: thousands(c.xp),
+                    })
+                    .collect(),
+                name: s.name,
+            })
+            .collect(),
+    };
+    respond(&app, jar, &session, StatusCode::OK, page)
 }
 
 /// `GET /ranks`.

@@ -18,7 +18,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 use ttfd::metrics::Metrics;
-use ttfd::shared::view::Period;
 use ttfd::web::WebApp;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -130,6 +129,21 @@ async fn a_person_sees_the_leaderboard_and_a_profile_in_chromium() {
         s.web.telegram.bot_token = BOT_TOKEN.into();
         s.web.telegram.bot_username = "ttfd_test_bot".into();
         s.web.admins = vec![format!("telegram:{ADMIN}")];
+        // The community's days: a season over since yesterday, and one on now.
+        let today = time::OffsetDateTime::now_utc().date();
+        let day = |n: i64| (today + time::Duration::days(n)).to_string();
+        s.seasons = vec![
+            ttfd::settings::seasons::SeasonSettings {
+                name: "opening-days".into(),
+                from: day(-4),
+                to: day(-1),
+            },
+            ttfd::settings::seasons::SeasonSettings {
+                name: "this-week".into(),
+                from: day(0),
+                to: day(6),
+            },
+        ];
     })
     .await;
     let stop = CancellationToken::new();
@@ -156,8 +170,7 @@ async fn a_person_sees_the_leaderboard_and_a_profile_in_chromium() {
     .expect("the web role starts");
     let base = app.base_url().to_owned();
     tokio::spawn(app.run(stop.clone()));
-    let today = time::OffsetDateTime::now_utc().date();
-    let top = env.store.top(Period::All, today, 25, 0).await.expect("top");
+    let top = env.store.top("all", 25, 0).await.expect("top");
     let leader = top.first().expect("someone leads").clone();
     let users = env.store.user_count().await.expect("count");
 
@@ -218,7 +231,16 @@ async fn a_person_sees_the_leaderboard_and_a_profile_in_chromium() {
     for t in &tabs {
         labels.push(t.text().await.expect("tab"));
     }
-    assert_eq!(labels, ["All time", "This month", "This week"]);
+    assert_eq!(
+        labels,
+        [
+            "All time",
+            "This month",
+            "This week",
+            "This season",
+            "Seasons"
+        ]
+    );
     assert_eq!(text_of(&client, ".tabs a.active").await, "All time");
     let rows = client
         .find_all(Locator::Css("table.board tbody tr"))
@@ -299,11 +321,42 @@ async fn a_person_sees_the_leaderboard_and_a_profile_in_chromium() {
     assert!(!platforms.is_empty(), "linked platforms are listed");
     save(&client, "profile.png").await;
 
+    // The hall of champions, once the season over is closed (a sync replica's job).
+    let closed = env
+        .store
+        .close_seasons(time::OffsetDateTime::now_utc(), time::Duration::ZERO, 3)
+        .await
+        .expect("close");
+    assert_eq!(closed.len(), 1, "the opening days close");
+    client
+        .goto(&format!("{base}/seasons"))
+        .await
+        .expect("seasons");
+    let meta = text_of(&client, "section.season .meta").await;
+    assert!(meta.contains("On now"), "{meta}");
+    let champions = client
+        .find_all(Locator::Css("section.season table.board tbody tr"))
+        .await
+        .expect("champions");
+    assert_eq!(champions.len(), 3, "three champions of the opening days");
+    save(&client, "seasons.png").await;
+    client
+        .find(Locator::LinkText("this-week"))
+        .await
+        .expect("the season's link")
+        .click()
+        .await
+        .expect("click");
+    let season = text_of(&client, "p.season").await;
+    assert!(season.starts_with("Season this-week: "), "{season}");
+    save(&client, "leaderboard-season.png").await;
+
     // On a phone: nothing wider than the screen.
     client.set_window_size(390, 844).await.expect("phone size");
     for (path, shot) in [
         ("/leaderboard", "leaderboard-phone.png"),
         ("/ranks", "ranks-phone.png"),
+        ("/seasons", "seasons-phone.png"),
     ] {
         client.goto(&format!("{base}{path}")).await.expect("open");
         text_of(&client, "h1").await;

@@ -13,6 +13,7 @@ mod observe;
 mod pipeline;
 mod privacy;
 mod replay;
+mod seasons;
 mod telegram;
 mod trust;
 mod web;

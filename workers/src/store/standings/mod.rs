@@ -22,6 +22,8 @@ use std::time::Duration;
 use sqlx::PgConnection;
 use time::Date;
 use ttfd_shared::model::period_keys;
+
+use super::seasons::seasons_in;
 use ttfd_shared::rules::day_of_date;
 use ttfd_shared::view::{Period, PeriodStanding};
 
@@ -198,14 +200,29 @@ impl Store {
         .await?)
     }
 
-    /// Where `uid` stands in each current period around `today`: position, XP, members
-    /// ranked; in one statement, so all of it is one committed state.
+    /// Where `uid` stands in each current period around `today` (all time, week, month,
+    /// and the season if one is on): position, XP, members ranked; in one statement, so
+    /// all of it is one committed state.
     pub async fn standings_of(
         &self,
         uid: i64,
         today: Date,
     ) -> Result<Vec<PeriodStanding>, StoreError> {
-        let keys: Vec<String> = Period::ALL.iter().map(|p| p.key(today)).collect();
+        let seasons = self.seasons().await?;
+        let periods: Vec<(Period, String)> = Period::EVERY
+            .into_iter()
+            .filter_map(|p| Some((p, p.key(today, &seasons)?)))
+            .collect();
+        self.positions(uid, periods).await
+    }
+
+    /// Where `uid` stands in each of `periods`, by standings key.
+    pub async fn positions(
+        &self,
+        uid: i64,
+        periods: Vec<(Period, String)>,
+    ) -> Result<Vec<PeriodStanding>, StoreError> {
+        let keys: Vec<&str> = periods.iter().map(|(_, k)| k.as_str()).collect();
         let rows: Vec<(String, Option<i64>, Option<i64>, i64)> = sqlx::query_as(
             "SELECT p.period, me.xp, me.position, coalesce((
                         SELECT sum(members) FROM standing_blocks b WHERE b.period = p.period), 0)::int8
@@ -233,13 +250,12 @@ impl Store {
             .into_iter()
             .map(|(k, xp, pos, n)| (k, (xp, pos, n)))
             .collect();
-        Ok(Period::ALL
-            .iter()
-            .zip(keys)
+        Ok(periods
+            .into_iter()
             .map(|(period, key)| {
                 let (xp, position, ranked) = by_key.get(&key).copied().unwrap_or((None, None, 0));
                 PeriodStanding {
-                    period: *period,
+                    period,
                     position: position.and_then(|p| u64::try_from(p).ok()),
                     xp: xp.unwrap_or(0),
                     ranked: u64::try_from(ranked).unwrap_or(0),
@@ -314,7 +330,8 @@ async fn refresh_in(
         });
     }
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    let mut round = Round::fold(&rows);
+    let seasons = seasons_in(conn).await?;
+    let mut round = Round::fold(&rows, &seasons);
 
     // Losers' rows move to their survivors, in every period they had one (every period
     // with a row has blocks).
@@ -557,8 +574,9 @@ async fn recompute_in(conn: &mut PgConnection, target: i64) -> Result<(), StoreE
             .fetch_one(&mut *conn)
             .await?;
     if let (Some(first), Some(last)) = span {
+        let seasons = seasons_in(conn).await?;
         let (days, keys): (Vec<i32>, Vec<String>) = (day_of_date(first)..=day_of_date(last))
-            .flat_map(|d| period_keys(d).into_iter().map(move |k| (d, k)))
+            .flat_map(|d| period_keys(d, &seasons).into_iter().map(move |k| (d, k)))
             .unzip();
         sqlx::query(
             "INSERT INTO standings (period, user_id, xp, hidden)
@@ -601,7 +619,7 @@ async fn recompute_in(conn: &mut PgConnection, target: i64) -> Result<(), StoreE
 }
 
 /// The users hidden now (SPEC 7.3: any of their identities' newest `hidden` is true).
-async fn hidden_users(conn: &mut PgConnection) -> Result<HashSet<i64>, StoreError> {
+pub(crate) async fn hidden_users(conn: &mut PgConnection) -> Result<HashSet<i64>, StoreError> {
     let uids: Vec<i64> = sqlx::query_scalar(
         "SELECT DISTINCT i.user_id FROM identity_prefs p JOIN identities i ON i.id = p.identity_id
          WHERE p.hidden",

@@ -5,6 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use ttfd_shared::model::period_keys;
+#[cfg(test)]
+use ttfd_shared::seasons::Season;
+use ttfd_shared::seasons::Seasons;
 
 use super::blocks::{Key, key};
 
@@ -65,7 +68,7 @@ pub struct Settled {
 impl Round {
     /// Folds the rows, in commit order. A merge moves what its loser has, before or
     /// after in the round, to its survivor: a user merged away gets no later work.
-    pub fn fold(rows: &[WorkRow]) -> Self {
+    pub fn fold(rows: &[WorkRow], seasons: &Seasons) -> Self {
         let mut survivor = HashMap::new();
         for r in rows {
             for (l, s) in r.losers.iter().zip(&r.survivors) {
@@ -81,7 +84,7 @@ impl Round {
         for r in rows {
             for ((u, d), x) in r.users.iter().zip(&r.days).zip(&r.xp) {
                 let u = round.follow(*u);
-                for k in period_keys(*d) {
+                for k in period_keys(*d, seasons) {
                     *round.deltas.entry((k, u)).or_default() += x;
                 }
                 *round.deltas.entry((ALL.to_owned(), u)).or_default() += x;
@@ -224,13 +227,17 @@ mod tests {
         }
     }
 
+    fn fold(rows: &[WorkRow]) -> Round {
+        Round::fold(rows, &Seasons::default())
+    }
+
     const W: &str = "week:2026-W49";
     const M: &str = "month:2026-12";
 
     #[test]
     fn xp_of_a_day_counts_all_time_in_its_week_and_in_its_month() {
         let thu = day_of_date(date!(2026 - 12 - 03));
-        let r = Round::fold(&[WorkRow {
+        let r = fold(&[WorkRow {
             users: vec![7, 7, 8],
             days: vec![thu, thu - 4, thu],
             xp: vec![10, 5, 3],
@@ -245,12 +252,27 @@ mod tests {
         assert_eq!(d("month:2026-11", 7), Some(5));
         assert_eq!(d(ALL, 9), Some(0), "a user without XP is ranked all time");
         assert_eq!(d(W, 9), None);
+        // With a season from December 1, the same XP counts in it too.
+        let seasons = Seasons::new(vec![
+            Season::parse("winter", "2026-12-01", "2027-02-28").expect("a season"),
+        ])
+        .expect("valid");
+        let r = Round::fold(
+            &[WorkRow {
+                users: vec![7, 7],
+                days: vec![thu, thu - 4],
+                xp: vec![10, 5],
+                ..row(1)
+            }],
+            &seasons,
+        );
+        assert_eq!(r.deltas.get(&("season:winter".to_owned(), 7)), Some(&10));
     }
 
     #[test]
     fn a_merge_moves_the_losers_work_and_rows_to_its_survivor() {
         let day = day_of_date(date!(2026 - 12 - 03));
-        let mut r = Round::fold(&[
+        let mut r = fold(&[
             WorkRow {
                 users: vec![5],
                 days: vec![day],
@@ -307,7 +329,7 @@ mod tests {
 
     #[test]
     fn nothing_is_written_for_a_user_whose_standing_did_not_change() {
-        let r = Round::fold(&[WorkRow {
+        let r = fold(&[WorkRow {
             touched: vec![3],
             ..row(1)
         }]);
@@ -327,7 +349,7 @@ mod tests {
         let day = day_of_date(date!(2026 - 12 - 03));
         // The batch of the `prefs` event added nothing; the member had rows in two
         // periods, read because they are checked.
-        let r = Round::fold(&[WorkRow {
+        let r = fold(&[WorkRow {
             touched: vec![4],
             seen: vec![4],
             ..row(1)
@@ -346,7 +368,7 @@ mod tests {
         assert_eq!(s.moves[W], vec![(Some(key(30, 4)), None)]);
 
         // Hidden, they earn on: the XP stays exact, no block counts them.
-        let r = Round::fold(&[WorkRow {
+        let r = fold(&[WorkRow {
             users: vec![4],
             days: vec![day],
             xp: vec![5],
@@ -364,7 +386,7 @@ mod tests {
         );
 
         // Shown again, in the period of a merged-away loser's hidden row too.
-        let mut r = Round::fold(&[WorkRow {
+        let mut r = fold(&[WorkRow {
             touched: vec![4],
             seen: vec![4],
             losers: vec![9],

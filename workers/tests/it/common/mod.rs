@@ -107,6 +107,13 @@ impl TestEnv {
         settings.sync.shutdown_grace_secs = 5;
         settings.sync.relay_poll_ms = 100;
         settings.sync.max_retry_delay_secs = 1;
+        // A season over two of the four days the generated events span, across the
+        // month boundary: every comparison with the model covers a season's standings.
+        settings.seasons = vec![ttfd::settings::seasons::SeasonSettings {
+            name: "t1".into(),
+            from: "2026-02-28".into(),
+            to: "2026-03-01".into(),
+        }];
         tune(&mut settings);
         let db = ScratchDb::create(&settings.database, "ttfd_test")
             .await
@@ -119,6 +126,11 @@ impl TestEnv {
         // Standings blocks of 3 members: the tests' handfuls of users cut and fold them.
         let store = Store::from_pool(db.pool(8).await.expect("pool"), settings.rules.clone())
             .with_block_target(3);
+        let seasons = ttfd::settings::seasons::seasons(&settings.seasons).expect("seasons");
+        store
+            .configure_seasons(&seasons)
+            .await
+            .expect("configure the seasons");
         Self {
             settings,
             db,
@@ -486,15 +498,16 @@ async fn compare_standings(
     expected: &[ModelProfile],
     owners: &std::collections::HashMap<i64, BTreeSet<Identity>>,
 ) -> Result<(), String> {
+    let seasons = store.seasons().await.map_err(|e| e.to_string())?;
     let mut keys: BTreeSet<String> = BTreeSet::from(["all".to_owned()]);
     for p in expected {
         for day in p.ledger.keys() {
-            keys.extend(model::period_keys(*day));
+            keys.extend(model::period_keys(*day, &seasons));
         }
     }
     let err = |e: ttfd::store::StoreError| e.to_string();
     for key in &keys {
-        let want: Vec<(BTreeSet<Identity>, i64)> = model::standings(expected, key)
+        let want: Vec<(BTreeSet<Identity>, i64)> = model::standings(expected, key, &seasons)
             .into_iter()
             .map(|(p, xp)| (p.identities.clone(), xp))
             .collect();

@@ -1,0 +1,415 @@
+//! Seasons in the database (docs/seasons.md): the list in force, which every standings
+//! refresher counts, and each season's closing with its champions.
+
+use std::collections::HashMap;
+
+use sqlx::PgConnection;
+use time::{Date, OffsetDateTime};
+use ttfd_shared::seasons::{Season, Seasons};
+use ttfd_shared::view::{Period, PeriodStanding, SeasonView};
+use ttfd_shared::wire::{SeasonChampion, SeasonNotice, WireIdentity};
+
+use super::standings::REFRESH_LOCK_CLASS;
+use super::{Store, StoreError};
+
+/// A closed season's champion, as the standings had them at the closing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Champion {
+    pub position: u32,
+    /// The user now (a champion merged since is followed to the survivor).
+    pub uid: i64,
+    pub xp: i64,
+}
+
+/// A season that was closed, with its champions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closing {
+    pub season: Season,
+    pub closed_at: OffsetDateTime,
+    pub ranked: i64,
+    pub champions: Vec<Champion>,
+}
+
+/// The notice of `closing`: its champions with their names and identities.
+async fn season_notice(
+    conn: &mut PgConnection,
+    closing: &Closing,
+) -> Result<SeasonNotice, StoreError> {
+    let uids: Vec<i64> = closing.champions.iter().map(|c| c.uid).collect();
+    /// A user, their name, and their identities' platforms and ids.
+    type About = (i64, Option<String>, Vec<String>, Vec<String>);
+    let about: Vec<About> = sqlx::query_as(
+        "SELECT u.id,
+                (SELECT n.name FROM identities i JOIN identity_names n ON n.identity_id = i.id
+                 WHERE i.user_id = u.id ORDER BY n.name_ms DESC, n.name_event DESC LIMIT 1),
+                ARRAY(SELECT platform FROM identities WHERE user_id = u.id ORDER BY id),
+                ARRAY(SELECT external_id FROM identities WHERE user_id = u.id ORDER BY id)
+         FROM users u WHERE u.id = ANY($1)",
+    )
+    .bind(&uids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let about: HashMap<i64, (Option<String>, Vec<WireIdentity>)> = about
+        .into_iter()
+        .map(|(uid, name, platforms, users)| {
+            let ids = platforms
+                .into_iter()
+                .zip(users)
+                .map(|(platform, user)| WireIdentity { platform, user })
+                .collect();
+            (uid, (name, ids))
+        })
+        .collect();
+    let season = &closing.season;
+    Ok(SeasonNotice {
+        v: 1,
+        id: format!("season:{}", season.name),
+        ts: i64::try_from(closing.closed_at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
+        season: season.name.clone(),
+        from: season.first.to_string(),
+        to: season.last.to_string(),
+        ranked: closing.ranked,
+        champions: closing
+            .champions
+            .iter()
+            .map(|c| {
+                let (display_name, identities) = about.get(&c.uid).cloned().unwrap_or_default();
+                SeasonChampion {
+                    position: c.position,
+                    uid: c.uid,
+                    xp: c.xp,
+                    display_name,
+                    identities,
+                }
+            })
+            .collect(),
+    })
+}
+
+/// The seasons of the `seasons` table, in the caller's transaction.
+pub(crate) async fn seasons_in(conn: &mut PgConnection) -> Result<Seasons, StoreError> {
+    let rows: Vec<(String, Date, Date)> =
+        sqlx::query_as("SELECT name, first_day, last_day FROM seasons ORDER BY first_day")
+            .fetch_all(&mut *conn)
+            .await?;
+    Seasons::new(
+        rows.into_iter()
+            .map(|(name, first, last)| Season { name, first, last })
+            .collect(),
+    )
+    .map_err(|e| StoreError::Schema(format!("table seasons: {e}")))
+}
+
+impl Store {
+    /// The seasons in force.
+    pub async fn seasons(&self) -> Result<Seasons, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        seasons_in(&mut conn).await
+    }
+
+    /// Makes `seasons` the seasons in force. When they differ from the stored ones, they
+    /// are written, under the standings refresh lock, with a request to recompute every
+    /// standing (a season added or moved counts days already past); `true` then.
+    pub async fn configure_seasons(&self, seasons: &Seasons) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))")
+            .bind(REFRESH_LOCK_CLASS)
+            .execute(&mut *tx)
+            .await?;
+        if &seasons_in(&mut tx).await? == seasons {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM seasons").execute(&mut *tx).await?;
+        let (names, firsts, lasts): (Vec<&str>, Vec<Date>, Vec<Date>) = seasons
+            .iter()
+            .map(|s| (s.name.as_str(), s.first, s.last))
+            .collect();
+        sqlx::query(
+            "INSERT INTO seasons (name, first_day, last_day)
+             SELECT * FROM unnest($1::text[], $2::date[], $3::date[])",
+        )
+        .bind(&names)
+        .bind(&firsts)
+        .bind(&lasts)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO standing_work (recompute) VALUES (true)")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Closes the seasons over by `now` less `grace` (late events still count in the
+    /// grace) that are not closed yet: each in one transaction that takes the top `top`
+    /// of its committed standings (every committed batch's work applied first), records
+    /// the closing and queues its [`SeasonNotice`] in the outbox. A second caller, at
+    /// the same time on another replica or later, finds it closed and does nothing.
+    /// Returns the closings made by this call.
+    pub async fn close_seasons(
+        &self,
+        now: OffsetDateTime,
+        grace: time::Duration,
+        top: u32,
+    ) -> Result<Vec<Closing>, StoreError> {
+        let today = (now - grace).date();
+        let due: Vec<Season> = self
+            .seasons()
+            .await?
+            .iter()
+            .filter(|s| s.over(today))
+            .cloned()
+            .collect();
+        let mut closed = Vec::new();
+        for season in due {
+            let mut tx = self.pool.begin().await?;
+            // The refresh lock: the standings are read with every committed batch's work
+            // applied, and no other closer runs meanwhile.
+            sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))")
+                .bind(REFRESH_LOCK_CLASS)
+                .execute(&mut *tx)
+                .await?;
+            let done: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM season_closings WHERE season = $1)",
+            )
+            .bind(&season.name)
+            .fetch_one(&mut *tx)
+            .await?;
+            if done {
+                continue;
+            }
+            super::standings::refresh_all_in(&mut tx, self.block_target).await?;
+            let key = season.key();
+            let rows: Vec<(i64, i64)> = sqlx::query_as(
+                "SELECT user_id, xp FROM standings WHERE period = $1 AND NOT hidden
+                 ORDER BY -xp, user_id LIMIT $2",
+            )
+            .bind(&key)
+            .bind(i64::from(top))
+            .fetch_all(&mut *tx)
+            .await?;
+            let ranked: i64 = sqlx::query_scalar(
+                "SELECT coalesce(sum(members), 0)::int8 FROM standing_blocks WHERE period = $1",
+            )
+            .bind(&key)
+            .fetch_one(&mut *tx)
+            .await?;
+            let closed_at: OffsetDateTime = sqlx::query_scalar(
+                "INSERT INTO season_closings (season, ranked) VALUES ($1, $2) RETURNING closed_at",
+            )
+            .bind(&season.name)
+            .bind(ranked)
+            .fetch_one(&mut *tx)
+            .await?;
+            let champions: Vec<Champion> = rows
+                .into_iter()
+                .zip(1..)
+                .map(|((uid, xp), position)| Champion { position, uid, xp })
+                .collect();
+            sqlx::query(
+                "INSERT INTO season_champions (season, position, user_id, xp)
+                 SELECT $1, * FROM unnest($2::int4[], $3::int8[], $4::int8[])",
+            )
+            .bind(&season.name)
+            .bind(
+                champions
+                    .iter()
+                    .map(|c| c.position as i32)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(champions.iter().map(|c| c.uid).collect::<Vec<_>>())
+            .bind(champions.iter().map(|c| c.xp).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+            let closing = Closing {
+                season,
+                closed_at,
+                ranked,
+                champions,
+            };
+            let notice = season_notice(&mut tx, &closing).await?;
+            sqlx::query("INSERT INTO outbox (topic, body) VALUES ('season', $1)")
+                .bind(serde_json::to_value(&notice)?)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            closed.push(closing);
+        }
+        Ok(closed)
+    }
+
+    /// Every closed season, newest first, with its champions (followed to their users
+    /// now; a champion erased since is left out).
+    pub async fn closings(&self) -> Result<Vec<Closing>, StoreError> {
+        let seasons = self.seasons().await?;
+        let closed: Vec<(String, OffsetDateTime, i64)> = sqlx::query_as(
+            "SELECT season, closed_at, ranked FROM season_closings ORDER BY closed_at DESC, season",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let champions: Vec<(String, i32, i64, i64)> = sqlx::query_as(
+            "WITH RECURSIVE chain AS (
+                 SELECT h.season, h.position, h.xp, u.id, u.merged_into, 0 AS depth
+                 FROM season_champions h JOIN users u ON u.id = h.user_id
+                 UNION ALL
+                 SELECT c.season, c.position, c.xp, u.id, u.merged_into, c.depth + 1
+                 FROM chain c JOIN users u ON u.id = c.merged_into WHERE c.depth < 64)
+             SELECT season, position, id, xp FROM chain WHERE merged_into IS NULL
+             ORDER BY season, position",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(closed
+            .into_iter()
+            .map(|(name, closed_at, ranked)| {
+                let champions = champions
+                    .iter()
+                    .filter(|c| c.0 == name)
+                    .map(|(_, position, uid, xp)| Champion {
+                        position: position.unsigned_abs(),
+                        uid: *uid,
+                        xp: *xp,
+                    })
+                    .collect();
+                // A season closed and then taken out of the settings keeps its name.
+                let season = seasons.named(&name).cloned().unwrap_or(Season {
+                    name,
+                    first: closed_at.date(),
+                    last: closed_at.date(),
+                });
+                Closing {
+                    season,
+                    closed_at,
+                    ranked,
+                    champions,
+                }
+            })
+            .collect())
+    }
+}
+
+/// A leaderboard a reader asks for: a period around a day, or a season by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Board {
+    pub period: Period,
+    /// Its standings key.
+    pub key: String,
+    /// The season, for a season's board.
+    pub season: Option<Season>,
+}
+
+impl Board {
+    /// What it ranks, in words: "all time", "this week", "in season winter-2026".
+    pub fn words(&self) -> String {
+        match &self.season {
+            Some(s) => format!("in season {}", s.name),
+            None => self.period.words().to_owned(),
+        }
+    }
+}
+
+impl Store {
+    /// The board of `season` when named (past, current or to come), else of `period`
+    /// around `today`; `None` when there is no such season, or no season on `today`.
+    pub async fn board(
+        &self,
+        period: Period,
+        season: Option<&str>,
+        today: Date,
+    ) -> Result<Option<Board>, StoreError> {
+        let seasons = self.seasons().await?;
+        let season = match season {
+            Some(name) => seasons.named(name),
+            None if period == Period::Season => seasons.at(today),
+            None => {
+                return Ok(period.key(today, &seasons).map(|key| Board {
+                    period,
+                    key,
+                    season: None,
+                }));
+            }
+        };
+        Ok(season.map(|s| Board {
+            period: Period::Season,
+            key: s.key(),
+            season: Some(s.clone()),
+        }))
+    }
+}
+
+impl Store {
+    /// Where `uid` stands, or stood, in every season begun by `today`, the newest first.
+    pub async fn season_history(
+        &self,
+        uid: i64,
+        today: Date,
+    ) -> Result<Vec<PeriodStanding>, StoreError> {
+        let seasons = self.seasons().await?;
+        let begun = seasons
+            .iter()
+            .rev()
+            .filter(|s| s.first <= today)
+            .map(|s| (Period::Season, s.key()))
+            .collect();
+        self.positions(uid, begun).await
+    }
+
+    /// Every season, the newest first, as readers see it on `today`: its status, how many
+    /// members it ranks, and a closed season's champions (members hidden now left out).
+    pub async fn season_views(&self, today: Date) -> Result<Vec<SeasonView>, StoreError> {
+        let seasons = self.seasons().await?;
+        let closings = self.closings().await?;
+        let hidden = {
+            let mut conn = self.pool.acquire().await?;
+            super::standings::hidden_users(&mut conn).await?
+        };
+        let mut views = Vec::new();
+        for s in seasons.iter().rev() {
+            let closing = closings.iter().find(|c| c.season.name == s.name);
+            let (status, ranked, closed_at, champions) = match closing {
+                Some(c) => {
+                    let rows = c
+                        .champions
+                        .iter()
+                        .filter(|h| !hidden.contains(&h.uid))
+                        .map(|h| (h.uid, h.xp))
+                        .collect();
+                    let mut champions = self.standing_rows(rows, 0).await?;
+                    // Their positions as they closed, gaps where a hidden one was.
+                    for (row, h) in champions
+                        .iter_mut()
+                        .zip(c.champions.iter().filter(|h| !hidden.contains(&h.uid)))
+                    {
+                        row.position = h.position as usize;
+                    }
+                    let at = c
+                        .closed_at
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .ok();
+                    ("closed", c.ranked, at, champions)
+                }
+                None => {
+                    let status = if s.first > today {
+                        "upcoming"
+                    } else if s.over(today) {
+                        "over"
+                    } else {
+                        "on"
+                    };
+                    (status, self.ranked(&s.key()).await?, None, Vec::new())
+                }
+            };
+            views.push(SeasonView {
+                name: s.name.clone(),
+                from: s.first.to_string(),
+                to: s.last.to_string(),
+                status: status.to_owned(),
+                key: s.key(),
+                ranked,
+                closed_at,
+                champions,
+            });
+        }
+        Ok(views)
+    }
+}
