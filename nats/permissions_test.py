@@ -285,8 +285,11 @@ async def main():
         check("sync relays outbox links of any platform", ack and ack.get("seq"), str(ack))
         ack = await sync.js_publish("ttfd.events.discord.forget", "web:forget:1")
         check("sync relays the website's erasures", ack and ack.get("seq"), str(ack))
-        for subject in ("ttfd.events.discord.xp", "ttfd.events.telegram.message",
-                        "ttfd.events.discord.unlink"):
+        ack = await sync.js_publish("ttfd.events.discord.xp", "season:winter:1")
+        check("sync relays a closed season's rewards (admitted only as season:.. from the relay)",
+              ack and ack.get("seq"), str(ack))
+        for subject in ("ttfd.events.telegram.message", "ttfd.events.discord.unlink",
+                        "ttfd.events.discord.game"):
             check(f"sync publishes no other event ({subject})", await sync.refused_publish(subject))
         check("sync may not delete streams",
               await sync.refused_publish("$JS.API.STREAM.DELETE.TTFD_EVENTS"))

@@ -169,6 +169,8 @@ TTFD__DISCORD__TOKEN=MTAwMDAwMDAwMDAwMDAwMDAw.fake.token TTFD__DISCORD__GUILD_ID
 discord_pid=$!
 check "discord: creates its consumer ttfd-discord-roles (no Discord needed for that)" \
   eventually "client ttfd-ops \"return 0 if 'error' not in json.loads((await nc.request('\\\$JS.API.CONSUMER.INFO.TTFD_NOTIFY.ttfd-discord-roles', b'')).data) else 1\""
+check "discord: creates its consumer ttfd-discord-seasons" \
+  eventually "client ttfd-ops \"return 0 if 'error' not in json.loads((await nc.request('\\\$JS.API.CONSUMER.INFO.TTFD_NOTIFY.ttfd-discord-seasons', b'')).data) else 1\""
 check "discord: probes and metrics" probes "$metrics_port"
 kill -TERM "$discord_pid" 2>/dev/null || true; wait "$discord_pid" 2>/dev/null || true
 
@@ -177,8 +179,8 @@ if "$ttfd" telegram --help >/dev/null 2>&1; then
   TTFD__TELEGRAM__TOKEN=123456789:AAEfaketokenfaketokenfaketoken12345 TTFD__TELEGRAM__API_URL="http://127.0.0.1:$apis_port" \
     "$ttfd" telegram >"$work/telegram.log" 2>&1 &
   telegram_pid=$!
-  check "telegram: creates its consumer ttfd-telegram-rank and its key-value bucket" \
-    eventually "client ttfd-ops \"return 0 if all('error' not in r for r in [json.loads((await nc.request(s, b'')).data) for s in ['\\\$JS.API.CONSUMER.INFO.TTFD_NOTIFY.ttfd-telegram-rank', '\\\$JS.API.STREAM.INFO.KV_TTFD_TELEGRAM_STARTED']]) else 1\""
+  check "telegram: creates its consumers ttfd-telegram-rank, ttfd-telegram-seasons and its key-value bucket" \
+    eventually "client ttfd-ops \"return 0 if all('error' not in r for r in [json.loads((await nc.request(s, b'')).data) for s in ['\\\$JS.API.CONSUMER.INFO.TTFD_NOTIFY.ttfd-telegram-rank', '\\\$JS.API.CONSUMER.INFO.TTFD_NOTIFY.ttfd-telegram-seasons', '\\\$JS.API.STREAM.INFO.KV_TTFD_TELEGRAM_STARTED']]) else 1\""
   check "telegram: probes" probes_without_families "$metrics_port"
   kill -TERM "$telegram_pid" 2>/dev/null || true; wait "$telegram_pid" 2>/dev/null || true
 else

@@ -62,9 +62,13 @@ impl FromStr for Publisher {
 
 /// The id namespaces of the trusted principals' events (`link:code:..` of redeemed
 /// codes, `web:link:oauth:..` of sign-in links, `import:..`, `mod:xp:..` of the
-/// moderators' tools): no platform of that name publishes, so nobody can claim their
-/// ids first.
-pub const RESERVED_PLATFORMS: [&str; 4] = ["link", "web", "import", "mod"];
+/// moderators' tools, `season:..` of a closed season's rewards): no platform of that
+/// name publishes, so nobody can claim their ids first.
+pub const RESERVED_PLATFORMS: [&str; 5] = ["link", "web", "import", "mod", "season"];
+
+/// The id namespace of a closed season's rewards (docs/seasons.md):
+/// `season:<name>:<position>`, queued by the closing's transaction.
+pub const SEASON_REWARD_PREFIX: &str = "season:";
 
 /// `Ok` when `publisher` may make the claim of `event`; else the reason, for the
 /// dead-letter stream.
@@ -122,9 +126,14 @@ fn claim(publisher: Publisher, event: &Event) -> Result<(), Rejection> {
         | Payload::Forget { .. } => Ok(()),
         Payload::Xp { .. } => match publisher {
             Moderator | Admin => Ok(()),
-            Platform | Relay => {
-                refuse("an xp event comes only from a moderator or an admin".into())
-            }
+            // A closed season's reward, which only a closing transaction queues for the
+            // relay (docs/seasons.md).
+            Relay if event.id.as_str().starts_with(SEASON_REWARD_PREFIX) => Ok(()),
+            Platform | Relay => refuse(
+                "an xp event comes only from a moderator or an admin (or, a season's reward, \
+                 from the relay)"
+                    .into(),
+            ),
         },
         // Undoing a link (SPEC 7.4) is a moderator's or an operator's decision, never a
         // platform's: a platform could otherwise split any member off.
@@ -242,6 +251,13 @@ mod tests {
         assert!(!allowed(Publisher::Relay, &grant));
         assert!(allowed(Publisher::Moderator, &grant));
         assert!(allowed(Publisher::Admin, &grant));
+        // A season's reward: from the relay, in its namespace only; never a platform's.
+        let reward = Event {
+            id: crate::EventId::parse("season:winter:1").expect("id"),
+            ..grant.clone()
+        };
+        assert!(allowed(Publisher::Relay, &reward));
+        assert!(!allowed(Publisher::Platform, &reward));
         let refused = admit(Publisher::Platform, &grant).expect_err("refused");
         assert_eq!(refused.code, "not_permitted");
         assert!(refused.detail.contains("moderator"), "{}", refused.detail);

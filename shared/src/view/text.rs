@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use super::{AuditEntry, Period, PeriodStanding, Pref, Profile, SeasonView, Standing};
 use crate::rules::Rules;
-use crate::wire::WireIdentity;
+use crate::wire::{SeasonNotice, WireIdentity};
 
 /// How the text is marked up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,6 +270,43 @@ pub fn season(s: &SeasonView, markup: Markup) -> String {
     out
 }
 
+/// The announcement of a closed season, the same on both bots:
+///
+/// ```text
+/// 🏆 Season winter-2026 is over (2026-12-01 to 2027-02-28, 1,204 members ranked).
+/// 🥇 Ada — 12,500 XP
+/// 🥈 Bo — 9,000 XP
+/// ```
+pub fn season_closed(n: &SeasonNotice, markup: Markup) -> String {
+    let mut out = format!(
+        "🏆 Season {} is over ({} to {}, {} ranked).",
+        markup.strong(&n.season),
+        n.from,
+        n.to,
+        match n.ranked {
+            1 => "1 member".to_owned(),
+            r => format!("{} members", thousands(r)),
+        }
+    );
+    if n.champions.is_empty() {
+        out.push_str(" Nobody earned XP in it.");
+    }
+    for c in &n.champions {
+        let medal = match c.position {
+            1 => "🥇".to_owned(),
+            2 => "🥈".to_owned(),
+            3 => "🥉".to_owned(),
+            p => format!("{p}."),
+        };
+        let name = c
+            .display_name
+            .as_deref()
+            .map_or_else(|| fallback_name(c.uid), |n| markup.name(n));
+        let _ = write!(out, "\n{medal} {name} — {} XP", thousands(c.xp));
+    }
+    out
+}
+
 /// One audit entry on one line: when, what, about whom, by whom, why, and its event id.
 pub fn audit_entry(e: &AuditEntry) -> String {
     let who = |i: &WireIdentity| format!("{}:{}", i.platform, i.user);
@@ -411,5 +448,39 @@ mod tests {
         assert_eq!(thousands(999), "999");
         assert_eq!(duration(59), "0 min");
         assert_eq!(duration(7200), "2 h");
+    }
+
+    #[test]
+    fn a_closed_season_names_its_champions_with_medals() {
+        use crate::wire::{SeasonChampion, SeasonNotice};
+        let champion = |position, name: Option<&str>, xp| SeasonChampion {
+            position,
+            uid: 7,
+            xp,
+            display_name: name.map(str::to_owned),
+            identities: Vec::new(),
+        };
+        let mut n = SeasonNotice {
+            v: 1,
+            id: "season:winter".into(),
+            ts: 0,
+            season: "winter".into(),
+            from: "2026-12-01".into(),
+            to: "2027-02-28".into(),
+            ranked: 1204,
+            champions: vec![champion(1, Some("Ada"), 12_500), champion(2, None, 9_000)],
+            previous: Vec::new(),
+        };
+        assert_eq!(
+            season_closed(&n, Markup::Markdown),
+            "🏆 Season **winter** is over (2026-12-01 to 2027-02-28, 1,204 members ranked).\n\
+             🥇 Ada — 12,500 XP\n🥈 user #7 — 9,000 XP"
+        );
+        n.champions.clear();
+        n.ranked = 0;
+        assert!(
+            season_closed(&n, Markup::Plain)
+                .ends_with("0 members ranked). Nobody earned XP in it.")
+        );
     }
 }

@@ -79,6 +79,10 @@ pub struct SeasonNotice {
     pub ranked: i64,
     /// Position 1 first; hidden members (SPEC 7.3) are not champions.
     pub champions: Vec<SeasonChampion>,
+    /// The champions of the season closed before it (a winner role moves from them to
+    /// these).
+    #[serde(default)]
+    pub previous: Vec<SeasonChampion>,
 }
 
 /// One champion of a [`SeasonNotice`].

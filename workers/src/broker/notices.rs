@@ -1,6 +1,6 @@
-//! The one consumer of rank notices (`<prefix>.notify.rank` on `<PREFIX>_NOTIFY`) that
-//! both bots use: a durable pull consumer shared by a role's replicas, a
-//! [`NoticeHandler`] per use, and an explicit [`NoticePolicy`].
+//! The one consumer of notices (`<prefix>.notify.<topic>` on `<PREFIX>_NOTIFY`: rank
+//! changes, closed seasons) that both bots use: a durable pull consumer per use, shared
+//! by a role's replicas, a [`NoticeHandler`] per use, and an explicit [`NoticePolicy`].
 //!
 //! What the consumer guarantees, whatever the handler: a notice is acked only once the
 //! handler says it is done; a notice the handler cannot finish now is nak'ed with the
@@ -16,12 +16,12 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt;
+use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
-use ttfd_shared::wire::RankNotice;
 
 use super::Broker;
 
@@ -29,6 +29,8 @@ use super::Broker;
 /// theirs beside their policy.
 #[derive(Debug, Clone)]
 pub struct NoticePolicy {
+    /// The notices it takes: `<prefix>.notify.<topic>`.
+    pub topic: &'static str,
     /// The durable consumer's name after the prefix: `<prefix>-<durable>`.
     pub durable: &'static str,
     pub description: &'static str,
@@ -54,10 +56,13 @@ pub enum Outcome {
     },
 }
 
-/// One use of the rank notices: what a bot does with each.
+/// One use of the notices of a topic: what a bot does with each.
 pub trait NoticeHandler: Send + Sync + 'static {
+    /// The notice of the policy's topic (`RankNotice`, `SeasonNotice`).
+    type Notice: DeserializeOwned + Send;
+
     /// Handles one notice; `attempt` is its delivery count, from 1.
-    fn handle(&self, notice: RankNotice, attempt: u32) -> impl Future<Output = Outcome> + Send;
+    fn handle(&self, notice: Self::Notice, attempt: u32) -> impl Future<Output = Outcome> + Send;
 
     /// Counts what became of a notice: `done`, `retry` or `unreadable`.
     fn count(&self, _outcome: &'static str) {}
@@ -68,7 +73,7 @@ pub fn consumer_name(prefix: &str, policy: &NoticePolicy) -> String {
     format!("{prefix}-{}", policy.durable)
 }
 
-/// The rank notice consumer of one use, created on first start, then found.
+/// The notice consumer of one use, created on first start, then found.
 pub struct NoticeConsumer {
     consumer: PullConsumer,
     policy: NoticePolicy,
@@ -91,7 +96,7 @@ impl NoticeConsumer {
         let config = consumer::pull::Config {
             durable_name: Some(name.clone()),
             description: Some(policy.description.into()),
-            filter_subject: subjects.notify("rank"),
+            filter_subject: subjects.notify(policy.topic),
             deliver_policy: policy.deliver,
             ack_policy: AckPolicy::Explicit,
             ack_wait: policy.ack_wait,
@@ -124,7 +129,7 @@ impl NoticeConsumer {
             let mut messages = match messages {
                 Ok(m) => m,
                 Err(e) => {
-                    warn!(error = %e, consumer = self.policy.durable, "cannot read rank notices; retrying");
+                    warn!(error = %e, consumer = self.policy.durable, "cannot read notices; retrying");
                     if sleep_or_stop(reopen_delay, &shutdown).await {
                         break;
                     }
@@ -153,13 +158,13 @@ impl NoticeConsumer {
                 let message = match next {
                     Some(Ok(m)) => m,
                     Some(Err(e)) => {
-                        warn!(error = %e, consumer = self.policy.durable, "rank notices: consumer error; going on");
+                        warn!(error = %e, consumer = self.policy.durable, "notices: consumer error; going on");
                         continue;
                     }
                     None => {
                         warn!(
                             consumer = self.policy.durable,
-                            "rank notices: message stream ended; reopening"
+                            "notices: message stream ended; reopening"
                         );
                         if sleep_or_stop(reopen_delay, &shutdown).await {
                             break 'open;
@@ -206,7 +211,7 @@ async fn handle_message<H: NoticeHandler>(handler: &H, message: Message) -> Opti
         .info()
         .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
         .unwrap_or(1);
-    let (ack, outcome) = match rmp_serde::from_slice::<RankNotice>(&message.payload) {
+    let (ack, outcome) = match rmp_serde::from_slice::<H::Notice>(&message.payload) {
         Ok(notice) => {
             let outcome = handler.handle(notice, attempt).await;
             handler.count(match outcome {
@@ -220,14 +225,14 @@ async fn handle_message<H: NoticeHandler>(handler: &H, message: Message) -> Opti
             (ack, Some(outcome))
         }
         Err(e) => {
-            error!(error = %e, "unreadable rank notice; dropped");
+            error!(error = %e, subject = %message.subject, "unreadable notice; dropped");
             handler.count("unreadable");
             (AckKind::Term, None)
         }
     };
     if let Err(e) = message.ack_with(ack).await {
         // Not acked: it comes back after ack_wait; handling it again is harmless.
-        warn!(error = %e, "cannot ack a rank notice");
+        warn!(error = %e, "cannot ack a notice");
     }
     outcome
 }

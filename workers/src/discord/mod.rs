@@ -19,6 +19,7 @@ pub mod api;
 pub mod commands;
 pub mod mapping;
 pub mod roles;
+pub mod seasons;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -74,6 +75,8 @@ pub struct DiscordBot {
     names: Mutex<HashMap<u64, String>>,
     events: mpsc::Sender<Event>,
     pub roles: RoleSync,
+    /// Closed seasons: the announcement and the winner role.
+    pub seasons: seasons::SeasonSync,
     query: QueryClient,
     rules: Arc<Rules>,
     moderator_roles: Vec<serenity::all::RoleId>,
@@ -109,6 +112,18 @@ impl DiscordBot {
             )),
             names: Mutex::new(HashMap::new()),
             events,
+            seasons: seasons::SeasonSync {
+                api: api.clone(),
+                guild,
+                channel: d.announce_channel,
+                // Checked when the settings were loaded.
+                role: settings
+                    .champions
+                    .role()
+                    .ok()
+                    .flatten()
+                    .map(serenity::all::RoleId::new),
+            },
             roles: RoleSync {
                 api,
                 profiles: roles::Profiles::Query(query.clone()),
@@ -590,6 +605,9 @@ pub async fn run(
     ));
     let notices = NoticeConsumer::open(&broker, roles::POLICY).await?;
     let role_task = tokio::spawn(notices.run(Arc::new(bot.roles.clone()), shutdown.clone()));
+    let season_notices = NoticeConsumer::open(&broker, seasons::POLICY).await?;
+    let season_task =
+        tokio::spawn(season_notices.run(Arc::new(bot.seasons.clone()), shutdown.clone()));
     let ticker = {
         let (bot, stop) = (bot.clone(), shutdown.clone());
         tokio::spawn(async move {
@@ -629,6 +647,9 @@ pub async fn run(
     let _ = publisher.await;
     if let Err(e) = role_task.await {
         warn!(error = %e, "rank notice consumer panicked");
+    }
+    if let Err(e) = season_task.await {
+        warn!(error = %e, "season notice consumer panicked");
     }
     outcome
 }

@@ -454,6 +454,7 @@ impl Profiles {
 /// stream's backlog; members who join get their role, and `/ranks sync` reconciles
 /// everyone after a mapping change.
 pub const POLICY: NoticePolicy = NoticePolicy {
+    topic: "rank",
     durable: "discord-roles",
     description: "ttfd discord: rank roles and announcements",
     deliver: DeliverPolicy::New,
@@ -462,6 +463,8 @@ pub const POLICY: NoticePolicy = NoticePolicy {
 };
 
 impl NoticeHandler for RoleSync {
+    type Notice = RankNotice;
+
     async fn handle(&self, notice: RankNotice, attempt: u32) -> notices::Outcome {
         match self.handle_notice(&notice, attempt).await {
             Outcome::Done => notices::Outcome::Done,

@@ -41,6 +41,9 @@ pub struct ChampionSettings {
     /// The Discord role the champions of the last closed season hold (an id); the
     /// champions before lose it. Empty: none.
     pub discord_role: String,
+    /// Bonus XP by position (`[500, 300, 100]`: 500 for the first), as `xp` events
+    /// (docs/seasons.md); none by default. Never rising, each 0..=1000000, at most `top`.
+    pub xp: Vec<i32>,
 }
 
 impl Default for ChampionSettings {
@@ -49,6 +52,7 @@ impl Default for ChampionSettings {
             top: 3,
             grace_minutes: 60,
             discord_role: String::new(),
+            xp: Vec::new(),
         }
     }
 }
@@ -65,6 +69,21 @@ impl ChampionSettings {
             ));
         }
         self.role()?;
+        if self.xp.len() > self.top as usize {
+            return Err(invalid(
+                "champions.xp",
+                "has more entries than champions.top",
+            ));
+        }
+        if self.xp.iter().any(|x| !(0..=1_000_000).contains(x)) {
+            return Err(invalid("champions.xp", "each must be 0..=1000000"));
+        }
+        if self.xp.windows(2).any(|w| w[1] > w[0]) {
+            return Err(invalid(
+                "champions.xp",
+                "must not rise with the position (the first gets the most)",
+            ));
+        }
         Ok(())
     }
 
@@ -119,5 +138,21 @@ mod tests {
         );
         let ok = seasons(&[entry("winter", "2026-12-01", "2027-02-28")]).expect("valid");
         assert_eq!(ok.iter().count(), 1);
+    }
+
+    #[test]
+    fn champions_rewards_never_rise_and_fit_the_champions() {
+        let check = |xp: Vec<i32>| {
+            ChampionSettings {
+                xp,
+                ..ChampionSettings::default()
+            }
+            .validate()
+            .map_err(|e| e.to_string())
+        };
+        assert!(check(vec![500, 300, 300]).is_ok());
+        assert!(check(vec![300, 500]).is_err_and(|e| e.contains("champions.xp")));
+        assert!(check(vec![3, 2, 1, 0]).is_err_and(|e| e.contains("more entries")));
+        assert!(check(vec![-1]).is_err());
     }
 }

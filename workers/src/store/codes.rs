@@ -345,7 +345,10 @@ async fn fail(
 
 /// The outbox row of an event: its envelope as JSON (the relay turns it back into the
 /// MessagePack envelope and checks it with the consumers' rules).
-async fn enqueue(tx: &mut Transaction<'static, Postgres>, event: &Event) -> Result<(), StoreError> {
+pub(crate) async fn enqueue(
+    tx: &mut Transaction<'static, Postgres>,
+    event: &Event,
+) -> Result<(), StoreError> {
     let body: serde_json::Value = rmp_serde::from_slice(&wire::encode(event))
         .expect("an envelope is a map of strings and numbers, which JSON holds");
     sqlx::query("INSERT INTO outbox (topic, body) VALUES ('event', $1)")

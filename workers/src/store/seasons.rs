@@ -6,8 +6,10 @@ use std::collections::HashMap;
 use sqlx::PgConnection;
 use time::{Date, OffsetDateTime};
 use ttfd_shared::seasons::{Season, Seasons};
+use ttfd_shared::trust::SEASON_REWARD_PREFIX;
 use ttfd_shared::view::{Period, PeriodStanding, SeasonView};
-use ttfd_shared::wire::{SeasonChampion, SeasonNotice, WireIdentity};
+use ttfd_shared::wire::{EventId, SeasonChampion, SeasonNotice, WireIdentity};
+use ttfd_shared::{Event, Identity, Payload};
 
 use super::standings::REFRESH_LOCK_CLASS;
 use super::{Store, StoreError};
@@ -30,14 +32,51 @@ pub struct Closing {
     pub champions: Vec<Champion>,
 }
 
-/// The notice of `closing`: its champions with their names and identities.
-async fn season_notice(
+/// The reward events of a closing (see [`Store::close_seasons`]).
+fn rewards_of(notice: &SeasonNotice, season: &Season, rewards: &[i32]) -> Vec<Event> {
+    let end_ms = (season.last + time::Duration::days(1))
+        .midnight()
+        .assume_utc()
+        .unix_timestamp()
+        * 1000
+        - 1;
+    notice
+        .champions
+        .iter()
+        .filter_map(|c| {
+            let amount = *rewards.get(usize::try_from(c.position).ok()? - 1)?;
+            let first = c.identities.first()?;
+            let identity = Identity::new(&first.platform, &first.user).ok()?;
+            let id = format!("{SEASON_REWARD_PREFIX}{}:{}", season.name, c.position);
+            if amount == 0 {
+                return None;
+            }
+            Some(Event {
+                id: EventId::parse(&id).ok()?,
+                ts: end_ms,
+                identity,
+                name: None,
+                payload: Payload::Xp {
+                    amount,
+                    reason: format!("season {} #{}", season.name, c.position)
+                        .chars()
+                        .take(64)
+                        .collect(),
+                    by: None,
+                },
+            })
+        })
+        .collect()
+}
+
+/// `champions` with their names and identities now.
+async fn champion_views(
     conn: &mut PgConnection,
-    closing: &Closing,
-) -> Result<SeasonNotice, StoreError> {
-    let uids: Vec<i64> = closing.champions.iter().map(|c| c.uid).collect();
+    champions: &[Champion],
+) -> Result<Vec<SeasonChampion>, StoreError> {
     /// A user, their name, and their identities' platforms and ids.
     type About = (i64, Option<String>, Vec<String>, Vec<String>);
+    let uids: Vec<i64> = champions.iter().map(|c| c.uid).collect();
     let about: Vec<About> = sqlx::query_as(
         "SELECT u.id,
                 (SELECT n.name FROM identities i JOIN identity_names n ON n.identity_id = i.id
@@ -60,6 +99,67 @@ async fn season_notice(
             (uid, (name, ids))
         })
         .collect();
+    Ok(champions
+        .iter()
+        .map(|c| {
+            let (display_name, identities) = about.get(&c.uid).cloned().unwrap_or_default();
+            SeasonChampion {
+                position: c.position,
+                uid: c.uid,
+                xp: c.xp,
+                display_name,
+                identities,
+            }
+        })
+        .collect())
+}
+
+/// The champions of `season`, followed to their users now (erased ones left out).
+async fn champions_in(
+    conn: &mut PgConnection,
+    season: Option<&str>,
+) -> Result<Vec<(String, Champion)>, StoreError> {
+    let rows: Vec<(String, i32, i64, i64)> = sqlx::query_as(
+        "WITH RECURSIVE chain AS (
+             SELECT h.season, h.position, h.xp, u.id, u.merged_into, 0 AS depth
+             FROM season_champions h JOIN users u ON u.id = h.user_id
+             WHERE $1::text IS NULL OR h.season = $1
+             UNION ALL
+             SELECT c.season, c.position, c.xp, u.id, u.merged_into, c.depth + 1
+             FROM chain c JOIN users u ON u.id = c.merged_into WHERE c.depth < 64)
+         SELECT season, position, id, xp FROM chain WHERE merged_into IS NULL
+         ORDER BY season, position",
+    )
+    .bind(season)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(season, position, uid, xp)| {
+            let champion = Champion {
+                position: position.unsigned_abs(),
+                uid,
+                xp,
+            };
+            (season, champion)
+        })
+        .collect())
+}
+
+/// The notice of `closing`, which follows the closing of `previous` (if any).
+async fn season_notice(
+    conn: &mut PgConnection,
+    closing: &Closing,
+    previous: Option<&str>,
+) -> Result<SeasonNotice, StoreError> {
+    let before: Vec<Champion> = match previous {
+        Some(p) => champions_in(conn, Some(p))
+            .await?
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect(),
+        None => Vec::new(),
+    };
     let season = &closing.season;
     Ok(SeasonNotice {
         v: 1,
@@ -69,20 +169,8 @@ async fn season_notice(
         from: season.first.to_string(),
         to: season.last.to_string(),
         ranked: closing.ranked,
-        champions: closing
-            .champions
-            .iter()
-            .map(|c| {
-                let (display_name, identities) = about.get(&c.uid).cloned().unwrap_or_default();
-                SeasonChampion {
-                    position: c.position,
-                    uid: c.uid,
-                    xp: c.xp,
-                    display_name,
-                    identities,
-                }
-            })
-            .collect(),
+        champions: champion_views(conn, &closing.champions).await?,
+        previous: champion_views(conn, &before).await?,
     })
 }
 
@@ -143,14 +231,17 @@ impl Store {
     /// Closes the seasons over by `now` less `grace` (late events still count in the
     /// grace) that are not closed yet: each in one transaction that takes the top `top`
     /// of its committed standings (every committed batch's work applied first), records
-    /// the closing and queues its [`SeasonNotice`] in the outbox. A second caller, at
-    /// the same time on another replica or later, finds it closed and does nothing.
-    /// Returns the closings made by this call.
+    /// the closing and queues its [`SeasonNotice`] in the outbox, with the champions'
+    /// rewards: `rewards[p - 1]` XP for position `p`, an `xp` event with the id
+    /// `season:<name>:<p>` at the season's last millisecond, to the champion's first
+    /// identity. A second caller, at the same time on another replica or later, finds it
+    /// closed and does nothing. Returns the closings made by this call.
     pub async fn close_seasons(
         &self,
         now: OffsetDateTime,
         grace: time::Duration,
         top: u32,
+        rewards: &[i32],
     ) -> Result<Vec<Closing>, StoreError> {
         let today = (now - grace).date();
         let due: Vec<Season> = self
@@ -227,7 +318,17 @@ impl Store {
                 ranked,
                 champions,
             };
-            let notice = season_notice(&mut tx, &closing).await?;
+            let previous: Option<String> = sqlx::query_scalar(
+                "SELECT season FROM season_closings WHERE season <> $1
+                 ORDER BY closed_at DESC, season DESC LIMIT 1",
+            )
+            .bind(&closing.season.name)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let notice = season_notice(&mut tx, &closing, previous.as_deref()).await?;
+            for event in rewards_of(&notice, &closing.season, rewards) {
+                super::codes::enqueue(&mut tx, &event).await?;
+            }
             sqlx::query("INSERT INTO outbox (topic, body) VALUES ('season', $1)")
                 .bind(serde_json::to_value(&notice)?)
                 .execute(&mut *tx)
@@ -247,29 +348,17 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        let champions: Vec<(String, i32, i64, i64)> = sqlx::query_as(
-            "WITH RECURSIVE chain AS (
-                 SELECT h.season, h.position, h.xp, u.id, u.merged_into, 0 AS depth
-                 FROM season_champions h JOIN users u ON u.id = h.user_id
-                 UNION ALL
-                 SELECT c.season, c.position, c.xp, u.id, u.merged_into, c.depth + 1
-                 FROM chain c JOIN users u ON u.id = c.merged_into WHERE c.depth < 64)
-             SELECT season, position, id, xp FROM chain WHERE merged_into IS NULL
-             ORDER BY season, position",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let champions = {
+            let mut conn = self.pool.acquire().await?;
+            champions_in(&mut conn, None).await?
+        };
         Ok(closed
             .into_iter()
             .map(|(name, closed_at, ranked)| {
                 let champions = champions
                     .iter()
-                    .filter(|c| c.0 == name)
-                    .map(|(_, position, uid, xp)| Champion {
-                        position: position.unsigned_abs(),
-                        uid: *uid,
-                        xp: *xp,
-                    })
+                    .filter(|(s, _)| *s == name)
+                    .map(|(_, c)| c.clone())
                     .collect();
                 // A season closed and then taken out of the settings keeps its name.
                 let season = seasons.named(&name).cloned().unwrap_or(Season {

@@ -741,7 +741,7 @@ async fn close_seasons(
     loop {
         let now = time::OffsetDateTime::now_utc();
         match store
-            .close_seasons(now, champions.grace(), champions.top)
+            .close_seasons(now, champions.grace(), champions.top, &champions.xp)
             .await
         {
             Ok(closed) => {

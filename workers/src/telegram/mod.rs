@@ -83,6 +83,8 @@ pub struct TelegramBot {
     source: Source,
     announcer: Announcer,
     notices: NoticeConsumer,
+    seasons: notices::SeasonAnnouncer,
+    season_notices: NoticeConsumer,
     grace: Duration,
 }
 
@@ -127,6 +129,7 @@ impl TelegramBot {
 
         let started = StartedUsers::open(&broker.js, &broker.subjects).await?;
         let notices = NoticeConsumer::open(&broker, notices::POLICY).await?;
+        let season_notices = NoticeConsumer::open(&broker, notices::SEASON_POLICY).await?;
         let query = QueryClient::new(
             broker.client.clone(),
             &settings.nats.prefix,
@@ -164,11 +167,18 @@ impl TelegramBot {
                 }
             }
         };
+        let group = Arc::new(AtomicI64::new(tg.group_chat_id.unwrap_or_default()));
+        let seasons = notices::SeasonAnnouncer {
+            bot: bot.clone(),
+            group: group.clone(),
+            has_group: tg.group_chat_id.is_some(),
+            metrics: BotMetrics::default(),
+        };
         let announcer = Announcer {
             bot: bot.clone(),
             started: started.clone(),
             rules: settings.rules.clone(),
-            group: Arc::new(AtomicI64::new(tg.group_chat_id.unwrap_or_default())),
+            group,
             has_group: tg.group_chat_id.is_some(),
             metrics: BotMetrics::default(),
             to: tg.announce.to,
@@ -206,6 +216,8 @@ impl TelegramBot {
             source,
             announcer,
             notices,
+            seasons,
+            season_notices,
             grace,
         })
     }
@@ -229,6 +241,7 @@ impl TelegramBot {
         if let Some(handler) = Arc::get_mut(&mut self.handler) {
             handler.metrics = metrics.clone();
         }
+        self.seasons.metrics = metrics.clone();
         self.announcer.metrics = metrics;
         self
     }
@@ -237,6 +250,10 @@ impl TelegramBot {
         // Our own token, so that a fatal error here stops this bot and nothing else.
         let shutdown = shutdown.child_token();
         let announcer = tokio::spawn(self.notices.run(Arc::new(self.announcer), shutdown.clone()));
+        let seasons = tokio::spawn(
+            self.season_notices
+                .run(Arc::new(self.seasons), shutdown.clone()),
+        );
         let result = match self.source {
             Source::Polling { timeout_secs } => {
                 polling::run(self.handler.clone(), timeout_secs, shutdown.clone()).await
@@ -266,6 +283,7 @@ impl TelegramBot {
             warn!("commands still being answered at the end of the grace period");
         }
         let _ = announcer.await;
+        let _ = seasons.await;
         result
     }
 }

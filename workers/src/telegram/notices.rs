@@ -20,7 +20,8 @@ use teloxide::types::{ChatId, ParseMode, UserId};
 use teloxide::{ApiError, RequestError};
 use tracing::{debug, error, info, instrument, warn};
 use ttfd_shared::Rules;
-use ttfd_shared::wire::RankNotice;
+use ttfd_shared::view::text::Markup;
+use ttfd_shared::wire::{RankNotice, SeasonNotice};
 
 use super::mapping::display_name;
 use super::started::StartedUsers;
@@ -37,6 +38,7 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 /// holds every announcement, and a fetched notice's `ack_wait` must not run out while it
 /// waits. New notices only: a first start announces nothing of the stream's backlog.
 pub const POLICY: NoticePolicy = NoticePolicy {
+    topic: "rank",
     durable: "telegram-rank",
     description: "Telegram rank-up announcements (ttfd telegram)",
     deliver: DeliverPolicy::New,
@@ -160,6 +162,8 @@ pub struct Announcer {
 }
 
 impl NoticeHandler for Announcer {
+    type Notice = RankNotice;
+
     async fn handle(&self, notice: RankNotice, attempt: u32) -> Outcome {
         self.deliver(&notice, i64::from(attempt)).await
     }
@@ -289,6 +293,61 @@ impl Announcer {
             }
             Failure::ChatClosed | Failure::Permanent(_) => None,
         }
+    }
+}
+
+/// Closed seasons (docs/seasons.md): announced in the group, one at a time; new
+/// notices only on a first start, as for rank notices.
+pub const SEASON_POLICY: NoticePolicy = NoticePolicy {
+    topic: "season",
+    durable: "telegram-seasons",
+    description: "Telegram season announcements (ttfd telegram)",
+    deliver: DeliverPolicy::New,
+    ack_wait: Duration::from_secs(60),
+    concurrency: 1,
+};
+
+/// Announces closed seasons in the group (`telegram.group_chat_id`); without a group,
+/// nowhere.
+pub struct SeasonAnnouncer {
+    pub bot: Bot,
+    /// The group, shared with the rank [`Announcer`] (a migration moves both).
+    pub group: Arc<AtomicI64>,
+    pub has_group: bool,
+    pub metrics: BotMetrics,
+}
+
+impl NoticeHandler for SeasonAnnouncer {
+    type Notice = SeasonNotice;
+
+    async fn handle(&self, notice: SeasonNotice, attempt: u32) -> Outcome {
+        if !self.has_group {
+            debug!(season = %notice.season, "no telegram.group_chat_id: season not announced");
+            return Outcome::Done;
+        }
+        let group = ChatId(self.group.load(Ordering::Relaxed));
+        let text = ttfd_shared::view::text::season_closed(&notice, Markup::Plain);
+        let Err(e) = self.bot.send_message(group, text).await else {
+            return Outcome::Done;
+        };
+        match classify(&e, i64::from(attempt)) {
+            Failure::Retry { after, pause } => Outcome::Retry { after, pause },
+            Failure::Migrated(new) => {
+                self.group.store(new.0, Ordering::Relaxed);
+                Outcome::Retry {
+                    after: Duration::from_secs(1),
+                    pause: false,
+                }
+            }
+            Failure::ChatClosed | Failure::Permanent(_) => {
+                error!(group = group.0, error = %e, "cannot announce the season in the group");
+                Outcome::Done
+            }
+        }
+    }
+
+    fn count(&self, outcome: &'static str) {
+        self.metrics.notice(outcome);
     }
 }
 

@@ -324,7 +324,12 @@ async fn a_person_sees_the_leaderboard_and_a_profile_in_chromium() {
     // The hall of champions, once the season over is closed (a sync replica's job).
     let closed = env
         .store
-        .close_seasons(time::OffsetDateTime::now_utc(), time::Duration::ZERO, 3)
+        .close_seasons(
+            time::OffsetDateTime::now_utc(),
+            time::Duration::ZERO,
+            3,
+            &[],
+        )
         .await
         .expect("close");
     assert_eq!(closed.len(), 1, "the opening days close");

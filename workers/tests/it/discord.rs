@@ -1284,3 +1284,85 @@ async fn gdpr_delete_erases_the_member_once_confirmed() {
     .await;
     w.stop().await;
 }
+
+#[tokio::test]
+async fn a_closed_season_is_announced_and_the_winner_role_moves_to_its_champions() {
+    let w = world(|d| d.announce_channel = Some(serenity::all::ChannelId::new(ANNOUNCE))).await;
+    const WINNER: u64 = 7_700;
+    let seasons = ttfd::discord::seasons::SeasonSync {
+        role: Some(serenity::all::RoleId::new(WINNER)),
+        ..w.bot.seasons.clone()
+    };
+    let consumer =
+        ttfd::broker::notices::NoticeConsumer::open(&w.env.broker, ttfd::discord::seasons::POLICY)
+            .await
+            .expect("season consumer");
+    tokio::spawn(consumer.run(Arc::new(seasons), w.stop.clone()));
+    // Two seasons of February 2026: 444 wins the first, 111 the second.
+    let s = |name: &str, from: &str, to: &str| {
+        ttfd::shared::seasons::Season::parse(name, from, to).expect("a season")
+    };
+    let list = ttfd::shared::seasons::Seasons::new(vec![
+        s("feb-a", "2026-02-01", "2026-02-14"),
+        s("feb-b", "2026-02-15", "2026-02-28"),
+    ])
+    .expect("valid");
+    w.env.store.configure_seasons(&list).await.expect("seasons");
+    let at = |day: i64| 1_769_947_200_000 + day * 86_400_000; // 2026-02-01T12:00Z + days
+    let grant = |id: &str, who: &str, day: i64, amount: i32| Event {
+        ts: at(day),
+        ..xp_event(id, who, amount)
+    };
+    for (id, roles) in [(111, vec![]), (444, vec![5])] {
+        w.fake.add_member(GUILD, id, &roles);
+    }
+    let events = [
+        grant("t:s:1", "discord:444", 3, 500),
+        grant("t:s:2", "discord:111", 20, 900),
+        grant("t:s:3", "discord:555", 21, 300),
+    ];
+    w.env.publish(&events).await;
+    w.env.wait_for_model(&events).await;
+    let closed = w
+        .env
+        .store
+        .close_seasons(
+            time::OffsetDateTime::now_utc(),
+            time::Duration::ZERO,
+            1,
+            &[],
+        )
+        .await
+        .expect("close");
+    assert_eq!(closed.len(), 2);
+    // Beside the rank-ups of the same XP.
+    let texts: Vec<Value> = eventually("both seasons announced", || async {
+        let m: Vec<Value> = w
+            .fake
+            .messages(ANNOUNCE)
+            .into_iter()
+            .map(|m| m["content"].clone())
+            .filter(|c| c.as_str().is_some_and(|t| t.starts_with('🏆')))
+            .collect();
+        (m.len() >= 2).then_some(m)
+    })
+    .await;
+    assert_eq!(
+        texts,
+        vec![
+            json!(
+                "🏆 Season **feb-a** is over (2026-02-01 to 2026-02-14, 1 member ranked).\n🥇 Nelly — 500 XP"
+            ),
+            json!(
+                "🏆 Season **feb-b** is over (2026-02-15 to 2026-02-28, 2 members ranked).\n🥇 Nelly — 900 XP"
+            ),
+        ]
+    );
+    eventually("the role moved", || async {
+        (w.fake.roles(GUILD, 111) == Some(vec![WINNER])
+            && w.fake.roles(GUILD, 444) == Some(vec![5]))
+        .then_some(())
+    })
+    .await;
+    w.stop().await;
+}

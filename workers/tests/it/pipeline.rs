@@ -1262,6 +1262,8 @@ async fn a_schema_mismatch_stalls_the_batch_instead_of_dead_lettering_it() {
 struct Recorder(std::sync::Mutex<Vec<String>>);
 
 impl ttfd::broker::notices::NoticeHandler for Recorder {
+    type Notice = RankNotice;
+
     async fn handle(&self, notice: RankNotice, _attempt: u32) -> ttfd::broker::notices::Outcome {
         self.0.lock().expect("not poisoned").push(notice.id);
         ttfd::broker::notices::Outcome::Done

@@ -14,6 +14,8 @@ use ttfd::shared::{Event, Identity, Payload};
 use crate::common::TestEnv;
 
 const DAY_MS: i64 = 86_400_000;
+/// Bonus XP of a closed season's first and second.
+const REWARDS: [i32; 2] = [500, 200];
 
 fn grant(id: &str, ts: i64, who: &str, amount: i32) -> Event {
     Event {
@@ -211,8 +213,8 @@ async fn a_season_closes_once_with_its_champions_whoever_closes_it() {
     let grace = time::Duration::hours(1);
     let other = env.store.clone();
     let (a, b) = tokio::join!(
-        env.store.close_seasons(now, grace, 2),
-        other.close_seasons(now, grace, 2)
+        env.store.close_seasons(now, grace, 2, &REWARDS),
+        other.close_seasons(now, grace, 2, &REWARDS)
     );
     let closed: Vec<String> = [a.expect("closes"), b.expect("closes")]
         .concat()
@@ -222,7 +224,7 @@ async fn a_season_closes_once_with_its_champions_whoever_closes_it() {
     assert_eq!(closed, ["autumn"]);
     assert!(
         env.store
-            .close_seasons(now, grace, 2)
+            .close_seasons(now, grace, 2, &REWARDS)
             .await
             .expect("closes")
             .is_empty()
@@ -231,7 +233,7 @@ async fn a_season_closes_once_with_its_champions_whoever_closes_it() {
     let tomorrow_morning = (today + time::Duration::days(31)).midnight().assume_utc();
     let early = env
         .store
-        .close_seasons(tomorrow_morning, grace, 2)
+        .close_seasons(tomorrow_morning, grace, 2, &REWARDS)
         .await
         .expect("closes");
     assert!(early.is_empty(), "winter ended less than the grace ago");
@@ -274,9 +276,40 @@ async fn a_season_closes_once_with_its_champions_whoever_closes_it() {
         "one notice"
     );
 
+    // The rewards: an `xp` event per champion at autumn's last millisecond, each
+    // applied once (two closers and a third call queued them once).
+    let autumn_end = (today - time::Duration::days(9))
+        .midnight()
+        .assume_utc()
+        .unix_timestamp()
+        * 1000
+        - 1;
+    let mut all = events.clone();
+    for (c, amount) in notice.champions.iter().zip(REWARDS) {
+        let first = c.identities.first().expect("an identity");
+        all.push(Event {
+            id: EventId::parse(&format!("season:autumn:{}", c.position)).expect("id"),
+            ts: autumn_end,
+            identity: Identity::new(&first.platform, &first.user).expect("identity"),
+            name: None,
+            payload: Payload::Xp {
+                amount,
+                reason: format!("season autumn #{}", c.position),
+                by: None,
+            },
+        });
+    }
+    env.wait_for_model(&all).await;
+    let ann = env
+        .store
+        .profile(&Identity::parse("discord:ann").expect("identity"))
+        .await
+        .expect("profile")
+        .expect("ann");
+    assert_eq!(ann.xp, 900 + 100 + 500, "her XP and her reward, once");
+
     // Late XP for autumn's days changes its board, not its champions.
     let late = grant("s:late", ttfd::now_ms() - 20 * DAY_MS, "discord:cy", 5000);
-    let mut all = events.clone();
     all.push(late.clone());
     env.publish(&[late]).await;
     env.wait_for_model(&all).await;

@@ -1015,3 +1015,50 @@ async fn gdpr_delete_erases_the_member_once_confirmed() {
     bot.await.expect("join").expect("the bot stops cleanly");
     world.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_closed_season_is_announced_in_the_group_once() {
+    let world = World::new().await;
+    let stop = CancellationToken::new();
+    world.spawn_bot(world.settings(), stop.clone()).await;
+    // XP on the days of the test season `t1` (2026-02-28 to 2026-03-01).
+    let feb28 = 1_772_280_000_000; // 2026-02-28T12:00:00Z
+    let grant = |id: &str, who_: &str, amount: i32| Event {
+        ts: feb28,
+        name: Some(who_.split(':').nth(1).unwrap_or_default().to_owned()),
+        ..xp(id, who_, amount)
+    };
+    let events = [
+        grant("t:s:1", "telegram:3003", 700),
+        grant("t:s:2", "telegram:4004", 900),
+        grant("t:s:3", "discord:6006", 100),
+    ];
+    world.env.publish(&events).await;
+    world.env.wait_for_model(&events).await;
+    let now = time::OffsetDateTime::now_utc();
+    for _ in 0..2 {
+        world
+            .env
+            .store
+            .close_seasons(now, time::Duration::ZERO, 2, &[])
+            .await
+            .expect("close");
+    }
+    let text = world.reply_containing(GROUP, "Season t1 is over").await;
+    assert_eq!(
+        text["text"],
+        json!(
+            "🏆 Season t1 is over (2026-02-28 to 2026-03-01, 3 members ranked).\n\
+             🥇 4004 — 900 XP\n🥈 3003 — 700 XP"
+        )
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let announced = world
+        .fake
+        .messages_to(GROUP)
+        .into_iter()
+        .filter(|m| m["text"].as_str().is_some_and(|t| t.contains("Season t1")))
+        .count();
+    assert_eq!(announced, 1, "closed and announced once");
+    stop.cancel();
+}
