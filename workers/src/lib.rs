@@ -20,6 +20,7 @@ pub mod announce;
 pub mod app;
 pub mod bench;
 pub mod broker;
+pub mod card;
 pub mod cli;
 pub mod discord;
 pub mod import;

@@ -89,6 +89,46 @@ impl Profile {
     }
 }
 
+/// A rank as a coloured badge: the website's, the rank cards'.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RankBadge {
+    pub name: String,
+    pub colour: &'static str,
+    pub text: &'static str,
+}
+
+/// The colour of a rank: by tier letter for the standard ladder, else by position.
+pub fn badge(rules: &crate::Rules, index: u8) -> RankBadge {
+    let rank = rules.rank(index);
+    const BY_INDEX: [&str; 7] = [
+        "#7f8c8d", "#27ae60", "#16a085", "#2980b9", "#8e44ad", "#d35400", "#e0a800",
+    ];
+    let colour = match rank.tier.as_str() {
+        "F" => BY_INDEX[0],
+        "E" => BY_INDEX[1],
+        "D" => BY_INDEX[2],
+        "C" => BY_INDEX[3],
+        "B" => BY_INDEX[4],
+        "A" => BY_INDEX[5],
+        "S" => BY_INDEX[6],
+        _ => {
+            let n = rules.ranks.len().max(1);
+            BY_INDEX[(usize::from(rank.index) - 1) * BY_INDEX.len() / n]
+        }
+    };
+    // Dark text on the light gold, white elsewhere.
+    let text = if colour == BY_INDEX[6] {
+        "#1b1b1b"
+    } else {
+        "#ffffff"
+    };
+    RankBadge {
+        name: rank.name,
+        colour,
+        text,
+    }
+}
+
 /// A user's place in one period's leaderboard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeriodStanding {

@@ -29,6 +29,7 @@ use crate::store::scratch::ScratchDb;
 use crate::sync::{Counters, SyncWorker};
 use crate::traffic::Traffic;
 
+pub mod cards;
 pub mod reads;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -65,11 +66,15 @@ pub enum BenchCommand {
     /// Leaderboard pages and members' positions at community scale, from the standings
     /// and by aggregation (the baseline).
     Reads(reads::ReadsArgs),
+    /// Rank cards: render time, anew and from the cache, against the SVG alone.
+    Cards(cards::CardsArgs),
 }
 
 pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<()> {
-    if let Some(BenchCommand::Reads(r)) = args.command {
-        return reads::run(settings, r).await;
+    match args.command {
+        Some(BenchCommand::Reads(r)) => return reads::run(settings, r).await,
+        Some(BenchCommand::Cards(c)) => return cards::run(c),
+        None => {}
     }
     let db = ScratchDb::create(&settings.database, "ttfd_bench")
         .await

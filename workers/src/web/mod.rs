@@ -98,6 +98,8 @@ pub struct AppState {
     pub moderation: ModerationSettings,
     /// `web.leaderboard_visibility`: who may read the leaderboards.
     pub leaderboards: LeaderboardVisibility,
+    /// Rank cards rendered lately (`crate::card`).
+    pub cards: crate::card::Cards,
 }
 
 impl FromRef<AppState> for Key {
@@ -260,6 +262,7 @@ impl WebApp {
             moderator: broker_moderator,
             moderation: settings.moderation.clone(),
             leaderboards: web.leaderboard_visibility,
+            cards: crate::card::Cards::default(),
         };
         let ops = match settings.metrics.addr()? {
             Some(at) => {
@@ -368,6 +371,7 @@ pub fn router(state: AppState, with_ops: bool) -> Router {
         .route("/ranks", get(pages::ranks))
         .route("/seasons", get(pages::seasons))
         .route("/u/{uid}", get(pages::user))
+        .route("/u/{uid}/card.png", get(pages::card))
         .route("/profile", get(pages::own_profile))
         .route("/profile/notify", post(auth::set_notify))
         .route("/profile/privacy", post(auth::set_privacy))

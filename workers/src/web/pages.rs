@@ -16,7 +16,7 @@ use super::api::{BoardQuery, ladder, load_board};
 use super::chart::{Chart, xp_chart};
 use super::session::{Flash, Session};
 use crate::now_ms;
-use ttfd_shared::view::{Period, PeriodStanding, Profile};
+use ttfd_shared::view::{Period, PeriodStanding, Profile, RankBadge, badge};
 
 /// Days shown in the profile chart.
 pub const CHART_DAYS: u16 = 30;
@@ -74,44 +74,6 @@ impl FlashView {
             Flash::Error { message } => ("error", message, None),
         };
         Self { kind, text, code }
-    }
-}
-
-pub struct RankBadge {
-    pub name: String,
-    pub colour: &'static str,
-    pub text: &'static str,
-}
-
-/// The colour of a rank: by tier letter for the standard ladder, else by position.
-pub fn badge(rules: &Rules, index: u8) -> RankBadge {
-    let rank = rules.rank(index);
-    const BY_INDEX: [&str; 7] = [
-        "#7f8c8d", "#27ae60", "#16a085", "#2980b9", "#8e44ad", "#d35400", "#e0a800",
-    ];
-    let colour = match rank.tier.as_str() {
-        "F" => BY_INDEX[0],
-        "E" => BY_INDEX[1],
-        "D" => BY_INDEX[2],
-        "C" => BY_INDEX[3],
-        "B" => BY_INDEX[4],
-        "A" => BY_INDEX[5],
-        "S" => BY_INDEX[6],
-        _ => {
-            let n = rules.ranks.len().max(1);
-            BY_INDEX[(usize::from(rank.index) - 1) * BY_INDEX.len() / n]
-        }
-    };
-    // Dark text on the light gold, white elsewhere.
-    let text = if colour == BY_INDEX[6] {
-        "#1b1b1b"
-    } else {
-        "#ffffff"
-    };
-    RankBadge {
-        name: rank.name,
-        colour,
-        text,
     }
 }
 
@@ -215,6 +177,8 @@ impl PlaceView {
 
 pub struct ProfileView {
     pub name: String,
+    /// The rank card's address (`/u/{uid}/card.png`).
+    pub card: String,
     /// Hidden (SPEC 7.3): only its owner sees this page, and its places are where they
     /// would be.
     pub hidden: bool,
@@ -257,6 +221,7 @@ impl ProfileView {
         let chart = xp_chart(xp_days, today, CHART_DAYS);
         Self {
             chart_max: thousands(chart.max),
+            card: format!("/u/{}/card.png", p.uid),
             chart_total: thousands(chart.total),
             name: p
                 .display_name
@@ -383,6 +348,8 @@ struct ProfilePage {
     layout: Layout,
     title: String,
     refresh: bool,
+    /// The link preview's picture (the rank card), absolute, on public profiles.
+    og_image: Option<String>,
     profile: Option<ProfileView>,
     /// The signed-in identity, on one's own page.
     me: Option<String>,
@@ -731,11 +698,57 @@ pub async fn user(
         layout: layout(&mut session),
         title: view.name.clone(),
         refresh: false,
+        og_image: (!profile.hidden).then(|| format!("{}{}", app.base_url, view.card)),
         profile: Some(view),
         me: None,
         link: None,
     };
     respond(&app, jar, &session, StatusCode::OK, page)
+}
+
+/// `GET /u/{uid}/card.png`: the member's rank card (docs/cards.md), as public as their
+/// profile; rendered off the async workers, and again only when the card changed.
+pub async fn card(
+    State(app): State<AppState>,
+    jar: SignedCookieJar,
+    Path(uid): Path<String>,
+) -> Response {
+    let session = app.session(&jar).await;
+    let not_found = || (StatusCode::NOT_FOUND, "There is no such member.").into_response();
+    let Ok(uid) = uid.parse::<i64>() else {
+        return not_found();
+    };
+    let profile = match app.store.profile_by_uid(uid).await {
+        Ok(Some(p)) if p.shown_to(session.identity().as_ref()) => p,
+        Ok(_) => return not_found(),
+        Err(e) => {
+            tracing::error!(error = %e, "card read failed");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The database is not available.",
+            )
+                .into_response();
+        }
+    };
+    let (cards, rules) = (app.cards.clone(), app.store.rules.clone());
+    match tokio::task::spawn_blocking(move || cards.render(&profile, &rules)).await {
+        Ok(Ok(png)) => (
+            [
+                (header::CONTENT_TYPE, "image/png"),
+                (header::CACHE_CONTROL, "public, max-age=60"),
+            ],
+            png.as_ref().clone(),
+        )
+            .into_response(),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "card not rendered");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "card rendering panicked");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }
 
 /// `GET /profile`: one's own merged profile, with account linking.
@@ -800,6 +813,7 @@ pub async fn own_profile(State(app): State<AppState>, jar: SignedCookieJar) -> R
         layout: layout(&mut session),
         title,
         refresh,
+        og_image: None,
         profile: view,
         me: Some(me.to_string()),
         link: Some(link),

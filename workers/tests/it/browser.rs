@@ -319,6 +319,43 @@ async fn a_person_sees_the_leaderboard_and_a_profile_in_chromium() {
     }
     let platforms = text_of(&client, ".platforms").await;
     assert!(!platforms.is_empty(), "linked platforms are listed");
+    // Its rank card, drawn, and the link preview's picture.
+    let card = eventually("the rank card drawn", || async {
+        let width = client
+            .execute(
+                "const i = document.querySelector('img.rank-card'); \
+                 return i && i.complete ? i.naturalWidth : 0;",
+                vec![],
+            )
+            .await
+            .ok()?;
+        (width != json!(0)).then_some(width)
+    })
+    .await;
+    assert_eq!(card, json!(960));
+    let og = client
+        .execute(
+            "return document.querySelector('meta[property=\"og:image\"]').content;",
+            vec![],
+        )
+        .await
+        .expect("og:image");
+    assert!(
+        og.as_str().is_some_and(|u| u.ends_with("/card.png")),
+        "{og}"
+    );
+    client
+        .execute(
+            "document.querySelector('img.rank-card').scrollIntoView();",
+            vec![],
+        )
+        .await
+        .expect("scroll");
+    save(&client, "profile-card.png").await;
+    client
+        .execute("window.scrollTo(0, 0);", vec![])
+        .await
+        .expect("scroll");
     save(&client, "profile.png").await;
 
     // The hall of champions, once the season over is closed (a sync replica's job).

@@ -5,6 +5,7 @@
 mod common;
 
 mod browser;
+mod cards;
 mod discord;
 mod import;
 mod links;
