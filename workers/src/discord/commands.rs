@@ -7,8 +7,8 @@
 //! consume link codes are ephemeral (only the caller sees them). No reply pings anyone.
 
 use serenity::builder::{
-    CreateAllowedMentions, CreateCommand, CreateCommandOption, CreateInteractionResponse,
-    CreateInteractionResponseMessage,
+    CreateAllowedMentions, CreateAttachment, CreateCommand, CreateCommandOption,
+    CreateInteractionResponse, CreateInteractionResponseMessage,
 };
 use serenity::http::Http;
 use serenity::model::application::{
@@ -22,6 +22,7 @@ use ttfd_shared::view::text::{self, Markup, escape_markdown as escape, platform_
 use ttfd_shared::view::{AuditEntry, Period, Pref, Profile, Standing};
 
 use super::mapping::{display_name, identity};
+use crate::card;
 use crate::moderation::Verb;
 use crate::query::{
     AdjustOutcome, AdjustRequest, AuditRequest, QueryClient, QueryError, UnlinkOutcome, UnlinkQuery,
@@ -362,11 +363,12 @@ pub struct Asked<'a> {
     pub moderator_roles: &'a [RoleId],
 }
 
-/// A reply: its text and whether only the caller sees it.
+/// A reply: its text, whether only the caller sees it, and a rank card (PNG) to attach.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub text: String,
     pub ephemeral: bool,
+    pub card: Option<Vec<u8>>,
 }
 
 impl Reply {
@@ -374,6 +376,7 @@ impl Reply {
         Self {
             text,
             ephemeral: false,
+            card: None,
         }
     }
 
@@ -381,7 +384,22 @@ impl Reply {
         Self {
             text,
             ephemeral: true,
+            card: None,
         }
+    }
+
+    /// With `profile`'s rank card (docs/cards.md), rendered off the async workers; a
+    /// card that cannot be rendered is left out (the text says it all).
+    async fn with_card(mut self, profile: Option<&Profile>, rules: &Rules) -> Self {
+        if let Some(p) = profile {
+            let (p, rules) = (p.clone(), rules.clone());
+            match tokio::task::spawn_blocking(move || card::png(&card::svg(&p, &rules))).await {
+                Ok(Ok(png)) => self.card = Some(png),
+                Ok(Err(e)) => warn!(error = %e, "rank card not rendered"),
+                Err(e) => warn!(error = %e, "rank card rendering panicked"),
+            }
+        }
+        self
     }
 }
 
@@ -422,19 +440,25 @@ pub async fn reply(
         }
         // One's own rank is read as oneself (a hidden member sees it, privately).
         SlashCommand::Rank { user, name, .. } if *user == caller.user => {
-            query.own_profile(&identity(*user)).await.map(|p| {
-                let text = rank_text(name, p.as_ref(), rules);
-                if p.is_some_and(|p| p.hidden) {
-                    Reply::private(text)
-                } else {
-                    Reply::public(text)
+            match query.own_profile(&identity(*user)).await {
+                Ok(p) => {
+                    let text = rank_text(name, p.as_ref(), rules);
+                    let reply = if p.as_ref().is_some_and(|p| p.hidden) {
+                        Reply::private(text)
+                    } else {
+                        Reply::public(text)
+                    };
+                    Ok(reply.with_card(p.as_ref(), rules).await)
                 }
-            })
+                Err(e) => Err(e),
+            }
         }
-        SlashCommand::Rank { user, name, .. } => query
-            .profile(&identity(*user))
-            .await
-            .map(|p| Reply::public(rank_text(name, p.as_ref(), rules))),
+        SlashCommand::Rank { user, name, .. } => match query.profile(&identity(*user)).await {
+            Ok(p) => Ok(Reply::public(rank_text(name, p.as_ref(), rules))
+                .with_card(p.as_ref(), rules)
+                .await),
+            Err(e) => Err(e),
+        },
         SlashCommand::Top { period } => query
             .top(*period, TOP_ROWS, 0)
             .await
@@ -553,10 +577,13 @@ pub async fn answer(
         Some(command) => self::reply(&command, caller, asked.query, asked.rules).await,
         None => Reply::private("This command is not known to the TTFD bot.".into()),
     };
-    let message = CreateInteractionResponseMessage::new()
+    let mut message = CreateInteractionResponseMessage::new()
         .content(reply.text)
         .ephemeral(reply.ephemeral)
         .allowed_mentions(CreateAllowedMentions::new());
+    if let Some(png) = reply.card {
+        message = message.add_file(CreateAttachment::bytes(png, "rank.png"));
+    }
     cmd.create_response(http, CreateInteractionResponse::Message(message))
         .await
 }

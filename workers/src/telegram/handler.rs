@@ -14,8 +14,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, instrument, warn};
-use ttfd_shared::view::Pref;
 use ttfd_shared::view::text::{self, Markup};
+use ttfd_shared::view::{Pref, Profile};
 use ttfd_shared::{Event, Payload, Rules};
 
 use super::commands::{self, Command};
@@ -23,6 +23,7 @@ use super::mapping::{self, CommandCall, Inbound};
 use super::started::StartedUsers;
 use super::texts;
 use crate::broker::Broker;
+use crate::card;
 use crate::now_ms;
 use crate::query::{AdjustRequest, ExportOutcome, QueryClient};
 use crate::rates::{self, Boost, Rates};
@@ -259,7 +260,14 @@ impl Handler {
             // One's own rank, read as oneself; a hidden member's is not shown to a group.
             Command::Rank => match self.query.own_profile(&mapping::identity(call.user)).await {
                 Ok(Some(p)) if p.hidden && !call.private => texts::rank_hidden_in_group(),
-                Ok(profile) => texts::rank(profile.as_ref(), &self.rules),
+                Ok(Some(p)) => {
+                    let text = texts::rank(Some(&p), &self.rules);
+                    if self.send_card(call.chat, reply_to, &p, &text).await {
+                        return;
+                    }
+                    text
+                }
+                Ok(None) => texts::rank(None, &self.rules),
                 Err(e) => self.unavailable(e),
             },
             Command::Top(arg) => match commands::parse_period(arg) {
@@ -374,6 +382,45 @@ impl Handler {
 
     /// Sends a plain-text message. Flood control and network failures are retried a
     /// few times (the person is waiting); then the failure is logged.
+    /// `/rank`'s card (docs/cards.md) as a photo, the rank text its caption; `false`
+    /// when it could not be sent, and the text goes alone.
+    async fn send_card(
+        &self,
+        chat: ChatId,
+        reply_to: Option<MessageId>,
+        profile: &Profile,
+        caption: &str,
+    ) -> bool {
+        let (p, rules) = (profile.clone(), self.rules.clone());
+        let png = match tokio::task::spawn_blocking(move || card::png(&card::svg(&p, &rules))).await
+        {
+            Ok(Ok(png)) => png,
+            Ok(Err(e)) => {
+                warn!(error = %e, "rank card not rendered");
+                return false;
+            }
+            Err(e) => {
+                warn!(error = %e, "rank card rendering panicked");
+                return false;
+            }
+        };
+        let mut request = self
+            .bot
+            .send_photo(chat, InputFile::memory(png).file_name("rank.png"))
+            .caption(caption);
+        if let Some(message) = reply_to {
+            request = request
+                .reply_parameters(ReplyParameters::new(message).allow_sending_without_reply());
+        }
+        match request.await {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(chat = chat.0, error = %e, "cannot send the rank card; sending the text");
+                false
+            }
+        }
+    }
+
     async fn reply(&self, chat: ChatId, reply_to: Option<MessageId>, text: String) {
         for attempt in 1..=REPLY_ATTEMPTS {
             let mut request = self.bot.send_message(chat, text.clone());

@@ -776,7 +776,16 @@ async fn slash_commands_answer_through_the_interaction_callback() {
         .await;
     let replies = w.fake.interaction_responses();
     assert_eq!(replies.len(), 3);
-    let rank = &replies[0];
+    // `/rank` comes with the rank card attached (a multipart reply).
+    let files = &replies[0]["files"];
+    assert_eq!(files[0]["filename"], "rank.png", "{files}");
+    assert!(
+        files[0]["content"]
+            .as_str()
+            .is_some_and(|c| c.contains("PNG")),
+        "a PNG"
+    );
+    let rank = &replies[0]["payload_json"];
     assert_eq!(rank["type"], 4, "a message reply");
     let text = rank["data"]["content"].as_str().expect("content");
     assert!(
@@ -1026,7 +1035,7 @@ async fn a_member_who_hides_is_off_rank_and_top_for_others_and_sees_their_own_pr
     w.bot.on_command(&http, &rank_of_ann(9103, nelly)).await;
     w.bot.on_command(&http, &top(9104)).await;
     let replies = w.fake.interaction_responses();
-    let own = &replies[1];
+    let own = &replies[1]["payload_json"];
     assert_eq!(
         own["data"]["flags"], 64,
         "one's own hidden rank is ephemeral"
@@ -1056,7 +1065,9 @@ async fn a_member_who_hides_is_off_rank_and_top_for_others_and_sees_their_own_pr
     w.bot.on_command(&http, &rank_of_ann(9106, nelly)).await;
     w.bot.on_command(&http, &top(9107)).await;
     let replies = w.fake.interaction_responses();
-    let text = replies[5]["data"]["content"].as_str().expect("content");
+    let text = replies[5]["payload_json"]["data"]["content"]
+        .as_str()
+        .expect("content");
     assert!(text.starts_with("**Annie**\nRank"), "{text}");
     assert!(
         replies[6]["data"]["content"]

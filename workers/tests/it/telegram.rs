@@ -253,6 +253,9 @@ async fn group_messages_by_humans_become_events_and_commands_are_answered() {
         "{text}"
     );
     assert!(text.contains("Linked: Telegram"), "{text}");
+    // The rank card, the text its caption.
+    assert_eq!(rank["photo"]["png"], json!(true), "{rank}");
+    assert_eq!(rank["caption"], rank["text"]);
 
     // /rank@bot in the group: a reply to the command.
     fake.push_update(group_message(

@@ -142,12 +142,21 @@ impl FakeTelegram {
             .collect()
     }
 
-    /// Bodies of the `sendMessage` calls to `chat` that succeeded, oldest first.
+    /// Bodies of the `sendMessage` and `sendPhoto` calls to `chat` that succeeded,
+    /// oldest first; a photo's caption is its `text`.
     pub fn messages_to(&self, chat: i64) -> Vec<Value> {
-        self.calls("sendMessage")
-            .into_iter()
+        self.inner()
+            .calls
+            .iter()
+            .filter(|c| c.method == "sendMessage" || c.method == "sendPhoto")
             .filter(|c| c.ok && c.body["chat_id"] == json!(chat))
-            .map(|c| c.body)
+            .map(|c| {
+                let mut body = c.body.clone();
+                if c.method == "sendPhoto" {
+                    body["text"] = body["caption"].clone();
+                }
+                body
+            })
             .collect()
     }
 
@@ -272,6 +281,25 @@ async fn api(
                 "text": body["text"],
             }))
         }
+        "sendPhoto" => {
+            let Some(chat_id) = chat_id else {
+                return error(StatusCode::BAD_REQUEST, "Bad Request: chat_id is empty");
+            };
+            let message_id = {
+                let mut inner = shared.inner.lock().expect("lock");
+                inner.next_message_id += 1;
+                inner.next_message_id
+            };
+            ok(json!({
+                "message_id": message_id,
+                "from": bot_user(),
+                "chat": chat(chat_id),
+                "date": now_secs(),
+                "caption": body["caption"],
+                "photo": [{"file_id": "photo-1", "file_unique_id": "photo-u-1",
+                           "width": 960, "height": 320, "file_size": 1}],
+            }))
+        }
         "sendDocument" => {
             let Some(chat_id) = chat_id else {
                 return error(StatusCode::BAD_REQUEST, "Bad Request: chat_id is empty");
@@ -344,8 +372,12 @@ async fn parameters(request: Request) -> Option<Value> {
         let mut fields = serde_json::Map::new();
         while let Some(field) = form.next_field().await.ok()? {
             let name = field.name()?.to_owned();
-            let text = field.text().await.ok()?;
-            let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            let data = field.bytes().await.ok()?;
+            // A file that is not text (a photo): its size and whether it is a PNG.
+            let value = match std::str::from_utf8(&data) {
+                Ok(text) => serde_json::from_str(text).unwrap_or(Value::String(text.to_owned())),
+                Err(_) => json!({"bytes": data.len(), "png": data.starts_with(b"\x89PNG")}),
+            };
             fields.insert(name, value);
         }
         // A file is a part of its own, named by `attach://<part>` in its field.
