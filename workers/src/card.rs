@@ -108,7 +108,13 @@ pub fn svg(p: &Profile, rules: &Rules) -> String {
         .collect();
     platforms.sort();
     platforms.dedup();
-    let bar = 560.0 * progress;
+    // No bar at all at the very start of a rank (a rect of width 0 is invalid SVG).
+    let bar = match 560.0 * progress {
+        w if w >= 1.0 => {
+            format!(r#"<rect x="290" y="186" width="{w:.1}" height="18" rx="9" fill="url(#bar)"/>"#)
+        }
+        _ => String::new(),
+    };
     format!(
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}">
 <defs>
@@ -131,7 +137,7 @@ pub fn svg(p: &Profile, rules: &Rules) -> String {
 <text x="{badge_x}" y="147" font-family="DejaVu Sans" font-weight="bold" font-size="24" fill="{ink}" text-anchor="middle">{rank}</text>
 <text x="{xp_x}" y="148" font-family="DejaVu Sans" font-size="30" fill="#f2f3f5">{xp} <tspan fill="#9aa0aa" font-size="22">XP</tspan></text>
 <rect x="290" y="186" width="560" height="18" rx="9" fill="#0b0c10"/>
-<rect x="290" y="186" width="{bar:.1}" height="18" rx="9" fill="url(#bar)"/>
+{bar}
 <text x="290" y="236" font-family="DejaVu Sans" font-size="22" fill="#c9ccd3">{next}</text>
 <text x="850" y="236" font-family="DejaVu Sans" font-size="22" fill="#c9ccd3" text-anchor="end">{week} this week · {all} all time</text>
 <text x="290" y="282" font-family="DejaVu Sans" font-size="20" fill="#9aa0aa">{platforms}</text>

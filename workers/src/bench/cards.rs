@@ -114,7 +114,7 @@ pub fn run(args: CardsArgs) -> anyhow::Result<()> {
         ("rendered to PNG (first view)", fresh),
         ("from the cache (card unchanged)", cached),
     ] {
-        println!("{what:<40} {p50:>7.2} / {p99:>6.2}");
+        println!("{what:<40} {p50:>7.3} / {p99:>7.3}");
     }
     Ok(())
 }
