@@ -76,12 +76,7 @@ fn measure(
         f(i)?;
         times.push(t.elapsed());
     }
-    times.sort();
-    let at = |p: f64| {
-        let i = ((times.len() as f64 * p).ceil() as usize).clamp(1, times.len()) - 1;
-        times[i].as_secs_f64() * 1000.0
-    };
-    Ok((at(0.50), at(0.99)))
+    Ok(super::percentiles(times))
 }
 
 pub fn run(args: CardsArgs) -> anyhow::Result<()> {

@@ -164,12 +164,7 @@ async fn sample(
         read().await?;
         times.push(t.elapsed());
     }
-    times.sort();
-    let at = |p: f64| {
-        let i = ((times.len() as f64 * p).ceil() as usize).clamp(1, times.len()) - 1;
-        times[i].as_secs_f64() * 1000.0
-    };
-    Ok((at(0.50), at(0.99)))
+    Ok(super::percentiles(times))
 }
 
 /// The users, their identities and a month of ledger, in set-based statements.

@@ -264,7 +264,8 @@ async fn api(
             me["has_main_web_app"] = json!(false);
             ok(me)
         }
-        "sendMessage" => {
+        // A message, a photo (its caption) or a document sent: a message of the chat.
+        "sendMessage" | "sendPhoto" | "sendDocument" => {
             let Some(chat_id) = chat_id else {
                 return error(StatusCode::BAD_REQUEST, "Bad Request: chat_id is empty");
             };
@@ -273,51 +274,26 @@ async fn api(
                 inner.next_message_id += 1;
                 inner.next_message_id
             };
-            ok(json!({
+            let mut sent = json!({
                 "message_id": message_id,
                 "from": bot_user(),
                 "chat": chat(chat_id),
                 "date": now_secs(),
-                "text": body["text"],
-            }))
-        }
-        "sendPhoto" => {
-            let Some(chat_id) = chat_id else {
-                return error(StatusCode::BAD_REQUEST, "Bad Request: chat_id is empty");
-            };
-            let message_id = {
-                let mut inner = shared.inner.lock().expect("lock");
-                inner.next_message_id += 1;
-                inner.next_message_id
-            };
-            ok(json!({
-                "message_id": message_id,
-                "from": bot_user(),
-                "chat": chat(chat_id),
-                "date": now_secs(),
-                "caption": body["caption"],
-                "photo": [{"file_id": "photo-1", "file_unique_id": "photo-u-1",
-                           "width": 960, "height": 320, "file_size": 1}],
-            }))
-        }
-        "sendDocument" => {
-            let Some(chat_id) = chat_id else {
-                return error(StatusCode::BAD_REQUEST, "Bad Request: chat_id is empty");
-            };
-            let message_id = {
-                let mut inner = shared.inner.lock().expect("lock");
-                inner.next_message_id += 1;
-                inner.next_message_id
-            };
-            ok(json!({
-                "message_id": message_id,
-                "from": bot_user(),
-                "chat": chat(chat_id),
-                "date": now_secs(),
-                "document": {"file_id": "doc-1", "file_unique_id": "doc-u-1",
-                             "file_name": "export.json", "mime_type": "application/json",
-                             "file_size": 1},
-            }))
+            });
+            match method.as_str() {
+                "sendMessage" => sent["text"] = body["text"].clone(),
+                "sendPhoto" => {
+                    sent["caption"] = body["caption"].clone();
+                    sent["photo"] = json!([{"file_id": "photo-1", "file_unique_id": "photo-u-1",
+                                            "width": 960, "height": 320, "file_size": 1}]);
+                }
+                _ => {
+                    sent["document"] = json!({"file_id": "doc-1", "file_unique_id": "doc-u-1",
+                                              "file_name": "export.json",
+                                              "mime_type": "application/json", "file_size": 1});
+                }
+            }
+            ok(sent)
         }
         "getChatMember" => {
             let (Some(chat_id), Some(user)) = (chat_id, body["user_id"].as_u64()) else {
