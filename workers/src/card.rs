@@ -194,6 +194,23 @@ pub fn png(svg: &str) -> Result<Vec<u8>, CardError> {
     pixmap.encode_png().map_err(|e| CardError(e.to_string()))
 }
 
+/// `p`'s card as PNG, rendered on tokio's blocking pool (the bots' `/rank`); `None`,
+/// logged, when it cannot be: the text says it all.
+pub async fn png_off_thread(p: &Profile, rules: &Rules) -> Option<Vec<u8>> {
+    let (p, rules) = (p.clone(), rules.clone());
+    match tokio::task::spawn_blocking(move || png(&svg(&p, &rules))).await {
+        Ok(Ok(png)) => Some(png),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "rank card not rendered");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "rank card rendering panicked");
+            None
+        }
+    }
+}
+
 /// Rendered cards by their SVG, shared by a process's requests.
 #[derive(Clone, Default)]
 pub struct Cards {

@@ -392,12 +392,7 @@ impl Reply {
     /// card that cannot be rendered is left out (the text says it all).
     async fn with_card(mut self, profile: Option<&Profile>, rules: &Rules) -> Self {
         if let Some(p) = profile {
-            let (p, rules) = (p.clone(), rules.clone());
-            match tokio::task::spawn_blocking(move || card::png(&card::svg(&p, &rules))).await {
-                Ok(Ok(png)) => self.card = Some(png),
-                Ok(Err(e)) => warn!(error = %e, "rank card not rendered"),
-                Err(e) => warn!(error = %e, "rank card rendering panicked"),
-            }
+            self.card = card::png_off_thread(p, rules).await;
         }
         self
     }

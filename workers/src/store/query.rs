@@ -76,7 +76,7 @@ impl Store {
         identities.sort_by(|a, b| (&a.platform, &a.user).cmp(&(&b.platform, &b.user)));
         let xp: i64 = row.get("xp");
         let peak_rank = u8::try_from(row.get::<i16, _>("peak_rank")).unwrap_or(1);
-        let today = OffsetDateTime::now_utc().date();
+        let (standings, seasons) = self.places(uid, OffsetDateTime::now_utc().date()).await?;
         Ok(Some(Profile {
             uid,
             display_name,
@@ -91,8 +91,8 @@ impl Store {
             identities,
             created_at: rfc3339(row.get("first_event_ms")),
             last_active: rfc3339(row.get("last_event_ms")),
-            standings: self.standings_of(uid, today).await?,
-            seasons: self.season_history(uid, today).await?,
+            standings,
+            seasons,
             hidden: members
                 .iter()
                 .any(|r| r.get::<Option<bool>, _>("hidden") == Some(true)),

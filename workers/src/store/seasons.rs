@@ -427,20 +427,30 @@ impl Store {
 }
 
 impl Store {
-    /// Where `uid` stands, or stood, in every season begun by `today`, the newest first.
-    pub async fn season_history(
+    /// Where `uid` stands in each current period around `today` (as
+    /// [`Store::standings_of`]) and, or stood, in every season begun by then, the newest
+    /// first: one read of the seasons, one statement for all the places.
+    pub async fn places(
         &self,
         uid: i64,
         today: Date,
-    ) -> Result<Vec<PeriodStanding>, StoreError> {
+    ) -> Result<(Vec<PeriodStanding>, Vec<PeriodStanding>), StoreError> {
         let seasons = self.seasons().await?;
-        let begun = seasons
-            .iter()
-            .rev()
-            .filter(|s| s.first <= today)
-            .map(|s| (Period::Season, s.key()))
+        let mut periods: Vec<(Period, String)> = Period::EVERY
+            .into_iter()
+            .filter_map(|p| Some((p, p.key(today, &seasons)?)))
             .collect();
-        self.positions(uid, begun).await
+        let current = periods.len();
+        periods.extend(
+            seasons
+                .iter()
+                .rev()
+                .filter(|s| s.first <= today)
+                .map(|s| (Period::Season, s.key())),
+        );
+        let mut all = self.positions(uid, periods).await?;
+        let history = all.split_off(current);
+        Ok((all, history))
     }
 
     /// Every season, the newest first, as readers see it on `today`: its status, how many

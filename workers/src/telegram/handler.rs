@@ -391,18 +391,8 @@ impl Handler {
         profile: &Profile,
         caption: &str,
     ) -> bool {
-        let (p, rules) = (profile.clone(), self.rules.clone());
-        let png = match tokio::task::spawn_blocking(move || card::png(&card::svg(&p, &rules))).await
-        {
-            Ok(Ok(png)) => png,
-            Ok(Err(e)) => {
-                warn!(error = %e, "rank card not rendered");
-                return false;
-            }
-            Err(e) => {
-                warn!(error = %e, "rank card rendering panicked");
-                return false;
-            }
+        let Some(png) = card::png_off_thread(profile, &self.rules).await else {
+            return false;
         };
         let mut request = self
             .bot
