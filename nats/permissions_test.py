@@ -252,6 +252,16 @@ async def main():
         check("discord publishes its members' prefs (/notify)", ack and ack.get("seq"), str(ack))
         check("discord may not publish telegram prefs",
               await discord.refused_publish("ttfd.events.telegram.prefs"))
+        ack = await discord.js_publish("ttfd.events.discord.voice_unpaid", "discord:unpaid:perm-1")
+        check("discord publishes voice time that paid nothing", ack and ack.get("seq"), str(ack))
+        check("telegram may not publish voice time",
+              await telegram.refused_publish("ttfd.events.telegram.voice_unpaid"))
+        for role, own in ((discord, "discord"), (telegram, "telegram")):
+            try:
+                reply = await role.nc.request("ttfd.query.statement", b"s", timeout=TIMEOUT)
+                check(f"{own} asks for a member's XP statement", reply.data == b"pong:s")
+            except Exception as e:  # noqa: BLE001
+                check(f"{own} asks for a member's XP statement", False, repr(e))
         info = await discord.api("$JS.API.STREAM.INFO.TTFD_NOTIFY")
         check("discord reads the notify stream info", info and "config" in info, str(info))
         created = await discord.api(

@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 
 use crate::Identity;
-use crate::wire::{Event, EventId, Payload, Proof};
+use crate::wire::{Event, EventId, Payload, Proof, Unpaid};
 
 /// 2026-02-27T00:00:00Z, a Friday: the start of generated event times. Their four days
 /// end one month and one ISO week and start the next (March 1st is a Sunday, the 2nd a
@@ -35,6 +35,8 @@ fn payload(pool: usize, allow_negative: bool) -> impl Strategy<Value = Payload> 
             .prop_map(|(len, mult)| Payload::Message { len, chat: None, mult }),
         2 => (1u32..=3600, mult())
             .prop_map(|(seconds, mult)| Payload::Voice { seconds, channel: None, mult }),
+        1 => (1u32..=3600, prop::sample::select(Unpaid::ALL.to_vec()))
+            .prop_map(|(seconds, why)| Payload::VoiceUnpaid { seconds, why, channel: None }),
         1 => (0u32..600, any::<bool>()).prop_map(|(xp, won)| Payload::Game {
             game: "quiz".into(),
             won,

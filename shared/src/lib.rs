@@ -19,4 +19,4 @@ pub mod wire;
 
 pub use identity::{Identity, Platform, PlatformUser};
 pub use rules::{Rank, RankDef, Rules};
-pub use wire::{Event, EventId, Payload, Proof, Rejection};
+pub use wire::{Event, EventId, Payload, Proof, Rejection, Unpaid};

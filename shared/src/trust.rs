@@ -120,6 +120,7 @@ fn claim(publisher: Publisher, event: &Event) -> Result<(), Rejection> {
         // A member's own preferences (SPEC 7.3): whoever speaks for the member.
         Payload::Message { .. }
         | Payload::Voice { .. }
+        | Payload::VoiceUnpaid { .. }
         | Payload::Game { .. }
         | Payload::Prefs { .. }
         // A member's own erasure (SPEC 7.4): whoever speaks for the member.

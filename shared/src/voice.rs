@@ -12,12 +12,19 @@
 //! self- or server-deafened; and at least one other human in the same channel is not
 //! deafened. Bots never earn time and are nobody's company.
 //!
-//! Segments of one member never overlap, last whole seconds (1..=3600, the wire limit of
+//! Time in voice that is not eligible is cut the same way into *unpaid* segments that
+//! name the first reason that holds (AFK channel, deafened, muted, alone; the wire's
+//! `voice_unpaid`), when [`VoiceRules::report_unpaid`] is on: the XP statement shows
+//! them, and they pay nothing.
+//!
+//! Segments of one member, paid or not, never overlap, last whole seconds (1..=3600, the wire limit of
 //! `voice` events) and start at a millisecond no other segment of that member starts at,
 //! so `(member, start_ms)` is a deterministic event id. Ids are plain `u64`s (Discord
 //! snowflakes); the adapter names guild, user and channel.
 
 use std::collections::BTreeMap;
+
+use crate::wire::Unpaid;
 
 /// The longest segment a `voice` event may carry (SPEC 4: `seconds` 1..=3600).
 pub const MAX_SEGMENT_MS: i64 = 3_600_000;
@@ -33,6 +40,9 @@ pub struct VoiceRules {
     pub exclude_afk: bool,
     /// A member alone, or only with bots or deafened people, earns nothing.
     pub require_company: bool,
+    /// Time in voice that is not eligible is published too, as unpaid segments with
+    /// their reason (`voice_unpaid`), so members can see why it paid nothing.
+    pub report_unpaid: bool,
     /// An open segment is published once it is this long (at most [`MAX_SEGMENT_MS`]).
     /// With ticks every second, a crash loses less than the larger of this and
     /// `quantum_ms`, plus a second.
@@ -61,6 +71,7 @@ impl Default for VoiceRules {
             require_undeafened: true,
             exclude_afk: true,
             require_company: true,
+            report_unpaid: true,
             segment_ms: 45_000,
             quantum_ms: 1000,
         }
@@ -92,7 +103,7 @@ impl VoiceUpdate {
     }
 }
 
-/// A stretch of eligible voice time of one member in one channel.
+/// A stretch of voice time of one member in one channel: eligible, or unpaid and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Segment {
     pub user: u64,
@@ -101,6 +112,8 @@ pub struct Segment {
     pub start_ms: i64,
     /// Whole seconds, 1..=3600.
     pub seconds: u32,
+    /// `None`: eligible time, which pays; else why it pays nothing.
+    pub unpaid: Option<Unpaid>,
 }
 
 impl Segment {
@@ -112,8 +125,9 @@ impl Segment {
 #[derive(Debug, Clone)]
 struct Member {
     state: VoiceUpdate,
-    /// Start of the open segment while the member's time is eligible.
-    open_since: Option<i64>,
+    /// Start of the open segment and what it is (`None`: eligible), while the member's
+    /// time is counted or, with [`VoiceRules::report_unpaid`], reported.
+    open: Option<(i64, Option<Unpaid>)>,
 }
 
 /// The voice sessions of one guild.
@@ -150,7 +164,7 @@ impl VoiceSessions {
     pub fn is_counting(&self, user: u64) -> bool {
         self.members
             .get(&user)
-            .is_some_and(|m| m.open_since.is_some())
+            .is_some_and(|m| matches!(m.open, Some((_, None))))
     }
 
     /// A clock that went backwards (NTP step) is held at the latest time seen, so that no
@@ -174,7 +188,7 @@ impl VoiceSessions {
             Some(_) => {
                 let member = self.members.entry(update.user).or_insert(Member {
                     state: update,
-                    open_since: None,
+                    open: None,
                 });
                 member.state = update;
             }
@@ -225,10 +239,10 @@ impl VoiceSessions {
             self.members.remove(&user);
         }
         for (user, state) in current {
-            let member = self.members.entry(user).or_insert(Member {
-                state,
-                open_since: None,
-            });
+            let member = self
+                .members
+                .entry(user)
+                .or_insert(Member { state, open: None });
             if member.state.channel != state.channel {
                 close_member(user, member, now, &mut out);
             }
@@ -248,7 +262,7 @@ impl VoiceSessions {
         // A quantum divides an hour (the longest segment) when it divides a minute.
         let quantum = self.rules.quantum_ms.clamp(1000, 60_000);
         for (user, member) in &mut self.members {
-            let (Some(since), Some(channel)) = (member.open_since, member.state.channel) else {
+            let (Some((since, unpaid)), Some(channel)) = (member.open, member.state.channel) else {
                 continue;
             };
             if now - since < segment_ms {
@@ -258,8 +272,8 @@ impl VoiceSessions {
             if whole == 0 {
                 continue;
             }
-            push_segments(*user, channel, since, since + whole, &mut out);
-            member.open_since = Some(since + whole);
+            push_segments(*user, channel, unpaid, since, since + whole, &mut out);
+            member.open = Some((since + whole, unpaid));
         }
         out
     }
@@ -282,28 +296,36 @@ impl VoiceSessions {
         }
     }
 
-    fn eligible(&self, user: u64) -> bool {
-        let Some(m) = self.members.get(&user) else {
-            return false;
-        };
+    /// What `user`'s time is now: `None` when it is not counted at all (not in voice, a
+    /// bot), `Some(None)` when eligible, `Some(Some(why))` when it pays nothing.
+    fn status(&self, user: u64) -> Option<Option<Unpaid>> {
+        let m = self.members.get(&user)?;
         let s = &m.state;
-        let Some(channel) = s.channel else {
-            return false;
-        };
-        if s.bot
-            || (self.rules.require_unmuted && s.muted())
-            || (self.rules.require_undeafened && s.deafened())
-            || (self.rules.exclude_afk && self.afk_channel == Some(channel))
-        {
-            return false;
+        let channel = s.channel?;
+        if s.bot {
+            return None;
         }
-        !self.rules.require_company
-            || self.members.iter().any(|(other, o)| {
+        let r = &self.rules;
+        let alone = || {
+            !self.members.iter().any(|(other, o)| {
                 *other != user
                     && o.state.channel == Some(channel)
                     && !o.state.bot
                     && !o.state.deafened()
             })
+        };
+        let why = if r.exclude_afk && self.afk_channel == Some(channel) {
+            Some(Unpaid::Afk)
+        } else if r.require_undeafened && s.deafened() {
+            Some(Unpaid::Deafened)
+        } else if r.require_unmuted && s.muted() {
+            Some(Unpaid::Muted)
+        } else if r.require_company && alone() {
+            Some(Unpaid::Alone)
+        } else {
+            None
+        };
+        (why.is_none() || r.report_unpaid).then_some(why)
     }
 
     fn refresh_channel(&mut self, channel: u64, now: i64, out: &mut Vec<Segment>) {
@@ -326,14 +348,13 @@ impl VoiceSessions {
     }
 
     fn refresh(&mut self, user: u64, now: i64, out: &mut Vec<Segment>) {
-        let eligible = self.eligible(user);
+        let status = self.status(user);
         let Some(member) = self.members.get_mut(&user) else {
             return;
         };
-        match (eligible, member.open_since) {
-            (true, None) => member.open_since = Some(now),
-            (false, Some(_)) => close_member(user, member, now, out),
-            _ => {}
+        if member.open.map(|(_, unpaid)| unpaid) != status {
+            close_member(user, member, now, out);
+            member.open = status.map(|unpaid| (now, unpaid));
         }
     }
 }
@@ -341,14 +362,21 @@ impl VoiceSessions {
 /// Ends `m`'s open segment at `now`. The sub-second remainder is dropped: a segment is
 /// whole seconds.
 fn close_member(user: u64, m: &mut Member, now: i64, out: &mut Vec<Segment>) {
-    if let (Some(since), Some(channel)) = (m.open_since.take(), m.state.channel) {
+    if let (Some((since, unpaid)), Some(channel)) = (m.open.take(), m.state.channel) {
         let whole = (now - since) / 1000 * 1000;
-        push_segments(user, channel, since, since + whole, out);
+        push_segments(user, channel, unpaid, since, since + whole, out);
     }
 }
 
 /// Emits `[from, to)` (whole seconds) as segments of at most [`MAX_SEGMENT_MS`].
-fn push_segments(user: u64, channel: u64, from: i64, to: i64, out: &mut Vec<Segment>) {
+fn push_segments(
+    user: u64,
+    channel: u64,
+    unpaid: Option<Unpaid>,
+    from: i64,
+    to: i64,
+    out: &mut Vec<Segment>,
+) {
     let mut start = from;
     while to - start >= 1000 {
         let len = (to - start).min(MAX_SEGMENT_MS);
@@ -357,6 +385,7 @@ fn push_segments(user: u64, channel: u64, from: i64, to: i64, out: &mut Vec<Segm
             channel,
             start_ms: start,
             seconds: u32::try_from(len / 1000).unwrap_or(3600),
+            unpaid,
         });
         start += len;
     }
@@ -395,10 +424,18 @@ mod tests {
             .sum()
     }
 
+    /// Eligible time alone (the unpaid segments have tests of their own).
+    fn paid_only() -> VoiceRules {
+        VoiceRules {
+            report_unpaid: false,
+            ..VoiceRules::default()
+        }
+    }
+
     fn sessions() -> VoiceSessions {
         VoiceSessions::new(VoiceRules {
             segment_ms: 55_000,
-            ..VoiceRules::default()
+            ..paid_only()
         })
     }
 
@@ -416,13 +453,15 @@ mod tests {
                     user: 1,
                     channel: LOBBY,
                     start_ms: T0 + 500,
-                    seconds: 55
+                    seconds: 55,
+                    unpaid: None,
                 },
                 Segment {
                     user: 2,
                     channel: LOBBY,
                     start_ms: T0 + 500,
-                    seconds: 55
+                    seconds: 55,
+                    unpaid: None,
                 },
             ]
         );
@@ -435,13 +474,15 @@ mod tests {
                     user: 1,
                     channel: LOBBY,
                     start_ms: T0 + 55_500,
-                    seconds: 5
+                    seconds: 5,
+                    unpaid: None,
                 },
                 Segment {
                     user: 2,
                     channel: LOBBY,
                     start_ms: T0 + 55_500,
-                    seconds: 5
+                    seconds: 5,
+                    unpaid: None,
                 },
             ]
         );
@@ -458,7 +499,7 @@ mod tests {
         assert_eq!(xp_quantum_ms(0), 1_000);
         let rules = VoiceRules {
             quantum_ms: xp_quantum_ms(4),
-            ..VoiceRules::default()
+            ..paid_only()
         };
         let mut v = VoiceSessions::new(rules);
         v.update(join(1, LOBBY), T0);
@@ -512,7 +553,8 @@ mod tests {
                 user: 1,
                 channel: LOBBY,
                 start_ms: T0,
-                seconds: 10
+                seconds: 10,
+                unpaid: None,
             }]
         );
         assert!(v.is_counting(2), "a muted listener is still company");
@@ -570,13 +612,15 @@ mod tests {
                     user: 1,
                     channel: LOBBY,
                     start_ms: T0,
-                    seconds: 4
+                    seconds: 4,
+                    unpaid: None,
                 },
                 Segment {
                     user: 2,
                     channel: LOBBY,
                     start_ms: T0,
-                    seconds: 4
+                    seconds: 4,
+                    unpaid: None,
                 },
             ]
         );
@@ -586,7 +630,8 @@ mod tests {
             user: 1,
             channel: GAMES,
             start_ms: T0 + 4_000,
-            seconds: 2
+            seconds: 2,
+            unpaid: None,
         }));
     }
 
@@ -628,7 +673,7 @@ mod tests {
             require_undeafened: false,
             exclude_afk: false,
             require_company: false,
-            ..VoiceRules::default()
+            ..paid_only()
         };
         let mut v = VoiceSessions::new(lax);
         v.set_afk_channel(Some(AFK), T0);
@@ -648,11 +693,90 @@ mod tests {
         assert_eq!(secs(&out, 1), 3);
     }
 
+    fn reported() -> VoiceSessions {
+        VoiceSessions::new(VoiceRules {
+            segment_ms: 55_000,
+            ..VoiceRules::default()
+        })
+    }
+
+    fn kinds(segments: &[Segment], user: u64) -> Vec<(Option<Unpaid>, u32)> {
+        segments
+            .iter()
+            .filter(|s| s.user == user)
+            .map(|s| (s.unpaid, s.seconds))
+            .collect()
+    }
+
+    #[test]
+    fn time_that_pays_nothing_is_reported_with_its_reason() {
+        let mut v = reported();
+        let mut out = v.update(join(1, LOBBY), T0);
+        // Alone for 20 s, then company: the alone stretch closes, eligible time starts.
+        out.extend(v.update(join(2, LOBBY), T0 + 20_000));
+        // Muted for 30 s; a muted listener is still company for user 2.
+        out.extend(v.update(
+            VoiceUpdate {
+                self_mute: true,
+                ..join(1, LOBBY)
+            },
+            T0 + 40_000,
+        ));
+        // Muted and deafened: deafened is named first.
+        out.extend(v.update(
+            VoiceUpdate {
+                self_mute: true,
+                self_deaf: true,
+                ..join(1, LOBBY)
+            },
+            T0 + 70_000,
+        ));
+        out.extend(v.update(leave(1), T0 + 80_000));
+        assert_eq!(
+            kinds(&out, 1),
+            [
+                (Some(Unpaid::Alone), 20),
+                (None, 20),
+                (Some(Unpaid::Muted), 30),
+                (Some(Unpaid::Deafened), 10),
+            ]
+        );
+        // User 2: eligible while 1 listened, alone once 1 deafened.
+        assert_eq!(kinds(&out, 2), [(None, 50)]);
+        let out = v.update(leave(2), T0 + 95_000);
+        assert_eq!(kinds(&out, 2), [(Some(Unpaid::Alone), 25)]);
+    }
+
+    #[test]
+    fn the_afk_channel_is_named_before_anything_else_and_unpaid_time_is_cut_too() {
+        let mut v = reported();
+        v.set_afk_channel(Some(AFK), T0);
+        v.update(
+            VoiceUpdate {
+                self_mute: true,
+                ..join(1, AFK)
+            },
+            T0,
+        );
+        assert!(!v.is_counting(1));
+        let out = v.tick(T0 + 60_000);
+        assert_eq!(kinds(&out, 1), [(Some(Unpaid::Afk), 60)]);
+        // Bots are never reported: they are not members earning anything.
+        v.update(
+            VoiceUpdate {
+                bot: true,
+                ..join(7, LOBBY)
+            },
+            T0,
+        );
+        assert!(v.close_all(T0 + 90_000).iter().all(|s| s.user != 7));
+    }
+
     #[test]
     fn long_stretches_are_cut_to_the_wire_limit() {
         let rules = VoiceRules {
             require_company: false,
-            ..VoiceRules::default()
+            ..paid_only()
         };
         let mut v = VoiceSessions::new(rules);
         v.update(join(1, LOBBY), T0);
@@ -688,7 +812,8 @@ mod tests {
                 user: 1,
                 channel: LOBBY,
                 start_ms: T0 + 75_000,
-                seconds: 55
+                seconds: 55,
+                unpaid: None,
             }
         );
         // Ids are (member, start): none repeats across the restart.
@@ -802,18 +927,32 @@ mod tests {
         states: &BTreeMap<u64, VoiceUpdate>,
         afk: Option<u64>,
         user: u64,
-    ) -> Option<u64> {
+    ) -> Option<(u64, Option<Unpaid>)> {
         let s = states.get(&user)?;
         let channel = s.channel?;
+        if s.bot {
+            return None;
+        }
         let company = states.values().filter(|o| {
             o.user != user && o.channel == Some(channel) && !o.bot && !o.self_deaf && !o.deaf
         });
-        let ok = !s.bot
-            && !(rules.require_unmuted && (s.self_mute || s.mute))
-            && !(rules.require_undeafened && (s.self_deaf || s.deaf))
-            && !(rules.exclude_afk && afk == Some(channel))
-            && (!rules.require_company || company.count() > 0);
-        ok.then_some(channel)
+        let reasons = [
+            (rules.exclude_afk && afk == Some(channel), Unpaid::Afk),
+            (
+                rules.require_undeafened && (s.self_deaf || s.deaf),
+                Unpaid::Deafened,
+            ),
+            (
+                rules.require_unmuted && (s.self_mute || s.mute),
+                Unpaid::Muted,
+            ),
+            (rules.require_company && company.count() == 0, Unpaid::Alone),
+        ];
+        let why = reasons
+            .into_iter()
+            .find(|(holds, _)| *holds)
+            .map(|(_, why)| why);
+        (why.is_none() || rules.report_unpaid).then_some((channel, why))
     }
 
     proptest! {
@@ -823,26 +962,34 @@ mod tests {
         fn eligible_time_never_exceeds_wall_time_and_segments_never_overlap(
             ops in proptest::collection::vec(op(), 1..120),
             company in any::<bool>(),
+            report_unpaid in any::<bool>(),
             quantum_ms in prop_oneof![Just(1000i64), Just(15_000), Just(60_000)],
         ) {
-            let rules = VoiceRules { require_company: company, quantum_ms, ..VoiceRules::default() };
+            let rules = VoiceRules {
+                require_company: company,
+                report_unpaid,
+                quantum_ms,
+                ..VoiceRules::default()
+            };
             let mut v = VoiceSessions::new(rules.clone());
             let mut out: Vec<Segment> = Vec::new();
             let mut states: BTreeMap<u64, VoiceUpdate> = BTreeMap::new();
             let mut afk = None;
             let mut now = T0;
             let mut first_seen: BTreeMap<u64, i64> = BTreeMap::new();
-            // The oracle: exact eligible ms, and how many times an eligible stretch ended
-            // (each end may drop a sub-second remainder).
-            let mut eligible_ms: BTreeMap<u64, i64> = BTreeMap::new();
-            let mut breaks: BTreeMap<u64, i64> = BTreeMap::new();
-            let mut current: BTreeMap<u64, Option<u64>> = BTreeMap::new();
+            // The oracle: exact ms per member and kind of time (eligible, or unpaid and
+            // why), and how many times a stretch of it ended (each end may drop a
+            // sub-second remainder).
+            type Kind = (u64, Option<Unpaid>);
+            let mut exact_ms: BTreeMap<Kind, i64> = BTreeMap::new();
+            let mut breaks: BTreeMap<Kind, i64> = BTreeMap::new();
+            let mut current: BTreeMap<u64, Option<(u64, Option<Unpaid>)>> = BTreeMap::new();
             for op in ops {
                 match op {
                     Op::Advance(ms) => {
                         for (u, c) in &current {
-                            if c.is_some() {
-                                *eligible_ms.entry(*u).or_default() += ms;
+                            if let Some((_, why)) = c {
+                                *exact_ms.entry((*u, *why)).or_default() += ms;
                             }
                         }
                         now += ms;
@@ -859,16 +1006,17 @@ mod tests {
                 for user in 0..5 {
                     let before = current.get(&user).copied().flatten();
                     let after = oracle_eligible(&rules, &states, afk, user);
-                    if before.is_some() && before != after {
-                        *breaks.entry(user).or_default() += 1;
+                    if let Some((_, why)) = before && before != after {
+                        *breaks.entry((user, why)).or_default() += 1;
                     }
                     current.insert(user, after);
-                    prop_assert_eq!(v.is_counting(user), after.is_some(), "user {} at {}", user, now - T0);
+                    let counting = matches!(after, Some((_, None)));
+                    prop_assert_eq!(v.is_counting(user), counting, "user {} at {}", user, now - T0);
                 }
             }
             out.extend(v.close_all(now));
             for (u, c) in &current {
-                if c.is_some() { *breaks.entry(*u).or_default() += 1; }
+                if let Some((_, why)) = c { *breaks.entry((*u, *why)).or_default() += 1; }
             }
             for user in 0..5u64 {
                 let mut mine: Vec<&Segment> = out.iter().filter(|s| s.user == user).collect();
@@ -882,11 +1030,19 @@ mod tests {
                 }
                 let total: i64 = mine.iter().map(|s| i64::from(s.seconds) * 1000).sum();
                 let wall = first_seen.get(&user).map_or(0, |f| now - f);
-                prop_assert!(total <= wall, "user {}: {} ms eligible in {} ms", user, total, wall);
-                let exact = eligible_ms.get(&user).copied().unwrap_or(0);
-                let b = breaks.get(&user).copied().unwrap_or(0);
-                prop_assert!(total <= exact && exact - total <= 999 * b,
-                    "user {}: published {} ms, eligible {} ms, {} breaks", user, total, exact, b);
+                prop_assert!(total <= wall, "user {}: {} ms in voice in {} ms", user, total, wall);
+                for why in std::iter::once(None).chain(Unpaid::ALL.map(Some)) {
+                    let total: i64 = mine
+                        .iter()
+                        .filter(|s| s.unpaid == why)
+                        .map(|s| i64::from(s.seconds) * 1000)
+                        .sum();
+                    let exact = exact_ms.get(&(user, why)).copied().unwrap_or(0);
+                    let b = breaks.get(&(user, why)).copied().unwrap_or(0);
+                    prop_assert!(total <= exact && exact - total <= 999 * b,
+                        "user {} {:?}: published {} ms, exact {} ms, {} breaks",
+                        user, why, total, exact, b);
+                }
             }
         }
     }

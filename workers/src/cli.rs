@@ -67,6 +67,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show where a member's XP of a period came from: by source, platform and day, and
+    /// the voice time that paid nothing, with why (docs/rules.md, "The XP statement").
+    Statement {
+        /// An identity of the member, e.g. `discord:80351110224678912`.
+        identity: String,
+        /// `all`, `week`, `month` or `season` (the season on now).
+        #[arg(long, default_value = "week")]
+        period: Period,
+        /// A season by name instead of `--period`.
+        #[arg(long, conflicts_with = "period")]
+        season: Option<String>,
+        /// A day (YYYY-MM-DD, UTC) in the week or month to show instead of the current one.
+        #[arg(long, value_parser = parse_day)]
+        at: Option<time::Date>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a leaderboard.
     Top {
         /// `all`, `week`, `month` or `season` (the season on now).
@@ -307,6 +324,48 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .map(|i| format!("{}:{}", i.platform, i.user))
                     .collect();
                 println!("uid {} · identities {}", p.uid, ids.join(", "));
+            }
+        }
+        Command::Statement {
+            identity,
+            period,
+            season,
+            at,
+            json,
+        } => {
+            let identity = Identity::parse(&identity)?;
+            let store = connect_store(&settings).await?;
+            let Some(p) = store.profile(&identity).await? else {
+                bail!("no user has the identity {identity}");
+            };
+            let today = at.unwrap_or_else(|| time::OffsetDateTime::now_utc().date());
+            let Some(statement) = store
+                .statement(p.uid, period, season.as_deref(), today)
+                .await?
+            else {
+                bail!(match season {
+                    Some(name) => format!("no season named {name:?} (`ttfd seasons` lists them)"),
+                    None => format!("no season is on {today} (`ttfd seasons` lists them)"),
+                });
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&statement)?);
+            } else {
+                let name = p
+                    .display_name
+                    .clone()
+                    .unwrap_or_else(|| text::fallback_name(p.uid));
+                println!("{}", text::statement(&name, &statement, Markup::Plain));
+                for day in statement.days.iter().rev() {
+                    let mut parts = text::sources(&day.tally);
+                    parts.extend(text::unpaid(&day.tally));
+                    println!(
+                        "  {} · {} XP · {}",
+                        day.day,
+                        day.tally.xp,
+                        parts.join(" · ")
+                    );
+                }
             }
         }
         Command::Top {

@@ -5,7 +5,7 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ttfd_shared::wire::{EventId, Proof};
-use ttfd_shared::{Event, Identity, Payload};
+use ttfd_shared::{Event, Identity, Payload, Unpaid};
 
 const NAMES: [&str; 16] = [
     "Aiko", "Boris", "Chen", "Dana", "Emil", "Fatima", "Goran", "Hana", "Ivan", "Jun", "Kira",
@@ -64,6 +64,12 @@ impl Traffic {
                 len: Some(self.rng.random_range(1..240)),
                 chat: None,
                 mult: None,
+            },
+            // Voice time that paid nothing, as only the Discord worker reports it.
+            840..880 if platform == "discord" => Payload::VoiceUnpaid {
+                seconds: self.rng.random_range(15..600),
+                why: Unpaid::ALL[self.rng.random_range(0..Unpaid::ALL.len())],
+                channel: None,
             },
             760..880 => Payload::Voice {
                 seconds: if self.rng.random_bool(0.8) {

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use crate::Identity;
 use crate::rules::{self, Rules};
 use crate::seasons::Seasons;
-use crate::view::{AuditEntry, Period};
+use crate::view::{AuditEntry, Period, Tally};
 use crate::wire::{Event, Payload, Proof, WireIdentity};
 
 /// One unified user, as the model sees it.
@@ -40,6 +40,9 @@ pub struct Profile {
     pub last_ts: Option<i64>,
     /// XP per UTC day (days since the epoch); days whose XP sums to 0 are left out.
     pub ledger: BTreeMap<i32, i64>,
+    /// The XP statement's rows: what each platform's identities did and earned per UTC
+    /// day; empty tallies are left out.
+    pub tallies: BTreeMap<(String, i32), Tally>,
     /// SPEC 7.3: hidden when any identity is; notified unless one said `notify: false`.
     pub hidden: bool,
     pub notify: bool,
@@ -67,6 +70,7 @@ struct IdentityAcc {
     first_ts: Option<i64>,
     last_ts: Option<i64>,
     ledger: BTreeMap<i32, i64>,
+    tallies: BTreeMap<i32, Tally>,
     hidden: Pref,
     notify: Pref,
 }
@@ -206,21 +210,33 @@ pub fn fold<'a>(rules: &Rules, events: impl IntoIterator<Item = &'a Event>) -> V
             other => rules.standalone_xp(other),
         };
         let a = acc.entry(ev.identity.clone()).or_default();
+        let tally = a.tallies.entry(day).or_default();
+        tally.xp += xp;
         match &ev.payload {
-            Payload::Message { .. } => a.messages += 1,
-            Payload::Voice { seconds, .. } => a.voice_seconds += i64::from(*seconds),
+            Payload::Message { .. } => {
+                a.messages += 1;
+                tally.messages += 1;
+            }
+            Payload::Voice { seconds, .. } => {
+                a.voice_seconds += i64::from(*seconds);
+                tally.voice_seconds += i64::from(*seconds);
+                tally.voice_xp += xp;
+            }
+            Payload::VoiceUnpaid { seconds, why, .. } => {
+                tally.unpaid_voice.add(*why, i64::from(*seconds));
+            }
             Payload::Game { won, .. } => {
                 a.games_played += 1;
                 a.games_won += i64::from(*won);
+                tally.games_played += 1;
+                tally.games_xp += xp;
             }
+            Payload::Xp { .. } => tally.grants_xp += xp,
             Payload::Prefs { hidden, notify } => {
                 newer_pref(&mut a.hidden, ev.ts, ev.id.as_str(), *hidden);
                 newer_pref(&mut a.notify, ev.ts, ev.id.as_str(), *notify);
             }
-            Payload::Xp { .. }
-            | Payload::Link { .. }
-            | Payload::Unlink { .. }
-            | Payload::Forget { .. } => {}
+            Payload::Link { .. } | Payload::Unlink { .. } | Payload::Forget { .. } => {}
         }
         a.first_ts = Some(a.first_ts.map_or(ev.ts, |t| t.min(ev.ts)));
         a.last_ts = Some(a.last_ts.map_or(ev.ts, |t| t.max(ev.ts)));
@@ -233,11 +249,11 @@ pub fn fold<'a>(rules: &Rules, events: impl IntoIterator<Item = &'a Event>) -> V
         let xp = rules.minute_xp(mult);
         if xp != 0 {
             let day = rules::day_of(minute * rules::MINUTE_MS);
-            *acc.entry(identity)
-                .or_default()
-                .ledger
-                .entry(day)
-                .or_default() += xp;
+            let a = acc.entry(identity).or_default();
+            *a.ledger.entry(day).or_default() += xp;
+            let tally = a.tallies.entry(day).or_default();
+            tally.xp += xp;
+            tally.messages_xp += xp;
         }
     }
 
@@ -276,6 +292,7 @@ pub fn fold<'a>(rules: &Rules, events: impl IntoIterator<Item = &'a Event>) -> V
                 first_ts: None,
                 last_ts: None,
                 ledger: BTreeMap::new(),
+                tallies: BTreeMap::new(),
                 hidden: false,
                 notify: true,
             };
@@ -291,6 +308,11 @@ pub fn fold<'a>(rules: &Rules, events: impl IntoIterator<Item = &'a Event>) -> V
                 for (d, x) in &a.ledger {
                     *p.ledger.entry(*d).or_default() += x;
                 }
+                for (d, t) in &a.tallies {
+                    *p.tallies
+                        .entry((id.platform.as_str().to_owned(), *d))
+                        .or_default() += t;
+                }
                 p.hidden |= a.hidden.as_ref().is_some_and(|h| h.2);
                 p.notify &= a.notify.as_ref().is_none_or(|n| n.2);
                 if let Some(n) = names.get(id)
@@ -300,6 +322,7 @@ pub fn fold<'a>(rules: &Rules, events: impl IntoIterator<Item = &'a Event>) -> V
                 }
             }
             p.ledger.retain(|_, x| *x != 0);
+            p.tallies.retain(|_, t| !t.is_empty());
             p.xp = p.ledger.values().sum();
             p.rank = rules.rank_index(p.xp);
             p.coins = rules.coins_for_peak(p.peak_rank);

@@ -132,6 +132,7 @@ impl Rules {
     pub fn standalone_xp(&self, payload: &Payload) -> i64 {
         match payload {
             Payload::Message { .. }
+            | Payload::VoiceUnpaid { .. }
             | Payload::Link { .. }
             | Payload::Prefs { .. }
             | Payload::Unlink { .. }

@@ -3,7 +3,10 @@
 //! service sends them to the bots, and the HTTP API serves them; [`text`] renders them
 //! for people, the same way on every surface.
 
+pub mod statement;
 pub mod text;
+
+pub use statement::{DayTally, PlatformTally, Statement, Tally, UnpaidVoice};
 
 use std::fmt;
 use std::str::FromStr;

@@ -5,9 +5,11 @@
 
 use std::fmt::Write as _;
 
-use super::{AuditEntry, Period, PeriodStanding, Pref, Profile, SeasonView, Standing};
+use super::{
+    AuditEntry, Period, PeriodStanding, Pref, Profile, SeasonView, Standing, Statement, Tally,
+};
 use crate::rules::Rules;
-use crate::wire::{SeasonNotice, WireIdentity};
+use crate::wire::{SeasonNotice, Unpaid, WireIdentity};
 
 /// How the text is marked up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,6 +247,147 @@ pub fn period_top(period: Period, rows: &[Standing], markup: Markup) -> String {
     top(period.words(), rows, markup)
 }
 
+/// Days a bot's statement lists, the newest (a page lists them all).
+const STATEMENT_DAYS: usize = 7;
+
+/// A stretch of voice time: `45 s` under a minute, else as [`duration`].
+fn voice_time(seconds: i64) -> String {
+    if seconds < 60 {
+        format!("{seconds} s")
+    } else {
+        duration(seconds)
+    }
+}
+
+/// Why voice time paid nothing, as the statement says it.
+pub fn unpaid_words(why: Unpaid) -> &'static str {
+    match why {
+        Unpaid::Afk => "in the AFK channel",
+        Unpaid::Deafened => "in voice while deafened",
+        Unpaid::Muted => "in voice while muted",
+        Unpaid::Alone => "alone in voice",
+    }
+}
+
+/// The XP of `t` by source, one line each, leaving out sources with nothing.
+pub fn sources(t: &Tally) -> Vec<String> {
+    let mut lines = Vec::new();
+    if t.messages_xp != 0 || t.messages != 0 {
+        lines.push(format!(
+            "Messages: {} XP ({} message{})",
+            thousands(t.messages_xp),
+            thousands(t.messages),
+            if t.messages == 1 { "" } else { "s" }
+        ));
+    }
+    if t.voice_xp != 0 || t.voice_seconds != 0 {
+        lines.push(format!(
+            "Voice: {} XP ({})",
+            thousands(t.voice_xp),
+            voice_time(t.voice_seconds)
+        ));
+    }
+    if t.games_xp != 0 || t.games_played != 0 {
+        lines.push(format!(
+            "Games: {} XP ({} played)",
+            thousands(t.games_xp),
+            thousands(t.games_played)
+        ));
+    }
+    if t.grants_xp != 0 {
+        lines.push(format!(
+            "Given by moderators and seasons: {}{} XP",
+            if t.grants_xp > 0 { "+" } else { "" },
+            thousands(t.grants_xp)
+        ));
+    }
+    if t.unitemised() != 0 {
+        lines.push(format!(
+            "Earned before statements were kept: {} XP",
+            thousands(t.unitemised())
+        ));
+    }
+    lines
+}
+
+/// The voice time of `t` that paid nothing, one line per reason: `38 min in voice
+/// while muted: no XP`.
+pub fn unpaid(t: &Tally) -> Vec<String> {
+    Unpaid::ALL
+        .into_iter()
+        .filter(|w| t.unpaid_voice.get(*w) > 0)
+        .map(|w| {
+            format!(
+                "{} {}: no XP",
+                voice_time(t.unpaid_voice.get(w)),
+                unpaid_words(w)
+            )
+        })
+        .collect()
+}
+
+/// The span of a statement in words: "this week (2026-12-07 to 2026-12-13)", "season
+/// winter (…)", "all time".
+pub fn statement_span(s: &Statement) -> String {
+    let words = match &s.season {
+        Some(name) => format!("season {name}"),
+        None => s.period.words().to_owned(),
+    };
+    match (&s.from, &s.to) {
+        (Some(from), Some(to)) => format!("{words} ({from} to {to})"),
+        _ => words,
+    }
+}
+
+/// A member's XP statement, headed by `name`, as the bots' `/rank details` and `ttfd
+/// statement` show it:
+///
+/// ```text
+/// Ada: where the XP came from, this week (2026-12-07 to 2026-12-13): 412 XP
+/// Messages: 240 XP (312 messages)
+/// Voice: 125 XP (2 h 5 min)
+/// 38 min in voice while muted: no XP
+/// By platform: Discord 300 XP · Telegram 112 XP
+/// Days: 2026-12-05 140 XP · 2026-12-06 272 XP
+/// ```
+pub fn statement(name: &str, s: &Statement, markup: Markup) -> String {
+    let mut out = format!(
+        "{}: where the XP came from, {}: {}",
+        markup.name(name),
+        statement_span(s),
+        markup.strong(&format!("{} XP", thousands(s.total.xp)))
+    );
+    if s.days.is_empty() {
+        out.push_str("\nNothing yet in this period.");
+        return out;
+    }
+    for line in sources(&s.total).into_iter().chain(unpaid(&s.total)) {
+        let _ = write!(out, "\n{line}");
+    }
+    let platforms: Vec<String> = s
+        .platforms
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {} XP",
+                platform_name(&p.platform),
+                thousands(p.tally.xp)
+            )
+        })
+        .collect();
+    let _ = write!(out, "\nBy platform: {}", platforms.join(" · "));
+    let shown = s.days.len().min(STATEMENT_DAYS);
+    let days: Vec<String> = s.days[s.days.len() - shown..]
+        .iter()
+        .map(|d| format!("{} {} XP", d.day, thousands(d.tally.xp)))
+        .collect();
+    let _ = write!(out, "\nDays: {}", days.join(" · "));
+    if s.days.len() > shown {
+        let _ = write!(out, " (and {} earlier)", s.days.len() - shown);
+    }
+    out
+}
+
 /// A season in a few lines: name, days, status, members ranked, and its champions.
 ///
 /// ```text
@@ -335,6 +478,56 @@ pub fn audit_entry(e: &AuditEntry) -> String {
 mod tests {
     use super::*;
     use crate::wire::WireIdentity;
+
+    #[test]
+    fn a_statement_says_where_the_xp_came_from_and_why_voice_paid_nothing() {
+        use crate::view::UnpaidVoice;
+        let day = |d: u8, platform: &str, t: Tally| {
+            (
+                platform.to_owned(),
+                time::Date::from_calendar_date(2026, time::Month::December, d).expect("a date"),
+                t,
+            )
+        };
+        let rows = (1..=9).map(|d| {
+            day(
+                d,
+                if d % 2 == 0 { "telegram" } else { "discord" },
+                Tally {
+                    xp: 30,
+                    messages_xp: 20,
+                    voice_xp: 10,
+                    messages: 3,
+                    voice_seconds: 150,
+                    unpaid_voice: UnpaidVoice {
+                        muted: 2280 / 9,
+                        alone: if d == 1 { 45 } else { 0 },
+                        ..UnpaidVoice::default()
+                    },
+                    ..Tally::default()
+                },
+            )
+        });
+        let s = Statement::of(Period::All, None, None, rows);
+        let text = statement("Ada*", &s, Markup::Markdown);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "Ada\\*: where the XP came from, all time: **270 XP**",
+                "Messages: 180 XP (27 messages)",
+                "Voice: 90 XP (22 min)",
+                "37 min in voice while muted: no XP",
+                "45 s alone in voice: no XP",
+                "By platform: Discord 150 XP · Telegram 120 XP",
+                "Days: 2026-12-03 30 XP · 2026-12-04 30 XP · 2026-12-05 30 XP · \
+                 2026-12-06 30 XP · 2026-12-07 30 XP · 2026-12-08 30 XP · 2026-12-09 30 XP \
+                 (and 2 earlier)",
+            ]
+        );
+        let empty = Statement::of(Period::Week, None, None, std::iter::empty());
+        assert!(statement("Ada", &empty, Markup::Plain).ends_with("Nothing yet in this period."));
+    }
 
     fn ada(xp: i64, rules: &Rules) -> Profile {
         let index = rules.rank_index(xp);

@@ -87,6 +87,14 @@ pub enum Payload {
         /// SPEC 7.2: the percentage of XP these seconds pay; `None` means 100.
         mult: Option<u16>,
     },
+    /// Voice time the platform's rules pay nothing for, and why (the XP statement
+    /// explains it): XP 0, and no counter (`voice_seconds` stays the time `voice`
+    /// events carry).
+    VoiceUnpaid {
+        seconds: u32,
+        why: Unpaid,
+        channel: Option<String>,
+    },
     Game {
         game: String,
         won: bool,
@@ -122,6 +130,41 @@ pub enum Payload {
         reason: String,
         by: Option<Identity>,
     },
+}
+
+/// Why voice time paid nothing (`voice_unpaid`, `data.why`). When several hold, the
+/// first of this order is named: the AFK channel, deafened, muted, alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Unpaid {
+    Afk,
+    Deafened,
+    Muted,
+    Alone,
+}
+
+impl Unpaid {
+    pub const ALL: [Unpaid; 4] = [Unpaid::Afk, Unpaid::Deafened, Unpaid::Muted, Unpaid::Alone];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unpaid::Afk => "afk",
+            Unpaid::Deafened => "deafened",
+            Unpaid::Muted => "muted",
+            Unpaid::Alone => "alone",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, Rejection> {
+        Unpaid::ALL
+            .into_iter()
+            .find(|u| u.as_str() == s)
+            .ok_or_else(|| {
+                Rejection::new(
+                    "out_of_range",
+                    format!("data.why {s:?} is not one of afk, deafened, muted, alone"),
+                )
+            })
+    }
 }
 
 /// The largest `data.mult` (SPEC 7.2): ten times the XP.
@@ -168,6 +211,7 @@ impl Payload {
         match self {
             Payload::Message { .. } => "message",
             Payload::Voice { .. } => "voice",
+            Payload::VoiceUnpaid { .. } => "voice_unpaid",
             Payload::Game { .. } => "game",
             Payload::Xp { .. } => "xp",
             Payload::Link { .. } => "link",
@@ -268,6 +312,14 @@ struct ByData {
 }
 
 #[derive(Deserialize)]
+struct VoiceUnpaidData {
+    seconds: u64,
+    why: String,
+    #[serde(default)]
+    channel: Option<String>,
+}
+
+#[derive(Deserialize)]
 struct GameData {
     game: String,
     won: bool,
@@ -324,6 +376,14 @@ fn mult_in(mult: Option<u64>) -> Result<Option<u16>, Rejection> {
             .ok_or_else(|| out_of_range(format!("data.mult {m} must be 0..={MAX_MULT}")))
     })
     .transpose()
+}
+
+/// `data.seconds` of `voice` and `voice_unpaid`: 1..=3600.
+fn voice_seconds_in(seconds: u64) -> Result<u32, Rejection> {
+    u32::try_from(seconds)
+        .ok()
+        .filter(|s| (1..=3600).contains(s))
+        .ok_or_else(|| out_of_range(format!("data.seconds {seconds} must be 1..=3600")))
 }
 
 /// `data.by`: an identity when present.
@@ -459,16 +519,18 @@ pub fn decode(
         }
         "voice" => {
             let d: VoiceData = data(bytes)?;
-            let seconds = u32::try_from(d.seconds)
-                .ok()
-                .filter(|s| (1..=3600).contains(s))
-                .ok_or_else(|| {
-                    out_of_range(format!("data.seconds {} must be 1..=3600", d.seconds))
-                })?;
             Payload::Voice {
-                seconds,
+                seconds: voice_seconds_in(d.seconds)?,
                 channel: d.channel,
                 mult: mult_in(d.mult)?,
+            }
+        }
+        "voice_unpaid" => {
+            let d: VoiceUnpaidData = data(bytes)?;
+            Payload::VoiceUnpaid {
+                seconds: voice_seconds_in(d.seconds)?,
+                why: Unpaid::parse(&d.why)?,
+                channel: d.channel,
             }
         }
         "game" => {
@@ -548,8 +610,8 @@ pub fn decode(
             return Err(Rejection::new(
                 "unknown_kind",
                 format!(
-                    "kind {other:?} is not one of message, voice, game, xp, link, prefs, \
-                     unlink, forget"
+                    "kind {other:?} is not one of message, voice, voice_unpaid, game, xp, \
+                     link, prefs, unlink, forget"
                 ),
             ));
         }
@@ -593,6 +655,12 @@ enum DataOut<'a> {
         channel: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         mult: Option<u16>,
+    },
+    VoiceUnpaid {
+        seconds: u32,
+        why: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<&'a str>,
     },
     Game {
         game: &'a str,
@@ -663,6 +731,15 @@ pub fn encode(event: &Event) -> Vec<u8> {
             seconds: *seconds,
             channel: channel.as_deref(),
             mult: *mult,
+        },
+        Payload::VoiceUnpaid {
+            seconds,
+            why,
+            channel,
+        } => DataOut::VoiceUnpaid {
+            seconds: *seconds,
+            why: why.as_str(),
+            channel: channel.as_deref(),
         },
         Payload::Game { game, won, xp } => DataOut::Game {
             game,
@@ -748,6 +825,11 @@ mod tests {
             base("prefs", json!({"notify": false, "hidden": false})),
             base("voice", json!({"seconds": 60, "mult": 1000})),
             base(
+                "voice_unpaid",
+                json!({"seconds": 45, "why": "muted", "channel": "lobby"}),
+            ),
+            base("voice_unpaid", json!({"seconds": 3600, "why": "afk"})),
+            base(
                 "xp",
                 json!({"amount": 5, "reason": "quiz", "by": {"platform": "cli", "user": "ops"}}),
             ),
@@ -819,6 +901,12 @@ mod tests {
         assert_eq!(code_of(&v, ("discord", "dance")), "unknown_kind");
         let v = base("voice", json!({"seconds": 0}));
         assert_eq!(code_of(&v, ("discord", "voice")), "out_of_range");
+        let v = base("voice_unpaid", json!({"seconds": 30, "why": "bored"}));
+        assert_eq!(code_of(&v, ("discord", "voice_unpaid")), "out_of_range");
+        let v = base("voice_unpaid", json!({"seconds": 3601, "why": "alone"}));
+        assert_eq!(code_of(&v, ("discord", "voice_unpaid")), "out_of_range");
+        let v = base("voice_unpaid", json!({"seconds": 30}));
+        assert_eq!(code_of(&v, ("discord", "voice_unpaid")), "missing_field");
         let v = base("voice", json!({"seconds": 3601}));
         assert_eq!(code_of(&v, ("discord", "voice")), "out_of_range");
         let v = base("voice", json!({}));

@@ -10,7 +10,7 @@ pub mod notify;
 mod subjects;
 
 pub use envelope::{
-    Event, EventId, MAX_EVENT_BYTES, MAX_MULT, Payload, Proof, clean_name, decode, encode,
+    Event, EventId, MAX_EVENT_BYTES, MAX_MULT, Payload, Proof, Unpaid, clean_name, decode, encode,
 };
 pub use json::{JsonEventError, from_json};
 pub use notify::{LinkNotice, RankNotice, SeasonChampion, SeasonNotice, WireIdentity};

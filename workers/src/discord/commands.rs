@@ -19,7 +19,7 @@ use serenity::model::user::User;
 use tracing::warn;
 use ttfd_shared::Rules;
 use ttfd_shared::view::text::{self, Markup, escape_markdown as escape, platform_name};
-use ttfd_shared::view::{AuditEntry, Period, Pref, Profile, Standing};
+use ttfd_shared::view::{AuditEntry, Period, Pref, Profile, Standing, Statement};
 
 use super::mapping::{display_name, identity};
 use crate::card;
@@ -42,6 +42,18 @@ pub fn definitions() -> Vec<CreateCommand> {
             .add_option(
                 CreateCommandOption::new(CommandOptionType::User, "member", "Whose rank")
                     .required(false),
+            )
+            .add_option(
+                CreateCommandOption::new(
+                    CommandOptionType::String,
+                    "details",
+                    "Where the XP of a period came from, and voice time that paid nothing",
+                )
+                .required(false)
+                .add_string_choice("this week", "week")
+                .add_string_choice("this month", "month")
+                .add_string_choice("this season", "season")
+                .add_string_choice("all time", "all"),
             ),
         CreateCommand::new("top")
             .description("The leaderboard")
@@ -185,6 +197,8 @@ pub enum SlashCommand {
         user: UserId,
         name: String,
         bot: bool,
+        /// `details`: the XP statement of this period instead of the rank.
+        details: Option<Period>,
     },
     Top {
         period: Period,
@@ -251,6 +265,7 @@ pub fn parse(cmd: &CommandInteraction) -> Option<SlashCommand> {
                 user: user.id,
                 name: display_name(user, nick).unwrap_or_else(|| "this member".into()),
                 bot: user.bot,
+                details: string("details").and_then(|p| p.parse().ok()),
             })
         }
         "top" => Some(SlashCommand::Top {
@@ -433,6 +448,17 @@ pub async fn reply(
         } => {
             return Reply::private(format!("{} is a bot: bots have no rank.", escape(name)));
         }
+        // The statement, for the asker's eyes only (it is long, and personal): one's
+        // own read as oneself (a hidden member sees theirs), another's as anyone may.
+        SlashCommand::Rank {
+            user,
+            name,
+            details: Some(period),
+            ..
+        } => query
+            .statement(&identity(*user), *period, *user == caller.user)
+            .await
+            .map(|s| Reply::private(statement_text(name, *period, s.as_ref(), rules))),
         // One's own rank is read as oneself (a hidden member sees it, privately).
         SlashCommand::Rank { user, name, .. } if *user == caller.user => {
             match query.own_profile(&identity(*user)).await {
@@ -591,6 +617,20 @@ pub fn rank_text(name: &str, profile: Option<&Profile>, rules: &Rules) -> String
             "{} has no activity recorded yet: messages and voice time earn XP.",
             escape(name)
         ),
+    }
+}
+
+/// `/rank details`: the statement, or why there is none.
+pub fn statement_text(
+    name: &str,
+    period: Period,
+    statement: Option<&Statement>,
+    rules: &Rules,
+) -> String {
+    match statement {
+        Some(s) => text::statement(name, s, Markup::Markdown),
+        None if period == Period::Season => "No season is on now.".into(),
+        None => rank_text(name, None, rules),
     }
 }
 
@@ -842,7 +882,8 @@ mod tests {
             Some(SlashCommand::Rank {
                 user: UserId::new(80_351_110_224_678_912),
                 name: "Nelly".into(),
-                bot: false
+                bot: false,
+                details: None
             })
         );
         let other = command(interaction(
@@ -854,7 +895,21 @@ mod tests {
             Some(SlashCommand::Rank {
                 user: UserId::new(555),
                 name: "Annie".into(),
-                bot: false
+                bot: false,
+                details: None
+            })
+        );
+        let details = command(interaction(
+            "rank",
+            json!([{"name": "details", "type": 3, "value": "week"}]),
+        ));
+        assert_eq!(
+            parse(&details),
+            Some(SlashCommand::Rank {
+                user: UserId::new(80_351_110_224_678_912),
+                name: "Nelly".into(),
+                bot: false,
+                details: Some(Period::Week)
             })
         );
         let top = command(interaction(

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | a guild message by a human | `message`, id `discord:msg:<message id>`, `ts` from the snowflake, `len` = characters when message content is visible, `chat` = channel id |
 //! | a segment of eligible voice time | `voice`, id `discord:voice:<guild>:<user>:<segment start ms>`, `ts` = segment end, `seconds`, `channel` = channel id |
+//! | a segment of voice time that pays nothing | `voice_unpaid`, id `discord:voice-unpaid:<guild>:<user>:<segment start ms>`, as above, `why` = `afk`, `deafened`, `muted` or `alone` |
 
 use serenity::model::channel::{Message, MessageType};
 use serenity::model::guild::Guild;
@@ -148,11 +149,31 @@ pub fn guild_voice(guild: &Guild) -> GuildVoice {
     }
 }
 
-/// The `voice` event of a segment; its id is deterministic per member and segment.
+/// The `voice` event of an eligible segment, or the `voice_unpaid` event of an unpaid
+/// one; its id is deterministic per member and segment.
 pub fn voice_event(guild: GuildId, segment: &Segment, name: Option<String>) -> Event {
+    let channel = Some(segment.channel.to_string());
+    let (kind, payload) = match segment.unpaid {
+        None => (
+            "voice",
+            Payload::Voice {
+                seconds: segment.seconds,
+                channel,
+                mult: None,
+            },
+        ),
+        Some(why) => (
+            "voice-unpaid",
+            Payload::VoiceUnpaid {
+                seconds: segment.seconds,
+                why,
+                channel,
+            },
+        ),
+    };
     Event {
         id: event_id(format!(
-            "discord:voice:{}:{}:{}",
+            "discord:{kind}:{}:{}:{}",
             guild.get(),
             segment.user,
             segment.start_ms
@@ -160,11 +181,7 @@ pub fn voice_event(guild: GuildId, segment: &Segment, name: Option<String>) -> E
         ts: segment.end_ms(),
         identity: identity_of(segment.user),
         name,
-        payload: Payload::Voice {
-            seconds: segment.seconds,
-            channel: Some(segment.channel.to_string()),
-            mult: None,
-        },
+        payload,
     }
 }
 
@@ -447,6 +464,7 @@ mod tests {
             channel: 9,
             start_ms: 1_764_000_000_000,
             seconds: 55,
+            unpaid: None,
         };
         let e = voice_event(GuildId::new(GUILD), &seg, Some("Vox".into()));
         assert_eq!(
@@ -463,5 +481,22 @@ mod tests {
             }
         );
         assert_eq!(voice_event(GuildId::new(GUILD), &seg, None).id, e.id);
+        let muted = Segment {
+            unpaid: Some(ttfd_shared::Unpaid::Muted),
+            ..seg
+        };
+        let e = voice_event(GuildId::new(GUILD), &muted, None);
+        assert_eq!(
+            e.id.as_str(),
+            "discord:voice-unpaid:1000000000000000001:80351110224678912:1764000000000"
+        );
+        assert_eq!(
+            e.payload,
+            Payload::VoiceUnpaid {
+                seconds: 55,
+                why: ttfd_shared::Unpaid::Muted,
+                channel: Some("9".into()),
+            }
+        );
     }
 }

@@ -366,7 +366,9 @@ impl DiscordBot {
             .into_iter()
             .zip(&segments)
             .map(|(mut e, s)| {
-                e.payload.set_mult(self.mult(s.channel, s.user, e.ts));
+                if s.unpaid.is_none() {
+                    e.payload.set_mult(self.mult(s.channel, s.user, e.ts));
+                }
                 e
             })
             .collect();

@@ -30,7 +30,7 @@ use crate::settings::{ModerationSettings, Settings};
 use crate::store::audit::AuditQuery;
 use crate::store::codes::{IssuedCode, Redemption};
 use crate::store::{Store, StoreError};
-use ttfd_shared::view::{AuditEntry, Period, Profile, Standing};
+use ttfd_shared::view::{AuditEntry, Period, Profile, Standing, Statement};
 
 /// The queue group every replica of the service joins.
 pub const QUEUE_GROUP: &str = "ttfd-query";
@@ -42,6 +42,16 @@ pub const MAX_LIMIT: u32 = 100;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProfileRequest {
     pub identity: WireIdentity,
+}
+
+/// `statement` (anyone's, not hidden) and `as.<platform>.statement` (one's own): the
+/// XP statement of a member for a period (a season by name, or the current one).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatementRequest {
+    pub identity: WireIdentity,
+    pub period: Period,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub season: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -265,6 +275,32 @@ impl QueryClient {
         .await
     }
 
+    /// The XP statement of the member owning `identity` for `period`, as anyone may see
+    /// it, or (`own`) as the member reads it, hidden or not: asked as their platform.
+    /// `None` when nobody has that identity, the member is hidden from the asker, or
+    /// there is no current season.
+    pub async fn statement(
+        &self,
+        identity: &Identity,
+        period: Period,
+        own: bool,
+    ) -> Result<Option<Statement>, QueryError> {
+        let subject = if own {
+            acting_as(identity, "statement")
+        } else {
+            "statement".to_owned()
+        };
+        self.ask(
+            &subject,
+            &StatementRequest {
+                identity: identity.into(),
+                period,
+                season: None,
+            },
+        )
+        .await
+    }
+
     pub async fn top(
         &self,
         period: Period,
@@ -393,7 +429,8 @@ fn acting_as(identity: &Identity, what: &str) -> String {
 /// The queries that may act for an identity (as opposed to reading what is public):
 /// asked on `as.<platform>.<query>`. All but `profile` must; `profile` asked so is the
 /// member's own read, which shows a hidden member (SPEC 7.3) to themselves.
-const ACTING: [&str; 8] = [
+const ACTING: [&str; 9] = [
+    "statement",
     "link.issue",
     "link.redeem",
     "xp.adjust",
@@ -635,6 +672,23 @@ async fn answer(service: &Service, subject: &str, payload: &[u8]) -> (Vec<u8>, &
                 };
                 let profile = store.profile(&asked).await?;
                 Ok(profile.filter(|p| own || p.shown_to(None)))
+            }
+            .await,
+        ),
+        "statement" => reply(
+            async {
+                let q: StatementRequest = decode(payload)?;
+                let (asked, own) = match on_behalf_of {
+                    Some(_) => (acting_for(&q.identity, on_behalf_of)?, true),
+                    None => (identity(&q.identity)?, false),
+                };
+                let today = time::OffsetDateTime::now_utc().date();
+                match store.profile(&asked).await? {
+                    Some(p) if own || p.shown_to(None) => Ok(store
+                        .statement(p.uid, q.period, q.season.as_deref(), today)
+                        .await?),
+                    _ => Ok(None),
+                }
             }
             .await,
         ),

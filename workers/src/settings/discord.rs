@@ -118,6 +118,9 @@ pub struct VoiceSettings {
     pub exclude_afk: bool,
     /// At least one other human who is not deafened must be in the channel.
     pub require_company: bool,
+    /// Time in voice that the rules above pay nothing for is published too, as
+    /// `voice_unpaid` with its reason, so the XP statement can say why (on by default).
+    pub report_unpaid: bool,
     /// Eligible voice time is published once this much is open, in seconds, cut in
     /// whole XP quanta (15 s at 4 XP per minute); a crash loses less than this (or the
     /// quantum, if longer) plus a second.
@@ -166,6 +169,7 @@ impl Default for VoiceSettings {
             require_undeafened: r.require_undeafened,
             exclude_afk: r.exclude_afk,
             require_company: r.require_company,
+            report_unpaid: r.report_unpaid,
             segment_secs: u32::try_from(r.segment_ms / 1000).unwrap_or(45),
         }
     }
@@ -191,6 +195,7 @@ impl VoiceSettings {
             require_undeafened: self.require_undeafened,
             exclude_afk: self.exclude_afk,
             require_company: self.require_company,
+            report_unpaid: self.report_unpaid,
             segment_ms: i64::from(self.segment_secs) * 1000,
         }
     }

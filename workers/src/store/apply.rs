@@ -72,6 +72,42 @@ pub struct Applied {
 /// so that `ttfd rebuild`, applying into a schema of its own, does not wait for it.
 const SETTLE_LOCK_CLASS: i32 = 0x5454_4644;
 
+/// The ledger's statement columns (migration 17) as both upserts write them: the
+/// unnest aliases `x` (the row's XP), `s1..s3` (voice, games, grants) and `u1..u4`
+/// (unpaid voice, in `Unpaid::ALL`'s order); message XP is the rest of `x`.
+macro_rules! statement_columns {
+    () => {
+        "xp_messages, xp_voice, xp_games, xp_grants, unpaid_afk, unpaid_deafened, \
+         unpaid_muted, unpaid_alone"
+    };
+}
+
+macro_rules! statement_values {
+    () => {
+        "x - s1 - s2 - s3, s1, s2, s3, u1, u2, u3, u4"
+    };
+}
+
+/// The counters, activity times and statement columns (but message XP, which each
+/// upsert computes its own way) of a conflicting row: what the batch adds.
+macro_rules! statement_sums {
+    () => {
+        "messages = l.messages + excluded.messages,
+         voice_seconds = l.voice_seconds + excluded.voice_seconds,
+         games_played = l.games_played + excluded.games_played,
+         games_won = l.games_won + excluded.games_won,
+         first_ms = least(l.first_ms, excluded.first_ms),
+         last_ms = greatest(l.last_ms, excluded.last_ms),
+         xp_voice = l.xp_voice + excluded.xp_voice,
+         xp_games = l.xp_games + excluded.xp_games,
+         xp_grants = l.xp_grants + excluded.xp_grants,
+         unpaid_afk = l.unpaid_afk + excluded.unpaid_afk,
+         unpaid_deafened = l.unpaid_deafened + excluded.unpaid_deafened,
+         unpaid_muted = l.unpaid_muted + excluded.unpaid_muted,
+         unpaid_alone = l.unpaid_alone + excluded.unpaid_alone"
+    };
+}
+
 impl Store {
     /// Applies a batch of valid events in one transaction. Events already applied (by
     /// id) are skipped and counted as duplicates.
@@ -456,6 +492,7 @@ impl Store {
                     one.voice_seconds = i64::from(*seconds);
                     false
                 }
+                Payload::VoiceUnpaid { .. } => false,
                 Payload::Game { won, .. } => {
                     one.games_played = 1;
                     one.games_won = i64::from(*won);
@@ -493,6 +530,7 @@ impl Store {
                 let day = ledger.entry((iid, rules::day_of(e.ts))).or_default();
                 day.counts.absorb(&one);
                 day.xp += xp;
+                day.sources.add(&e.payload, xp);
                 match u16::try_from(e.payload.mult()) {
                     _ if !eligible => {}
                     Ok(100) => day
@@ -790,31 +828,31 @@ impl Store {
         tx: &mut Transaction<'static, Postgres>,
         rows: &LedgerRows<'_>,
     ) -> Result<Vec<(i64, i32, i64, bool)>, StoreError> {
-        Ok(sqlx::query_as(
+        Ok(sqlx::query_as(concat!(
             "WITH written AS (
                  INSERT INTO xp_ledger AS l (identity_id, day, xp, minutes, added, messages,
                                              voice_seconds, games_played, games_won,
-                                             first_ms, last_ms)
-                 SELECT i, DATE '1970-01-01' + d, x, m, x, c1, c2, c3, c4, c5, c6
+                                             first_ms, last_ms, ", statement_columns!(), ")
+                 SELECT i, DATE '1970-01-01' + d, x, m, x, c1, c2, c3, c4, c5, c6, ",
+                        statement_values!(), "
                  FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::bit(1440)[], $6::int8[],
-                             $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[])
-                   AS t(i, d, x, m, c1, c2, c3, c4, c5, c6)
+                             $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[],
+                             $12::int8[], $13::int8[], $14::int8[], $15::int8[], $16::int8[],
+                             $17::int8[], $18::int8[])
+                   AS t(i, d, x, m, c1, c2, c3, c4, c5, c6, s1, s2, s3, u1, u2, u3, u4)
                  ORDER BY i, d
                  ON CONFLICT (identity_id, day) DO UPDATE
                  SET added = excluded.xp - $5 * coalesce(bit_count(excluded.minutes & l.minutes), 0),
                      xp = l.xp + excluded.xp
                           - $5 * coalesce(bit_count(excluded.minutes & l.minutes), 0),
+                     xp_messages = l.xp_messages + excluded.xp_messages
+                          - $5 * coalesce(bit_count(excluded.minutes & l.minutes), 0),
                      minutes = coalesce(l.minutes | excluded.minutes, l.minutes, excluded.minutes),
-                     messages = l.messages + excluded.messages,
-                     voice_seconds = l.voice_seconds + excluded.voice_seconds,
-                     games_played = l.games_played + excluded.games_played,
-                     games_won = l.games_won + excluded.games_won,
-                     first_ms = least(l.first_ms, excluded.first_ms),
-                     last_ms = greatest(l.last_ms, excluded.last_ms)
+                     ", statement_sums!(), "
                  WHERE l.mults IS NULL
                  RETURNING identity_id, day, added, xp)
              SELECT identity_id, day - DATE '1970-01-01', added, xp < 0 FROM written",
-        )
+        ))
         .bind(&rows.ids)
         .bind(&rows.days)
         .bind(&rows.xp)
@@ -826,6 +864,13 @@ impl Store {
         .bind(&rows.counts.games_won)
         .bind(&rows.counts.first_ms)
         .bind(&rows.counts.last_ms)
+        .bind(&rows.counts.voice_xp)
+        .bind(&rows.counts.games_xp)
+        .bind(&rows.counts.grants_xp)
+        .bind(&rows.counts.unpaid[0])
+        .bind(&rows.counts.unpaid[1])
+        .bind(&rows.counts.unpaid[2])
+        .bind(&rows.counts.unpaid[3])
         .fetch_all(&mut **tx)
         .await?)
     }
@@ -863,7 +908,7 @@ impl Store {
         let mut mults = Vec::with_capacity(left.len());
         let mut counts = super::settle::LedgerCounts::default();
         for (key, batch) in left {
-            counts.push(&batch.counts);
+            counts.push(batch);
             let (row_bits, row_mults) = stored
                 .get(key)
                 .map_or((None, None), |(b, m)| (b.as_ref(), m.as_ref()));
@@ -876,29 +921,31 @@ impl Store {
             bits.push(b);
             mults.push(m.to_bytes());
         }
-        Ok(sqlx::query_as(
+        Ok(sqlx::query_as(concat!(
             "WITH written AS (
                  INSERT INTO xp_ledger AS l (identity_id, day, xp, minutes, mults, added,
                                              messages, voice_seconds, games_played,
-                                             games_won, first_ms, last_ms)
-                 SELECT i, DATE '1970-01-01' + d, x, b, nullif(m, ''), x, c1, c2, c3, c4, c5, c6
+                                             games_won, first_ms, last_ms, ",
+            statement_columns!(),
+            ")
+                 SELECT i, DATE '1970-01-01' + d, x, b, nullif(m, ''), x, c1, c2, c3, c4, c5, c6, ",
+            statement_values!(),
+            "
                  FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::bit(1440)[], $5::bytea[],
                              $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[],
-                             $11::int8[])
-                   AS t(i, d, x, b, m, c1, c2, c3, c4, c5, c6)
+                             $11::int8[], $12::int8[], $13::int8[], $14::int8[], $15::int8[],
+                             $16::int8[], $17::int8[], $18::int8[])
+                   AS t(i, d, x, b, m, c1, c2, c3, c4, c5, c6, s1, s2, s3, u1, u2, u3, u4)
                  ORDER BY i, d
                  ON CONFLICT (identity_id, day) DO UPDATE
                  SET xp = l.xp + excluded.xp, added = excluded.xp,
-                     minutes = excluded.minutes, mults = excluded.mults,
-                     messages = l.messages + excluded.messages,
-                     voice_seconds = l.voice_seconds + excluded.voice_seconds,
-                     games_played = l.games_played + excluded.games_played,
-                     games_won = l.games_won + excluded.games_won,
-                     first_ms = least(l.first_ms, excluded.first_ms),
-                     last_ms = greatest(l.last_ms, excluded.last_ms)
+                     xp_messages = l.xp_messages + excluded.xp_messages,
+                     minutes = excluded.minutes, mults = excluded.mults, ",
+            statement_sums!(),
+            "
                  RETURNING identity_id, day, added, xp)
              SELECT identity_id, day - DATE '1970-01-01', added, xp < 0 FROM written",
-        )
+        ))
         .bind(&ids)
         .bind(&days)
         .bind(&xp)
@@ -910,6 +957,13 @@ impl Store {
         .bind(&counts.games_won)
         .bind(&counts.first_ms)
         .bind(&counts.last_ms)
+        .bind(&counts.voice_xp)
+        .bind(&counts.games_xp)
+        .bind(&counts.grants_xp)
+        .bind(&counts.unpaid[0])
+        .bind(&counts.unpaid[1])
+        .bind(&counts.unpaid[2])
+        .bind(&counts.unpaid[3])
         .fetch_all(&mut **tx)
         .await?)
     }

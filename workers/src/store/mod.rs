@@ -18,6 +18,7 @@ pub mod scratch;
 pub mod seasons;
 mod settle;
 pub mod standings;
+pub mod statement;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::AtomicBool;

@@ -151,20 +151,22 @@ impl fmt::Display for UserDifference {
     }
 }
 
-/// One (identity, day) whose XP differs.
+/// One (identity, day) whose XP, or its statement (XP by source, unpaid voice by
+/// reason), differs: each side as `12 xp = 10 messages + 2 voice + 0 games + 0 given;
+/// unpaid voice 0 0 60 0 s` (afk, deafened, muted, alone).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerDifference {
     pub identity: String,
     pub day: time::Date,
-    pub live: i64,
-    pub rebuilt: i64,
+    pub live: String,
+    pub rebuilt: String,
 }
 
 impl fmt::Display for LedgerDifference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "ledger {} on {}: live {} xp, rebuilt {} xp",
+            "ledger {} on {}: live {}, rebuilt {}",
             self.identity, self.day, self.live, self.rebuilt
         )
     }
@@ -807,22 +809,30 @@ impl Store {
 
         let ledger = |s: &str| {
             format!(
-                "SELECT i.platform || ':' || i.external_id AS who, l.day, l.xp
+                "SELECT i.platform || ':' || i.external_id AS who, l.day,
+                        format('%s xp = %s messages + %s voice + %s games + %s given; \
+                                unpaid voice %s %s %s %s s',
+                               l.xp, l.xp_messages, l.xp_voice, l.xp_games, l.xp_grants,
+                               l.unpaid_afk, l.unpaid_deafened, l.unpaid_muted,
+                               l.unpaid_alone) AS detail
                  FROM {s}.xp_ledger l JOIN {s}.identities i ON i.id = l.identity_id"
             )
         };
         let diff_ledger = format!(
             "WITH l AS ({}), r AS ({}),
                   d AS (SELECT coalesce(l.who, r.who) AS who, coalesce(l.day, r.day) AS day,
-                               coalesce(l.xp, 0) AS live, coalesce(r.xp, 0) AS rebuilt
+                               coalesce(l.detail, $2) AS live, coalesce(r.detail, $2) AS rebuilt
                         FROM l FULL JOIN r ON l.who = r.who AND l.day = r.day
-                        WHERE coalesce(l.xp, 0) <> coalesce(r.xp, 0))
+                        WHERE coalesce(l.detail, $2) <> coalesce(r.detail, $2))
              SELECT *, count(*) OVER () AS total FROM d ORDER BY who, day LIMIT $1",
             ledger(live),
             ledger(rebuilt)
         );
+        // A row of nothing (counters only) equals no row.
+        let empty = "0 xp = 0 messages + 0 voice + 0 games + 0 given; unpaid voice 0 0 0 0 s";
         for r in sqlx::query(&diff_ledger)
             .bind(limit)
+            .bind(empty)
             .fetch_all(&self.pool)
             .await?
         {

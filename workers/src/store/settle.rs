@@ -16,8 +16,9 @@ use super::standings::round::WorkRow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use ttfd_shared::rules;
+use ttfd_shared::view::UnpaidVoice;
 use ttfd_shared::wire::{LinkNotice, RankNotice, WireIdentity};
-use ttfd_shared::{Event, Payload, Rules};
+use ttfd_shared::{Event, Payload, Rules, Unpaid};
 
 use super::StoreError;
 use super::minutes::{DayMinutes, MinuteMults};
@@ -75,6 +76,34 @@ pub(super) struct LedgerDay {
     /// The identity's counters and activity times of the day, of its events other than
     /// links and unlinks (what a split recomputes users from).
     pub counts: UserRow,
+    /// The XP statement's columns the events bring (message XP is what the upsert adds
+    /// beyond these).
+    pub sources: Sources,
+}
+
+/// A batch's XP by source other than messages, and its unpaid voice time by reason, for
+/// one ledger row (docs/rules.md, "The XP statement").
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Sources {
+    pub voice_xp: i64,
+    pub games_xp: i64,
+    pub grants_xp: i64,
+    pub unpaid: UnpaidVoice,
+}
+
+impl Sources {
+    /// What `payload`, worth `xp`, brings.
+    pub fn add(&mut self, payload: &Payload, xp: i64) {
+        match payload {
+            Payload::Voice { .. } => self.voice_xp += xp,
+            Payload::Game { .. } => self.games_xp += xp,
+            Payload::Xp { .. } => self.grants_xp += xp,
+            Payload::VoiceUnpaid { seconds, why, .. } => {
+                self.unpaid.add(*why, i64::from(*seconds));
+            }
+            _ => {}
+        }
+    }
 }
 
 impl LedgerDay {
@@ -288,7 +317,7 @@ pub(super) struct LedgerRows<'f> {
     pub counts: LedgerCounts,
 }
 
-/// The counters and activity times of ledger rows, a column each.
+/// The counters, activity times and statement columns of ledger rows, a column each.
 #[derive(Debug, Default)]
 pub(super) struct LedgerCounts {
     pub messages: Vec<i64>,
@@ -297,16 +326,29 @@ pub(super) struct LedgerCounts {
     pub games_won: Vec<i64>,
     pub first_ms: Vec<Option<i64>>,
     pub last_ms: Vec<Option<i64>>,
+    pub voice_xp: Vec<i64>,
+    pub games_xp: Vec<i64>,
+    pub grants_xp: Vec<i64>,
+    /// Unpaid voice seconds in [`Unpaid::ALL`]'s order.
+    pub unpaid: [Vec<i64>; 4],
 }
 
 impl LedgerCounts {
-    pub fn push(&mut self, c: &UserRow) {
+    pub fn push(&mut self, day: &LedgerDay) {
+        let c = &day.counts;
         self.messages.push(c.messages);
         self.voice_seconds.push(c.voice_seconds);
         self.games_played.push(c.games_played);
         self.games_won.push(c.games_won);
         self.first_ms.push(c.first_ms);
         self.last_ms.push(c.last_ms);
+        let s = &day.sources;
+        self.voice_xp.push(s.voice_xp);
+        self.games_xp.push(s.games_xp);
+        self.grants_xp.push(s.grants_xp);
+        for (column, why) in self.unpaid.iter_mut().zip(Unpaid::ALL) {
+            column.push(s.unpaid.get(why));
+        }
     }
 }
 
@@ -331,7 +373,7 @@ pub(super) fn ledger_rows(
         rows.xp
             .push(facts.xp + message_xp * minutes.map_or(0, DayMinutes::len));
         rows.minutes.push(minutes);
-        rows.counts.push(&facts.counts);
+        rows.counts.push(facts);
     }
     rows
 }
@@ -851,6 +893,7 @@ mod tests {
                     minutes: None,
                     mults: None,
                     counts: UserRow::default(),
+                    sources: Sources::default(),
                 },
             ),
             (
@@ -865,6 +908,7 @@ mod tests {
                         last_ms: Some(3 * 60_000),
                         ..UserRow::default()
                     },
+                    sources: Sources::default(),
                 },
             ),
         ]);

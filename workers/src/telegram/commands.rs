@@ -9,7 +9,10 @@ use crate::moderation::Verb;
 pub const COMMANDS: [(&str, &str); 8] = [
     ("start", "Start the bot: rank-ups come to you privately"),
     ("help", "What the bot does"),
-    ("rank", "Your rank, XP and linked accounts"),
+    (
+        "rank",
+        "Your rank, XP and linked accounts; /rank details [week|month|season|all]: where your XP came from",
+    ),
     ("top", "The leaderboard: /top, /top week, /top month"),
     (
         "link",
@@ -34,7 +37,8 @@ pub const COMMANDS: [(&str, &str); 8] = [
 pub enum Command {
     Start,
     Help,
-    Rank,
+    /// `/rank` or `/rank details [period]`: the argument as typed.
+    Rank(String),
     /// `/top [week|month|all]`: the argument as typed.
     Top(String),
     /// `/link` (issue a code) or `/link CODE` (redeem one): the argument as typed.
@@ -78,7 +82,7 @@ pub fn parse(text: &str, bot_username: &str) -> Option<Command> {
     Some(match name.as_str() {
         "start" => Command::Start,
         "help" => Command::Help,
-        "rank" => Command::Rank,
+        "rank" => Command::Rank(args.to_owned()),
         "top" => Command::Top(args.to_owned()),
         "link" => Command::Link(args.to_owned()),
         "xp" => Command::Xp(args.to_owned()),
@@ -97,6 +101,20 @@ pub fn parse_period(arg: &str) -> Result<Period, String> {
         "month" | "m" => Ok(Period::Month),
         "season" | "s" => Ok(Period::Season),
         other => Err(other.chars().take(32).collect()),
+    }
+}
+
+/// `/rank <arg>`: `None` for the rank (no argument), the period of `details [period]`
+/// (this week when left out). `Err` holds the word not understood.
+pub fn parse_rank(arg: &str) -> Result<Option<Period>, String> {
+    let mut words = arg.split_whitespace();
+    match words.next().map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(None),
+        Some("details" | "detail" | "statement") => match words.next() {
+            None => Ok(Some(Period::Week)),
+            Some(period) => parse_period(period).map(Some),
+        },
+        Some(other) => Err(other.chars().take(32).collect()),
     }
 }
 
@@ -149,7 +167,7 @@ mod tests {
     fn commands_parse_with_and_without_arguments() {
         assert_eq!(parse("/start", BOT), Some(Command::Start));
         assert_eq!(parse("/help", BOT), Some(Command::Help));
-        assert_eq!(parse("/rank", BOT), Some(Command::Rank));
+        assert_eq!(parse("/rank", BOT), Some(Command::Rank(String::new())));
         assert_eq!(parse("/top", BOT), Some(Command::Top(String::new())));
         assert_eq!(parse("/top  week ", BOT), Some(Command::Top("week".into())));
         assert_eq!(parse("/link", BOT), Some(Command::Link(String::new())));
@@ -164,14 +182,31 @@ mod tests {
     }
 
     #[test]
+    fn rank_details_names_a_period_this_week_by_default() {
+        assert_eq!(parse_rank(""), Ok(None));
+        assert_eq!(parse_rank("details"), Ok(Some(Period::Week)));
+        assert_eq!(parse_rank("DETAILS month"), Ok(Some(Period::Month)));
+        assert_eq!(parse_rank("details season"), Ok(Some(Period::Season)));
+        assert_eq!(parse_rank("details all"), Ok(Some(Period::All)));
+        assert_eq!(parse_rank("details decade"), Err("decade".into()));
+        assert_eq!(parse_rank("me"), Err("me".into()));
+    }
+
+    #[test]
     fn deep_link_payloads_of_start_are_ignored() {
         assert_eq!(parse("/start link", BOT), Some(Command::Start));
     }
 
     #[test]
     fn a_mention_of_this_bot_is_accepted_in_any_case() {
-        assert_eq!(parse("/rank@ttfd_bot", BOT), Some(Command::Rank));
-        assert_eq!(parse("/RANK@TTFD_Bot", BOT), Some(Command::Rank));
+        assert_eq!(
+            parse("/rank@ttfd_bot", BOT),
+            Some(Command::Rank(String::new()))
+        );
+        assert_eq!(
+            parse("/RANK@TTFD_Bot", BOT),
+            Some(Command::Rank(String::new()))
+        );
         assert_eq!(
             parse("/top@ttfd_bot month", BOT),
             Some(Command::Top("month".into()))

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, instrument, warn};
 use ttfd_shared::view::text::{self, Markup};
-use ttfd_shared::view::{Pref, Profile};
+use ttfd_shared::view::{Period, Pref, Profile};
 use ttfd_shared::{Event, Payload, Rules};
 
 use super::commands::{self, Command};
@@ -257,18 +257,23 @@ impl Handler {
             Command::Start if call.private => texts::start(&call.first_name, &self.rules),
             Command::Start | Command::Help => texts::help(&self.rules),
             Command::Unknown(name) => texts::unknown_command(name, &self.rules),
-            // One's own rank, read as oneself; a hidden member's is not shown to a group.
-            Command::Rank => match self.query.own_profile(&mapping::identity(call.user)).await {
-                Ok(Some(p)) if p.hidden && !call.private => texts::rank_hidden_in_group(),
-                Ok(Some(p)) => {
-                    let text = texts::rank(Some(&p), &self.rules);
-                    if self.send_card(call.chat, reply_to, &p, &text).await {
-                        return;
+            Command::Rank(arg) => match commands::parse_rank(arg) {
+                Err(word) => texts::rank_usage(&word),
+                Ok(Some(period)) => self.statement(&call, period).await,
+                // One's own rank, read as oneself; a hidden member's is not shown to a
+                // group.
+                Ok(None) => match self.query.own_profile(&mapping::identity(call.user)).await {
+                    Ok(Some(p)) if p.hidden && !call.private => texts::rank_hidden_in_group(),
+                    Ok(Some(p)) => {
+                        let text = texts::rank(Some(&p), &self.rules);
+                        if self.send_card(call.chat, reply_to, &p, &text).await {
+                            return;
+                        }
+                        text
                     }
-                    text
-                }
-                Ok(None) => texts::rank(None, &self.rules),
-                Err(e) => self.unavailable(e),
+                    Ok(None) => texts::rank(None, &self.rules),
+                    Err(e) => self.unavailable(e),
+                },
             },
             Command::Top(arg) => match commands::parse_period(arg) {
                 Err(word) => texts::top_usage(&word),
@@ -371,6 +376,22 @@ impl Handler {
         };
         match self.query.adjust_xp(&request).await {
             Ok(outcome) => outcome.text(&member.first_name, &reason),
+            Err(e) => self.unavailable(e),
+        }
+    }
+
+    /// `/rank details [period]`: one's own statement, read as oneself; a hidden
+    /// member's is not shown to a group.
+    async fn statement(&self, call: &CommandCall, period: Period) -> String {
+        let me = mapping::identity(call.user);
+        let profile = match self.query.own_profile(&me).await {
+            Ok(Some(p)) if p.hidden && !call.private => return texts::rank_hidden_in_group(),
+            Ok(Some(p)) => p,
+            Ok(None) => return texts::rank(None, &self.rules),
+            Err(e) => return self.unavailable(e),
+        };
+        match self.query.statement(&me, period, true).await {
+            Ok(s) => texts::statement(&profile, period, s.as_ref()),
             Err(e) => self.unavailable(e),
         }
     }

@@ -456,7 +456,7 @@ mod tests {
         assert!(matches!(
             classify(&update(&json), BOT, &counted()),
             Inbound::Command(CommandCall {
-                command: Command::Rank,
+                command: Command::Rank(_),
                 private: false,
                 ..
             })

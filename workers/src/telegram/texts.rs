@@ -7,7 +7,7 @@ use ttfd_shared::view::text::{self, Markup, platform_name};
 use ttfd_shared::wire::WireIdentity;
 
 use crate::store::codes::{IssuedCode, Redemption};
-use ttfd_shared::view::{Period, Profile, Standing};
+use ttfd_shared::view::{Period, Profile, Standing, Statement};
 
 use super::commands::COMMANDS;
 
@@ -66,6 +66,26 @@ pub fn rank(profile: Option<&Profile>, rules: &Rules) -> String {
     };
     let name = p.display_name.as_deref().unwrap_or("You");
     text::profile(name, p, rules, Markup::Plain)
+}
+
+/// `/rank details [period]`: the member's statement, or why there is none.
+pub fn statement(profile: &Profile, period: Period, statement: Option<&Statement>) -> String {
+    match statement {
+        Some(s) => {
+            let name = profile.display_name.as_deref().unwrap_or("You");
+            text::statement(name, s, Markup::Plain)
+        }
+        None if period == Period::Season => "No season is on now.".into(),
+        None => "Nothing to show for that period.".into(),
+    }
+}
+
+/// `/rank` with an argument it does not take.
+pub fn rank_usage(word: &str) -> String {
+    format!(
+        "/rank shows your rank; /rank details [week|month|season|all] shows where your XP \
+         came from (\"{word}\" is not one of those)."
+    )
 }
 
 /// `/top [period]`.

@@ -19,7 +19,7 @@ use ttfd_shared::{Event, Identity, Payload};
 use super::AppState;
 use super::ops::IngestLabels;
 use crate::now_ms;
-use ttfd_shared::view::{Period, Profile, Standing};
+use ttfd_shared::view::{Period, Profile, Standing, Statement};
 use ttfd_shared::wire::from_json as event_from_json;
 
 /// Most events in one ingest request.
@@ -140,6 +140,49 @@ pub async fn user(
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no user has the identity {identity}"),
+        )),
+    }
+}
+
+/// `GET /api/v1/users/{platform}/{user}/statement?period=week|month|season|all&season=NAME&at=YYYY-MM-DD`:
+/// where the member's XP of the period came from (docs/rules.md, "The XP statement");
+/// this week when no period is given. As public as the profile.
+pub async fn statement(
+    State(app): State<AppState>,
+    jar: SignedCookieJar,
+    Path((platform, user)): Path<(String, String)>,
+    query: Result<Query<BoardQuery>, QueryRejection>,
+) -> Result<Json<Statement>, ApiError> {
+    let identity =
+        Identity::new(&platform, &user).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let Query(mut query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    query.period.get_or_insert_with(|| "week".into());
+    let req = query.parse().map_err(ApiError::bad_request)?;
+    let signed_in = app.session(&jar).await.identity();
+    let profile = match app.store.profile(&identity).await? {
+        Some(p) if p.shown_to(signed_in.as_ref()) => p,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no user has the identity {identity}"),
+            ));
+        }
+    };
+    let today = req
+        .at
+        .unwrap_or_else(|| time::OffsetDateTime::now_utc().date());
+    match app
+        .store
+        .statement(profile.uid, req.period, req.season.as_deref(), today)
+        .await?
+    {
+        Some(s) => Ok(Json(s)),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            match &req.season {
+                Some(name) => format!("there is no season named {name:?}"),
+                None => format!("no season is on {today}"),
+            },
         )),
     }
 }

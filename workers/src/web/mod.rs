@@ -331,6 +331,7 @@ impl WebApp {
 pub fn router(state: AppState, with_ops: bool) -> Router {
     let api = Router::new()
         .route("/users/{platform}/{user}", get(api::user))
+        .route("/users/{platform}/{user}/statement", get(api::statement))
         .route("/me", delete(api::erase_me))
         .route("/me/prefs", put(api::set_prefs))
         .route("/me/export", get(api::export_me))

@@ -16,7 +16,8 @@ use super::api::{BoardQuery, ladder, load_board};
 use super::chart::{Chart, xp_chart};
 use super::session::{Flash, Session};
 use crate::now_ms;
-use ttfd_shared::view::{Period, PeriodStanding, Profile, RankBadge, badge};
+use ttfd_shared::view::text;
+use ttfd_shared::view::{Period, PeriodStanding, Profile, RankBadge, Statement, Tally, badge};
 
 /// Days shown in the profile chart.
 pub const CHART_DAYS: u16 = 30;
@@ -201,6 +202,7 @@ pub struct ProfileView {
     /// The chart's best day and total, formatted.
     pub chart_max: String,
     pub chart_total: String,
+    pub statement: Option<StatementView>,
 }
 
 impl ProfileView {
@@ -260,6 +262,153 @@ impl ProfileView {
             since: day_of(&p.created_at),
             last_active: day_of(&p.last_active),
             chart,
+            statement: None,
+        }
+    }
+}
+
+/// One source's line of the statement: what was done, and the XP it paid.
+pub struct SourceLine {
+    /// CSS class of its colour (`src-messages`...), shared with the day bars.
+    pub class: &'static str,
+    pub label: &'static str,
+    pub activity: String,
+    pub xp: String,
+}
+
+/// One day of the statement: a bar of its sources, scaled to the best day.
+pub struct DayBar {
+    pub day: String,
+    pub xp: String,
+    /// (CSS class, width in % of the bar track, tooltip).
+    pub parts: Vec<(&'static str, u32, String)>,
+}
+
+/// The profile's "Where the XP came from" (docs/rules.md, "The XP statement").
+pub struct StatementView {
+    pub tabs: Vec<Tab>,
+    /// "this week (2026-12-07 to 2026-12-13)".
+    pub span: String,
+    pub total: String,
+    pub lines: Vec<SourceLine>,
+    /// "38 min in voice while muted: no XP", per reason.
+    pub unpaid: Vec<String>,
+    /// (platform, XP).
+    pub platforms: Vec<(String, String)>,
+    /// The newest first.
+    pub days: Vec<DayBar>,
+}
+
+impl StatementView {
+    /// `base`: the page's address, for the period tabs; `season_on`: whether the tab of
+    /// the current season is offered.
+    pub fn new(s: &Statement, base: &str, season_on: bool) -> Self {
+        let tabs = [
+            (Period::Week, "This week"),
+            (Period::Month, "This month"),
+            (Period::Season, "This season"),
+            (Period::All, "All time"),
+        ]
+        .into_iter()
+        .filter(|(p, _)| *p != Period::Season || season_on)
+        .map(|(p, label)| Tab {
+            label,
+            href: format!("{base}?xp={}#xp", p.as_str()),
+            active: p == s.period,
+        })
+        .collect();
+        let t = &s.total;
+        let mut lines = Vec::new();
+        let mut line = |class, label, activity: String, xp: i64, shown: bool| {
+            if shown {
+                lines.push(SourceLine {
+                    class,
+                    label,
+                    activity,
+                    xp: thousands(xp),
+                });
+            }
+        };
+        line(
+            "src-messages",
+            "Messages",
+            format!("{} messages", thousands(t.messages)),
+            t.messages_xp,
+            t.messages != 0 || t.messages_xp != 0,
+        );
+        line(
+            "src-voice",
+            "Voice",
+            format!("{} in voice", duration_words(t.voice_seconds)),
+            t.voice_xp,
+            t.voice_seconds != 0 || t.voice_xp != 0,
+        );
+        line(
+            "src-games",
+            "Games",
+            format!("{} played", thousands(t.games_played)),
+            t.games_xp,
+            t.games_played != 0 || t.games_xp != 0,
+        );
+        line(
+            "src-grants",
+            "Given",
+            "by moderators and seasons".into(),
+            t.grants_xp,
+            t.grants_xp != 0,
+        );
+        line(
+            "src-earlier",
+            "Earlier",
+            "before statements were kept".into(),
+            t.unitemised(),
+            t.unitemised() != 0,
+        );
+        let parts_of = |d: &Tally| {
+            [
+                ("src-messages", d.messages_xp, "messages"),
+                ("src-voice", d.voice_xp, "voice"),
+                ("src-games", d.games_xp, "games"),
+                ("src-grants", d.grants_xp, "given"),
+                ("src-earlier", d.unitemised(), "earlier"),
+            ]
+        };
+        let best = s
+            .days
+            .iter()
+            .map(|d| parts_of(&d.tally).iter().map(|p| p.1.max(0)).sum::<i64>())
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let days = s
+            .days
+            .iter()
+            .rev()
+            .map(|d| DayBar {
+                day: d.day.clone(),
+                xp: thousands(d.tally.xp),
+                parts: parts_of(&d.tally)
+                    .into_iter()
+                    .filter(|p| p.1 > 0)
+                    .map(|(class, xp, what)| {
+                        let width = u32::try_from(xp * 100 / best).unwrap_or(100).max(1);
+                        (class, width, format!("{} XP from {what}", thousands(xp)))
+                    })
+                    .collect(),
+            })
+            .collect();
+        Self {
+            tabs,
+            span: text::statement_span(s),
+            total: thousands(t.xp),
+            lines,
+            unpaid: text::unpaid(t),
+            platforms: s
+                .platforms
+                .iter()
+                .map(|p| (text::platform_name(&p.platform), thousands(p.tally.xp)))
+                .collect(),
+            days,
         }
     }
 }
@@ -300,7 +449,7 @@ struct LeaderboardPage {
     next_href: Option<String>,
 }
 
-struct Tab {
+pub struct Tab {
     label: &'static str,
     href: String,
     active: bool,
@@ -645,10 +794,29 @@ pub async fn ranks(State(app): State<AppState>, jar: SignedCookieJar) -> Respons
     respond(&app, jar, &session, StatusCode::OK, page)
 }
 
+/// `?xp=week|month|season|all`: the period of a profile's statement (this week when
+/// absent or not one of those).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct StatementQuery {
+    pub xp: Option<String>,
+}
+
+impl StatementQuery {
+    fn period(&self) -> Period {
+        self.xp
+            .as_deref()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(Period::Week)
+    }
+}
+
+/// The profile page of `p` at `base`, its statement for `period`.
 async fn profile_view(
     app: &AppState,
     p: &Profile,
     own: bool,
+    base: &str,
+    period: Period,
 ) -> Result<ProfileView, crate::store::StoreError> {
     let today = OffsetDateTime::now_utc().date();
     let from = today - Duration::days(i64::from(CHART_DAYS) - 1);
@@ -656,7 +824,17 @@ async fn profile_view(
         .store
         .xp_by_day(p.uid, from, today + Duration::days(1))
         .await?;
-    Ok(ProfileView::new(&app.store.rules, p, &days, own))
+    let season_on = app.store.seasons().await?.at(today).is_some();
+    // No season on now: this week's instead.
+    let period = if period == Period::Season && !season_on {
+        Period::Week
+    } else {
+        period
+    };
+    let statement = app.store.statement(p.uid, period, None, today).await?;
+    let mut view = ProfileView::new(&app.store.rules, p, &days, own);
+    view.statement = statement.map(|s| StatementView::new(&s, base, season_on));
+    Ok(view)
 }
 
 /// `GET /u/{uid}`: anyone's public profile (account ids are not shown).
@@ -664,6 +842,7 @@ pub async fn user(
     State(app): State<AppState>,
     jar: SignedCookieJar,
     Path(uid): Path<String>,
+    xp: Query<StatementQuery>,
 ) -> Response {
     let mut session = app.session(&jar).await;
     let Ok(uid) = uid.parse::<i64>() else {
@@ -690,7 +869,8 @@ pub async fn user(
         }
         Err(e) => return database_down(&app, jar, session, e),
     };
-    let view = match profile_view(&app, &profile, false).await {
+    let base = format!("/u/{uid}");
+    let view = match profile_view(&app, &profile, false, &base, xp.period()).await {
         Ok(v) => v,
         Err(e) => return database_down(&app, jar, session, e),
     };
@@ -752,7 +932,11 @@ pub async fn card(
 }
 
 /// `GET /profile`: one's own merged profile, with account linking.
-pub async fn own_profile(State(app): State<AppState>, jar: SignedCookieJar) -> Response {
+pub async fn own_profile(
+    State(app): State<AppState>,
+    jar: SignedCookieJar,
+    xp: Query<StatementQuery>,
+) -> Response {
     let mut session = app.session(&jar).await;
     let Some(me) = session.identity() else {
         return Redirect::to("/login").into_response();
@@ -782,7 +966,7 @@ pub async fn own_profile(State(app): State<AppState>, jar: SignedCookieJar) -> R
         }
     }
     let view = match &profile {
-        Some(p) => match profile_view(&app, p, true).await {
+        Some(p) => match profile_view(&app, p, true, "/profile", xp.period()).await {
             Ok(v) => Some(v),
             Err(e) => return database_down(&app, jar, session, e),
         },

@@ -358,6 +358,31 @@ async fn a_person_sees_the_leaderboard_and_a_profile_in_chromium() {
         .expect("scroll");
     save(&client, "profile.png").await;
 
+    // Where the leader's XP came from, all time: sources, platforms, a bar per day.
+    let profile_url = client.current_url().await.expect("url");
+    client
+        .goto(&format!("{base}{}?xp=all#xp", profile_url.path()))
+        .await
+        .expect("open the statement");
+    let statement = client
+        .find(Locator::Css("section.statement"))
+        .await
+        .expect("the statement");
+    let words = statement.text().await.expect("text");
+    assert!(
+        words.contains("Where the XP came from") && words.contains("Messages"),
+        "{words}"
+    );
+    let active = text_of(&client, "section.statement .tabs a.active").await;
+    assert_eq!(active, "All time");
+    let days = client
+        .find_all(Locator::Css("section.statement .days li"))
+        .await
+        .expect("days");
+    assert!(!days.is_empty(), "a bar per day with XP");
+    let png = statement.screenshot().await.expect("statement screenshot");
+    std::fs::write(output_dir().join("profile-statement.png"), png).expect("write");
+
     // The hall of champions, once the season over is closed (a sync replica's job).
     let closed = env
         .store

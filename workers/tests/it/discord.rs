@@ -17,7 +17,7 @@ use ttfd::discord::{DiscordApi, DiscordBot, roles};
 use ttfd::query::QueryClient;
 use ttfd::settings::DiscordSettings;
 use ttfd::settings::discord::RankRole;
-use ttfd::shared::view::Profile;
+use ttfd::shared::view::{Period, Profile};
 use ttfd::shared::wire::EventId;
 use ttfd::shared::{Event, Identity, Payload};
 
@@ -1376,5 +1376,79 @@ async fn a_closed_season_is_announced_and_the_winner_role_moves_to_its_champions
         .then_some(())
     })
     .await;
+    w.stop().await;
+}
+
+/// The XP statement (docs/rules.md): voice time that pays nothing is published as
+/// `voice_unpaid` with its reason, and `/rank details` says where the XP came from and
+/// why the muted minutes paid nothing, to the asker alone.
+#[tokio::test]
+async fn muted_voice_time_is_published_with_its_reason_and_rank_details_explains_it() {
+    let w = world(|_| {}).await;
+    let (ann, bob) = (111_u64, 222_u64);
+    let t0 = ttfd::now_ms() - 200_000;
+    w.bot
+        .on_guild_create(&guild_create(&[(ann, "ann"), (bob, "bob")]), t0)
+        .await;
+    // Ann mutes after a minute; Bob leaves later (Ann is then muted and alone: muted is
+    // named first); Ann leaves.
+    let mut muted = voice_state(ann, "ann", Some(TALK));
+    muted.self_mute = true;
+    w.bot.on_voice_state(&muted, t0 + 60_000).await;
+    w.bot
+        .on_voice_state(&voice_state(bob, "bob", None), t0 + 150_000)
+        .await;
+    w.bot
+        .on_voice_state(&voice_state(ann, "ann", None), t0 + 180_000)
+        .await;
+    let who = Identity::parse("discord:111").expect("identity");
+    let statement = eventually("ann's statement", || async {
+        let p = w.env.store.profile(&who).await.expect("read")?;
+        let today = time::OffsetDateTime::now_utc().date();
+        let s = w
+            .env
+            .store
+            .statement(p.uid, Period::All, None, today)
+            .await
+            .expect("read")?;
+        (s.total.unpaid_voice.muted == 120).then_some(s)
+    })
+    .await;
+    assert_eq!(
+        (statement.total.voice_seconds, statement.total.voice_xp),
+        (60, 4),
+        "a paid minute: 4 XP"
+    );
+    assert_eq!(statement.total.xp, 4, "the muted minutes paid nothing");
+    assert_eq!(statement.total.unpaid_voice.alone, 0);
+    let kinds: Vec<String> = crate::common::stored_events(&w.env, "discord")
+        .await
+        .into_iter()
+        .filter(|e| e.identity.user.as_str() == "111")
+        .map(|e| match e.payload {
+            Payload::VoiceUnpaid { seconds, why, .. } => {
+                format!("voice_unpaid {seconds} {}", why.as_str())
+            }
+            other => other.kind().to_owned(),
+        })
+        .collect();
+    assert_eq!(kinds, ["voice", "voice_unpaid 120 muted"]);
+
+    let http = w.bot.roles.api.http.clone();
+    let details = json!([{"name": "details", "type": 3, "value": "all"}]);
+    let member = json!({"roles": [], "permissions": "0"});
+    w.bot
+        .on_command(&http, &interaction_by(ann, member, 9201, "rank", details))
+        .await;
+    let reply = w.fake.interaction_responses()[0].clone();
+    assert_eq!(reply["data"]["flags"], 64, "for the asker alone: {reply}");
+    let text = reply["data"]["content"].as_str().expect("content");
+    assert!(
+        text.contains("where the XP came from, all time: **4 XP**")
+            && text.contains("Voice: 4 XP (1 min)")
+            && text.contains("2 min in voice while muted: no XP")
+            && text.contains("By platform: Discord 4 XP"),
+        "{text}"
+    );
     w.stop().await;
 }

@@ -161,6 +161,45 @@ async fn events_published_to_nats_come_out_as_ttfd_user_profiles() {
     assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
     assert!(err.contains("discord:999"));
 
+    // Where the XP came from (docs/rules.md, "The XP statement"), for either identity.
+    let statement = env
+        .ttfd(&["statement", "telegram:222", "--period", "all", "--json"])
+        .output()
+        .await
+        .expect("run");
+    assert!(statement.status.success(), "{statement:?}");
+    let s: serde_json::Value = serde_json::from_slice(&statement.stdout).expect("JSON");
+    let t = &s["total"];
+    assert_eq!(
+        [&t["xp"], &t["messages_xp"], &t["voice_xp"], &t["games_xp"]],
+        [530, 10, 120, 400],
+        "{s}"
+    );
+    let platforms: Vec<(&str, i64)> = s["platforms"]
+        .as_array()
+        .expect("platforms")
+        .iter()
+        .map(|p| {
+            (
+                p["platform"].as_str().unwrap_or(""),
+                p["xp"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(platforms, [("discord", 130), ("telegram", 400)]);
+    let words = env
+        .ttfd(&["statement", "discord:111", "--period", "all"])
+        .output()
+        .await
+        .expect("run");
+    let words = String::from_utf8_lossy(&words.stdout);
+    assert!(
+        words.contains("where the XP came from, all time: 530 XP")
+            && words.contains("Games: 400 XP (1 played)")
+            && words.contains("Voice: 120 XP (30 min)"),
+        "{words}"
+    );
+
     let top = env
         .ttfd(&["top", "--period", "week", "--json"])
         .output()

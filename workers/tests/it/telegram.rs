@@ -1065,3 +1065,52 @@ async fn a_closed_season_is_announced_in_the_group_once() {
     assert_eq!(announced, 1, "closed and announced once");
     stop.cancel();
 }
+
+/// `/rank details [period]` (docs/rules.md, "The XP statement"): where one's XP came
+/// from, by source, platform and day; in a group as a reply, like `/rank`.
+#[tokio::test]
+async fn rank_details_says_where_the_xp_came_from() {
+    let world = World::new().await;
+    let stop = CancellationToken::new();
+    let (_, bot) = world.spawn_bot(world.settings(), stop.clone()).await;
+    let fake = &world.fake;
+    fake.push_update(group_message(
+        GROUP,
+        40,
+        1001,
+        "Ada",
+        None,
+        "Morning, everyone!",
+    ));
+    world
+        .env
+        .publish(&[xp("t:xp:ada", "telegram:1001", 25)])
+        .await;
+    eventually("ada's profile", || async {
+        world
+            .query
+            .profile(&who("telegram:1001"))
+            .await
+            .ok()?
+            .filter(|p| p.xp == 35)
+    })
+    .await;
+    fake.push_update(private_message(1001, "Ada", 41, "/rank details all"));
+    let reply = world
+        .reply_containing(1001, "where the XP came from, all time: 35 XP")
+        .await;
+    let text = reply["text"].as_str().expect("text");
+    assert!(
+        text.contains("Messages: 10 XP (1 message)")
+            && text.contains("Given by moderators and seasons: +25 XP")
+            && text.contains("By platform: Telegram 35 XP"),
+        "{text}"
+    );
+    fake.push_update(private_message(1001, "Ada", 42, "/rank details decade"));
+    world
+        .reply_containing(1001, "\"decade\" is not one of those")
+        .await;
+    stop.cancel();
+    bot.await.expect("join").expect("the bot stops cleanly");
+    world.cleanup().await;
+}

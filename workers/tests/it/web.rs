@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use ttfd::metrics::Metrics;
 use ttfd::shared::view::Period;
-use ttfd::shared::wire::{EventId, Payload};
+use ttfd::shared::wire::{EventId, Payload, Unpaid};
 use ttfd::shared::{Event, Identity};
 use ttfd::web::WebApp;
 
@@ -2430,5 +2430,114 @@ async fn the_api_exports_and_erases_the_signed_in_member() {
             .then_some(())
     })
     .await;
+    site.stop().await;
+}
+
+/// The XP statement (docs/rules.md): the API's JSON and the profile's section say where
+/// the XP came from, and why voice time paid nothing.
+#[tokio::test]
+async fn the_statement_shows_sources_and_unpaid_voice_on_the_api_and_the_profile() {
+    let site = Site::start().await;
+    let now = ttfd::now_ms();
+    let event = |id: &str, payload: Payload| Event {
+        id: EventId::parse(id).expect("id"),
+        ts: now,
+        identity: Identity::parse("discord:77").expect("identity"),
+        name: Some("Vox".into()),
+        payload,
+    };
+    site.seed(&[
+        message("s:1", "discord:77", "Vox", now),
+        event(
+            "s:2",
+            Payload::Voice {
+                seconds: 120,
+                channel: None,
+                mult: None,
+            },
+        ),
+        event(
+            "s:3",
+            Payload::VoiceUnpaid {
+                seconds: 2280,
+                why: Unpaid::Muted,
+                channel: None,
+            },
+        ),
+        event(
+            "s:4",
+            Payload::VoiceUnpaid {
+                seconds: 90,
+                why: Unpaid::Alone,
+                channel: None,
+            },
+        ),
+        xp("s:5", "discord:77", "Vox", 5, now),
+    ])
+    .await;
+    let client = browser();
+    let get = |path: &str| client.get(site.url(path)).send();
+    let (status, body) = json_of(
+        get("/api/v1/users/discord/77/statement?period=all")
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["period"], "all");
+    let total = &body["total"];
+    assert_eq!(
+        (
+            &total["xp"],
+            &total["messages_xp"],
+            &total["voice_xp"],
+            &total["grants_xp"]
+        ),
+        (&json!(23), &json!(10), &json!(8), &json!(5)),
+        "{body}"
+    );
+    assert_eq!(total["unpaid_voice"]["muted"], 2280);
+    assert_eq!(total["unpaid_voice"]["alone"], 90);
+    assert_eq!(body["platforms"][0]["platform"], "discord");
+    assert_eq!(body["days"].as_array().map(Vec::len), Some(1));
+    let (status, body) = json_of(
+        get("/api/v1/users/discord/77/statement")
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!((status, &body["period"]), (StatusCode::OK, &json!("week")));
+    for (path, want) in [
+        (
+            "/api/v1/users/discord/77/statement?period=year",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/v1/users/discord/77/statement?season=nope",
+            StatusCode::NOT_FOUND,
+        ),
+        ("/api/v1/users/discord/78/statement", StatusCode::NOT_FOUND),
+    ] {
+        let (status, body) = json_of(get(path).await.expect("get")).await;
+        assert_eq!(status, want, "{path}: {body}");
+        assert!(body["error"].is_string(), "{path}: {body}");
+    }
+
+    let vox = site
+        .env
+        .store
+        .profile(&Identity::parse("discord:77").expect("id"))
+        .await
+        .expect("read")
+        .expect("user");
+    let (status, html) = text(get(&format!("/u/{}?xp=all", vox.uid)).await.expect("get")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("Where the XP came from")
+            && html.contains("38 min in voice while muted: no XP")
+            && html.contains("1 min alone in voice: no XP")
+            && html.contains("class=\"active\" aria-current=\"page\">All time"),
+        "{html}"
+    );
     site.stop().await;
 }

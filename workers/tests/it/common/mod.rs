@@ -25,6 +25,7 @@ use ttfd::broker::trust::Trust;
 use ttfd::settings::Settings;
 use ttfd::shared::model::{self, Profile as ModelProfile};
 use ttfd::shared::trust::Publisher;
+use ttfd::shared::view::{Period, Statement};
 use ttfd::shared::{Event, Identity};
 use ttfd::store::Store;
 use ttfd::store::scratch::ScratchDb;
@@ -451,6 +452,34 @@ pub async fn compare(store: &Store, expected: &[ModelProfile]) -> Result<(), Str
         if got_ledger != want_ledger {
             return Err(format!(
                 "ledger of {first}: got {got_ledger:?}, want {want_ledger:?}"
+            ));
+        }
+        // The XP statement: what each day's and each platform's XP is made of.
+        let got_statement = store
+            .statement(
+                got.uid,
+                Period::All,
+                None,
+                time::macros::date!(2026 - 01 - 01),
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("all time always has a statement")?;
+        let want_statement = Statement::of(
+            Period::All,
+            None,
+            None,
+            want.tallies.iter().map(|((platform, day), tally)| {
+                (
+                    platform.clone(),
+                    ttfd::shared::rules::date_of_day(*day),
+                    *tally,
+                )
+            }),
+        );
+        if got_statement != want_statement {
+            return Err(format!(
+                "statement of {first}:\n got  {got_statement:?}\n want {want_statement:?}"
             ));
         }
         owners.insert(got.uid, want.identities.clone());
