@@ -421,9 +421,18 @@ pub fn season(s: &SeasonView, markup: Markup) -> String {
 /// 🥈 Bo — 9,000 XP
 /// ```
 pub fn season_closed(n: &SeasonNotice, markup: Markup) -> String {
+    let name = n
+        .season
+        .split_once(':')
+        .map_or(n.season.as_str(), |(_, k)| k);
+    let what = match n.period {
+        Period::Week => "Week",
+        Period::Month => "Month",
+        _ => "Season",
+    };
     let mut out = format!(
-        "🏆 Season {} is over ({} to {}, {} ranked).",
-        markup.strong(&n.season),
+        "🏆 {what} {} is over ({} to {}, {} ranked).",
+        markup.strong(name),
         n.from,
         n.to,
         match n.ranked {
@@ -655,6 +664,7 @@ mod tests {
         };
         let mut n = SeasonNotice {
             v: 1,
+            period: Period::Season,
             id: "season:winter".into(),
             ts: 0,
             season: "winter".into(),
@@ -668,6 +678,19 @@ mod tests {
             season_closed(&n, Markup::Markdown),
             "🏆 Season **winter** is over (2026-12-01 to 2027-02-28, 1,204 members ranked).\n\
              🥇 Ada — 12,500 XP\n🥈 user #7 — 9,000 XP"
+        );
+        let week = SeasonNotice {
+            period: Period::Week,
+            season: "week:2026-W49".into(),
+            from: "2026-11-30".into(),
+            to: "2026-12-06".into(),
+            ..n.clone()
+        };
+        assert!(
+            season_closed(&week, Markup::Plain)
+                .starts_with("🏆 Week 2026-W49 is over (2026-11-30 to 2026-12-06,"),
+            "{}",
+            season_closed(&week, Markup::Plain)
         );
         n.champions.clear();
         n.ranked = 0;

@@ -47,6 +47,10 @@ fn yes() -> bool {
     true
 }
 
+fn a_season() -> crate::view::Period {
+    crate::view::Period::Season
+}
+
 /// `<prefix>.notify.link`: two users were merged; `merged_uid` now redirects to `uid`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkNotice {
@@ -67,6 +71,11 @@ pub struct LinkNotice {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeasonNotice {
     pub v: u8,
+    /// What closed: a season, or (docs/seasons.md, "Weeks and months") a week or a
+    /// month, whose `season` is then its standings key (`week:2026-W49`). Added with
+    /// weekly and monthly champions: absent means a season.
+    #[serde(default = "a_season")]
+    pub period: crate::view::Period,
     /// Also the `Nats-Msg-Id`: `season:<name>`.
     pub id: String,
     /// When it closed, Unix milliseconds.

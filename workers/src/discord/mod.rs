@@ -117,12 +117,13 @@ impl DiscordBot {
                 guild,
                 channel: d.announce_channel,
                 // Checked when the settings were loaded.
-                role: settings
+                roles: settings
                     .champions
-                    .role()
-                    .ok()
-                    .flatten()
-                    .map(serenity::all::RoleId::new),
+                    .roles()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(period, id)| (period, serenity::all::RoleId::new(id)))
+                    .collect(),
             },
             roles: RoleSync {
                 api,

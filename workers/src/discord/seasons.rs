@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use serenity::all::{ChannelId, GuildId, RoleId, UserId};
 use tracing::{error, info, warn};
+use ttfd_shared::view::Period;
 use ttfd_shared::view::text::{self, Markup};
 use ttfd_shared::wire::{SeasonChampion, SeasonNotice};
 
@@ -38,8 +39,9 @@ pub struct SeasonSync {
     pub guild: GuildId,
     /// `discord.announce_channel`: where seasons are announced; none: not announced.
     pub channel: Option<ChannelId>,
-    /// `champions.discord_role`.
-    pub role: Option<RoleId>,
+    /// The winner role of each kind of closing that has one: `champions.discord_role`
+    /// for seasons, `champions.week.discord_role`, `champions.month.discord_role`.
+    pub roles: Vec<(Period, RoleId)>,
 }
 
 impl NoticeHandler for SeasonSync {
@@ -77,9 +79,17 @@ impl NoticeHandler for SeasonSync {
 
 impl SeasonSync {
     async fn apply(&self, notice: &SeasonNotice) -> Result<(), ApiError> {
-        if let Some(role) = self.role {
+        let role = self
+            .roles
+            .iter()
+            .find(|(period, _)| *period == notice.period)
+            .map(|(_, role)| *role);
+        if let Some(role) = role {
             let winners = discord_users(&notice.champions);
-            let reason = format!("TTFD season {}", notice.season);
+            let reason = format!(
+                "TTFD {}",
+                crate::store::seasons::closing_words(notice.period, &notice.season)
+            );
             for user in discord_users(&notice.previous).difference(&winners) {
                 if let Some(roles) = self.api.member_roles(self.guild, *user).await?
                     && roles.contains(&role)

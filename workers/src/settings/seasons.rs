@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 use ttfd_shared::seasons::{Season, Seasons};
+use ttfd_shared::view::Period;
 
 use super::{SettingsError, invalid};
 
@@ -30,20 +31,37 @@ pub fn seasons(settings: &[SeasonSettings]) -> Result<Seasons, SettingsError> {
 }
 
 /// `[champions]`: a season's closing.
+/// `[champions]`: a closed season's champions (docs/seasons.md); `[champions.week]` and
+/// `[champions.month]` close each week and month too, with their own champions.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ChampionSettings {
-    /// How many of a season's top members are its champions.
     pub top: u32,
-    /// How long after a season's last day (UTC) it closes, in minutes: events of its
-    /// days published late (a bot catching up) still count.
     pub grace_minutes: u32,
-    /// The Discord role the champions of the last closed season hold (an id); the
-    /// champions before lose it. Empty: none.
     pub discord_role: String,
-    /// Bonus XP by position (`[500, 300, 100]`: 500 for the first), as `xp` events
-    /// (docs/seasons.md); none by default. Never rising, each 0..=1000000, at most `top`.
     pub xp: Vec<i32>,
+    pub week: Option<PeriodChampions>,
+    pub month: Option<PeriodChampions>,
+}
+
+/// `[champions.week]`, `[champions.month]`: how many champions each week (month) has,
+/// their XP rewards and their Discord winner role.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeriodChampions {
+    pub top: u32,
+    pub discord_role: String,
+    pub xp: Vec<i32>,
+}
+
+impl Default for PeriodChampions {
+    fn default() -> Self {
+        Self {
+            top: 3,
+            discord_role: String::new(),
+            xp: Vec::new(),
+        }
+    }
 }
 
 impl Default for ChampionSettings {
@@ -53,49 +71,99 @@ impl Default for ChampionSettings {
             grace_minutes: 60,
             discord_role: String::new(),
             xp: Vec::new(),
+            week: None,
+            month: None,
         }
+    }
+}
+
+/// Checks one closing's champions: `top`, `xp` and `discord_role` under `key`.
+fn check_champions(
+    key: &str,
+    top: u32,
+    xp: &[i32],
+    discord_role: &str,
+) -> Result<(), SettingsError> {
+    if !(1..=100).contains(&top) {
+        return Err(invalid(&format!("{key}.top"), "must be 1..=100"));
+    }
+    role_id(key, discord_role)?;
+    if xp.len() > top as usize {
+        return Err(invalid(
+            &format!("{key}.xp"),
+            format!("has more entries than {key}.top"),
+        ));
+    }
+    if xp.iter().any(|x| !(0..=1_000_000).contains(x)) {
+        return Err(invalid(&format!("{key}.xp"), "each must be 0..=1000000"));
+    }
+    if xp.windows(2).any(|w| w[1] > w[0]) {
+        return Err(invalid(
+            &format!("{key}.xp"),
+            "must not rise with the position (the first gets the most)",
+        ));
+    }
+    Ok(())
+}
+
+fn role_id(key: &str, role: &str) -> Result<Option<u64>, SettingsError> {
+    match role.trim() {
+        "" => Ok(None),
+        id => id.parse::<u64>().map(Some).map_err(|_| {
+            invalid(
+                &format!("{key}.discord_role"),
+                "must be a role id (a number)",
+            )
+        }),
     }
 }
 
 impl ChampionSettings {
     pub(super) fn validate(&self) -> Result<(), SettingsError> {
-        if !(1..=100).contains(&self.top) {
-            return Err(invalid("champions.top", "must be 1..=100"));
-        }
+        check_champions("champions", self.top, &self.xp, &self.discord_role)?;
         if self.grace_minutes > 7 * 24 * 60 {
             return Err(invalid(
                 "champions.grace_minutes",
                 "must be at most a week (10080)",
             ));
         }
-        self.role()?;
-        if self.xp.len() > self.top as usize {
-            return Err(invalid(
-                "champions.xp",
-                "has more entries than champions.top",
-            ));
-        }
-        if self.xp.iter().any(|x| !(0..=1_000_000).contains(x)) {
-            return Err(invalid("champions.xp", "each must be 0..=1000000"));
-        }
-        if self.xp.windows(2).any(|w| w[1] > w[0]) {
-            return Err(invalid(
-                "champions.xp",
-                "must not rise with the position (the first gets the most)",
-            ));
+        for (key, p) in [
+            ("champions.week", &self.week),
+            ("champions.month", &self.month),
+        ] {
+            if let Some(p) = p {
+                check_champions(key, p.top, &p.xp, &p.discord_role)?;
+            }
         }
         Ok(())
     }
 
-    /// The winners' Discord role.
-    pub fn role(&self) -> Result<Option<u64>, SettingsError> {
-        match self.discord_role.trim() {
-            "" => Ok(None),
-            id => id
-                .parse::<u64>()
-                .map(Some)
-                .map_err(|_| invalid("champions.discord_role", "must be a role id (a number)")),
+    /// The winner role of each kind of closing that has one.
+    pub fn roles(&self) -> Result<Vec<(Period, u64)>, SettingsError> {
+        let each = [
+            (
+                Period::Season,
+                "champions",
+                Some(self.discord_role.as_str()),
+            ),
+            (
+                Period::Week,
+                "champions.week",
+                self.week.as_ref().map(|p| p.discord_role.as_str()),
+            ),
+            (
+                Period::Month,
+                "champions.month",
+                self.month.as_ref().map(|p| p.discord_role.as_str()),
+            ),
+        ];
+        let mut roles = Vec::new();
+        for (period, key, role) in each {
+            if let Some(id) = role.map(|r| role_id(key, r)).transpose()?.flatten() {
+                roles.push((period, id));
+            }
         }
+        Ok(roles)
     }
 
     pub fn grace(&self) -> time::Duration {
@@ -154,5 +222,17 @@ mod tests {
         assert!(check(vec![300, 500]).is_err_and(|e| e.contains("champions.xp")));
         assert!(check(vec![3, 2, 1, 0]).is_err_and(|e| e.contains("more entries")));
         assert!(check(vec![-1]).is_err());
+        let week = ChampionSettings {
+            week: Some(PeriodChampions {
+                top: 2,
+                xp: vec![50, 20, 10],
+                discord_role: String::new(),
+            }),
+            ..ChampionSettings::default()
+        };
+        assert!(
+            week.validate()
+                .is_err_and(|e| e.to_string().contains("champions.week.xp"))
+        );
     }
 }

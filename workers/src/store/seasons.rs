@@ -23,17 +23,100 @@ pub struct Champion {
     pub xp: i64,
 }
 
-/// A season that was closed, with its champions.
+/// A season that was closed, with its champions; or a week or a month, when
+/// [`ClosingRules`] close them too: then `season` holds the standings key as its name
+/// (`week:2026-W49`, `month:2026-12`, never a season's name) and its days.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Closing {
+    pub period: Period,
     pub season: Season,
     pub closed_at: OffsetDateTime,
     pub ranked: i64,
     pub champions: Vec<Champion>,
 }
 
+/// How many champions a closing names, and the XP each position receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Champions {
+    pub top: u32,
+    /// `rewards[p - 1]` XP for position `p` (none past its end).
+    pub rewards: Vec<i32>,
+}
+
+/// What closes: every season, and each week and month when asked (docs/seasons.md,
+/// "Weeks and months").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosingRules {
+    pub season: Champions,
+    pub week: Option<Champions>,
+    pub month: Option<Champions>,
+}
+
+impl ClosingRules {
+    /// Seasons close with `top` champions and `rewards`; weeks and months do not.
+    pub fn seasons_only(top: u32, rewards: &[i32]) -> Self {
+        Self {
+            season: Champions {
+                top,
+                rewards: rewards.to_vec(),
+            },
+            week: None,
+            month: None,
+        }
+    }
+
+    fn of(&self, period: Period) -> Option<&Champions> {
+        match period {
+            Period::Season => Some(&self.season),
+            Period::Week => self.week.as_ref(),
+            Period::Month => self.month.as_ref(),
+            Period::All => None,
+        }
+    }
+}
+
+/// What a closing of `period` named `name` is called in its reward's reason and on
+/// surfaces: "season autumn", "week 2026-W49", "month 2026-12".
+pub fn closing_words(period: Period, name: &str) -> String {
+    let bare = name.split_once(':').map_or(name, |(_, rest)| rest);
+    format!("{} {bare}", period.as_str())
+}
+
+/// The week or month (`period`) containing `day`, as a closing's [`Season`]: its
+/// standings key as the name, and its days.
+fn rolling(period: Period, day: Date) -> Option<Season> {
+    let (first, to) = period.range(day, &Seasons::default())?;
+    Some(Season {
+        name: period.key(day, &Seasons::default())?,
+        first,
+        last: to - time::Duration::days(1),
+    })
+}
+
+/// The first day of the week or month whose standings key is `key`.
+fn first_day_of(key: &str) -> Option<Date> {
+    if let Some(week) = key.strip_prefix("week:") {
+        let (year, week) = week.split_once("-W")?;
+        Date::from_iso_week_date(
+            year.parse().ok()?,
+            week.parse().ok()?,
+            time::Weekday::Monday,
+        )
+        .ok()
+    } else {
+        let (year, month) = key.strip_prefix("month:")?.split_once('-')?;
+        let month = time::Month::try_from(month.parse::<u8>().ok()?).ok()?;
+        Date::from_calendar_date(year.parse().ok()?, month, 1).ok()
+    }
+}
+
 /// The reward events of a closing (see [`Store::close_seasons`]).
-fn rewards_of(notice: &SeasonNotice, season: &Season, rewards: &[i32]) -> Vec<Event> {
+fn rewards_of(
+    notice: &SeasonNotice,
+    period: Period,
+    season: &Season,
+    rewards: &[i32],
+) -> Vec<Event> {
     let end_ms = (season.last + time::Duration::days(1))
         .midnight()
         .assume_utc()
@@ -58,7 +141,7 @@ fn rewards_of(notice: &SeasonNotice, season: &Season, rewards: &[i32]) -> Vec<Ev
                 name: None,
                 payload: Payload::Xp {
                     amount,
-                    reason: format!("season {} #{}", season.name, c.position)
+                    reason: format!("{} #{}", closing_words(period, &season.name), c.position)
                         .chars()
                         .take(64)
                         .collect(),
@@ -163,6 +246,7 @@ async fn season_notice(
     let season = &closing.season;
     Ok(SeasonNotice {
         v: 1,
+        period: closing.period,
         id: format!("season:{}", season.name),
         ts: i64::try_from(closing.closed_at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
         season: season.name.clone(),
@@ -228,31 +312,75 @@ impl Store {
         Ok(true)
     }
 
-    /// Closes the seasons over by `now` less `grace` (late events still count in the
-    /// grace) that are not closed yet: each in one transaction that takes the top `top`
-    /// of its committed standings (every committed batch's work applied first), records
-    /// the closing and queues its [`SeasonNotice`] in the outbox, with the champions'
-    /// rewards: `rewards[p - 1]` XP for position `p`, an `xp` event with the id
-    /// `season:<name>:<p>` at the season's last millisecond, to the champion's first
-    /// identity. A second caller, at the same time on another replica or later, finds it
-    /// closed and does nothing. Returns the closings made by this call.
-    pub async fn close_seasons(
+    /// The spans over by `today` that `rules` close: every season; each week (month)
+    /// after the newest one closed, or, before any was, the last one.
+    async fn due(
         &self,
-        now: OffsetDateTime,
-        grace: time::Duration,
-        top: u32,
-        rewards: &[i32],
-    ) -> Result<Vec<Closing>, StoreError> {
-        let today = (now - grace).date();
-        let due: Vec<Season> = self
+        today: Date,
+        rules: &ClosingRules,
+    ) -> Result<Vec<(Period, Season)>, StoreError> {
+        let mut due: Vec<(Period, Season)> = self
             .seasons()
             .await?
             .iter()
             .filter(|s| s.over(today))
-            .cloned()
+            .map(|s| (Period::Season, s.clone()))
             .collect();
+        for period in [Period::Week, Period::Month] {
+            if rules.of(period).is_none() {
+                continue;
+            }
+            let Some(current) = rolling(period, today) else {
+                continue;
+            };
+            let last = current.first - time::Duration::days(1);
+            let newest: Option<String> = sqlx::query_scalar(
+                "SELECT season FROM season_closings WHERE season LIKE $1
+                 ORDER BY season DESC LIMIT 1",
+            )
+            .bind(format!("{}:%", period.as_str()))
+            .fetch_optional(&self.pool)
+            .await?;
+            let mut day = match newest
+                .as_deref()
+                .and_then(first_day_of)
+                .and_then(|d| rolling(period, d))
+            {
+                Some(closed) => closed.last + time::Duration::days(1),
+                None => rolling(period, last).map_or(last, |s| s.first),
+            };
+            while day <= last {
+                let Some(span) = rolling(period, day) else {
+                    break;
+                };
+                day = span.last + time::Duration::days(1);
+                due.push((period, span));
+            }
+        }
+        Ok(due)
+    }
+
+    /// Closes what `rules` close and is over by `now` less `grace` (late events still
+    /// count in the grace) but not closed yet (see [`Store::due`]): each in one
+    /// transaction that takes the top `top` of its committed standings (every committed
+    /// batch's work applied first), records the closing and queues its [`SeasonNotice`]
+    /// in the outbox, with the champions' rewards: `rewards[p - 1]` XP for position `p`,
+    /// an `xp` event with the id `season:<name>:<p>` (`season:week:2026-W49:1`) at the
+    /// span's last millisecond, to the champion's first identity. A second caller, at
+    /// the same time on another replica or later, finds it closed and does nothing.
+    /// Returns the closings made by this call.
+    pub async fn close_seasons(
+        &self,
+        now: OffsetDateTime,
+        grace: time::Duration,
+        rules: &ClosingRules,
+    ) -> Result<Vec<Closing>, StoreError> {
+        let today = (now - grace).date();
         let mut closed = Vec::new();
-        for season in due {
+        for (period, season) in self.due(today, rules).await? {
+            let Some(Champions { top, rewards }) = rules.of(period) else {
+                continue;
+            };
             let mut tx = self.pool.begin().await?;
             // The refresh lock: the standings are read with every committed batch's work
             // applied, and no other closer runs meanwhile.
@@ -270,13 +398,16 @@ impl Store {
                 continue;
             }
             super::standings::refresh_all_in(&mut tx, self.block_target).await?;
-            let key = season.key();
+            let key = match period {
+                Period::Season => season.key(),
+                _ => season.name.clone(),
+            };
             let rows: Vec<(i64, i64)> = sqlx::query_as(
                 "SELECT user_id, xp FROM standings WHERE period = $1 AND NOT hidden
                  ORDER BY -xp, user_id LIMIT $2",
             )
             .bind(&key)
-            .bind(i64::from(top))
+            .bind(i64::from(*top))
             .fetch_all(&mut *tx)
             .await?;
             let ranked: i64 = sqlx::query_scalar(
@@ -313,20 +444,26 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             let closing = Closing {
+                period,
                 season,
                 closed_at,
                 ranked,
                 champions,
             };
+            // The closing before it of the same kind: a winner role moves from its
+            // champions.
             let previous: Option<String> = sqlx::query_scalar(
-                "SELECT season FROM season_closings WHERE season <> $1
+                "SELECT season FROM season_closings
+                 WHERE season <> $1 AND (CASE WHEN $2 = 'season' THEN season NOT LIKE '%:%'
+                                              ELSE season LIKE $2 || ':%' END)
                  ORDER BY closed_at DESC, season DESC LIMIT 1",
             )
             .bind(&closing.season.name)
+            .bind(period.as_str())
             .fetch_optional(&mut *tx)
             .await?;
             let notice = season_notice(&mut tx, &closing, previous.as_deref()).await?;
-            for event in rewards_of(&notice, &closing.season, rewards) {
+            for event in rewards_of(&notice, period, &closing.season, rewards) {
                 super::codes::enqueue(&mut tx, &event).await?;
             }
             sqlx::query("INSERT INTO outbox (topic, body) VALUES ('season', $1)")
@@ -339,12 +476,13 @@ impl Store {
         Ok(closed)
     }
 
-    /// Every closed season, newest first, with its champions (followed to their users
+    /// Every closed season (not week or month), newest first, with its champions (followed to their users
     /// now; a champion erased since is left out).
     pub async fn closings(&self) -> Result<Vec<Closing>, StoreError> {
         let seasons = self.seasons().await?;
         let closed: Vec<(String, OffsetDateTime, i64)> = sqlx::query_as(
-            "SELECT season, closed_at, ranked FROM season_closings ORDER BY closed_at DESC, season",
+            "SELECT season, closed_at, ranked FROM season_closings WHERE season NOT LIKE '%:%'
+             ORDER BY closed_at DESC, season",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -367,6 +505,7 @@ impl Store {
                     last: closed_at.date(),
                 });
                 Closing {
+                    period: Period::Season,
                     season,
                     closed_at,
                     ranked,

@@ -725,6 +725,22 @@ pub async fn run(
     result
 }
 
+/// What `[champions]` closes, with how many champions and rewards.
+fn closing_rules(
+    c: &crate::settings::seasons::ChampionSettings,
+) -> crate::store::seasons::ClosingRules {
+    use crate::store::seasons::{Champions, ClosingRules};
+    let of = |top: u32, xp: &[i32]| Champions {
+        top,
+        rewards: xp.to_vec(),
+    };
+    ClosingRules {
+        season: of(c.top, &c.xp),
+        week: c.week.as_ref().map(|p| of(p.top, &p.xp)),
+        month: c.month.as_ref().map(|p| of(p.top, &p.xp)),
+    }
+}
+
 /// How often a replica looks for seasons to close.
 const CLOSE_EVERY: Duration = Duration::from_secs(60);
 
@@ -741,12 +757,12 @@ async fn close_seasons(
     loop {
         let now = time::OffsetDateTime::now_utc();
         match store
-            .close_seasons(now, champions.grace(), champions.top, &champions.xp)
+            .close_seasons(now, champions.grace(), &closing_rules(&champions))
             .await
         {
             Ok(closed) => {
                 for c in &closed {
-                    info!(season = %c.season.name, champions = c.champions.len(), ranked = c.ranked, "season closed");
+                    info!(closing = %c.season.name, champions = c.champions.len(), ranked = c.ranked, "closed");
                 }
                 if !closed.is_empty() {
                     relay.notify_one();

@@ -389,8 +389,7 @@ async fn a_person_sees_the_leaderboard_and_a_profile_in_chromium() {
         .close_seasons(
             time::OffsetDateTime::now_utc(),
             time::Duration::ZERO,
-            3,
-            &[],
+            &ttfd::store::seasons::ClosingRules::seasons_only(3, &[]),
         )
         .await
         .expect("close");

@@ -20,6 +20,7 @@ use ttfd::settings::discord::RankRole;
 use ttfd::shared::view::{Period, Profile};
 use ttfd::shared::wire::EventId;
 use ttfd::shared::{Event, Identity, Payload};
+use ttfd::store::seasons::ClosingRules;
 
 const GUILD: u64 = 1_000_000_000_000_000_001;
 const TALK: u64 = 1_100_000_000_000_000_009;
@@ -1302,7 +1303,7 @@ async fn a_closed_season_is_announced_and_the_winner_role_moves_to_its_champions
     let w = world(|d| d.announce_channel = Some(serenity::all::ChannelId::new(ANNOUNCE))).await;
     const WINNER: u64 = 7_700;
     let seasons = ttfd::discord::seasons::SeasonSync {
-        role: Some(serenity::all::RoleId::new(WINNER)),
+        roles: vec![(Period::Season, serenity::all::RoleId::new(WINNER))],
         ..w.bot.seasons.clone()
     };
     let consumer =
@@ -1341,8 +1342,7 @@ async fn a_closed_season_is_announced_and_the_winner_role_moves_to_its_champions
         .close_seasons(
             time::OffsetDateTime::now_utc(),
             time::Duration::ZERO,
-            1,
-            &[],
+            &ClosingRules::seasons_only(1, &[]),
         )
         .await
         .expect("close");

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use ttfd::settings::seasons::SeasonSettings;
 use ttfd::shared::wire::{EventId, Proof, SeasonNotice};
 use ttfd::shared::{Event, Identity, Payload};
+use ttfd::store::seasons::{Champions, ClosingRules};
 
 use crate::common::TestEnv;
 
@@ -212,9 +213,10 @@ async fn a_season_closes_once_with_its_champions_whoever_closes_it() {
     let now = OffsetDateTime::now_utc();
     let grace = time::Duration::hours(1);
     let other = env.store.clone();
+    let rules = ClosingRules::seasons_only(2, &REWARDS);
     let (a, b) = tokio::join!(
-        env.store.close_seasons(now, grace, 2, &REWARDS),
-        other.close_seasons(now, grace, 2, &REWARDS)
+        env.store.close_seasons(now, grace, &rules),
+        other.close_seasons(now, grace, &rules)
     );
     let closed: Vec<String> = [a.expect("closes"), b.expect("closes")]
         .concat()
@@ -224,7 +226,7 @@ async fn a_season_closes_once_with_its_champions_whoever_closes_it() {
     assert_eq!(closed, ["autumn"]);
     assert!(
         env.store
-            .close_seasons(now, grace, 2, &REWARDS)
+            .close_seasons(now, grace, &rules)
             .await
             .expect("closes")
             .is_empty()
@@ -233,7 +235,7 @@ async fn a_season_closes_once_with_its_champions_whoever_closes_it() {
     let tomorrow_morning = (today + time::Duration::days(31)).midnight().assume_utc();
     let early = env
         .store
-        .close_seasons(tomorrow_morning, grace, 2, &REWARDS)
+        .close_seasons(tomorrow_morning, grace, &rules)
         .await
         .expect("closes");
     assert!(early.is_empty(), "winter ended less than the grace ago");
@@ -322,6 +324,109 @@ async fn a_season_closes_once_with_its_champions_whoever_closes_it() {
         .map(|c| c.display_name.as_deref())
         .collect();
     assert_eq!(names, [Some("ann"), Some("bo")]);
+    stop.cancel();
+    env.cleanup().await;
+}
+
+/// Weeks (and months) close too when `[champions.week]` asks (docs/seasons.md, "Weeks
+/// and months"): at first the last week over, later every week after the newest closed
+/// (catching up after downtime), each once, with its champions' rewards applied once.
+#[tokio::test]
+async fn weeks_close_with_their_champions_once_and_catch_up_after_downtime() {
+    let env = TestEnv::new().await;
+    let stop = CancellationToken::new();
+    env.spawn_worker(stop.clone()).await;
+    let today = OffsetDateTime::now_utc().date();
+    let monday = today - time::Duration::days(i64::from(today.weekday().number_days_from_monday()));
+    let week = |back: i64| monday - time::Duration::weeks(back);
+    let ms = |t: OffsetDateTime| t.unix_timestamp() * 1000;
+    // The Wednesday of the week `back` weeks ago.
+    let wednesday = |back: i64| {
+        ms((week(back) + time::Duration::days(2))
+            .midnight()
+            .assume_utc())
+    };
+    // Ann leads three weeks ago and last week, Bo two weeks ago.
+    let events = vec![
+        grant("w:1", wednesday(3), "discord:ann", 300),
+        grant("w:2", wednesday(3), "discord:bo", 100),
+        grant("w:3", wednesday(2), "discord:bo", 400),
+        grant("w:4", wednesday(2), "discord:ann", 50),
+        grant("w:5", wednesday(1), "discord:ann", 80),
+    ];
+    env.publish(&events).await;
+    env.wait_for_model(&events).await;
+    let rules = ClosingRules {
+        week: Some(Champions {
+            top: 1,
+            rewards: vec![40],
+        }),
+        ..ClosingRules::seasons_only(2, &[])
+    };
+    let grace = time::Duration::hours(1);
+    let key = |back: i64| {
+        ttfd::shared::view::Period::Week
+            .key(week(back), &Default::default())
+            .expect("a week has a key")
+    };
+    let weeks = |closed: Vec<ttfd::store::seasons::Closing>| -> Vec<(String, Vec<i64>)> {
+        closed
+            .into_iter()
+            .filter(|c| c.season.name.starts_with("week:"))
+            .map(|c| (c.season.name, c.champions.iter().map(|c| c.xp).collect()))
+            .collect()
+    };
+
+    // The replicas ran two weeks ago, early on Monday: the week before closed.
+    let then = week(2).midnight().assume_utc() + time::Duration::hours(2);
+    let closed = env
+        .store
+        .close_seasons(then, grace, &rules)
+        .await
+        .expect("close");
+    assert_eq!(weeks(closed), [(key(3), vec![300])]);
+    // After a downtime: the two weeks since, in order; then nothing more.
+    let now = OffsetDateTime::now_utc();
+    let closed = env
+        .store
+        .close_seasons(now, grace, &rules)
+        .await
+        .expect("close");
+    assert_eq!(weeks(closed), [(key(2), vec![400]), (key(1), vec![80])]);
+    let again = env
+        .store
+        .close_seasons(now, grace, &rules)
+        .await
+        .expect("close");
+    assert!(weeks(again).is_empty());
+
+    // Each week's champion gets 40 XP at its last millisecond, once (queued for the
+    // outbox relay); the weeks are not seasons in the hall of champions.
+    tokio::spawn(ttfd::sync::relay_outbox(
+        env.store.clone(),
+        env.broker.clone(),
+        std::sync::Arc::default(),
+        Duration::from_millis(50),
+        stop.clone(),
+    ));
+    let mut all = events.clone();
+    for (back, who) in [(3, "discord:ann"), (2, "discord:bo"), (1, "discord:ann")] {
+        let name = key(back);
+        all.push(Event {
+            id: EventId::parse(&format!("season:{name}:1")).expect("id"),
+            ts: ms(week(back - 1).midnight().assume_utc()) - 1,
+            identity: Identity::parse(who).expect("identity"),
+            name: None,
+            payload: Payload::Xp {
+                amount: 40,
+                reason: format!("week {} #1", &name["week:".len()..]),
+                by: None,
+            },
+        });
+    }
+    env.wait_for_model(&all).await;
+    let halls = env.store.closings().await.expect("closings");
+    assert!(halls.iter().all(|c| !c.season.name.contains(':')));
     stop.cancel();
     env.cleanup().await;
 }

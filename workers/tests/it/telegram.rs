@@ -1043,7 +1043,11 @@ async fn a_closed_season_is_announced_in_the_group_once() {
         world
             .env
             .store
-            .close_seasons(now, time::Duration::ZERO, 2, &[])
+            .close_seasons(
+                now,
+                time::Duration::ZERO,
+                &ttfd::store::seasons::ClosingRules::seasons_only(2, &[]),
+            )
             .await
             .expect("close");
     }
