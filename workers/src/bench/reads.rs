@@ -134,18 +134,39 @@ async fn measure(store: &Store, args: &ReadsArgs) -> anyhow::Result<()> {
             uids.get(i).copied().unwrap_or(1)
         }
     };
-    let new = sample(args.samples, WARM_UP, async || {
-        store.standings_of(next(), today).await.map(|_| ())
-    })
-    .await?;
+    // Each read timed with its member, so that the slowest can be read again: fast
+    // again means a slow moment of the machine, slow again a slow member.
+    for _ in 0..WARM_UP {
+        store.standings_of(next(), today).await?;
+    }
+    let mut timed: Vec<(Duration, i64)> = Vec::with_capacity(args.samples);
+    for _ in 0..args.samples.max(1) {
+        let uid = next();
+        let t = Instant::now();
+        store.standings_of(uid, today).await?;
+        timed.push((t.elapsed(), uid));
+    }
+    let new = super::percentiles(timed.iter().map(|t| t.0).collect());
     let old = sample(args.baseline_samples, 1, async || {
         aggregate_positions(store, next(), today).await
     })
     .await?;
     println!(
         "{:<34} {:>10.2} / {:>8.2} {:>14.1} / {:>8.1}",
-        "a member's positions, 3 periods", new.0, new.1, old.0, old.1
+        "a member's positions, all periods", new.0, new.1, old.0, old.1
     );
+    timed.sort_by_key(|t| std::cmp::Reverse(t.0));
+    let mut again = Vec::new();
+    for (was, uid) in timed.iter().take(5) {
+        let t = Instant::now();
+        store.standings_of(*uid, today).await?;
+        again.push(format!(
+            "{:.1} -> {:.1}",
+            was.as_secs_f64() * 1000.0,
+            t.elapsed().as_secs_f64() * 1000.0
+        ));
+    }
+    println!("  the 5 slowest, read again (ms): {}", again.join(", "));
     println!(
         "\ntargets: page p99 <= 20 ms: {worst_page:.2} ms ({}); positions p99 <= 10 ms: {:.2} ms ({})",
         verdict(worst_page <= 20.0),
