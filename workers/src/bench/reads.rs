@@ -38,6 +38,9 @@ pub struct ReadsArgs {
     /// The page measured besides the first (25 rows a page).
     #[arg(long, default_value_t = 2000)]
     pub far_page: i64,
+    /// Leave the scratch database behind for a look at it (its name is printed).
+    #[arg(long)]
+    pub keep: bool,
 }
 
 const PAGE: i64 = 25;
@@ -50,7 +53,11 @@ pub async fn run(settings: &Settings, args: ReadsArgs) -> anyhow::Result<()> {
     let store = Store::from_pool(pool.clone(), settings.rules.clone());
     let result = measure(&store, &args).await;
     pool.close().await;
-    db.remove().await?;
+    if args.keep {
+        println!("kept the database {}", db.keep());
+    } else {
+        db.remove().await?;
+    }
     result
 }
 
@@ -161,7 +168,7 @@ async fn measure(store: &Store, args: &ReadsArgs) -> anyhow::Result<()> {
         let t = Instant::now();
         store.standings_of(*uid, today).await?;
         again.push(format!(
-            "{:.1} -> {:.1}",
+            "uid {uid}: {:.1} -> {:.1}",
             was.as_secs_f64() * 1000.0,
             t.elapsed().as_secs_f64() * 1000.0
         ));

@@ -83,6 +83,12 @@ impl ScratchDb {
     }
 
     /// Drops the database (closing whatever connections are still open to it).
+    /// Leaves the database behind (for a look at it); returns its name.
+    pub fn keep(&self) -> &str {
+        self.removed.store(true, Ordering::Relaxed);
+        &self.name
+    }
+
     pub async fn remove(&self) -> Result<(), StoreError> {
         drop_database(&self.admin, &self.name).await?;
         self.removed.store(true, Ordering::Relaxed);
