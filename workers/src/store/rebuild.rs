@@ -901,6 +901,15 @@ pub async fn compare_standings(
              FROM {s}.standings st"
         )
     };
+    let in_block = super::standings::shown_between(
+        &format!("{live}.standings"),
+        "b.period",
+        ("b.start_neg", "b.start_uid"),
+        (
+            "coalesce(b.next_neg, 9223372036854775807)",
+            "coalesce(b.next_uid, 9223372036854775807)",
+        ),
+    );
     let sql = format!(
         "WITH l AS ({}), r AS ({}),
               d AS (SELECT coalesce(l.period, r.period) AS period, coalesce(l.who, r.who) AS who,
@@ -912,10 +921,7 @@ pub async fn compare_standings(
                     FROM {live}.standing_blocks WINDOW w AS (PARTITION BY period ORDER BY start_neg, start_uid)),
               bd AS (SELECT b.period, 'block (' || b.start_neg || ', ' || b.start_uid || ')' AS who,
                             b.members AS live,
-                            (SELECT count(*) FROM {live}.standings s
-                             WHERE s.period = b.period AND NOT s.hidden
-                               AND (-s.xp, s.user_id) >= (b.start_neg, b.start_uid)
-                               AND (b.next_neg IS NULL OR (-s.xp, s.user_id) < (b.next_neg, b.next_uid))) AS rebuilt
+                            (SELECT count(*) FROM ({in_block}) s) AS rebuilt
                      FROM b),
               all_d AS (SELECT * FROM d UNION ALL SELECT * FROM bd WHERE live <> rebuilt)
          SELECT period, coalesce(who, '?'), live, rebuilt, count(*) OVER () FROM all_d

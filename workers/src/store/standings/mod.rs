@@ -35,6 +35,30 @@ use super::{Store, StoreError};
 /// so a rebuild's fresh schema has a refresher of its own.
 pub(crate) const REFRESH_LOCK_CLASS: i32 = 0x5454_5354;
 
+/// SQL selecting `neg` (-xp) and `uid` of the shown (not hidden) members of `table`'s
+/// period `period` whose key `(-xp, user_id)` lies in `[lo, hi)`; every argument is an
+/// SQL expression. Three ranges on plain index columns rather than row comparisons:
+/// PostgreSQL 15's btree ends a scan on `(-xp, user_id) < (a, b)` only once `-xp` passes
+/// `a`, so it would read every member tied at the upper bound's XP (hundreds of
+/// thousands at a common small XP), where these read only what they return.
+pub(crate) fn shown_between(
+    table: &str,
+    period: &str,
+    (lo_neg, lo_uid): (&str, &str),
+    (hi_neg, hi_uid): (&str, &str),
+) -> String {
+    let from = format!(
+        "SELECT -xp AS neg, user_id AS uid FROM {table} WHERE period = {period} AND NOT hidden"
+    );
+    format!(
+        "{from} AND -xp = {lo_neg} AND user_id >= {lo_uid}
+                AND user_id < CASE WHEN {lo_neg} = {hi_neg} THEN {hi_uid}
+                                   ELSE 9223372036854775807 END
+         UNION ALL {from} AND -xp > {lo_neg} AND -xp < {hi_neg}
+         UNION ALL {from} AND -xp = {hi_neg} AND {lo_neg} < {hi_neg} AND user_id < {hi_uid}"
+    )
+}
+
 /// Most batches' work a round takes.
 const ROUND_ROWS: i64 = 512;
 
@@ -223,7 +247,13 @@ impl Store {
         periods: Vec<(Period, String)>,
     ) -> Result<Vec<PeriodStanding>, StoreError> {
         let keys: Vec<&str> = periods.iter().map(|(_, k)| k.as_str()).collect();
-        let rows: Vec<(String, Option<i64>, Option<i64>, i64)> = sqlx::query_as(
+        let before_me = shown_between(
+            "standings",
+            "p.period",
+            ("blk.start_neg", "blk.start_uid"),
+            ("-s.xp", "s.user_id"),
+        );
+        let rows: Vec<(String, Option<i64>, Option<i64>, i64)> = sqlx::query_as(&format!(
             "SELECT p.period, me.xp, me.position, coalesce((
                         SELECT sum(members) FROM standing_blocks b WHERE b.period = p.period), 0)::int8
              FROM unnest($1::text[]) AS p(period)
@@ -232,16 +262,13 @@ impl Store {
                             SELECT sum(b.members) FROM standing_blocks b
                             WHERE b.period = p.period
                               AND (b.start_neg, b.start_uid) < (blk.start_neg, blk.start_uid)), 0)
-                          + (SELECT count(*) FROM standings o
-                             WHERE o.period = p.period AND NOT o.hidden
-                               AND (-o.xp, o.user_id) >= (blk.start_neg, blk.start_uid)
-                               AND (-o.xp, o.user_id) < (-s.xp, s.user_id)))::int8 AS position
+                          + (SELECT count(*) FROM ({before_me}) o))::int8 AS position
                  FROM standings s CROSS JOIN LATERAL (
                      SELECT start_neg, start_uid FROM standing_blocks b
                      WHERE b.period = p.period AND (b.start_neg, b.start_uid) <= (-s.xp, s.user_id)
                      ORDER BY start_neg DESC, start_uid DESC LIMIT 1) blk
                  WHERE s.period = p.period AND s.user_id = $2) me ON true",
-        )
+        ))
         .bind(&keys)
         .bind(uid)
         .fetch_all(&self.pool)
@@ -491,23 +518,20 @@ async fn keep_blocks(
     }
     for (start, end) in blocks.oversized() {
         let (end_neg, end_uid) = end.unwrap_or((i64::MAX, i64::MAX));
-        let (members, negs, uids): (i64, Vec<i64>, Vec<i64>) = sqlx::query_as(
+        let (members, negs, uids): (i64, Vec<i64>, Vec<i64>) = sqlx::query_as(&format!(
             "WITH m AS (
-                 SELECT -xp AS neg, user_id AS uid,
-                        row_number() OVER (ORDER BY -xp, user_id) - 1 AS i
-                 FROM standings
-                 WHERE period = $1 AND NOT hidden AND (-xp, user_id) >= ($2, $3)
-                   AND ($6 OR (-xp, user_id) < ($4, $5)))
+                 SELECT neg, uid, row_number() OVER (ORDER BY neg, uid) - 1 AS i
+                 FROM ({}) r)
              SELECT (SELECT count(*) FROM m),
-                    ARRAY(SELECT neg FROM m WHERE i > 0 AND i % $7 = 0 ORDER BY i),
-                    ARRAY(SELECT uid FROM m WHERE i > 0 AND i % $7 = 0 ORDER BY i)",
-        )
+                    ARRAY(SELECT neg FROM m WHERE i > 0 AND i % $6 = 0 ORDER BY i),
+                    ARRAY(SELECT uid FROM m WHERE i > 0 AND i % $6 = 0 ORDER BY i)",
+            shown_between("standings", "$1", ("$2", "$3"), ("$4", "$5"))
+        ))
         .bind(period)
         .bind(start.0)
         .bind(start.1)
         .bind(end_neg)
         .bind(end_uid)
-        .bind(end.is_none())
         .bind(target)
         .fetch_one(&mut *conn)
         .await?;
