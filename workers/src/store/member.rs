@@ -25,13 +25,15 @@ pub struct IdentityRecord {
     pub notify: Option<bool>,
 }
 
-/// XP of one identity on one UTC day.
+/// XP of one identity on one UTC day, with what it is made of (the XP statement's
+/// columns: docs/rules.md).
 #[derive(Debug, Clone, Serialize)]
 pub struct LedgerRecord {
     pub day: String,
     pub platform: String,
     pub user: String,
-    pub xp: i64,
+    #[serde(flatten)]
+    pub tally: ttfd_shared::view::Tally,
 }
 
 /// A link one of the user's identities is part of.
@@ -105,14 +107,7 @@ impl Store {
         .bind(uid)
         .fetch_all(&mut *snapshot)
         .await?;
-        let ledger: Vec<(time::Date, String, String, i64)> = sqlx::query_as(
-            "SELECT l.day, i.platform, i.external_id, l.xp
-             FROM identities i JOIN xp_ledger l ON l.identity_id = i.id
-             WHERE i.user_id = $1 AND l.xp <> 0 ORDER BY l.day, i.platform, i.external_id",
-        )
-        .bind(uid)
-        .fetch_all(&mut *snapshot)
-        .await?;
+        let ledger = super::statement::tallies(&mut *snapshot, uid, (None, None)).await?;
         let links: Vec<LinkRow> = sqlx::query_as(
             "SELECT l.event_id::text AS event_id, a.platform AS from_platform,
                     a.external_id AS from_user, b.platform AS to_platform,
@@ -145,11 +140,11 @@ impl Store {
                 .collect(),
             ledger: ledger
                 .into_iter()
-                .map(|(day, platform, user, xp)| LedgerRecord {
+                .map(|(platform, user, day, tally)| LedgerRecord {
                     day: day.to_string(),
                     platform,
                     user,
-                    xp,
+                    tally,
                 })
                 .collect(),
             links: links

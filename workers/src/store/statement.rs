@@ -9,6 +9,7 @@ use super::{Store, StoreError};
 #[derive(sqlx::FromRow)]
 struct Row {
     platform: String,
+    external_id: String,
     day: Date,
     xp: i64,
     xp_messages: i64,
@@ -24,7 +25,10 @@ struct Row {
     unpaid_alone: i64,
 }
 
-impl From<Row> for (String, Date, Tally) {
+/// One ledger row of a user: the identity's platform and id, the day, what it holds.
+pub type TallyRow = (String, String, Date, Tally);
+
+impl From<Row> for TallyRow {
     fn from(r: Row) -> Self {
         let tally = Tally {
             xp: r.xp,
@@ -42,8 +46,36 @@ impl From<Row> for (String, Date, Tally) {
                 alone: r.unpaid_alone,
             },
         };
-        (r.platform, r.day, tally)
+        (r.platform, r.external_id, r.day, tally)
     }
+}
+
+/// User `uid`'s ledger rows with what each holds, on the days `[from, to)` (every day
+/// when `None`), in order of day, platform and id; rows that hold nothing left out.
+pub(super) async fn tallies<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
+    uid: i64,
+    (from, to): (Option<Date>, Option<Date>),
+) -> Result<Vec<TallyRow>, StoreError> {
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT i.platform, i.external_id, l.day, l.xp, l.xp_messages, l.xp_voice,
+                l.xp_games, l.xp_grants, l.messages, l.voice_seconds, l.games_played,
+                l.unpaid_afk, l.unpaid_deafened, l.unpaid_muted, l.unpaid_alone
+         FROM identities i JOIN xp_ledger l ON l.identity_id = i.id
+         WHERE i.user_id = $1 AND ($2::date IS NULL OR l.day >= $2)
+           AND ($3::date IS NULL OR l.day < $3)
+         ORDER BY l.day, i.platform, i.external_id",
+    )
+    .bind(uid)
+    .bind(from)
+    .bind(to)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(TallyRow::from)
+        .filter(|r| !r.3.is_empty())
+        .collect())
 }
 
 impl Store {
@@ -73,25 +105,14 @@ impl Store {
             }
             (p, None) => (p, None, p.range(today, &Default::default())),
         };
-        let (from, to) = range.map_or((None, None), |(f, t)| (Some(f), Some(t)));
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT i.platform, l.day, l.xp, l.xp_messages, l.xp_voice, l.xp_games, l.xp_grants,
-                    l.messages, l.voice_seconds, l.games_played, l.unpaid_afk,
-                    l.unpaid_deafened, l.unpaid_muted, l.unpaid_alone
-             FROM identities i JOIN xp_ledger l ON l.identity_id = i.id
-             WHERE i.user_id = $1 AND ($2::date IS NULL OR l.day >= $2)
-               AND ($3::date IS NULL OR l.day < $3)",
-        )
-        .bind(uid)
-        .bind(from)
-        .bind(to)
-        .fetch_all(&self.pool)
-        .await?;
+        let bounds = range.map_or((None, None), |(f, t)| (Some(f), Some(t)));
+        let rows = tallies(&self.pool, uid, bounds).await?;
         Ok(Some(Statement::of(
             period,
             name,
             range,
-            rows.into_iter().map(Into::into),
+            rows.into_iter()
+                .map(|(platform, _, day, tally)| (platform, day, tally)),
         )))
     }
 }

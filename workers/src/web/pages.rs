@@ -318,52 +318,54 @@ impl StatementView {
         })
         .collect();
         let t = &s.total;
-        let mut lines = Vec::new();
-        let mut line = |class, label, activity: String, xp: i64, shown: bool| {
-            if shown {
-                lines.push(SourceLine {
-                    class,
-                    label,
-                    activity,
-                    xp: thousands(xp),
-                });
-            }
-        };
-        line(
-            "src-messages",
-            "Messages",
-            format!("{} messages", thousands(t.messages)),
-            t.messages_xp,
-            t.messages != 0 || t.messages_xp != 0,
-        );
-        line(
-            "src-voice",
-            "Voice",
-            format!("{} in voice", duration_words(t.voice_seconds)),
-            t.voice_xp,
-            t.voice_seconds != 0 || t.voice_xp != 0,
-        );
-        line(
-            "src-games",
-            "Games",
-            format!("{} played", thousands(t.games_played)),
-            t.games_xp,
-            t.games_played != 0 || t.games_xp != 0,
-        );
-        line(
-            "src-grants",
-            "Given",
-            "by moderators and seasons".into(),
-            t.grants_xp,
-            t.grants_xp != 0,
-        );
-        line(
-            "src-earlier",
-            "Earlier",
-            "before statements were kept".into(),
-            t.unitemised(),
-            t.unitemised() != 0,
-        );
+        // (class, label, activity, XP, shown): a source with neither activity nor XP is
+        // left out.
+        let lines = [
+            (
+                "src-messages",
+                "Messages",
+                format!("{} messages", thousands(t.messages)),
+                t.messages_xp,
+                t.messages != 0 || t.messages_xp != 0,
+            ),
+            (
+                "src-voice",
+                "Voice",
+                format!("{} in voice", duration_words(t.voice_seconds)),
+                t.voice_xp,
+                t.voice_seconds != 0 || t.voice_xp != 0,
+            ),
+            (
+                "src-games",
+                "Games",
+                format!("{} played", thousands(t.games_played)),
+                t.games_xp,
+                t.games_played != 0 || t.games_xp != 0,
+            ),
+            (
+                "src-grants",
+                "Given",
+                "by moderators and seasons".into(),
+                t.grants_xp,
+                t.grants_xp != 0,
+            ),
+            (
+                "src-earlier",
+                "Earlier",
+                "before statements were kept".into(),
+                t.unitemised(),
+                t.unitemised() != 0,
+            ),
+        ]
+        .into_iter()
+        .filter(|line| line.4)
+        .map(|(class, label, activity, xp, _)| SourceLine {
+            class,
+            label,
+            activity,
+            xp: thousands(xp),
+        })
+        .collect();
         let parts_of = |d: &Tally| {
             [
                 ("src-messages", d.messages_xp, "messages"),

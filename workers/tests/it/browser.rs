@@ -149,13 +149,7 @@ async fn a_person_sees_the_leaderboard_and_a_profile_in_chromium() {
     let stop = CancellationToken::new();
     env.spawn_worker(stop.clone()).await;
     // The outbox relay: the site's toggles publish their `prefs` events through it.
-    tokio::spawn(ttfd::sync::relay::relay_outbox(
-        env.store.clone(),
-        env.broker.clone(),
-        Default::default(),
-        Duration::from_millis(50),
-        stop.clone(),
-    ));
+    env.spawn_relay(stop.clone());
     let events = community(1500, 80, 11);
     env.publish(&events).await;
     env.wait_for_model(&events).await;

@@ -51,13 +51,7 @@ async fn world(tune: impl FnOnce(&mut DiscordSettings)) -> World {
     env.settings.validate().expect("test settings are valid");
     let stop = CancellationToken::new();
     env.spawn_worker(stop.clone()).await;
-    tokio::spawn(ttfd::sync::relay::relay_outbox(
-        env.store.clone(),
-        env.broker.clone(),
-        Default::default(),
-        Duration::from_millis(50),
-        stop.clone(),
-    ));
+    env.spawn_relay(stop.clone());
     tokio::spawn(ttfd::query::serve(
         env.store.clone(),
         env.broker.clone(),

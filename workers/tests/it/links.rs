@@ -248,13 +248,7 @@ async fn a_redeemed_code_merges_two_profiles_through_the_pipeline() {
     let env = TestEnv::new().await;
     let stop = CancellationToken::new();
     let worker = env.spawn_worker(stop.clone()).await;
-    let relay = tokio::spawn(ttfd::sync::relay::relay_outbox(
-        env.store.clone(),
-        env.broker.clone(),
-        Default::default(),
-        Duration::from_millis(50),
-        stop.clone(),
-    ));
+    let relay = env.spawn_relay(stop.clone());
     let service = tokio::spawn(ttfd::query::serve(
         env.store.clone(),
         env.broker.clone(),

@@ -218,13 +218,7 @@ async fn a_sync_run_shows_on_metrics_with_the_right_values() {
     assert_eq!(sample(&text, "ttfd_sync_retries_total"), Some(0.0));
 
     // The relay empties the outbox.
-    tokio::spawn(ttfd::sync::relay::relay_outbox(
-        env.store.clone(),
-        env.broker.clone(),
-        Default::default(),
-        Duration::from_millis(50),
-        stop.clone(),
-    ));
+    env.spawn_relay(stop.clone());
     metrics_show(&base, &[("ttfd_sync_outbox_backlog", 0.0)]).await;
 
     // The same events again, under other message ids (so JetStream stores them): the

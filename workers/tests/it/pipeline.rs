@@ -560,13 +560,7 @@ async fn linking_users_with_activity_merges_them_conserving_totals_and_notifies(
     let stop = CancellationToken::new();
     let worker = env.spawn_worker(stop.clone()).await;
     let relay_stop = CancellationToken::new();
-    let relay = tokio::spawn(ttfd::sync::relay_outbox(
-        env.store.clone(),
-        env.broker.clone(),
-        std::sync::Arc::default(),
-        Duration::from_millis(50),
-        relay_stop.clone(),
-    ));
+    let relay = env.spawn_relay(relay_stop.clone());
     env.wait_for_model(&events).await;
     let links = vec![
         ev("l:1", now, "discord:10", None, link("telegram:20")),

@@ -397,6 +397,11 @@ async fn the_export_holds_everything_about_the_member_and_nothing_else() {
         .map(|d| d["xp"].as_i64().expect("xp"))
         .sum();
     assert_eq!(ledger, 300);
+    assert!(
+        doc["ledger"][0]["unpaid_voice"].is_object() && doc["ledger"][0]["grants_xp"].is_i64(),
+        "each day with what its XP is made of: {}",
+        doc["ledger"]
+    );
     assert_eq!(doc["links"][0]["from"], "telegram:2");
     assert_eq!(doc["links"][0]["counts"], true);
     // Every xp event is audited (docs/moderation.md): the grant and the moderator's.

@@ -241,13 +241,7 @@ async fn a_season_closes_once_with_its_champions_whoever_closes_it() {
     assert!(early.is_empty(), "winter ended less than the grace ago");
 
     // The notice goes out once, by the outbox relay.
-    tokio::spawn(ttfd::sync::relay_outbox(
-        env.store.clone(),
-        env.broker.clone(),
-        std::sync::Arc::default(),
-        Duration::from_millis(50),
-        stop.clone(),
-    ));
+    env.spawn_relay(stop.clone());
     let msg = tokio::time::timeout(Duration::from_secs(10), notices.next())
         .await
         .expect("a season notice")
@@ -402,13 +396,7 @@ async fn weeks_close_with_their_champions_once_and_catch_up_after_downtime() {
 
     // Each week's champion gets 40 XP at its last millisecond, once (queued for the
     // outbox relay); the weeks are not seasons in the hall of champions.
-    tokio::spawn(ttfd::sync::relay_outbox(
-        env.store.clone(),
-        env.broker.clone(),
-        std::sync::Arc::default(),
-        Duration::from_millis(50),
-        stop.clone(),
-    ));
+    env.spawn_relay(stop.clone());
     let mut all = events.clone();
     for (back, who) in [(3, "discord:ann"), (2, "discord:bo"), (1, "discord:ann")] {
         let name = key(back);

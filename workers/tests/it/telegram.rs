@@ -45,13 +45,7 @@ impl World {
         let env = TestEnv::new().await;
         let stop = CancellationToken::new();
         let mut tasks = vec![env.spawn_worker(stop.clone()).await];
-        tasks.push(tokio::spawn(ttfd::sync::relay_outbox(
-            env.store.clone(),
-            env.broker.clone(),
-            Default::default(),
-            Duration::from_millis(50),
-            stop.clone(),
-        )));
+        tasks.push(env.spawn_relay(stop.clone()));
         let (store, broker, s) = (env.store.clone(), env.broker.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             ttfd::query::serve(store, broker, s)

@@ -90,13 +90,7 @@ impl Site {
     /// A sync replica and the outbox relay: events get applied, recorded links published.
     async fn run_pipeline(&self) {
         self.env.spawn_worker(self.stop.clone()).await;
-        tokio::spawn(ttfd::sync::relay::relay_outbox(
-            self.env.store.clone(),
-            self.env.broker.clone(),
-            Default::default(),
-            Duration::from_millis(50),
-            self.stop.clone(),
-        ));
+        self.env.spawn_relay(self.stop.clone());
     }
 
     /// Publishes events and waits until the database has applied them.

@@ -141,6 +141,17 @@ impl TestEnv {
         }
     }
 
+    /// The outbox relay (notices, queued events) polling every 50 ms; stops with `stop`.
+    pub fn spawn_relay(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(ttfd::sync::relay_outbox(
+            self.store.clone(),
+            self.broker.clone(),
+            Default::default(),
+            Duration::from_millis(50),
+            stop,
+        ))
+    }
+
     /// An in-process sync replica with its own NATS connection; stops with `stop`.
     pub async fn spawn_worker(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
         self.spawn_worker_on(self.store.clone(), stop).await
