@@ -69,7 +69,7 @@ struct IdentityAcc {
     games_won: i64,
     first_ts: Option<i64>,
     last_ts: Option<i64>,
-    ledger: BTreeMap<i32, i64>,
+    /// Per UTC day: XP by source and what earned it (its `xp` is the day's ledger).
     tallies: BTreeMap<i32, Tally>,
     hidden: Pref,
     notify: Pref,
@@ -240,18 +240,18 @@ pub fn fold<'a>(rules: &Rules, events: impl IntoIterator<Item = &'a Event>) -> V
         }
         a.first_ts = Some(a.first_ts.map_or(ev.ts, |t| t.min(ev.ts)));
         a.last_ts = Some(a.last_ts.map_or(ev.ts, |t| t.max(ev.ts)));
-        if xp != 0 {
-            *a.ledger.entry(day).or_default() += xp;
-        }
     }
 
     for ((identity, minute), mult) in buckets {
         let xp = rules.minute_xp(mult);
         if xp != 0 {
             let day = rules::day_of(minute * rules::MINUTE_MS);
-            let a = acc.entry(identity).or_default();
-            *a.ledger.entry(day).or_default() += xp;
-            let tally = a.tallies.entry(day).or_default();
+            let tally = acc
+                .entry(identity)
+                .or_default()
+                .tallies
+                .entry(day)
+                .or_default();
             tally.xp += xp;
             tally.messages_xp += xp;
         }
@@ -259,7 +259,12 @@ pub fn fold<'a>(rules: &Rules, events: impl IntoIterator<Item = &'a Event>) -> V
 
     let ledger_rows: Vec<(Identity, i32, i64)> = acc
         .iter()
-        .flat_map(|(id, a)| a.ledger.iter().map(move |(d, x)| (id.clone(), *d, *x)))
+        .flat_map(|(id, a)| {
+            a.tallies
+                .iter()
+                .filter(|(_, t)| t.xp != 0)
+                .map(move |(d, t)| (id.clone(), *d, t.xp))
+        })
         .collect();
     let peaks = peak_ranks(rules, &ledger_rows, &links);
 
@@ -305,10 +310,8 @@ pub fn fold<'a>(rules: &Rules, events: impl IntoIterator<Item = &'a Event>) -> V
                 p.games_won += a.games_won;
                 p.first_ts = min_opt(p.first_ts, a.first_ts);
                 p.last_ts = a.last_ts.max(p.last_ts);
-                for (d, x) in &a.ledger {
-                    *p.ledger.entry(*d).or_default() += x;
-                }
                 for (d, t) in &a.tallies {
+                    *p.ledger.entry(*d).or_default() += t.xp;
                     *p.tallies
                         .entry((id.platform.as_str().to_owned(), *d))
                         .or_default() += t;

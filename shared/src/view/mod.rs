@@ -77,6 +77,38 @@ impl Pref {
 }
 
 impl Profile {
+    /// A user with `xp` and these accounts and nothing else yet (no activity, no
+    /// places): rank, peak rank and coins as `xp` gives them. Made-up profiles: the card
+    /// benchmark, tests.
+    pub fn with_xp(
+        rules: &crate::Rules,
+        uid: i64,
+        display_name: Option<String>,
+        xp: i64,
+        identities: Vec<WireIdentity>,
+    ) -> Self {
+        let index = rules.rank_index(xp);
+        Profile {
+            uid,
+            display_name,
+            xp,
+            rank: rules.rank(index),
+            peak_rank: index,
+            coins: rules.coins_for_peak(index),
+            messages: 0,
+            voice_seconds: 0,
+            games_played: 0,
+            games_won: 0,
+            identities,
+            created_at: None,
+            last_active: None,
+            standings: Vec::new(),
+            seasons: Vec::new(),
+            hidden: false,
+            notify: true,
+        }
+    }
+
     /// Whether `identity` is one of this user's.
     pub fn has(&self, identity: &crate::Identity) -> bool {
         self.identities

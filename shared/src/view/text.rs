@@ -421,10 +421,7 @@ pub fn season(s: &SeasonView, markup: Markup) -> String {
 /// 🥈 Bo — 9,000 XP
 /// ```
 pub fn season_closed(n: &SeasonNotice, markup: Markup) -> String {
-    let name = n
-        .season
-        .split_once(':')
-        .map_or(n.season.as_str(), |(_, k)| k);
+    let name = bare_name(&n.season);
     let what = match n.period {
         Period::Week => "Week",
         Period::Month => "Month",
@@ -457,6 +454,17 @@ pub fn season_closed(n: &SeasonNotice, markup: Markup) -> String {
         let _ = write!(out, "\n{medal} {name} — {} XP", thousands(c.xp));
     }
     out
+}
+
+/// What a closing of `period` named `name` is called in its reward's reason and in
+/// logs: "season autumn", "week 2026-W49", "month 2026-12".
+pub fn closing_words(period: Period, name: &str) -> String {
+    format!("{} {}", period.as_str(), bare_name(name))
+}
+
+/// A closing's name without a week's or month's key prefix: `week:2026-W49` -> `2026-W49`.
+fn bare_name(name: &str) -> &str {
+    name.split_once(':').map_or(name, |(_, rest)| rest)
 }
 
 /// One audit entry on one line: when, what, about whom, by whom, why, and its event id.
@@ -539,27 +547,18 @@ mod tests {
     }
 
     fn ada(xp: i64, rules: &Rules) -> Profile {
-        let index = rules.rank_index(xp);
+        let identities = ["discord", "telegram", "telegram"]
+            .iter()
+            .map(|p| WireIdentity {
+                platform: (*p).into(),
+                user: "1".into(),
+            })
+            .collect();
         Profile {
-            uid: 1,
-            display_name: Some("Ada".into()),
-            xp,
-            rank: rules.rank(index),
-            peak_rank: index,
-            coins: rules.coins_for_peak(index),
             messages: 1204,
             voice_seconds: 11_100,
             games_played: 4,
             games_won: 1,
-            identities: ["discord", "telegram", "telegram"]
-                .iter()
-                .map(|p| WireIdentity {
-                    platform: (*p).into(),
-                    user: "1".into(),
-                })
-                .collect(),
-            created_at: None,
-            last_active: None,
             standings: vec![
                 PeriodStanding {
                     period: Period::All,
@@ -576,9 +575,7 @@ mod tests {
                     ranked: 80,
                 },
             ],
-            seasons: Vec::new(),
-            hidden: false,
-            notify: true,
+            ..Profile::with_xp(rules, 1, Some("Ada".into()), xp, identities)
         }
     }
 

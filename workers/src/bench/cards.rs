@@ -28,27 +28,14 @@ const NAMES: [&str; 5] = [
 /// Profile `n`: a name of [`NAMES`], XP climbing the ladder, positions and platforms.
 fn profile(rules: &Rules, n: usize) -> Profile {
     let xp = (n as i64 * 7_919) % 2_000_000;
-    let rank = rules.rank(rules.rank_index(xp));
+    let identities = ["discord", "telegram", "website"][..1 + n % 3]
+        .iter()
+        .map(|p| WireIdentity {
+            platform: (*p).into(),
+            user: n.to_string(),
+        })
+        .collect();
     Profile {
-        uid: n as i64,
-        display_name: Some(format!("{} {n}", NAMES[n % NAMES.len()])),
-        xp,
-        peak_rank: rank.index,
-        rank,
-        coins: 0,
-        messages: 0,
-        voice_seconds: 0,
-        games_played: 0,
-        games_won: 0,
-        identities: ["discord", "telegram", "website"][..1 + n % 3]
-            .iter()
-            .map(|p| WireIdentity {
-                platform: (*p).into(),
-                user: n.to_string(),
-            })
-            .collect(),
-        created_at: None,
-        last_active: None,
         standings: [Period::All, Period::Week]
             .into_iter()
             .map(|period| PeriodStanding {
@@ -59,9 +46,13 @@ fn profile(rules: &Rules, n: usize) -> Profile {
                 ranked: 1_000_000,
             })
             .collect(),
-        seasons: Vec::new(),
-        hidden: false,
-        notify: true,
+        ..Profile::with_xp(
+            rules,
+            n as i64,
+            Some(format!("{} {n}", NAMES[n % NAMES.len()])),
+            xp,
+            identities,
+        )
     }
 }
 

@@ -88,7 +88,7 @@ impl SeasonSync {
             let winners = discord_users(&notice.champions);
             let reason = format!(
                 "TTFD {}",
-                crate::store::seasons::closing_words(notice.period, &notice.season)
+                text::closing_words(notice.period, &notice.season)
             );
             for user in discord_users(&notice.previous).difference(&winners) {
                 if let Some(roles) = self.api.member_roles(self.guild, *user).await?

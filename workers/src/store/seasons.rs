@@ -7,6 +7,7 @@ use sqlx::PgConnection;
 use time::{Date, OffsetDateTime};
 use ttfd_shared::seasons::{Season, Seasons};
 use ttfd_shared::trust::SEASON_REWARD_PREFIX;
+use ttfd_shared::view::text::closing_words;
 use ttfd_shared::view::{Period, PeriodStanding, SeasonView};
 use ttfd_shared::wire::{EventId, SeasonChampion, SeasonNotice, WireIdentity};
 use ttfd_shared::{Event, Identity, Payload};
@@ -73,13 +74,6 @@ impl ClosingRules {
             Period::All => None,
         }
     }
-}
-
-/// What a closing of `period` named `name` is called in its reward's reason and on
-/// surfaces: "season autumn", "week 2026-W49", "month 2026-12".
-pub fn closing_words(period: Period, name: &str) -> String {
-    let bare = name.split_once(':').map_or(name, |(_, rest)| rest);
-    format!("{} {bare}", period.as_str())
 }
 
 /// The week or month (`period`) containing `day`, as a closing's [`Season`]: its

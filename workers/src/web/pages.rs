@@ -826,7 +826,8 @@ async fn profile_view(
         .store
         .xp_by_day(p.uid, from, today + Duration::days(1))
         .await?;
-    let season_on = app.store.seasons().await?.at(today).is_some();
+    // A season is on when the profile has a place in it.
+    let season_on = p.standings.iter().any(|s| s.period == Period::Season);
     // No season on now: this week's instead.
     let period = if period == Period::Season && !season_on {
         Period::Week

@@ -17,27 +17,14 @@ fn output_dir() -> PathBuf {
 }
 
 fn profile(rules: &Rules, name: Option<&str>, xp: i64, platforms: &[&str]) -> Profile {
-    let rank = rules.rank(rules.rank_index(xp));
+    let identities = platforms
+        .iter()
+        .map(|p| WireIdentity {
+            platform: (*p).into(),
+            user: "1".into(),
+        })
+        .collect();
     Profile {
-        uid: 42,
-        display_name: name.map(str::to_owned),
-        xp,
-        peak_rank: rank.index,
-        rank,
-        coins: 0,
-        messages: 0,
-        voice_seconds: 0,
-        games_played: 0,
-        games_won: 0,
-        identities: platforms
-            .iter()
-            .map(|p| WireIdentity {
-                platform: (*p).into(),
-                user: "1".into(),
-            })
-            .collect(),
-        created_at: None,
-        last_active: None,
         standings: [
             (Period::All, "all", Some(1_234)),
             (Period::Week, "week:2026-W50", Some(7)),
@@ -51,9 +38,7 @@ fn profile(rules: &Rules, name: Option<&str>, xp: i64, platforms: &[&str]) -> Pr
             ranked: 56_789,
         })
         .collect(),
-        seasons: Vec::new(),
-        hidden: false,
-        notify: true,
+        ..Profile::with_xp(rules, 42, name.map(str::to_owned), xp, identities)
     }
 }
 
