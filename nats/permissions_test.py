@@ -197,6 +197,14 @@ async def main():
 
         await query.nc.subscribe("ttfd.query.>", queue="ttfd-query", cb=answer)
         await query.nc.flush()
+        # The service's subscription can reach the bots' connections a moment after its
+        # flush (a run saw "no responders"): wait until one can ask, then check.
+        for _ in range(50):
+            try:
+                await discord.nc.request("ttfd.query.profile", b"ready", timeout=TIMEOUT)
+                break
+            except NoRespondersError:
+                await asyncio.sleep(0.05)
         try:
             reply = await discord.nc.request("ttfd.query.profile", b"d", timeout=TIMEOUT)
             check("discord asks the query service and gets the answer", reply.data == b"pong:d")
