@@ -184,6 +184,8 @@ async fn measure(
         runs.extend([(2, false), (2, true), (2, false)]);
     }
     let (mut with, mut without) = (None::<f64>, None::<f64>);
+    // CPU time per event, the least of each (noise only adds to it).
+    let (mut with_cpu, mut without_cpu) = (None::<f64>, None::<f64>);
     for (i, (replicas, standings)) in runs.into_iter().enumerate() {
         db.truncate(&pool).await?;
         let name = format!("sync-{i}-r{replicas}-{standings}");
@@ -209,12 +211,30 @@ async fn measure(
         } else {
             format!("(b) pipeline, {replicas} replica(s), no standings")
         };
+        let per_event = done.cpu.map(|c| c.busy.as_secs_f64() * 1e6 / n as f64);
         if replicas == 2 {
             let best = if standings { &mut with } else { &mut without };
             *best = Some(best.map_or(r, |b| b.max(r)));
+            let least = if standings {
+                &mut with_cpu
+            } else {
+                &mut without_cpu
+            };
+            *least = per_event.map(|c| least.map_or(c, |l| l.min(c)));
         }
+        let cpu = done.cpu.zip(per_event).map_or(String::new(), |(c, e)| {
+            format!("   cpu {e:.1} µs/event, steal {:.0} %", c.steal * 100.0)
+        });
+        let refresher = if done.rounds > 0 {
+            format!(
+                ", {:.0} ms each",
+                done.refreshing.as_secs_f64() * 1000.0 / done.rounds as f64
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "{label:<40} {r:>10.0} events/s   ratio to baseline {:.2}   ({} retried batches, {} standings rounds)",
+            "{label:<40} {r:>10.0} events/s   ratio to baseline {:.2}   ({} retried batches, {} standings rounds{refresher}){cpu}",
             r / baseline,
             done.retries,
             done.rounds,
@@ -225,6 +245,13 @@ async fn measure(
             "{:<40} {:>10.1} %   (best of two each: {with:.0} against {without:.0}; target: at most 10 % lower)",
             "standings cost, 2 replicas",
             (1.0 - with / without) * 100.0
+        );
+    }
+    if let (Some(with), Some(without)) = (with_cpu, without_cpu) {
+        println!(
+            "{:<40} {:>10.1} %   (least of two each: {with:.1} against {without:.1} µs of CPU per event)",
+            "standings cost in CPU time, 2 replicas",
+            (with / without - 1.0) * 100.0
         );
     }
 
@@ -426,6 +453,10 @@ struct Done {
     retries: u64,
     /// Standings refresh rounds that found work, by all replicas.
     rounds: u64,
+    /// The time those rounds took together.
+    refreshing: Duration,
+    /// The machine's CPU over `elapsed`, where the system tells it.
+    cpu: Option<CpuUse>,
 }
 
 /// Runs the sync workers on consumer `name` while `drive` runs.
@@ -463,6 +494,7 @@ async fn run_replicas(
         let s = stop.clone();
         tasks.spawn(async move { worker.run(s).await });
     }
+    let cpu = CpuClock::read();
     let started = Instant::now();
     drive(&counters).await;
     if standings {
@@ -471,6 +503,7 @@ async fn run_replicas(
             .await?;
     }
     let elapsed = started.elapsed();
+    let cpu = cpu.and_then(|c| c.used());
     stop.cancel();
     tasks.close();
     tasks.wait().await;
@@ -478,7 +511,59 @@ async fn run_replicas(
         elapsed,
         retries: Counters::get(&counters.retries),
         rounds: Counters::get(&counters.standings_rounds),
+        refreshing: Duration::from_micros(Counters::get(&counters.standings_us)),
+        cpu,
     })
+}
+
+/// The machine's CPU time counters (`/proc/stat`, in clock ticks), read at the start of
+/// a measurement. What a run costs in CPU time depends far less on other tenants of a
+/// shared machine than its throughput does: their work shows as steal, not as ours.
+#[derive(Debug, Clone, Copy)]
+struct CpuClock {
+    busy: u64,
+    steal: u64,
+    all: u64,
+}
+
+/// CPU used over a measurement: busy seconds (every core, every process: the database,
+/// NATS and the benchmark alike) and the share of time stolen by other tenants.
+#[derive(Debug, Clone, Copy)]
+struct CpuUse {
+    busy: Duration,
+    steal: f64,
+}
+
+impl CpuClock {
+    fn read() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let f: Vec<u64> = stat
+            .lines()
+            .next()?
+            .strip_prefix("cpu ")?
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        let at = |i: usize| f.get(i).copied().unwrap_or(0);
+        Some(Self {
+            busy: at(0) + at(1) + at(2) + at(5) + at(6),
+            steal: at(7),
+            all: (0..8).map(at).sum(),
+        })
+    }
+
+    fn used(self) -> Option<CpuUse> {
+        let now = Self::read()?;
+        // Linux reports /proc/stat in USER_HZ ticks, 100 a second on every architecture.
+        let ticks = |t: u64| Duration::from_millis(t * 10);
+        Some(CpuUse {
+            busy: ticks(now.busy.saturating_sub(self.busy)),
+            steal: now.steal.saturating_sub(self.steal) as f64
+                / now.all.saturating_sub(self.all).max(1) as f64,
+        })
+    }
 }
 
 /// p50 and p99 of `times`, in ms.

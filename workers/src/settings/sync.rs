@@ -22,8 +22,9 @@ pub struct SyncSettings {
     /// How often applied event ids past the stream's retention are pruned, in seconds.
     pub prune_interval_secs: u64,
     /// The standings refreshers of all replicas together begin at most one round with
-    /// work per this many ms: a committed change is on the leaderboards within this plus
-    /// one round (docs/architecture.md, "Standings").
+    /// work per this many ms (under load further apart, within the 2 s promise:
+    /// `store::standings::pace`): a committed change is on the leaderboards within this
+    /// plus one round (docs/architecture.md, "Standings").
     pub standings_refresh_ms: u64,
 }
 

@@ -62,6 +62,8 @@ pub struct Counters {
     pub skipped: AtomicU64,
     /// Standings refresh rounds that found work, by this worker's refresher.
     pub standings_rounds: AtomicU64,
+    /// Time those rounds took, in µs (their transaction, begin to commit).
+    pub standings_us: AtomicU64,
 }
 
 impl Counters {
@@ -779,8 +781,9 @@ async fn close_seasons(
 
 /// The standings refresher (`store::standings`): a round as soon as this replica
 /// applied something (or after `every`, for other replicas' work), but the replicas
-/// together begin at most one round with work per `every` (the store's clock says how
-/// long to wait), so that under load a round takes many batches' work at once; rounds
+/// together begin at most one round with work per `every`, and under load further
+/// apart ([`crate::store::standings::pace`]; the store's clock says how long to wait),
+/// so that under load a round takes many batches' work at once; rounds
 /// follow each other at once while a backlog lasts. A round another replica holds the
 /// lock for is left to it.
 async fn refresh_standings(
@@ -799,9 +802,10 @@ async fn refresh_standings(
             _ = tokio::time::sleep(if pause.is_zero() { every } else { pause }) => {}
         }
         pause = Duration::ZERO;
-        let mut gap = every;
+        let mut pace = every;
         loop {
-            match store.refresh_standings(gap).await {
+            let began = std::time::Instant::now();
+            match store.refresh_standings(pace).await {
                 Ok(turn) => {
                     if failing {
                         info!("standings refresh works again");
@@ -811,9 +815,13 @@ async fn refresh_standings(
                         Turn::Done(done) => {
                             if done.batches > 0 {
                                 counters.standings_rounds.fetch_add(1, Ordering::Relaxed);
+                                counters.standings_us.fetch_add(
+                                    u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX),
+                                    Ordering::Relaxed,
+                                );
                             }
                             if done.more {
-                                gap = Duration::ZERO;
+                                pace = Duration::ZERO;
                                 continue;
                             }
                         }

@@ -59,6 +59,21 @@ pub(crate) fn shown_between(
     )
 }
 
+/// The promise: a change committed is on the leaderboards within this (the issue's
+/// bound for a refreshed projection; docs/architecture.md, "Standings").
+pub const VISIBLE_WITHIN: Duration = Duration::from_secs(2);
+
+/// The least time between the beginnings of two rounds with work, after a round that
+/// took `took`: `every` (`sync.standings_refresh_ms`) while rounds are short; under load,
+/// up to five times the round's length, so that the refresher works at most a fifth of
+/// the time and each round takes more batches' work at once; but never so long that the
+/// next round, taking half as long again as this one, would end past
+/// [`VISIBLE_WITHIN`] after a change committed just as this one began.
+pub fn pace(every: Duration, took: Duration) -> Duration {
+    let latest = VISIBLE_WITHIN.saturating_sub(took.saturating_mul(3) / 2);
+    took.saturating_mul(5).min(latest).max(every)
+}
+
 /// Most batches' work a round takes.
 const ROUND_ROWS: i64 = 512;
 
@@ -104,9 +119,10 @@ pub enum Turn {
 
 impl Store {
     /// One refresh round, unless another replica is refreshing this schema or a round
-    /// with work began less than `gap` ago (the clock is the database's and shared by
-    /// every replica: together they run at most one such round per `gap`).
-    pub async fn refresh_standings(&self, gap: Duration) -> Result<Turn, StoreError> {
+    /// with work began less than [`pace`]`(every, its length)` ago (the clock is the
+    /// database's and shared by every replica: together they run at most one such round
+    /// per gap). With `every` zero, a round at once (a backlog is being worked off).
+    pub async fn refresh_standings(&self, every: Duration) -> Result<Turn, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mine: bool =
             sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, hashtext(current_schema()))")
@@ -116,13 +132,16 @@ impl Store {
         if !mine {
             return Ok(Turn::Busy);
         }
-        let since: Option<f64> = sqlx::query_scalar(
-            "SELECT extract(epoch FROM now() - at)::float8 FROM standings_clock",
+        let last: Option<(f64, f64)> = sqlx::query_as(
+            "SELECT extract(epoch FROM now() - at)::float8, extract(epoch FROM took)::float8
+             FROM standings_clock",
         )
         .fetch_optional(&mut *tx)
         .await?;
-        if let Some(early) = since
-            .and_then(|s| gap.checked_sub(Duration::try_from_secs_f64(s.max(0.0)).ok()?))
+        let secs = |s: f64| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or_default();
+        if let Some(early) = last
+            .filter(|_| !every.is_zero())
+            .and_then(|(since, took)| pace(every, secs(took)).checked_sub(secs(since)))
             .filter(|d| !d.is_zero())
         {
             return Ok(Turn::Early(early));
@@ -130,8 +149,8 @@ impl Store {
         let done = refresh_in(&mut tx, self.block_target, Recompute::Apart).await?;
         if done.batches > 0 {
             sqlx::query(
-                "INSERT INTO standings_clock (at) VALUES (now())
-                 ON CONFLICT (one) DO UPDATE SET at = excluded.at",
+                "INSERT INTO standings_clock (at, took) VALUES (now(), clock_timestamp() - now())
+                 ON CONFLICT (one) DO UPDATE SET at = excluded.at, took = excluded.took",
             )
             .execute(&mut *tx)
             .await?;
@@ -651,4 +670,33 @@ pub(crate) async fn hidden_users(conn: &mut PgConnection) -> Result<HashSet<i64>
     .fetch_all(&mut *conn)
     .await?;
     Ok(uids.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_spread_out_under_load_within_the_promise() {
+        let ms = Duration::from_millis;
+        let every = ms(1000);
+        // Short rounds: the configured pace.
+        assert_eq!(pace(every, ms(20)), every);
+        assert_eq!(pace(ms(100), ms(10)), ms(100));
+        // Longer rounds: five times their length...
+        assert_eq!(pace(every, ms(260)), ms(1300));
+        // ... but the next round must end within the promise: 2 s - 1.5 x 400 ms.
+        assert_eq!(pace(every, ms(400)), ms(1400));
+        // Rounds so long the promise cannot be kept: no slower than configured.
+        assert_eq!(pace(every, ms(900)), every);
+        assert_eq!(pace(every, Duration::MAX), every);
+        for took in (0..3000).step_by(7).map(ms) {
+            let gap = pace(every, took);
+            assert!(gap >= every);
+            assert!(
+                gap == every || gap + took * 3 / 2 <= VISIBLE_WITHIN,
+                "{took:?}: {gap:?}"
+            );
+        }
+    }
 }
