@@ -1398,3 +1398,53 @@ async fn a_recompute_rebuilds_the_standings_while_batches_go_on() {
         .expect("the recomputed standings are the model's");
     env.cleanup().await;
 }
+
+/// The replicas' shared clock: a round with work keeps when it began and how long it
+/// took; the next round with `every` waits for `pace(every, took)` since, and a round at
+/// once (a backlog) does not wait.
+#[tokio::test]
+async fn refresh_rounds_are_paced_by_the_last_rounds_length_on_the_database_clock() {
+    use std::time::Duration;
+    use ttfd::store::standings::{Turn, pace};
+    let env = TestEnv::new().await;
+    let events = community(60, 5, 3);
+    let (first, second) = events.split_at(30);
+    env.store.apply(first).await.expect("apply");
+    let every = Duration::from_millis(100);
+    let Turn::Done(done) = env.store.refresh_standings(every).await.expect("round") else {
+        panic!("the first round is nobody's turn but this one's");
+    };
+    assert!(done.batches > 0);
+    let (took,): (f64,) =
+        sqlx::query_as("SELECT extract(epoch FROM took)::float8 FROM standings_clock")
+            .fetch_one(&env.store.pool)
+            .await
+            .expect("the clock");
+    assert!(took > 0.0, "the round's length is kept: {took}");
+
+    // A long round (as under load): the next waits about five times its length.
+    sqlx::query("UPDATE standings_clock SET at = now(), took = interval '250 ms'")
+        .execute(&env.store.pool)
+        .await
+        .expect("a long round");
+    env.store.apply(second).await.expect("apply");
+    let want = pace(every, Duration::from_millis(250));
+    assert_eq!(want, Duration::from_millis(1250));
+    match env.store.refresh_standings(every).await.expect("turn") {
+        Turn::Early(wait) => assert!(
+            wait <= want && wait > want - Duration::from_millis(500),
+            "waits {wait:?} of {want:?}"
+        ),
+        other => panic!("expected to wait: {other:?}"),
+    }
+    // Rounds at once while a backlog lasts.
+    assert!(matches!(
+        env.store.refresh_standings(Duration::ZERO).await.expect("round"),
+        Turn::Done(d) if d.batches > 0
+    ));
+    let expected = ttfd::shared::model::fold(&env.settings.rules, &events);
+    crate::common::compare(&env.store, &expected)
+        .await
+        .expect("the model's state");
+    env.cleanup().await;
+}
