@@ -81,11 +81,17 @@ impl Round {
             check: BTreeSet::new(),
             gone: rows.iter().flat_map(|r| r.gone.iter().copied()).collect(),
         };
+        // A round's entries fall on a few days: each day's keys are made once.
+        let mut keys_of: HashMap<i32, Vec<String>> = HashMap::new();
         for r in rows {
             for ((u, d), x) in r.users.iter().zip(&r.days).zip(&r.xp) {
                 let u = round.follow(*u);
-                for k in period_keys(*d, seasons) {
-                    *round.deltas.entry((k, u)).or_default() += x;
+                for k in keys_of
+                    .entry(*d)
+                    .or_insert_with(|| period_keys(*d, seasons))
+                    .iter()
+                {
+                    *round.deltas.entry((k.clone(), u)).or_default() += x;
                 }
                 *round.deltas.entry((ALL.to_owned(), u)).or_default() += x;
             }
