@@ -1438,10 +1438,15 @@ async fn refresh_rounds_are_paced_by_the_last_rounds_length_on_the_database_cloc
         other => panic!("expected to wait: {other:?}"),
     }
     // Rounds at once while a backlog lasts.
-    assert!(matches!(
-        env.store.refresh_standings(Duration::ZERO).await.expect("round"),
-        Turn::Done(d) if d.batches > 0
-    ));
+    let turn = env
+        .store
+        .refresh_standings(Duration::ZERO)
+        .await
+        .expect("round");
+    assert!(
+        matches!(turn, Turn::Done(d) if d.batches > 0),
+        "a round at once: {turn:?}"
+    );
     let expected = ttfd::shared::model::fold(&env.settings.rules, &events);
     crate::common::compare(&env.store, &expected)
         .await

@@ -144,6 +144,9 @@ impl Store {
             .and_then(|(since, took)| pace(every, secs(took)).checked_sub(secs(since)))
             .filter(|d| !d.is_zero())
         {
+            // Let go of the lock now: a transaction merely dropped is rolled back when its
+            // connection is next used, and until then a round at once would find it taken.
+            tx.rollback().await?;
             return Ok(Turn::Early(early));
         }
         let done = refresh_in(&mut tx, self.block_target, Recompute::Apart).await?;
