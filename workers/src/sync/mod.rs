@@ -62,7 +62,8 @@ pub struct Counters {
     pub skipped: AtomicU64,
     /// Standings refresh rounds that found work, by this worker's refresher.
     pub standings_rounds: AtomicU64,
-    /// Time those rounds took, in µs (their transaction, begin to commit).
+    /// Time those rounds took, in µs, as the refresher saw them (a recompute they asked
+    /// for included).
     pub standings_us: AtomicU64,
 }
 
