@@ -36,7 +36,8 @@ GRANT USAGE ON SCHEMA public TO ttfd_sync, ttfd_query, ttfd_web;
 -- the standings refresher.
 GRANT SELECT, INSERT, UPDATE, DELETE ON
     users, identities, identity_names, xp_ledger, links, processed_events, outbox,
-    dead_letters, dead_lettered_messages, standings, standing_blocks, standing_work, standings_clock,
+    dead_letters, dead_lettered_messages, standings, standing_blocks, standing_periods, standing_work,
+    standings_clock,
     audit, identity_prefs,
     unlinks, owner_epoch, forgotten, erasure_work, erased_sequences,
     seasons, season_closings, season_champions
@@ -46,6 +47,7 @@ GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO ttfd_sync;
 -- What everyone may read: profiles and leaderboards; the audit log (the web role
 -- shows it to admins only, the query service to moderators' tools).
 GRANT SELECT ON users, identities, identity_names, xp_ledger, links, standings, standing_blocks,
+    standing_periods,
     audit, identity_prefs, seasons, season_closings, season_champions
   TO ttfd_query, ttfd_web;
 

@@ -45,7 +45,12 @@ pub const PROJECTIONS: [&str; 10] = [
 /// Tables derived from the projections (the standings, `store::standings`): locked and
 /// swapped with them, never copied into a snapshot or from one; a rebuild recomputes
 /// them from its users and ledger.
-pub const DERIVED: [&str; 3] = ["standings", "standing_blocks", "standing_work"];
+pub const DERIVED: [&str; 4] = [
+    "standings",
+    "standing_blocks",
+    "standing_periods",
+    "standing_work",
+];
 
 /// Every table a swap moves, in lock order.
 fn swapped() -> impl Iterator<Item = &'static str> {
@@ -893,12 +898,12 @@ pub async fn compare_standings(
     let (live, rebuilt) = (checked(live)?, checked(rebuilt)?);
     let side = |s: &str| {
         format!(
-            "SELECT st.period::text AS period, st.xp,
+            "SELECT sp.key AS period, st.xp,
                     (SELECT string_agg(i.platform || ':' || i.external_id, ' '
                                        ORDER BY i.platform, i.external_id)
                      FROM {s}.identities i WHERE i.user_id = st.user_id)
                     || CASE WHEN st.hidden THEN ' (hidden)' ELSE '' END AS who
-             FROM {s}.standings st"
+             FROM {s}.standings st JOIN {s}.standing_periods sp ON sp.id = st.period"
         )
     };
     let in_block = super::standings::shown_between(
@@ -916,10 +921,11 @@ pub async fn compare_standings(
                            l.xp AS live, r.xp AS rebuilt
                     FROM l FULL JOIN r ON l.period = r.period AND l.who = r.who
                     WHERE l.xp IS DISTINCT FROM r.xp),
-              b AS (SELECT period::text AS period, start_neg, start_uid, members,
+              b AS (SELECT period, start_neg, start_uid, members,
                            lead(start_neg) OVER w AS next_neg, lead(start_uid) OVER w AS next_uid
                     FROM {live}.standing_blocks WINDOW w AS (PARTITION BY period ORDER BY start_neg, start_uid)),
-              bd AS (SELECT b.period, 'block (' || b.start_neg || ', ' || b.start_uid || ')' AS who,
+              bd AS (SELECT (SELECT key FROM {live}.standing_periods WHERE id = b.period) AS period,
+                            'block (' || b.start_neg || ', ' || b.start_uid || ')' AS who,
                             b.members AS live,
                             (SELECT count(*) FROM ({in_block}) s) AS rebuilt
                      FROM b),

@@ -73,7 +73,7 @@ impl ScratchDb {
     pub async fn truncate(&self, pool: &PgPool) -> Result<(), StoreError> {
         sqlx::query(
             "TRUNCATE users, identities, identity_names, xp_ledger, links, processed_events,
-                      outbox, dead_letters, standings, standing_blocks, standing_work, audit, identity_prefs,
+                      outbox, dead_letters, standings, standing_blocks, standing_periods, standing_work, audit, identity_prefs,
                       unlinks, forgotten, erasure_work, erased_sequences, standings_clock
              RESTART IDENTITY",
         )

@@ -12,7 +12,7 @@ use ttfd_shared::view::{Period, PeriodStanding, SeasonView};
 use ttfd_shared::wire::{EventId, SeasonChampion, SeasonNotice, WireIdentity};
 use ttfd_shared::{Event, Identity, Payload};
 
-use super::standings::REFRESH_LOCK_CLASS;
+use super::standings::{REFRESH_LOCK_CLASS, period_of};
 use super::{Store, StoreError};
 
 /// A closed season's champion, as the standings had them at the closing.
@@ -396,17 +396,19 @@ impl Store {
                 Period::Season => season.key(),
                 _ => season.name.clone(),
             };
-            let rows: Vec<(i64, i64)> = sqlx::query_as(
-                "SELECT user_id, xp FROM standings WHERE period = $1 AND NOT hidden
+            let rows: Vec<(i64, i64)> = sqlx::query_as(&format!(
+                "SELECT user_id, xp FROM standings WHERE period = {} AND NOT hidden
                  ORDER BY -xp, user_id LIMIT $2",
-            )
+                period_of("$1")
+            ))
             .bind(&key)
             .bind(i64::from(*top))
             .fetch_all(&mut *tx)
             .await?;
-            let ranked: i64 = sqlx::query_scalar(
-                "SELECT coalesce(sum(members), 0)::int8 FROM standing_blocks WHERE period = $1",
-            )
+            let ranked: i64 = sqlx::query_scalar(&format!(
+                "SELECT coalesce(sum(members), 0)::int8 FROM standing_blocks WHERE period = {}",
+                period_of("$1")
+            ))
             .bind(&key)
             .fetch_one(&mut *tx)
             .await?;

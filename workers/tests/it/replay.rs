@@ -570,7 +570,8 @@ async fn the_check_finds_nothing_after_a_clean_run_and_finds_a_tampered_user() {
 
     // A standing changed behind the refresher's back, and a block miscounted.
     sqlx::query(
-        "UPDATE standings SET xp = xp + 7 WHERE period = 'all' AND user_id =
+        "UPDATE standings SET xp = xp + 7
+         WHERE period = (SELECT id FROM standing_periods WHERE key = 'all') AND user_id =
              (SELECT user_id FROM identities WHERE platform = $1 AND external_id = $2)",
     )
     .bind(&platform)
@@ -586,10 +587,13 @@ async fn the_check_finds_nothing_after_a_clean_run_and_finds_a_tampered_user() {
             && stdout.contains(&format!("standing all of {platform}:{user}")),
         "{stdout}"
     );
-    sqlx::query("UPDATE standing_blocks SET members = members + 1 WHERE period = 'all'")
-        .execute(&env.store.pool)
-        .await
-        .expect("tamper with the blocks");
+    sqlx::query(
+        "UPDATE standing_blocks SET members = members + 1
+         WHERE period = (SELECT id FROM standing_periods WHERE key = 'all')",
+    )
+    .execute(&env.store.pool)
+    .await
+    .expect("tamper with the blocks");
     let (code, stdout, _) = ttfd(&env, &["rebuild", "--check"]).await;
     assert_eq!(code, 1);
     assert!(stdout.contains("standing all of block ("), "{stdout}");

@@ -59,6 +59,76 @@ pub(crate) fn shown_between(
     )
 }
 
+/// SQL for the number of the standings key `key` (an SQL expression); NULL for a key
+/// never written, which matches no row.
+pub(crate) fn period_of(key: &str) -> String {
+    format!("(SELECT id FROM standing_periods WHERE key = {key})")
+}
+
+/// The standings keys and their numbers (`standing_periods`): the refresher writes rows
+/// by number, and numbers a key before its first row.
+#[derive(Debug, Default)]
+struct Periods {
+    id: HashMap<String, i32>,
+    key: HashMap<i32, String>,
+}
+
+impl Periods {
+    /// Every numbered key, with `keys` numbered first where they are not yet. Only a
+    /// writer of the standings calls it (holding the refresh lock).
+    async fn numbering(conn: &mut PgConnection, keys: &[&str]) -> Result<Self, StoreError> {
+        let mut rows: Vec<(i32, String)> = sqlx::query_as("SELECT id, key FROM standing_periods")
+            .fetch_all(&mut *conn)
+            .await?;
+        let known: HashSet<&str> = rows.iter().map(|(_, k)| k.as_str()).collect();
+        let mut new: Vec<&str> = keys
+            .iter()
+            .copied()
+            .filter(|k| !known.contains(k))
+            .collect();
+        if !new.is_empty() {
+            new.sort_unstable();
+            new.dedup();
+            let added: Vec<(i32, String)> = sqlx::query_as(
+                "INSERT INTO standing_periods (key) SELECT unnest($1::text[]) RETURNING id, key",
+            )
+            .bind(&new)
+            .fetch_all(&mut *conn)
+            .await?;
+            rows.extend(added);
+        }
+        Ok(Self {
+            id: rows.iter().map(|(i, k)| (k.clone(), *i)).collect(),
+            key: rows.into_iter().collect(),
+        })
+    }
+
+    /// The number of `key`, numbered by [`Periods::numbering`].
+    fn id(&self, key: &str) -> Result<i32, StoreError> {
+        self.id
+            .get(key)
+            .copied()
+            .ok_or_else(|| StoreError::Schema(format!("standings period {key} has no number")))
+    }
+
+    /// The numbers of `keys`.
+    fn ids(&self, keys: &[&str]) -> Result<Vec<i32>, StoreError> {
+        keys.iter().map(|k| self.id(k)).collect()
+    }
+
+    /// The key numbered `id`.
+    fn key(&self, id: i32) -> String {
+        self.key.get(&id).cloned().unwrap_or_default()
+    }
+
+    /// Rows as read, `(period number, user, xp, hidden)`, by key.
+    fn keyed(&self, rows: Vec<(i32, i64, i64, bool)>) -> Vec<(String, i64, i64, bool)> {
+        rows.into_iter()
+            .map(|(p, u, x, h)| (self.key(p), u, x, h))
+            .collect()
+    }
+}
+
 /// The promise: a change committed is on the leaderboards within this (the issue's
 /// bound for a refreshed projection; docs/architecture.md, "Standings").
 pub const VISIBLE_WITHIN: Duration = Duration::from_secs(2);
@@ -216,19 +286,21 @@ impl Store {
         limit: i64,
         offset: i64,
     ) -> Result<Vec<(i64, i64)>, StoreError> {
-        Ok(sqlx::query_as(
-            "WITH b AS (
+        Ok(sqlx::query_as(&format!(
+            "WITH p AS (SELECT {} AS id),
+             b AS (
                  SELECT start_neg, start_uid, before FROM (
                      SELECT start_neg, start_uid,
                             sum(members) OVER (ORDER BY start_neg, start_uid) - members AS before
-                     FROM standing_blocks WHERE period = $1) w
+                     FROM standing_blocks WHERE period = (SELECT id FROM p)) w
                  WHERE before <= $3 ORDER BY start_neg DESC, start_uid DESC LIMIT 1)
              SELECT s.user_id, s.xp FROM b CROSS JOIN LATERAL (
                  SELECT user_id, xp FROM standings s
-                 WHERE s.period = $1 AND NOT s.hidden
+                 WHERE s.period = (SELECT id FROM p) AND NOT s.hidden
                    AND (-s.xp, s.user_id) >= (b.start_neg, b.start_uid)
                  ORDER BY -s.xp, s.user_id OFFSET $3 - b.before LIMIT $2) s",
-        )
+            period_of("$1")
+        ))
         .bind(key)
         .bind(limit)
         .bind(offset)
@@ -238,9 +310,10 @@ impl Store {
 
     /// How many members the standings `key` rank.
     pub async fn ranked(&self, key: &str) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT coalesce(sum(members), 0)::int8 FROM standing_blocks WHERE period = $1",
-        )
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT coalesce(sum(members), 0)::int8 FROM standing_blocks WHERE period = {}",
+            period_of("$1")
+        ))
         .bind(key)
         .fetch_one(&self.pool)
         .await?)
@@ -276,9 +349,10 @@ impl Store {
             ("-s.xp", "s.user_id"),
         );
         let rows: Vec<(String, Option<i64>, Option<i64>, i64)> = sqlx::query_as(&format!(
-            "SELECT p.period, me.xp, me.position, coalesce((
+            "SELECT p.key, me.xp, me.position, coalesce((
                         SELECT sum(members) FROM standing_blocks b WHERE b.period = p.period), 0)::int8
-             FROM unnest($1::text[]) AS p(period)
+             FROM (SELECT k.key, sp.id AS period FROM unnest($1::text[]) AS k(key)
+                   LEFT JOIN standing_periods sp ON sp.key = k.key) p
              LEFT JOIN LATERAL (
                  SELECT s.xp, (1 + coalesce((
                             SELECT sum(b.members) FROM standing_blocks b
@@ -381,68 +455,74 @@ async fn refresh_in(
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     let seasons = seasons_in(conn).await?;
     let mut round = Round::fold(&rows, &seasons);
+    let periods = Periods::numbering(conn, &round.periods()).await?;
 
-    // Losers' rows move to their survivors, in every period they had one (every period
-    // with a row has blocks).
+    // Losers' rows move to their survivors, in every period they had one.
     // Users gone (a forget took their last identity) only leave.
     let mut losers = round.losers();
     losers.extend(round.gone());
     let mut removed = Vec::new();
     if !losers.is_empty() {
-        let gone: Vec<(String, i64, i64, bool)> = sqlx::query_as(
+        let gone: Vec<(i32, i64, i64, bool)> = sqlx::query_as(
             "DELETE FROM standings
-             WHERE period = ANY(ARRAY(SELECT DISTINCT period FROM standing_blocks))
-               AND user_id = ANY($1)
+             WHERE period = ANY(ARRAY(SELECT id FROM standing_periods)) AND user_id = ANY($1)
              RETURNING period, user_id, xp, hidden",
         )
         .bind(&losers)
         .fetch_all(&mut *conn)
         .await?;
-        removed = round.take_losers(&gone);
+        removed = round.take_losers(&periods.keyed(gone));
     }
 
     // Before anything is written, the stored rows of the pairs the round adds no XP to
     // and of the checked users.
-    let (periods, users) = round.unmoved();
-    let mut stored: HashMap<(String, i64), Stored> = sqlx::query_as::<_, (String, i64, i64, bool)>(
-        "SELECT s.period, s.user_id, s.xp, s.hidden FROM standings s
-             JOIN unnest($1::text[], $2::int8[]) AS t(p, u) ON s.period = t.p AND s.user_id = t.u",
-    )
-    .bind(&periods)
-    .bind(&users)
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(|(p, u, x, h)| ((p, u), (x, h)))
-    .collect();
+    let (keys, users) = round.unmoved();
+    let mut stored: HashMap<(String, i64), Stored> = periods
+        .keyed(
+            sqlx::query_as(
+                "SELECT s.period, s.user_id, s.xp, s.hidden FROM standings s
+                 JOIN unnest($1::int4[], $2::int8[]) AS t(p, u) ON s.period = t.p AND s.user_id = t.u",
+            )
+            .bind(periods.ids(&keys)?)
+            .bind(&users)
+            .fetch_all(&mut *conn)
+            .await?,
+        )
+        .into_iter()
+        .map(|(p, u, x, h)| ((p, u), (x, h)))
+        .collect();
     let checked = round.checked();
     if !checked.is_empty() {
-        let rows: Vec<(String, i64, i64, bool)> = sqlx::query_as(
+        let rows = sqlx::query_as(
             "SELECT period, user_id, xp, hidden FROM standings
-             WHERE period = ANY(ARRAY(SELECT DISTINCT period FROM standing_blocks))
-               AND user_id = ANY($1)",
+             WHERE period = ANY(ARRAY(SELECT id FROM standing_periods)) AND user_id = ANY($1)",
         )
         .bind(&checked)
         .fetch_all(&mut *conn)
         .await?;
-        stored.extend(rows.into_iter().map(|(p, u, x, h)| ((p, u), (x, h))));
+        stored.extend(
+            periods
+                .keyed(rows)
+                .into_iter()
+                .map(|(p, u, x, h)| ((p, u), (x, h))),
+        );
     }
     // The rows the round adds XP to, where they exist, take it in place, and say what
     // they held: one statement finds and writes each (most of a round's rows).
-    let (periods, users, added) = round.moving();
-    let updated: Vec<(String, i64, i64, bool)> = sqlx::query_as(
+    let (keys, users, added) = round.moving();
+    let updated = sqlx::query_as(
         "UPDATE standings s SET xp = s.xp + t.d
-         FROM unnest($1::text[], $2::int8[], $3::int8[]) AS t(p, u, d)
+         FROM unnest($1::int4[], $2::int8[], $3::int8[]) AS t(p, u, d)
          WHERE s.period = t.p AND s.user_id = t.u
          RETURNING s.period, s.user_id, s.xp - t.d, s.hidden",
     )
-    .bind(&periods)
+    .bind(periods.ids(&keys)?)
     .bind(&users)
     .bind(&added)
     .fetch_all(&mut *conn)
     .await?;
     let mut written = HashSet::with_capacity(updated.len());
-    for (p, u, x, h) in updated {
+    for (p, u, x, h) in periods.keyed(updated) {
         written.insert((p.clone(), u));
         stored.insert((p, u), (x, h));
     }
@@ -463,19 +543,22 @@ async fn refresh_in(
         (
             updates,
             "UPDATE standings s SET xp = t.x, hidden = t.h
-             FROM unnest($1::text[], $2::int8[], $3::int8[], $4::bool[]) AS t(p, u, x, h)
+             FROM unnest($1::int4[], $2::int8[], $3::int8[], $4::bool[]) AS t(p, u, x, h)
              WHERE s.period = t.p AND s.user_id = t.u",
         ),
         (
             inserts,
             "INSERT INTO standings (period, user_id, xp, hidden)
-             SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::bool[])",
+             SELECT * FROM unnest($1::int4[], $2::int8[], $3::int8[], $4::bool[])",
         ),
     ] {
         if rows.is_empty() {
             continue;
         }
-        let p: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+        let p: Vec<i32> = rows
+            .iter()
+            .map(|r| periods.id(&r.0))
+            .collect::<Result<_, _>>()?;
         let u: Vec<i64> = rows.iter().map(|r| r.1).collect();
         let x: Vec<i64> = rows.iter().map(|r| r.2).collect();
         let h: Vec<bool> = rows.iter().map(|r| r.3).collect();
@@ -488,22 +571,22 @@ async fn refresh_in(
             .await?;
     }
     if !settled.deletes.is_empty() {
-        let (p, u): (Vec<&str>, Vec<i64>) = settled
+        let (keys, u): (Vec<&str>, Vec<i64>) = settled
             .deletes
             .iter()
             .map(|(p, u)| (p.as_str(), *u))
             .unzip();
         sqlx::query(
-            "DELETE FROM standings s USING unnest($1::text[], $2::int8[]) AS t(p, u)
+            "DELETE FROM standings s USING unnest($1::int4[], $2::int8[]) AS t(p, u)
              WHERE s.period = t.p AND s.user_id = t.u",
         )
-        .bind(&p)
+        .bind(periods.ids(&keys)?)
         .bind(&u)
         .execute(&mut *conn)
         .await?;
     }
     for (period, moves) in &settled.moves {
-        keep_blocks(conn, period, moves, target).await?;
+        keep_blocks(conn, periods.id(period)?, moves, target).await?;
     }
     sqlx::query("DELETE FROM standing_work WHERE id = ANY($1)")
         .bind(&ids)
@@ -521,7 +604,7 @@ async fn refresh_in(
 /// large (at keys read from the standings just written), folds the small ones.
 async fn keep_blocks(
     conn: &mut PgConnection,
-    period: &str,
+    period: i32,
     moves: &[round::Move],
     target: i64,
 ) -> Result<(), StoreError> {
@@ -606,35 +689,47 @@ async fn recompute_in(conn: &mut PgConnection, target: i64) -> Result<(), StoreE
         .execute(&mut *conn)
         .await?;
     let hidden: Vec<i64> = hidden_users(conn).await?.into_iter().collect();
+    let span: (Option<Date>, Option<Date>) =
+        sqlx::query_as("SELECT min(day), max(day) FROM xp_ledger")
+            .fetch_one(&mut *conn)
+            .await?;
+    let (days, keys): (Vec<i32>, Vec<String>) = match span {
+        (Some(first), Some(last)) => {
+            let seasons = seasons_in(conn).await?;
+            (day_of_date(first)..=day_of_date(last))
+                .flat_map(|d| period_keys(d, &seasons).into_iter().map(move |k| (d, k)))
+                .unzip()
+        }
+        _ => Default::default(),
+    };
+    let mut named: Vec<&str> = keys.iter().map(String::as_str).collect();
+    named.push(ALL);
+    let periods = Periods::numbering(conn, &named).await?;
     sqlx::query(
         "INSERT INTO standings (period, user_id, xp, hidden)
          SELECT $1, id, xp, id = ANY($2) FROM users
          WHERE merged_into IS NULL AND first_event_ms IS NOT NULL",
     )
-    .bind(ALL)
+    .bind(periods.id(ALL)?)
     .bind(&hidden)
     .execute(&mut *conn)
     .await?;
-    let span: (Option<Date>, Option<Date>) =
-        sqlx::query_as("SELECT min(day), max(day) FROM xp_ledger")
-            .fetch_one(&mut *conn)
-            .await?;
-    if let (Some(first), Some(last)) = span {
-        let seasons = seasons_in(conn).await?;
-        let (days, keys): (Vec<i32>, Vec<String>) = (day_of_date(first)..=day_of_date(last))
-            .flat_map(|d| period_keys(d, &seasons).into_iter().map(move |k| (d, k)))
-            .unzip();
+    if !days.is_empty() {
+        let ids: Vec<i32> = keys
+            .iter()
+            .map(|k| periods.id(k))
+            .collect::<Result<_, _>>()?;
         sqlx::query(
             "INSERT INTO standings (period, user_id, xp, hidden)
              SELECT k.period, i.user_id, sum(l.xp), i.user_id = ANY($3)
              FROM xp_ledger l
              JOIN identities i ON i.id = l.identity_id
-             JOIN unnest($1::int4[], $2::text[]) AS k(day, period)
+             JOIN unnest($1::int4[], $2::int4[]) AS k(day, period)
                ON l.day = DATE '1970-01-01' + k.day
              GROUP BY 1, 2 HAVING sum(l.xp) <> 0",
         )
         .bind(&days)
-        .bind(&keys)
+        .bind(&ids)
         .bind(&hidden)
         .execute(&mut *conn)
         .await?;

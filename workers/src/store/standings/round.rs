@@ -114,6 +114,13 @@ impl Round {
         round
     }
 
+    /// The periods the round adds to or ranks a user in, each once.
+    pub fn periods(&self) -> Vec<&str> {
+        let mut keys: Vec<&str> = self.deltas.keys().map(|(p, _)| p.as_str()).collect();
+        keys.dedup();
+        keys
+    }
+
     /// The users gone in the round, whose rows are removed in every period.
     pub fn gone(&self) -> Vec<i64> {
         self.gone.iter().copied().collect()
