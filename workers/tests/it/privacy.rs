@@ -850,3 +850,49 @@ async fn a_rebuild_from_a_snapshot_taken_before_a_forget_brings_nothing_back() {
     worker.await.expect("worker");
     env.cleanup().await;
 }
+
+/// A merge and the end of the merged user in one standings round: a member's stored
+/// standings move to the user they were merged into, and when that user then loses its
+/// last identity (both forgotten), they go with it. The refresher once carried them to
+/// the user after it was gone, which left a ranked user with no identity (found by the
+/// pipeline's property test).
+#[tokio::test]
+async fn standings_merged_into_a_user_gone_in_the_same_round_go_with_it() {
+    let env = TestEnv::new().await;
+    let forget = |id: &str, ts: i64, who: &str| {
+        ev(
+            id,
+            ts,
+            who,
+            Payload::Forget {
+                reason: "asked".into(),
+                by: None,
+            },
+        )
+    };
+    let events = vec![
+        ev("l-1", 1_000, "telegram:l", grant(10)),
+        ev("s-1", 2_000, "telegram:s", grant(5)),
+        ev("s-2", 3_000, "telegram:s", link("discord:l", Proof::Code)),
+        ev("l-2", 3_500, "discord:l", grant(3)),
+        ev("l-3", 4_000, "telegram:s", link("telegram:l", Proof::Code)),
+        forget("f-1", 5_000, "telegram:s"),
+        forget("f-2", 6_000, "telegram:l"),
+        forget("f-3", 7_000, "discord:l"),
+    ];
+    for e in &events[..2] {
+        retrying(&env.store, e).await;
+    }
+    // Both members' rows are stored; the rest comes to the refresher in one round.
+    env.store.drain_standings().await.expect("standings");
+    for e in &events[2..] {
+        retrying(&env.store, e).await;
+    }
+    crate::common::finish_erasures(&env.store, &events).await;
+    env.store.drain_standings().await.expect("standings");
+    let expected = model::fold(&env.settings.rules, &events);
+    compare(&env.store, &expected)
+        .await
+        .expect("the model's standings: nobody is left to rank");
+    env.cleanup().await;
+}

@@ -41,6 +41,10 @@ pub struct Round {
     pub deltas: BTreeMap<(String, i64), i64>,
     /// Each user merged away in the round's batches, and where it ended.
     survivor: HashMap<i64, i64>,
+    /// The batch (index in the round) each of those merges was in.
+    merged_in: HashMap<i64, usize>,
+    /// The last batch each user gone in the round was gone at the end of.
+    gone_in: HashMap<i64, usize>,
     /// Users whose visibility may have changed (a `prefs` event, a merge): their rows
     /// in every period are read, and their flag set.
     check: BTreeSet<i64>,
@@ -69,17 +73,22 @@ impl Round {
     /// Folds the rows, in commit order. A merge moves what its loser has, before or
     /// after in the round, to its survivor: a user merged away gets no later work.
     pub fn fold(rows: &[WorkRow], seasons: &Seasons) -> Self {
-        let mut survivor = HashMap::new();
-        for r in rows {
+        let (mut survivor, mut merged_in, mut gone_in) =
+            (HashMap::new(), HashMap::new(), HashMap::new());
+        for (i, r) in rows.iter().enumerate() {
             for (l, s) in r.losers.iter().zip(&r.survivors) {
                 survivor.insert(*l, *s);
+                merged_in.insert(*l, i);
             }
+            gone_in.extend(r.gone.iter().map(|u| (*u, i)));
         }
         let mut round = Round {
             deltas: BTreeMap::new(),
             survivor,
+            merged_in,
+            gone: gone_in.keys().copied().collect(),
+            gone_in,
             check: BTreeSet::new(),
-            gone: rows.iter().flat_map(|r| r.gone.iter().copied()).collect(),
         };
         // A round's entries fall on a few days: each day's keys are made once.
         let mut keys_of: HashMap<i32, Vec<String>> = HashMap::new();
@@ -149,15 +158,39 @@ impl Round {
         l
     }
 
+    /// Where the stored rows of a user merged away or gone end: its last survivor,
+    /// unless the user itself, or that survivor at or after the merge that brought the
+    /// rows there, was gone at the end of a batch of the round (a user gone loses what
+    /// came before, as [`Round::fold`] drops its earlier work).
+    fn heir(&self, mut uid: i64) -> Option<i64> {
+        if self.gone.contains(&uid) {
+            return None;
+        }
+        let mut arrived = None;
+        for _ in 0..64 {
+            match self.survivor.get(&uid) {
+                Some(s) if *s != uid => {
+                    arrived = self.merged_in.get(&uid).copied();
+                    uid = *s;
+                }
+                _ => break,
+            }
+        }
+        let lost = self
+            .gone_in
+            .get(&uid)
+            .is_some_and(|g| arrived.is_none_or(|a| *g >= a));
+        (!lost).then_some(uid)
+    }
+
     /// Takes the standings rows the losers (and the users gone) had, `(period, user, xp,
-    /// hidden)`, now removed: a loser's is added to its survivor's; the visible ones leave
-    /// their blocks.
+    /// hidden)`, now removed: a loser's is added to its heir's ([`Round::heir`]); the
+    /// visible ones leave their blocks.
     pub fn take_losers(&mut self, removed: &[(String, i64, i64, bool)]) -> Vec<(String, Key)> {
         removed
             .iter()
             .filter_map(|(p, loser, xp, hidden)| {
-                if !self.gone.contains(loser) {
-                    let s = self.follow(*loser);
+                if let Some(s) = self.heir(*loser) {
                     *self.deltas.entry((p.clone(), s)).or_default() += xp;
                 }
                 (!hidden).then(|| (p.clone(), key(*xp, *loser)))
@@ -338,6 +371,38 @@ mod tests {
                 (Some(key(10, 1)), Some(key(151, 1)))
             ]
         );
+    }
+
+    #[test]
+    fn a_losers_rows_go_with_a_survivor_gone_after_the_merge() {
+        // User 6 merged into 1, then 1 lost its last identity: what 6 had is gone with
+        // 1's. User 8 merged into 2 after 2 was gone and came back: 8's rows count.
+        let mut r = fold(&[
+            WorkRow {
+                losers: vec![6],
+                survivors: vec![1],
+                gone: vec![2],
+                ..row(1)
+            },
+            WorkRow {
+                gone: vec![1],
+                ..row(2)
+            },
+            WorkRow {
+                losers: vec![8],
+                survivors: vec![2],
+                touched: vec![2],
+                ..row(3)
+            },
+        ]);
+        let removed = r.take_losers(&[
+            (ALL.to_owned(), 6, 10, false),
+            (ALL.to_owned(), 1, 5, false),
+            (ALL.to_owned(), 8, 7, false),
+        ]);
+        assert_eq!(removed.len(), 3, "every shown row leaves its block");
+        assert_eq!(r.deltas.get(&(ALL.to_owned(), 1)), None);
+        assert_eq!(r.deltas.get(&(ALL.to_owned(), 2)), Some(&7));
     }
 
     #[test]
