@@ -116,15 +116,23 @@ impl Periods {
         keys.iter().map(|k| self.id(k)).collect()
     }
 
-    /// The key numbered `id`.
-    fn key(&self, id: i32) -> String {
-        self.key.get(&id).cloned().unwrap_or_default()
+    /// Every number.
+    fn all(&self) -> Vec<i32> {
+        self.key.keys().copied().collect()
     }
 
     /// Rows as read, `(period number, user, xp, hidden)`, by key.
-    fn keyed(&self, rows: Vec<(i32, i64, i64, bool)>) -> Vec<(String, i64, i64, bool)> {
+    fn keyed(
+        &self,
+        rows: Vec<(i32, i64, i64, bool)>,
+    ) -> Result<Vec<(String, i64, i64, bool)>, StoreError> {
         rows.into_iter()
-            .map(|(p, u, x, h)| (self.key(p), u, x, h))
+            .map(|(p, u, x, h)| match self.key.get(&p) {
+                Some(k) => Ok((k.clone(), u, x, h)),
+                None => Err(StoreError::Schema(format!(
+                    "standings period number {p} has no key"
+                ))),
+            })
             .collect()
     }
 }
@@ -465,13 +473,14 @@ async fn refresh_in(
     if !losers.is_empty() {
         let gone: Vec<(i32, i64, i64, bool)> = sqlx::query_as(
             "DELETE FROM standings
-             WHERE period = ANY(ARRAY(SELECT id FROM standing_periods)) AND user_id = ANY($1)
+             WHERE period = ANY($2) AND user_id = ANY($1)
              RETURNING period, user_id, xp, hidden",
         )
         .bind(&losers)
+        .bind(periods.all())
         .fetch_all(&mut *conn)
         .await?;
-        removed = round.take_losers(&periods.keyed(gone));
+        removed = round.take_losers(&periods.keyed(gone)?);
     }
 
     // Before anything is written, the stored rows of the pairs the round adds no XP to
@@ -487,7 +496,7 @@ async fn refresh_in(
             .bind(&users)
             .fetch_all(&mut *conn)
             .await?,
-        )
+        )?
         .into_iter()
         .map(|(p, u, x, h)| ((p, u), (x, h)))
         .collect();
@@ -495,14 +504,15 @@ async fn refresh_in(
     if !checked.is_empty() {
         let rows = sqlx::query_as(
             "SELECT period, user_id, xp, hidden FROM standings
-             WHERE period = ANY(ARRAY(SELECT id FROM standing_periods)) AND user_id = ANY($1)",
+             WHERE period = ANY($2) AND user_id = ANY($1)",
         )
         .bind(&checked)
+        .bind(periods.all())
         .fetch_all(&mut *conn)
         .await?;
         stored.extend(
             periods
-                .keyed(rows)
+                .keyed(rows)?
                 .into_iter()
                 .map(|(p, u, x, h)| ((p, u), (x, h))),
         );
@@ -522,7 +532,7 @@ async fn refresh_in(
     .fetch_all(&mut *conn)
     .await?;
     let mut written = HashSet::with_capacity(updated.len());
-    for (p, u, x, h) in periods.keyed(updated) {
+    for (p, u, x, h) in periods.keyed(updated)? {
         written.insert((p.clone(), u));
         stored.insert((p, u), (x, h));
     }

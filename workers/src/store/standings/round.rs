@@ -43,13 +43,12 @@ pub struct Round {
     survivor: HashMap<i64, i64>,
     /// The batch (index in the round) each of those merges was in.
     merged_in: HashMap<i64, usize>,
-    /// The last batch each user gone in the round was gone at the end of.
+    /// Users gone (no identity left), and the last batch each was gone at the end of:
+    /// their rows go, their work before that is dropped.
     gone_in: HashMap<i64, usize>,
     /// Users whose visibility may have changed (a `prefs` event, a merge): their rows
     /// in every period are read, and their flag set.
     check: BTreeSet<i64>,
-    /// Users gone (no identity left): their rows go, their work is dropped.
-    gone: BTreeSet<i64>,
 }
 
 /// A member's move in a period's order: `(old key, new key)`, `None` for not ranked or
@@ -86,7 +85,6 @@ impl Round {
             deltas: BTreeMap::new(),
             survivor,
             merged_in,
-            gone: gone_in.keys().copied().collect(),
             gone_in,
             check: BTreeSet::new(),
         };
@@ -132,7 +130,9 @@ impl Round {
 
     /// The users gone in the round, whose rows are removed in every period.
     pub fn gone(&self) -> Vec<i64> {
-        self.gone.iter().copied().collect()
+        let mut g: Vec<i64> = self.gone_in.keys().copied().collect();
+        g.sort_unstable();
+        g
     }
 
     /// The users whose rows in every period the round reads ([`Round::settle`]'s
@@ -141,14 +141,24 @@ impl Round {
         self.check.iter().copied().collect()
     }
 
-    fn follow(&self, mut uid: i64) -> i64 {
+    /// The user `uid` ended in after the round's merges.
+    fn follow(&self, uid: i64) -> i64 {
+        self.chain(uid).0
+    }
+
+    /// The user `uid` ended in, and the batch of the merge into it (`None`: not merged).
+    fn chain(&self, mut uid: i64) -> (i64, Option<usize>) {
+        let mut arrived = None;
         for _ in 0..64 {
             match self.survivor.get(&uid) {
-                Some(s) if *s != uid => uid = *s,
+                Some(s) if *s != uid => {
+                    arrived = self.merged_in.get(&uid).copied();
+                    uid = *s;
+                }
                 _ => break,
             }
         }
-        uid
+        (uid, arrived)
     }
 
     /// The users merged away in the round, whose standings move to their survivors.
@@ -162,25 +172,16 @@ impl Round {
     /// unless the user itself, or that survivor at or after the merge that brought the
     /// rows there, was gone at the end of a batch of the round (a user gone loses what
     /// came before, as [`Round::fold`] drops its earlier work).
-    fn heir(&self, mut uid: i64) -> Option<i64> {
-        if self.gone.contains(&uid) {
+    fn heir(&self, uid: i64) -> Option<i64> {
+        if self.gone_in.contains_key(&uid) {
             return None;
         }
-        let mut arrived = None;
-        for _ in 0..64 {
-            match self.survivor.get(&uid) {
-                Some(s) if *s != uid => {
-                    arrived = self.merged_in.get(&uid).copied();
-                    uid = *s;
-                }
-                _ => break,
-            }
-        }
+        let (heir, arrived) = self.chain(uid);
         let lost = self
             .gone_in
-            .get(&uid)
+            .get(&heir)
             .is_some_and(|g| arrived.is_none_or(|a| *g >= a));
-        (!lost).then_some(uid)
+        (!lost).then_some(heir)
     }
 
     /// Takes the standings rows the losers (and the users gone) had, `(period, user, xp,
