@@ -256,6 +256,16 @@ mod tests {
             ("TTFD__DATABASE__URL", "mysql://x", "database.url"),
             ("TTFD__SYNC__BATCH_SIZE", "0", "sync.batch_size"),
             ("TTFD__SYNC__BATCH_SIZE", "many", "batch_size"),
+            (
+                "TTFD__SYNC__STANDINGS_REFRESH_MS",
+                "3000",
+                "sync.standings_refresh_ms",
+            ),
+            (
+                "TTFD__SYNC__STANDINGS_VISIBLE_MS",
+                "100",
+                "sync.standings_visible_ms",
+            ),
             ("TTFD__NATS__NOPE", "1", "nope"),
             ("TTFD__METRICS__LISTEN", "port 9090", "metrics.listen"),
             ("TTFD__TRUST__MODE", "signed", "trust.mode"),

@@ -45,7 +45,7 @@ use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::observe::{self, Readiness, sync::SyncMetrics};
 use crate::settings::{Settings, SyncSettings};
-use crate::store::standings::Turn;
+use crate::store::standings::{Pacing, Turn};
 use crate::store::{DeadLetter, Store, StoreError};
 
 /// Counters of what the consumers did, shared by every worker of a process.
@@ -170,7 +170,7 @@ impl SyncWorker {
             tokio::spawn(refresh_standings(
                 self.store.clone(),
                 self.standings_wake.clone(),
-                Duration::from_millis(self.settings.standings_refresh_ms),
+                Pacing::of(&self.settings),
                 self.counters.clone(),
                 shutdown.child_token(),
             ))
@@ -790,7 +790,7 @@ async fn close_seasons(
 async fn refresh_standings(
     store: Store,
     wake: Arc<Notify>,
-    every: Duration,
+    pacing: Pacing,
     counters: Arc<Counters>,
     shutdown: CancellationToken,
 ) {
@@ -800,10 +800,10 @@ async fn refresh_standings(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = wake.notified(), if pause.is_zero() => {}
-            _ = tokio::time::sleep(if pause.is_zero() { every } else { pause }) => {}
+            _ = tokio::time::sleep(if pause.is_zero() { pacing.every } else { pause }) => {}
         }
         pause = Duration::ZERO;
-        let mut pace = every;
+        let mut pace = pacing;
         loop {
             let began = std::time::Instant::now();
             match store.refresh_standings(pace).await {
@@ -822,12 +822,12 @@ async fn refresh_standings(
                                 );
                             }
                             if done.more {
-                                pace = Duration::ZERO;
+                                pace = pacing.at_once();
                                 continue;
                             }
                         }
                         Turn::Early(wait) => pause = wait,
-                        Turn::Busy => pause = every,
+                        Turn::Busy => pause = pacing.every,
                     }
                 }
                 Err(e) => {
@@ -835,7 +835,7 @@ async fn refresh_standings(
                         warn!(error = %e, "standings refresh failed; retrying");
                         failing = true;
                     }
-                    pause = every;
+                    pause = pacing.every;
                 }
             }
             break;

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use ttfd::shared::arbitrary::{delivery, event_set};
 use ttfd::shared::wire::{EventId, LinkNotice, Proof, RankNotice};
 use ttfd::shared::{Event, Identity, Payload};
+use ttfd::store::standings::Pacing;
 use ttfd::sync::Counters;
 
 fn ev(id: &str, ts: i64, who: &str, name: Option<&str>, payload: Payload) -> Event {
@@ -793,7 +794,7 @@ fn apply_order_batching_and_duplicates_do_not_change_the_state() {
                 // as the worker beside the consumers does (SPEC 7.4).
                 if i % 3 == 1 {
                     store
-                        .refresh_standings(std::time::Duration::ZERO)
+                        .refresh_standings(Pacing::of(&env.settings.sync).at_once())
                         .await
                         .expect("refresh");
                 }
@@ -1400,18 +1401,21 @@ async fn a_recompute_rebuilds_the_standings_while_batches_go_on() {
 }
 
 /// The replicas' shared clock: a round with work keeps when it began and how long it
-/// took; the next round with `every` waits for `pace(every, took)` since, and a round at
-/// once (a backlog) does not wait.
+/// took; the next round waits for `Pacing::gap(took)` since, and a round at once (a
+/// backlog) does not wait.
 #[tokio::test]
 async fn refresh_rounds_are_paced_by_the_last_rounds_length_on_the_database_clock() {
     use std::time::Duration;
-    use ttfd::store::standings::{Turn, pace};
+    use ttfd::store::standings::Turn;
     let env = TestEnv::new().await;
     let events = community(60, 5, 3);
     let (first, second) = events.split_at(30);
     env.store.apply(first).await.expect("apply");
-    let every = Duration::from_millis(100);
-    let Turn::Done(done) = env.store.refresh_standings(every).await.expect("round") else {
+    let pacing = Pacing {
+        every: Duration::from_millis(100),
+        within: Duration::from_secs(2),
+    };
+    let Turn::Done(done) = env.store.refresh_standings(pacing).await.expect("round") else {
         panic!("the first round is nobody's turn but this one's");
     };
     assert!(done.batches > 0);
@@ -1422,15 +1426,15 @@ async fn refresh_rounds_are_paced_by_the_last_rounds_length_on_the_database_cloc
             .expect("the clock");
     assert!(took > 0.0, "the round's length is kept: {took}");
 
-    // A long round (as under load): the next waits about five times its length.
-    sqlx::query("UPDATE standings_clock SET at = now(), took = interval '250 ms'")
+    // A long round (as under load): the next waits about ten times its length.
+    sqlx::query("UPDATE standings_clock SET at = now(), took = interval '100 ms'")
         .execute(&env.store.pool)
         .await
         .expect("a long round");
     env.store.apply(second).await.expect("apply");
-    let want = pace(every, Duration::from_millis(250));
-    assert_eq!(want, Duration::from_millis(1250));
-    match env.store.refresh_standings(every).await.expect("turn") {
+    let want = pacing.gap(Duration::from_millis(100));
+    assert_eq!(want, Duration::from_millis(1000));
+    match env.store.refresh_standings(pacing).await.expect("turn") {
         Turn::Early(wait) => assert!(
             wait <= want && wait > want - Duration::from_millis(500),
             "waits {wait:?} of {want:?}"
@@ -1440,7 +1444,7 @@ async fn refresh_rounds_are_paced_by_the_last_rounds_length_on_the_database_cloc
     // Rounds at once while a backlog lasts.
     let turn = env
         .store
-        .refresh_standings(Duration::ZERO)
+        .refresh_standings(pacing.at_once())
         .await
         .expect("round");
     assert!(

@@ -137,19 +137,45 @@ impl Periods {
     }
 }
 
-/// The promise: a change committed is on the leaderboards within this (the issue's
-/// bound for a refreshed projection; docs/architecture.md, "Standings").
-pub const VISIBLE_WITHIN: Duration = Duration::from_secs(2);
+/// When a refresher begins its rounds (docs/architecture.md, "Standings").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pacing {
+    /// The least time between the beginnings of two rounds with work
+    /// (`sync.standings_refresh_ms`); zero: a round at once (a backlog is being worked
+    /// off).
+    pub every: Duration,
+    /// The promise: a change committed is on the leaderboards within this
+    /// (`sync.standings_visible_ms`).
+    pub within: Duration,
+}
 
-/// The least time between the beginnings of two rounds with work, after a round that
-/// took `took`: `every` (`sync.standings_refresh_ms`) while rounds are short; under load,
-/// up to five times the round's length, so that the refresher works at most a fifth of
-/// the time and each round takes more batches' work at once; but never so long that the
-/// next round, taking half as long again as this one, would end past
-/// [`VISIBLE_WITHIN`] after a change committed just as this one began.
-pub fn pace(every: Duration, took: Duration) -> Duration {
-    let latest = VISIBLE_WITHIN.saturating_sub(took.saturating_mul(3) / 2);
-    took.saturating_mul(5).min(latest).max(every)
+impl Pacing {
+    /// The configured pace.
+    pub fn of(settings: &crate::settings::SyncSettings) -> Self {
+        Self {
+            every: Duration::from_millis(settings.standings_refresh_ms),
+            within: Duration::from_millis(settings.standings_visible_ms),
+        }
+    }
+
+    /// The same promise, a round at once.
+    pub fn at_once(self) -> Self {
+        Self {
+            every: Duration::ZERO,
+            ..self
+        }
+    }
+
+    /// The least time between the beginnings of two rounds with work, after a round
+    /// that took `took`: `every` while rounds are short; under load, up to ten times
+    /// the round's length, so that the refresher works at most a tenth of the time and
+    /// each round takes more batches' work at once; but never so long that the next
+    /// round, taking half as long again as this one, would end past `within` after a
+    /// change committed just as this one began.
+    pub fn gap(self, took: Duration) -> Duration {
+        let latest = self.within.saturating_sub(took.saturating_mul(3) / 2);
+        took.saturating_mul(10).min(latest).max(self.every)
+    }
 }
 
 /// Most batches' work a round takes.
@@ -197,10 +223,10 @@ pub enum Turn {
 
 impl Store {
     /// One refresh round, unless another replica is refreshing this schema or a round
-    /// with work began less than [`pace`]`(every, its length)` ago (the clock is the
+    /// with work began less than [`Pacing::gap`] after its length ago (the clock is the
     /// database's and shared by every replica: together they run at most one such round
     /// per gap). With `every` zero, a round at once (a backlog is being worked off).
-    pub async fn refresh_standings(&self, every: Duration) -> Result<Turn, StoreError> {
+    pub async fn refresh_standings(&self, pacing: Pacing) -> Result<Turn, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mine: bool =
             sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, hashtext(current_schema()))")
@@ -218,8 +244,8 @@ impl Store {
         .await?;
         let secs = |s: f64| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or_default();
         if let Some(early) = last
-            .filter(|_| !every.is_zero())
-            .and_then(|(since, took)| pace(every, secs(took)).checked_sub(secs(since)))
+            .filter(|_| !pacing.every.is_zero())
+            .and_then(|(since, took)| pacing.gap(secs(took)).checked_sub(secs(since)))
             .filter(|d| !d.is_zero())
         {
             // Let go of the lock now: a transaction merely dropped is rolled back when its
@@ -787,24 +813,40 @@ mod tests {
     #[test]
     fn rounds_spread_out_under_load_within_the_promise() {
         let ms = Duration::from_millis;
-        let every = ms(1000);
+        let pacing = Pacing {
+            every: ms(1000),
+            within: ms(2000),
+        };
         // Short rounds: the configured pace.
-        assert_eq!(pace(every, ms(20)), every);
-        assert_eq!(pace(ms(100), ms(10)), ms(100));
-        // Longer rounds: five times their length...
-        assert_eq!(pace(every, ms(260)), ms(1300));
+        assert_eq!(pacing.gap(ms(20)), ms(1000));
+        let quick = Pacing {
+            every: ms(100),
+            ..pacing
+        };
+        assert_eq!(quick.gap(ms(10)), ms(100));
+        // Longer rounds: ten times their length...
+        assert_eq!(pacing.gap(ms(130)), ms(1300));
         // ... but the next round must end within the promise: 2 s - 1.5 x 400 ms.
-        assert_eq!(pace(every, ms(400)), ms(1400));
+        assert_eq!(pacing.gap(ms(400)), ms(1400));
         // Rounds so long the promise cannot be kept: no slower than configured.
-        assert_eq!(pace(every, ms(900)), every);
-        assert_eq!(pace(every, Duration::MAX), every);
-        for took in (0..3000).step_by(7).map(ms) {
-            let gap = pace(every, took);
-            assert!(gap >= every);
-            assert!(
-                gap == every || gap + took * 3 / 2 <= VISIBLE_WITHIN,
-                "{took:?}: {gap:?}"
-            );
+        assert_eq!(pacing.gap(ms(900)), ms(1000));
+        assert_eq!(pacing.gap(Duration::MAX), ms(1000));
+        // A looser promise leaves room to space long rounds further.
+        let loose = Pacing {
+            within: ms(5000),
+            ..pacing
+        };
+        assert_eq!(loose.gap(ms(400)), ms(4000));
+        assert_eq!(loose.gap(ms(900)), ms(3650));
+        for p in [pacing, quick, loose] {
+            for took in (0..3000).step_by(7).map(ms) {
+                let gap = p.gap(took);
+                assert!(gap >= p.every);
+                assert!(
+                    gap == p.every || gap + took * 3 / 2 <= p.within,
+                    "{p:?} {took:?}: {gap:?}"
+                );
+            }
         }
     }
 }
