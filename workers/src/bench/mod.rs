@@ -241,8 +241,9 @@ async fn measure(
         });
         let refresher = if done.rounds > 0 {
             format!(
-                ", {:.0} ms each",
-                done.refreshing.as_secs_f64() * 1000.0 / done.rounds as f64
+                ", {:.0} ms each, lag at most {:.0} ms",
+                done.refreshing.as_secs_f64() * 1000.0 / done.rounds as f64,
+                done.lag.as_secs_f64() * 1000.0
             )
         } else {
             String::new()
@@ -311,7 +312,7 @@ async fn measure(
     let total = args.latency_rate * args.latency_seconds;
     let rate_per_tick = (args.latency_rate / 100).max(1);
     let publisher = broker.clone();
-    run_replicas(
+    let steady = run_replicas(
         settings,
         nats,
         db,
@@ -351,8 +352,10 @@ async fn measure(
     );
     let (p50, p99) = percentiles(latencies);
     println!(
-        "{:<40} p50 {p50:.1} ms   p99 {p99:.1} ms   max {max:.1} ms   ({count} events)",
+        "{:<40} p50 {p50:.1} ms   p99 {p99:.1} ms   max {max:.1} ms   ({count} events; on the leaderboards within {:.0} ms at most, {} rounds)",
         format!("(c) latency at {} events/s, 2 replicas", args.latency_rate),
+        steady.lag.as_secs_f64() * 1000.0,
+        steady.rounds,
     );
     println!(
         "{:<40} {:>10.0} events/s",
@@ -502,6 +505,8 @@ struct Done {
     rounds: u64,
     /// The time those rounds took together.
     refreshing: Duration,
+    /// The longest a change waited to reach the leaderboards in those rounds.
+    lag: Duration,
     /// The machine's CPU over `elapsed`, where the system tells it.
     cpu: Option<CpuUse>,
 }
@@ -563,6 +568,7 @@ async fn run_replicas(
         retries: Counters::get(&counters.retries),
         rounds: Counters::get(&counters.standings_rounds),
         refreshing: Duration::from_micros(Counters::get(&counters.standings_us)),
+        lag: Duration::from_micros(Counters::get(&counters.standings_lag_max_us)),
         cpu,
     })
 }

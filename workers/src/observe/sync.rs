@@ -12,6 +12,7 @@
 //! | `ttfd_sync_consumer_pending` | gauge | messages of the shared consumer not yet delivered (lag) |
 //! | `ttfd_sync_consumer_ack_pending` | gauge | delivered, not yet acked |
 //! | `ttfd_sync_outbox_backlog` | gauge | outbox rows waiting for the relay |
+//! | `ttfd_sync_standings_lag_seconds` | histogram | per standings round (a recompute aside), how long its oldest change waited to reach the leaderboards |
 //!
 //! Reads no configuration.
 
@@ -56,6 +57,7 @@ pub struct SyncMetrics {
     pub consumer_pending: Gauge,
     pub consumer_ack_pending: Gauge,
     pub outbox_backlog: Gauge,
+    pub standings_lag_seconds: Histogram,
 }
 
 impl Default for SyncMetrics {
@@ -72,6 +74,8 @@ impl Default for SyncMetrics {
             consumer_pending: Gauge::default(),
             consumer_ack_pending: Gauge::default(),
             outbox_backlog: Gauge::default(),
+            // 10 ms .. ~20 s.
+            standings_lag_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 12)),
         }
     }
 }
@@ -121,6 +125,12 @@ impl SyncMetrics {
                 "outbox_backlog",
                 "Outbox rows (notifications, events) waiting for the relay",
                 m.outbox_backlog.clone(),
+            );
+            r.register(
+                "standings_lag_seconds",
+                "Per standings round, how long its oldest change waited to reach the leaderboards \
+                 (from its batch's start), in seconds",
+                m.standings_lag_seconds.clone(),
             );
         });
         m

@@ -65,6 +65,9 @@ pub struct Counters {
     /// Time those rounds took, in µs, as the refresher saw them (a recompute they asked
     /// for included).
     pub standings_us: AtomicU64,
+    /// The longest a change waited to reach the leaderboards, in µs
+    /// ([`crate::store::standings::Refreshed::lag`]).
+    pub standings_lag_max_us: AtomicU64,
 }
 
 impl Counters {
@@ -172,6 +175,7 @@ impl SyncWorker {
                 self.standings_wake.clone(),
                 Pacing::of(&self.settings),
                 self.counters.clone(),
+                self.metrics.clone(),
                 shutdown.child_token(),
             ))
         });
@@ -792,6 +796,7 @@ async fn refresh_standings(
     wake: Arc<Notify>,
     pacing: Pacing,
     counters: Arc<Counters>,
+    metrics: SyncMetrics,
     shutdown: CancellationToken,
 ) {
     let mut failing = false;
@@ -820,6 +825,15 @@ async fn refresh_standings(
                                     u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX),
                                     Ordering::Relaxed,
                                 );
+                                if !done.recomputed {
+                                    counters.standings_lag_max_us.fetch_max(
+                                        u64::try_from(done.lag.as_micros()).unwrap_or(u64::MAX),
+                                        Ordering::Relaxed,
+                                    );
+                                    metrics
+                                        .standings_lag_seconds
+                                        .observe(done.lag.as_secs_f64());
+                                }
                             }
                             if done.more {
                                 pace = pacing.at_once();

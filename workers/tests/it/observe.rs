@@ -163,7 +163,9 @@ async fn a_sync_run_shows_on_metrics_with_the_right_values() {
     metrics_show(&base, &[("ttfd_sync_consumer_pending", 9.0)]).await;
 
     // A consumer applies them; the relay is not running yet, so the rank change and the
-    // merge wait in the outbox.
+    // merge wait in the outbox. (The new database's standings are built first, so that
+    // the refresher's round applies the batch's work rather than a recompute.)
+    env.store.drain_standings().await.expect("standings");
     let broker = Broker::connect(&env.settings.nats, Duration::from_secs(5))
         .await
         .expect("connect");
@@ -216,6 +218,20 @@ async fn a_sync_run_shows_on_metrics_with_the_right_values() {
         "{text}"
     );
     assert_eq!(sample(&text, "ttfd_sync_retries_total"), Some(0.0));
+    // The refresher beside the consumer brings the batch to the leaderboards, and says
+    // how long that took.
+    let url = format!("{base}/metrics");
+    eventually("a standings round on /metrics", || {
+        let url = url.clone();
+        async move {
+            let (_, text) = get(&url).await;
+            sample(&text, "ttfd_sync_standings_lag_seconds_count")
+                .filter(|n| *n >= 1.0)
+                .zip(sample(&text, "ttfd_sync_standings_lag_seconds_sum"))
+                .filter(|(_, sum)| *sum > 0.0)
+        }
+    })
+    .await;
 
     // The relay empties the outbox.
     env.spawn_relay(stop.clone());

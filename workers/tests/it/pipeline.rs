@@ -1441,14 +1441,17 @@ async fn refresh_rounds_are_paced_by_the_last_rounds_length_on_the_database_cloc
         ),
         other => panic!("expected to wait: {other:?}"),
     }
-    // Rounds at once while a backlog lasts.
+    // Rounds at once while a backlog lasts; the round says how long the oldest change
+    // it applied waited.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let turn = env
         .store
         .refresh_standings(pacing.at_once())
         .await
         .expect("round");
     assert!(
-        matches!(turn, Turn::Done(d) if d.batches > 0),
+        matches!(turn, Turn::Done(d) if d.batches > 0 && !d.recomputed
+            && d.lag >= Duration::from_millis(300) && d.lag < Duration::from_secs(60)),
         "a round at once: {turn:?}"
     );
     let expected = ttfd::shared::model::fold(&env.settings.rules, &events);

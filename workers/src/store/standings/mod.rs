@@ -193,6 +193,10 @@ pub struct Refreshed {
     pub recomputed: bool,
     /// Whether more work was waiting when it took its rows.
     pub more: bool,
+    /// How long the oldest change it applied waited to reach the leaderboards: from
+    /// the start of the batch that made it to the round's last write, on the database's
+    /// clock (so it overstates by the batch's own time). Zero for a recompute.
+    pub lag: Duration,
 }
 
 /// The work rows as read, columns by position.
@@ -624,15 +628,19 @@ async fn refresh_in(
     for (period, moves) in &settled.moves {
         keep_blocks(conn, periods.id(period)?, moves, target).await?;
     }
-    sqlx::query("DELETE FROM standing_work WHERE id = ANY($1)")
-        .bind(&ids)
-        .execute(&mut *conn)
-        .await?;
+    let lag: f64 = sqlx::query_scalar(
+        "WITH done AS (DELETE FROM standing_work WHERE id = ANY($1) RETURNING at)
+         SELECT coalesce(extract(epoch FROM clock_timestamp() - min(at)), 0)::float8 FROM done",
+    )
+    .bind(&ids)
+    .fetch_one(&mut *conn)
+    .await?;
     Ok(Refreshed {
         batches: rows.len(),
         rows: settled.upserts.len() + settled.deletes.len(),
         recomputed: false,
         more,
+        lag: Duration::try_from_secs_f64(lag.max(0.0)).unwrap_or_default(),
     })
 }
 
