@@ -129,7 +129,7 @@ impl SyncMetrics {
             r.register(
                 "standings_lag_seconds",
                 "Per standings round, how long its oldest change waited to reach the leaderboards \
-                 (from its batch's start), in seconds",
+                 (from when its batch wrote its work, shortly before committing), in seconds",
                 m.standings_lag_seconds.clone(),
             );
         });

@@ -194,8 +194,8 @@ pub struct Refreshed {
     /// Whether more work was waiting when it took its rows.
     pub more: bool,
     /// How long the oldest change it applied waited to reach the leaderboards: from
-    /// the start of the batch that made it to the round's last write, on the database's
-    /// clock (so it overstates by the batch's own time). Zero for a recompute.
+    /// when its batch wrote its work (shortly before that batch committed) to the
+    /// round's last write, on the database's clock. Zero for a recompute.
     pub lag: Duration,
 }
 
