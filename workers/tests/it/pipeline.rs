@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use ttfd::shared::arbitrary::{delivery, event_set};
 use ttfd::shared::wire::{EventId, LinkNotice, Proof, RankNotice};
 use ttfd::shared::{Event, Identity, Payload};
-use ttfd::store::standings::Pacing;
+use ttfd::store::standings::{LastRound, Pacing};
 use ttfd::sync::Counters;
 
 fn ev(id: &str, ts: i64, who: &str, name: Option<&str>, payload: Payload) -> Event {
@@ -1400,9 +1400,9 @@ async fn a_recompute_rebuilds_the_standings_while_batches_go_on() {
     env.cleanup().await;
 }
 
-/// The replicas' shared clock: a round with work keeps when it began and how long it
-/// took; the next round waits for `Pacing::gap(took)` since, and a round at once (a
-/// backlog) does not wait.
+/// The replicas' shared clock: a round with work keeps when it began, how long it took
+/// and how long its oldest change waited beyond the gap before it; the next round waits
+/// for `Pacing::gap` of those since, and a round at once (a backlog) does not wait.
 #[tokio::test]
 async fn refresh_rounds_are_paced_by_the_last_rounds_length_on_the_database_clock() {
     use std::time::Duration;
@@ -1426,13 +1426,20 @@ async fn refresh_rounds_are_paced_by_the_last_rounds_length_on_the_database_cloc
             .expect("the clock");
     assert!(took > 0.0, "the round's length is kept: {took}");
 
-    // A long round (as under load): the next waits about ten times its length.
-    sqlx::query("UPDATE standings_clock SET at = now(), took = interval '100 ms'")
-        .execute(&env.store.pool)
-        .await
-        .expect("a long round");
+    // A long round (as under load), which began 200 ms after a batch wrote work it did
+    // not see: the next waits about ten times its length.
     env.store.apply(second).await.expect("apply");
-    let want = pacing.gap(Duration::from_millis(100));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sqlx::query(
+        "UPDATE standings_clock SET at = now(), took = interval '100 ms', overhang = interval '100 ms'",
+    )
+    .execute(&env.store.pool)
+    .await
+    .expect("a long round");
+    let want = pacing.gap(LastRound {
+        took: Duration::from_millis(100),
+        overhang: Duration::from_millis(100),
+    });
     assert_eq!(want, Duration::from_millis(1000));
     match env.store.refresh_standings(pacing).await.expect("turn") {
         Turn::Early(wait) => assert!(
@@ -1451,8 +1458,21 @@ async fn refresh_rounds_are_paced_by_the_last_rounds_length_on_the_database_cloc
         .expect("round");
     assert!(
         matches!(turn, Turn::Done(d) if d.batches > 0 && !d.recomputed
-            && d.lag >= Duration::from_millis(300) && d.lag < Duration::from_secs(60)),
+            && d.lag >= Duration::from_millis(500) && d.lag < Duration::from_secs(60)),
         "a round at once: {turn:?}"
+    );
+    // That change waited 200 ms longer than the round's gap and length: the clock keeps
+    // it as the overhang, which the next gap leaves room for.
+    let (took, overhang): (f64, f64) = sqlx::query_as(
+        "SELECT extract(epoch FROM took)::float8, extract(epoch FROM overhang)::float8
+         FROM standings_clock",
+    )
+    .fetch_one(&env.store.pool)
+    .await
+    .expect("the clock");
+    assert!(
+        overhang >= took + 0.15 && overhang < took + 60.0,
+        "overhang {overhang} of a round of {took}"
     );
     let expected = ttfd::shared::model::fold(&env.settings.rules, &events);
     crate::common::compare(&env.store, &expected)

@@ -166,16 +166,31 @@ impl Pacing {
         }
     }
 
-    /// The least time between the beginnings of two rounds with work, after a round
-    /// that took `took`: `every` while rounds are short; under load, up to ten times
-    /// the round's length, so that the refresher works at most a tenth of the time and
-    /// each round takes more batches' work at once; but never so long that the next
-    /// round, taking half as long again as this one, would end past `within` after a
-    /// change committed just as this one began.
-    pub fn gap(self, took: Duration) -> Duration {
-        let latest = self.within.saturating_sub(took.saturating_mul(3) / 2);
-        took.saturating_mul(10).min(latest).max(self.every)
+    /// The least time between the beginnings of two rounds with work, after `last`:
+    /// `every` while rounds are short; under load, up to ten times the round's length,
+    /// so that the refresher works at most a tenth of the time and each round takes more
+    /// batches' work at once; but never so long that a change written just as `last`
+    /// looked for work would wait past `within`, if the next round's overhang is that
+    /// of `last` and its length half as long again.
+    pub fn gap(self, last: LastRound) -> Duration {
+        let latest = self
+            .within
+            .saturating_sub(last.overhang.max(last.took))
+            .saturating_sub(last.took / 2);
+        last.took.saturating_mul(10).min(latest).max(self.every)
     }
+}
+
+/// The last round with work, as the replicas' shared clock (`standings_clock`) keeps it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LastRound {
+    /// Its length: its transaction up to its last write.
+    pub took: Duration,
+    /// How long its oldest change waited beyond the time between the beginnings of the
+    /// round before and this one: its length, plus however long before the round before
+    /// looked for work that change's batch wrote it and committed later (at least its
+    /// length). A round's oldest change waits about the gap before it plus this.
+    pub overhang: Duration,
 }
 
 /// Most batches' work a round takes.
@@ -240,8 +255,9 @@ impl Store {
         if !mine {
             return Ok(Turn::Busy);
         }
-        let last: Option<(f64, f64)> = sqlx::query_as(
-            "SELECT extract(epoch FROM now() - at)::float8, extract(epoch FROM took)::float8
+        let last: Option<(f64, f64, f64)> = sqlx::query_as(
+            "SELECT extract(epoch FROM now() - at)::float8, extract(epoch FROM took)::float8,
+                    extract(epoch FROM overhang)::float8
              FROM standings_clock",
         )
         .fetch_optional(&mut *tx)
@@ -249,7 +265,13 @@ impl Store {
         let secs = |s: f64| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or_default();
         if let Some(early) = last
             .filter(|_| !pacing.every.is_zero())
-            .and_then(|(since, took)| pacing.gap(secs(took)).checked_sub(secs(since)))
+            .and_then(|(since, took, overhang)| {
+                let last = LastRound {
+                    took: secs(took),
+                    overhang: secs(overhang),
+                };
+                pacing.gap(last).checked_sub(secs(since))
+            })
             .filter(|d| !d.is_zero())
         {
             // Let go of the lock now: a transaction merely dropped is rolled back when its
@@ -259,10 +281,17 @@ impl Store {
         }
         let done = refresh_in(&mut tx, self.block_target, Recompute::Apart).await?;
         if done.batches > 0 {
+            // The overhang: the oldest change's wait less the time since the round before
+            // began (none: the round's length).
+            let since = last.map_or(f64::INFINITY, |(since, ..)| since);
             sqlx::query(
-                "INSERT INTO standings_clock (at, took) VALUES (now(), clock_timestamp() - now())
-                 ON CONFLICT (one) DO UPDATE SET at = excluded.at, took = excluded.took",
+                "INSERT INTO standings_clock (at, took, overhang)
+                 VALUES (now(), clock_timestamp() - now(),
+                         greatest(clock_timestamp() - now(), make_interval(secs => $1)))
+                 ON CONFLICT (one) DO UPDATE
+                 SET at = excluded.at, took = excluded.took, overhang = excluded.overhang",
             )
+            .bind((done.lag.as_secs_f64() - since).max(0.0))
             .execute(&mut *tx)
             .await?;
         }
@@ -821,39 +850,69 @@ mod tests {
     #[test]
     fn rounds_spread_out_under_load_within_the_promise() {
         let ms = Duration::from_millis;
+        let took = |t: u64| LastRound {
+            took: ms(t),
+            overhang: ms(t),
+        };
         let pacing = Pacing {
             every: ms(1000),
             within: ms(2000),
         };
         // Short rounds: the configured pace.
-        assert_eq!(pacing.gap(ms(20)), ms(1000));
+        assert_eq!(pacing.gap(took(20)), ms(1000));
         let quick = Pacing {
             every: ms(100),
             ..pacing
         };
-        assert_eq!(quick.gap(ms(10)), ms(100));
+        assert_eq!(quick.gap(took(10)), ms(100));
         // Longer rounds: ten times their length...
-        assert_eq!(pacing.gap(ms(130)), ms(1300));
+        assert_eq!(pacing.gap(took(130)), ms(1300));
         // ... but the next round must end within the promise: 2 s - 1.5 x 400 ms.
-        assert_eq!(pacing.gap(ms(400)), ms(1400));
+        assert_eq!(pacing.gap(took(400)), ms(1400));
+        // Batches that wrote their work well before they committed make changes wait
+        // longer than a round: that comes off the gap too.
+        let late = LastRound {
+            took: ms(400),
+            overhang: ms(650),
+        };
+        assert_eq!(pacing.gap(late), ms(1150));
+        // An overhang shorter than the round (a change that came late) counts as the
+        // round's length.
+        let early = LastRound {
+            took: ms(400),
+            overhang: ms(100),
+        };
+        assert_eq!(pacing.gap(early), ms(1400));
         // Rounds so long the promise cannot be kept: no slower than configured.
-        assert_eq!(pacing.gap(ms(900)), ms(1000));
-        assert_eq!(pacing.gap(Duration::MAX), ms(1000));
+        assert_eq!(pacing.gap(took(900)), ms(1000));
+        assert_eq!(
+            pacing.gap(LastRound {
+                took: Duration::MAX,
+                overhang: Duration::MAX
+            }),
+            ms(1000)
+        );
         // A looser promise leaves room to space long rounds further.
         let loose = Pacing {
             within: ms(5000),
             ..pacing
         };
-        assert_eq!(loose.gap(ms(400)), ms(4000));
-        assert_eq!(loose.gap(ms(900)), ms(3650));
+        assert_eq!(loose.gap(took(400)), ms(4000));
+        assert_eq!(loose.gap(took(900)), ms(3650));
         for p in [pacing, quick, loose] {
-            for took in (0..3000).step_by(7).map(ms) {
-                let gap = p.gap(took);
-                assert!(gap >= p.every);
-                assert!(
-                    gap == p.every || gap + took * 3 / 2 <= p.within,
-                    "{p:?} {took:?}: {gap:?}"
-                );
+            for t in (0..3000).step_by(7) {
+                for extra in [0, 50, 300] {
+                    let last = LastRound {
+                        took: ms(t),
+                        overhang: ms(t + extra),
+                    };
+                    let gap = p.gap(last);
+                    assert!(gap >= p.every);
+                    assert!(
+                        gap == p.every || gap + last.overhang + last.took / 2 <= p.within,
+                        "{p:?} {last:?}: {gap:?}"
+                    );
+                }
             }
         }
     }
