@@ -241,8 +241,8 @@ pub enum Turn {
 }
 
 impl Store {
-    /// One refresh round, unless another replica is refreshing this schema or a round
-    /// with work began less than [`Pacing::gap`] after its length ago (the clock is the
+    /// One refresh round, unless another replica is refreshing this schema or the last
+    /// round with work began less than [`Pacing::gap`] of it ago (the clock is the
     /// database's and shared by every replica: together they run at most one such round
     /// per gap). With `every` zero, a round at once (a backlog is being worked off).
     pub async fn refresh_standings(&self, pacing: Pacing) -> Result<Turn, StoreError> {
