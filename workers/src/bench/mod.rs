@@ -64,6 +64,9 @@ pub struct BenchArgs {
     /// (`sync.standings_visible_ms`), to weigh freshness against throughput; 0: not.
     #[arg(long, default_value_t = 5000)]
     pub loose_visible_ms: u64,
+    /// With 2 replicas, how many times each variant runs (in turns; the best compared).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub repeat: u32,
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -182,8 +185,8 @@ async fn measure(
 
     // (b) The full pipeline, standings included (until their work is done too); with 2
     // replicas also without standings, the pipeline before them, and with the looser
-    // promise: twice each, in turns, the best of each compared, as noise on a shared
-    // machine only ever slows a run.
+    // promise: `--repeat` times each, in turns, the best of each compared, as noise on a
+    // shared machine only ever slows a run.
     let pool = db.pool(2).await?;
     let kept = Kept::Within(Duration::from_millis(settings.sync.standings_visible_ms));
     let loose = Kept::Within(Duration::from_millis(args.loose_visible_ms));
@@ -195,8 +198,11 @@ async fn measure(
     if args.replicas.contains(&2) {
         // The configured promise's first run with 2 replicas is the one above.
         runs.extend(variants.iter().skip(1).map(|k| (2, *k)));
-        runs.extend(variants.iter().map(|k| (2, *k)));
+        for _ in 1..args.repeat {
+            runs.extend(variants.iter().map(|k| (2, *k)));
+        }
     }
+    let of = args.repeat;
     let mut best: Vec<Best> = Vec::new();
     for (i, (replicas, standings)) in runs.into_iter().enumerate() {
         db.truncate(&pool).await?;
@@ -262,7 +268,7 @@ async fn measure(
                 continue;
             };
             println!(
-                "{:<40} {:>10.1} %   (best of two each: {:.0} against {:.0}; target: at most 10 % lower)",
+                "{:<40} {:>10.1} %   (best of {of} each: {:.0} against {:.0}; target: at most 10 % lower)",
                 format!("standings cost, 2 replicas, {:.1} s", within.as_secs_f64()),
                 (1.0 - b.rate / off.rate) * 100.0,
                 b.rate,
@@ -270,7 +276,7 @@ async fn measure(
             );
             if let (Some(with), Some(without)) = (b.cpu, off.cpu) {
                 println!(
-                    "{:<40} {:>10.1} %   (least of two each: {with:.1} against {without:.1} µs of CPU per event)",
+                    "{:<40} {:>10.1} %   (least of {of} each: {with:.1} against {without:.1} µs of CPU per event)",
                     "  in CPU time",
                     (with / without - 1.0) * 100.0
                 );
