@@ -581,7 +581,7 @@ impl Store {
         self.settle_users(tx, &facts, outcome).await
     }
 
-    /// Steps 3 to 8, under the settle lock: the users, then everything that needs them.
+    /// Steps 3 to 9, under the settle lock: the users, then everything that needs them.
     /// The decisions are [`Settlement`]'s; this reads and writes around them.
     async fn settle_users(
         &self,
@@ -699,23 +699,26 @@ impl Store {
             settlement.set_peaks(self.event_time_peaks(tx, &slow).await?);
         }
 
-        // 7. Write the users back, and what the standings refresher needs of them.
+        // 7. Write the users back.
         self.write_users(tx, &settlement.users).await?;
+
+        // 8. Notifications, committed with the change (transactional outbox).
+        let ranked = settlement.rank_changes(rules);
+        outcome.rank_changes = ranked.len();
+        if !ranked.is_empty() || !settlement.merges.is_empty() {
+            let (members, prefs) = self.read_members(tx, &settlement.notified(&ranked)).await?;
+            let (topics, bodies) = settlement.notices(&ranked, &members, &prefs, now_ms())?;
+            self.write_outbox(tx, &topics, &bodies).await?;
+        }
+
+        // 9. What the standings refresher needs of the users, written last: its time
+        // (`standing_work.at`) is then the batch's commit but for the commit itself, and
+        // the refresher measures from it how long changes wait to reach the leaderboards.
         if self.standings.load(Ordering::Relaxed) {
             let seen = facts.prefs.iter().filter(|(_, p)| p.says_hidden());
             self.write_standing_work(tx, &settlement.standing_work(seen.map(|(iid, _)| *iid)))
                 .await?;
         }
-
-        // 8. Notifications, committed with the change (transactional outbox).
-        let ranked = settlement.rank_changes(rules);
-        outcome.rank_changes = ranked.len();
-        if ranked.is_empty() && settlement.merges.is_empty() {
-            return Ok((outcome, split));
-        }
-        let (members, prefs) = self.read_members(tx, &settlement.notified(&ranked)).await?;
-        let (topics, bodies) = settlement.notices(&ranked, &members, &prefs, now_ms())?;
-        self.write_outbox(tx, &topics, &bodies).await?;
         Ok((outcome, split))
     }
 
@@ -1427,7 +1430,7 @@ impl Store {
         Ok(())
     }
 
-    /// Step 7: the batch's row of work for the standings refresher (`store::standings`).
+    /// Step 9: the batch's row of work for the standings refresher (`store::standings`).
     async fn write_standing_work(
         &self,
         tx: &mut Transaction<'static, Postgres>,

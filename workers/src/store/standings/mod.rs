@@ -171,12 +171,14 @@ impl Pacing {
     /// so that the refresher works at most a tenth of the time and each round takes more
     /// batches' work at once; but never so long that a change written just as `last`
     /// looked for work would wait past `within`, if the next round's overhang is that
-    /// of `last` and its length half as long again.
+    /// of `last` and its length twice as long (under load a round's length varies that
+    /// much from one to the next: the benchmark's waits passed a 2 s promise by up to
+    /// 125 ms with half as long again).
     pub fn gap(self, last: LastRound) -> Duration {
         let latest = self
             .within
             .saturating_sub(last.overhang.max(last.took))
-            .saturating_sub(last.took / 2);
+            .saturating_sub(last.took);
         last.took.saturating_mul(10).min(latest).max(self.every)
     }
 }
@@ -867,22 +869,22 @@ mod tests {
         assert_eq!(quick.gap(took(10)), ms(100));
         // Longer rounds: ten times their length...
         assert_eq!(pacing.gap(took(130)), ms(1300));
-        // ... but the next round must end within the promise: 2 s - 1.5 x 400 ms.
-        assert_eq!(pacing.gap(took(400)), ms(1400));
+        // ... but the next round must end within the promise: 2 s - 2 x 400 ms.
+        assert_eq!(pacing.gap(took(400)), ms(1200));
         // Batches that wrote their work well before they committed make changes wait
         // longer than a round: that comes off the gap too.
         let late = LastRound {
             took: ms(400),
-            overhang: ms(650),
+            overhang: ms(500),
         };
-        assert_eq!(pacing.gap(late), ms(1150));
+        assert_eq!(pacing.gap(late), ms(1100));
         // An overhang shorter than the round (a change that came late) counts as the
         // round's length.
         let early = LastRound {
             took: ms(400),
             overhang: ms(100),
         };
-        assert_eq!(pacing.gap(early), ms(1400));
+        assert_eq!(pacing.gap(early), ms(1200));
         // Rounds so long the promise cannot be kept: no slower than configured.
         assert_eq!(pacing.gap(took(900)), ms(1000));
         assert_eq!(
@@ -898,7 +900,7 @@ mod tests {
             ..pacing
         };
         assert_eq!(loose.gap(took(400)), ms(4000));
-        assert_eq!(loose.gap(took(900)), ms(3650));
+        assert_eq!(loose.gap(took(900)), ms(3200));
         for p in [pacing, quick, loose] {
             for t in (0..3000).step_by(7) {
                 for extra in [0, 50, 300] {
@@ -909,7 +911,7 @@ mod tests {
                     let gap = p.gap(last);
                     assert!(gap >= p.every);
                     assert!(
-                        gap == p.every || gap + last.overhang + last.took / 2 <= p.within,
+                        gap == p.every || gap + last.overhang + last.took <= p.within,
                         "{p:?} {last:?}: {gap:?}"
                     );
                 }
